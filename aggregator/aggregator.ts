@@ -1,0 +1,715 @@
+import { EventEmitter } from 'node:events';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { systemClock, type Clock, deferred, type Deferred } from '../shared/async.js';
+import { chunkCount, Reassembler } from '../shared/chunking.js';
+import { publishChunks } from '../shared/chunk-publisher.js';
+import { decodeJson, decodeMsgpack, encodeJson, packMsg } from '../shared/codec.js';
+import type { AggregatorConfig } from '../shared/config.js';
+import { describeError, ErrorCodes, FedlineError } from '../shared/errors.js';
+import { createEventPublisher, type EventSink } from '../shared/events.js';
+import { resolveFederated } from '../shared/federated-set.js';
+import { writeJsonAtomic } from '../shared/fs-atomic.js';
+import type { Logger } from '../shared/logger.js';
+import {
+  agentStatusSchema,
+  modelMetaSchema,
+  PROTOCOL_VERSION,
+  SUPPORTED_VERSIONS,
+  updateTopicMessageSchema,
+  type AckMsg,
+  type EvalMetrics,
+  type EvalReportMsg,
+  type ModelManifest,
+  type ModelMeta,
+  type RoundAnnouncement,
+  type UpdateChunkMsg,
+  type UpdateDoneMsg,
+} from '../shared/messages.js';
+import { Counters } from '../shared/counters.js';
+import { decodeBundle, encodeBundle, bundleTensors, type NamedTensor } from '../shared/tensor-bundle.js';
+import { createTopics, defaultRoot, type Topics } from '../shared/topics.js';
+import type { InboundMessage, Transport } from '../shared/transport.js';
+import type { ModelStore, StoredModel } from './model-store.js';
+import { RoundState, type CloseDecision, type RoundKind, type RoundOutcome } from './round-state.js';
+import { FedAvg, type Strategy } from './strategy.js';
+import type { SpooledUpdate, UpdateSpool } from './update-spool.js';
+import { verifyUpdate } from './verify-update.js';
+
+type Config = Readonly<AggregatorConfig> | AggregatorConfig;
+
+export interface AggregatorDeps {
+  transport: Transport;
+  store: ModelStore;
+  spool: UpdateSpool;
+  /** Builds the initial global model bundle (version 0) when the store is empty. */
+  initialModel: () => Promise<Uint8Array>;
+  strategy?: Strategy;
+  logger: Logger;
+  clock?: Clock;
+}
+
+/** One round as it happened; the journal holds these and the MES gets them as round-completed. */
+export interface RoundRecord {
+  round: number;
+  kind: RoundKind;
+  baseVersion: number;
+  selected: string[];
+  deadlineAt: number;
+  startedAt: number;
+  closedAt: number | null;
+  outcome: RoundOutcome | null;
+  reason: string | null;
+  newVersion: number | null;
+  participants: string[];
+  sampleCounts: Record<string, number>;
+  /** The base model evaluated on each agent's local test split (before local training). */
+  baseMetrics: Record<string, EvalMetrics>;
+  /** Each agent's local model after training, on its local test split. */
+  localMetrics: Record<string, EvalMetrics | null>;
+  failures: { agent: string; code: string; reason: string }[];
+  trainMs: Record<string, number>;
+  bytesUp: number;
+  bytesDown: number;
+  aggregateMs: number | null;
+  durationMs: number | null;
+}
+
+export interface Journal {
+  federation: string;
+  currentVersion: number;
+  complete: boolean;
+  finalVersion: number | null;
+  rounds: RoundRecord[];
+}
+
+export interface FederationResult {
+  finalVersion: number;
+  reason: string;
+  rounds: RoundRecord[];
+}
+
+interface ActiveRound {
+  state: RoundState;
+  record: RoundRecord;
+  base: StoredModel;
+  federatedNames: string[];
+  reassemblers: Map<string, Reassembler>;
+  /** sha256 of bundles being verified / accepted / refused, per agent. */
+  verifying: Map<string, string>;
+  refused: Map<string, { sha256: string; code: string; reason: string }>;
+  closing: Deferred<CloseDecision>;
+  deadlineTimer: unknown;
+}
+
+const MAX_MISSING_LISTED = 4096;
+
+/**
+ * The aggregator service: announce a round (retained) -> collect chunked updates -> verify ->
+ * spool -> close -> aggregate (FedAvg) -> store -> publish the new global model -> next round.
+ * MQTT-facing code lives here; the decisions live in RoundState, the math in the Strategy.
+ */
+export class Aggregator extends EventEmitter {
+  readonly counters = new Counters();
+  private readonly config: Config;
+  private readonly transport: Transport;
+  private readonly store: ModelStore;
+  private readonly spool: UpdateSpool;
+  private readonly strategy: Strategy;
+  private readonly initialModel: () => Promise<Uint8Array>;
+  private readonly log: Logger;
+  private readonly clock: Clock;
+  private readonly topics: Topics;
+  private readonly emitEvent: EventSink;
+  private readonly online = new Set<string>();
+  private readonly onlineChanged = new EventEmitter();
+  private journal: Journal;
+  private current: ActiveRound | null = null;
+  private global: StoredModel | null = null;
+  private stopped = false;
+  private readonly stopSignal = deferred<void>();
+  private journalChain: Promise<void> = Promise.resolve();
+
+  constructor(config: Config, deps: AggregatorDeps) {
+    super();
+    this.config = config;
+    this.transport = deps.transport;
+    this.store = deps.store;
+    this.spool = deps.spool;
+    this.strategy = deps.strategy ?? new FedAvg();
+    this.initialModel = deps.initialModel;
+    this.log = deps.logger.child({ module: 'aggregator' });
+    this.clock = deps.clock ?? systemClock;
+    this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
+    this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, (type, event) => this.emit('event', event));
+    this.journal = { federation: config.federation, currentVersion: 0, complete: false, finalVersion: null, rounds: [] };
+    this.stopSignal.promise.catch(() => undefined);
+  }
+
+  get journalPath(): string {
+    return join(this.config.stateDir, 'journal.json');
+  }
+
+  history(): readonly RoundRecord[] {
+    return this.journal.rounds;
+  }
+
+  /** Run the federation to its end (rounds done or target reached). */
+  async run(): Promise<FederationResult> {
+    await this.loadJournal();
+    await this.transport.subscribe(this.topics.statusAll(), this.onStatus);
+    await this.transport.subscribe(this.topics.updatesAll(), this.onUpdateMessage);
+
+    this.global = await this.ensureInitialModel();
+    await this.publishModel(this.global);
+
+    let reason = `${this.config.rounds} rounds done`;
+    const trainRounds = () => this.journal.rounds.filter((r) => r.kind === 'train' && r.outcome !== null).length;
+    const unfinished = this.journal.rounds.find((r) => r.outcome === null);
+    if (this.journal.complete) {
+      reason = 'federation already complete (journal)';
+    } else {
+      if (unfinished) {
+        const outcome = await this.runRound(unfinished.kind, unfinished);
+        if (outcome === 'target-reached') reason = 'target accuracy reached';
+      }
+      while (!this.stopped && reason !== 'target accuracy reached' && trainRounds() < this.config.rounds) {
+        const outcome = await this.runRound('train');
+        if (outcome === 'target-reached') reason = 'target accuracy reached';
+      }
+      const last = this.journal.rounds.at(-1);
+      const lastEvaluatedCurrent = last && (last.outcome === 'target-reached' || (last.kind === 'evaluate' && last.baseVersion === this.global.version));
+      if (!this.stopped && this.config.evaluateFinalModel && !lastEvaluatedCurrent) await this.runRound('evaluate');
+      if (this.stopped) reason = 'stopped';
+    }
+    if (!this.stopped) {
+      this.journal.complete = true;
+      this.journal.finalVersion = this.global.version;
+      await this.saveJournal();
+      await this.announce(this.completionAnnouncement());
+      this.emitEvent('federation-completed', { finalVersion: this.global.version, reason, rounds: this.journal.rounds.length, modelDir: this.store.dir(this.global.version) });
+      this.log.info({ finalVersion: this.global.version, reason }, 'federation complete');
+    }
+    return { finalVersion: this.global.version, reason, rounds: this.journal.rounds };
+  }
+
+  /** Stop after the current step; the journal lets a later start continue. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.stopSignal.resolve();
+    if (this.current) this.current.closing.resolve({ close: true, outcome: 'keep', reason: 'aggregator stopping' });
+    await this.transport.unsubscribe(this.topics.updatesAll(), this.onUpdateMessage).catch(() => undefined);
+    await this.transport.unsubscribe(this.topics.statusAll(), this.onStatus).catch(() => undefined);
+  }
+
+  // ---------------------------------------------------------------- rounds
+
+  private async runRound(kind: RoundKind, resume?: RoundRecord): Promise<RoundOutcome> {
+    const base = this.global!;
+    const roundNo = resume?.round ?? (this.journal.rounds.at(-1)?.round ?? 0) + 1;
+    const selected = resume?.selected ?? (await this.waitForAgents());
+    if (this.stopped) return 'keep';
+    const now = this.clock.now();
+    const deadlineAt = resume && resume.deadlineAt > now ? resume.deadlineAt : now + this.config.roundDeadlineMs;
+    const state = new RoundState({
+      round: roundNo,
+      kind,
+      baseVersion: base.version,
+      selected,
+      minClients: this.config.minClients,
+      deadlineAt,
+      startedAt: resume?.startedAt ?? now,
+      targetAccuracy: kind === 'train' ? this.config.targetAccuracy : null,
+    });
+    const record: RoundRecord = resume ?? {
+      round: roundNo,
+      kind,
+      baseVersion: base.version,
+      selected: [...state.plan.selected],
+      deadlineAt,
+      startedAt: now,
+      closedAt: null,
+      outcome: null,
+      reason: null,
+      newVersion: null,
+      participants: [],
+      sampleCounts: {},
+      baseMetrics: {},
+      localMetrics: {},
+      failures: [],
+      trainMs: {},
+      bytesUp: 0,
+      bytesDown: 0,
+      aggregateMs: null,
+      durationMs: null,
+    };
+    record.deadlineAt = deadlineAt;
+    const federatedNames = resolveFederated(
+      this.config.task.federated,
+      base.tensors.map((t) => t.name),
+      base.headTensors,
+    );
+    const active: ActiveRound = {
+      state,
+      record,
+      base,
+      federatedNames,
+      reassemblers: new Map(),
+      verifying: new Map(),
+      refused: new Map(),
+      closing: deferred<CloseDecision>(),
+      deadlineTimer: null,
+    };
+    // Updates verified before a restart are on disk: take them back without asking agents again.
+    for (const u of await this.spool.list(roundNo)) {
+      if (state.isSelected(u.agent) && !state.hasAccepted(u.agent)) {
+        state.recordAccepted(u);
+        this.log.info({ round: roundNo, agent: u.agent }, 'update restored from spool');
+      }
+    }
+    for (const [agent, metrics] of Object.entries(record.baseMetrics)) state.recordEval(agent, metrics);
+    if (!resume) this.journal.rounds.push(record);
+    await this.saveJournal();
+
+    this.current = active;
+    const log = this.log.child({ round: roundNo });
+    active.deadlineTimer = this.clock.setTimeout(() => this.checkClose(active), Math.max(0, deadlineAt - this.clock.now()) + 5);
+    await this.announce(this.announcement(active, 'open'));
+    this.emitEvent('round-started', { round: roundNo, kind, baseVersion: base.version, selected: state.plan.selected, deadlineAt, resumed: Boolean(resume) });
+    log.info({ kind, baseVersion: base.version, selected: state.plan.selected, deadlineAt: new Date(deadlineAt).toISOString() }, 'round started');
+    this.checkClose(active);
+
+    const decision = await active.closing.promise;
+    state.markClosed();
+    this.clock.clearTimeout(active.deadlineTimer);
+    active.reassemblers.clear();
+    if (!decision.close) throw new Error('unreachable: round resolved without closing');
+    await this.announce(this.announcement(active, 'closed'));
+    const closedAt = this.clock.now();
+
+    record.closedAt = closedAt;
+    record.outcome = decision.outcome;
+    record.reason = decision.reason;
+    record.baseMetrics = state.evalsByAgent();
+    const accepted = state.acceptedUpdates();
+    record.participants = accepted.map((u) => u.agent);
+    record.sampleCounts = Object.fromEntries(accepted.map((u) => [u.agent, u.sampleCount]));
+    record.localMetrics = Object.fromEntries(accepted.map((u) => [u.agent, u.metricsAfter]));
+    record.trainMs = Object.fromEntries(accepted.map((u) => [u.agent, u.trainMs]));
+    record.failures = state.failureList();
+
+    if (decision.outcome === 'aggregate' && !this.stopped) {
+      const started = this.clock.now();
+      try {
+        const next = await this.aggregate(active, accepted as SpooledUpdate[]);
+        if (next) {
+          record.newVersion = next.version;
+          this.global = next;
+          this.journal.currentVersion = next.version;
+        } else {
+          record.outcome = 'keep';
+          record.reason = 'strategy kept the global model';
+        }
+      } catch (err) {
+        const { code, message } = describeError(err);
+        log.error({ err: message, code }, 'aggregation failed; keeping the global model');
+        this.emitEvent('alert', { severity: 'error', code, message: `round ${roundNo}: aggregation failed: ${message}` });
+        record.outcome = 'keep';
+        record.reason = `aggregation failed: ${message}`;
+      }
+      record.aggregateMs = this.clock.now() - started;
+    } else if (decision.outcome === 'keep') {
+      this.emitEvent('alert', { severity: 'warning', code: 'FL_ROUND_KEPT', message: `round ${roundNo}: ${decision.reason}` });
+      log.warn({ reason: decision.reason }, 'round closed without aggregation; global model kept');
+    }
+    record.durationMs = this.clock.now() - record.startedAt;
+    this.current = null;
+    await this.saveJournal();
+    await this.spool.dropRound(roundNo);
+    this.emitEvent('round-completed', { ...record });
+    log.info(
+      { outcome: record.outcome, participants: record.participants, newVersion: record.newVersion, durationMs: record.durationMs, bytesUp: record.bytesUp },
+      'round completed',
+    );
+    return record.outcome!;
+  }
+
+  private checkClose(active: ActiveRound): void {
+    if (active.state.closed) return;
+    const decision = active.state.decide(this.clock.now());
+    if (decision.close) active.closing.resolve(decision);
+  }
+
+  private async waitForAgents(): Promise<string[]> {
+    const { agents, minClients, waitForAgentsMs } = this.config;
+    const started = this.clock.now();
+    let warned = false;
+    for (;;) {
+      if (this.stopped) return [];
+      const online = agents.filter((a) => this.online.has(a));
+      if (online.length === agents.length) return online;
+      const waited = this.clock.now() - started;
+      if (waited >= waitForAgentsMs && online.length >= minClients) {
+        this.log.warn({ online, offline: agents.filter((a) => !this.online.has(a)) }, 'starting the round without the offline agents');
+        return online;
+      }
+      if (waited >= waitForAgentsMs && !warned) {
+        warned = true;
+        const message = `only ${online.length} of ${agents.length} agents online, ${minClients} needed to start a round; waiting`;
+        this.log.warn({ online }, message);
+        this.emitEvent('alert', { severity: 'warning', code: 'FL_WAITING_FOR_AGENTS', message });
+      }
+      await new Promise<void>((resolve) => {
+        const t = this.clock.setTimeout(resolve, 1000);
+        this.onlineChanged.once('change', () => {
+          this.clock.clearTimeout(t);
+          resolve();
+        });
+        this.stopSignal.promise.then(resolve);
+      });
+    }
+  }
+
+  private announcement(active: ActiveRound, state: 'open' | 'closed'): RoundAnnouncement {
+    const { plan } = active.state;
+    return {
+      v: PROTOCOL_VERSION,
+      type: 'round',
+      federation: this.config.federation,
+      round: plan.round,
+      state,
+      kind: plan.kind,
+      base: this.modelRef(active.base),
+      task: this.taskFor(plan.round),
+      classes: [...active.base.classes],
+      selected: [...plan.selected],
+      minClients: plan.minClients,
+      deadlineAt: plan.deadlineAt,
+      chunkBytes: this.config.chunkBytes,
+      encoding: 'f32',
+      issuedAt: this.clock.now(),
+    };
+  }
+
+  private completionAnnouncement(): RoundAnnouncement {
+    const last = this.journal.rounds.at(-1);
+    return {
+      v: PROTOCOL_VERSION,
+      type: 'round',
+      federation: this.config.federation,
+      round: last?.round ?? 0,
+      state: 'complete',
+      kind: last?.kind ?? 'evaluate',
+      base: this.modelRef(this.global!),
+      task: this.taskFor(last?.round ?? 1),
+      classes: [...this.global!.classes],
+      selected: [],
+      minClients: this.config.minClients,
+      deadlineAt: this.clock.now(),
+      chunkBytes: this.config.chunkBytes,
+      encoding: 'f32',
+      issuedAt: this.clock.now(),
+    };
+  }
+
+  /** The local training task of a round, with the server-side learning-rate schedule applied. */
+  private taskFor(round: number): RoundAnnouncement['task'] {
+    const { learningRateDecay, ...task } = this.config.task;
+    const trainRoundsBefore = this.journal.rounds.filter((r) => r.kind === 'train' && r.round < round).length;
+    return { ...task, learningRate: task.learningRate * learningRateDecay ** trainRoundsBefore, federated: task.federated as RoundAnnouncement['task']['federated'] };
+  }
+
+  private modelRef(model: StoredModel): RoundAnnouncement['base'] {
+    return { version: model.version, sha256: model.sha256, bytes: model.bytes, chunks: chunkCount(model.bytes, this.config.chunkBytes), chunkBytes: this.config.chunkBytes };
+  }
+
+  private async announce(a: RoundAnnouncement): Promise<void> {
+    await this.transport.publish(this.topics.round(), packMsg(a), { qos: 1, retain: true });
+  }
+
+  // ---------------------------------------------------------------- models
+
+  private async ensureInitialModel(): Promise<StoredModel> {
+    const latest = await this.store.latest();
+    if (latest) {
+      this.log.info({ version: latest.version, sha256: latest.sha256 }, 'global model loaded from the store');
+      this.journal.currentVersion = latest.version;
+      return latest;
+    }
+    const bundle = await this.initialModel();
+    const decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);
+    if (decoded.header.meta.version !== 0) throw new Error('the initial model must be version 0');
+    const classes = decoded.header.meta.classes;
+    if (classes.join('\n') !== this.config.model.classes.join('\n')) {
+      throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `initial model classes [${classes.join(', ')}] differ from the configured classes [${this.config.model.classes.join(', ')}]`);
+    }
+    const stored = await this.store.save(bundle);
+    this.log.info({ version: 0, sha256: stored.sha256, bytes: stored.bytes, tensors: stored.tensors.length }, 'initial global model created');
+    return stored;
+  }
+
+  private async publishModel(model: StoredModel): Promise<void> {
+    const bundle = await this.store.readBundle(model.version);
+    const started = this.clock.now();
+    const { chunkBytes, maxInflight } = this.config;
+    await publishChunks(
+      this.transport,
+      bundle,
+      (seq) => this.topics.modelChunk(model.version, seq),
+      (chunk) => ({ v: PROTOCOL_VERSION, type: 'model-chunk', version: model.version, ...chunk }),
+      { chunkBytes, maxInflight, retain: true, sha256: model.sha256 },
+    );
+    const manifest: ModelManifest = {
+      v: PROTOCOL_VERSION,
+      federation: this.config.federation,
+      version: model.version,
+      round: model.round,
+      sha256: model.sha256,
+      bytes: model.bytes,
+      chunks: chunkCount(model.bytes, chunkBytes),
+      chunkBytes,
+      createdAt: model.createdAt,
+      metrics: { contributors: model.contributors, updateMetrics: model.updateMetrics },
+    };
+    await this.transport.publish(this.topics.modelLatest(), encodeJson(manifest), { qos: 1, retain: true });
+    // Old versions' retained chunks are cleared (an empty retained payload deletes it, MQTT 3.1.1 §3.3.1.3).
+    for (const v of await this.store.versions()) {
+      if (v >= model.version) continue;
+      const old = await this.store.get(v);
+      if (!old) continue;
+      const n = chunkCount(old.bytes, chunkBytes);
+      for (let seq = 0; seq < n; seq++) await this.transport.publish(this.topics.modelChunk(v, seq), Buffer.alloc(0), { qos: 1, retain: true });
+    }
+    this.log.info({ version: model.version, bytes: model.bytes, ms: this.clock.now() - started }, 'global model published');
+    this.emitEvent('model-published', { version: model.version, round: model.round, sha256: model.sha256, bytes: model.bytes, chunks: manifest.chunks, contributors: model.contributors, modelDir: this.store.dir(model.version) });
+  }
+
+  private async aggregate(active: ActiveRound, accepted: SpooledUpdate[]): Promise<StoredModel | null> {
+    const { base, state } = active;
+    const federatedSpecs = base.tensors.filter((t) => active.federatedNames.includes(t.name));
+    const readers = await this.spool.openReaders(state.plan.round, accepted);
+    let output;
+    try {
+      output = await this.strategy.aggregate({ round: state.plan.round, federated: federatedSpecs, results: readers, failures: state.failureList() });
+    } finally {
+      await Promise.all(readers.map((r) => r.close()));
+    }
+    if (output.kind === 'keep') {
+      this.log.warn({ reason: output.reason }, 'strategy kept the global model');
+      return null;
+    }
+    const baseBundle = decodeBundle<ModelMeta>(await this.store.readBundle(base.version), modelMetaSchema);
+    const tensors: NamedTensor[] = bundleTensors(baseBundle).map((t) => ({ ...t, data: output.tensors.get(t.name) ?? t.data }));
+    const version = (await this.store.versions()).reduce((m, v) => Math.max(m, v), 0) + 1;
+    const meta: ModelMeta = { ...baseBundle.header.meta, version, round: state.plan.round, createdAt: this.clock.now() };
+    const bundle = encodeBundle(tensors, meta);
+    const stored = await this.store.save(bundle, {
+      contributors: Object.fromEntries(accepted.map((u) => [u.agent, u.sampleCount])),
+      updateMetrics: Object.fromEntries(accepted.map((u) => [u.agent, u.metricsAfter])),
+    });
+    await this.publishModel(stored);
+    return stored;
+  }
+
+  // ---------------------------------------------------------------- inbound
+
+  private readonly onStatus = (m: InboundMessage): void => {
+    const parsed = this.topics.parseStatus(m.topic);
+    if (!parsed || m.payload.byteLength === 0) return;
+    try {
+      const status = decodeJson(m.payload, agentStatusSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'agent status' });
+      if (status.agent !== parsed.agent) throw new FedlineError(ErrorCodes.MSG_TOPIC, `status on ${m.topic} names agent "${status.agent}"`);
+      const was = this.online.has(status.agent);
+      if (status.state === 'offline') this.online.delete(status.agent);
+      else this.online.add(status.agent);
+      if (was !== this.online.has(status.agent)) {
+        this.log.info({ agent: status.agent, state: status.state }, status.state === 'offline' ? 'agent offline' : 'agent online');
+        this.onlineChanged.emit('change');
+      }
+    } catch (err) {
+      this.reject(err, m.topic, parsed.agent);
+    }
+  };
+
+  private readonly onUpdateMessage = (m: InboundMessage): void => {
+    const where = this.topics.parseUpdate(m.topic);
+    if (!where) {
+      this.reject(new FedlineError(ErrorCodes.MSG_TOPIC, `unexpected topic ${m.topic}`), m.topic, null);
+      return;
+    }
+    let msg;
+    try {
+      msg = decodeMsgpack(m.payload, updateTopicMessageSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'update message' });
+      if (msg.round !== where.round || msg.agent !== where.agent) {
+        throw new FedlineError(ErrorCodes.MSG_TOPIC, `message says round ${msg.round} from "${msg.agent}" but came on ${m.topic}`);
+      }
+      if (!this.config.agents.includes(where.agent)) {
+        throw new FedlineError(ErrorCodes.UNKNOWN_AGENT, `agent "${where.agent}" is not a member of federation ${this.config.federation}`);
+      }
+    } catch (err) {
+      this.reject(err, m.topic, where.agent);
+      return;
+    }
+    const active = this.current;
+    if (!active || active.state.plan.round !== msg.round || active.state.closed) {
+      const err = new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${msg.round} is not open${active ? ` (round ${active.state.plan.round} is)` : ''}`);
+      this.reject(err, m.topic, where.agent);
+      // Tell the sender once per message that asks for a verdict, so a straggler stops waiting.
+      if (msg.type === 'update-done') this.sendAck(msg.round, msg.agent, { status: 'rejected', sha256: msg.sha256, code: err.code, reason: err.message });
+      return;
+    }
+    if (!active.state.isSelected(msg.agent)) {
+      const err = new FedlineError(ErrorCodes.NOT_SELECTED, `agent "${msg.agent}" was not selected for round ${msg.round}`);
+      this.reject(err, m.topic, msg.agent);
+      if (msg.type === 'update-done') this.sendAck(msg.round, msg.agent, { status: 'rejected', sha256: msg.sha256, code: err.code, reason: err.message });
+      return;
+    }
+    try {
+      if (msg.type === 'eval') this.handleEval(active, msg);
+      else if (msg.type === 'update-chunk') this.handleChunk(active, msg, m.topic);
+      else this.handleDone(active, msg);
+    } catch (err) {
+      this.reject(err, m.topic, msg.agent);
+    }
+  };
+
+  private handleEval(active: ActiveRound, msg: EvalReportMsg): void {
+    if (msg.baseVersion !== active.base.version) {
+      throw new FedlineError(ErrorCodes.WRONG_BASE, `evaluation of version ${msg.baseVersion}, but round ${msg.round} is based on version ${active.base.version}`);
+    }
+    if (msg.metrics.confusion.length !== active.base.classes.length) {
+      throw new FedlineError(ErrorCodes.MSG_SCHEMA, `evaluation has a ${msg.metrics.confusion.length}-class confusion matrix; the federation has ${active.base.classes.length} classes`);
+    }
+    if (!active.state.recordEval(msg.agent, msg.metrics)) return;
+    active.record.baseMetrics[msg.agent] = msg.metrics;
+    active.record.bytesDown += msg.downloadedBytes;
+    this.store.recordMetrics(msg.baseVersion, msg.agent, msg.metrics).catch((err: Error) => this.log.warn({ err: err.message }, 'could not record metrics'));
+    this.log.info({ round: msg.round, agent: msg.agent, version: msg.baseVersion, accuracy: msg.metrics.accuracy }, 'global model evaluated by agent');
+    this.saveJournal().catch(() => undefined);
+    this.checkClose(active);
+  }
+
+  private handleChunk(active: ActiveRound, msg: UpdateChunkMsg, topic: string): void {
+    const { agent } = msg;
+    active.record.bytesUp += msg.data.byteLength;
+    const accepted = active.state.acceptedUpdate(agent);
+    if (accepted) {
+      if (accepted.sha256 === msg.sha256) {
+        this.counters.inc('duplicate-chunk');
+        return;
+      }
+      throw new FedlineError(ErrorCodes.DUPLICATE_UPDATE, `agent "${agent}" already delivered an update for round ${msg.round}; a second one is refused`);
+    }
+    if (active.verifying.get(agent) === msg.sha256) {
+      this.counters.inc('duplicate-chunk');
+      return;
+    }
+    if (msg.chunkBytes !== this.config.chunkBytes) {
+      throw new FedlineError(ErrorCodes.CHUNK_MISMATCH, `chunks of ${msg.chunkBytes} bytes; the round asks for ${this.config.chunkBytes}`);
+    }
+    let r = active.reassemblers.get(agent);
+    if (!r || !r.matches(msg)) {
+      if (r) this.log.warn({ agent, old: r.sha256.slice(0, 12), new: msg.sha256.slice(0, 12) }, 'a new update bundle replaces an incomplete one');
+      r = Reassembler.fromChunk(msg, this.config.maxUpdateBytes);
+      active.reassemblers.set(agent, r);
+    }
+    if (r.accept(msg) === 'duplicate') this.counters.inc('duplicate-chunk');
+    if (r.complete) {
+      active.reassemblers.delete(agent);
+      active.verifying.set(agent, r.sha256);
+      this.finishUpdate(active, agent, r, topic).finally(() => active.verifying.delete(agent));
+    }
+  }
+
+  private async finishUpdate(active: ActiveRound, agent: string, r: Reassembler, topic: string): Promise<void> {
+    const { round } = active.state.plan;
+    try {
+      const bundle = r.finish();
+      const expectTensors = active.base.tensors.filter((t) => active.federatedNames.includes(t.name));
+      const decoded = verifyUpdate(bundle, { round, agent, baseVersion: active.base.version, tensors: expectTensors });
+      const meta = decoded.header.meta;
+      const info: SpooledUpdate = {
+        agent,
+        sampleCount: meta.sampleCount,
+        bytes: bundle.byteLength,
+        sha256: r.sha256,
+        metricsBefore: meta.metricsBefore,
+        metricsAfter: meta.metricsAfter,
+        trainMs: meta.trainMs,
+        payloadStart: decoded.payloadStart,
+        tensors: decoded.header.tensors,
+      };
+      if (active.state.closed) return;
+      await this.spool.put(round, bundle, info);
+      if (active.state.closed) return;
+      active.state.recordAccepted(info);
+      active.refused.delete(agent);
+      this.counters.inc('accepted-update');
+      this.log.info({ round, agent, samples: meta.sampleCount, bytes: bundle.byteLength }, 'update accepted');
+      this.sendAck(round, agent, { status: 'accepted', sha256: r.sha256 });
+      this.checkClose(active);
+    } catch (err) {
+      const { code, message } = describeError(err);
+      this.reject(err, topic, agent);
+      if (active.state.closed) return;
+      active.refused.set(agent, { sha256: r.sha256, code, reason: message });
+      active.state.recordFailure({ agent, code, reason: message });
+      this.emitEvent('alert', { severity: 'warning', code, agent, round, message: `update of ${agent} rejected: ${message}` });
+      this.sendAck(round, agent, { status: 'rejected', sha256: r.sha256, code, reason: message });
+      this.checkClose(active);
+    }
+  }
+
+  private handleDone(active: ActiveRound, msg: UpdateDoneMsg): void {
+    const { agent, round, sha256 } = msg;
+    const accepted = active.state.acceptedUpdate(agent);
+    if (accepted) {
+      if (accepted.sha256 === sha256) this.sendAck(round, agent, { status: 'accepted', sha256 });
+      else this.sendAck(round, agent, { status: 'rejected', sha256, code: ErrorCodes.DUPLICATE_UPDATE, reason: 'another update of this agent was already accepted for this round' });
+      return;
+    }
+    if (active.verifying.get(agent) === sha256) return; // the verdict follows
+    const refused = active.refused.get(agent);
+    if (refused && refused.sha256 === sha256) {
+      this.sendAck(round, agent, { status: 'rejected', sha256, code: refused.code, reason: refused.reason });
+      return;
+    }
+    const r = active.reassemblers.get(agent);
+    const missing = r && r.sha256 === sha256 ? r.missing(MAX_MISSING_LISTED) : Array.from({ length: Math.min(msg.total, MAX_MISSING_LISTED) }, (_, i) => i);
+    this.sendAck(round, agent, { status: 'incomplete', sha256, missing });
+  }
+
+  private sendAck(round: number, agent: string, ack: Partial<AckMsg> & Pick<AckMsg, 'status'>): void {
+    const msg: AckMsg = { v: PROTOCOL_VERSION, type: 'ack', round, agent, sha256: null, code: null, reason: null, missing: [], ...ack };
+    this.transport.publish(this.topics.ack(round, agent), packMsg(msg), { qos: 1 }).catch((err: Error) => this.log.warn({ err: err.message, agent, round }, 'could not send ack'));
+  }
+
+  /** Log, count and drop. Never throws: a bad message must not stop the service. */
+  private reject(err: unknown, topic: string, agent: string | null): void {
+    const { code, message } = describeError(err);
+    this.counters.inc(code);
+    this.log.warn({ topic, agent, code }, message);
+    this.emit('rejected', { topic, agent, code, message });
+  }
+
+  // ---------------------------------------------------------------- journal
+
+  private async loadJournal(): Promise<void> {
+    try {
+      const j = JSON.parse(await readFile(this.journalPath, 'utf8')) as Journal;
+      if (j.federation !== this.config.federation) throw new Error(`journal belongs to federation ${j.federation}`);
+      this.journal = j;
+      this.log.info({ rounds: j.rounds.length, complete: j.complete }, 'journal loaded');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new FedlineError(ErrorCodes.MODEL_STORE, `cannot read the journal ${this.journalPath}: ${(err as Error).message}`);
+    }
+  }
+
+  /** Writes are serialised so that an older snapshot never lands after a newer one. */
+  private saveJournal(): Promise<void> {
+    const snapshot = JSON.parse(JSON.stringify(this.journal)) as Journal;
+    const next = this.journalChain.then(() => writeJsonAtomic(this.journalPath, snapshot));
+    this.journalChain = next.catch(() => undefined);
+    return next;
+  }
+}

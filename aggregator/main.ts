@@ -1,0 +1,44 @@
+import { join } from 'node:path';
+import type { AggregatorConfig } from '../shared/config.js';
+import type { Logger } from '../shared/logger.js';
+import { connectMqtt } from '../shared/mqtt-connect.js';
+import type { MqttTransport } from '../shared/mqtt-transport.js';
+import { loadTf } from '../shared/tfjs/backend.js';
+import { buildInitialBundle } from '../shared/tfjs/initial-model.js';
+import { Aggregator } from './aggregator.js';
+import { FsModelStore } from './model-store.js';
+import { UpdateSpool } from './update-spool.js';
+
+export interface RunningAggregator {
+  aggregator: Aggregator;
+  transport: MqttTransport;
+  store: FsModelStore;
+  close(): Promise<void>;
+}
+
+/** Wire a validated aggregator config to its adapters: MQTT, the model store, the spool, tfjs (initial model only). */
+export async function startAggregator(config: Readonly<AggregatorConfig>, logger: Logger): Promise<RunningAggregator> {
+  const transport = await connectMqtt(config.mqtt, `fedline-aggregator-${config.federation}`.slice(0, 128), logger);
+  const store = new FsModelStore(join(config.stateDir, 'models'));
+  const spool = new UpdateSpool(join(config.stateDir, 'spool'));
+  const aggregator = new Aggregator(config, {
+    transport,
+    store,
+    spool,
+    logger,
+    initialModel: async () => {
+      // tfjs is needed only to build the common initial weights; aggregation is plain typed-array math.
+      const { tf } = await loadTf('cpu', logger);
+      return buildInitialBundle(tf, config.model);
+    },
+  });
+  return {
+    aggregator,
+    transport,
+    store,
+    async close() {
+      await aggregator.stop();
+      await transport.close();
+    },
+  };
+}

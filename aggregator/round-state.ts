@@ -1,0 +1,143 @@
+import type { EvalMetrics } from '../shared/messages.js';
+
+/**
+ * The state of one round, as pure data and decisions (no I/O, no timers): who was selected,
+ * who reported what, and whether the round can close and how. The aggregator service feeds it
+ * events and carries out its decisions.
+ *
+ * A round closes as soon as every selected agent has either delivered a verified update or had
+ * its update rejected (failures are data, as in Flower), or when its deadline passes. It is then
+ * aggregated if at least `minClients` updates were accepted; otherwise the global model is kept.
+ * With a target accuracy, a training round also closes early once every selected agent reported
+ * that the base model already reaches the target on its local test split (the seed paper's
+ * stopping rule): the base model is then the final one.
+ */
+
+export type RoundKind = 'train' | 'evaluate';
+
+export interface RoundPlan {
+  round: number;
+  kind: RoundKind;
+  baseVersion: number;
+  selected: readonly string[];
+  minClients: number;
+  deadlineAt: number;
+  startedAt: number;
+  targetAccuracy: number | null;
+}
+
+export interface AcceptedUpdate {
+  agent: string;
+  sampleCount: number;
+  bytes: number;
+  sha256: string;
+  metricsBefore: EvalMetrics | null;
+  metricsAfter: EvalMetrics | null;
+  trainMs: number;
+}
+
+export interface Failure {
+  agent: string;
+  code: string;
+  reason: string;
+}
+
+/** aggregate: enough updates, average them; keep: too few, the global model stays; target-reached:
+ * the base model already meets the target; evaluated: an evaluation-only round is done. */
+export type RoundOutcome = 'aggregate' | 'keep' | 'target-reached' | 'evaluated';
+
+export type CloseDecision = { close: false } | { close: true; outcome: RoundOutcome; reason: string };
+
+export class RoundState {
+  readonly plan: RoundPlan;
+  private readonly evals = new Map<string, EvalMetrics>();
+  private readonly accepted = new Map<string, AcceptedUpdate>();
+  private readonly failures = new Map<string, Failure>();
+  private closedFlag = false;
+
+  constructor(plan: RoundPlan) {
+    if (plan.selected.length === 0) throw new RangeError(`round ${plan.round}: no agent selected`);
+    this.plan = { ...plan, selected: [...plan.selected].sort() };
+  }
+
+  get closed(): boolean {
+    return this.closedFlag;
+  }
+
+  isSelected(agent: string): boolean {
+    return this.plan.selected.includes(agent);
+  }
+
+  /** Record the base model's metrics on an agent's local test split. Returns false if already known. */
+  recordEval(agent: string, metrics: EvalMetrics): boolean {
+    if (this.evals.has(agent)) return false;
+    this.evals.set(agent, metrics);
+    return true;
+  }
+
+  hasAccepted(agent: string): boolean {
+    return this.accepted.has(agent);
+  }
+
+  acceptedUpdate(agent: string): AcceptedUpdate | undefined {
+    return this.accepted.get(agent);
+  }
+
+  recordAccepted(update: AcceptedUpdate): void {
+    if (this.accepted.has(update.agent)) throw new Error(`round ${this.plan.round}: update of ${update.agent} accepted twice`);
+    this.accepted.set(update.agent, update);
+    this.failures.delete(update.agent);
+  }
+
+  recordFailure(failure: Failure): void {
+    if (!this.accepted.has(failure.agent)) this.failures.set(failure.agent, failure);
+  }
+
+  evalsByAgent(): Record<string, EvalMetrics> {
+    return Object.fromEntries([...this.evals.entries()].sort(([a], [b]) => a.localeCompare(b)));
+  }
+
+  acceptedUpdates(): AcceptedUpdate[] {
+    return [...this.accepted.values()].sort((a, b) => a.agent.localeCompare(b.agent));
+  }
+
+  failureList(): Failure[] {
+    return [...this.failures.values()].sort((a, b) => a.agent.localeCompare(b.agent));
+  }
+
+  /** Whether the base model already meets the target on every selected agent's test split. */
+  targetReached(): boolean {
+    const target = this.plan.targetAccuracy;
+    if (target === null) return false;
+    return this.plan.selected.every((a) => {
+      const m = this.evals.get(a);
+      return m !== undefined && m.samples > 0 && m.accuracy >= target;
+    });
+  }
+
+  /** What to do now, given the clock. Pure: call it after every event and on the deadline. */
+  decide(now: number): CloseDecision {
+    if (this.closedFlag) return { close: false };
+    const { selected, kind, minClients, deadlineAt } = this.plan;
+    const pastDeadline = now >= deadlineAt;
+    if (kind === 'evaluate') {
+      if (selected.every((a) => this.evals.has(a))) return { close: true, outcome: 'evaluated', reason: 'all selected agents reported' };
+      if (pastDeadline) return { close: true, outcome: 'evaluated', reason: `deadline passed with ${this.evals.size} of ${selected.length} reports` };
+      return { close: false };
+    }
+    if (this.targetReached()) return { close: true, outcome: 'target-reached', reason: `base model reaches ${this.plan.targetAccuracy} on every agent's local test split` };
+    const answered = selected.filter((a) => this.accepted.has(a) || this.failures.has(a)).length;
+    if (answered === selected.length || pastDeadline) {
+      const why = answered === selected.length ? 'every selected agent answered' : 'deadline passed';
+      if (this.accepted.size >= minClients) {
+        return { close: true, outcome: 'aggregate', reason: `${why}: ${this.accepted.size} of ${selected.length} updates accepted` };
+      }
+      return { close: true, outcome: 'keep', reason: `${why}: ${this.accepted.size} of ${selected.length} updates accepted, ${minClients} needed; the global model stays as it was` };
+    }
+    return { close: false };
+  }
+
+  markClosed(): void {
+    this.closedFlag = true;
+  }
+}

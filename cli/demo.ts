@@ -1,0 +1,284 @@
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import type { Journal, RoundRecord } from '../aggregator/aggregator.js';
+import { generateDataset, INSPECTION_CLASSES, PAPER_CLIENTS } from '../dataset/synth.js';
+import { silentLogger } from '../shared/logger.js';
+import { MqttTransport } from '../shared/mqtt-transport.js';
+import { createTopics, defaultRoot } from '../shared/topics.js';
+import { ProcessGroup } from './process-group.js';
+
+const FEDERATION = 'demo';
+
+export interface DemoOptions {
+  rounds: number;
+  out: string;
+  seed: number;
+  epochs: number;
+  size: number;
+  scale: number;
+}
+
+function parseDemoArgs(args: string[]): DemoOptions {
+  const { values } = parseArgs({
+    args,
+    options: {
+      rounds: { type: 'string', default: '12' },
+      out: { type: 'string', default: 'demo-out' },
+      seed: { type: 'string', default: '42' },
+      epochs: { type: 'string', default: '2' },
+      size: { type: 'string', default: '32' },
+      scale: { type: 'string', default: '1' },
+    },
+    strict: true,
+  });
+  const int = (name: string, v: string | undefined, min: number, max: number) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer from ${min} to ${max}, got "${v}"`);
+    return n;
+  };
+  const scale = Number(values.scale);
+  if (!(scale > 0 && scale <= 10)) throw new Error(`--scale must be in (0, 10], got "${values.scale}"`);
+  return {
+    rounds: int('rounds', values.rounds, 1, 1000),
+    out: resolve(values.out!),
+    seed: int('seed', values.seed, 0, 2 ** 31),
+    epochs: int('epochs', values.epochs, 1, 100),
+    size: int('size', values.size, 16, 128),
+    scale,
+  };
+}
+
+const mb = (bytes: number) => (bytes / 1e6).toFixed(2);
+const pct = (x: number | undefined) => (x === undefined ? '   -  ' : x.toFixed(3).padStart(6));
+
+/** `npm run demo`: a whole federation on this machine, each part its own process, talking MQTT over loopback. */
+export async function runDemo(args: string[]): Promise<number> {
+  let options: DemoOptions;
+  try {
+    options = parseDemoArgs(args);
+  } catch (err) {
+    process.stderr.write(`fedline demo: ${(err as Error).message}\n`);
+    return 2;
+  }
+  const t0 = Date.now();
+  const elapsed = () => `[${((Date.now() - t0) / 1000).toFixed(1).padStart(6)}s]`;
+  const say = (line: string) => process.stdout.write(`${elapsed()} ${line}\n`);
+  const { out } = options;
+  const dirs = { data: join(out, 'data'), state: join(out, 'state'), config: join(out, 'config'), logs: join(out, 'logs') };
+  // Only the folders the demo owns are replaced; anything else under --out is left alone.
+  for (const d of Object.values(dirs)) await rm(d, { recursive: true, force: true });
+  for (const d of Object.values(dirs)) await mkdir(d, { recursive: true });
+
+  say(`generating ${PAPER_CLIENTS.length} clients' inspection images (${options.size}x${options.size} px, seed ${options.seed}) in ${dirs.data}`);
+  const data = await generateDataset({ out: dirs.data, seed: options.seed, size: options.size, scale: options.scale });
+  for (const c of data.clients) say(`  ${c.name}: ${Object.entries(c.counts).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+
+  const group = new ProcessGroup();
+  let interrupted = false;
+  const onSignal = () => {
+    if (interrupted) {
+      group.killAllNow();
+      process.exit(130);
+    }
+    interrupted = true;
+    say('interrupted: stopping every process');
+    group.stopAll(3000).finally(() => process.exit(130));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('exit', () => group.killAllNow());
+
+  let observer: MqttTransport | null = null;
+  try {
+    // 1. broker on a free loopback port
+    const brokerConfig = join(dirs.config, 'broker.json');
+    await writeFile(brokerConfig, JSON.stringify({ host: '127.0.0.1', port: 0 }, null, 2));
+    const { ready: brokerReady } = await group.start('broker', ['broker', '--config', brokerConfig], join(dirs.logs, 'broker.log'));
+    const url = String(brokerReady.url);
+    say(`broker (Aedes) listening on ${url}`);
+
+    // 2. observer: what an MES would see
+    const topics = createTopics(defaultRoot(FEDERATION));
+    observer = await MqttTransport.connect({ url, clientId: 'fedline-demo-observer', logger: silentLogger() });
+    const states = new Map<string, string>();
+    let lastProgressLine = 0;
+    await observer.subscribe(topics.statusAll(), (m) => {
+      try {
+        const s = JSON.parse(m.payload.toString('utf8')) as { agent: string; state: string; progress: number | null; detail: string | null; round: number | null };
+        const prev = states.get(s.agent)?.split(' ')[0];
+        const progress = s.progress !== null ? ` ${Math.round(s.progress * 100)}%` : '';
+        states.set(s.agent, `${s.state}${progress}`);
+        if (prev !== s.state && s.state !== 'offline') say(`  ${s.agent.padEnd(8)} ${s.state}${s.detail ? `: ${s.detail}` : ''}`);
+        if (Date.now() - lastProgressLine > 4000 && [...states.values()].some((v) => v.startsWith('training') || v.startsWith('uploading') || v.startsWith('downloading'))) {
+          lastProgressLine = Date.now();
+          say(`  progress: ${[...states.entries()].sort().map(([a, v]) => `${a} ${v}`).join(' | ')}`);
+        }
+      } catch {
+        // not our business to validate here; the aggregator counts bad status messages
+      }
+    });
+    await observer.subscribe(topics.eventsAll(), (m) => {
+      try {
+        const e = JSON.parse(m.payload.toString('utf8')) as Record<string, unknown> & { type: string };
+        if (e.type === 'round-started') say(`round ${e.round} started (${e.kind}, base model v${e.baseVersion}, agents ${(e.selected as string[]).join(', ')})`);
+        else if (e.type === 'round-completed') {
+          const r = e as unknown as RoundRecord;
+          say(
+            `round ${r.round} completed: ${r.outcome}${r.newVersion !== null ? ` -> model v${r.newVersion}` : ''}, ${r.participants.length} update(s), ` +
+              `up ${mb(r.bytesUp)} MB, down ${mb(r.bytesDown)} MB, ${((r.durationMs ?? 0) / 1000).toFixed(1)} s`,
+          );
+        } else if (e.type === 'model-published') say(`model v${e.version} published (${mb(Number(e.bytes))} MB, sha256 ${String(e.sha256).slice(0, 12)}…)`);
+        else if (e.type === 'alert') say(`ALERT ${e.code}: ${e.message}`);
+      } catch {
+        // ignore
+      }
+    });
+
+    // 3. aggregator and agents, each its own process
+    const agents = PAPER_CLIENTS.map((c) => c.name);
+    const aggregatorConfig = join(dirs.config, 'aggregator.json');
+    await writeFile(
+      aggregatorConfig,
+      JSON.stringify(
+        {
+          federation: FEDERATION,
+          mqtt: { url },
+          stateDir: join(dirs.state, 'aggregator'),
+          agents,
+          rounds: options.rounds,
+          minClients: agents.length,
+          roundDeadlineMs: 300_000,
+          waitForAgentsMs: 60_000,
+          task: { epochs: options.epochs, batchSize: 16, learningRate: 0.004, learningRateDecay: 0.85, optimizer: 'adam', classWeighting: 'auto', federated: 'all' },
+          model: { architecture: 'small-cnn', inputShape: [options.size, options.size, 3], classes: [...INSPECTION_CLASSES], seed: options.seed, normalization: 'per-image' },
+          evaluateFinalModel: true,
+          exitWhenComplete: true,
+        },
+        null,
+        2,
+      ),
+    );
+    const { child: aggregator } = await group.start('aggregator', ['aggregator', '--config', aggregatorConfig], join(dirs.logs, 'aggregator.log'));
+    say(`aggregator started [pid ${aggregator.proc.pid}]`);
+    for (const agent of agents) {
+      const file = join(dirs.config, `agent-${agent}.json`);
+      await writeFile(
+        file,
+        JSON.stringify(
+          { agentId: agent, federation: FEDERATION, mqtt: { url }, stateDir: join(dirs.state, agent), data: { dir: join(dirs.data, agent), testFraction: 0.2, splitSeed: options.seed } },
+          null,
+          2,
+        ),
+      );
+      const { child } = await group.start(agent, ['agent', '--config', file], join(dirs.logs, `${agent}.log`));
+      say(`agent ${agent} started [pid ${child.proc.pid}]`);
+    }
+
+    // 4. the federation runs until the aggregator exits
+    const code = await aggregator.exited;
+    if (code !== 0) throw new Error(`the aggregator exited with code ${code}; see ${aggregator.logFile}`);
+
+    const journal = JSON.parse(await readFile(join(dirs.state, 'aggregator', 'journal.json'), 'utf8')) as Journal;
+    const summary = buildSummary(journal, options, join(dirs.state, 'aggregator', 'models'), Date.now() - t0);
+    await writeFile(join(out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
+    process.stdout.write('\n' + renderTable(summary) + '\n');
+    process.stdout.write(`\nfinal global model v${summary.finalModel.version}: ${summary.finalModel.dir}\nsummary: ${join(out, 'summary.json')}   logs: ${dirs.logs}\n`);
+    process.stdout.write(`total time ${(summary.durationMs / 1000).toFixed(1)} s\n`);
+    return 0;
+  } catch (err) {
+    say(`demo failed: ${(err as Error).message}`);
+    return 1;
+  } finally {
+    await observer?.close().catch(() => undefined);
+    await group.stopAll();
+  }
+}
+
+export interface DemoSummary {
+  federation: string;
+  options: DemoOptions;
+  agents: string[];
+  durationMs: number;
+  rounds: {
+    round: number;
+    kind: string;
+    outcome: string | null;
+    baseVersion: number;
+    newVersion: number | null;
+    participants: string[];
+    sampleCounts: Record<string, number>;
+    /** Accuracy of the global model this round produced (or kept), on each agent's local test split. */
+    globalAccuracy: Record<string, number>;
+    globalBalancedAccuracy: Record<string, number>;
+    /** Each agent's own model after local training, on its local test split. */
+    localAccuracy: Record<string, number>;
+    bytesUp: number;
+    bytesDown: number;
+    durationMs: number | null;
+    trainMs: Record<string, number>;
+  }[];
+  finalModel: { version: number; dir: string; accuracy: Record<string, number>; balancedAccuracy: Record<string, number> };
+}
+
+/** Per round: the model it ends with, evaluated by each agent at the start of the next round (or the final evaluation round). */
+export function buildSummary(journal: Journal, options: DemoOptions, modelsDir: string, durationMs: number): DemoSummary {
+  const evalOf = (version: number) => {
+    const r = journal.rounds.find((x) => x.baseVersion === version && Object.keys(x.baseMetrics).length > 0);
+    return r?.baseMetrics ?? {};
+  };
+  const pick = (m: Record<string, { accuracy: number; balancedAccuracy: number }>, key: 'accuracy' | 'balancedAccuracy') =>
+    Object.fromEntries(Object.entries(m).map(([a, v]) => [a, v[key]]));
+  const finalVersion = journal.finalVersion ?? journal.currentVersion;
+  const finalEval = evalOf(finalVersion);
+  const agents = [...new Set(journal.rounds.flatMap((r) => r.selected))].sort();
+  return {
+    federation: journal.federation,
+    options,
+    agents,
+    durationMs,
+    rounds: journal.rounds
+      .filter((r) => r.kind === 'train')
+      .map((r) => {
+        const endVersion = r.newVersion ?? r.baseVersion;
+        const m = evalOf(endVersion);
+        return {
+          round: r.round,
+          kind: r.kind,
+          outcome: r.outcome,
+          baseVersion: r.baseVersion,
+          newVersion: r.newVersion,
+          participants: r.participants,
+          sampleCounts: r.sampleCounts,
+          globalAccuracy: pick(m, 'accuracy'),
+          globalBalancedAccuracy: pick(m, 'balancedAccuracy'),
+          localAccuracy: Object.fromEntries(Object.entries(r.localMetrics).filter(([, v]) => v).map(([a, v]) => [a, v!.accuracy])),
+          bytesUp: r.bytesUp,
+          bytesDown: r.bytesDown,
+          durationMs: r.durationMs,
+          trainMs: r.trainMs,
+        };
+      }),
+    finalModel: { version: finalVersion, dir: join(modelsDir, `v${finalVersion}`), accuracy: pick(finalEval, 'accuracy'), balancedAccuracy: pick(finalEval, 'balancedAccuracy') },
+  };
+}
+
+export function renderTable(summary: DemoSummary): string {
+  const agents = summary.agents;
+  const header = ['round', 'outcome  ', 'model', ...agents.map((a) => a.padStart(8)), '   up MB', ' down MB', ' time s'];
+  const lines = [`global model accuracy on each agent's local test split, per round:`, header.join('  ')];
+  for (const r of summary.rounds) {
+    lines.push(
+      [
+        String(r.round).padStart(5),
+        (r.outcome ?? '-').padEnd(9),
+        `v${r.newVersion ?? r.baseVersion}`.padStart(5),
+        ...agents.map((a) => pct(r.globalAccuracy[a]).padStart(8)),
+        mb(r.bytesUp).padStart(8),
+        mb(r.bytesDown).padStart(8),
+        ((r.durationMs ?? 0) / 1000).toFixed(1).padStart(7),
+      ].join('  '),
+    );
+  }
+  return lines.join('\n');
+}

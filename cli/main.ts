@@ -1,0 +1,116 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+import { startBroker } from '../broker/main.js';
+import { startAggregator } from '../aggregator/main.js';
+import { startAgent } from '../edge-agent/main.js';
+import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile } from '../shared/config.js';
+import { createLogger } from '../shared/logger.js';
+import { fatal, notifyReady, onShutdown } from './lifecycle.js';
+
+const USAGE = `fedline: federated learning for factory quality inspection over MQTT
+
+usage: fedline <command> [options]
+
+commands:
+  demo        run a whole federation on this machine: embedded broker, aggregator and 3 agents
+              as separate processes on generated images
+                --rounds N (12)  --out DIR (./demo-out)  --seed N (42)  --epochs N (2)
+  broker      run the embedded MQTT broker (Aedes)          --config FILE [--port N]
+  aggregator  run the aggregator                            --config FILE
+  agent       run an edge agent                             --config FILE
+  dataset synth  write generated USB-inspection images      --out DIR [--seed N] [--size PX] [--scale X]
+
+Example configs are in examples/. Logs are JSON lines on stdout; set FEDLINE_LOG_LEVEL=debug for more.`;
+
+async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'broker':
+      return runBroker(rest);
+    case 'aggregator':
+      return runAggregator(rest);
+    case 'agent':
+      return runAgent(rest);
+    case 'demo': {
+      const { runDemo } = await import('./demo.js');
+      process.exitCode = await runDemo(rest);
+      return;
+    }
+    case 'dataset': {
+      const { runDataset } = await import('./dataset-cmd.js');
+      return runDataset(rest);
+    }
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(USAGE + '\n');
+      return;
+    default:
+      process.stderr.write(`fedline: unknown command "${command}"\n\n${USAGE}\n`);
+      process.exitCode = 2;
+  }
+}
+
+function configArg(args: string[], extra: Record<string, { type: 'string' }> = {}): { config: string; values: Record<string, string | undefined> } {
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, ...extra }, strict: true });
+  if (!values.config) {
+    process.stderr.write('fedline: --config FILE is required (see examples/)\n');
+    process.exit(2);
+  }
+  return { config: values.config, values: values as Record<string, string | undefined> };
+}
+
+async function runBroker(args: string[]): Promise<void> {
+  const { config: file, values } = configArg(args, { port: { type: 'string' } });
+  let log = createLogger({ name: 'broker' });
+  try {
+    const loaded = loadConfigFile(brokerConfigSchema, file);
+    const config = values.port !== undefined ? { ...loaded, port: Number(values.port) } : loaded;
+    log = createLogger({ name: 'broker', ...(config.logLevel ? { level: config.logLevel } : {}) });
+    const broker = await startBroker(config, log);
+    onShutdown(log, () => broker.close());
+    notifyReady({ url: broker.url, port: broker.port, host: broker.host });
+  } catch (err) {
+    fatal(log, err);
+  }
+}
+
+async function runAggregator(args: string[]): Promise<void> {
+  const { config: file } = configArg(args);
+  let log = createLogger({ name: 'aggregator' });
+  try {
+    const config = loadConfigFile(aggregatorConfigSchema, file);
+    log = createLogger({ name: 'aggregator', ...(config.logLevel ? { level: config.logLevel } : {}) });
+    const running = await startAggregator(config, log);
+    onShutdown(log, () => running.close());
+    notifyReady({ federation: config.federation });
+    const result = await running.aggregator.run();
+    log.info({ finalVersion: result.finalVersion, reason: result.reason, modelDir: running.store.dir(result.finalVersion) }, 'federation finished');
+    if (config.exitWhenComplete) {
+      await running.transport.close();
+      process.exit(0);
+    }
+  } catch (err) {
+    fatal(log, err);
+  }
+}
+
+async function runAgent(args: string[]): Promise<void> {
+  const { config: file } = configArg(args);
+  let log = createLogger({ name: 'agent' });
+  try {
+    const config = loadConfigFile(agentConfigSchema, file);
+    log = createLogger({ name: 'agent', ...(config.logLevel ? { level: config.logLevel } : {}) });
+    const running = await startAgent(config, log);
+    onShutdown(log, () => running.close());
+    notifyReady({ agent: config.agentId });
+  } catch (err) {
+    fatal(log, err);
+  }
+}
+
+main(process.argv.slice(2)).catch((err: Error) => {
+  process.stderr.write(`fedline: ${err.message}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,304 @@
+import { EventEmitter } from 'node:events';
+import { decodeMsgpack, encodeJson, packMsg } from '../shared/codec.js';
+import type { AgentConfig } from '../shared/config.js';
+import { Counters } from '../shared/counters.js';
+import { describeError, ErrorCodes, FedlineError, isFedlineError } from '../shared/errors.js';
+import { createEventPublisher, type EventSink } from '../shared/events.js';
+import { resolveFederated } from '../shared/federated-set.js';
+import type { Logger } from '../shared/logger.js';
+import {
+  modelMetaSchema,
+  PROTOCOL_VERSION,
+  roundAnnouncementSchema,
+  SUPPORTED_VERSIONS,
+  type AgentState,
+  type AgentStatus,
+  type EvalReportMsg,
+  type RoundAnnouncement,
+  type UpdateMeta,
+} from '../shared/messages.js';
+import { bundleTensors, decodeBundle, encodeBundle, type DecodedBundle } from '../shared/tensor-bundle.js';
+import type { ModelMeta } from '../shared/messages.js';
+import { createTopics, defaultRoot, type Topics } from '../shared/topics.js';
+import type { InboundMessage, Transport } from '../shared/transport.js';
+import type { ModelCache } from './model-cache.js';
+import { downloadModel } from './model-downlink.js';
+import type { GlobalModel, Trainer } from './trainer.js';
+import { sendUpdate } from './uplink.js';
+
+type Config = Readonly<AgentConfig> | AgentConfig;
+
+export interface AgentDeps {
+  transport: Transport;
+  cache: ModelCache;
+  /** Prepares the local trainer once the federation's classes and input shape are known. */
+  trainerFor: (model: ModelMeta) => Promise<Trainer>;
+  logger: Logger;
+}
+
+export interface RoundWorkResult {
+  round: number;
+  outcome: 'accepted' | 'rejected' | 'evaluated' | 'aborted' | 'failed';
+  detail?: string;
+}
+
+/** The last-will / offline status, published by the broker when the agent vanishes. */
+export function offlineStatus(agent: string): AgentStatus {
+  return { v: PROTOCOL_VERSION, agent, state: 'offline', round: null, progress: null, detail: null, backend: null, samples: null, ts: 0 };
+}
+
+/**
+ * The edge agent: follows the retained round announcement; for each round it is selected for it
+ * fetches the base model, evaluates it on the local test split (reported at once), trains, and
+ * sends its update in chunks until the aggregator's verdict. A newer announcement, a closed
+ * round or stop() aborts the work in progress at the next batch boundary.
+ */
+export class EdgeAgent extends EventEmitter {
+  readonly counters = new Counters();
+  private readonly config: Config;
+  private readonly transport: Transport;
+  private readonly cache: ModelCache;
+  private readonly trainerFor: AgentDeps['trainerFor'];
+  private readonly log: Logger;
+  private readonly topics: Topics;
+  private readonly emitEvent: EventSink;
+  private trainer: Trainer | null = null;
+  private current: { round: number; controller: AbortController; done: Promise<RoundWorkResult> } | null = null;
+  private readonly finishedRounds = new Set<number>();
+  private status: AgentStatus;
+  private lastStatusAt = 0;
+  private stopped = false;
+  private bytes = { up: 0, down: 0 };
+
+  constructor(config: Config, deps: AgentDeps) {
+    super();
+    this.config = config;
+    this.transport = deps.transport;
+    this.cache = deps.cache;
+    this.trainerFor = deps.trainerFor;
+    this.log = deps.logger.child({ module: 'agent', agent: config.agentId });
+    this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
+    this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log);
+    this.status = { v: PROTOCOL_VERSION, agent: config.agentId, state: 'starting', round: null, progress: null, detail: null, backend: null, samples: null, ts: Date.now() };
+  }
+
+  get agentId(): string {
+    return this.config.agentId;
+  }
+
+  get state(): AgentState {
+    return this.status.state;
+  }
+
+  /** Bytes of model downloaded and update chunks sent so far. */
+  get transferred(): { up: number; down: number } {
+    return { ...this.bytes };
+  }
+
+  async start(): Promise<void> {
+    await this.setStatus({ state: 'idle', detail: 'waiting for a round' }, true);
+    await this.transport.subscribe(this.topics.round(), this.onRound);
+    this.transport.on('connect', () => {
+      // After a reconnect the retained status may be the broker's last will: say we are back.
+      this.setStatus({}, true).catch(() => undefined);
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.transport.unsubscribe(this.topics.round(), this.onRound).catch(() => undefined);
+    if (this.current) {
+      this.current.controller.abort(new FedlineError(ErrorCodes.ABORTED, 'agent stopping'));
+      await this.current.done.catch(() => undefined);
+    }
+  }
+
+  /** Resolves when the work on the current round (if any) has ended. */
+  async idle(): Promise<void> {
+    while (this.current) await this.current.done.catch(() => undefined);
+  }
+
+  private readonly onRound = (m: InboundMessage): void => {
+    if (this.stopped || m.payload.byteLength === 0) return;
+    let ann: RoundAnnouncement;
+    try {
+      ann = decodeMsgpack(m.payload, roundAnnouncementSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'round announcement' });
+      if (ann.federation !== this.config.federation) throw new FedlineError(ErrorCodes.MSG_SCHEMA, `announcement for federation ${ann.federation}`);
+    } catch (err) {
+      this.reject(err, m.topic);
+      return;
+    }
+    const cur = this.current;
+    if (ann.state === 'complete') {
+      cur?.controller.abort(new FedlineError(ErrorCodes.ABORTED, 'federation complete'));
+      this.log.info({ finalVersion: ann.base.version }, 'federation complete');
+      this.setStatus({ state: 'idle', round: null, progress: null, detail: `federation complete; final model version ${ann.base.version}` }, true).catch(() => undefined);
+      this.emit('complete', ann);
+      return;
+    }
+    if (ann.state === 'closed') {
+      if (cur && cur.round === ann.round) cur.controller.abort(new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${ann.round} closed`));
+      this.finishedRounds.add(ann.round);
+      return;
+    }
+    if (cur && cur.round === ann.round) return; // the same announcement again (retained, reconnect)
+    if (this.finishedRounds.has(ann.round)) return;
+    if (cur) cur.controller.abort(new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${ann.round} replaces round ${cur.round}`));
+    if (!ann.selected.includes(this.config.agentId)) {
+      this.log.info({ round: ann.round }, 'not selected for this round');
+      this.setStatus({ state: 'idle', round: ann.round, progress: null, detail: 'not selected for this round' }).catch(() => undefined);
+      return;
+    }
+    const controller = new AbortController();
+    const previous = cur?.done.catch(() => undefined) ?? Promise.resolve();
+    const done = previous.then(() => this.work(ann, controller.signal));
+    const entry = { round: ann.round, controller, done };
+    this.current = entry;
+    done
+      .then((result) => {
+        this.emit('round-done', result);
+      })
+      .finally(() => {
+        if (this.current === entry) this.current = null;
+      });
+  };
+
+  private async work(ann: RoundAnnouncement, signal: AbortSignal): Promise<RoundWorkResult> {
+    const round = ann.round;
+    const log = this.log.child({ round });
+    try {
+      if (signal.aborted) throw signal.reason;
+      // 1. the base model
+      await this.setStatus({ state: 'downloading', round, progress: 0, detail: `model version ${ann.base.version}` }, true);
+      const { model, downloadedBytes } = await this.fetchModel(ann, signal);
+      const trainer = await this.ensureTrainer(model.meta, ann);
+      // 2. evaluate the global model first, and report it at once (the seed paper's workflow)
+      await this.setStatus({ state: 'evaluating', round, progress: null, detail: `global model version ${model.version}` }, true);
+      const metricsBefore = await trainer.evaluate(model);
+      log.info({ version: model.version, accuracy: metricsBefore.accuracy }, 'global model evaluated on the local test split');
+      const report: EvalReportMsg = { v: PROTOCOL_VERSION, type: 'eval', round, agent: this.config.agentId, baseVersion: model.version, metrics: metricsBefore, downloadedBytes };
+      await this.transport.publish(this.topics.update(round, this.config.agentId), packMsg(report), { qos: 1 });
+      if (ann.kind === 'evaluate') {
+        this.finishedRounds.add(round);
+        await this.setStatus({ state: 'idle', round, progress: null, detail: `evaluated model version ${model.version}: accuracy ${metricsBefore.accuracy.toFixed(3)}` }, true);
+        return { round, outcome: 'evaluated' };
+      }
+      // 3. local training
+      const federatedNames = resolveFederated(ann.task.federated, model.tensors.map((t) => t.name), model.meta.headTensors);
+      await this.setStatus({ state: 'training', round, progress: 0, detail: `${ann.task.epochs} epoch(s) on ${trainer.samples.train} images` }, true);
+      const result = await trainer.train(model, ann.task, federatedNames, {
+        signal,
+        onProgress: (p) => {
+          const progress = (p.epoch * p.batchesPerEpoch + p.batch) / (p.epochs * p.batchesPerEpoch);
+          this.setStatus({ progress, detail: `epoch ${p.epoch + 1}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}` }).catch(() => undefined);
+        },
+      });
+      log.info({ trainMs: result.trainMs, accuracyAfter: result.metricsAfter.accuracy, samples: result.sampleCount }, 'local training done');
+      // 4. send the update
+      const meta: UpdateMeta = {
+        kind: 'update',
+        agent: this.config.agentId,
+        round,
+        baseVersion: model.version,
+        sampleCount: result.sampleCount,
+        epochs: ann.task.epochs,
+        metricsBefore,
+        metricsAfter: result.metricsAfter,
+        trainMs: result.trainMs,
+        backend: trainer.backend,
+      };
+      const bundle = encodeBundle(result.tensors, meta);
+      await this.setStatus({ state: 'uploading', round, progress: 0, detail: `${bundle.byteLength} bytes` }, true);
+      const sent = await sendUpdate(this.transport, this.topics, bundle, log, {
+        round,
+        agent: this.config.agentId,
+        chunkBytes: ann.chunkBytes,
+        maxInflight: this.config.maxInflight,
+        ackTimeoutMs: this.config.ackTimeoutMs,
+        signal,
+        onProgress: (sentBytes, total) => this.setStatus({ progress: Math.min(1, sentBytes / total) }).catch(() => undefined),
+        onReject: (err, topic) => this.reject(err, topic),
+      });
+      this.bytes.up += sent.sentBytes;
+      this.finishedRounds.add(round);
+      if (sent.ack.status === 'accepted') {
+        log.info({ bytes: bundle.byteLength, resent: sent.resentChunks }, 'update accepted by the aggregator');
+        await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} accepted` }, true);
+        return { round, outcome: 'accepted' };
+      }
+      log.warn({ code: sent.ack.code, reason: sent.ack.reason }, 'update rejected by the aggregator');
+      this.emitEvent('alert', { severity: 'warning', agent: this.config.agentId, round, code: sent.ack.code, message: `update rejected: ${sent.ack.reason}` });
+      await this.setStatus({ state: 'idle', round, progress: null, detail: `update rejected: ${sent.ack.reason}` }, true);
+      return { round, outcome: 'rejected', detail: sent.ack.reason ?? '' };
+    } catch (err) {
+      const { code, message } = describeError(err);
+      if (isFedlineError(err, ErrorCodes.ABORTED) || isFedlineError(err, ErrorCodes.ROUND_CLOSED) || signal.aborted) {
+        log.info({ reason: message }, 'round work stopped');
+        if (!this.stopped) await this.setStatus({ state: 'idle', round, progress: null, detail: `stopped: ${message}` }, true).catch(() => undefined);
+        return { round, outcome: 'aborted', detail: message };
+      }
+      log.error({ code, err: message }, 'round failed');
+      this.counters.inc(code);
+      this.emitEvent('alert', { severity: 'error', agent: this.config.agentId, round, code, message });
+      await this.setStatus({ state: 'error', round, progress: null, detail: message }, true).catch(() => undefined);
+      return { round, outcome: 'failed', detail: message };
+    }
+  }
+
+  private async fetchModel(ann: RoundAnnouncement, signal: AbortSignal): Promise<{ model: GlobalModel; downloadedBytes: number }> {
+    const ref = ann.base;
+    let bundle = await this.cache.get(ref.version, ref.sha256);
+    let downloadedBytes = 0;
+    if (!bundle) {
+      bundle = await downloadModel(this.transport, this.topics, ref, this.log, {
+        maxModelBytes: this.config.maxModelBytes,
+        stallMs: 30_000,
+        signal,
+        onProgress: (have, total) => this.setStatus({ progress: have / total }).catch(() => undefined),
+        onReject: (err, topic) => this.reject(err, topic),
+      });
+      downloadedBytes = bundle.byteLength;
+      this.bytes.down += bundle.byteLength;
+      await this.cache.put(ref.version, ref.sha256, bundle).catch((err: Error) => this.log.warn({ err: err.message }, 'could not cache the model; continuing without cache'));
+    }
+    let decoded: DecodedBundle<ModelMeta>;
+    try {
+      decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);
+    } catch (err) {
+      throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `global model version ${ref.version} cannot be read: ${describeError(err).message}`);
+    }
+    if (decoded.header.meta.version !== ref.version) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `bundle says version ${decoded.header.meta.version}, announced ${ref.version}`);
+    return { model: { version: ref.version, sha256: ref.sha256, meta: decoded.header.meta, tensors: bundleTensors(decoded) }, downloadedBytes };
+  }
+
+  private async ensureTrainer(meta: ModelMeta, ann: RoundAnnouncement): Promise<Trainer> {
+    if (meta.classes.join('\n') !== ann.classes.join('\n')) {
+      throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `model classes [${meta.classes.join(', ')}] differ from the round's [${ann.classes.join(', ')}]`);
+    }
+    if (!this.trainer) {
+      this.trainer = await this.trainerFor(meta);
+      await this.setStatus({ backend: this.trainer.backend, samples: this.trainer.samples });
+    }
+    return this.trainer;
+  }
+
+  private async setStatus(patch: Partial<Omit<AgentStatus, 'v' | 'agent' | 'ts'>>, force = false): Promise<void> {
+    const prevState = this.status.state;
+    this.status = { ...this.status, ...patch, ts: Date.now() };
+    // Progress updates are throttled; state changes always go out.
+    const now = Date.now();
+    if (!force && patch.state === undefined && now - this.lastStatusAt < 500) return;
+    this.lastStatusAt = now;
+    await this.transport.publish(this.topics.status(this.config.agentId), encodeJson(this.status), { qos: 1, retain: true });
+    if (this.status.state !== prevState) {
+      this.emit('state', this.status);
+      this.emitEvent('agent-state', { agent: this.config.agentId, state: this.status.state, round: this.status.round, detail: this.status.detail });
+    }
+  }
+
+  private reject(err: unknown, topic: string): void {
+    const { code, message } = describeError(err);
+    this.counters.inc(code);
+    this.log.warn({ topic, code }, message);
+  }
+}

@@ -1,0 +1,56 @@
+import { join } from 'node:path';
+import type { AgentConfig } from '../shared/config.js';
+import { encodeJson } from '../shared/codec.js';
+import type { Logger } from '../shared/logger.js';
+import { connectMqtt } from '../shared/mqtt-connect.js';
+import type { MqttTransport } from '../shared/mqtt-transport.js';
+import { loadTf } from '../shared/tfjs/backend.js';
+import { createTopics, defaultRoot } from '../shared/topics.js';
+import { EdgeAgent, offlineStatus } from './agent.js';
+import { loadDataset } from './dataset.js';
+import { ModelCache } from './model-cache.js';
+import { TfjsTrainer } from './tfjs-trainer.js';
+
+export interface RunningAgent {
+  agent: EdgeAgent;
+  transport: MqttTransport;
+  close(): Promise<void>;
+}
+
+/** Wire a validated agent config to MQTT (with an `offline` last will), the model cache, the image folder and tfjs. */
+export async function startAgent(config: Readonly<AgentConfig>, logger: Logger): Promise<RunningAgent> {
+  const topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
+  const offline = encodeJson({ ...offlineStatus(config.agentId), ts: Date.now() });
+  const transport = await connectMqtt(config.mqtt, `fedline-agent-${config.agentId}`.slice(0, 128), logger, { topic: topics.status(config.agentId), payload: offline, qos: 1, retain: true });
+  const log = logger.child({ agent: config.agentId });
+  const agent = new EdgeAgent(config, {
+    transport,
+    cache: new ModelCache(join(config.stateDir, 'models'), log),
+    logger,
+    trainerFor: async ({ classes, inputShape, normalization }) => {
+      const runtime = await loadTf(config.training.backend, log);
+      const data = await loadDataset({
+        dir: config.data.dir,
+        classes,
+        inputShape: inputShape as [number, number, number],
+        testFraction: config.data.testFraction,
+        splitSeed: config.data.splitSeed,
+        normalization,
+      });
+      for (const problem of data.problems) log.warn({ module: 'data' }, problem);
+      log.info({ train: data.counts.train, test: data.counts.test, classes, skipped: data.problems.length }, 'local images loaded');
+      return new TfjsTrainer(runtime, data, config.training.shuffleSeed);
+    },
+  });
+  await agent.start();
+  return {
+    agent,
+    transport,
+    async close() {
+      await agent.stop();
+      // A clean DISCONNECT suppresses the last will (MQTT 3.1.1 §3.14.4), so say offline ourselves.
+      await transport.publish(topics.status(config.agentId), encodeJson({ ...offlineStatus(config.agentId), ts: Date.now() }), { qos: 1, retain: true }).catch(() => undefined);
+      await transport.close();
+    },
+  };
+}

@@ -1,0 +1,54 @@
+import { readdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../shared/fs-atomic.js';
+import type { Logger } from '../shared/logger.js';
+import { sha256Hex } from '../shared/tensor-bundle.js';
+
+/**
+ * Downloaded global models, kept on the agent's disk so a restart does not download them again.
+ * Written atomically and checked against the SHA-256 on every read: a half-written or corrupted
+ * file is deleted and downloaded again, never trained on.
+ */
+export class ModelCache {
+  private readonly dir: string;
+  private readonly log: Logger;
+  /** Versions to keep besides the one just written. */
+  private readonly keep: number;
+
+  constructor(dir: string, log: Logger, keep = 1) {
+    this.dir = dir;
+    this.log = log;
+    this.keep = keep;
+  }
+
+  private file(version: number, sha256: string): string {
+    return join(this.dir, `v${version}-${sha256.slice(0, 16)}.flb`);
+  }
+
+  async get(version: number, sha256: string): Promise<Buffer | null> {
+    const path = this.file(version, sha256);
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(path);
+    } catch {
+      return null;
+    }
+    if (sha256Hex(bytes) !== sha256) {
+      this.log.warn({ path, version }, 'cached model is corrupt; deleting it and downloading again');
+      await rm(path, { force: true });
+      return null;
+    }
+    return bytes;
+  }
+
+  async put(version: number, sha256: string, bundle: Uint8Array): Promise<void> {
+    await writeFileAtomic(this.file(version, sha256), bundle);
+    // Old versions are not needed again (rounds only move forward).
+    const entries = await readdir(this.dir).catch(() => [] as string[]);
+    const versions = entries
+      .map((e) => ({ e, m: /^v(\d+)-[0-9a-f]+\.flb$/.exec(e) }))
+      .filter((x) => x.m && Number(x.m[1]) < version)
+      .sort((a, b) => Number(b.m![1]) - Number(a.m![1]));
+    for (const old of versions.slice(this.keep)) await rm(join(this.dir, old.e), { force: true });
+  }
+}

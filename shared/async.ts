@@ -1,0 +1,88 @@
+/**
+ * Small async helpers. Timers go through a Clock so that services can run under fake time in
+ * tests (as MQTT.js injects its timers).
+ */
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
+
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+export interface Deferred<T> {
+  promise: Promise<T>;
+  resolve(value: T): void;
+  reject(err: unknown): void;
+}
+
+export function deferred<T>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  let reject!: (err: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+/**
+ * Run `task` for every item with at most `limit` running at once; stops at the first failure.
+ * Used to keep a bounded number of QoS 1 publishes in flight: MQTT.js queues every publish
+ * you hand it, so without a window a 500 MB update would sit in memory twice.
+ */
+export async function forEachWindowed<T>(items: Iterable<T>, limit: number, task: (item: T) => Promise<void>, signal?: AbortSignal): Promise<void> {
+  const running = new Set<Promise<void>>();
+  let failure: unknown = null;
+  for (const item of items) {
+    if (failure) break;
+    if (signal?.aborted) throw signal.reason;
+    const p: Promise<void> = task(item).then(
+      () => {
+        running.delete(p);
+      },
+      (err) => {
+        running.delete(p);
+        failure ??= err;
+      },
+    );
+    running.add(p);
+    if (running.size >= limit) await Promise.race(running);
+  }
+  await Promise.all(running);
+  if (failure) throw failure;
+}
+
+/** Reject with a timeout error unless `promise` settles first. */
+export async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<T>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,100 @@
+import { Packr } from 'msgpackr';
+import { z } from 'zod';
+import { ErrorCodes, FedlineError } from './errors.js';
+
+/**
+ * Standard msgpack only (maps, arrays, bin, numbers, strings, nil, booleans): no msgpackr records,
+ * no extension types, no timestamps, so that an agent or MES written in Python or C can decode
+ * every message with any msgpack library (DESIGN.md, Protocol).
+ */
+const packr = new Packr({
+  useRecords: false,
+  moreTypes: false,
+  mapsAsObjects: true,
+  encodeUndefinedAsNil: false,
+  int64AsType: 'number',
+  useTimestamp32: false,
+});
+
+export function packMsg(value: unknown): Buffer {
+  return packr.pack(value);
+}
+
+export function unpackMsg(payload: Uint8Array): unknown {
+  return packr.unpack(payload);
+}
+
+/** Dates are sent as epoch milliseconds; msgpackr would otherwise use its timestamp extension. */
+export function nowMs(): number {
+  return Date.now();
+}
+
+export function formatIssues(error: z.ZodError): string {
+  return error.issues
+    .slice(0, 5)
+    .map((issue) => `${issue.path.length ? issue.path.join('.') : '(root)'}: ${issue.message}`)
+    .join('; ');
+}
+
+export interface DecodeContext {
+  topic: string;
+  /** What the topic says the message is, e.g. `update chunk`; used in error text. */
+  what: string;
+}
+
+/**
+ * Decode a msgpack payload and validate it against a versioned schema. Every failure is a
+ * FedlineError naming the topic and the failing field, ready to be logged and counted.
+ */
+export function decodeMsgpack<T>(payload: Uint8Array, schema: z.ZodType<T>, versions: readonly number[], ctx: DecodeContext): T {
+  let raw: unknown;
+  try {
+    raw = unpackMsg(payload);
+  } catch (err) {
+    throw new FedlineError(ErrorCodes.MSG_DECODE, `${ctx.what} on ${ctx.topic} is not valid msgpack: ${(err as Error).message}`, {
+      topic: ctx.topic,
+      bytes: payload.byteLength,
+    });
+  }
+  return validateMessage(raw, schema, versions, ctx);
+}
+
+export function decodeJson<T>(payload: Uint8Array, schema: z.ZodType<T>, versions: readonly number[], ctx: DecodeContext): T {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8'));
+  } catch (err) {
+    throw new FedlineError(ErrorCodes.MSG_DECODE, `${ctx.what} on ${ctx.topic} is not valid JSON: ${(err as Error).message}`, {
+      topic: ctx.topic,
+      bytes: payload.byteLength,
+    });
+  }
+  return validateMessage(raw, schema, versions, ctx);
+}
+
+function validateMessage<T>(raw: unknown, schema: z.ZodType<T>, versions: readonly number[], ctx: DecodeContext): T {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new FedlineError(ErrorCodes.MSG_SCHEMA, `${ctx.what} on ${ctx.topic} must be a map, got ${Array.isArray(raw) ? 'array' : typeof raw}`, {
+      topic: ctx.topic,
+    });
+  }
+  const v = (raw as { v?: unknown }).v;
+  if (typeof v !== 'number' || !versions.includes(v)) {
+    throw new FedlineError(
+      ErrorCodes.MSG_VERSION,
+      `${ctx.what} on ${ctx.topic} has protocol version ${JSON.stringify(v)}; this build understands ${versions.join(', ')}`,
+      { topic: ctx.topic, version: v },
+    );
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    throw new FedlineError(ErrorCodes.MSG_SCHEMA, `${ctx.what} on ${ctx.topic} is malformed: ${formatIssues(parsed.error)}`, {
+      topic: ctx.topic,
+    });
+  }
+  return parsed.data;
+}
+
+export function encodeJson(value: unknown): Buffer {
+  return Buffer.from(JSON.stringify(value), 'utf8');
+}

@@ -1,0 +1,69 @@
+import type { Logger } from '../logger.js';
+import { installFastCpuKernels } from './cpu-kernels.js';
+
+/** The tfjs namespace, whichever package provided it (tfjs-node-gpu and tfjs-node re-export it). */
+export type Tf = typeof import('@tensorflow/tfjs');
+
+export type BackendPreference = 'auto' | 'tensorflow' | 'cpu';
+
+export interface TfRuntime {
+  tf: Tf;
+  /** tfjs backend name: `tensorflow` (native, CPU or CUDA) or `cpu` (pure JavaScript). */
+  backend: string;
+  /** The package that supplied it. */
+  packageName: string;
+  /** True when the native libtensorflow backend runs (fast); false for the JavaScript fallback. */
+  native: boolean;
+}
+
+const NATIVE_PACKAGES = ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'] as const;
+
+export const NATIVE_INSTALL_HINT =
+  'install the native backend for much faster training: `npm install @tensorflow/tfjs-node-gpu` on a CUDA box or ' +
+  '`npm install @tensorflow/tfjs-node` on a CPU box. Its install downloads libtensorflow from Google storage; ' +
+  'where that is blocked, point TFJS_NODE_CDN_STORAGE (or TFJS_NODE_BASE_URI) at a mirror before `npm install`.';
+
+let cached: Promise<TfRuntime> | null = null;
+
+async function tryImport(name: string): Promise<Tf | null> {
+  try {
+    // A variable specifier: these packages are optional and usually absent.
+    const mod = (await import(name)) as Tf & { default?: Tf };
+    return (mod.default && typeof mod.default.tensor === 'function' ? mod.default : mod) as Tf;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Load TensorFlow.js with the best backend available, best first: tfjs-node-gpu (CUDA),
+ * tfjs-node (native CPU), then the pure-JavaScript CPU backend. Once per process: tfjs keeps
+ * global state, and mixing two tfjs copies in one process breaks tensors.
+ */
+export function loadTf(preference: BackendPreference = 'auto', log?: Logger): Promise<TfRuntime> {
+  cached ??= (async () => {
+    if (preference !== 'cpu') {
+      for (const name of NATIVE_PACKAGES) {
+        const tf = await tryImport(name);
+        if (tf) {
+          await tf.ready();
+          log?.info({ backend: tf.getBackend(), package: name }, 'tfjs backend ready (native)');
+          return { tf, backend: tf.getBackend(), packageName: name, native: true };
+        }
+      }
+      if (preference === 'tensorflow') {
+        throw new Error(`training.backend is "tensorflow" but neither ${NATIVE_PACKAGES.join(' nor ')} can be loaded; ${NATIVE_INSTALL_HINT}`);
+      }
+    }
+    const tf = (await import('@tensorflow/tfjs')) as Tf;
+    // PROD silences tfjs' own console advice (we log our own) and skips debug-only checks.
+    tf.env().set('PROD', true);
+    await tf.setBackend('cpu');
+    await tf.ready();
+    installFastCpuKernels(tf);
+    if (preference === 'auto') log?.warn({ backend: 'cpu' }, `tfjs is using the slow pure-JavaScript CPU backend; ${NATIVE_INSTALL_HINT}`);
+    else log?.info({ backend: 'cpu' }, 'tfjs backend ready (pure JavaScript, as configured)');
+    return { tf, backend: 'cpu', packageName: '@tensorflow/tfjs', native: false };
+  })();
+  return cached;
+}
