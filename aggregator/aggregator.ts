@@ -141,7 +141,7 @@ export class Aggregator extends EventEmitter {
     this.log = deps.logger.child({ module: 'aggregator' });
     this.clock = deps.clock ?? systemClock;
     this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
-    this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, (type, event) => this.emit('event', event));
+    this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, (_type, event) => this.emit('event', event));
     this.journal = { federation: config.federation, currentVersion: 0, complete: false, finalVersion: null, rounds: [] };
     this.stopSignal.promise.catch(() => undefined);
   }

@@ -94,9 +94,9 @@ export async function runDemo(args: string[]): Promise<number> {
     // 1. broker on a free loopback port
     const brokerConfig = join(dirs.config, 'broker.json');
     await writeFile(brokerConfig, JSON.stringify({ host: '127.0.0.1', port: 0 }, null, 2));
-    const { ready: brokerReady } = await group.start('broker', ['broker', '--config', brokerConfig], join(dirs.logs, 'broker.log'));
+    const { child: brokerChild, ready: brokerReady } = await group.start('broker', ['broker', '--config', brokerConfig], join(dirs.logs, 'broker.log'));
     const url = String(brokerReady.url);
-    say(`broker (Aedes) listening on ${url}`);
+    say(`broker (Aedes) listening on ${url} [pid ${brokerChild.proc.pid}]`);
 
     // 2. observer: what an MES would see
     const topics = createTopics(defaultRoot(FEDERATION));

@@ -289,7 +289,7 @@ export async function generateDataset(options: SynthOptions): Promise<SynthResul
     const dir = join(options.out, client.name);
     const counts: Record<string, number> = {};
     for (const cls of INSPECTION_CLASSES) {
-      const n = Math.max(2, Math.round(client.counts[cls] * (options.scale ?? 1)));
+      const n = client.counts[cls] === 0 ? 0 : Math.max(2, Math.round(client.counts[cls] * (options.scale ?? 1)));
       counts[cls] = n;
       const clsDir = join(dir, cls);
       await mkdir(clsDir, { recursive: true });

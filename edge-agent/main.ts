@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import type { AgentConfig } from '../shared/config.js';
+import { withTimeout } from '../shared/async.js';
 import { encodeJson } from '../shared/codec.js';
 import type { Logger } from '../shared/logger.js';
 import { connectMqtt } from '../shared/mqtt-connect.js';
@@ -49,7 +50,13 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger):
     async close() {
       await agent.stop();
       // A clean DISCONNECT suppresses the last will (MQTT 3.1.1 §3.14.4), so say offline ourselves.
-      await transport.publish(topics.status(config.agentId), encodeJson({ ...offlineStatus(config.agentId), ts: Date.now() }), { qos: 1, retain: true }).catch(() => undefined);
+      if (transport.connected) {
+        await withTimeout(
+          transport.publish(topics.status(config.agentId), encodeJson({ ...offlineStatus(config.agentId), ts: Date.now() }), { qos: 1, retain: true }),
+          2000,
+          'offline status',
+        ).catch(() => undefined);
+      }
       await transport.close();
     },
   };

@@ -1,4 +1,4 @@
-import { Packr } from 'msgpackr';
+import { C1, Packr } from 'msgpackr';
 import { z } from 'zod';
 import { ErrorCodes, FedlineError } from './errors.js';
 
@@ -21,7 +21,10 @@ export function packMsg(value: unknown): Buffer {
 }
 
 export function unpackMsg(payload: Uint8Array): unknown {
-  return packr.unpack(payload);
+  const value = packr.unpack(payload);
+  // 0xc1 is "never used" in the msgpack spec; msgpackr returns a marker object for it.
+  if (value === C1) throw new Error('byte 0xc1 is not valid msgpack');
+  return value;
 }
 
 /** Dates are sent as epoch milliseconds; msgpackr would otherwise use its timestamp extension. */
@@ -73,7 +76,7 @@ export function decodeJson<T>(payload: Uint8Array, schema: z.ZodType<T>, version
 }
 
 function validateMessage<T>(raw: unknown, schema: z.ZodType<T>, versions: readonly number[], ctx: DecodeContext): T {
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw) || Object.getPrototypeOf(raw) !== Object.prototype) {
     throw new FedlineError(ErrorCodes.MSG_SCHEMA, `${ctx.what} on ${ctx.topic} must be a map, got ${Array.isArray(raw) ? 'array' : typeof raw}`, {
       topic: ctx.topic,
     });

@@ -134,9 +134,20 @@ export class MqttTransport implements Transport {
     this.events.on(event, listener);
   }
 
-  async close(): Promise<void> {
+  /**
+   * Disconnect cleanly: in-flight publishes get `timeoutMs` to complete, then the connection is
+   * dropped anyway (a service must be able to stop when the broker is already gone).
+   */
+  async close(timeoutMs = 3000): Promise<void> {
     this.closed = true;
-    await this.client.endAsync();
+    let timer: NodeJS.Timeout | undefined;
+    const forced = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        this.client.end(true, {}, () => resolve());
+      }, timeoutMs);
+    });
+    await Promise.race([this.client.endAsync(), forced]);
+    clearTimeout(timer);
   }
 
   /** Drop the connection without DISCONNECT, so the broker sends the last will (tests, shutdown on fatal). */

@@ -1,0 +1,78 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, readFileSync, writeFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { listImageFiles, loadDataset, splitFiles } from '../edge-agent/dataset.js';
+import { normalizeInPlace } from '../edge-agent/preprocess.js';
+import { generateDataset, PAPER_CLIENTS } from '../dataset/synth.js';
+import { sha256Hex } from '../shared/tensor-bundle.js';
+import { tempDir } from './helpers.js';
+
+const classes = ['OKAY', 'NOT_OKAY', 'HIDDEN', 'EMPTY'];
+
+test('the generator is deterministic for a seed and writes the agent folder layout', async () => {
+  const a = tempDir('synth-a');
+  const b = tempDir('synth-b');
+  try {
+    const clients = PAPER_CLIENTS.map((c) => ({ ...c, counts: { OKAY: 3, NOT_OKAY: 2, HIDDEN: 2, EMPTY: 2 } }));
+    await generateDataset({ out: a.path, seed: 5, size: 24, clients });
+    await generateDataset({ out: b.path, seed: 5, size: 24, clients });
+    for (const c of clients)
+      for (const cls of classes) {
+        const files = readdirSync(join(a.path, c.name, cls)).sort();
+        assert.equal(files.length, c.counts[cls as 'OKAY']);
+        for (const f of files) assert.equal(sha256Hex(readFileSync(join(a.path, c.name, cls, f))), sha256Hex(readFileSync(join(b.path, c.name, cls, f))), f);
+      }
+  } finally {
+    a.cleanup();
+    b.cleanup();
+  }
+});
+
+test('the train/test split is stratified, seeded and identical on every run', () => {
+  const files = Array.from({ length: 40 }, (_, i) => ({ path: `/d/${i % 4}/${i}.png`, label: i % 4 }));
+  const s1 = splitFiles(files, 4, 0.25, 9);
+  const s2 = splitFiles([...files].reverse(), 4, 0.25, 9);
+  assert.deepEqual(s1, s2, 'independent of listing order');
+  assert.equal(s1.test.length, 12);
+  for (let c = 0; c < 4; c++) assert.equal(s1.test.filter((f) => f.label === c).length, 3);
+  assert.notDeepEqual(splitFiles(files, 4, 0.25, 10).test, s1.test, 'another seed, another split');
+});
+
+test('folders that are not classes, stray files and unreadable images are reported with their paths; class indices follow the federation list', async () => {
+  const dir = tempDir('dataset');
+  try {
+    await generateDataset({ out: dir.path, seed: 1, size: 16, clients: [{ ...PAPER_CLIENTS[0]!, name: 'site', counts: { OKAY: 4, NOT_OKAY: 3, HIDDEN: 0, EMPTY: 2 } }] });
+    const root = join(dir.path, 'site');
+    mkdirSync(join(root, 'SCRATCHED'));
+    writeFileSync(join(root, 'SCRATCHED', 'x.png'), 'not a png');
+    writeFileSync(join(root, 'OKAY', 'broken.png'), 'not a png either');
+    writeFileSync(join(root, 'OKAY', 'notes.txt'), 'hello');
+    writeFileSync(join(root, 'README'), 'stray');
+    const listed = await listImageFiles(root, ['EMPTY', 'HIDDEN', 'NOT_OKAY', 'OKAY']);
+    assert.ok(listed.files.every((f) => (f.path.includes('/OKAY/') ? f.label === 3 : true)));
+    const data = await loadDataset({ dir: root, classes, inputShape: [16, 16, 3], testFraction: 0.25, splitSeed: 1, normalization: 'unit' });
+    const text = data.problems.join('\n');
+    assert.match(text, /SCRATCHED: folder "SCRATCHED" is not one of the federation's classes/);
+    assert.match(text, /OKAY\/broken\.png: unreadable image/);
+    assert.match(text, /notes\.txt: not a \.png/);
+    assert.match(text, /README: a file at the top level/);
+    assert.deepEqual(data.counts.train.map((n, i) => n + data.counts.test[i]!), [4, 3, 0, 2], 'the absent class keeps its index with zero images');
+    assert.equal(data.train.count + data.test.count, 9);
+    assert.ok(data.train.x.every((v) => v >= 0 && v <= 1));
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('per-image normalisation gives each image mean 0 and std 1; flat images do not divide by zero', () => {
+  const x = new Float32Array(128);
+  for (let i = 0; i < 64; i++) x[i] = (i % 7) / 7;
+  x.fill(0.2, 64);
+  normalizeInPlace(x, 2, 1, 'per-image');
+  const first = [...x.subarray(0, 64)];
+  const mean = first.reduce((s, v) => s + v, 0) / 64;
+  const std = Math.sqrt(first.reduce((s, v) => s + (v - mean) ** 2, 0) / 64);
+  assert.ok(Math.abs(mean) < 1e-6 && Math.abs(std - 1) < 1e-5, `mean ${mean} std ${std}`);
+  assert.ok(x.subarray(64).every((v) => v === 0));
+});
