@@ -17,12 +17,13 @@ import {
   type RoundAnnouncement,
   type UpdateMeta,
 } from '../shared/messages.js';
-import { bundleTensors, decodeBundle, encodeBundle, type DecodedBundle } from '../shared/tensor-bundle.js';
+import { bundleTensors, decodeBundle, type DecodedBundle } from '../shared/tensor-bundle.js';
+import { encodeUpdateSource, tensorValues } from '../shared/update-encoder.js';
 import type { ModelMeta } from '../shared/messages.js';
 import { createTopics, defaultRoot, type Topics } from '../shared/topics.js';
 import type { InboundMessage, Transport } from '../shared/transport.js';
 import type { ModelCache } from './model-cache.js';
-import { downloadModel } from './model-downlink.js';
+import { fetchModelBundle } from './model-fetch.js';
 import type { GlobalModel, Trainer } from './trainer.js';
 import { sendUpdate } from './uplink.js';
 
@@ -206,13 +207,16 @@ export class EdgeAgent extends EventEmitter {
         metricsAfter: result.metricsAfter,
         trainMs: result.trainMs,
         backend: trainer.backend,
+        delta: ann.delta,
       };
-      const bundle = encodeBundle(result.tensors, meta);
-      await this.setStatus({ state: 'uploading', round, progress: 0, detail: `${bundle.byteLength} bytes` }, true);
+      // Encoded chunk by chunk while it is sent (f32/f16/q8, optionally as a difference to the base).
+      const bundle = encodeUpdateSource(result.tensors.map(tensorValues), meta, { encoding: ann.encoding, delta: ann.delta, base: new Map(model.tensors.map((t) => [t.name, t.data])) });
+      await this.setStatus({ state: 'uploading', round, progress: 0, detail: `${bundle.byteLength} bytes (${ann.encoding}${ann.delta ? ', delta' : ''})` }, true);
       const sent = await sendUpdate(this.transport, this.topics, bundle, log, {
         round,
         agent: this.config.agentId,
         chunkBytes: ann.chunkBytes,
+        windowChunks: ann.windowChunks,
         maxInflight: this.config.maxInflight,
         ackTimeoutMs: this.config.ackTimeoutMs,
         signal,
@@ -247,20 +251,14 @@ export class EdgeAgent extends EventEmitter {
 
   private async fetchModel(ann: RoundAnnouncement, signal: AbortSignal): Promise<{ model: GlobalModel; downloadedBytes: number }> {
     const ref = ann.base;
-    let bundle = await this.cache.get(ref.version, ref.sha256);
-    let downloadedBytes = 0;
-    if (!bundle) {
-      bundle = await downloadModel(this.transport, this.topics, ref, this.log, {
-        maxModelBytes: this.config.maxModelBytes,
-        stallMs: 30_000,
-        signal,
-        onProgress: (have, total) => this.setStatus({ progress: have / total }).catch(() => undefined),
-        onReject: (err, topic) => this.reject(err, topic),
-      });
-      downloadedBytes = bundle.byteLength;
-      this.bytes.down += bundle.byteLength;
-      await this.cache.put(ref.version, ref.sha256, bundle).catch((err: Error) => this.log.warn({ err: err.message }, 'could not cache the model; continuing without cache'));
-    }
+    const { bundle, downloadedBytes } = await fetchModelBundle(this.transport, this.topics, this.cache, ref, this.log, {
+      maxModelBytes: this.config.maxModelBytes,
+      stallMs: 30_000,
+      signal,
+      onProgress: (have, total) => this.setStatus({ progress: have / total }).catch(() => undefined),
+      onReject: (err, topic) => this.reject(err, topic),
+    });
+    this.bytes.down += downloadedBytes;
     let decoded: DecodedBundle<ModelMeta>;
     try {
       decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);

@@ -49,7 +49,7 @@ test('property: streamed FedAvg (block readers) equals in-memory FedAvg bit for 
         read: async (name, start, out) => out.set(c.tensors.get(name)!.subarray(start, start + out.length)),
       }));
       const targets = new Map([['w', new Float32Array(length)], ['b', new Float32Array(1)]]);
-      await fedAvgStreamed(readers, [{ name: 'w', length }, { name: 'b', length: 1 }], (n) => targets.get(n)!, block);
+      await fedAvgStreamed(readers, [{ name: 'w', length }, { name: 'b', length: 1 }], (n, start, values) => targets.get(n)!.set(values, start), block);
       assert.deepEqual(Buffer.from(targets.get('w')!.buffer), Buffer.from(expected.get('w')!.buffer));
       assert.deepEqual(Buffer.from(targets.get('b')!.buffer), Buffer.from(expected.get('b')!.buffer));
     }),
