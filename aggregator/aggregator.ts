@@ -82,7 +82,8 @@ export interface RoundRecord {
   acceptedAt?: Record<string, number>;
   /** When the last update chunk of the round arrived (ms since the epoch). */
   lastChunkAt?: number | null;
-  /** When the new global model was stored (averaged, written, hashed) and when its chunks were all published. */
+  /** When the updates were folded into the average (FedAvg done), when the new global model was stored (written, hashed, fsynced) and when its chunks were all published. */
+  aggregatedAt?: number | null;
   modelStoredAt?: number | null;
   modelPublishedAt?: number | null;
 }
@@ -116,6 +117,8 @@ interface ActiveRound {
 }
 
 const MAX_MISSING_LISTED = 4096;
+/** Smallest per-agent flow-control window, chunks: below it acks would outnumber chunks. */
+const MIN_WINDOW_CHUNKS = 8;
 
 /**
  * The aggregator service: announce a round (retained) -> collect chunked updates -> verify ->
@@ -406,7 +409,7 @@ export class Aggregator extends EventEmitter {
       chunkBytes: this.config.chunkBytes,
       encoding: this.config.encoding,
       delta: this.config.delta,
-      windowChunks: this.config.windowChunks,
+      windowChunks: this.config.windowChunks > 0 ? Math.max(MIN_WINDOW_CHUNKS, Math.floor(this.config.windowChunks / plan.selected.length)) : 0,
       issuedAt: this.clock.now(),
     };
   }
@@ -429,7 +432,7 @@ export class Aggregator extends EventEmitter {
       chunkBytes: this.config.chunkBytes,
       encoding: this.config.encoding,
       delta: this.config.delta,
-      windowChunks: this.config.windowChunks,
+      windowChunks: 0,
       issuedAt: this.clock.now(),
     };
   }
@@ -542,6 +545,7 @@ export class Aggregator extends EventEmitter {
         return null;
       }
       await builder.finish();
+      active.record.aggregatedAt = this.clock.now();
     } catch (err) {
       await writer?.abort();
       throw err;
@@ -693,8 +697,13 @@ export class Aggregator extends EventEmitter {
       this.refuse(active, agent, upload, null, r.failure, topic);
       return;
     }
-    const stored = r.progressDue(Math.max(1, Math.floor(this.config.windowChunks / 4)));
-    if (stored !== null && this.config.windowChunks > 0) this.sendAck(round, agent, { status: 'progress', upload, stored });
+    if (this.config.windowChunks > 0) {
+      // One window shared by the uploads in progress: the broker holds at most about
+      // windowChunks chunks for this aggregator, however many agents send at once.
+      const window = Math.max(MIN_WINDOW_CHUNKS, Math.floor(this.config.windowChunks / Math.max(1, active.receivers.size)));
+      const stored = r.progressDue(Math.max(1, Math.floor(window / 4)));
+      if (stored !== null) this.sendAck(round, agent, { status: 'progress', upload, stored, window });
+    }
     if (r.ready) this.startFinish(active, r, topic);
   }
 
@@ -786,7 +795,7 @@ export class Aggregator extends EventEmitter {
   }
 
   private sendAck(round: number, agent: string, ack: Partial<AckMsg> & Pick<AckMsg, 'status'>): void {
-    const msg: AckMsg = { v: PROTOCOL_VERSION, type: 'ack', round, agent, upload: null, sha256: null, code: null, reason: null, missing: [], stored: 0, ...ack };
+    const msg: AckMsg = { v: PROTOCOL_VERSION, type: 'ack', round, agent, upload: null, sha256: null, code: null, reason: null, missing: [], stored: 0, window: 0, ...ack };
     this.transport.publish(this.topics.ack(round, agent), packMsg(msg), { qos: 1 }).catch((err: Error) => this.log.warn({ err: err.message, agent, round }, 'could not send ack'));
   }
 

@@ -1,5 +1,6 @@
 import { ErrorCodes, FedlineError } from '../shared/errors.js';
 import { allFinite } from '../shared/fedavg.js';
+import { simdKernels, type SimdKernels } from '../shared/fedavg-simd.js';
 import { updateMetaSchema, type UpdateMeta } from '../shared/messages.js';
 import { bundlePrefixBytes, decodeBundleHeader, elementCount, type BundleHeader, type DecodedBundle, type TensorSpec } from '../shared/tensor-bundle.js';
 import type { ValueDtype } from '../shared/update-codec.js';
@@ -56,6 +57,37 @@ export function verifyUpdateHeader(header: BundleHeader<DecodedUpdateMeta>, expe
   }
 }
 
+const FINITE_BLOCK = 1 << 16;
+let finiteKernel: { k: SimdKernels; bytes: Uint8Array } | null | undefined;
+
+/**
+ * True when every float32 value in `bytes` (a multiple of 4 bytes, any alignment) is finite. The
+ * bytes are copied into an aligned buffer (WebAssembly memory when SIMD is there) and scanned four
+ * values per instruction: several times the speed of a JavaScript loop, on every byte received.
+ */
+function allFiniteF32Bytes(bytes: Uint8Array): boolean {
+  if (finiteKernel === undefined) {
+    const k = simdKernels(FINITE_BLOCK * 4);
+    finiteKernel = k ? { k, bytes: new Uint8Array(k.memory.buffer, 0, FINITE_BLOCK * 4) } : null;
+  }
+  const count = bytes.byteLength / 4;
+  for (let done = 0; done < count; ) {
+    const n = Math.min(count - done, FINITE_BLOCK);
+    const piece = bytes.subarray(done * 4, (done + n) * 4);
+    if (finiteKernel) {
+      finiteKernel.bytes.set(piece);
+      const vec = n & ~3;
+      if (finiteKernel.k.nonfinite(0, vec) !== 0) return false;
+      if (vec < n && !allFinite(new Float32Array(finiteKernel.bytes.buffer, vec * 4, n - vec))) return false;
+    } else {
+      const values = piece.byteOffset % 4 === 0 ? new Float32Array(piece.buffer, piece.byteOffset, n) : new Float32Array(Uint8Array.from(piece).buffer);
+      if (!allFinite(values)) return false;
+    }
+    done += n;
+  }
+  return true;
+}
+
 /** Finite check of one tensor's encoded bytes, fed in order in pieces of any size. */
 class FiniteChecker {
   readonly spec: TensorSpec;
@@ -64,7 +96,6 @@ class FiniteChecker {
   private pos = 0;
   private readonly carry = new Uint8Array(4);
   private carried = 0;
-  private static scratch = new Float32Array(1 << 16);
 
   constructor(spec: TensorSpec) {
     this.spec = spec;
@@ -88,20 +119,7 @@ class FiniteChecker {
       if (!allFinite(new Float32Array(this.carry.buffer, 0, 1))) return false;
     }
     const whole = Math.floor((bytes.length - i) / 4);
-    for (let done = 0; done < whole; ) {
-      const n = Math.min(whole - done, FiniteChecker.scratch.length);
-      const start = bytes.byteOffset + i + done * 4;
-      let values: Float32Array;
-      if (start % 4 === 0) {
-        values = new Float32Array(bytes.buffer, start, n);
-      } else {
-        // Chunk data sits anywhere inside an MQTT packet: copy to an aligned buffer first.
-        values = FiniteChecker.scratch.subarray(0, n);
-        new Uint8Array(values.buffer, 0, n * 4).set(bytes.subarray(i + done * 4, i + (done + n) * 4));
-      }
-      if (!allFinite(values)) return false;
-      done += n;
-    }
+    if (!allFiniteF32Bytes(bytes.subarray(i, i + whole * 4))) return false;
     i += whole * 4;
     while (i < bytes.length) this.carry[this.carried++] = bytes[i++]!;
     return true;

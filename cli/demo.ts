@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import type { Journal, RoundRecord } from '../aggregator/aggregator.js';
 import { generateDataset, INSPECTION_CLASSES, PAPER_CLIENTS } from '../dataset/synth.js';
 import { silentLogger } from '../shared/logger.js';
+import { updateEncodings, type UpdateEncoding } from '../shared/update-codec.js';
 import { MqttTransport } from '../shared/mqtt-transport.js';
 import { createTopics, defaultRoot } from '../shared/topics.js';
 import { ProcessGroup } from './process-group.js';
@@ -17,6 +18,9 @@ export interface DemoOptions {
   epochs: number;
   size: number;
   scale: number;
+  /** How agents encode their updates (f32, f16, q8) and whether as differences to the base model. */
+  encoding: UpdateEncoding;
+  delta: boolean;
 }
 
 function parseDemoArgs(args: string[]): DemoOptions {
@@ -29,6 +33,8 @@ function parseDemoArgs(args: string[]): DemoOptions {
       epochs: { type: 'string', default: '2' },
       size: { type: 'string', default: '32' },
       scale: { type: 'string', default: '1' },
+      encoding: { type: 'string', default: 'f32' },
+      delta: { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -39,6 +45,8 @@ function parseDemoArgs(args: string[]): DemoOptions {
   };
   const scale = Number(values.scale);
   if (!(scale > 0 && scale <= 10)) throw new Error(`--scale must be in (0, 10], got "${values.scale}"`);
+  const encoding = values.encoding as UpdateEncoding;
+  if (!updateEncodings.includes(encoding)) throw new Error(`--encoding must be one of ${updateEncodings.join(', ')}, got "${values.encoding}"`);
   return {
     rounds: int('rounds', values.rounds, 1, 1000),
     out: resolve(values.out!),
@@ -46,6 +54,8 @@ function parseDemoArgs(args: string[]): DemoOptions {
     epochs: int('epochs', values.epochs, 1, 100),
     size: int('size', values.size, 16, 128),
     scale,
+    encoding,
+    delta: values.delta ?? false,
   };
 }
 
@@ -152,6 +162,8 @@ export async function runDemo(args: string[]): Promise<number> {
           waitForAgentsMs: 60_000,
           task: { epochs: options.epochs, batchSize: 16, learningRate: 0.004, learningRateDecay: 0.85, optimizer: 'adam', classWeighting: 'auto', federated: 'all' },
           model: { architecture: 'small-cnn', inputShape: [options.size, options.size, 3], classes: [...INSPECTION_CLASSES], seed: options.seed, normalization: 'per-image' },
+          encoding: options.encoding,
+          delta: options.delta,
           evaluateFinalModel: true,
           exitWhenComplete: true,
         },

@@ -15,6 +15,7 @@ commands:
   demo        run a whole federation on this machine: embedded broker, aggregator and 3 agents
               as separate processes on generated images
                 --rounds N (12)  --out DIR (./demo-out)  --seed N (42)  --epochs N (2)
+                --encoding f32|f16|q8 (f32)  --delta (updates as differences to the base model)
   broker      run the embedded MQTT broker (Aedes)          --config FILE [--port N]
   aggregator  run the aggregator                            --config FILE
   agent       run an edge agent                             --config FILE

@@ -18,7 +18,8 @@ export interface UplinkOptions {
   ackTimeoutMs: number;
   /**
    * End-to-end flow control (the round's `windowChunks`): publish at most this many chunks beyond
-   * those the aggregator reported stored. 0: only the broker's PUBACK window applies.
+   * those the aggregator reported stored; its progress acks may change it. 0: only the broker's
+   * PUBACK window applies.
    */
   windowChunks?: number;
   signal?: AbortSignal;
@@ -59,7 +60,7 @@ export async function sendUpdate(transport: Transport, topics: Topics, update: U
   const bundleBytes = source.byteLength;
   const total = chunkCount(bundleBytes, chunkBytes);
   const upload = randomBytes(8).toString('hex');
-  const window = options.windowChunks ?? 0;
+  let window = options.windowChunks ?? 0;
   const ackTopic = topics.ack(round, agent);
   const updateTopic = topics.update(round, agent);
   let sentBytes = 0;
@@ -78,6 +79,8 @@ export async function sendUpdate(transport: Transport, topics: Topics, update: U
       if (ack.upload !== null && ack.upload !== upload) return; // about an earlier upload
       if (ack.status === 'progress') {
         stored = Math.max(stored, ack.stored);
+        // The aggregator shares one window among the agents sending at the moment.
+        if (window > 0 && ack.window > 0) window = ack.window;
         creditWake?.();
         return;
       }

@@ -97,11 +97,12 @@ export const aggregatorConfigSchema = z.strictObject({
   /** Agents send the difference to the round's base model instead of the weights (more precise with f16/q8). Default false. */
   delta: z.boolean().default(false),
   /**
-   * End-to-end flow control: update chunks an agent may have published beyond those this aggregator
-   * reported stored (progress acks every quarter window). Bounds what the broker queues when many
-   * agents send at once. 0 disables it. Default 64 (16 MiB at the default chunk size).
+   * End-to-end flow control: update chunks the agents sending at the moment may have published
+   * beyond those this aggregator reported stored, shared among them (progress acks every quarter
+   * of an agent's share). Bounds what the broker queues for this aggregator however many agents
+   * send at once, on any broker. 0 disables it. Default 256 (64 MiB at the default chunk size).
    */
-  windowChunks: z.number().int().min(0).max(1 << 20).default(64),
+  windowChunks: z.number().int().min(0).max(1 << 20).default(256),
   task: z.strictObject({
     epochs: posInt.default(1),
     batchSize: posInt.default(32),

@@ -1,3 +1,5 @@
+import { simdKernels } from './fedavg-simd.js';
+
 /**
  * Federated averaging (McMahan et al., 2017, "Communication-Efficient Learning of Deep Networks
  * from Decentralized Data", Algorithm 1): the new global weights are the average of the clients'
@@ -72,10 +74,22 @@ export interface TensorBlockReader {
 export type BlockSink = (name: string, start: number, values: Float32Array) => void | Promise<void>;
 
 /**
- * Default block: 32 Ki values. The float64 accumulator (256 KiB) and the blocks being folded in stay
- * in the CPU's L2 cache, so memory traffic is close to reading each input once.
+ * Values read per client per block: 256 Ki (1 MiB of float32), fewer with many clients so that the
+ * read buffers stay within 64 MiB. Large reads keep the per-read cost (a system call on a thread
+ * of the pool) small next to the copy itself.
  */
-export const DEFAULT_BLOCK_ELEMENTS = 1 << 15;
+export function defaultBlockElements(clients: number): number {
+  let n = 1 << 18;
+  while (n > 1 << 14 && 2 * clients * n * 4 > 64 * 1024 * 1024) n >>= 1;
+  return n;
+}
+
+/**
+ * Values folded at once inside a block: 16 Ki. The float64 accumulator (128 KiB) and the input
+ * slices being folded stay in the CPU's L2 cache, so memory traffic is close to reading each
+ * input once.
+ */
+const FOLD_ELEMENTS = 1 << 14;
 
 // acc[i] += w0*a[i] + w1*b[i] + ...: folding up to four inputs per pass over the accumulator. The
 // additions happen left to right, in the same order as one input at a time, so results are bit-identical.
@@ -113,7 +127,7 @@ export async function fedAvgStreamed(
   readers: readonly TensorBlockReader[],
   tensors: readonly { name: string; length: number }[],
   sink: BlockSink,
-  blockElements = DEFAULT_BLOCK_ELEMENTS,
+  blockElements = defaultBlockElements(readers.length),
 ): Promise<void> {
   if (readers.length === 0) throw new RangeError('FedAvg needs at least one input');
   const ordered = [...readers].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
@@ -125,27 +139,85 @@ export async function fedAvgStreamed(
   const blocks: { name: string; start: number; n: number }[] = [];
   for (const { name, length } of tensors) for (let start = 0; start < length; start += blockElements) blocks.push({ name, start, n: Math.min(blockElements, length - start) });
   const maxN = blocks.reduce((m, b) => Math.max(m, b.n), 0);
-  const sets = [0, 1].map(() => ordered.map(() => new Float32Array(maxN)));
-  const acc = new Float64Array(maxN);
-  const out = new Float32Array(maxN);
-  const fetch = (i: number): Promise<Float32Array[]> => {
+  const folder = createFolder(maxN, ordered.length);
+  const fetch = (i: number): Promise<void> => {
     const { name, start, n } = blocks[i]!;
-    const views = sets[i & 1]!.map((b) => b.subarray(0, n));
-    return Promise.all(ordered.map((r, k) => r.read(name, start, views[k]!))).then(() => views);
+    const set = folder.inputs[i & 1]!;
+    return Promise.all(ordered.map((r, k) => r.read(name, start, set[k]!.subarray(0, n)))).then(() => undefined);
   };
   let pending = blocks.length ? fetch(0) : null;
   for (let i = 0; i < blocks.length; i++) {
-    const views = await pending!;
+    await pending!;
     if (i + 1 < blocks.length) {
       pending = fetch(i + 1);
       pending.catch(() => undefined); // awaited next iteration; do not report it unhandled meanwhile
     }
     const { name, start, n } = blocks[i]!;
-    foldBlock(acc, n, views, weights);
-    const result = out.subarray(0, n);
-    finishAverage(acc, totalWeight, result);
-    await sink(name, start, result);
+    await sink(name, start, folder.average(n, i & 1, weights, totalWeight));
   }
+}
+
+interface Folder {
+  /** Two sets (current block, next block) of one input buffer per client. */
+  inputs: Float32Array[][];
+  /** Fold set `set`'s first n values of every input and return the averages (a view, reused). */
+  average(n: number, set: number, weights: readonly number[], totalWeight: number): Float32Array;
+}
+
+/** The WebAssembly SIMD kernels when available (shared/fedavg-simd.ts), else plain JavaScript; bit-identical. */
+function createFolder(maxN: number, clients: number): Folder {
+  const n4 = Math.ceil(maxN / 4) * 4;
+  const f = Math.min(FOLD_ELEMENTS, n4);
+  const kernels = simdKernels(f * 8 + n4 * 4 + 2 * clients * n4 * 4);
+  if (!kernels) {
+    const inputs = [0, 1].map(() => Array.from({ length: clients }, () => new Float32Array(maxN)));
+    const acc = new Float64Array(f);
+    const out = new Float32Array(maxN);
+    return {
+      inputs,
+      average(n, set, weights, totalWeight) {
+        for (let s0 = 0; s0 < n; s0 += f) {
+          const m = Math.min(f, n - s0);
+          foldBlock(acc, m, inputs[set]!.map((x) => x.subarray(s0, s0 + m)), weights);
+          finishAverage(acc, totalWeight, out.subarray(s0, s0 + m));
+        }
+        return out.subarray(0, n);
+      },
+    };
+  }
+  // Everything the kernels touch lives in the module's memory: readers fill the inputs in place.
+  const buffer = kernels.memory.buffer;
+  const accAt = 0;
+  const outAt = f * 8;
+  const inputAt = (set: number, k: number) => outAt + n4 * 4 + (set * clients + k) * n4 * 4;
+  const acc = new Float64Array(buffer, accAt, f);
+  const out = new Float32Array(buffer, outAt, n4);
+  const inputs = [0, 1].map((set) => Array.from({ length: clients }, (_, k) => new Float32Array(buffer, inputAt(set, k), n4)));
+  return {
+    inputs,
+    average(n, set, weights, totalWeight) {
+      const x = inputs[set]!;
+      const inv = 1 / totalWeight;
+      for (let s0 = 0; s0 < n; s0 += f) {
+        const m = Math.min(f, n - s0);
+        const vec = m & ~3; // the kernels take multiples of 4; the last few values go through the scalar loop
+        acc.fill(0, 0, m);
+        let k = 0;
+        for (; k + 4 <= clients; k += 4) {
+          kernels.fold4(accAt, vec, inputAt(set, k) + s0 * 4, inputAt(set, k + 1) + s0 * 4, inputAt(set, k + 2) + s0 * 4, inputAt(set, k + 3) + s0 * 4, weights[k]!, weights[k + 1]!, weights[k + 2]!, weights[k + 3]!);
+        }
+        for (; k < clients; k++) kernels.fold1(accAt, vec, inputAt(set, k) + s0 * 4, weights[k]!);
+        for (let i = vec; i < m; i++) {
+          let a = acc[i]!;
+          for (let j = 0; j < clients; j++) a = a + weights[j]! * x[j]![s0 + i]!;
+          acc[i] = a;
+        }
+        kernels.finish(accAt, outAt + s0 * 4, vec, inv);
+        for (let i = vec; i < m; i++) out[s0 + i] = acc[i]! * inv;
+      }
+      return out.subarray(0, n);
+    },
+  };
 }
 
 /** True when every value is a finite number (no NaN, no ±Infinity). */

@@ -77,7 +77,7 @@ export const roundAnnouncementSchema = z.object({
   encoding: z.enum(updateEncodings),
   /** Send the difference to the base model instead of the weights themselves. */
   delta: z.boolean().default(false),
-  /** End-to-end flow control: update chunks an agent may publish beyond those the aggregator has reported stored (0: no limit). */
+  /** End-to-end flow control: update chunks an agent may publish beyond those the aggregator has reported stored (0: no limit); progress acks may change it. */
   windowChunks: uint.default(0),
   issuedAt: uint,
 });
@@ -167,6 +167,8 @@ export const ackSchema = z.object({
   missing: z.array(uint),
   /** Distinct chunks of the upload stored so far (status progress). */
   stored: uint.default(0),
+  /** The sender's flow-control window from now on, chunks (status progress; 0: unchanged). */
+  window: uint.default(0),
 });
 export type AckMsg = z.infer<typeof ackSchema>;
 

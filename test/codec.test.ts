@@ -45,8 +45,8 @@ test('every msgpack message round-trips and is plain standard msgpack', () => {
     [{ v: 1, type: 'update-chunk', round: 3, agent: 'site-a', upload: 'c0ffee', seq: 0, total: 1, bundleBytes: 3, chunkBytes: 256, crc32: 7, data: Buffer.from([9, 8, 7]) }, updateTopicMessageSchema],
     [{ v: 1, type: 'update-done', round: 3, agent: 'site-a', upload: 'c0ffee', total: 1, bundleBytes: 3, sha256: SHA }, updateTopicMessageSchema],
     [{ v: 1, type: 'eval', round: 3, agent: 'site-a', baseVersion: 2, metrics, downloadedBytes: 1000 }, updateTopicMessageSchema],
-    [{ v: 1, type: 'ack', round: 3, agent: 'site-a', status: 'incomplete', upload: 'c0ffee', sha256: SHA, code: null, reason: null, missing: [1, 3], stored: 0 } satisfies AckMsg, ackSchema],
-    [{ v: 1, type: 'ack', round: 3, agent: 'site-a', status: 'progress', upload: 'c0ffee', sha256: null, code: null, reason: null, missing: [], stored: 48 } satisfies AckMsg, ackSchema],
+    [{ v: 1, type: 'ack', round: 3, agent: 'site-a', status: 'incomplete', upload: 'c0ffee', sha256: SHA, code: null, reason: null, missing: [1, 3], stored: 0, window: 0 } satisfies AckMsg, ackSchema],
+    [{ v: 1, type: 'ack', round: 3, agent: 'site-a', status: 'progress', upload: 'c0ffee', sha256: null, code: null, reason: null, missing: [], stored: 48, window: 32 } satisfies AckMsg, ackSchema],
   ] as const;
   for (const [msg, schema] of messages) {
     const bytes = packMsg(msg);
