@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, rename, rm, open, type FileHandle } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { openFileSource, readFully, type FileBundleSource } from '../shared/bundle-source.js';
@@ -188,6 +188,10 @@ export class FsModelStore implements ModelStore {
   async verify(version: number): Promise<void> {
     const meta = await this.get(version);
     if (!meta) throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: no version ${version}`);
+    const sizes = await Promise.all(['header.bin', 'weights.bin'].map((f) => stat(join(this.dir(version), f)).then((x) => x.size, () => -1)));
+    if (sizes[0] !== meta.headerBytes || sizes[1] !== meta.bytes - meta.headerBytes) {
+      throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: version ${version} is corrupt on disk (header.bin ${sizes[0]} bytes, weights.bin ${sizes[1]} bytes; expected ${meta.headerBytes} and ${meta.bytes - meta.headerBytes})`);
+    }
     const source = await this.openBundle(version);
     const hash = createHash('sha256');
     try {
