@@ -9,8 +9,10 @@
  * demotion rounds to nearest even like a Float32Array store), so both give bit-identical results.
  *
  * Exports (byte offsets into the shared memory; n values, a multiple of 4):
- *   fold1(acc, n, a, wa)                        acc[i] = acc[i] + wa*a[i]
- *   fold4(acc, n, a, b, c, d, wa, wb, wc, wd)    acc[i] = acc[i] + wa*a[i] + wb*b[i] + wc*c[i] + wd*d[i]
+ *   fold{k}{mode}(acc, out, n, inv, x0..x(k-1), w0..w(k-1)) for k of 1, 2, 4:
+ *                                 acc[i] = acc[i] + w0*x0[i] + ... + w(k-1)*x(k-1)[i]
+ *     mode i:  start from 0 instead of acc[i];  mode f: out[i] = float32(sum * inv) instead of
+ *     storing acc[i];  mode if: both (one pass does the whole average for k <= 4 inputs)
  *   finish(acc, out, n, inv)                     out[i] = float32(acc[i] * inv)
  *   nonfinite(p, n)                              1 when a float32 value is NaN or ±Infinity
  */
@@ -93,40 +95,58 @@ function loop16(i: number, end: number, body: number[]): number[] {
   return [0x02, 0x40, 0x03, 0x40, ...localGet(i), ...localGet(end), ...I32_GE_U, 0x0d, 1, ...body, ...localGet(i), ...i32Const(16), ...I32_ADD, ...localSet(i), 0x0c, 0, 0x0b, 0x0b];
 }
 
-/** fold over k inputs: params acc, n, x0..x(k-1) (i32), w0..w(k-1) (f64). */
-function foldBody(k: number): number[] {
+/**
+ * Fold k inputs: params acc, out, n (i32), inv (f64), x0..x(k-1) (i32), w0..w(k-1) (f64).
+ * `init`: start from 0 instead of loading the accumulator (saves a pass that zeroes it);
+ * `final`: instead of storing the accumulator, write float32(sum * inv) to out (saves the pass
+ * that finishes the average). The arithmetic is the same either way: 0 + w*x first, then the
+ * additions left to right, then one multiplication and one rounding to float32.
+ */
+function foldBody(k: number, init: boolean, final: boolean): number[] {
   const ACC = 0;
-  const N = 1;
-  const X = (j: number) => 2 + j;
-  const W = (j: number) => 2 + k + j;
-  // locals after the params: i, end, accAddr (i32), v (v128), wv0..wv(k-1) (v128)
-  const firstLocal = 2 + 2 * k;
+  const OUT = 1;
+  const N = 2;
+  const INV = 3;
+  const X = (j: number) => 4 + j;
+  const W = (j: number) => 4 + k + j;
+  // locals after the params: i, end, accAddr (i32), v, zero, invv (v128), wv0..wv(k-1) (v128)
+  const firstLocal = 4 + 2 * k;
   const I = firstLocal;
   const END = firstLocal + 1;
   const A = firstLocal + 2;
   const V = firstLocal + 3;
-  const WV = (j: number) => firstLocal + 4 + j;
-  const locals = vec([[...uleb(3), I32], [...uleb(1 + k), V128]]);
+  const ZERO = firstLocal + 4; // locals start zeroed: +0.0 in both lanes
+  const IV = firstLocal + 5;
+  const WV = (j: number) => firstLocal + 6 + j;
+  const locals = vec([[...uleb(3), I32], [...uleb(3 + k), V128]]);
   const code: number[] = [];
   for (let j = 0; j < k; j++) code.push(...localGet(W(j)), ...F64X2_SPLAT, ...localSet(WV(j)));
+  code.push(...localGet(INV), ...F64X2_SPLAT, ...localSet(IV));
   code.push(...localGet(N), ...i32Const(2), ...I32_SHL, ...localSet(END));
   const body: number[] = [];
   // accAddr = acc + 2 * i (8 bytes of accumulator per 4 bytes of input)
   body.push(...localGet(ACC), ...localGet(I), ...localGet(I), ...I32_ADD, ...I32_ADD, ...localSet(A));
+  if (final) body.push(...localGet(OUT), ...localGet(I), ...I32_ADD); // address of the 4 results
   for (const half of [0, 1]) {
-    body.push(...localGet(A)); // address for the store
-    body.push(...localGet(A), ...v128Load(16 * half)); // acc pair
+    if (!final) body.push(...localGet(A)); // address for the accumulator store
+    body.push(...(init ? localGet(ZERO) : [...localGet(A), ...v128Load(16 * half)]));
     for (let j = 0; j < k; j++) {
       // four float32 inputs; the low pair for half 0, the high pair (moved down) for half 1
       body.push(...localGet(X(j)), ...localGet(I), ...I32_ADD, ...v128Load());
       if (half === 1) body.push(...localTee(V), ...localGet(V), ...HIGH_HALF);
       body.push(...F64X2_PROMOTE_LOW, ...localGet(WV(j)), ...F64X2_MUL, ...F64X2_ADD);
     }
-    body.push(...v128Store(16 * half));
+    if (final) body.push(...localGet(IV), ...F64X2_MUL, ...F32X4_DEMOTE);
+    else body.push(...v128Store(16 * half));
   }
+  if (final) body.push(...JOIN_LOW_HALVES, ...v128Store(0));
   code.push(...loop16(I, END, body));
   return [...locals, ...code, 0x0b];
 }
+
+const FOLD_WIDTHS = [1, 2, 4] as const;
+const FOLD_MODES = ['', 'i', 'f', 'if'] as const;
+export type FoldMode = (typeof FOLD_MODES)[number];
 
 function finishBody(): number[] {
   // params acc, out, n (i32), inv (f64); locals i, end, a (i32), invv (v128)
@@ -169,23 +189,26 @@ function nonfiniteBody(): number[] {
 }
 
 function moduleBytes(): Uint8Array {
-  const fold1Type = [0x60, ...vec([[I32], [I32], [I32], [F64]]), 0];
-  const fold4Type = [0x60, ...vec([[I32], [I32], [I32], [I32], [I32], [I32], [F64], [F64], [F64], [F64]]), 0];
+  const foldType = (k: number) => [0x60, ...vec([[I32], [I32], [I32], [F64], ...Array.from({ length: k }, () => [I32]), ...Array.from({ length: k }, () => [F64])]), 0];
   const finishType = [0x60, ...vec([[I32], [I32], [I32], [F64]]), 0];
   const nonfiniteType = [0x60, ...vec([[I32], [I32]]), ...vec([[I32]])];
-  const types = section(1, vec([fold1Type, fold4Type, finishType, nonfiniteType]));
+  // types: 0 finish, 1 nonfinite, 2.. one per fold width
+  const types = section(1, vec([finishType, nonfiniteType, ...FOLD_WIDTHS.map(foldType)]));
   const imports = section(2, vec([[...str('env'), ...str('memory'), 0x02, 0x00, 0x01]]));
-  const funcs = section(3, vec([[0], [1], [2], [3]]));
-  const exports = section(7, vec([[...str('fold1'), 0x00, 0], [...str('fold4'), 0x00, 1], [...str('finish'), 0x00, 2], [...str('nonfinite'), 0x00, 3]]));
-  const bodies = [foldBody(1), foldBody(4), finishBody(), nonfiniteBody()].map((b) => [...uleb(b.length), ...b]);
+  const folds = FOLD_WIDTHS.flatMap((k, t) => FOLD_MODES.map((mode) => ({ name: `fold${k}${mode}`, type: 2 + t, body: foldBody(k, mode.includes('i'), mode.includes('f')) })));
+  const funcs = section(3, vec([[0], [1], ...folds.map((f) => [f.type])]));
+  const exports = section(7, vec([[...str('finish'), 0x00, 0], [...str('nonfinite'), 0x00, 1], ...folds.map((f, i) => [...str(f.name), 0x00, 2 + i])]));
+  const bodies = [finishBody(), nonfiniteBody(), ...folds.map((f) => f.body)].map((b) => [...uleb(b.length), ...b]);
   const code = section(10, vec(bodies));
   return Uint8Array.from([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, ...types, ...imports, ...funcs, ...exports, ...code]);
 }
 
+export type FoldKernel = (acc: number, out: number, n: number, inv: number, ...inputsThenWeights: number[]) => void;
+
 export interface SimdKernels {
   memory: WebAssembly.Memory;
-  fold1(acc: number, n: number, a: number, wa: number): void;
-  fold4(acc: number, n: number, a: number, b: number, c: number, d: number, wa: number, wb: number, wc: number, wd: number): void;
+  /** fold[k][mode](acc, out, n, inv, x0..x(k-1), w0..w(k-1)) for k of 1, 2, 4. */
+  fold: Record<number, Record<FoldMode, FoldKernel>>;
   finish(acc: number, out: number, n: number, inv: number): void;
   /** 1 when any of n float32 values at p is NaN or ±Infinity, else 0 (n a multiple of 4). */
   nonfinite(p: number, n: number): number;
@@ -211,6 +234,8 @@ export function simdKernels(bytes: number): SimdKernels | null {
   if (!mod) return null;
   const memory = new WebAssembly.Memory({ initial: Math.max(1, Math.ceil(bytes / 65536)) });
   const instance = new WebAssembly.Instance(mod, { env: { memory } });
-  const e = instance.exports as unknown as Omit<SimdKernels, 'memory'>;
-  return { memory, fold1: e.fold1, fold4: e.fold4, finish: e.finish, nonfinite: e.nonfinite };
+  const e = instance.exports as Record<string, unknown>;
+  const fold: SimdKernels['fold'] = {};
+  for (const k of FOLD_WIDTHS) fold[k] = Object.fromEntries(FOLD_MODES.map((m) => [m, e[`fold${k}${m}`] as FoldKernel])) as Record<FoldMode, FoldKernel>;
+  return { memory, fold, finish: e.finish as SimdKernels['finish'], nonfinite: e.nonfinite as SimdKernels['nonfinite'] };
 }

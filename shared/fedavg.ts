@@ -1,4 +1,4 @@
-import { simdKernels } from './fedavg-simd.js';
+import { simdKernels, type FoldMode } from './fedavg-simd.js';
 
 /**
  * Federated averaging (McMahan et al., 2017, "Communication-Efficient Learning of Deep Networks
@@ -190,8 +190,15 @@ function createFolder(maxN: number, clients: number): Folder {
   const accAt = 0;
   const outAt = f * 8;
   const inputAt = (set: number, k: number) => outAt + n4 * 4 + (set * clients + k) * n4 * 4;
-  const acc = new Float64Array(buffer, accAt, f);
   const out = new Float32Array(buffer, outAt, n4);
+  // Clients folded in groups of 4, then 2, then 1: the first group starts the sums, the last one
+  // finishes the average, so the accumulator is touched only between groups.
+  const groups: { k: number; size: 1 | 2 | 4 }[] = [];
+  for (let k = 0; k < clients; ) {
+    const size = clients - k >= 4 ? 4 : clients - k >= 2 ? 2 : 1;
+    groups.push({ k, size });
+    k += size;
+  }
   const inputs = [0, 1].map((set) => Array.from({ length: clients }, (_, k) => new Float32Array(buffer, inputAt(set, k), n4)));
   return {
     inputs,
@@ -201,19 +208,17 @@ function createFolder(maxN: number, clients: number): Folder {
       for (let s0 = 0; s0 < n; s0 += f) {
         const m = Math.min(f, n - s0);
         const vec = m & ~3; // the kernels take multiples of 4; the last few values go through the scalar loop
-        acc.fill(0, 0, m);
-        let k = 0;
-        for (; k + 4 <= clients; k += 4) {
-          kernels.fold4(accAt, vec, inputAt(set, k) + s0 * 4, inputAt(set, k + 1) + s0 * 4, inputAt(set, k + 2) + s0 * 4, inputAt(set, k + 3) + s0 * 4, weights[k]!, weights[k + 1]!, weights[k + 2]!, weights[k + 3]!);
+        for (let g = 0; g < groups.length; g++) {
+          const { k, size } = groups[g]!;
+          const mode = ((g === 0 ? 'i' : '') + (g === groups.length - 1 ? 'f' : '')) as FoldMode;
+          const ptrs = Array.from({ length: size }, (_, j) => inputAt(set, k + j) + s0 * 4);
+          kernels.fold[size]![mode](accAt, outAt + s0 * 4, vec, inv, ...ptrs, ...weights.slice(k, k + size));
         }
-        for (; k < clients; k++) kernels.fold1(accAt, vec, inputAt(set, k) + s0 * 4, weights[k]!);
         for (let i = vec; i < m; i++) {
-          let a = acc[i]!;
+          let a = 0;
           for (let j = 0; j < clients; j++) a = a + weights[j]! * x[j]![s0 + i]!;
-          acc[i] = a;
+          out[s0 + i] = a * inv;
         }
-        kernels.finish(accAt, outAt + s0 * 4, vec, inv);
-        for (let i = vec; i < m; i++) out[s0 + i] = acc[i]! * inv;
       }
       return out.subarray(0, n);
     },
