@@ -4,8 +4,11 @@ import { chunkCount, chunkLength, type Chunk } from './chunking.js';
 import { packMsg } from './codec.js';
 import type { Transport } from './transport.js';
 
-/** Room before a chunk's bytes for the rest of its message (fields are ~150 bytes). */
-const HEADROOM = 1024;
+/**
+ * Room before a chunk's bytes for the rest of its message (fields are ~150 bytes); with the data
+ * prefix, the chunk's bytes start 8-byte aligned, so sources can fill them through typed arrays.
+ */
+const HEADROOM = 1030;
 /** The map key `data` (fixstr) and a bin32 header: 5 + 5 bytes. */
 const DATA_PREFIX = 10;
 

@@ -76,9 +76,16 @@ export function encodeUpdateSource(tensors: readonly TensorValues[], meta: unkno
 
   /** Encode the bytes [from, to) of one tensor (offsets relative to the tensor) into out. */
   const encodePart = (part: Part, from: number, to: number, out: Uint8Array): void => {
-    if (dtype === 'float32' && !part.base && part.values.bytes) {
-      out.set(part.values.bytes.subarray(from, to));
-      return;
+    if (dtype === 'float32' && !part.base) {
+      if (part.values.bytes) {
+        out.set(part.values.bytes.subarray(from, to));
+        return;
+      }
+      if (out.byteOffset % 4 === 0 && from % 4 === 0 && to % 4 === 0) {
+        // Straight into the message: one copy, as from a tensor in memory.
+        part.values.read(from / 4, new Float32Array(out.buffer, out.byteOffset, (to - from) / 4));
+        return;
+      }
     }
     const firstUnit = Math.floor(from / unitBytes);
     const lastUnit = Math.ceil(to / unitBytes); // exclusive; the last unit of a tensor may be short
