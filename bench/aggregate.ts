@@ -218,8 +218,9 @@ async function main(): Promise<void> {
     say(`${r.what.padEnd(86)} ${(inputBytes / GB).toFixed(2).padStart(5)} ${best(r.seconds).toFixed(2).padStart(7)} ${(rate / GB).toFixed(2).padStart(6)} ${(rate / roof).toFixed(2).padStart(10)}   (${r.seconds.map((x) => x.toFixed(2)).join(', ')})`);
   }
   const ratio = inputBytes / best(rows[1]!.seconds) / roof;
+  const ratioPath = inputBytes / best(rows[3]!.seconds) / roof;
   say('');
-  say(`FedAvg arithmetic / memcpy roofline: ${ratio.toFixed(2)} (goal >= 0.5: ${ratio >= 0.5 ? 'met' : 'MISSED'})`);
+  say(`FedAvg / memcpy roofline (goal >= 0.5): as the aggregator runs it, updates in the page cache, reads overlapping the arithmetic: ${ratioPath.toFixed(2)} (${ratioPath >= 0.5 ? 'met' : 'MISSED'}); updates in this process's memory, each block copied into the kernels' memory and folded on one thread: ${ratio.toFixed(2)} (${ratio >= 0.5 ? 'met' : 'MISSED'})`);
   say(`float64 reference: max |FedAvg - reference| / max(1, |reference|) = ${maxErr.toExponential(2)} over ${params} values (goal <= 1e-6: ${maxErr <= 1e-6 ? 'met' : 'MISSED'}; ${refSeconds.toFixed(1)} s)`);
   say(`the aggregator path's model equals the in-memory result bit for bit: ${fileSha === resultSha ? 'yes' : 'NO'} (SHA-256 of the weights ${fileSha.slice(0, 16)}…)`);
   say(`peak RSS of this process: ${memPeak.toFixed(0)} MiB during the in-memory part (the ${K} updates + one model-sized buffer); the aggregator path holds blocks only`);

@@ -281,7 +281,12 @@ async function federation(broker: Broker, agents: number, model: string, tag: st
       brokerMaxRssUploadMiB: sampler.maxRss(broker.pid, started, uploadEnd),
       brokerBaseMiB,
       seconds: (Date.now() - started) / 1000,
-      cpu: { broker: perGB(broker.pid), sender: peers.reduce((x, p) => x + perGB(p.proc.pid!), 0), receiver: perGB(child.proc.pid!) },
+      cpu: {
+        broker: perGB(broker.pid),
+        sender: peers.reduce((x, p) => x + perGB(p.proc.pid!), 0),
+        receiver: perGB(child.proc.pid!),
+        receiverUpload: sampler.cpuMs(child.proc.pid!, uploadStart, uploadEnd) / 1000 / upBytes,
+      },
     };
   } finally {
     sampler.stop();
@@ -332,26 +337,34 @@ async function main(): Promise<void> {
   const brokers = (args.brokers ?? (mosquitto ? 'aedes,mosquitto' : 'aedes')).split(',');
   say(`fedline bench:transport: ${BIG === 'vgg19' ? 'VGG-19' : 'dense'} model of ${(bigParams / 1e6).toFixed(1)} M float32 parameters; chunks of ${CHUNK_BYTES / 1024} KiB, ${MAX_INFLIGHT} QoS 1 publishes in flight, end-to-end window ${WINDOW} chunks`);
   say(`machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; brokers: ${brokers.join(', ')}${mosquitto ? '' : ' (mosquitto not installed)'}; work folder ${root}`);
-  const results: Record<string, { plain: Awaited<ReturnType<typeof plainRun>>; one: FederationResult; three?: FederationResult; many?: FederationResult; small?: FederationResult }> = {};
-  for (const name of brokers) {
-    const broker = await startBroker(name, join(root, `broker-${name}`));
+  const results: Record<string, { plain: Awaited<ReturnType<typeof plainRun>> & { runs: number[] }; one: FederationResult; three?: FederationResult; many?: FederationResult; small?: FederationResult }> = {};
+  // A fresh broker for every run: retained models of an earlier run would count in the broker's memory.
+  const withBroker = async <T>(name: string, tag: string, fn: (b: Broker) => Promise<T>): Promise<T> => {
+    const broker = await startBroker(name, join(root, `broker-${name}-${tag}`));
     try {
-      say(`\n[${name}] (a) plain MQTT.js publisher -> subscriber ...`);
-      const modelBytes = parameterCount(shapesOf(BIG)) * 4 + 4096;
-      const plain = await plainRun(broker, modelBytes);
-      say(`[${name}] (b)+(c) one agent ...`);
-      const one = await federation(broker, 1, BIG, 'one');
-      results[name] = { plain, one };
-      if (name === 'aedes' && args.only !== 'one') {
-        say(`[${name}] 3 agents ...`);
-        results[name].three = await federation(broker, 3, BIG, 'three');
-        say(`[${name}] ${MANY} agents ...`);
-        results[name].many = await federation(broker, MANY, BIG, 'many');
-        say(`[${name}] 3 agents, 1 M parameters ...`);
-        results[name].small = await federation(broker, 3, String(1_000_000), 'small');
-      }
+      return await fn(broker);
     } finally {
       await broker.stop();
+    }
+  };
+  for (const name of brokers) {
+    const modelBytes = parameterCount(shapesOf(BIG)) * 4 + 4096;
+    say(`\n[${name}] (a) plain MQTT.js publisher -> subscriber, (b)+(c) one agent, (a) again ...`);
+    const { plain, plainAfter, one } = await withBroker(name, 'one', async (broker) => ({
+      plain: await plainRun(broker, modelBytes),
+      one: await federation(broker, 1, BIG, 'one'),
+      plainAfter: await plainRun(broker, modelBytes),
+    }));
+    // (a) before and after (b), averaged: the machine's other load drifts.
+    const both = { mbps: (plain.mbps + plainAfter.mbps) / 2, seconds: (plain.seconds + plainAfter.seconds) / 2, cpu: plain.cpu, runs: [plain.mbps, plainAfter.mbps] };
+    results[name] = { plain: both, one };
+    if (name === 'aedes' && args.only !== 'one') {
+      say(`[${name}] 3 agents ...`);
+      results[name].three = await withBroker(name, 'three', (b) => federation(b, 3, BIG, 'three'));
+      say(`[${name}] ${MANY} agents ...`);
+      results[name].many = await withBroker(name, 'many', (b) => federation(b, MANY, BIG, 'many'));
+      say(`[${name}] 3 agents, 1 M parameters ...`);
+      results[name].small = await withBroker(name, 'small', (b) => federation(b, 3, String(1_000_000), 'small'));
     }
   }
 
@@ -362,14 +375,16 @@ async function main(): Promise<void> {
     const c = downloadRate(r.one);
     say(`${name.padEnd(10)} ${f1(r.plain.mbps).padStart(9)} ${f1(b.full).padStart(9)} ${f2(b.full / r.plain.mbps).padStart(8)} ${f1(b.accepted).padStart(12)} ${f1(c.perAgent).padStart(9)}   ${b.full / r.plain.mbps >= 0.8 ? 'met' : 'MISSED'}`);
   }
+  say(`  (a) = the mean of a run before and one after (b): ${Object.entries(results).map(([n, r]) => `${n} ${r.plain.runs.map((x) => f1(x)).join(' and ')} MB/s`).join('; ')}.`);
   say('  (b) = update bytes / (update folded into the average at the aggregator - agent starts encoding); "upload only" ends at the agent\'s accepted ack (verified and spooled).');
   say('  (c) = model bytes / (last agent has it verified - model stored); includes publishing the retained chunks to the broker.');
   say('\nCPU seconds per GB moved (Linux utime + stime; the machine\'s other load adds noise): on a machine where each process has a core of its own, the slowest column bounds the rate');
-  say(`${'broker'.padEnd(10)} ${'run'.padEnd(22)} ${'broker'.padStart(7)} ${'sender'.padStart(7)} ${'receiver'.padStart(9)}`);
+  say(`${'broker'.padEnd(10)} ${'run'.padEnd(22)} ${'broker'.padStart(7)} ${'sender'.padStart(7)} ${'receiver'.padStart(9)} ${'receiver to the ack'.padStart(20)}`);
   for (const [name, r] of Object.entries(results)) {
     say(`${name.padEnd(10)} ${'(a) plain MQTT.js'.padEnd(22)} ${f2(r.plain.cpu.broker!).padStart(7)} ${f2(r.plain.cpu.sender!).padStart(7)} ${f2(r.plain.cpu.receiver!).padStart(9)}`);
-    say(`${''.padEnd(10)} ${'(b) agent->aggregator'.padEnd(22)} ${f2(r.one.cpu.broker!).padStart(7)} ${f2(r.one.cpu.sender!).padStart(7)} ${f2(r.one.cpu.receiver!).padStart(9)}`);
+    say(`${''.padEnd(10)} ${'(b) agent->aggregator'.padEnd(22)} ${f2(r.one.cpu.broker!).padStart(7)} ${f2(r.one.cpu.sender!).padStart(7)} ${f2(r.one.cpu.receiver!).padStart(9)} ${f2(r.one.cpu.receiverUpload!).padStart(20)}`);
   }
+  say('  receiver to the ack: the aggregator until the update is verified and spooled (without FedAvg and the new model).');
 
   const aedes = results.aedes;
   if (aedes?.three && aedes.many && aedes.small) {
@@ -385,7 +400,7 @@ async function main(): Promise<void> {
     }
     const ratio = aedes.many.aggregatorPeakMiB / aedes.three.aggregatorPeakMiB;
     say(`  aggregator: ${MANY} agents / 3 agents = ${f2(ratio)} (goal within 10%: ${Math.abs(ratio - 1) <= 0.1 ? 'met' : 'MISSED'}); max ${f1(Math.max(aedes.three.aggregatorPeakMiB, aedes.many.aggregatorPeakMiB))} MiB vs goal ${goal.toFixed(0)} MiB: ${Math.max(aedes.three.aggregatorPeakMiB, aedes.many.aggregatorPeakMiB) <= goal ? 'met' : 'MISSED'}`);
-    say(`  broker(upload): its highest RSS while the updates were arriving (base ${f1(aedes.many.brokerBaseMiB)} MiB); broker(peak) includes the retained global model.`);
+    say(`  broker(upload): its highest RSS while the updates were arriving (it holds the retained base model, ${(aedes.one.modelBytes / MiB).toFixed(0)} MiB, from the start); broker(peak) also the new one.`);
     say(`\nflow control, ${MANY} agents sending at once: ${flowCheck(aedes.many)}`);
     say(`flow control, 3 agents: ${flowCheck(aedes.three)}`);
     say(`\nround overhead, last update chunk received -> new model verified by every agent (3 agents, Aedes):`);
