@@ -129,6 +129,7 @@ export class Aggregator extends EventEmitter {
   private stopped = false;
   private readonly stopSignal = deferred<void>();
   private journalChain: Promise<void> = Promise.resolve();
+  private lastAnnouncement: RoundAnnouncement | null = null;
 
   constructor(config: Config, deps: AggregatorDeps) {
     super();
@@ -159,6 +160,8 @@ export class Aggregator extends EventEmitter {
     await this.loadJournal();
     await this.transport.subscribe(this.topics.statusAll(), this.onStatus);
     await this.transport.subscribe(this.topics.updatesAll(), this.onUpdateMessage);
+    // Connected already: every later 'connect' is a reconnect.
+    this.transport.on('connect', () => void this.republishRetained());
 
     this.global = await this.ensureInitialModel();
     await this.publishModel(this.global);
@@ -424,7 +427,24 @@ export class Aggregator extends EventEmitter {
   }
 
   private async announce(a: RoundAnnouncement): Promise<void> {
+    this.lastAnnouncement = a;
     await this.transport.publish(this.topics.round(), packMsg(a), { qos: 1, retain: true });
+  }
+
+  /**
+   * After a reconnect the broker may have lost its retained messages (an embedded broker without
+   * persistence restarted, a Mosquitto killed before its autosave): publish the round announcement
+   * and the current global model again, so that agents joining or restarting now find them.
+   */
+  private async republishRetained(): Promise<void> {
+    if (this.stopped) return;
+    this.log.info({ round: this.lastAnnouncement?.round ?? null, version: this.global?.version ?? null }, 'reconnected; publishing retained state again');
+    try {
+      if (this.lastAnnouncement) await this.transport.publish(this.topics.round(), packMsg(this.lastAnnouncement), { qos: 1, retain: true });
+      if (this.global) await this.publishModel(this.global, false);
+    } catch (err) {
+      this.log.warn({ err: describeError(err).message }, 'could not republish retained state; will try at the next reconnect');
+    }
   }
 
   // ---------------------------------------------------------------- models
@@ -448,7 +468,7 @@ export class Aggregator extends EventEmitter {
     return stored;
   }
 
-  private async publishModel(model: StoredModel): Promise<void> {
+  private async publishModel(model: StoredModel, announce = true): Promise<void> {
     const bundle = await this.store.readBundle(model.version);
     const started = this.clock.now();
     const { chunkBytes, maxInflight } = this.config;
@@ -481,6 +501,7 @@ export class Aggregator extends EventEmitter {
       for (let seq = 0; seq < n; seq++) await this.transport.publish(this.topics.modelChunk(v, seq), Buffer.alloc(0), { qos: 1, retain: true });
     }
     this.log.info({ version: model.version, bytes: model.bytes, ms: this.clock.now() - started }, 'global model published');
+    if (!announce) return;
     this.emitEvent('model-published', { version: model.version, round: model.round, sha256: model.sha256, bytes: model.bytes, chunks: manifest.chunks, contributors: model.contributors, modelDir: this.store.dir(model.version) });
   }
 

@@ -24,6 +24,7 @@ import type { InboundMessage, Transport } from '../shared/transport.js';
 import type { ModelCache } from './model-cache.js';
 import { downloadModel } from './model-downlink.js';
 import type { GlobalModel, Trainer } from './trainer.js';
+import type { UpdateJournal } from './update-journal.js';
 import { sendUpdate } from './uplink.js';
 
 type Config = Readonly<AgentConfig> | AgentConfig;
@@ -33,6 +34,8 @@ export interface AgentDeps {
   cache: ModelCache;
   /** Prepares the local trainer once the federation's classes and input shape are known. */
   trainerFor: (model: ModelMeta) => Promise<Trainer>;
+  /** Where sent updates are recorded, so a restart resumes instead of training again. */
+  journal?: UpdateJournal;
   logger: Logger;
 }
 
@@ -59,6 +62,7 @@ export class EdgeAgent extends EventEmitter {
   private readonly transport: Transport;
   private readonly cache: ModelCache;
   private readonly trainerFor: AgentDeps['trainerFor'];
+  private readonly journal: UpdateJournal | null;
   private readonly log: Logger;
   private readonly topics: Topics;
   private readonly emitEvent: EventSink;
@@ -76,6 +80,7 @@ export class EdgeAgent extends EventEmitter {
     this.transport = deps.transport;
     this.cache = deps.cache;
     this.trainerFor = deps.trainerFor;
+    this.journal = deps.journal ?? null;
     this.log = deps.logger.child({ module: 'agent', agent: config.agentId });
     this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
     this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log);
@@ -183,31 +188,47 @@ export class EdgeAgent extends EventEmitter {
         await this.setStatus({ state: 'idle', round, progress: null, detail: `evaluated model version ${model.version}: accuracy ${metricsBefore.accuracy.toFixed(3)}` }, true);
         return { round, outcome: 'evaluated' };
       }
-      // 3. local training
-      const federatedNames = resolveFederated(ann.task.federated, model.tensors.map((t) => t.name), model.meta.headTensors);
-      await this.setStatus({ state: 'training', round, progress: 0, detail: `${ann.task.epochs} epoch(s) on ${trainer.samples.train} images` }, true);
-      const result = await trainer.train(model, ann.task, federatedNames, {
-        signal,
-        onProgress: (p) => {
-          const progress = (p.epoch * p.batchesPerEpoch + p.batch) / (p.epochs * p.batchesPerEpoch);
-          this.setStatus({ progress, detail: `epoch ${p.epoch + 1}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}` }).catch(() => undefined);
-        },
-      });
-      log.info({ trainMs: result.trainMs, accuracyAfter: result.metricsAfter.accuracy, samples: result.sampleCount }, 'local training done');
+      // 3. local training, unless this round's update was already made before a restart
+      await this.journal?.pruneBefore(round).catch(() => undefined);
+      const prior = await this.journal?.record(round);
+      if (prior && prior.baseVersion === model.version && prior.state !== 'pending') {
+        this.finishedRounds.add(round);
+        log.info({ state: prior.state }, 'this round\'s update was already settled before a restart; not sending it again');
+        await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} ${prior.state} (before restart)` }, true);
+        return { round, outcome: prior.state };
+      }
+      let bundle = (await this.journal?.pendingBundle(round, model.version)) ?? null;
+      const resume = bundle !== null;
+      if (bundle) {
+        log.info({ bytes: bundle.byteLength }, 'resuming the upload of an update made before a restart');
+      } else {
+        const federatedNames = resolveFederated(ann.task.federated, model.tensors.map((t) => t.name), model.meta.headTensors);
+        await this.setStatus({ state: 'training', round, progress: 0, detail: `${ann.task.epochs} epoch(s) on ${trainer.samples.train} images` }, true);
+        const result = await trainer.train(model, ann.task, federatedNames, {
+          signal,
+          onProgress: (p) => {
+            const progress = (p.epoch * p.batchesPerEpoch + p.batch) / (p.epochs * p.batchesPerEpoch);
+            this.setStatus({ progress, detail: `epoch ${p.epoch + 1}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}` }).catch(() => undefined);
+          },
+        });
+        log.info({ trainMs: result.trainMs, accuracyAfter: result.metricsAfter.accuracy, samples: result.sampleCount }, 'local training done');
+        const meta: UpdateMeta = {
+          kind: 'update',
+          agent: this.config.agentId,
+          round,
+          baseVersion: model.version,
+          sampleCount: result.sampleCount,
+          epochs: ann.task.epochs,
+          metricsBefore,
+          metricsAfter: result.metricsAfter,
+          trainMs: result.trainMs,
+          backend: trainer.backend,
+        };
+        bundle = encodeBundle(result.tensors, meta);
+        // On disk before the first chunk leaves: a power cut from here on resumes this upload.
+        await this.journal?.savePending(round, model.version, bundle).catch((err: Error) => log.warn({ err: err.message }, 'could not record the update; a restart would train again'));
+      }
       // 4. send the update
-      const meta: UpdateMeta = {
-        kind: 'update',
-        agent: this.config.agentId,
-        round,
-        baseVersion: model.version,
-        sampleCount: result.sampleCount,
-        epochs: ann.task.epochs,
-        metricsBefore,
-        metricsAfter: result.metricsAfter,
-        trainMs: result.trainMs,
-        backend: trainer.backend,
-      };
-      const bundle = encodeBundle(result.tensors, meta);
       await this.setStatus({ state: 'uploading', round, progress: 0, detail: `${bundle.byteLength} bytes` }, true);
       const sent = await sendUpdate(this.transport, this.topics, bundle, log, {
         round,
@@ -216,11 +237,13 @@ export class EdgeAgent extends EventEmitter {
         maxInflight: this.config.maxInflight,
         ackTimeoutMs: this.config.ackTimeoutMs,
         signal,
+        resume,
         onProgress: (sentBytes, total) => this.setStatus({ progress: Math.min(1, sentBytes / total) }).catch(() => undefined),
         onReject: (err, topic) => this.reject(err, topic),
       });
       this.bytes.up += sent.sentBytes;
       this.finishedRounds.add(round);
+      await this.journal?.settle(round, sent.ack.status === 'accepted' ? 'accepted' : 'rejected', sent.ack.reason).catch(() => undefined);
       if (sent.ack.status === 'accepted') {
         log.info({ bytes: bundle.byteLength, resent: sent.resentChunks }, 'update accepted by the aggregator');
         await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} accepted` }, true);

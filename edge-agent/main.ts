@@ -11,6 +11,7 @@ import { EdgeAgent, offlineStatus } from './agent.js';
 import { loadDataset } from './dataset.js';
 import { ModelCache } from './model-cache.js';
 import { TfjsTrainer } from './tfjs-trainer.js';
+import { UpdateJournal } from './update-journal.js';
 
 export interface RunningAgent {
   agent: EdgeAgent;
@@ -27,6 +28,7 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger):
   const agent = new EdgeAgent(config, {
     transport,
     cache: new ModelCache(join(config.stateDir, 'models'), log),
+    journal: new UpdateJournal(join(config.stateDir, 'uploads')),
     logger,
     trainerFor: async ({ classes, inputShape, normalization }) => {
       const runtime = await loadTf(config.training.backend, log);

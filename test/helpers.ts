@@ -147,8 +147,8 @@ export function mosquittoAvailable(): string | null {
  * Start Mosquitto with the repository's mosquitto.conf, changed only where a test must: the
  * listener (a free loopback port) and the persistence/log locations (a temp folder).
  */
-export async function startMosquitto(bin: string, dir: string): Promise<{ url: string; port: number; proc: ChildProcess; stop(): Promise<void> }> {
-  const port = await freePort();
+export async function startMosquitto(bin: string, dir: string, fixedPort?: number): Promise<{ url: string; port: number; proc: ChildProcess; stop(): Promise<void>; kill(): Promise<void> }> {
+  const port = fixedPort ?? (await freePort());
   const original = readFileSync(join(REPO_ROOT, 'mosquitto.conf'), 'utf8');
   const conf = original
     .split('\n')
@@ -184,6 +184,10 @@ export async function startMosquitto(bin: string, dir: string): Promise<{ url: s
     proc,
     async stop() {
       if (proc.exitCode === null) proc.kill('SIGTERM');
+      await exited;
+    },
+    async kill() {
+      if (proc.exitCode === null) proc.kill('SIGKILL');
       await exited;
     },
   };
