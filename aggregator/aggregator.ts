@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { readFile } from 'node:fs/promises';
+import { appendFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { systemClock, type Clock, deferred, type Deferred } from '../shared/async.js';
 import { chunkCount, Reassembler } from '../shared/chunking.js';
@@ -80,8 +80,17 @@ export interface Journal {
   currentVersion: number;
   complete: boolean;
   finalVersion: number | null;
+  /** Training rounds closed so far (all time, including those moved to history.jsonl). */
+  trainRoundsDone: number;
+  /** The most recent rounds (older ones are appended to history.jsonl, see JOURNAL_KEEP_ROUNDS). */
   rounds: RoundRecord[];
 }
+
+/**
+ * Rounds kept in journal.json (and in memory). A federation that runs for months must not grow
+ * its journal or its heap with every round: older records move to the append-only history.jsonl.
+ */
+export const JOURNAL_KEEP_ROUNDS = 200;
 
 export interface FederationResult {
   finalVersion: number;
@@ -143,7 +152,7 @@ export class Aggregator extends EventEmitter {
     this.clock = deps.clock ?? systemClock;
     this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
     this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, (_type, event) => this.emit('event', event));
-    this.journal = { federation: config.federation, currentVersion: 0, complete: false, finalVersion: null, rounds: [] };
+    this.journal = { federation: config.federation, currentVersion: 0, complete: false, finalVersion: null, trainRoundsDone: 0, rounds: [] };
     this.stopSignal.promise.catch(() => undefined);
   }
 
@@ -167,7 +176,7 @@ export class Aggregator extends EventEmitter {
     await this.publishModel(this.global);
 
     let reason = `${this.config.rounds} rounds done`;
-    const trainRounds = () => this.journal.rounds.filter((r) => r.kind === 'train' && r.outcome !== null).length;
+    const trainRounds = () => this.journal.trainRoundsDone;
     const unfinished = this.journal.rounds.find((r) => r.outcome === null);
     if (this.journal.complete) {
       reason = 'federation already complete (journal)';
@@ -327,6 +336,8 @@ export class Aggregator extends EventEmitter {
     }
     record.durationMs = this.clock.now() - record.startedAt;
     this.current = null;
+    if (record.kind === 'train') this.journal.trainRoundsDone++;
+    await this.spillOldRounds();
     await this.saveJournal();
     await this.spool.dropRound(roundNo);
     this.emitEvent('round-completed', { ...record });
@@ -383,7 +394,7 @@ export class Aggregator extends EventEmitter {
       state,
       kind: plan.kind,
       base: this.modelRef(active.base),
-      task: this.taskFor(plan.round),
+      task: this.taskFor(),
       classes: [...active.base.classes],
       selected: [...plan.selected],
       minClients: plan.minClients,
@@ -404,7 +415,7 @@ export class Aggregator extends EventEmitter {
       state: 'complete',
       kind: last?.kind ?? 'evaluate',
       base: this.modelRef(this.global!),
-      task: this.taskFor(last?.round ?? 1),
+      task: this.taskFor(),
       classes: [...this.global!.classes],
       selected: [],
       minClients: this.config.minClients,
@@ -416,9 +427,10 @@ export class Aggregator extends EventEmitter {
   }
 
   /** The local training task of a round, with the server-side learning-rate schedule applied. */
-  private taskFor(round: number): RoundAnnouncement['task'] {
+  private taskFor(): RoundAnnouncement['task'] {
     const { learningRateDecay, ...task } = this.config.task;
-    const trainRoundsBefore = this.journal.rounds.filter((r) => r.kind === 'train' && r.round < round).length;
+    // The round being announced is not closed yet: every closed training round came before it.
+    const trainRoundsBefore = this.journal.trainRoundsDone;
     return { ...task, learningRate: task.learningRate * learningRateDecay ** trainRoundsBefore, federated: task.federated as RoundAnnouncement['task']['federated'] };
   }
 
@@ -719,11 +731,21 @@ export class Aggregator extends EventEmitter {
     try {
       const j = JSON.parse(await readFile(this.journalPath, 'utf8')) as Journal;
       if (j.federation !== this.config.federation) throw new Error(`journal belongs to federation ${j.federation}`);
+      // Journals written before trainRoundsDone existed: count what they hold.
+      j.trainRoundsDone ??= j.rounds.filter((r) => r.kind === 'train' && r.outcome !== null).length;
       this.journal = j;
       this.log.info({ rounds: j.rounds.length, complete: j.complete }, 'journal loaded');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new FedlineError(ErrorCodes.MODEL_STORE, `cannot read the journal ${this.journalPath}: ${(err as Error).message}`);
     }
+  }
+
+  private async spillOldRounds(): Promise<void> {
+    const excess = this.journal.rounds.length - JOURNAL_KEEP_ROUNDS;
+    if (excess <= 0) return;
+    const old = this.journal.rounds.slice(0, excess);
+    await appendFile(join(this.config.stateDir, 'history.jsonl'), old.map((r) => JSON.stringify(r)).join('\n') + '\n');
+    this.journal.rounds = this.journal.rounds.slice(excess);
   }
 
   /** Writes are serialised so that an older snapshot never lands after a newer one. */

@@ -226,7 +226,7 @@ export class EdgeAgent extends EventEmitter {
         };
         bundle = encodeBundle(result.tensors, meta);
         // On disk before the first chunk leaves: a power cut from here on resumes this upload.
-        await this.journal?.savePending(round, model.version, bundle).catch((err: Error) => log.warn({ err: err.message }, 'could not record the update; a restart would train again'));
+        await this.journal?.savePending(round, model.version, bundle).catch((err: Error) => this.storageProblem(`could not record the update of round ${round} on disk (${err.message}); a restart would train again`));
       }
       // 4. send the update
       await this.setStatus({ state: 'uploading', round, progress: 0, detail: `${bundle.byteLength} bytes` }, true);
@@ -282,7 +282,7 @@ export class EdgeAgent extends EventEmitter {
       });
       downloadedBytes = bundle.byteLength;
       this.bytes.down += bundle.byteLength;
-      await this.cache.put(ref.version, ref.sha256, bundle).catch((err: Error) => this.log.warn({ err: err.message }, 'could not cache the model; continuing without cache'));
+      await this.cache.put(ref.version, ref.sha256, bundle).catch((err: Error) => this.storageProblem(`could not keep model version ${ref.version} on disk (${err.message}); continuing with the copy in memory`));
     }
     let decoded: DecodedBundle<ModelMeta>;
     try {
@@ -317,6 +317,13 @@ export class EdgeAgent extends EventEmitter {
       this.emit('state', this.status);
       this.emitEvent('agent-state', { agent: this.config.agentId, state: this.status.state, round: this.status.round, detail: this.status.detail });
     }
+  }
+
+  /** The agent's disk failed it (full, read-only, corrupt): say so, keep working from memory. */
+  private storageProblem(message: string): void {
+    this.counters.inc(ErrorCodes.MODEL_STORE);
+    this.log.warn({ code: ErrorCodes.MODEL_STORE }, message);
+    this.emitEvent('alert', { severity: 'warning', agent: this.config.agentId, code: ErrorCodes.MODEL_STORE, message });
   }
 
   private reject(err: unknown, topic: string): void {

@@ -11,6 +11,7 @@ import { EdgeAgent, offlineStatus } from './agent.js';
 import { loadDataset } from './dataset.js';
 import { ModelCache } from './model-cache.js';
 import { TfjsTrainer } from './tfjs-trainer.js';
+import type { Trainer } from './trainer.js';
 import { UpdateJournal } from './update-journal.js';
 
 export interface RunningAgent {
@@ -20,7 +21,12 @@ export interface RunningAgent {
 }
 
 /** Wire a validated agent config to MQTT (with an `offline` last will), the model cache, the image folder and tfjs. */
-export async function startAgent(config: Readonly<AgentConfig>, logger: Logger): Promise<RunningAgent> {
+export interface AgentWiringOptions {
+  /** Test seam: wrap the trainer (e.g. to make one agent a straggler). */
+  wrapTrainer?: (trainer: Trainer) => Trainer;
+}
+
+export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, wiring: AgentWiringOptions = {}): Promise<RunningAgent> {
   const topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
   const offline = encodeJson({ ...offlineStatus(config.agentId), ts: Date.now() });
   const transport = await connectMqtt(config.mqtt, `fedline-agent-${config.agentId}`.slice(0, 128), logger, { topic: topics.status(config.agentId), payload: offline, qos: 1, retain: true });
@@ -42,7 +48,8 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger):
       });
       for (const problem of data.problems) log.warn({ module: 'data' }, problem);
       log.info({ train: data.counts.train, test: data.counts.test, classes, skipped: data.problems.length }, 'local images loaded');
-      return new TfjsTrainer(runtime, data, config.training.shuffleSeed);
+      const trainer = new TfjsTrainer(runtime, data, config.training.shuffleSeed);
+      return wiring.wrapTrainer ? wiring.wrapTrainer(trainer) : trainer;
     },
   });
   await agent.start();

@@ -25,6 +25,18 @@ export const NATIVE_INSTALL_HINT =
 
 let cached: Promise<TfRuntime> | null = null;
 
+/**
+ * tfjs-layers keeps the topologically sorted graph of the last N executions in a global LRU
+ * cache (default 100). An agent builds a fresh model every round, so each entry pins a dead
+ * model's layer objects until it falls out: memory then climbs for ~50 rounds before it levels
+ * off. One model runs at a time here; a small cache keeps the plateau low and reached early.
+ */
+const GRAPH_CACHE_ENTRIES = 8;
+
+function tuneTf(tf: Tf): void {
+  tf.env().set('TOPOLOGICAL_SORT_CACHE_MAX_ENTRIES', GRAPH_CACHE_ENTRIES);
+}
+
 async function tryImport(name: string): Promise<Tf | null> {
   try {
     // A variable specifier: these packages are optional and usually absent.
@@ -47,6 +59,7 @@ export function loadTf(preference: BackendPreference = 'auto', log?: Logger): Pr
         const tf = await tryImport(name);
         if (tf) {
           await tf.ready();
+          tuneTf(tf);
           log?.info({ backend: tf.getBackend(), package: name }, 'tfjs backend ready (native)');
           return { tf, backend: tf.getBackend(), packageName: name, native: true };
         }
@@ -61,6 +74,7 @@ export function loadTf(preference: BackendPreference = 'auto', log?: Logger): Pr
     await tf.setBackend('cpu');
     await tf.ready();
     installFastCpuKernels(tf);
+    tuneTf(tf);
     if (preference === 'auto') log?.warn({ backend: 'cpu' }, `tfjs is using the slow pure-JavaScript CPU backend; ${NATIVE_INSTALL_HINT}`);
     else log?.info({ backend: 'cpu' }, 'tfjs backend ready (pure JavaScript, as configured)');
     return { tf, backend: 'cpu', packageName: '@tensorflow/tfjs', native: false };
