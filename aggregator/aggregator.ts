@@ -44,6 +44,8 @@ export interface AggregatorDeps {
   spool: UpdateSpool;
   /** Builds the initial global model bundle (version 0) when the store is empty. */
   initialModel: () => Promise<Uint8Array>;
+  /** Signs a model (version, SHA-256) for the agents to verify; absent: models go unsigned. */
+  signModel?: (version: number, sha256: string) => string;
   strategy?: Strategy;
   logger: Logger;
   clock?: Clock;
@@ -126,6 +128,7 @@ export class Aggregator extends EventEmitter {
   private readonly spool: UpdateSpool;
   private readonly strategy: Strategy;
   private readonly initialModel: () => Promise<Uint8Array>;
+  private readonly signModel: ((version: number, sha256: string) => string) | null;
   private readonly log: Logger;
   private readonly clock: Clock;
   private readonly topics: Topics;
@@ -148,6 +151,7 @@ export class Aggregator extends EventEmitter {
     this.spool = deps.spool;
     this.strategy = deps.strategy ?? new FedAvg();
     this.initialModel = deps.initialModel;
+    this.signModel = deps.signModel ?? null;
     this.log = deps.logger.child({ module: 'aggregator' });
     this.clock = deps.clock ?? systemClock;
     this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
@@ -435,7 +439,14 @@ export class Aggregator extends EventEmitter {
   }
 
   private modelRef(model: StoredModel): RoundAnnouncement['base'] {
-    return { version: model.version, sha256: model.sha256, bytes: model.bytes, chunks: chunkCount(model.bytes, this.config.chunkBytes), chunkBytes: this.config.chunkBytes };
+    return {
+      version: model.version,
+      sha256: model.sha256,
+      bytes: model.bytes,
+      chunks: chunkCount(model.bytes, this.config.chunkBytes),
+      chunkBytes: this.config.chunkBytes,
+      signature: this.signModel ? this.signModel(model.version, model.sha256) : null,
+    };
   }
 
   private async announce(a: RoundAnnouncement): Promise<void> {
@@ -501,6 +512,7 @@ export class Aggregator extends EventEmitter {
       chunks: chunkCount(model.bytes, chunkBytes),
       chunkBytes,
       createdAt: model.createdAt,
+      signature: this.signModel ? this.signModel(model.version, model.sha256) : null,
       metrics: { contributors: model.contributors, updateMetrics: model.updateMetrics },
     };
     await this.transport.publish(this.topics.modelLatest(), encodeJson(manifest), { qos: 1, retain: true });

@@ -19,6 +19,7 @@ commands:
   aggregator  run the aggregator                            --config FILE
   agent       run an edge agent                             --config FILE
   dataset synth  write generated USB-inspection images      --out DIR [--seed N] [--size PX] [--scale X]
+  keygen      an Ed25519 key pair for signing global models --out DIR
 
 Example configs are in examples/. Logs are JSON lines on stdout; set FEDLINE_LOG_LEVEL=debug for more.`;
 
@@ -35,6 +36,10 @@ async function main(argv: string[]): Promise<void> {
       const { runDemo } = await import('./demo.js');
       process.exitCode = await runDemo(rest);
       return;
+    }
+    case 'keygen': {
+      const { runKeygen } = await import('./keygen-cmd.js');
+      return runKeygen(rest);
     }
     case 'dataset': {
       const { runDataset } = await import('./dataset-cmd.js');

@@ -34,6 +34,8 @@ export interface AgentDeps {
   cache: ModelCache;
   /** Prepares the local trainer once the federation's classes and input shape are known. */
   trainerFor: (model: ModelMeta) => Promise<Trainer>;
+  /** Checks the aggregator's signature of a model (version, SHA-256); absent: models are not checked. */
+  verifyModel?: (version: number, sha256: string, signature: string | null) => boolean;
   /** Where sent updates are recorded, so a restart resumes instead of training again. */
   journal?: UpdateJournal;
   logger: Logger;
@@ -63,6 +65,7 @@ export class EdgeAgent extends EventEmitter {
   private readonly cache: ModelCache;
   private readonly trainerFor: AgentDeps['trainerFor'];
   private readonly journal: UpdateJournal | null;
+  private readonly verifyModel: AgentDeps['verifyModel'] | null;
   private readonly log: Logger;
   private readonly topics: Topics;
   private readonly emitEvent: EventSink;
@@ -81,6 +84,7 @@ export class EdgeAgent extends EventEmitter {
     this.cache = deps.cache;
     this.trainerFor = deps.trainerFor;
     this.journal = deps.journal ?? null;
+    this.verifyModel = deps.verifyModel ?? null;
     this.log = deps.logger.child({ module: 'agent', agent: config.agentId });
     this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
     this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log);
@@ -270,6 +274,13 @@ export class EdgeAgent extends EventEmitter {
 
   private async fetchModel(ann: RoundAnnouncement, signal: AbortSignal): Promise<{ model: GlobalModel; downloadedBytes: number }> {
     const ref = ann.base;
+    // Before anything is downloaded or read from the cache: is this model the aggregator's?
+    if (this.verifyModel && !this.verifyModel(ref.version, ref.sha256, ref.signature)) {
+      throw new FedlineError(
+        ErrorCodes.MODEL_SIGNATURE,
+        ref.signature ? `model version ${ref.version} (sha256 ${ref.sha256.slice(0, 12)}…) has a signature that does not verify with the aggregator's public key; refusing it` : `model version ${ref.version} is not signed; refusing it (modelPublicKeyFile is set)`,
+      );
+    }
     let bundle = await this.cache.get(ref.version, ref.sha256);
     let downloadedBytes = 0;
     if (!bundle) {

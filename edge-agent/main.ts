@@ -4,6 +4,7 @@ import { withTimeout } from '../shared/async.js';
 import { encodeJson } from '../shared/codec.js';
 import type { Logger } from '../shared/logger.js';
 import { connectMqtt } from '../shared/mqtt-connect.js';
+import { loadVerifyKey, verifyModelSignature } from '../shared/model-signature.js';
 import type { MqttTransport } from '../shared/mqtt-transport.js';
 import { loadTf } from '../shared/tfjs/backend.js';
 import { createTopics, defaultRoot } from '../shared/topics.js';
@@ -28,6 +29,7 @@ export interface AgentWiringOptions {
 
 export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, wiring: AgentWiringOptions = {}): Promise<RunningAgent> {
   const topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
+  const verifyKey = config.modelPublicKeyFile ? loadVerifyKey(config.modelPublicKeyFile) : null;
   const offline = encodeJson({ ...offlineStatus(config.agentId), ts: Date.now() });
   const transport = await connectMqtt(config.mqtt, `fedline-agent-${config.agentId}`.slice(0, 128), logger, { topic: topics.status(config.agentId), payload: offline, qos: 1, retain: true });
   const log = logger.child({ agent: config.agentId });
@@ -35,6 +37,7 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, 
     transport,
     cache: new ModelCache(join(config.stateDir, 'models'), log),
     journal: new UpdateJournal(join(config.stateDir, 'uploads')),
+    ...(verifyKey ? { verifyModel: (version: number, sha256: string, signature: string | null) => verifyModelSignature(verifyKey, version, sha256, signature) } : {}),
     logger,
     trainerFor: async ({ classes, inputShape, normalization }) => {
       const runtime = await loadTf(config.training.backend, log);

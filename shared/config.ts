@@ -104,6 +104,8 @@ export const aggregatorConfigSchema = z.strictObject({
     federated: federatedSetSchema.default('all'),
   }),
   model: modelSpecSchema,
+  /** Ed25519 private key (PEM) to sign every global model; agents verify with the public key. See `fedline keygen`. */
+  signingKeyFile: path.optional(),
   /** After the last round, run an evaluation-only round so the final model's accuracy is known. Default true. */
   evaluateFinalModel: z.boolean().default(true),
   /** Exit the process when the federation completes (demo, batch jobs). Default false: keep serving the model. */
@@ -135,6 +137,8 @@ export const agentConfigSchema = z.strictObject({
       shuffleSeed: z.number().int().nonnegative().default(1),
     })
     .default({ backend: 'auto', shuffleSeed: 1 }),
+  /** Ed25519 public key (PEM) of the aggregator: when set, only models it signed are used. */
+  modelPublicKeyFile: path.optional(),
   /** Largest global model accepted, bytes. Default 2 GiB. */
   maxModelBytes: posInt.default(2 * 1024 * 1024 * 1024),
   /** QoS 1 update chunks in flight at once. Default 16. */
@@ -178,7 +182,7 @@ export function parseConfig<S extends z.ZodType>(schema: S, raw: unknown, source
 }
 
 /** Keys whose values are file system paths, resolved against the config file's folder. */
-const PATH_KEYS = new Set(['stateDir', 'dir', 'initFrom', 'passwordFile', 'caFile', 'certFile', 'keyFile']);
+const PATH_KEYS = new Set(['stateDir', 'dir', 'initFrom', 'passwordFile', 'caFile', 'certFile', 'keyFile', 'signingKeyFile', 'modelPublicKeyFile']);
 
 function resolvePaths(value: unknown, base: string): unknown {
   if (Array.isArray(value)) return value.map((v) => resolvePaths(v, base));
