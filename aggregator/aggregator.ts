@@ -28,6 +28,7 @@ import {
 } from '../shared/messages.js';
 import { Counters } from '../shared/counters.js';
 import { decodeBundle, encodeBundle, bundleTensors, type NamedTensor } from '../shared/tensor-bundle.js';
+import { deltaNorms } from '../shared/fedavg.js';
 import { createTopics, defaultRoot, type Topics } from '../shared/topics.js';
 import type { InboundMessage, Transport } from '../shared/transport.js';
 import type { ModelStore, StoredModel } from './model-store.js';
@@ -35,6 +36,7 @@ import { RoundState, type CloseDecision, type RoundKind, type RoundOutcome } fro
 import { FedAvg, type Strategy } from './strategy.js';
 import type { SpooledUpdate, UpdateSpool } from './update-spool.js';
 import { verifyUpdate } from './verify-update.js';
+import { sampleLimit, screenUpdateNorms } from './robustness.js';
 
 type Config = Readonly<AggregatorConfig> | AggregatorConfig;
 
@@ -317,14 +319,24 @@ export class Aggregator extends EventEmitter {
     if (decision.outcome === 'aggregate' && !this.stopped) {
       const started = this.clock.now();
       try {
-        const next = await this.aggregate(active, accepted as SpooledUpdate[]);
+        const kept = await this.screenPoisoned(active, accepted as SpooledUpdate[]);
+        if (kept.length < accepted.length) {
+          record.participants = kept.map((u) => u.agent);
+          record.sampleCounts = Object.fromEntries(kept.map((u) => [u.agent, u.sampleCount]));
+          record.failures = [...record.failures, ...active.state.failureList().filter((f) => !record.failures.some((g) => g.agent === f.agent))];
+        }
+        const next = kept.length >= this.config.minClients ? await this.aggregate(active, kept) : null;
         if (next) {
           record.newVersion = next.version;
           this.global = next;
           this.journal.currentVersion = next.version;
         } else {
           record.outcome = 'keep';
-          record.reason = 'strategy kept the global model';
+          record.reason =
+            kept.length < this.config.minClients
+              ? `${accepted.length - kept.length} update(s) refused as outliers; ${kept.length} left, ${this.config.minClients} needed; the global model stays as it was`
+              : 'strategy kept the global model';
+          this.emitEvent('alert', { severity: 'warning', code: 'FL_ROUND_KEPT', message: `round ${roundNo}: ${record.reason}` });
         }
       } catch (err) {
         const { code, message } = describeError(err);
@@ -529,6 +541,36 @@ export class Aggregator extends EventEmitter {
     this.emitEvent('model-published', { version: model.version, round: model.round, sha256: model.sha256, bytes: model.bytes, chunks: manifest.chunks, contributors: model.contributors, modelDir: this.store.dir(model.version) });
   }
 
+  /**
+   * Refuse updates that move the model far more than the others (poisoned, scaled, diverged):
+   * each update's change to the base is compared with the median change of the other updates.
+   * Refused updates become failures of the round, with the reason in an alert event.
+   */
+  private async screenPoisoned(active: ActiveRound, accepted: SpooledUpdate[]): Promise<SpooledUpdate[]> {
+    const { maxUpdateNormRatio, maxUpdateNorm } = this.config;
+    if (maxUpdateNormRatio === null && maxUpdateNorm === null) return accepted;
+    const { state, base } = active;
+    const federated = base.tensors.filter((t) => active.federatedNames.includes(t.name)).map((t) => ({ name: t.name, length: t.bytes / 4 }));
+    const readers = await this.spool.openReaders(state.plan.round, accepted);
+    const baseReader = await this.store.openTensorReader(base.version);
+    let verdicts;
+    try {
+      verdicts = screenUpdateNorms(await deltaNorms(readers, baseReader, federated), { maxNormRatio: maxUpdateNormRatio, maxNorm: maxUpdateNorm });
+    } finally {
+      await Promise.all([...readers, baseReader].map((r) => r.close()));
+    }
+    for (const v of verdicts) {
+      this.log.info({ round: state.plan.round, agent: v.agent, updateNorm: v.norm, referenceNorm: v.referenceNorm, accepted: v.accepted }, 'update norm screened');
+      if (v.accepted) continue;
+      const reason = v.reason!;
+      this.counters.inc(ErrorCodes.UPDATE_NORM);
+      state.recordFailureAfterAcceptance({ agent: v.agent, code: ErrorCodes.UPDATE_NORM, reason });
+      this.log.warn({ round: state.plan.round, agent: v.agent, code: ErrorCodes.UPDATE_NORM }, `update of ${v.agent} refused: ${reason}`);
+      this.emitEvent('alert', { severity: 'warning', code: ErrorCodes.UPDATE_NORM, agent: v.agent, round: state.plan.round, message: `update of ${v.agent} refused: ${reason}` });
+    }
+    return accepted.filter((u) => verdicts.find((v) => v.agent === u.agent)?.accepted);
+  }
+
   private async aggregate(active: ActiveRound, accepted: SpooledUpdate[]): Promise<StoredModel | null> {
     const { base, state } = active;
     const federatedSpecs = base.tensors.filter((t) => active.federatedNames.includes(t.name));
@@ -671,7 +713,7 @@ export class Aggregator extends EventEmitter {
     try {
       const bundle = r.finish();
       const expectTensors = active.base.tensors.filter((t) => active.federatedNames.includes(t.name));
-      const decoded = verifyUpdate(bundle, { round, agent, baseVersion: active.base.version, tensors: expectTensors });
+      const decoded = verifyUpdate(bundle, { round, agent, baseVersion: active.base.version, tensors: expectTensors, maxSamples: sampleLimit(agent, { maxSamplesPerAgent: this.config.maxSamplesPerAgent, registeredSamples: this.config.registeredSamples, registeredTolerance: this.config.registeredSamplesTolerance }) });
       const meta = decoded.header.meta;
       const info: SpooledUpdate = {
         agent,

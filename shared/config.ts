@@ -104,6 +104,16 @@ export const aggregatorConfigSchema = z.strictObject({
     federated: federatedSetSchema.default('all'),
   }),
   model: modelSpecSchema,
+  /** Refuse an update that changes the model more than this many times the median change of the round's other updates (L2). null disables. Default 10. */
+  maxUpdateNormRatio: z.number().gt(1).nullable().default(10),
+  /** Refuse an update that changes the model by more than this L2 norm. null (default) disables. */
+  maxUpdateNorm: z.number().positive().nullable().default(null),
+  /** Refuse an update claiming more training samples than this. null (default): no cap. */
+  maxSamplesPerAgent: posInt.nullable().default(null),
+  /** Sample counts the sites registered; an update claiming more than registered x (1 + registeredSamplesTolerance) is refused. */
+  registeredSamples: z.record(z.string(), posInt).default({}),
+  /** Growth allowed over a registered sample count (new images since registration). Default 0.1. */
+  registeredSamplesTolerance: z.number().min(0).default(0.1),
   /** Ed25519 private key (PEM) to sign every global model; agents verify with the public key. See `fedline keygen`. */
   signingKeyFile: path.optional(),
   /** After the last round, run an evaluation-only round so the final model's accuracy is known. Default true. */
