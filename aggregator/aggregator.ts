@@ -555,7 +555,8 @@ export class Aggregator extends EventEmitter {
     const baseReader = await this.store.openTensorReader(base.version);
     let verdicts;
     try {
-      verdicts = screenUpdateNorms(await deltaNorms(readers, baseReader, federated), { maxNormRatio: maxUpdateNormRatio, maxNorm: maxUpdateNorm });
+      const { norms, baseNorm } = await deltaNorms(readers, baseReader, federated);
+      verdicts = screenUpdateNorms(norms, { maxNormRatio: maxUpdateNormRatio, maxNorm: maxUpdateNorm, baseNorm });
     } finally {
       await Promise.all([...readers, baseReader].map((r) => r.close()));
     }

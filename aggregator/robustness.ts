@@ -3,6 +3,10 @@
  * others do (a scaled or random attack, a diverged client) is refused before averaging: its
  * change ||w_k - w_base|| is compared with the median change of the *other* updates of the round
  * (leave-one-out, so that with two clients the attacker cannot drag the median up with itself).
+ *
+ * Honest changes can differ by 100x late in training (one site has converged, another has not),
+ * so the reference never drops below a floor of `floorFraction` x ||w_base||: a change smaller
+ * than maxNormRatio x that floor (10% of the model's norm with the defaults) is always accepted.
  */
 export interface NormVerdict {
   agent: string;
@@ -19,11 +23,17 @@ function median(values: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-export function screenUpdateNorms(norms: ReadonlyMap<string, number>, options: { maxNormRatio: number | null; maxNorm: number | null }): NormVerdict[] {
+export const DEFAULT_NORM_FLOOR_FRACTION = 0.01;
+
+export function screenUpdateNorms(
+  norms: ReadonlyMap<string, number>,
+  options: { maxNormRatio: number | null; maxNorm: number | null; baseNorm: number; floorFraction?: number },
+): NormVerdict[] {
+  const floor = (options.floorFraction ?? DEFAULT_NORM_FLOOR_FRACTION) * options.baseNorm;
   const entries = [...norms.entries()].sort(([a], [b]) => a.localeCompare(b));
   return entries.map(([agent, norm]) => {
     const others = entries.filter(([a]) => a !== agent).map(([, n]) => n);
-    const referenceNorm = others.length ? median(others) : null;
+    const referenceNorm = others.length ? Math.max(median(others), floor) : null;
     if (!Number.isFinite(norm)) return { agent, norm, referenceNorm, accepted: false, reason: 'the update norm is not finite' };
     if (options.maxNorm !== null && norm > options.maxNorm) {
       return { agent, norm, referenceNorm, accepted: false, reason: `update changes the model by ${norm.toPrecision(4)} (L2), above the limit of ${options.maxNorm}` };
@@ -34,7 +44,7 @@ export function screenUpdateNorms(norms: ReadonlyMap<string, number>, options: {
         norm,
         referenceNorm,
         accepted: false,
-        reason: `update changes the model by ${norm.toPrecision(4)} (L2), ${(norm / referenceNorm).toFixed(1)}x the median of the other updates (${referenceNorm.toPrecision(4)}); limit ${options.maxNormRatio}x`,
+        reason: `update changes the model by ${norm.toPrecision(4)} (L2), ${(norm / referenceNorm).toFixed(1)}x the reference change ${referenceNorm.toPrecision(4)} (the median of the other updates, at least ${options.floorFraction ?? DEFAULT_NORM_FLOOR_FRACTION} of the model's norm ${options.baseNorm.toPrecision(4)}); limit ${options.maxNormRatio}x`,
       };
     }
     return { agent, norm, referenceNorm, accepted: true, reason: null };

@@ -24,7 +24,9 @@ test('memory stays flat over 50 rounds (aggregator and agents): heap, RSS and tf
   });
   try {
     const result = await fed.aggregator.aggregator.run();
-    assert.equal(result.rounds.filter((r) => r.outcome === 'aggregate').length, 50);
+    const notAggregated = result.rounds.filter((r) => r.outcome !== 'aggregate');
+    assert.deepEqual(notAggregated.map((r) => `round ${r.round}: ${r.outcome} (${r.reason}; failures ${JSON.stringify(r.failures)})`), []);
+    assert.equal(result.rounds.length, 50);
     const at = (r: number) => samples.find((s) => s.round === r)!;
     const warm = at(10);
     const end = at(50);

@@ -16,7 +16,7 @@ const attacks: Record<number, { forge: Forgery; code: string; reason: RegExp }> 
       return { tensors: base.map((t) => ({ ...t, data: t.data.map((v) => v + (rng() - 0.5) * 20) })), sampleCount: 30 };
     },
     code: ErrorCodes.UPDATE_NORM,
-    reason: /x the median of the other updates/,
+    reason: /x the reference change .* \(the median of the other updates/,
   },
   // Round 2: an honest-looking update that claims a billion images, to outweigh everyone in FedAvg.
   2: { forge: (base) => ({ tensors: base, sampleCount: 1_000_000_000 }), code: ErrorCodes.UPDATE_SAMPLES, reason: /claims 1000000000 training samples; at most 44/ },
