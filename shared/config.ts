@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { ErrorCodes, FedlineError } from './errors.js';
 import { federatedSetSchema } from './messages.js';
 import { isValidId } from './topics.js';
+import { triggerSchema } from './trigger-config.js';
 
 /**
  * Configuration schemas, validated once at start-up (unknown keys refused), then frozen and
@@ -135,6 +136,11 @@ export const agentConfigSchema = z.strictObject({
       shuffleSeed: z.number().int().nonnegative().default(1),
     })
     .default({ backend: 'auto', shuffleSeed: 1 }),
+  /**
+   * When this box may train (shared/trigger-config.ts): OPC UA line state, MES topic, schedule
+   * windows, operator commands, combined with all/any. Default {"type": "always"}.
+   */
+  trigger: triggerSchema.default({ type: 'always' }),
   /** Largest global model accepted, bytes. Default 2 GiB. */
   maxModelBytes: posInt.default(2 * 1024 * 1024 * 1024),
   /** QoS 1 update chunks in flight at once. Default 16. */
@@ -178,7 +184,7 @@ export function parseConfig<S extends z.ZodType>(schema: S, raw: unknown, source
 }
 
 /** Keys whose values are file system paths, resolved against the config file's folder. */
-const PATH_KEYS = new Set(['stateDir', 'dir', 'initFrom', 'passwordFile', 'caFile', 'certFile', 'keyFile']);
+const PATH_KEYS = new Set(['stateDir', 'dir', 'initFrom', 'passwordFile', 'caFile', 'certFile', 'keyFile', 'pkiDir', 'accessFile', 'archiveDir']);
 
 function resolvePaths(value: unknown, base: string): unknown {
   if (Array.isArray(value)) return value.map((v) => resolvePaths(v, base));
