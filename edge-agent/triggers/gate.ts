@@ -20,6 +20,7 @@ export class TriggerGate extends EventEmitter {
   private readonly states = new Map<string, SourceState>();
   private last: GateDecision;
   private started = false;
+  private starting = false;
 
   constructor(root: GateNode, sources: readonly TriggerSource[], clock: Clock = systemClock) {
     super();
@@ -34,6 +35,8 @@ export class TriggerGate extends EventEmitter {
   async start(): Promise<void> {
     if (this.started) return;
     this.started = true;
+    // Sources report while they start; one `change` with the combined result once all have.
+    this.starting = true;
     for (const source of this.sources.values()) {
       this.states.set(source.id, { state: 'unknown', detail: 'starting', since: this.clock.now() });
       await source.start({
@@ -41,6 +44,7 @@ export class TriggerGate extends EventEmitter {
         problem: (p: SourceProblem) => this.emit('problem', p),
       });
     }
+    this.starting = false;
     this.recompute(true);
   }
 
@@ -80,7 +84,7 @@ export class TriggerGate extends EventEmitter {
     const prev = this.states.get(id);
     if (prev && prev.state === state && prev.detail === detail) return;
     this.states.set(id, { state, detail, since: prev && prev.state === state ? prev.since : this.clock.now() });
-    this.recompute(false);
+    if (!this.starting) this.recompute(false);
   }
 
   private recompute(force: boolean): void {
