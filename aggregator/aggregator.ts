@@ -481,7 +481,7 @@ export class Aggregator extends EventEmitter {
       for (let seq = 0; seq < n; seq++) await this.transport.publish(this.topics.modelChunk(v, seq), Buffer.alloc(0), { qos: 1, retain: true });
     }
     this.log.info({ version: model.version, bytes: model.bytes, ms: this.clock.now() - started }, 'global model published');
-    this.emitEvent('model-published', { version: model.version, round: model.round, sha256: model.sha256, bytes: model.bytes, chunks: manifest.chunks, contributors: model.contributors, modelDir: this.store.dir(model.version) });
+    this.emitEvent('model-published', { version: model.version, round: model.round, sha256: model.sha256, bytes: model.bytes, chunks: manifest.chunks, contributors: model.contributors, metrics: model.updateMetrics, modelDir: this.store.dir(model.version) });
   }
 
   private async aggregate(active: ActiveRound, accepted: SpooledUpdate[]): Promise<StoredModel | null> {
