@@ -33,6 +33,7 @@ import type { InboundMessage, Transport } from '../shared/transport.js';
 import type { ModelStore, StoredModel } from './model-store.js';
 import { RoundState, type CloseDecision, type RoundKind, type RoundOutcome } from './round-state.js';
 import { FedAvg, type Strategy } from './strategy.js';
+import { MesCommands } from './mes-commands.js';
 import type { SpooledUpdate, UpdateSpool } from './update-spool.js';
 import { verifyUpdate } from './verify-update.js';
 
@@ -129,6 +130,8 @@ export class Aggregator extends EventEmitter {
   private stopped = false;
   private readonly stopSignal = deferred<void>();
   private journalChain: Promise<void> = Promise.resolve();
+  /** MES commands (start, pause, resume, stop, model-manifest): aggregator/mes-commands.ts. */
+  private readonly commands: MesCommands;
 
   constructor(config: Config, deps: AggregatorDeps) {
     super();
@@ -144,6 +147,16 @@ export class Aggregator extends EventEmitter {
     this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, (_type, event) => this.emit('event', event));
     this.journal = { federation: config.federation, currentVersion: 0, complete: false, finalVersion: null, rounds: [] };
     this.stopSignal.promise.catch(() => undefined);
+    this.commands = new MesCommands({
+      transport: this.transport,
+      topics: this.topics,
+      stateDir: config.stateDir,
+      log: this.log.child({ module: 'mes-commands' }),
+      emitEvent: this.emitEvent,
+      counters: this.counters,
+      autoStart: config.autoStart,
+      onStop: (reason) => this.current?.closing.resolve({ close: true, outcome: 'keep', reason }),
+    });
   }
 
   get journalPath(): string {
@@ -159,6 +172,7 @@ export class Aggregator extends EventEmitter {
     await this.loadJournal();
     await this.transport.subscribe(this.topics.statusAll(), this.onStatus);
     await this.transport.subscribe(this.topics.updatesAll(), this.onUpdateMessage);
+    await this.commands.start();
 
     this.global = await this.ensureInitialModel();
     await this.publishModel(this.global);
@@ -187,6 +201,7 @@ export class Aggregator extends EventEmitter {
       this.journal.finalVersion = this.global.version;
       await this.saveJournal();
       await this.announce(this.completionAnnouncement());
+      this.commands.markComplete();
       this.emitEvent('federation-completed', { finalVersion: this.global.version, reason, rounds: this.journal.rounds.length, modelDir: this.store.dir(this.global.version) });
       this.log.info({ finalVersion: this.global.version, reason }, 'federation complete');
     }
@@ -200,6 +215,7 @@ export class Aggregator extends EventEmitter {
     if (this.current) this.current.closing.resolve({ close: true, outcome: 'keep', reason: 'aggregator stopping' });
     await this.transport.unsubscribe(this.topics.updatesAll(), this.onUpdateMessage).catch(() => undefined);
     await this.transport.unsubscribe(this.topics.statusAll(), this.onStatus).catch(() => undefined);
+    await this.commands.stop();
   }
 
   // ---------------------------------------------------------------- rounds
@@ -207,7 +223,14 @@ export class Aggregator extends EventEmitter {
   private async runRound(kind: RoundKind, resume?: RoundRecord): Promise<RoundOutcome> {
     const base = this.global!;
     const roundNo = resume?.round ?? (this.journal.rounds.at(-1)?.round ?? 0) + 1;
-    const selected = resume?.selected ?? (await this.waitForAgents());
+    let selected = resume?.selected;
+    while (!selected) {
+      // Paused or stopped by the MES: no new round until resume / start.
+      await this.commands.waitUntilRunning(this.stopSignal.promise, (state) => this.log.info({ state, round: roundNo }, `federation ${state} by MES command; round ${roundNo} waits`));
+      if (this.stopped) return 'keep';
+      const online = await this.waitForAgents();
+      if (this.commands.state === 'running') selected = online;
+    }
     if (this.stopped) return 'keep';
     const now = this.clock.now();
     const deadlineAt = resume && resume.deadlineAt > now ? resume.deadlineAt : now + this.config.roundDeadlineMs;

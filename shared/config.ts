@@ -107,6 +107,8 @@ export const aggregatorConfigSchema = z.strictObject({
   model: modelSpecSchema,
   /** After the last round, run an evaluation-only round so the final model's accuracy is known. Default true. */
   evaluateFinalModel: z.boolean().default(true),
+  /** Start rounds at launch (default true), or wait for the MES's `<root>/cmd/start`. */
+  autoStart: z.boolean().default(true),
   /** Exit the process when the federation completes (demo, batch jobs). Default false: keep serving the model. */
   exitWhenComplete: z.boolean().default(false),
   logLevel: z.string().optional(),

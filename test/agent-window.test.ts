@@ -6,42 +6,14 @@ import { freeTcpPort, startPlcSimulator } from '../cli/plc-sim.js';
 import { startAggregator } from '../aggregator/main.js';
 import type { RoundWorkResult } from '../edge-agent/agent.js';
 import { startAgent, type RunningAgent } from '../edge-agent/main.js';
-import { decodeMsgpack, encodeJson } from '../shared/codec.js';
+import { encodeJson } from '../shared/codec.js';
 import { parseConfig, agentConfigSchema } from '../shared/config.js';
 import { ErrorCodes } from '../shared/errors.js';
-import { eventSchemas, type MesEventType } from '../shared/mes.js';
-import { SUPPORTED_VERSIONS, updateTopicMessageSchema, type AgentStatus } from '../shared/messages.js';
 import { silentLogger } from '../shared/logger.js';
 import { MqttTransport } from '../shared/mqtt-transport.js';
-import { createTopics } from '../shared/topics.js';
 import { agentConfig, aggregatorConfig, startAedes, tempDir, tinyDataset, waitFor, type FederationOptions } from './helpers.js';
+import { mesObserver } from './mes-observer.js';
 
-const topics = createTopics('fl/test');
-
-/** What an MES sees: every status, every event (validated against the documented schemas), every update-topic message. */
-async function mesObserver(url: string) {
-  const t = await MqttTransport.connect({ url, clientId: `mes-${Math.random().toString(36).slice(2, 8)}`, logger: silentLogger() });
-  const statuses: AgentStatus[] = [];
-  const events: { topic: string; event: Record<string, unknown> & { type: string } }[] = [];
-  const updates: { agent: string; type: string; at: number }[] = [];
-  const invalid: string[] = [];
-  await t.subscribe(topics.statusAll(), (m) => {
-    if (m.payload.byteLength) statuses.push(JSON.parse(m.payload.toString()) as AgentStatus);
-  });
-  await t.subscribe(topics.eventsAll(), (m) => {
-    const event = JSON.parse(m.payload.toString()) as Record<string, unknown> & { type: string };
-    const schema = eventSchemas[event.type as MesEventType];
-    const r = schema?.safeParse(event);
-    if (!r?.success) invalid.push(`${m.topic}: ${JSON.stringify(event)}: ${r ? r.error.message : 'unknown type'}`);
-    events.push({ topic: m.topic, event });
-  });
-  await t.subscribe(topics.updatesAll(), (m) => {
-    const msg = decodeMsgpack(m.payload, updateTopicMessageSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'update' });
-    updates.push({ agent: msg.agent, type: msg.type, at: Date.now() });
-  });
-  const of = (agent: string) => statuses.filter((s) => s.agent === agent);
-  return { statuses, events, updates, invalid, of, last: (agent: string) => of(agent).at(-1), close: () => t.close() };
-}
 
 test('OPC UA training window: the agent waits while the line runs, pauses at a batch boundary when it starts again, resumes and delivers', { timeout: 120_000 }, async () => {
   const dir = tempDir('agent-window');
