@@ -47,7 +47,44 @@ export const brokerConfigSchema = z.strictObject({
   queueLimit: posInt.default(100_000),
   /** Seconds a CONNECT may take after the TCP connection opened. Default 30000 ms. */
   connectTimeoutMs: posInt.default(30_000),
+  /**
+   * Let anyone connect and do anything. Default false: every client needs a login (a password or
+   * a client certificate) and a role in `auth.accessFile`. For a closed test network only.
+   */
+  allowAnonymous: z.boolean().default(false),
+  auth: z
+    .strictObject({
+      /** Mosquitto-format password file (`user:$7$...` lines from `fedline passwd` or mosquitto_passwd). */
+      passwordFile: path.optional(),
+      /** Roles per user (broker/access.ts); `fedline acl` renders the same rules for Mosquitto. */
+      accessFile: path,
+    })
+    .optional(),
+  /** The plain (unencrypted) listener on `port`. Default true; false serves TLS only. */
+  plainListener: z.boolean().default(true),
+  tls: z
+    .strictObject({
+      /** TLS (mqtts) port. Default 8883. */
+      port: z.number().int().min(0).max(65535).default(8883),
+      /** PEM server certificate (chain) and its key. */
+      certFile: path,
+      keyFile: path,
+      /** PEM CA bundle client certificates must chain to. */
+      caFile: path.optional(),
+      /** Refuse clients without a certificate signed by caFile. Default false. */
+      requireClientCert: z.boolean().default(false),
+      /** The client certificate's CN is the user name, no password (Mosquitto's use_identity_as_username). Default false. */
+      identityFromCertificate: z.boolean().default(false),
+    })
+    .optional(),
   logLevel: z.string().optional(),
+}).superRefine((c, ctx) => {
+  if (!c.allowAnonymous && !c.auth) ctx.addIssue({ code: 'custom', path: ['auth'], message: 'required: anonymous access is off (give auth.accessFile and auth.passwordFile, or set allowAnonymous: true on a closed test network)' });
+  if (c.allowAnonymous && c.auth) ctx.addIssue({ code: 'custom', path: ['allowAnonymous'], message: 'allowAnonymous: true turns auth off; remove one of them' });
+  if (c.auth && !c.auth.passwordFile && !c.tls?.identityFromCertificate) ctx.addIssue({ code: 'custom', path: ['auth', 'passwordFile'], message: 'required unless tls.identityFromCertificate logs clients in by certificate' });
+  if (c.tls?.identityFromCertificate && !c.tls.requireClientCert) ctx.addIssue({ code: 'custom', path: ['tls', 'identityFromCertificate'], message: 'needs tls.requireClientCert: true' });
+  if (c.tls?.requireClientCert && !c.tls.caFile) ctx.addIssue({ code: 'custom', path: ['tls', 'caFile'], message: 'required with requireClientCert: the CA that signs client certificates' });
+  if (!c.plainListener && !c.tls) ctx.addIssue({ code: 'custom', path: ['plainListener'], message: 'false leaves no listener: configure tls' });
 });
 export type BrokerConfig = z.infer<typeof brokerConfigSchema>;
 

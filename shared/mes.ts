@@ -151,3 +151,22 @@ export const commandSchema = z.object({
   agents: z.array(id).min(1).optional(),
 });
 export type Command = z.infer<typeof commandSchema>;
+
+/** `<root>/inspection/<agent>/verdict` (configurable): one per image the inspection service took in. */
+export const verdictSchema = z.strictObject({
+  v: z.literal(PROTOCOL_VERSION),
+  type: z.literal('verdict'),
+  station: id,
+  agent: id,
+  source: z.union([z.strictObject({ kind: z.literal('file'), path: z.string() }), z.strictObject({ kind: z.literal('mqtt'), topic: z.string(), imageId: z.string().nullable() })]),
+  class: z.string().nullable(),
+  classIndex: uint.nullable(),
+  confidence: z.number().min(0).max(1).nullable(),
+  probabilities: z.record(z.string(), z.number().min(0).max(1)).nullable(),
+  modelVersion: uint.nullable(),
+  modelSha256: sha256Hex.nullable(),
+  /** Why the image has no class (unreadable, queue full); null otherwise. */
+  error: z.string().nullable(),
+  receivedAt: uint,
+  ts: uint,
+});
