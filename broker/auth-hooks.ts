@@ -50,26 +50,26 @@ export function createAuthHooks(o: AuthOptions): AuthHooks {
         const cn = socket.authorized && typeof socket.getPeerCertificate === 'function' ? socket.getPeerCertificate().subject?.CN : undefined;
         if (!cn) {
           count();
-          o.log.warn({ client: client.id }, 'connection refused: no verified client certificate');
+          o.log.warn({ code: ErrorCodes.AUTH, client: client.id }, 'connection refused: no verified client certificate');
           return callback(refuse(NOT_AUTHORIZED, 'a verified client certificate is required'), false);
         }
         user = Array.isArray(cn) ? cn[0]! : cn;
       } else {
         if (!user || password === undefined || !o.passwords) {
           count();
-          o.log.warn({ client: client.id, username: user || null }, 'connection refused: anonymous clients are not allowed');
+          o.log.warn({ code: ErrorCodes.AUTH, client: client.id, username: user || null }, 'connection refused: anonymous clients are not allowed');
           return callback(refuse(NOT_AUTHORIZED, 'anonymous access is not allowed'), false);
         }
         if (!o.passwords.verify(user, password.toString('utf8'))) {
           count();
-          o.log.warn({ client: client.id, username: user }, 'connection refused: wrong user name or password');
+          o.log.warn({ code: ErrorCodes.AUTH, client: client.id, username: user }, 'connection refused: wrong user name or password');
           return callback(refuse(BAD_USERNAME_OR_PASSWORD, 'wrong user name or password'), false);
         }
       }
       const rights = o.access.rights(user);
       if (!rights) {
         count();
-        o.log.warn({ client: client.id, username: user }, 'connection refused: the user has no role in the access file');
+        o.log.warn({ code: ErrorCodes.AUTH, client: client.id, username: user }, 'connection refused: the user has no role in the access file');
         return callback(refuse(NOT_AUTHORIZED, `user "${user}" has no role`), false);
       }
       rightsOf.set(client, rights);
@@ -85,7 +85,7 @@ export function createAuthHooks(o: AuthOptions): AuthHooks {
       const rights = rightsOf.get(client);
       if (rights && mayPublish(rights, packet.topic)) return callback(null);
       count();
-      o.log.warn({ client: client.id, username: rights?.username ?? null, topic: packet.topic }, 'publish refused: not allowed for this user');
+      o.log.warn({ code: ErrorCodes.AUTH, client: client.id, username: rights?.username ?? null, topic: packet.topic }, 'publish refused: not allowed for this user');
       callback(new Error(`publishing on ${packet.topic} is not allowed for ${rights?.username ?? 'this client'}`));
     },
 
@@ -93,7 +93,7 @@ export function createAuthHooks(o: AuthOptions): AuthHooks {
       const rights = client ? rightsOf.get(client) : undefined;
       if (rights && maySubscribe(rights, sub.topic)) return callback(null, sub);
       count();
-      o.log.warn({ client: client?.id, username: rights?.username ?? null, topic: sub.topic }, 'subscription refused: not allowed for this user');
+      o.log.warn({ code: ErrorCodes.AUTH, client: client?.id, username: rights?.username ?? null, topic: sub.topic }, 'subscription refused: not allowed for this user');
       // A null subscription is a negative SUBACK (0x80) without dropping the connection.
       callback(null, null as never);
     },
