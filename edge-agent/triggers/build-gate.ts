@@ -68,7 +68,7 @@ export function buildGate(spec: TriggerSpec, deps: GateDeps): TriggerGate {
         source = manualFor(s.initially);
         break;
       case 'mqtt':
-        source = new MqttTriggerSource(s, deps.transport, deps.log.child({ module: 'mes-trigger' }), clock);
+        source = new MqttTriggerSource(s, deps.transport, deps.log.child({ module: 'mes-trigger' }), clock, undefined, deps.onReject);
         break;
       case 'opcua':
         source = new OpcuaTriggerSource({ spec: s, pkiDir: s.pkiDir ?? join(deps.stateDir, 'opcua-pki'), log: deps.log, clock });

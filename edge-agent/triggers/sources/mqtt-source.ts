@@ -1,4 +1,5 @@
 import { systemClock, type Clock } from '../../../shared/async.js';
+import { ErrorCodes, FedlineError } from '../../../shared/errors.js';
 import type { Logger } from '../../../shared/logger.js';
 import type { MqttSource as MqttSpec } from '../../../shared/trigger-config.js';
 import type { InboundMessage, Transport } from '../../../shared/transport.js';
@@ -20,9 +21,12 @@ export class MqttTriggerSource implements TriggerSource {
   private readonly keys: (string | number)[] | null;
   private callbacks: SourceCallbacks | null = null;
   private staleTimer: unknown = null;
+  private readonly onReject: ((err: unknown, topic: string) => void) | undefined;
 
-  constructor(spec: MqttSpec, transport: Transport, log: Logger, clock: Clock = systemClock, id?: string) {
+  /** `onReject`: a payload that does not carry the value (logged here; the caller counts it). */
+  constructor(spec: MqttSpec, transport: Transport, log: Logger, clock: Clock = systemClock, id?: string, onReject?: (err: unknown, topic: string) => void) {
     this.spec = spec;
+    this.onReject = onReject;
     this.transport = transport;
     this.clock = clock;
     this.log = log;
@@ -64,7 +68,8 @@ export class MqttTriggerSource implements TriggerSource {
     }
     const got = extractPayloadValue(m.payload, this.keys);
     if ('error' in got) {
-      this.log.warn({ topic: m.topic, path: this.spec.path }, `MES line-state message not understood: ${got.error}`);
+      if (this.onReject) this.onReject(new FedlineError(ErrorCodes.MSG_SCHEMA, `MES line-state message on ${m.topic} not understood (path ${this.spec.path ?? '(whole payload)'}): ${got.error}`), m.topic);
+      else this.log.warn({ topic: m.topic, path: this.spec.path }, `MES line-state message not understood: ${got.error}`);
       this.callbacks.update({ state: 'unknown', detail: `${m.topic}: ${got.error}` });
       return;
     }

@@ -164,6 +164,10 @@ export class OpcuaTriggerSource implements TriggerSource {
       requestedSessionTimeout: 60_000,
       clientCertificateManager: this.certificateManager as InstanceType<Opcua['OPCUACertificateManager']>,
     });
+    // An 'error' event without a listener would throw and end the process: log it, the loop decides.
+    const onError = (err: Error) => this.log.debug({ err: err.message }, 'OPC UA client error');
+    const asEmitter = client as unknown as NodeJS.EventEmitter;
+    asEmitter.on('error', onError);
     const lost = deferred<void>();
     const onLost = (why: string) => () => {
       this.log.debug({ why }, 'OPC UA connection event');
@@ -213,6 +217,7 @@ export class OpcuaTriggerSource implements TriggerSource {
     } finally {
       if (watchdog !== null) this.clock.clearTimeout(watchdog);
       client.removeAllListeners();
+      asEmitter.on('error', onError);
       await withTimeout(client.disconnect(), 3000, 'OPC UA disconnect').catch(() => undefined);
     }
   }
