@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { freeTcpPort, startPlcSimulator, type RunningPlcSim } from '../cli/plc-sim.js';
 import type { SourceProblem, SourceUpdate } from '../edge-agent/triggers/source.js';
@@ -103,6 +103,30 @@ test('OPC UA faults: unreachable, node id missing, session lost, login refused: 
   } finally {
     for (const s of sources) await s.stop();
     await sim?.close();
+    dir.cleanup();
+  }
+});
+
+test('an untrusted PLC certificate is refused (FL_OPCUA_SECURITY) until it is moved from rejected/ to trusted/certs/', { timeout: 60_000 }, async () => {
+  const dir = tempDir('opcua-trust');
+  const port = await freeTcpPort();
+  const sim = await startPlcSimulator({ port, pkiDir: join(dir.path, 'sim-pki'), initialState: 'Idle' });
+  const pkiDir = join(dir.path, 'pki');
+  const source = new OpcuaTriggerSource({ spec: spec({ endpoint: sim.endpoint, securityMode: 'SignAndEncrypt', securityPolicy: 'Basic256Sha256' }), pkiDir, log: silentLogger() });
+  const o = observe(source);
+  try {
+    await waitFor('refused', () => o.problems.length > 0, 20_000);
+    assert.equal(o.problems[0]!.code, ErrorCodes.OPCUA_SECURITY);
+    assert.match(o.problems[0]!.message, /BadCertificateUntrusted/);
+    assert.ok(o.updates.every((u) => u.state === 'unknown'));
+    const rejected = readdirSync(join(pkiDir, 'rejected'));
+    assert.equal(rejected.length, 1, 'the PLC certificate waits in rejected/ for a person to decide');
+    renameSync(join(pkiDir, 'rejected', rejected[0]!), join(pkiDir, 'trusted', 'certs', rejected[0]!));
+    await waitFor('trusted now', () => o.last().state === 'open', 20_000);
+    assert.ok(o.problems.at(-1)!.recovered);
+  } finally {
+    await source.stop();
+    await sim.close();
     dir.cleanup();
   }
 });
