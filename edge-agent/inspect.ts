@@ -127,13 +127,6 @@ export class InspectionService extends EventEmitter {
     this.next?.dispose();
   }
 
-  /** Resolves when every image queued so far has its verdict. */
-  async drained(): Promise<void> {
-    while ((this.queue.length > 0 || this.busy) && !this.stopped) await new Promise((r) => setTimeout(r, 20));
-  }
-
-  private busy = false;
-
   private enqueue(item: QueuedImage): void {
     if (this.stopped) return;
     if (this.queue.length >= this.o.maxQueuedImages) {
@@ -198,7 +191,7 @@ export class InspectionService extends EventEmitter {
           this.log.error({ code, version: target.version }, `could not load global model version ${target.version}: ${message}; keeping version ${this.modelVersion ?? 'none'}`);
           if (this.wanted === target) {
             // Try again after a pause, unless a newer version shows up meanwhile.
-            await new Promise((r) => setTimeout(r, 5000));
+            await new Promise((r) => setTimeout(r, 5000).unref());
           }
         }
       }
@@ -232,12 +225,7 @@ export class InspectionService extends EventEmitter {
         await new Promise<void>((resolve) => (this.wake = resolve));
         continue;
       }
-      this.busy = true;
-      try {
-        await this.classify(item, this.current!);
-      } finally {
-        this.busy = false;
-      }
+      await this.classify(item, this.current!);
     }
   }
 
