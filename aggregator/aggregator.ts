@@ -34,6 +34,7 @@ import type { InboundMessage, Transport } from '../shared/transport.js';
 import type { ModelStore, StoredModel } from './model-store.js';
 import { RoundState, type CloseDecision, type RoundKind, type RoundOutcome } from './round-state.js';
 import { FedAvg, type Strategy } from './strategy.js';
+import { MesCommands } from './mes-commands.js';
 import type { SpooledUpdate, UpdateSpool } from './update-spool.js';
 import { verifyUpdate } from './verify-update.js';
 import { sampleLimit, screenUpdateNorms } from './robustness.js';
@@ -144,6 +145,8 @@ export class Aggregator extends EventEmitter {
   private readonly stopSignal = deferred<void>();
   private journalChain: Promise<void> = Promise.resolve();
   private lastAnnouncement: RoundAnnouncement | null = null;
+  /** MES commands (start, pause, resume, stop, model-manifest): aggregator/mes-commands.ts. */
+  private readonly commands: MesCommands;
 
   constructor(config: Config, deps: AggregatorDeps) {
     super();
@@ -160,6 +163,16 @@ export class Aggregator extends EventEmitter {
     this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, (_type, event) => this.emit('event', event));
     this.journal = { federation: config.federation, currentVersion: 0, complete: false, finalVersion: null, trainRoundsDone: 0, rounds: [] };
     this.stopSignal.promise.catch(() => undefined);
+    this.commands = new MesCommands({
+      transport: this.transport,
+      topics: this.topics,
+      stateDir: config.stateDir,
+      log: this.log.child({ module: 'mes-commands' }),
+      emitEvent: this.emitEvent,
+      counters: this.counters,
+      autoStart: config.autoStart,
+      onStop: (reason) => this.current?.closing.resolve({ close: true, outcome: 'keep', reason }),
+    });
   }
 
   get journalPath(): string {
@@ -177,6 +190,7 @@ export class Aggregator extends EventEmitter {
     await this.transport.subscribe(this.topics.updatesAll(), this.onUpdateMessage);
     // Connected already: every later 'connect' is a reconnect.
     this.transport.on('connect', () => void this.republishRetained());
+    await this.commands.start();
 
     this.global = await this.ensureInitialModel();
     await this.publishModel(this.global);
@@ -205,6 +219,7 @@ export class Aggregator extends EventEmitter {
       this.journal.finalVersion = this.global.version;
       await this.saveJournal();
       await this.announce(this.completionAnnouncement());
+      this.commands.markComplete();
       this.emitEvent('federation-completed', { finalVersion: this.global.version, reason, rounds: this.journal.rounds.length, modelDir: this.store.dir(this.global.version) });
       this.log.info({ finalVersion: this.global.version, reason }, 'federation complete');
     }
@@ -218,6 +233,7 @@ export class Aggregator extends EventEmitter {
     if (this.current) this.current.closing.resolve({ close: true, outcome: 'keep', reason: 'aggregator stopping' });
     await this.transport.unsubscribe(this.topics.updatesAll(), this.onUpdateMessage).catch(() => undefined);
     await this.transport.unsubscribe(this.topics.statusAll(), this.onStatus).catch(() => undefined);
+    await this.commands.stop();
   }
 
   // ---------------------------------------------------------------- rounds
@@ -225,7 +241,14 @@ export class Aggregator extends EventEmitter {
   private async runRound(kind: RoundKind, resume?: RoundRecord): Promise<RoundOutcome> {
     const base = this.global!;
     const roundNo = resume?.round ?? (this.journal.rounds.at(-1)?.round ?? 0) + 1;
-    const selected = resume?.selected ?? (await this.waitForAgents());
+    let selected = resume?.selected;
+    while (!selected) {
+      // Paused or stopped by the MES: no new round until resume / start.
+      await this.commands.waitUntilRunning(this.stopSignal.promise, (state) => this.log.info({ state, round: roundNo }, `federation ${state} by MES command; round ${roundNo} waits`));
+      if (this.stopped) return 'keep';
+      const online = await this.waitForAgents();
+      if (this.commands.state === 'running') selected = online;
+    }
     if (this.stopped) return 'keep';
     const now = this.clock.now();
     const deadlineAt = resume && resume.deadlineAt > now ? resume.deadlineAt : now + this.config.roundDeadlineMs;
@@ -538,7 +561,7 @@ export class Aggregator extends EventEmitter {
     }
     this.log.info({ version: model.version, bytes: model.bytes, ms: this.clock.now() - started }, 'global model published');
     if (!announce) return;
-    this.emitEvent('model-published', { version: model.version, round: model.round, sha256: model.sha256, bytes: model.bytes, chunks: manifest.chunks, contributors: model.contributors, modelDir: this.store.dir(model.version) });
+    this.emitEvent('model-published', { version: model.version, round: model.round, sha256: model.sha256, bytes: model.bytes, chunks: manifest.chunks, contributors: model.contributors, metrics: model.updateMetrics, modelDir: this.store.dir(model.version) });
   }
 
   /**

@@ -4,6 +4,7 @@ import { startBroker } from '../broker/main.js';
 import { startAggregator } from '../aggregator/main.js';
 import { startAgent } from '../edge-agent/main.js';
 import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile } from '../shared/config.js';
+import { inspectConfigSchema } from '../shared/inspect-config.js';
 import { createLogger } from '../shared/logger.js';
 import { fatal, notifyReady, onShutdown } from './lifecycle.js';
 
@@ -15,9 +16,14 @@ commands:
   demo        run a whole federation on this machine: embedded broker, aggregator and 3 agents
               as separate processes on generated images
                 --rounds N (12)  --out DIR (./demo-out)  --seed N (42)  --epochs N (2)
+                --trigger opcua  agents train only in the idle windows of a simulated PLC
   broker      run the embedded MQTT broker (Aedes)          --config FILE [--port N]
   aggregator  run the aggregator                            --config FILE
   agent       run an edge agent                             --config FILE
+  inspect     classify new images with the latest global model, publish verdicts   --config FILE
+  plc-sim     a simulated PLC (OPC UA server), line state Running/Idle on a schedule (--help)
+  passwd      add a user to a broker password file          --file FILE --user NAME (password on stdin)
+  acl         render an access file as a Mosquitto acl_file --access FILE [--out FILE]
   dataset synth  write generated USB-inspection images      --out DIR [--seed N] [--size PX] [--scale X]
   keygen      an Ed25519 key pair for signing global models --out DIR
 
@@ -40,6 +46,20 @@ async function main(argv: string[]): Promise<void> {
     case 'keygen': {
       const { runKeygen } = await import('./keygen-cmd.js');
       return runKeygen(rest);
+    }
+    case 'inspect':
+      return runInspect(rest);
+    case 'plc-sim': {
+      const { runPlcSim } = await import('./plc-sim.js');
+      return runPlcSim(rest);
+    }
+    case 'passwd': {
+      const { runPasswd } = await import('./security-cmd.js');
+      return runPasswd(rest);
+    }
+    case 'acl': {
+      const { runAcl } = await import('./security-cmd.js');
+      return runAcl(rest);
     }
     case 'dataset': {
       const { runDataset } = await import('./dataset-cmd.js');
@@ -75,7 +95,7 @@ async function runBroker(args: string[]): Promise<void> {
     log = createLogger({ name: 'broker', ...(config.logLevel ? { level: config.logLevel } : {}) });
     const broker = await startBroker(config, log);
     onShutdown(log, () => broker.close());
-    notifyReady({ url: broker.url, port: broker.port, host: broker.host });
+    notifyReady({ url: broker.url, port: broker.port, host: broker.host, tlsUrl: broker.tlsUrl });
   } catch (err) {
     fatal(log, err);
   }
@@ -110,6 +130,21 @@ async function runAgent(args: string[]): Promise<void> {
     const running = await startAgent(config, log);
     onShutdown(log, () => running.close());
     notifyReady({ agent: config.agentId });
+  } catch (err) {
+    fatal(log, err);
+  }
+}
+
+async function runInspect(args: string[]): Promise<void> {
+  const { config: file } = configArg(args);
+  let log = createLogger({ name: 'inspect' });
+  try {
+    const config = loadConfigFile(inspectConfigSchema, file);
+    log = createLogger({ name: 'inspect', ...(config.logLevel ? { level: config.logLevel } : {}) });
+    const { startInspection } = await import('../edge-agent/inspect-main.js');
+    const running = await startInspection(config, log);
+    onShutdown(log, () => running.close());
+    notifyReady({ agent: config.agentId, verdictTopic: running.verdictTopic });
   } catch (err) {
     fatal(log, err);
   }

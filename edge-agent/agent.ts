@@ -25,6 +25,9 @@ import type { ModelCache } from './model-cache.js';
 import { downloadModel } from './model-downlink.js';
 import type { GlobalModel, Trainer } from './trainer.js';
 import type { UpdateJournal } from './update-journal.js';
+import { TrainingWindow } from './training-window.js';
+import type { GateSnapshot, TriggerGate } from './triggers/gate.js';
+import type { SourceProblem } from './triggers/source.js';
 import { sendUpdate } from './uplink.js';
 
 type Config = Readonly<AgentConfig> | AgentConfig;
@@ -39,11 +42,14 @@ export interface AgentDeps {
   /** Where sent updates are recorded, so a restart resumes instead of training again. */
   journal?: UpdateJournal;
   logger: Logger;
+  /** When this box may train (edge-agent/triggers). Absent: always. */
+  gate?: TriggerGate;
 }
 
 export interface RoundWorkResult {
   round: number;
-  outcome: 'accepted' | 'rejected' | 'evaluated' | 'aborted' | 'failed';
+  /** skipped: the training window did not open (or reopen) before the round's deadline. */
+  outcome: 'accepted' | 'rejected' | 'evaluated' | 'aborted' | 'failed' | 'skipped';
   detail?: string;
 }
 
@@ -69,6 +75,8 @@ export class EdgeAgent extends EventEmitter {
   private readonly log: Logger;
   private readonly topics: Topics;
   private readonly emitEvent: EventSink;
+  private readonly gate: TriggerGate | null;
+  private readonly window: TrainingWindow | null;
   private trainer: Trainer | null = null;
   private current: { round: number; controller: AbortController; done: Promise<RoundWorkResult> } | null = null;
   private readonly finishedRounds = new Set<number>();
@@ -87,7 +95,9 @@ export class EdgeAgent extends EventEmitter {
     this.verifyModel = deps.verifyModel ?? null;
     this.log = deps.logger.child({ module: 'agent', agent: config.agentId });
     this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
-    this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log);
+    this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, undefined, config.agentId);
+    this.gate = deps.gate ?? null;
+    this.window = this.gate ? new TrainingWindow(this.gate) : null;
     this.status = { v: PROTOCOL_VERSION, agent: config.agentId, state: 'starting', round: null, progress: null, detail: null, backend: null, samples: null, ts: Date.now() };
   }
 
@@ -105,6 +115,11 @@ export class EdgeAgent extends EventEmitter {
   }
 
   async start(): Promise<void> {
+    if (this.gate) {
+      this.gate.on('change', this.onWindowChange);
+      this.gate.on('problem', this.onWindowProblem);
+      await this.gate.start();
+    }
     await this.setStatus({ state: 'idle', detail: 'waiting for a round' }, true);
     await this.transport.subscribe(this.topics.round(), this.onRound);
     this.transport.on('connect', () => {
@@ -120,7 +135,27 @@ export class EdgeAgent extends EventEmitter {
       this.current.controller.abort(new FedlineError(ErrorCodes.ABORTED, 'agent stopping'));
       await this.current.done.catch(() => undefined);
     }
+    if (this.gate) {
+      this.gate.off('change', this.onWindowChange);
+      this.gate.off('problem', this.onWindowProblem);
+      await this.gate.stop();
+    }
   }
+
+  /** The training window changed: say so in the status (the round work reacts through TrainingWindow). */
+  private readonly onWindowChange = (snap: GateSnapshot): void => {
+    if (this.stopped) return;
+    const patch: Parameters<EdgeAgent['setStatus']>[0] = { window: { state: snap.state, detail: snap.detail } };
+    if (this.status.state === 'waiting-window') patch.detail = `training window ${snap.state}: ${snap.detail}`;
+    this.setStatus(patch, true).catch(() => undefined);
+  };
+
+  /** A trigger source failed (OPC UA server unreachable, node missing, session lost) or recovered: alert the MES. */
+  private readonly onWindowProblem = (p: SourceProblem): void => {
+    if (this.stopped) return;
+    if (!p.recovered) this.counters.inc(p.code);
+    this.emitEvent('alert', { severity: p.recovered ? 'info' : 'warning', agent: this.config.agentId, code: p.code, message: p.message, ...(this.status.round !== null ? { round: this.status.round } : {}) });
+  };
 
   /** Resolves when the work on the current round (if any) has ended. */
   async idle(): Promise<void> {
@@ -181,6 +216,12 @@ export class EdgeAgent extends EventEmitter {
       await this.setStatus({ state: 'downloading', round, progress: 0, detail: `model version ${ann.base.version}` }, true);
       const { model, downloadedBytes } = await this.fetchModel(ann, signal);
       const trainer = await this.ensureTrainer(model.meta, ann);
+      // The box's GPU serves the line first: evaluating and training wait for the training window.
+      if (this.window) {
+        await this.window.acquire(ann.deadlineAt, signal, (why) => {
+          this.setStatus({ state: 'waiting-window', round, progress: null, detail: `training window closed: ${why}` }, true).catch(() => undefined);
+        });
+      }
       // 2. evaluate the global model first, and report it at once (the seed paper's workflow)
       await this.setStatus({ state: 'evaluating', round, progress: null, detail: `global model version ${model.version}` }, true);
       const metricsBefore = await trainer.evaluate(model);
@@ -208,13 +249,26 @@ export class EdgeAgent extends EventEmitter {
       } else {
         const federatedNames = resolveFederated(ann.task.federated, model.tensors.map((t) => t.name), model.meta.headTensors);
         await this.setStatus({ state: 'training', round, progress: 0, detail: `${ann.task.epochs} epoch(s) on ${trainer.samples.train} images` }, true);
-        const result = await trainer.train(model, ann.task, federatedNames, {
-          signal,
-          onProgress: (p) => {
-            const progress = (p.epoch * p.batchesPerEpoch + p.batch) / (p.epochs * p.batchesPerEpoch);
-            this.setStatus({ progress, detail: `epoch ${p.epoch + 1}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}` }).catch(() => undefined);
-          },
-        });
+        const onProgress = (p: import('./trainer.js').TrainProgress) => {
+          if (this.status.state !== 'training') return;
+          const progress = (p.epoch * p.batchesPerEpoch + p.batch) / (p.epochs * p.batchesPerEpoch);
+          this.setStatus({ progress, detail: `epoch ${p.epoch + 1}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}` }).catch(() => undefined);
+        };
+        const result = this.window
+          ? await this.window.train(trainer, model, ann.task, federatedNames, {
+              signal,
+              deadlineAt: ann.deadlineAt,
+              onProgress,
+              onPaused: (at, why) => {
+                log.info({ epoch: at.epoch, batch: at.batch }, 'training paused at a batch boundary: the training window closed');
+                this.setStatus({ state: 'paused', detail: `paused before epoch ${at.epoch + 1}/${at.epochs}, batch ${at.batch + 1}/${at.batchesPerEpoch}: ${why}` }, true).catch(() => undefined);
+              },
+              onResumed: (at) => {
+                log.info({ epoch: at.epoch, batch: at.batch }, 'training resumed: the training window opened');
+                this.setStatus({ state: 'training', detail: `resumed at epoch ${at.epoch + 1}/${at.epochs}, batch ${at.batch + 1}/${at.batchesPerEpoch}` }, true).catch(() => undefined);
+              },
+            })
+          : await trainer.train(model, ann.task, federatedNames, { signal, onProgress });
         log.info({ trainMs: result.trainMs, accuracyAfter: result.metricsAfter.accuracy, samples: result.sampleCount }, 'local training done');
         const meta: UpdateMeta = {
           kind: 'update',
@@ -259,6 +313,15 @@ export class EdgeAgent extends EventEmitter {
       return { round, outcome: 'rejected', detail: sent.ack.reason ?? '' };
     } catch (err) {
       const { code, message } = describeError(err);
+      if (isFedlineError(err, ErrorCodes.WINDOW_MISSED) && !signal.aborted) {
+        // Reported, not waited on for ever: the MES learns why this box sent nothing.
+        log.warn({ code }, message);
+        this.counters.inc(code);
+        this.finishedRounds.add(round);
+        this.emitEvent('alert', { severity: 'warning', agent: this.config.agentId, round, code, message: `round ${round}: ${message}` });
+        await this.setStatus({ state: 'idle', round, progress: null, detail: `round ${round} skipped: ${message}` }, true).catch(() => undefined);
+        return { round, outcome: 'skipped', detail: message };
+      }
       if (isFedlineError(err, ErrorCodes.ABORTED) || isFedlineError(err, ErrorCodes.ROUND_CLOSED) || signal.aborted) {
         log.info({ reason: message }, 'round work stopped');
         if (!this.stopped) await this.setStatus({ state: 'idle', round, progress: null, detail: `stopped: ${message}` }, true).catch(() => undefined);
@@ -326,7 +389,7 @@ export class EdgeAgent extends EventEmitter {
     await this.transport.publish(this.topics.status(this.config.agentId), encodeJson(this.status), { qos: 1, retain: true });
     if (this.status.state !== prevState) {
       this.emit('state', this.status);
-      this.emitEvent('agent-state', { agent: this.config.agentId, state: this.status.state, round: this.status.round, detail: this.status.detail });
+      this.emitEvent('agent-state', { agent: this.config.agentId, state: this.status.state, round: this.status.round, progress: this.status.progress, detail: this.status.detail });
     }
   }
 
@@ -335,6 +398,23 @@ export class EdgeAgent extends EventEmitter {
     this.counters.inc(ErrorCodes.MODEL_STORE);
     this.log.warn({ code: ErrorCodes.MODEL_STORE }, message);
     this.emitEvent('alert', { severity: 'warning', agent: this.config.agentId, code: ErrorCodes.MODEL_STORE, message });
+  }
+
+  /** A pause/resume command this agent acted on: answer the MES with a command-result event. */
+  commandApplied(verb: 'pause' | 'resume', command: { requestId?: string | undefined }): void {
+    this.emitEvent('command-result', {
+      verb,
+      requestId: command.requestId ?? null,
+      status: 'accepted',
+      detail: verb === 'pause' ? 'training pauses at the next batch boundary' : 'training may resume when the other window conditions hold',
+      by: this.config.agentId,
+      federationState: null,
+    });
+  }
+
+  /** Bad input seen by a part of the agent outside this class (e.g. a malformed command): logged and counted. */
+  rejectInput(err: unknown, topic: string): void {
+    this.reject(err, topic);
   }
 
   private reject(err: unknown, topic: string): void {

@@ -14,6 +14,7 @@ import { ModelCache } from './model-cache.js';
 import { TfjsTrainer } from './tfjs-trainer.js';
 import type { Trainer } from './trainer.js';
 import { UpdateJournal } from './update-journal.js';
+import { buildGate } from './triggers/build-gate.js';
 
 export interface RunningAgent {
   agent: EdgeAgent;
@@ -33,7 +34,18 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, 
   const offline = encodeJson({ ...offlineStatus(config.agentId), ts: Date.now() });
   const transport = await connectMqtt(config.mqtt, `fedline-agent-${config.agentId}`.slice(0, 128), logger, { topic: topics.status(config.agentId), payload: offline, qos: 1, retain: true });
   const log = logger.child({ agent: config.agentId });
-  const agent = new EdgeAgent(config, {
+  let agent: EdgeAgent | null = null;
+  const gate = buildGate(config.trigger, {
+    transport,
+    topics,
+    agentId: config.agentId,
+    stateDir: config.stateDir,
+    log: log.child({ module: 'trigger' }),
+    onCommand: (verb, command) => agent?.commandApplied(verb, command),
+    onReject: (err, topic) => agent?.rejectInput(err, topic),
+  });
+  agent = new EdgeAgent(config, {
+    gate,
     transport,
     cache: new ModelCache(join(config.stateDir, 'models'), log),
     journal: new UpdateJournal(join(config.stateDir, 'uploads')),
@@ -56,11 +68,12 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, 
     },
   });
   await agent.start();
+  const started = agent;
   return {
-    agent,
+    agent: started,
     transport,
     async close() {
-      await agent.stop();
+      await started.stop();
       // A clean DISCONNECT suppresses the last will (MQTT 3.1.1 §3.14.4), so say offline ourselves.
       if (transport.connected) {
         await withTimeout(

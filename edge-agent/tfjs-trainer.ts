@@ -6,7 +6,7 @@ import type { Tf, TfRuntime } from '../shared/tfjs/backend.js';
 import { extractModel, modelFromWeights, weightNames } from '../shared/tfjs/model-io.js';
 import type { LayersModel } from '../shared/tfjs/models.js';
 import type { LabeledImages, LocalDataset } from './dataset.js';
-import type { GlobalModel, Trainer, TrainProgress, TrainResult } from './trainer.js';
+import type { GlobalModel, Trainer, TrainOptions, TrainResult } from './trainer.js';
 
 const EVAL_BATCH = 64;
 
@@ -86,7 +86,7 @@ export class TfjsTrainer implements Trainer {
     return classificationMetrics(set.y, predictions, numClasses, set.count ? lossSum / set.count : null);
   }
 
-  async train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: { signal?: AbortSignal; onProgress?: (p: TrainProgress) => void } = {}): Promise<TrainResult> {
+  async train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: TrainOptions = {}): Promise<TrainResult> {
     const tf = this.tf;
     const started = Date.now();
     const m = await this.load(model);
@@ -116,6 +116,7 @@ export class TfjsTrainer implements Trainer {
         for (let epoch = 0; epoch < task.epochs; epoch++) {
           shuffleInPlace(order, rng);
           for (let b = 0; b < batchesPerEpoch; b++) {
+            if (options.atBatchBoundary) await options.atBatchBoundary({ epoch, epochs: task.epochs, batch: b, batchesPerEpoch });
             if (options.signal?.aborted) throw new FedlineError(ErrorCodes.ABORTED, 'training stopped', { reason: String(options.signal.reason) });
             const start = b * task.batchSize;
             const n = Math.min(task.batchSize, set.count - start);

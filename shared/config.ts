@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { ErrorCodes, FedlineError } from './errors.js';
 import { federatedSetSchema } from './messages.js';
 import { isValidId } from './topics.js';
+import { triggerSchema } from './trigger-config.js';
 
 /**
  * Configuration schemas, validated once at start-up (unknown keys refused), then frozen and
@@ -46,7 +47,44 @@ export const brokerConfigSchema = z.strictObject({
   queueLimit: posInt.default(100_000),
   /** Seconds a CONNECT may take after the TCP connection opened. Default 30000 ms. */
   connectTimeoutMs: posInt.default(30_000),
+  /**
+   * Let anyone connect and do anything. Default false: every client needs a login (a password or
+   * a client certificate) and a role in `auth.accessFile`. For a closed test network only.
+   */
+  allowAnonymous: z.boolean().default(false),
+  auth: z
+    .strictObject({
+      /** Mosquitto-format password file (`user:$7$...` lines from `fedline passwd` or mosquitto_passwd). */
+      passwordFile: path.optional(),
+      /** Roles per user (broker/access.ts); `fedline acl` renders the same rules for Mosquitto. */
+      accessFile: path,
+    })
+    .optional(),
+  /** The plain (unencrypted) listener on `port`. Default true; false serves TLS only. */
+  plainListener: z.boolean().default(true),
+  tls: z
+    .strictObject({
+      /** TLS (mqtts) port. Default 8883. */
+      port: z.number().int().min(0).max(65535).default(8883),
+      /** PEM server certificate (chain) and its key. */
+      certFile: path,
+      keyFile: path,
+      /** PEM CA bundle client certificates must chain to. */
+      caFile: path.optional(),
+      /** Refuse clients without a certificate signed by caFile. Default false. */
+      requireClientCert: z.boolean().default(false),
+      /** The client certificate's CN is the user name, no password (Mosquitto's use_identity_as_username). Default false. */
+      identityFromCertificate: z.boolean().default(false),
+    })
+    .optional(),
   logLevel: z.string().optional(),
+}).superRefine((c, ctx) => {
+  if (!c.allowAnonymous && !c.auth) ctx.addIssue({ code: 'custom', path: ['auth'], message: 'required: anonymous access is off (give auth.accessFile and auth.passwordFile, or set allowAnonymous: true on a closed test network)' });
+  if (c.allowAnonymous && c.auth) ctx.addIssue({ code: 'custom', path: ['allowAnonymous'], message: 'allowAnonymous: true turns auth off; remove one of them' });
+  if (c.auth && !c.auth.passwordFile && !c.tls?.identityFromCertificate) ctx.addIssue({ code: 'custom', path: ['auth', 'passwordFile'], message: 'required unless tls.identityFromCertificate logs clients in by certificate' });
+  if (c.tls?.identityFromCertificate && !c.tls.requireClientCert) ctx.addIssue({ code: 'custom', path: ['tls', 'identityFromCertificate'], message: 'needs tls.requireClientCert: true' });
+  if (c.tls?.requireClientCert && !c.tls.caFile) ctx.addIssue({ code: 'custom', path: ['tls', 'caFile'], message: 'required with requireClientCert: the CA that signs client certificates' });
+  if (!c.plainListener && !c.tls) ctx.addIssue({ code: 'custom', path: ['plainListener'], message: 'false leaves no listener: configure tls' });
 });
 export type BrokerConfig = z.infer<typeof brokerConfigSchema>;
 
@@ -118,6 +156,8 @@ export const aggregatorConfigSchema = z.strictObject({
   signingKeyFile: path.optional(),
   /** After the last round, run an evaluation-only round so the final model's accuracy is known. Default true. */
   evaluateFinalModel: z.boolean().default(true),
+  /** Start rounds at launch (default true), or wait for the MES's `<root>/cmd/start`. */
+  autoStart: z.boolean().default(true),
   /** Exit the process when the federation completes (demo, batch jobs). Default false: keep serving the model. */
   exitWhenComplete: z.boolean().default(false),
   logLevel: z.string().optional(),
@@ -149,6 +189,11 @@ export const agentConfigSchema = z.strictObject({
     .default({ backend: 'auto', shuffleSeed: 1 }),
   /** Ed25519 public key (PEM) of the aggregator: when set, only models it signed are used. */
   modelPublicKeyFile: path.optional(),
+  /**
+   * When this box may train (shared/trigger-config.ts): OPC UA line state, MES topic, schedule
+   * windows, operator commands, combined with all/any. Default {"type": "always"}.
+   */
+  trigger: triggerSchema.default({ type: 'always' }),
   /** Largest global model accepted, bytes. Default 2 GiB. */
   maxModelBytes: posInt.default(2 * 1024 * 1024 * 1024),
   /** QoS 1 update chunks in flight at once. Default 16. */
@@ -192,7 +237,7 @@ export function parseConfig<S extends z.ZodType>(schema: S, raw: unknown, source
 }
 
 /** Keys whose values are file system paths, resolved against the config file's folder. */
-const PATH_KEYS = new Set(['stateDir', 'dir', 'initFrom', 'passwordFile', 'caFile', 'certFile', 'keyFile', 'signingKeyFile', 'modelPublicKeyFile']);
+const PATH_KEYS = new Set(['stateDir', 'dir', 'initFrom', 'passwordFile', 'caFile', 'certFile', 'keyFile', 'pkiDir', 'accessFile', 'archiveDir', 'signingKeyFile', 'modelPublicKeyFile']);
 
 function resolvePaths(value: unknown, base: string): unknown {
   if (Array.isArray(value)) return value.map((v) => resolvePaths(v, base));

@@ -38,6 +38,15 @@ export const ErrorCodes = {
   TRANSPORT: 'FL_TRANSPORT',
   TIMEOUT: 'FL_TIMEOUT',
   ABORTED: 'FL_ABORTED',
+  // training windows (edge-agent/triggers)
+  WINDOW_MISSED: 'FL_WINDOW_MISSED',
+  OPCUA_UNREACHABLE: 'FL_OPCUA_UNREACHABLE',
+  OPCUA_NODE_MISSING: 'FL_OPCUA_NODE_MISSING',
+  OPCUA_SESSION_LOST: 'FL_OPCUA_SESSION_LOST',
+  OPCUA_SECURITY: 'FL_OPCUA_SECURITY',
+  // MES commands and broker security
+  COMMAND: 'FL_COMMAND',
+  AUTH: 'FL_AUTH',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -199,6 +199,8 @@ export const agentStatusSchema = z.object({
   detail: z.string().nullable(),
   backend: z.string().nullable(),
   samples: z.object({ train: uint, test: uint }).nullable(),
+  /** The training window (trigger gate): open, closed or unknown, and why. Absent from older agents. */
+  window: z.object({ state: z.enum(['open', 'closed', 'unknown']), detail: z.string() }).nullable().optional(),
   ts: uint,
 });
 export type AgentStatus = z.infer<typeof agentStatusSchema>;

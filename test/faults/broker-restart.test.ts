@@ -9,6 +9,7 @@ import { TcpProxy } from '../support/tcp-proxy.js';
 interface Broker {
   url: string;
   port: number;
+  auth?: (user: string) => { username: string; password: string };
   restart(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -21,7 +22,7 @@ interface Broker {
 async function brokerScenario(broker: Broker, dir: string, restart: boolean): Promise<Buffer> {
   const proxy = await TcpProxy.start(broker.port);
   proxy.uploadBytesPerSec = 12_000;
-  const fed = await startFederation({ url: proxy.url, dir, agents: ['site-a', 'site-b'], rounds: 1, chunkBytes: 1024, agent: { ackTimeoutMs: 1500 } as never });
+  const fed = await startFederation({ url: proxy.url, dir, agents: ['site-a', 'site-b'], rounds: 1, chunkBytes: 1024, agent: { ackTimeoutMs: 1500 } as never, ...(broker.auth ? { auth: broker.auth } : {}) });
   try {
     const run = fed.aggregator.aggregator.run();
     if (restart) {
@@ -83,9 +84,10 @@ test('Mosquitto with persistence is killed and restarted mid-round: the round co
       {
         url: mosq.url,
         port,
+        auth: mosq.auth.credentials,
         restart: async () => {
           await mosq.kill();
-          mosq = await startMosquitto(bin!, dir.path, port);
+          mosq = await startMosquitto(bin!, dir.path, { port });
         },
         stop: () => mosq.stop(),
       },
