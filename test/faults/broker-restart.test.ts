@@ -52,7 +52,8 @@ test('the embedded Aedes broker (its own process, no persistence) restarts mid-r
   const dir = tempDir('fault-broker-aedes');
   const procs = new ProcessFederation(dir.path);
   const port = await freePort();
-  const config = procs.writeConfig('broker', { host: '127.0.0.1', port });
+  // This test is about restarts, not access control: the broker admits anonymous clients here.
+  const config = procs.writeConfig('broker', { host: '127.0.0.1', port, allowAnonymous: true });
   try {
     await procs.start('broker', 'broker', config);
     await brokerRestartScenario(

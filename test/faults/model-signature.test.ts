@@ -61,7 +61,7 @@ test('agents use models signed by the aggregator and refuse a tampered or unsign
     const s = decodeJson(m.payload, agentStatusSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'status' });
     statuses.set(s.agent, s);
   });
-  await rogue.subscribe(topics.event('alert'), (m) => alerts.push(JSON.parse(m.payload.toString()) as Record<string, unknown>));
+  await rogue.subscribe(`${topics.event('alert')}/#`, (m) => alerts.push(JSON.parse(m.payload.toString()) as Record<string, unknown>));
   try {
     for (const a of options.agents) agents.push(await startAgent({ ...agentConfig(options, a), modelPublicKeyFile: join(dir.path, 'model-signing.pub') }, silentLogger()));
     const result = await aggregator.aggregator.run();
