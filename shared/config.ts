@@ -13,6 +13,10 @@ import { isValidId } from './topics.js';
 
 const id = z.string().refine(isValidId, { message: 'must be 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit' });
 const posInt = z.number().int().positive();
+
+/** `training.backend` values: auto picks the best available; the others force one (see shared/tfjs/backend.ts). */
+export const backendPreferences = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export type BackendPreference = (typeof backendPreferences)[number];
 const path = z.string().min(1);
 
 export const mqttConfigSchema = z.strictObject({
@@ -129,8 +133,8 @@ export const agentConfigSchema = z.strictObject({
   }),
   training: z
     .strictObject({
-      /** tfjs backend: auto picks tensorflow (GPU or native CPU) when installed, else cpu. */
-      backend: z.enum(['auto', 'tensorflow', 'cpu']).default('auto'),
+      /** tfjs backend: auto picks the best available (tensorflow GPU or native CPU when installed, then wasm, then cpu); the others force one. */
+      backend: z.enum(backendPreferences).default('auto'),
       /** Seed of the per-epoch shuffle. Default 1. */
       shuffleSeed: z.number().int().nonnegative().default(1),
     })
