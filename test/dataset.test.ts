@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, writeFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { listImageFiles, loadDataset, splitFiles } from '../edge-agent/dataset.js';
+import { listImageFiles, loadDataset, readAll, splitFiles } from '../edge-agent/dataset.js';
 import { normalizeInPlace } from '../edge-agent/preprocess.js';
 import { generateDataset, PAPER_CLIENTS } from '../dataset/synth.js';
 import { sha256Hex } from '../shared/tensor-bundle.js';
@@ -51,7 +51,7 @@ test('folders that are not classes, stray files and unreadable images are report
     writeFileSync(join(root, 'README'), 'stray');
     const listed = await listImageFiles(root, ['EMPTY', 'HIDDEN', 'NOT_OKAY', 'OKAY']);
     assert.ok(listed.files.every((f) => (f.path.includes('/OKAY/') ? f.label === 3 : true)));
-    const data = await loadDataset({ dir: root, classes, inputShape: [16, 16, 3], testFraction: 0.25, splitSeed: 1, normalization: 'unit' });
+    const data = await loadDataset({ dir: root, classes, inputShape: [16, 16, 3], testFraction: 0.25, splitSeed: 1 });
     const text = data.problems.join('\n');
     assert.match(text, /SCRATCHED: folder "SCRATCHED" is not one of the federation's classes/);
     assert.match(text, /OKAY\/broken\.png: unreadable image/);
@@ -59,7 +59,7 @@ test('folders that are not classes, stray files and unreadable images are report
     assert.match(text, /README: a file at the top level/);
     assert.deepEqual(data.counts.train.map((n, i) => n + data.counts.test[i]!), [4, 3, 0, 2], 'the absent class keeps its index with zero images');
     assert.equal(data.train.count + data.test.count, 9);
-    assert.ok(data.train.x.every((v) => v >= 0 && v <= 1));
+    assert.ok((await readAll(data.train)).every((v) => v >= 0 && v <= 1));
   } finally {
     dir.cleanup();
   }
