@@ -75,7 +75,7 @@ export function flipVertical(img: Float32Array, h: number, w: number, c: number)
   }
 }
 
-/** Rotate about the image centre by `angle` radians (counter-clockwise), bilinear, edge pixels repeated. */
+/** Rotate about the image centre by `angle` radians (clockwise as displayed, rows going down), bilinear, edge pixels repeated. */
 export function rotate(img: Float32Array, scratch: Float32Array, h: number, w: number, c: number, angle: number): void {
   scratch.set(img);
   const cos = Math.cos(angle);

@@ -49,6 +49,21 @@ export function epochOrder(labels: Int32Array, sampling: 'shuffle' | 'balanced',
   });
 }
 
+/**
+ * A layer trains when any of its weights is federated; the others are frozen (`federate: head`:
+ * the feature extractor stays as pretrained, the seed paper's Process2). Returns the layers that train.
+ */
+export function freezeAllBut(m: LayersModel, federated: ReadonlySet<string>): string[] {
+  const names = weightNames(m);
+  // Names first: freezing a layer reorders model.weights (trainable ones first), so indices go stale.
+  const layerWeightNames = m.layers.map((layer) => layer.weights.map((w) => names[m.weights.indexOf(w)] ?? w.name));
+  m.layers.forEach((layer, i) => {
+    const own = layerWeightNames[i]!;
+    if (own.length) layer.trainable = own.some((n) => federated.has(n));
+  });
+  return m.layers.filter((l) => l.trainable && l.weights.length > 0).map((l) => l.name);
+}
+
 export interface TrainerOptions {
   /** Seed of the per-epoch order and of the augmentation. */
   shuffleSeed: number;
@@ -130,12 +145,7 @@ export class TfjsTrainer implements Trainer {
       task.optimizer === 'adam' ? tf.train.adam(task.learningRate) : task.optimizer === 'momentum' ? tf.train.momentum(task.learningRate, 0.9) : tf.train.sgd(task.learningRate);
     try {
       const federated = new Set(federatedNames);
-      const names = weightNames(m);
-      // A layer trains when any of its weights is federated; the others are frozen.
-      for (const layer of m.layers) {
-        const own = layer.weights.map((w) => names[m.weights.indexOf(w)] ?? w.name);
-        if (own.length) layer.trainable = own.some((n) => federated.has(n));
-      }
+      freezeAllBut(m, federated);
       const set = this.data.train;
       if (set.count === 0) throw new FedlineError(ErrorCodes.DATA, 'no training images');
       const numClasses = this.data.classes.length;

@@ -2,21 +2,22 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Tf } from './backend.js';
 import { weightNames } from './model-io.js';
-import type { LayersModel } from './models.js';
+import { HEAD_PREFIX, type LayersModel } from './models.js';
 
 /**
  * Initial weights from a pretrained TensorFlow.js layers model on disk (model.json + weight files),
  * for example Keras' VGG19 ImageNet weights converted with tensorflowjs_converter (see README).
  * Weights are matched by layer name and weight name (`block1_conv1/kernel`), read straight from
  * the weights manifest: the file's topology is not needed, so a Keras model whose topology tfjs
- * cannot rebuild still lends its weights. Layers of the model absent from the file (the new
- * classifier head) keep their seeded initialisation. Nothing is downloaded.
+ * cannot rebuild still lends its weights. The classifier head (`head_*` layers) always keeps its
+ * seeded initialisation, identical on every agent (the seed paper's new head), even when the file
+ * has namesakes; so do layers absent from the file. Nothing is downloaded.
  */
 
 export interface PretrainedReport {
   /** Layers that took their weights from the file. */
   loaded: string[];
-  /** Layers with weights that the file does not have: they keep the seeded init. */
+  /** Layers that keep the seeded init: the head, and layers the file does not have. */
   kept: string[];
   /** Layers in the file that the model does not have. */
   unused: string[];
@@ -88,7 +89,7 @@ export async function loadPretrainedWeights(tf: Tf, model: LayersModel, dir: str
     if (layer.weights.length === 0) continue;
     const keys = layer.weights.map((w) => layerAndWeight(names[model.weights.indexOf(w)] ?? w.name).key);
     const found = keys.map((k) => byKey.get(k));
-    if (found.every((f) => !f)) {
+    if (layer.name.startsWith(HEAD_PREFIX) || found.every((f) => !f)) {
       report.kept.push(layer.name);
       continue;
     }
