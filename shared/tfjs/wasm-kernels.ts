@@ -474,6 +474,7 @@ export function installWasmTrainingKernels(tf: Tf): void {
         padLeft: info.padInfo.left,
       },
       view(backend, dx),
+      inputs.output ? view(backend, inputs.output) : undefined,
     );
     return dx;
   });
