@@ -185,7 +185,7 @@ export function installWasmTrainingKernels(tf: Tf): void {
     // Rows/columns of padding after the input so that the output covers the whole filter.
     const pb = Math.max(0, fh + (oh - 1) * sh - h - pt);
     const pr = Math.max(0, fw + (ow - 1) * sw - w - pl);
-    if (!depthwise && sh === 1 && sw === 1 && process.env.FG_MODE !== 'conv') {
+    if (!depthwise && sh === 1 && sw === 1) {
       return filterGradStride1(be, x, dy, info);
     }
     if (!depthwise) {
