@@ -1,6 +1,7 @@
 """PyTorch side of `npm run bench:train`: the same network, batch and optimizer as bench/vgg-bench-model.ts,
 on the CPU with one thread. Same line protocol as bench/train-worker.ts: prints {"ready": ...} after
-warm-up steps, then answers each {"steps": N} line on stdin with {"ms": [per-step milliseconds]}."""
+warm-up steps, then answers each {"steps": N} line on stdin with {"ms": [wall ms per step],
+"cpuMs": [CPU ms of this process per step]}."""
 import json
 import sys
 import time
@@ -34,13 +35,14 @@ y = torch.arange(32) % 4
 
 
 def step():
+    c0 = time.process_time()
     t0 = time.perf_counter()
     optimizer.zero_grad()
     loss = loss_fn(net(x), y)
     loss.backward()
     optimizer.step()
     loss.item()
-    return (time.perf_counter() - t0) * 1000
+    return (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
 
 
 warmup = int(sys.argv[1]) if len(sys.argv) > 1 else 2
@@ -56,5 +58,5 @@ for line in sys.stdin:
     cmd = json.loads(line)
     if cmd.get("quit"):
         break
-    ms = [step() for _ in range(int(cmd.get("steps", 1)))]
-    print(json.dumps({"ms": ms}), flush=True)
+    runs = [step() for _ in range(int(cmd.get("steps", 1)))]
+    print(json.dumps({"ms": [r[0] for r in runs], "cpuMs": [r[1] for r in runs]}), flush=True)

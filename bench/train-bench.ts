@@ -113,6 +113,7 @@ async function main(): Promise<void> {
     workers.push(w);
   }
   const times = new Map<string, number[]>(workers.map((w) => [w.name, []]));
+  const cpuTimes = new Map<string, number[]>(workers.map((w) => [w.name, []]));
   for (let r = 0; r < rounds; r++) {
     // Rotate the order each round: no backend always runs right after the same neighbour.
     const order = workers.map((_, i) => workers[(i + r) % workers.length]!);
@@ -122,6 +123,7 @@ async function main(): Promise<void> {
       const res = await w.next();
       if (!Array.isArray(res.ms)) throw new Error(`${w.name}: ${JSON.stringify(res)}`);
       times.get(w.name)!.push(...(res.ms as number[]));
+      cpuTimes.get(w.name)!.push(...((res.cpuMs as number[] | undefined) ?? []));
     }
     process.stdout.write(`  round ${r + 1}/${rounds} done\n`);
   }
@@ -131,25 +133,44 @@ async function main(): Promise<void> {
   await Promise.all(workers.map((w) => new Promise<void>((res) => (w.proc.exitCode !== null ? res() : w.proc.once('exit', () => res())))));
 
   const torch = times.get('pytorch');
+  const torchCpu = cpuTimes.get('pytorch');
   const tBest = torch?.length ? Math.min(...torch) : null;
   const tMed = torch?.length ? median(torch) : null;
+  const tCpu = torchCpu?.length ? Math.min(...torchCpu) : null;
   const rows = workers.map((w) => {
     const v = times.get(w.name)!;
+    const c = cpuTimes.get(w.name)!;
     const best = Math.min(...v);
     const med = median(v);
-    return { backend: w.name, detail: String(info.get(w.name)?.detail ?? ''), steps: v.length, bestMs: best, medianMs: med, ratioBest: tBest ? best / tBest : null, ratioMedian: tMed ? med / tMed : null };
+    const cpuBest = c.length ? Math.min(...c) : NaN;
+    return {
+      backend: w.name,
+      detail: String(info.get(w.name)?.detail ?? ''),
+      steps: v.length,
+      bestMs: best,
+      medianMs: med,
+      cpuBestMs: cpuBest,
+      ratioBest: tBest ? best / tBest : null,
+      ratioMedian: tMed ? med / tMed : null,
+      ratioCpu: tCpu ? cpuBest / tCpu : null,
+    };
   });
-  console.log('\nbackend      steps   best ms/step  median ms/step  vs PyTorch (best / median)   what');
+  // Wall time is what a user waits; CPU time of the process is what the backend costs, and is less
+  // disturbed by other work on a shared machine. Both are shown.
+  console.log('\nbackend      steps   wall ms/step: best  median   CPU ms/step: best   vs PyTorch: wall best / median / CPU best   what');
   for (const r of rows) {
-    const ratio = r.ratioBest !== null ? `${r.ratioBest.toFixed(2)}x / ${r.ratioMedian!.toFixed(2)}x` : '-';
-    console.log(`${r.backend.padEnd(12)} ${String(r.steps).padStart(5)}  ${r.bestMs.toFixed(1).padStart(13)}  ${r.medianMs.toFixed(1).padStart(14)}  ${ratio.padStart(26)}   ${r.detail}`);
+    const ratio = r.ratioBest !== null ? `${r.ratioBest.toFixed(2)}x / ${r.ratioMedian!.toFixed(2)}x / ${r.ratioCpu!.toFixed(2)}x` : '-';
+    console.log(`${r.backend.padEnd(12)} ${String(r.steps).padStart(5)}  ${r.bestMs.toFixed(1).padStart(17)}  ${r.medianMs.toFixed(1).padStart(6)}  ${r.cpuBestMs.toFixed(1).padStart(18)}  ${ratio.padStart(40)}   ${r.detail}`);
   }
   for (const s of skipped) console.log(s);
   const wasm = rows.find((r) => r.backend === 'wasm');
   const load1 = loadavg();
   console.log(`\nload average at end ${load1.map((l) => l.toFixed(2)).join(' ')}`);
   if (wasm && wasm.ratioBest !== null) {
-    console.log(`wasm / PyTorch: ${wasm.ratioBest.toFixed(2)}x (best of each), ${wasm.ratioMedian!.toFixed(2)}x (medians); target <= 3x: ${wasm.ratioBest <= 3 ? 'met' : 'NOT met'} (best of each)`);
+    console.log(
+      `wasm / PyTorch: ${wasm.ratioBest.toFixed(2)}x (best wall time of each), ${wasm.ratioMedian!.toFixed(2)}x (median wall), ${wasm.ratioCpu!.toFixed(2)}x (best CPU time); ` +
+        `target <= 3x: ${wasm.ratioBest <= 3 ? 'met' : 'NOT met'} (best wall time)`,
+    );
   } else {
     console.log('wasm / PyTorch: not measured (both backends are needed)');
   }

@@ -6,7 +6,7 @@ import { BENCH_BATCH, BENCH_CLASSES, BENCH_INPUT, buildBenchModel } from './vgg-
 /**
  * One tfjs backend of `npm run bench:train`, in its own process (tfjs keeps one global backend).
  * Protocol on stdin/stdout, one JSON object a line: it says {ready} after warm-up steps, then
- * answers each {"steps": N} with {"ms": [per-step milliseconds]}.
+ * answers each {"steps": N} with {"ms": [wall ms per step], "cpuMs": [CPU ms of this process per step]}.
  * usage: node dist/bench/train-worker.js <tensorflow|wasm|cpu>
  */
 
@@ -56,13 +56,21 @@ async function main(): Promise<void> {
   const x = tf.tensor4d(Float32Array.from({ length: n }, () => rng() * 2 - 1), [BENCH_BATCH, ...BENCH_INPUT]);
   const y = tf.oneHot(tf.tensor1d(Int32Array.from({ length: BENCH_BATCH }, (_, i) => i % BENCH_CLASSES), 'int32'), BENCH_CLASSES);
   const vars = model.trainableWeights.map((w) => (w as unknown as { val: import('@tensorflow/tfjs').Variable }).val);
+  const cpuNow = () => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1000;
+  };
+  let lastCpuMs = 0;
   const step = (): number => {
+    const c0 = cpuNow();
     const t0 = performance.now();
     tf.tidy(() => {
       const cost = optimizer.minimize(() => tf.losses.softmaxCrossEntropy(y, model.apply(x, { training: true }) as import('@tensorflow/tfjs').Tensor2D) as import('@tensorflow/tfjs').Scalar, true, vars);
       cost?.dataSync();
     });
-    return performance.now() - t0;
+    const wall = performance.now() - t0;
+    lastCpuMs = cpuNow() - c0;
+    return wall;
   };
   for (let i = 0; i < warmup; i++) step();
   send({ ready: true, backend: tf.getBackend(), detail: loaded.detail, params: model.countParams() });
@@ -70,8 +78,12 @@ async function main(): Promise<void> {
     const cmd = JSON.parse(line) as { steps?: number; quit?: boolean };
     if (cmd.quit) break;
     const ms: number[] = [];
-    for (let i = 0; i < (cmd.steps ?? 1); i++) ms.push(step());
-    send({ ms, tensors: tf.memory().numTensors });
+    const cpuMs: number[] = [];
+    for (let i = 0; i < (cmd.steps ?? 1); i++) {
+      ms.push(step());
+      cpuMs.push(lastCpuMs);
+    }
+    send({ ms, cpuMs, tensors: tf.memory().numTensors });
   }
   process.exit(0);
 }
