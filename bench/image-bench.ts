@@ -7,8 +7,8 @@ import { mulberry32 } from '../shared/random.js';
 
 /**
  * `npm run bench:images`: decoding + resizing inspection photos to model input sizes (64..224 px),
- * fedline's pure-JavaScript path (pngjs, jpeg-js, bilinear resize) against `sharp` (libvips) when
- * it is installed (`npm install --no-save sharp` to compare; fedline does not depend on it).
+ * fedline's two decoders (edge-agent/images.ts): pure JavaScript (pngjs, jpeg-js, resize) and
+ * `sharp` (libvips, an optional dependency) when it is installed.
  * Sources: 640x480 JPEG (quality 90) and PNG photos of a synthetic scene, and 256x256 PNGs like the
  * demo's. Reports milliseconds per image, one image at a time and with 8 in flight.
  */
@@ -78,7 +78,7 @@ async function main(): Promise<void> {
         },
       ]);
     } catch {
-      sharpNote = 'sharp: not installed, not compared (npm install --no-save sharp, then rerun)';
+      sharpNote = 'sharp: not installed here (an optional dependency: npm install sharp), not compared';
     }
     console.log(`bench:images  decode + resize to NxN RGB float32; ms per image, best of 3 passes over 24 images; ${cpus().length} x ${cpus()[0]?.model}`);
     console.log('source          size  ' + decoders.map(([n]) => `${n} (1 / 8 in flight)`.padStart(28)).join(''));

@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { cpus, loadavg, totalmem } from 'node:os';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -60,6 +60,17 @@ function findTorchPython(): { python: string | null; tried: string[] } {
   return { python: null, tried };
 }
 
+/** The CPU's vector extensions (Linux): PyTorch uses AVX-512 where present, WebAssembly SIMD is 128-bit. */
+function simdFlags(): string {
+  try {
+    const flags = new Set((/^flags\s*:\s*(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? '').split(/\s+/));
+    const have = ['avx512f', 'avx2', 'fma', 'sse4_2'].filter((f) => flags.has(f));
+    return have.length ? ` (${have.join(' ')})` : '';
+  } catch {
+    return '';
+  }
+}
+
 const median = (v: number[]) => {
   const s = [...v].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -82,7 +93,7 @@ async function main(): Promise<void> {
   const warmup = Number(values.warmup);
   const wanted = values.backends!.split(',').map((s) => s.trim());
   const load0 = loadavg();
-  const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
+  const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'unknown CPU'}${simdFlags()}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
   console.log(`bench:train  VGG-style net (6 conv 3x3: 16,32,64,64,128,128; dense 128; 4 classes), 64x64x3, batch 32, SGD`);
   console.log(`machine: ${machine}; load average at start ${load0.map((l) => l.toFixed(2)).join(' ')}`);
   console.log(`${rounds} rounds x ${steps} steps per backend, interleaved (pure-JS cpu: ${values['cpu-rounds']} round(s) x 1 step, it is slow)\n`);
