@@ -5,15 +5,17 @@ import { maxPoolGradNhwc } from './cpu-kernels.js';
  * Training kernels for the WebAssembly backend (@tensorflow/tfjs-backend-wasm 4.22). As shipped it
  * cannot train a CNN: it has no Conv2DBackpropFilter (nor the depthwise backprop kernels), and its
  * Conv2DBackpropInput is a plain C++ loop, ~5x slower than its XNNPACK forward convolution.
- * Every gradient below is computed by that fast forward convolution (XNNPACK, SIMD) on rearranged
- * operands; only O(size) rearrangements happen outside it.
+ * Every gradient below is computed by its fast XNNPACK kernels (forward convolution, GEMM; SIMD)
+ * on rearranged operands; only O(size) rearrangements happen outside them.
  *
  * Filter gradient (NHWC x: [B,H,W,Ci], dy: [B,OH,OW,Co], stride s, padding pt/pl):
  *   dW[kh,kw,ci,co] = sum_{b,oh,ow} x[b, oh*s + kh - pt, ow*s + kw - pl, ci] * dy[b,oh,ow,co]
- * is a forward convolution whose batch is Ci, whose input channels are B and whose kernel is dy:
+ * Stride 1 (every layer of a VGG): one XNNPACK fully-connected GEMM over x laid out on a padded
+ * grid, where each filter tap is a constant offset (filterGradStride1 below). Other strides: a
+ * forward convolution whose batch is Ci, whose input channels are B and whose kernel is dy:
  *   input  x'  = transpose(x,  [3,1,2,0])   [Ci, H, W, B]
  *   kernel dy' = transpose(dy, [1,2,0,3])   [OH, OW, B, Co], dilated by s
- *   stride 1, padding pt/pl (bottom/right as needed), output [Ci, FH, FW, Co] -> transpose [1,2,0,3].
+ *   stride 1, padding pt/pl (bottom/right as needed), output [Ci, FH, FW, Co].
  *
  * Input gradient: dx = dilate(dy, s) convolved with the kernel flipped in space and with in/out
  * channels swapped, padded by FH-1-pt on top and FW-1-pl on the left (a transposed convolution).
@@ -24,7 +26,7 @@ import { maxPoolGradNhwc } from './cpu-kernels.js';
  * Other kernels of a training step that the stock backend makes slow, replaced where measured
  * (npm run bench:train profile): MaxPoolGrad (a loop over every window for every input pixel),
  * Sum over leading axes (a bias gradient: the stock kernel transposes first), 2-D MatMul with a
- * transposed operand (a scalar loop; done here as an XNNPACK GEMM, a 1x1 convolution), and
+ * transposed operand (a scalar loop; done here with explicit transposes and the XNNPACK GEMM), and
  * Identity (tfjs clones every tensor a gradient needs; the stock kernel copies, this one shares the
  * buffer by reference count, as the cpu backend does: kernels never write into their inputs).
  */
@@ -240,7 +242,7 @@ export function installWasmTrainingKernels(tf: Tf): void {
     } finally {
       release(be, xT, dyT);
     }
-    const [, gh, gw] = out.shape as [number, number, number, number];
+    const gw = out.shape[2]!; // out: [1, >= FH, >= FW, B*C*M]; extra rows/columns are dropped
     const result = be.makeOutput([fh, fw, ci, m], 'float32');
     const src = view(be, out);
     const dst = view(be, result);
@@ -255,7 +257,6 @@ export function installWasmTrainingKernels(tf: Tf): void {
           dst[to + k] = s;
         }
       }
-    void gh;
     release(be, out);
     return result;
   };
