@@ -32,7 +32,9 @@ export async function startAggregator(config: Readonly<AggregatorConfig>, logger
     initialModel: async () => {
       // tfjs is needed only to build the common initial weights; aggregation is plain typed-array math.
       const { tf } = await loadTf('cpu', logger);
-      return buildInitialBundle(tf, config.model);
+      return buildInitialBundle(tf, config.model, (r) =>
+        logger.info({ from: config.model.initFrom, loaded: r.loaded.length, keptSeeded: r.kept, unusedInFile: r.unused.length }, 'initial weights: pretrained layers loaded by name; the others keep the seeded init'),
+      );
     },
   });
   return {

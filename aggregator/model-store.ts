@@ -127,7 +127,7 @@ export class FsModelStore implements ModelStore {
       convertedBy: null,
       modelTopology: meta.topology,
       weightsManifest: [{ paths: ['weights.bin'], weights: decoded.header.tensors.map((t) => ({ name: t.name, shape: t.shape, dtype: t.dtype })) }],
-      userDefinedMetadata: { fedline: { version: meta.version, round: meta.round, sha256: stored.sha256, classes: meta.classes } },
+      userDefinedMetadata: { fedline: { version: meta.version, round: meta.round, sha256: stored.sha256, classes: meta.classes, inputShape: meta.inputShape, normalization: meta.normalization } },
     };
     await mkdir(this.root, { recursive: true });
     const tmp = join(this.root, `.v${meta.version}.${randomBytes(4).toString('hex')}.tmp`);

@@ -2,12 +2,13 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Journal, RoundRecord } from '../aggregator/aggregator.js';
-import { generateDataset, INSPECTION_CLASSES, PAPER_CLIENTS } from '../dataset/synth.js';
+import { generateDataset, generateReferenceDataset, INSPECTION_CLASSES, PAPER_CLIENTS } from '../dataset/synth.js';
 import { silentLogger } from '../shared/logger.js';
 import { MqttTransport } from '../shared/mqtt-transport.js';
 import { createTopics, defaultRoot } from '../shared/topics.js';
 import { writeDemoCredentials } from './demo-auth.js';
 import { freeTcpPort, parsePlcSchedule } from './plc-sim.js';
+import { architectures, VGG_MIN_INPUT, type Architecture } from '../shared/tfjs/models.js';
 import { ProcessGroup } from './process-group.js';
 
 const FEDERATION = 'demo';
@@ -23,6 +24,18 @@ export interface DemoOptions {
   trigger: 'always' | 'opcua';
   /** The simulated PLC's cycle (--trigger opcua), STATE:SECONDS,... */
   plcSchedule: string;
+  /** small-cnn (default, fast) or the paper's vgg11 / vgg16 / vgg19. */
+  model: Architecture;
+  /** all: every weight trains and travels (the paper's Process1); head: only the classifier head (Process2). */
+  federate: 'all' | 'head';
+  /** Filter-count multiplier of the model (VGG default 0.25 here, to stay quick on a CPU). */
+  width: number;
+  /** A tfjs layers model folder with pretrained weights (by layer name), or null for a seeded init. */
+  initFrom: string | null;
+  /** Learning rate of round 1 (decays 0.85 per round). */
+  learningRate: number;
+  /** Epochs of central pretraining on reference images before the federation (0: none, a seeded init). */
+  pretrainEpochs: number;
 }
 
 function parseDemoArgs(args: string[]): DemoOptions {
@@ -37,6 +50,12 @@ function parseDemoArgs(args: string[]): DemoOptions {
       scale: { type: 'string', default: '1' },
       trigger: { type: 'string', default: 'always' },
       'plc-schedule': { type: 'string', default: 'Running:6,Idle:9' },
+      model: { type: 'string', default: 'small-cnn' },
+      federate: { type: 'string', default: 'all' },
+      width: { type: 'string' },
+      'init-from': { type: 'string' },
+      'learning-rate': { type: 'string' },
+      'pretrain-epochs': { type: 'string' },
     },
     strict: true,
   });
@@ -50,6 +69,16 @@ function parseDemoArgs(args: string[]): DemoOptions {
   if (values.trigger !== 'always' && values.trigger !== 'opcua') throw new Error(`--trigger must be "always" or "opcua", got "${values.trigger}"`);
   const phases = parsePlcSchedule(values['plc-schedule']!);
   if (!phases.some((p) => p.state === 'Idle')) throw new Error('--plc-schedule needs an Idle phase, e.g. Running:6,Idle:9');
+  const model = values.model as Architecture;
+  if (!(architectures as readonly string[]).includes(model)) throw new Error(`--model must be one of ${architectures.join(', ')}, got "${values.model}"`);
+  if (values.federate !== 'all' && values.federate !== 'head') throw new Error(`--federate must be all or head, got "${values.federate}"`);
+  const vgg = model !== 'small-cnn';
+  const width = Number(values.width ?? (vgg ? '0.25' : '1'));
+  if (!(width > 0 && width <= 4)) throw new Error(`--width must be in (0, 4], got "${values.width}"`);
+  const size = int('size', values.size, 16, 256);
+  if (vgg && size < VGG_MIN_INPUT) throw new Error(`--size must be at least ${VGG_MIN_INPUT} for ${model} (five 2x2 poolings)`);
+  const learningRate = Number(values['learning-rate'] ?? (vgg ? '0.0005' : '0.004'));
+  if (!(learningRate > 0 && learningRate < 1)) throw new Error(`--learning-rate must be in (0, 1), got "${values['learning-rate']}"`);
   return {
     trigger: values.trigger,
     plcSchedule: values['plc-schedule']!,
@@ -57,8 +86,16 @@ function parseDemoArgs(args: string[]): DemoOptions {
     out: resolve(values.out!),
     seed: int('seed', values.seed, 0, 2 ** 31),
     epochs: int('epochs', values.epochs, 1, 100),
-    size: int('size', values.size, 16, 128),
+    size,
     scale,
+    model,
+    federate: values.federate,
+    width,
+    initFrom: values['init-from'] ? resolve(values['init-from']) : null,
+    learningRate,
+    // A VGG from a random init needs many rounds (the paper: 20+); like the paper, start it from
+    // pretrained weights: here a base trained on reference images of other products.
+    pretrainEpochs: int('pretrain-epochs', values['pretrain-epochs'] ?? (vgg && !values['init-from'] ? '15' : '0'), 0, 100),
   };
 }
 
@@ -83,9 +120,33 @@ export async function runDemo(args: string[]): Promise<number> {
   for (const d of Object.values(dirs)) await rm(d, { recursive: true, force: true });
   for (const d of Object.values(dirs)) await mkdir(d, { recursive: true });
 
+  say(
+    `model ${options.model}${options.model !== 'small-cnn' ? ` (width x${options.width})` : ''}, federate ${options.federate} ` +
+      `(${options.federate === 'all' ? "every weight trains and travels: the paper's Process1" : "feature extractor frozen, only the head trains and travels: the paper's Process2"})` +
+      `${options.initFrom ? `, initial weights from ${options.initFrom}` : ''}`,
+  );
   say(`generating ${PAPER_CLIENTS.length} clients' inspection images (${options.size}x${options.size} px, seed ${options.seed}) in ${dirs.data}`);
   const data = await generateDataset({ out: dirs.data, seed: options.seed, size: options.size, scale: options.scale });
   for (const c of data.clients) say(`  ${c.name}: ${Object.entries(c.counts).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+
+  if (options.pretrainEpochs > 0 && !options.initFrom) {
+    const refDir = join(out, 'reference-data');
+    const baseDir = join(dirs.state, 'pretrained-base');
+    await rm(refDir, { recursive: true, force: true });
+    const ref = await generateReferenceDataset({ out: refDir, seed: options.seed + 1, size: options.size, scale: options.scale });
+    say(`pretraining a ${options.model} base on ${ref.files} reference images of other products (${options.pretrainEpochs} epochs, in this process) in ${refDir}`);
+    const { pretrainBase } = await import('./pretrain.js');
+    const r = await pretrainBase({
+      dataDir: refDir,
+      model: { architecture: options.model, width: options.width, inputShape: [options.size, options.size, 3], classes: [...INSPECTION_CLASSES], seed: options.seed, normalization: 'per-image' },
+      epochs: options.pretrainEpochs,
+      batchSize: 32,
+      learningRate: options.learningRate,
+      out: baseDir,
+    });
+    say(`pretrained base: accuracy ${r.metrics.accuracy.toFixed(3)} on held-out reference images, ${(r.trainMs / 1000).toFixed(1)} s (${r.backend}); the federation starts from it (${baseDir}), with a new seeded head`);
+    options.initFrom = baseDir;
+  }
 
   const group = new ProcessGroup();
   let interrupted = false;
@@ -189,8 +250,16 @@ export async function runDemo(args: string[]): Promise<number> {
           minClients: agents.length,
           roundDeadlineMs: 300_000,
           waitForAgentsMs: 60_000,
-          task: { epochs: options.epochs, batchSize: 16, learningRate: 0.004, learningRateDecay: 0.85, optimizer: 'adam', classWeighting: 'auto', federated: 'all' },
-          model: { architecture: 'small-cnn', inputShape: [options.size, options.size, 3], classes: [...INSPECTION_CLASSES], seed: options.seed, normalization: 'per-image' },
+          task: { epochs: options.epochs, batchSize: 16, learningRate: options.learningRate, learningRateDecay: 0.85, optimizer: 'adam', classWeighting: 'auto', federated: options.federate },
+          model: {
+            architecture: options.model,
+            width: options.width,
+            inputShape: [options.size, options.size, 3],
+            classes: [...INSPECTION_CLASSES],
+            seed: options.seed,
+            normalization: 'per-image',
+            ...(options.initFrom ? { initFrom: options.initFrom } : {}),
+          },
           evaluateFinalModel: true,
           exitWhenComplete: true,
         },

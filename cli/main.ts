@@ -15,7 +15,9 @@ usage: fedline <command> [options]
 commands:
   demo        run a whole federation on this machine: embedded broker, aggregator and 3 agents
               as separate processes on generated images
-                --rounds N (12)  --out DIR (./demo-out)  --seed N (42)  --epochs N (2)
+                --rounds N (12)  --out DIR (./demo-out)  --seed N (42)  --epochs N (2)  --size PX (32)
+                --model small-cnn|vgg11|vgg16|vgg19 (small-cnn)  --federate all|head (all)  --width X
+                --init-from DIR  --pretrain-epochs N (VGG: 15)  --learning-rate X
                 --trigger opcua  agents train only in the idle windows of a simulated PLC
   broker      run the embedded MQTT broker (Aedes)          --config FILE [--port N]
   aggregator  run the aggregator                            --config FILE
@@ -24,6 +26,9 @@ commands:
   plc-sim     a simulated PLC (OPC UA server), line state Running/Idle on a schedule (--help)
   passwd      add a user to a broker password file          --file FILE --user NAME (password on stdin)
   acl         render an access file as a Mosquitto acl_file --access FILE [--out FILE]
+  classify    classify images with a stored model           --model DIR [--json] IMAGE...
+  model-info  parameters and update bytes per round         [--model vgg19] [--size 224] [--head paper] [--json]
+  pretrain    train a starting model on reference images    --data DIR --classes A,B,.. --out DIR [--model vgg11]
   dataset synth  write generated USB-inspection images      --out DIR [--seed N] [--size PX] [--scale X]
   keygen      an Ed25519 key pair for signing global models --out DIR
 
@@ -64,6 +69,18 @@ async function main(argv: string[]): Promise<void> {
     case 'dataset': {
       const { runDataset } = await import('./dataset-cmd.js');
       return runDataset(rest);
+    }
+    case 'classify': {
+      const { runClassify } = await import('./classify.js');
+      return runClassify(rest);
+    }
+    case 'pretrain': {
+      const { runPretrain } = await import('./pretrain.js');
+      return runPretrain(rest);
+    }
+    case 'model-info': {
+      const { runModelInfo } = await import('./model-info.js');
+      return runModelInfo(rest);
     }
     case undefined:
     case 'help':

@@ -10,11 +10,14 @@ import { loadTf } from '../shared/tfjs/backend.js';
 import { createTopics, defaultRoot } from '../shared/topics.js';
 import { EdgeAgent, offlineStatus } from './agent.js';
 import { loadDataset } from './dataset.js';
+import { createImageDecoder } from './images.js';
 import { ModelCache } from './model-cache.js';
 import { TfjsTrainer } from './tfjs-trainer.js';
 import type { Trainer } from './trainer.js';
 import { UpdateJournal } from './update-journal.js';
 import { buildGate } from './triggers/build-gate.js';
+
+const MAX_LOGGED_PROBLEMS = 100;
 
 export interface RunningAgent {
   agent: EdgeAgent;
@@ -59,11 +62,18 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, 
         inputShape: inputShape as [number, number, number],
         testFraction: config.data.testFraction,
         splitSeed: config.data.splitSeed,
-        normalization,
+        cacheBytes: config.data.cacheMB * 1024 * 1024,
+        decoder: await createImageDecoder(config.data.decoder),
       });
-      for (const problem of data.problems) log.warn({ module: 'data' }, problem);
-      log.info({ train: data.counts.train, test: data.counts.test, classes, skipped: data.problems.length }, 'local images loaded');
-      const trainer = new TfjsTrainer(runtime, data, config.training.shuffleSeed);
+      // Every problem is named; past a hundred lines the rest is counted (a folder of odd images should not flood the log).
+      for (const problem of data.problems.slice(0, MAX_LOGGED_PROBLEMS)) log.warn({ module: 'data' }, problem);
+      if (data.problems.length > MAX_LOGGED_PROBLEMS) log.warn({ module: 'data', more: data.problems.length - MAX_LOGGED_PROBLEMS }, 'more image problems not listed');
+      const cached = data.train.cached + data.test.cached;
+      log.info(
+        { train: data.counts.train, test: data.counts.test, classes, problems: data.problems.length, decoder: data.decoder, normalization, cached, streamed: data.train.count + data.test.count - cached },
+        'local images loaded',
+      );
+      const trainer = new TfjsTrainer(runtime, data, { shuffleSeed: config.training.shuffleSeed, augmentation: config.data.augmentation });
       return wiring.wrapTrainer ? wiring.wrapTrainer(trainer) : trainer;
     },
   });

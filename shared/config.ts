@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { ErrorCodes, FedlineError } from './errors.js';
-import { federatedSetSchema } from './messages.js';
+import { federatedSetSchema, normalizationModes } from './messages.js';
 import { isValidId } from './topics.js';
 import { triggerSchema } from './trigger-config.js';
 
@@ -14,6 +14,10 @@ import { triggerSchema } from './trigger-config.js';
 
 const id = z.string().refine(isValidId, { message: 'must be 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit' });
 const posInt = z.number().int().positive();
+
+/** `training.backend` values: auto picks the best available; the others force one (see shared/tfjs/backend.ts). */
+export const backendPreferences = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export type BackendPreference = (typeof backendPreferences)[number];
 const path = z.string().min(1);
 
 export const mqttConfigSchema = z.strictObject({
@@ -88,18 +92,36 @@ export const brokerConfigSchema = z.strictObject({
 });
 export type BrokerConfig = z.infer<typeof brokerConfigSchema>;
 
+export const modelArchitectures = ['small-cnn', 'vgg11', 'vgg16', 'vgg19'] as const;
+
 export const modelSpecSchema = z.strictObject({
-  /** Model builder name (see shared/tfjs/models.ts). */
-  architecture: z.enum(['small-cnn']).default('small-cnn'),
+  /** Model builder name (see shared/tfjs/models.ts): small-cnn, or the paper's vgg11 / vgg16 / vgg19. */
+  architecture: z.enum(modelArchitectures).default('small-cnn'),
+  /** Multiplies every convolution's filter count (1 = the published VGG; 0.25 runs small on a CPU). Default 1. */
+  width: z.number().gt(0).max(4).default(1),
+  /** The classifier head: hidden dense layers (ReLU) and dropout, then the class count. Default: per architecture (small-cnn [32]; VGG [256], dropout 0.5). */
+  head: z
+    .strictObject({
+      dense: z.array(posInt.max(65_536)).max(8),
+      dropout: z.number().min(0).lt(1).default(0),
+    })
+    .optional(),
   /** [height, width, channels]. */
   inputShape: z.tuple([posInt, posInt, z.union([z.literal(1), z.literal(3)])]).default([32, 32, 3]),
   /** The federation's fixed class list: index i means the same class on every agent. */
   classes: z.array(z.string().regex(/^[A-Za-z0-9_.-]+$/, 'class names are folder names: A-Z a-z 0-9 _ . -')).min(2),
   /** Seed of the common initial weights. */
   seed: z.number().int().nonnegative().default(42),
-  /** Input normalisation: unit ([0,1]), per-image (mean 0, std 1 per image) or imagenet. Default per-image. */
-  normalization: z.enum(['unit', 'per-image', 'imagenet']).default('per-image'),
-  /** A tfjs layers model folder (model.json + weights) to start from instead of a seeded init. */
+  /**
+   * Input normalisation: unit ([0,1]), per-image (mean 0, std 1 per image), imagenet (torch-style
+   * mean/std) or caffe (Keras VGG16/VGG19 weights). Default: imagenet with initFrom, else per-image.
+   */
+  normalization: z.enum(normalizationModes).optional(),
+  /**
+   * A tfjs layers model folder (model.json + weights, e.g. Keras VGG19 ImageNet weights converted
+   * with tensorflowjs_converter): every layer of the model with the same name takes its weights;
+   * the others (the head) keep the seeded init. Nothing is downloaded.
+   */
   initFrom: path.optional(),
 });
 export type ModelSpec = z.infer<typeof modelSpecSchema>;
@@ -139,6 +161,9 @@ export const aggregatorConfigSchema = z.strictObject({
     optimizer: z.enum(['sgd', 'momentum', 'adam']).default('sgd'),
     /** Class-weighted loss against imbalance: auto (balanced when the largest class has > 1.5x the smallest), balanced, none. */
     classWeighting: z.enum(['auto', 'balanced', 'none']).default('auto'),
+    /** shuffle (each image once per epoch) or balanced (classes drawn equally often; class weighting `auto` then stays off). Default shuffle. */
+    sampling: z.enum(['shuffle', 'balanced']).default('shuffle'),
+    /** Which tensors train and travel: all (the paper's Process1), head (Process2: feature extractor frozen), or a list of names. Default all. */
     federated: federatedSetSchema.default('all'),
   }),
   model: modelSpecSchema,
@@ -178,11 +203,28 @@ export const agentConfigSchema = z.strictObject({
     testFraction: z.number().gt(0).lt(1).default(0.2),
     /** Seed of the train/test split (same seed, same split on every run). Default 42. */
     splitSeed: z.number().int().nonnegative().default(42),
+    /** Memory for decoded images, MiB; images beyond it are decoded from disk batch by batch. Default 1024. */
+    cacheMB: z.number().int().min(0).default(1024),
+    /** Image decoder: auto (sharp when installed, it is faster; else pure JS), sharp, js. Default auto. */
+    decoder: z.enum(['auto', 'sharp', 'js']).default('auto'),
+    /** Training-time augmentation (never applied to the test split). Default off. */
+    augmentation: z
+      .strictObject({
+        /** Mirror with probability 1/2. Default none. */
+        flip: z.enum(['none', 'horizontal', 'vertical', 'both']).default('none'),
+        /** Largest brightness change, in [0, 1] pixel units. Default 0. */
+        brightness: z.number().min(0).max(0.5).default(0),
+        /** Largest relative contrast change. Default 0. */
+        contrast: z.number().min(0).max(0.9).default(0),
+        /** Largest rotation, degrees. Default 0. */
+        rotationDeg: z.number().min(0).max(45).default(0),
+      })
+      .default({ flip: 'none', brightness: 0, contrast: 0, rotationDeg: 0 }),
   }),
   training: z
     .strictObject({
-      /** tfjs backend: auto picks tensorflow (GPU or native CPU) when installed, else cpu. */
-      backend: z.enum(['auto', 'tensorflow', 'cpu']).default('auto'),
+      /** tfjs backend: auto picks the best available (tensorflow GPU or native CPU when installed, then wasm, then cpu); the others force one. */
+      backend: z.enum(backendPreferences).default('auto'),
       /** Seed of the per-epoch shuffle. Default 1. */
       shuffleSeed: z.number().int().nonnegative().default(1),
     })

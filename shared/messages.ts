@@ -39,6 +39,12 @@ export const trainTaskSchema = z.object({
   optimizer: z.enum(['sgd', 'momentum', 'adam']),
   /** Loss weights per class against imbalance: auto (balanced when imbalanced), balanced, none. */
   classWeighting: z.enum(['auto', 'balanced', 'none']),
+  /**
+   * Order of the training images in an epoch: shuffle (each image once), or balanced (as many draws,
+   * every class equally likely: the few defect images are seen as often as the many good ones).
+   * Optional on the wire; absent means shuffle.
+   */
+  sampling: z.enum(['shuffle', 'balanced']).optional(),
   /** Which tensors train and travel: all of them, the classifier head, or an explicit list. */
   federated: federatedSetSchema,
 });
@@ -167,6 +173,14 @@ export const updateMetaSchema = z.object({
 });
 export type UpdateMeta = z.infer<typeof updateMetaSchema>;
 
+/**
+ * How pixels are normalised before they enter a model (edge-agent/preprocess.ts): unit ([0, 1]),
+ * per-image (mean 0, std 1 per image), imagenet ((x - mean) / std, torch-style ImageNet weights),
+ * caffe (BGR, 0..255 minus the ImageNet mean: Keras' VGG16/VGG19 weights).
+ */
+export const normalizationModes = ['unit', 'per-image', 'imagenet', 'caffe'] as const;
+export type NormalizationMode = (typeof normalizationModes)[number];
+
 /** The header inside a global model bundle. `topology` is the tfjs layers model topology. */
 export const modelMetaSchema = z.object({
   kind: z.literal('model'),
@@ -178,7 +192,7 @@ export const modelMetaSchema = z.object({
   classes: z.array(z.string()),
   inputShape: z.array(posInt),
   /** How pixels are normalised before they enter the model (edge-agent/preprocess.ts). */
-  normalization: z.enum(['unit', 'per-image', 'imagenet']),
+  normalization: z.enum(normalizationModes),
   createdAt: uint,
 });
 export type ModelMeta = z.infer<typeof modelMetaSchema>;

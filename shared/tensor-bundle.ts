@@ -96,6 +96,12 @@ function encodeHeader(specs: TensorSpec[], meta: unknown): { header: Buffer; pay
   return { header, payloadStart: alignUp(8 + header.byteLength, HEADER_ALIGN) };
 }
 
+/** The size in bytes of the bundle `encodeBundle` would produce, without the tensor data. */
+export function bundleSize(tensors: readonly Pick<NamedTensor, 'name' | 'shape' | 'dtype'>[], meta: unknown): number {
+  const { specs, payloadBytes } = layoutTensors(tensors);
+  return encodeHeader(specs, meta).payloadStart + payloadBytes;
+}
+
 /** Serialise tensors and meta into one bundle. */
 export function encodeBundle(tensors: readonly NamedTensor[], meta: unknown): Buffer {
   for (const t of tensors) {

@@ -26,7 +26,7 @@ test('OPC UA training window: the agent waits while the line runs, pauses at a b
     dir: dir.path,
     agents: ['site-a'],
     rounds: 1,
-    aggregator: { evaluateFinalModel: false, task: { epochs: 12, batchSize: 4, learningRate: 0.005, learningRateDecay: 1, optimizer: 'adam', classWeighting: 'auto', federated: 'all' } },
+    aggregator: { evaluateFinalModel: false, task: { epochs: 12, batchSize: 4, learningRate: 0.005, learningRateDecay: 1, optimizer: 'adam', classWeighting: 'auto', sampling: 'shuffle', federated: 'all' } },
   };
   await tinyDataset(join(dir.path, 'data'), o.agents);
   const aggregator = await startAggregator(aggregatorConfig(o), silentLogger());
@@ -91,7 +91,7 @@ test('windows across rounds: paused work of a closed round is dropped and the ag
     rounds: 2,
     minClients: 1,
     roundDeadlineMs: 6000,
-    aggregator: { evaluateFinalModel: false, task: { epochs: 12, batchSize: 4, learningRate: 0.005, learningRateDecay: 1, optimizer: 'adam', classWeighting: 'auto', federated: 'all' } },
+    aggregator: { evaluateFinalModel: false, task: { epochs: 12, batchSize: 4, learningRate: 0.005, learningRateDecay: 1, optimizer: 'adam', classWeighting: 'auto', sampling: 'shuffle', federated: 'all' } },
   };
   await tinyDataset(join(dir.path, 'data'), o.agents);
   // site-c's only window is 12 hours away: it can never train within a 6 s round.

@@ -4,6 +4,7 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameS
 import { basename, join } from 'node:path';
 import { ProcessGroup } from '../cli/process-group.js';
 import { listImageFiles, loadDataset, splitFiles } from '../edge-agent/dataset.js';
+import { normalizeInPlace } from '../edge-agent/preprocess.js';
 import { InspectionService, type Verdict } from '../edge-agent/inspect.js';
 import { ModelCache } from '../edge-agent/model-cache.js';
 import { TfjsClassifier } from '../edge-agent/tfjs-classifier.js';
@@ -135,9 +136,12 @@ test('inspection service: verdicts from the latest global model, hot swap to a n
 
     // 4. The verdicts agree with the model as training and evaluation see the same images.
     const model = await modelFromWeights(tf, decodeBundle<ModelMeta>(v1, modelMetaSchema).header.meta.topology, bundleTensors(decodeBundle(v1)));
-    const data = await loadDataset({ dir: dataDir, classes: INSPECTION_CLASSES, inputShape: SHAPE, testFraction: 0.99, splitSeed: 3, normalization: 'per-image' });
+    const data = await loadDataset({ dir: dataDir, classes: INSPECTION_CLASSES, inputShape: SHAPE, testFraction: 0.99, splitSeed: 3 });
+    const testX = new Float32Array(data.test.count * SHAPE[0] * SHAPE[1] * SHAPE[2]);
+    await data.test.read(Array.from({ length: data.test.count }, (_, i) => i), testX);
+    normalizeInPlace(testX, data.test.count, SHAPE[2], 'per-image');
     const testPaths = splitFiles((await listImageFiles(dataDir, INSPECTION_CLASSES)).files, INSPECTION_CLASSES.length, 0.99, 3).test.map((f) => f.path);
-    const probs = tf.tidy(() => (model.predict(tf.tensor4d(data.test.x, [data.test.count, ...SHAPE])) as import('@tensorflow/tfjs').Tensor).arraySync() as number[][]);
+    const probs = tf.tidy(() => (model.predict(tf.tensor4d(testX, [data.test.count, ...SHAPE])) as import('@tensorflow/tfjs').Tensor).arraySync() as number[][]);
     model.dispose();
     let compared = 0;
     for (const v of files.filter((x) => x.modelVersion === 1)) {

@@ -39,7 +39,7 @@ test('MES commands on a real broker: start, manifest request, pause/resume of tr
     dir: dir.path,
     agents: ['site-a'],
     rounds: 3,
-    aggregator: { autoStart: false, evaluateFinalModel: false, task: { epochs: 12, batchSize: 4, learningRate: 0.005, learningRateDecay: 1, optimizer: 'adam', classWeighting: 'auto', federated: 'all' } },
+    aggregator: { autoStart: false, evaluateFinalModel: false, task: { epochs: 12, batchSize: 4, learningRate: 0.005, learningRateDecay: 1, optimizer: 'adam', classWeighting: 'auto', sampling: 'shuffle', federated: 'all' } },
   };
   await tinyDataset(join(dir.path, 'data'), o.agents);
   const aggregator = await startAggregator(aggregatorConfig(o), silentLogger());

@@ -22,7 +22,7 @@ async function setup() {
   const bundle = await buildInitialBundle(runtime.tf, { architecture: 'small-cnn', inputShape: [16, 16, 3], classes: [...INSPECTION_CLASSES], seed: 5, normalization: 'per-image' });
   const decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);
   const model: GlobalModel = { version: 0, sha256: sha256Hex(bundle), meta: decoded.header.meta, tensors: bundleTensors(decoded) };
-  const data = await loadDataset({ dir: join(dir.path, 'data', 'site-a'), classes: INSPECTION_CLASSES, inputShape: [16, 16, 3], testFraction: 0.25, splitSeed: 1, normalization: 'per-image' });
+  const data = await loadDataset({ dir: join(dir.path, 'data', 'site-a'), classes: INSPECTION_CLASSES, inputShape: [16, 16, 3], testFraction: 0.25, splitSeed: 1 });
   // A fresh trainer per run: same seed, same shuffles, so runs are comparable bit for bit.
   const trainer = () => new TfjsTrainer(runtime, data, 9);
   const names = model.tensors.map((t) => t.name);
