@@ -8,6 +8,7 @@ import type { EvalMetrics, ModelMeta } from '../shared/messages.js';
 import { modelMetaSchema } from '../shared/messages.js';
 import { decodeBundle, decodeBundleHeader, encodeBundlePrefix, layoutTensors, sha256Hex, type BundleHeader, type TensorSpec } from '../shared/tensor-bundle.js';
 import type { BaseValues } from './update-spool.js';
+import type { TensorBlockReader } from '../shared/fedavg.js';
 
 /**
  * Every global model version on disk as a TensorFlow.js layers model, so `tf.loadLayersModel`
@@ -63,6 +64,8 @@ export interface ModelStore {
   /** Check a version's files against its SHA-256 (streamed); throws FL_MODEL_STORE when they differ. */
   verify(version: number): Promise<void>;
   recordMetrics(version: number, agent: string, metrics: EvalMetrics): Promise<void>;
+  /** Read a version's tensors block by block from disk (no whole-model copy in memory). */
+  openTensorReader(version: number): Promise<TensorBlockReader & { close(): Promise<void> }>;
   dir(version: number): string;
 }
 
@@ -224,6 +227,29 @@ export class FsModelStore implements ModelStore {
     return bundle;
   }
 
+  async openTensorReader(version: number): Promise<TensorBlockReader & { close(): Promise<void> }> {
+    const meta = await this.get(version);
+    if (!meta) throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: no version ${version}`);
+    const fh = await open(join(this.dir(version), 'weights.bin'), 'r');
+    const specs = new Map(meta.tensors.map((t) => [t.name, t]));
+    return {
+      id: `v${version}`,
+      weight: 1,
+      async read(name: string, start: number, out: Float32Array) {
+        const spec = specs.get(name);
+        if (!spec) throw new FedlineError(ErrorCodes.MODEL_STORE, `model version ${version} has no tensor ${name}`);
+        const target = Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+        let done = 0;
+        while (done < target.byteLength) {
+          const { bytesRead } = await fh.read(target, done, target.byteLength - done, spec.offset + start * 4 + done);
+          if (bytesRead === 0) throw new FedlineError(ErrorCodes.MODEL_STORE, `model version ${version}: weights.bin is truncated`);
+          done += bytesRead;
+        }
+      },
+      close: () => fh.close(),
+    };
+  }
+
   recordMetrics(version: number, agent: string, metrics: EvalMetrics): Promise<void> {
     const next = this.metaChain.then(async () => {
       const meta = await this.get(version);
@@ -323,7 +349,7 @@ export class VersionWriter {
         convertedBy: null,
         modelTopology: meta.topology,
         weightsManifest: [{ paths: ['weights.bin'], weights: specs.map((t) => ({ name: t.name, shape: t.shape, dtype: t.dtype })) }],
-        userDefinedMetadata: { fedline: { version: meta.version, round: meta.round, sha256: stored.sha256, classes: meta.classes } },
+        userDefinedMetadata: { fedline: { version: meta.version, round: meta.round, sha256: stored.sha256, classes: meta.classes, inputShape: meta.inputShape, normalization: meta.normalization } },
       };
       await writeSynced(join(tmp, 'header.bin'), prefix);
       await writeSynced(join(tmp, 'model.json'), JSON.stringify(modelJson));

@@ -17,6 +17,8 @@ export interface UpdateExpectation {
   dtype?: ValueDtype;
   /** Whether the round asked for differences to the base model. Default false. */
   delta?: boolean;
+  /** Most samples this agent may claim (its registered count or the federation's cap); null: no limit. */
+  maxSamples?: number | null;
 }
 
 /**
@@ -54,6 +56,10 @@ export function verifyUpdateHeader(header: BundleHeader<DecodedUpdateMeta>, expe
   }
   if (!Number.isSafeInteger(meta.sampleCount) || meta.sampleCount <= 0) {
     throw new FedlineError(ErrorCodes.UPDATE_SAMPLES, `sample count ${meta.sampleCount} is not a positive integer`);
+  }
+  if (expect.maxSamples != null && meta.sampleCount > expect.maxSamples) {
+    // FedAvg weights by sample count: an inflated count would let one site outweigh the others.
+    throw new FedlineError(ErrorCodes.UPDATE_SAMPLES, `update claims ${meta.sampleCount} training samples; at most ${expect.maxSamples} are allowed for ${expect.agent}`);
   }
 }
 

@@ -1,4 +1,5 @@
 import { createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import { Aedes, type AedesOptions } from 'aedes';
 import type { Logger } from '../shared/logger.js';
 import { silentLogger } from '../shared/logger.js';
@@ -17,12 +18,30 @@ export interface BrokerOptions {
   logger?: Logger;
   /** Security hooks (authentication, ACL); safe defaults when absent: everything allowed. */
   hooks?: Pick<AedesOptions, 'authenticate' | 'authorizePublish' | 'authorizeSubscribe' | 'authorizeForward' | 'preConnect'>;
+  /** The plain TCP listener on `port`. Default true; false with `tls` serves TLS only. */
+  plain?: boolean;
+  /** A TLS listener (mqtts), in addition to or instead of the plain one. */
+  tls?: {
+    /** TCP port; 0 picks a free one. */
+    port: number;
+    /** PEM server certificate (chain) and key. */
+    cert: Buffer;
+    key: Buffer;
+    /** PEM CA bundle that client certificates must chain to. */
+    ca?: Buffer;
+    /** Refuse clients without a certificate signed by `ca`. Default false. */
+    requireClientCert?: boolean;
+  };
 }
 
 export interface RunningBroker {
   readonly host: string;
+  /** The plain listener's port, or the TLS port when there is no plain listener. */
   readonly port: number;
   readonly url: string;
+  /** mqtts://host:port of the TLS listener, when there is one. */
+  readonly tlsUrl: string | null;
+  readonly tlsPort: number | null;
   readonly aedes: Aedes;
   /** Number of MQTT clients connected now. */
   connectedClients(): number;
@@ -47,37 +66,59 @@ export async function createBroker(options: BrokerOptions = {}): Promise<Running
   aedes.on('clientDisconnect', (client) => log.debug({ client: client.id }, 'client disconnected'));
 
   const sockets = new Set<Socket>();
-  const server: Server = createServer((socket) => {
+  const accept = (socket: Socket | TLSSocket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     // Large chunks: disable Nagle so acks and small control messages are not delayed.
     socket.setNoDelay(true);
     aedes.handle(socket);
-  });
-  server.on('error', (err) => log.error({ err: err.message }, 'listener error'));
-
+  };
   const host = options.host ?? '127.0.0.1';
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port ?? 1883, host, () => {
-      server.off('error', reject);
-      resolve();
+  const listen = async (server: Server, port: number, what: string): Promise<number> => {
+    server.on('error', (err) => log.error({ err: err.message, listener: what }, 'listener error'));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
-  });
-  const address = server.address();
-  const port = typeof address === 'object' && address ? address.port : (options.port ?? 1883);
-  log.info({ host, port }, 'broker listening');
+    const address = server.address();
+    return typeof address === 'object' && address ? address.port : port;
+  };
+  const servers: Server[] = [];
+  const urlOf = (scheme: string, p: number) => `${scheme}://${host.includes(':') ? `[${host}]` : host}:${p}`;
+  let plainPort: number | null = null;
+  if (options.plain !== false || !options.tls) {
+    const server = createServer(accept);
+    servers.push(server);
+    plainPort = await listen(server, options.port ?? 1883, 'mqtt');
+    log.info({ host, port: plainPort }, 'broker listening');
+  }
+  let tlsPort: number | null = null;
+  if (options.tls) {
+    const t = options.tls;
+    const requireCert = t.requireClientCert ?? false;
+    const server = createTlsServer({ cert: t.cert, key: t.key, ...(t.ca ? { ca: t.ca } : {}), requestCert: requireCert, rejectUnauthorized: requireCert, minVersion: 'TLSv1.2' }, accept);
+    // A failed handshake (wrong CA, no certificate, plain MQTT on the TLS port) is the client's problem, not ours.
+    server.on('tlsClientError', (err, socket) => log.warn({ err: err.message, remote: socket.remoteAddress }, 'TLS handshake refused'));
+    servers.push(server);
+    tlsPort = await listen(server, t.port, 'mqtts');
+    log.info({ host, port: tlsPort, requireClientCert: requireCert }, 'broker listening (TLS)');
+  }
 
   let closing: Promise<void> | null = null;
   return {
     host,
-    port,
-    url: `mqtt://${host.includes(':') ? `[${host}]` : host}:${port}`,
+    port: plainPort ?? tlsPort!,
+    url: plainPort !== null ? urlOf('mqtt', plainPort) : urlOf('mqtts', tlsPort!),
+    tlsUrl: tlsPort !== null ? urlOf('mqtts', tlsPort) : null,
+    tlsPort,
     aedes,
     connectedClients: () => aedes.connectedClients,
     close() {
       closing ??= new Promise<void>((resolve) => {
-        server.close(() => undefined);
+        for (const server of servers) server.close(() => undefined);
         aedes.close(() => {
           for (const s of sockets) s.destroy();
           log.info('broker closed');

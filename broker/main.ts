@@ -1,15 +1,52 @@
+import { readFileSync } from 'node:fs';
 import type { BrokerConfig } from '../shared/config.js';
+import { loadConfigFile } from '../shared/config.js';
+import { ErrorCodes, FedlineError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
+import { AccessPolicy, accessFileSchema } from './access.js';
+import { createAuthHooks } from './auth-hooks.js';
 import { createBroker, type RunningBroker } from './broker.js';
+import { PasswordFile } from './passwords.js';
 
-/** Wire a validated broker config to the embedded Aedes broker. */
+function readPem(file: string, what: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    throw new FedlineError(ErrorCodes.CONFIG_READ, `cannot read the ${what} ${file}: ${(err as Error).message}`, { file });
+  }
+}
+
+/** Wire a validated broker config to the embedded Aedes broker: listeners, TLS, logins and access rules. */
 export function startBroker(config: Readonly<BrokerConfig>, logger: Logger): Promise<RunningBroker> {
+  const log = logger.child({ module: 'broker' });
+  let hooks;
+  if (config.auth) {
+    const access = new AccessPolicy(loadConfigFile(accessFileSchema, config.auth.accessFile));
+    const passwords = config.auth.passwordFile ? PasswordFile.load(config.auth.passwordFile) : null;
+    for (const u of passwords?.users() ?? []) if (!access.rights(u)) log.warn({ username: u }, `user "${u}" has a password but no role in ${config.auth.accessFile}: it cannot connect`);
+    hooks = createAuthHooks({ access, passwords, identityFromCertificate: config.tls?.identityFromCertificate ?? false, log });
+    log.info({ users: access.all().length, topicRoot: access.topicRoot }, 'authentication and access rules on');
+  } else {
+    log.warn('allowAnonymous: true: any client may connect and publish anything (closed test networks only)');
+  }
+  const tls = config.tls
+    ? {
+        port: config.tls.port,
+        cert: readPem(config.tls.certFile, 'TLS certificate'),
+        key: readPem(config.tls.keyFile, 'TLS key'),
+        ...(config.tls.caFile ? { ca: readPem(config.tls.caFile, 'TLS CA bundle') } : {}),
+        requireClientCert: config.tls.requireClientCert,
+      }
+    : undefined;
   return createBroker({
     host: config.host,
     port: config.port,
     maxClientIdLength: config.maxClientIdLength,
     queueLimit: config.queueLimit,
     connectTimeoutMs: config.connectTimeoutMs,
-    logger: logger.child({ module: 'broker' }),
+    logger: log,
+    plain: config.plainListener,
+    ...(tls ? { tls } : {}),
+    ...(hooks ? { hooks } : {}),
   });
 }

@@ -4,6 +4,7 @@ import { startBroker } from '../broker/main.js';
 import { startAggregator } from '../aggregator/main.js';
 import { startAgent } from '../edge-agent/main.js';
 import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile } from '../shared/config.js';
+import { inspectConfigSchema } from '../shared/inspect-config.js';
 import { createLogger } from '../shared/logger.js';
 import { fatal, notifyReady, onShutdown } from './lifecycle.js';
 
@@ -14,12 +15,23 @@ usage: fedline <command> [options]
 commands:
   demo        run a whole federation on this machine: embedded broker, aggregator and 3 agents
               as separate processes on generated images
-                --rounds N (12)  --out DIR (./demo-out)  --seed N (42)  --epochs N (2)
+                --rounds N (12)  --out DIR (./demo-out)  --seed N (42)  --epochs N (2)  --size PX (32)
+                --model small-cnn|vgg11|vgg16|vgg19 (small-cnn)  --federate all|head (all)  --width X
+                --init-from DIR  --pretrain-epochs N (VGG: 15)  --learning-rate X
+                --trigger opcua  agents train only in the idle windows of a simulated PLC
                 --encoding f32|f16|q8 (f32)  --delta (updates as differences to the base model)
   broker      run the embedded MQTT broker (Aedes)          --config FILE [--port N]
   aggregator  run the aggregator                            --config FILE
   agent       run an edge agent                             --config FILE
+  inspect     classify new images with the latest global model, publish verdicts   --config FILE
+  plc-sim     a simulated PLC (OPC UA server), line state Running/Idle on a schedule (--help)
+  passwd      add a user to a broker password file          --file FILE --user NAME (password on stdin)
+  acl         render an access file as a Mosquitto acl_file --access FILE [--out FILE]
+  classify    classify images with a stored model           --model DIR [--json] IMAGE...
+  model-info  parameters and update bytes per round         [--model vgg19] [--size 224] [--head paper] [--json]
+  pretrain    train a starting model on reference images    --data DIR --classes A,B,.. --out DIR [--model vgg11]
   dataset synth  write generated USB-inspection images      --out DIR [--seed N] [--size PX] [--scale X]
+  keygen      an Ed25519 key pair for signing global models --out DIR
 
 Example configs are in examples/. Logs are JSON lines on stdout; set FEDLINE_LOG_LEVEL=debug for more.`;
 
@@ -37,9 +49,39 @@ async function main(argv: string[]): Promise<void> {
       process.exitCode = await runDemo(rest);
       return;
     }
+    case 'keygen': {
+      const { runKeygen } = await import('./keygen-cmd.js');
+      return runKeygen(rest);
+    }
+    case 'inspect':
+      return runInspect(rest);
+    case 'plc-sim': {
+      const { runPlcSim } = await import('./plc-sim.js');
+      return runPlcSim(rest);
+    }
+    case 'passwd': {
+      const { runPasswd } = await import('./security-cmd.js');
+      return runPasswd(rest);
+    }
+    case 'acl': {
+      const { runAcl } = await import('./security-cmd.js');
+      return runAcl(rest);
+    }
     case 'dataset': {
       const { runDataset } = await import('./dataset-cmd.js');
       return runDataset(rest);
+    }
+    case 'classify': {
+      const { runClassify } = await import('./classify.js');
+      return runClassify(rest);
+    }
+    case 'pretrain': {
+      const { runPretrain } = await import('./pretrain.js');
+      return runPretrain(rest);
+    }
+    case 'model-info': {
+      const { runModelInfo } = await import('./model-info.js');
+      return runModelInfo(rest);
     }
     case undefined:
     case 'help':
@@ -71,7 +113,7 @@ async function runBroker(args: string[]): Promise<void> {
     log = createLogger({ name: 'broker', ...(config.logLevel ? { level: config.logLevel } : {}) });
     const broker = await startBroker(config, log);
     onShutdown(log, () => broker.close());
-    notifyReady({ url: broker.url, port: broker.port, host: broker.host });
+    notifyReady({ url: broker.url, port: broker.port, host: broker.host, tlsUrl: broker.tlsUrl });
   } catch (err) {
     fatal(log, err);
   }
@@ -106,6 +148,21 @@ async function runAgent(args: string[]): Promise<void> {
     const running = await startAgent(config, log);
     onShutdown(log, () => running.close());
     notifyReady({ agent: config.agentId });
+  } catch (err) {
+    fatal(log, err);
+  }
+}
+
+async function runInspect(args: string[]): Promise<void> {
+  const { config: file } = configArg(args);
+  let log = createLogger({ name: 'inspect' });
+  try {
+    const config = loadConfigFile(inspectConfigSchema, file);
+    log = createLogger({ name: 'inspect', ...(config.logLevel ? { level: config.logLevel } : {}) });
+    const { startInspection } = await import('../edge-agent/inspect-main.js');
+    const running = await startInspection(config, log);
+    onShutdown(log, () => running.close());
+    notifyReady({ agent: config.agentId, verdictTopic: running.verdictTopic });
   } catch (err) {
     fatal(log, err);
   }

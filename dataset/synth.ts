@@ -1,4 +1,4 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { encodePng } from '../edge-agent/images.js';
 import { deriveSeed, mulberry32, randInt, randNormal, randRange, type Rng } from '../shared/random.js';
@@ -35,6 +35,17 @@ export const PAPER_CLIENTS: readonly ClientSpec[] = [
   { name: 'client1', product: { name: 'silver-hexagon', shape: 'hexagon', color: [178, 180, 186] }, defect: 'sticker', counts: { OKAY: 110, NOT_OKAY: 60, HIDDEN: 40, EMPTY: 35 } },
   { name: 'client2', product: { name: 'blue-rectangle', shape: 'rectangle', color: [40, 86, 196] }, defect: 'damaged', counts: { OKAY: 80, NOT_OKAY: 45, HIDDEN: 30, EMPTY: 30 } },
   { name: 'client3', product: { name: 'red-rounded', shape: 'rounded', color: [196, 44, 40] }, defect: 'rust', counts: { OKAY: 140, NOT_OKAY: 55, HIDDEN: 45, EMPTY: 40 } },
+];
+
+/**
+ * Reference images for a starting model: other products (shapes and colours the demo's clients do
+ * not make) with every defect type, standing in for the broad data a vendor's pretrained model has
+ * seen (the paper starts from ImageNet weights, which cannot be downloaded here).
+ */
+export const REFERENCE_CLIENTS: readonly ClientSpec[] = [
+  { name: 'ref-green', product: { name: 'green-rectangle', shape: 'rectangle', color: [60, 150, 70] }, defect: 'sticker', counts: { OKAY: 120, NOT_OKAY: 80, HIDDEN: 50, EMPTY: 50 } },
+  { name: 'ref-black', product: { name: 'black-hexagon', shape: 'hexagon', color: [40, 40, 44] }, defect: 'damaged', counts: { OKAY: 120, NOT_OKAY: 80, HIDDEN: 50, EMPTY: 50 } },
+  { name: 'ref-white', product: { name: 'white-rounded', shape: 'rounded', color: [225, 225, 220] }, defect: 'rust', counts: { OKAY: 120, NOT_OKAY: 80, HIDDEN: 50, EMPTY: 50 } },
 ];
 
 interface Pose {
@@ -303,4 +314,18 @@ export async function generateDataset(options: SynthOptions): Promise<SynthResul
     result.clients.push({ name: client.name, dir, counts });
   }
   return result;
+}
+
+/** REFERENCE_CLIENTS' images in one folder: `<out>/<CLASS>/<ref>-<CLASS>-<n>.png`. */
+export async function generateReferenceDataset(options: Omit<SynthOptions, 'clients'>): Promise<{ dir: string; files: number }> {
+  const raw = join(options.out, '.per-product');
+  const result = await generateDataset({ ...options, out: raw, clients: REFERENCE_CLIENTS });
+  for (const cls of INSPECTION_CLASSES) await mkdir(join(options.out, cls), { recursive: true });
+  for (const c of result.clients) {
+    for (const cls of INSPECTION_CLASSES) {
+      for (const f of await readdir(join(c.dir, cls))) await rename(join(c.dir, cls, f), join(options.out, cls, f));
+    }
+  }
+  await rm(raw, { recursive: true, force: true });
+  return { dir: options.out, files: result.files };
 }

@@ -4,13 +4,20 @@ import { withTimeout } from '../shared/async.js';
 import { encodeJson } from '../shared/codec.js';
 import type { Logger } from '../shared/logger.js';
 import { connectMqtt } from '../shared/mqtt-connect.js';
+import { loadVerifyKey, verifyModelSignature } from '../shared/model-signature.js';
 import type { MqttTransport } from '../shared/mqtt-transport.js';
 import { loadTf } from '../shared/tfjs/backend.js';
 import { createTopics, defaultRoot } from '../shared/topics.js';
 import { EdgeAgent, offlineStatus } from './agent.js';
 import { loadDataset } from './dataset.js';
+import { createImageDecoder } from './images.js';
 import { ModelCache } from './model-cache.js';
 import { TfjsTrainer } from './tfjs-trainer.js';
+import type { Trainer } from './trainer.js';
+import { UpdateJournal } from './update-journal.js';
+import { buildGate } from './triggers/build-gate.js';
+
+const MAX_LOGGED_PROBLEMS = 100;
 
 export interface RunningAgent {
   agent: EdgeAgent;
@@ -19,14 +26,33 @@ export interface RunningAgent {
 }
 
 /** Wire a validated agent config to MQTT (with an `offline` last will), the model cache, the image folder and tfjs. */
-export async function startAgent(config: Readonly<AgentConfig>, logger: Logger): Promise<RunningAgent> {
+export interface AgentWiringOptions {
+  /** Test seam: wrap the trainer (e.g. to make one agent a straggler). */
+  wrapTrainer?: (trainer: Trainer) => Trainer;
+}
+
+export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, wiring: AgentWiringOptions = {}): Promise<RunningAgent> {
   const topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
+  const verifyKey = config.modelPublicKeyFile ? loadVerifyKey(config.modelPublicKeyFile) : null;
   const offline = encodeJson({ ...offlineStatus(config.agentId), ts: Date.now() });
   const transport = await connectMqtt(config.mqtt, `fedline-agent-${config.agentId}`.slice(0, 128), logger, { topic: topics.status(config.agentId), payload: offline, qos: 1, retain: true });
   const log = logger.child({ agent: config.agentId });
-  const agent = new EdgeAgent(config, {
+  let agent: EdgeAgent | null = null;
+  const gate = buildGate(config.trigger, {
+    transport,
+    topics,
+    agentId: config.agentId,
+    stateDir: config.stateDir,
+    log: log.child({ module: 'trigger' }),
+    onCommand: (verb, command) => agent?.commandApplied(verb, command),
+    onReject: (err, topic) => agent?.rejectInput(err, topic),
+  });
+  agent = new EdgeAgent(config, {
+    gate,
     transport,
     cache: new ModelCache(join(config.stateDir, 'models'), log),
+    journal: new UpdateJournal(join(config.stateDir, 'uploads')),
+    ...(verifyKey ? { verifyModel: (version: number, sha256: string, signature: string | null) => verifyModelSignature(verifyKey, version, sha256, signature) } : {}),
     logger,
     trainerFor: async ({ classes, inputShape, normalization }) => {
       const runtime = await loadTf(config.training.backend, log);
@@ -36,19 +62,28 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger):
         inputShape: inputShape as [number, number, number],
         testFraction: config.data.testFraction,
         splitSeed: config.data.splitSeed,
-        normalization,
+        cacheBytes: config.data.cacheMB * 1024 * 1024,
+        decoder: await createImageDecoder(config.data.decoder),
       });
-      for (const problem of data.problems) log.warn({ module: 'data' }, problem);
-      log.info({ train: data.counts.train, test: data.counts.test, classes, skipped: data.problems.length }, 'local images loaded');
-      return new TfjsTrainer(runtime, data, config.training.shuffleSeed);
+      // Every problem is named; past a hundred lines the rest is counted (a folder of odd images should not flood the log).
+      for (const problem of data.problems.slice(0, MAX_LOGGED_PROBLEMS)) log.warn({ module: 'data' }, problem);
+      if (data.problems.length > MAX_LOGGED_PROBLEMS) log.warn({ module: 'data', more: data.problems.length - MAX_LOGGED_PROBLEMS }, 'more image problems not listed');
+      const cached = data.train.cached + data.test.cached;
+      log.info(
+        { train: data.counts.train, test: data.counts.test, classes, problems: data.problems.length, decoder: data.decoder, normalization, cached, streamed: data.train.count + data.test.count - cached },
+        'local images loaded',
+      );
+      const trainer = new TfjsTrainer(runtime, data, { shuffleSeed: config.training.shuffleSeed, augmentation: config.data.augmentation });
+      return wiring.wrapTrainer ? wiring.wrapTrainer(trainer) : trainer;
     },
   });
   await agent.start();
+  const started = agent;
   return {
-    agent,
+    agent: started,
     transport,
     async close() {
-      await agent.stop();
+      await started.stop();
       // A clean DISCONNECT suppresses the last will (MQTT 3.1.1 §3.14.4), so say offline ourselves.
       if (transport.connected) {
         await withTimeout(

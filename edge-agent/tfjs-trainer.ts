@@ -1,12 +1,14 @@
 import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import type { EvalMetrics, TrainTask } from '../shared/messages.js';
+import type { EvalMetrics, NormalizationMode, TrainTask } from '../shared/messages.js';
 import { classificationMetrics } from '../shared/metrics.js';
-import { deriveSeed, mulberry32, shuffleInPlace } from '../shared/random.js';
+import { deriveSeed, mulberry32, shuffleInPlace, type Rng } from '../shared/random.js';
 import type { Tf, TfRuntime } from '../shared/tfjs/backend.js';
 import { extractModel, modelFromWeights, weightNames } from '../shared/tfjs/model-io.js';
 import type { LayersModel } from '../shared/tfjs/models.js';
-import type { LabeledImages, LocalDataset } from './dataset.js';
-import type { GlobalModel, Trainer, TrainProgress, TrainResult } from './trainer.js';
+import { augmentBatch, isAugmenting, NO_AUGMENTATION, type AugmentationOptions } from './augment.js';
+import type { ImageSet, LocalDataset } from './dataset.js';
+import { normalizeInPlace } from './preprocess.js';
+import type { GlobalModel, Trainer, TrainOptions, TrainResult } from './trainer.js';
 
 const EVAL_BATCH = 64;
 
@@ -27,23 +29,68 @@ export function lossClassWeights(labels: ArrayLike<number>, numClasses: number, 
 }
 
 /**
- * Local training with TensorFlow.js: a seeded shuffle per epoch and one `trainOnBatch` per batch,
- * so that the same seed gives the same weights and the loop can stop at a batch boundary.
- * Every tensor is created inside tf.tidy or disposed, so memory stays flat across rounds.
+ * One epoch's image order. `shuffle`: every image once, seeded shuffle. `balanced`: as many draws,
+ * each a class chosen uniformly among the classes present, then an image of it uniformly (with
+ * replacement): rare defect classes are seen as often as the common good class.
+ */
+export function epochOrder(labels: Int32Array, sampling: 'shuffle' | 'balanced', rng: Rng): number[] {
+  const n = labels.length;
+  if (sampling === 'shuffle') return shuffleInPlace(Array.from({ length: n }, (_, i) => i), rng);
+  const byClass = new Map<number, number[]>();
+  labels.forEach((l, i) => {
+    const list = byClass.get(l) ?? [];
+    list.push(i);
+    byClass.set(l, list);
+  });
+  const classes = [...byClass.keys()].sort((a, b) => a - b);
+  return Array.from({ length: n }, () => {
+    const members = byClass.get(classes[Math.floor(rng() * classes.length)]!)!;
+    return members[Math.floor(rng() * members.length)]!;
+  });
+}
+
+/**
+ * A layer trains when any of its weights is federated; the others are frozen (`federate: head`:
+ * the feature extractor stays as pretrained, the seed paper's Process2). Returns the layers that train.
+ */
+export function freezeAllBut(m: LayersModel, federated: ReadonlySet<string>): string[] {
+  const names = weightNames(m);
+  // Names first: freezing a layer reorders model.weights (trainable ones first), so indices go stale.
+  const layerWeightNames = m.layers.map((layer) => layer.weights.map((w) => names[m.weights.indexOf(w)] ?? w.name));
+  m.layers.forEach((layer, i) => {
+    const own = layerWeightNames[i]!;
+    if (own.length) layer.trainable = own.some((n) => federated.has(n));
+  });
+  return m.layers.filter((l) => l.trainable && l.weights.length > 0).map((l) => l.name);
+}
+
+export interface TrainerOptions {
+  /** Seed of the per-epoch order and of the augmentation. */
+  shuffleSeed: number;
+  augmentation?: AugmentationOptions;
+}
+
+/**
+ * Local training with TensorFlow.js: a seeded image order per epoch and one optimizer step per
+ * batch, so that the same seed gives the same weights and the loop can stop at a batch boundary.
+ * Batches come from the image set (decoded-image cache or disk), are augmented (training only) and
+ * normalised as the model's meta says. Every tensor is created inside tf.tidy or disposed, so
+ * memory stays flat across rounds.
  */
 export class TfjsTrainer implements Trainer {
   readonly backend: string;
   readonly samples: { train: number; test: number };
   private readonly tf: Tf;
   private readonly data: LocalDataset;
-  private readonly shuffleSeed: number;
+  private readonly options: Required<TrainerOptions>;
   private round = 0;
 
-  constructor(runtime: TfRuntime, data: LocalDataset, shuffleSeed: number) {
+  constructor(runtime: TfRuntime, data: LocalDataset, options: TrainerOptions | number) {
     this.tf = runtime.tf;
     this.backend = runtime.backend;
     this.data = data;
-    this.shuffleSeed = shuffleSeed;
+    const o = typeof options === 'number' ? { shuffleSeed: options } : options;
+    this.options = { shuffleSeed: o.shuffleSeed, augmentation: o.augmentation ?? NO_AUGMENTATION };
     this.samples = { train: data.train.count, test: data.test.count };
   }
 
@@ -59,34 +106,38 @@ export class TfjsTrainer implements Trainer {
   async evaluate(model: GlobalModel): Promise<EvalMetrics> {
     const m = await this.load(model);
     try {
-      return this.evaluateLoaded(m, this.data.test);
+      return await this.evaluateLoaded(m, this.data.test, model.meta.normalization);
     } finally {
       m.dispose();
     }
   }
 
-  private evaluateLoaded(model: LayersModel, set: LabeledImages): EvalMetrics {
+  private async evaluateLoaded(model: LayersModel, set: ImageSet, normalization: NormalizationMode): Promise<EvalMetrics> {
     const tf = this.tf;
     const numClasses = this.data.classes.length;
-    const per = set.shape[0] * set.shape[1] * set.shape[2];
+    const [h, w, c] = set.shape;
+    const per = h * w * c;
     const predictions = new Int32Array(set.count);
+    const x = new Float32Array(EVAL_BATCH * per);
     let lossSum = 0;
     for (let start = 0; start < set.count; start += EVAL_BATCH) {
       const n = Math.min(EVAL_BATCH, set.count - start);
+      await set.read(Array.from({ length: n }, (_, i) => start + i), x);
+      const batch = x.subarray(0, n * per);
+      normalizeInPlace(batch, n, c, normalization);
       const [pred, loss] = tf.tidy(() => {
-        const x = tf.tensor4d(set.x.subarray(start * per, (start + n) * per), [n, ...set.shape]);
-        const probs = model.predict(x) as import('@tensorflow/tfjs').Tensor2D;
-        const labels = tf.oneHot(tf.tensor1d(set.y.subarray(start, start + n), 'int32'), numClasses);
+        const probs = model.predict(tf.tensor4d(batch, [n, h, w, c])) as import('@tensorflow/tfjs').Tensor2D;
+        const labels = tf.oneHot(tf.tensor1d(set.labels.subarray(start, start + n), 'int32'), numClasses);
         const l = tf.losses.softmaxCrossEntropy(labels, tf.log(tf.clipByValue(probs, 1e-7, 1)), undefined, tf.Reduction.SUM);
         return [probs.argMax(-1).dataSync(), l.dataSync()[0]!] as const;
       });
       predictions.set(pred as Int32Array, start);
       lossSum += loss;
     }
-    return classificationMetrics(set.y, predictions, numClasses, set.count ? lossSum / set.count : null);
+    return classificationMetrics(set.labels, predictions, numClasses, set.count ? lossSum / set.count : null);
   }
 
-  async train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: { signal?: AbortSignal; onProgress?: (p: TrainProgress) => void } = {}): Promise<TrainResult> {
+  async train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: TrainOptions = {}): Promise<TrainResult> {
     const tf = this.tf;
     const started = Date.now();
     const m = await this.load(model);
@@ -94,39 +145,42 @@ export class TfjsTrainer implements Trainer {
       task.optimizer === 'adam' ? tf.train.adam(task.learningRate) : task.optimizer === 'momentum' ? tf.train.momentum(task.learningRate, 0.9) : tf.train.sgd(task.learningRate);
     try {
       const federated = new Set(federatedNames);
-      const names = weightNames(m);
-      // A layer trains when any of its weights is federated; the others are frozen.
-      for (const layer of m.layers) {
-        const own = layer.weights.map((w) => names[m.weights.indexOf(w)] ?? w.name);
-        if (own.length) layer.trainable = own.some((n) => federated.has(n));
-      }
+      freezeAllBut(m, federated);
       const set = this.data.train;
       if (set.count === 0) throw new FedlineError(ErrorCodes.DATA, 'no training images');
       const numClasses = this.data.classes.length;
-      const classWeights = tf.tensor1d(lossClassWeights(set.y, numClasses, task.classWeighting));
+      const sampling = task.sampling ?? 'shuffle';
+      // Balanced sampling already evens the classes out: `auto` weighting stays off then.
+      const weighting = sampling === 'balanced' && task.classWeighting === 'auto' ? 'none' : task.classWeighting;
+      const classWeights = tf.tensor1d(lossClassWeights(set.labels, numClasses, weighting));
       // The variables that train: those of trainable layers (frozen layers' weights stay put).
       const vars = m.trainableWeights.map((w) => (w as unknown as { val: import('@tensorflow/tfjs').Variable }).val);
-      const per = set.shape[0] * set.shape[1] * set.shape[2];
+      const [h, w, c] = set.shape;
+      const per = h * w * c;
       const batchesPerEpoch = Math.ceil(set.count / task.batchSize);
-      const rng = mulberry32(deriveSeed(this.shuffleSeed, `round:${model.version}:${this.round++}`));
-      const order = Array.from({ length: set.count }, (_, i) => i);
+      const roundSeed = deriveSeed(this.options.shuffleSeed, `round:${model.version}:${this.round++}`);
+      const rng = mulberry32(roundSeed);
+      const augRng = mulberry32(deriveSeed(roundSeed, 'augment'));
+      const augmenting = isAugmenting(this.options.augmentation);
       const xb = new Float32Array(task.batchSize * per);
       const yb = new Int32Array(task.batchSize);
       try {
         for (let epoch = 0; epoch < task.epochs; epoch++) {
-          shuffleInPlace(order, rng);
+          const order = epochOrder(set.labels, sampling, rng);
           for (let b = 0; b < batchesPerEpoch; b++) {
+            if (options.atBatchBoundary) await options.atBatchBoundary({ epoch, epochs: task.epochs, batch: b, batchesPerEpoch });
             if (options.signal?.aborted) throw new FedlineError(ErrorCodes.ABORTED, 'training stopped', { reason: String(options.signal.reason) });
             const start = b * task.batchSize;
             const n = Math.min(task.batchSize, set.count - start);
-            for (let i = 0; i < n; i++) {
-              const idx = order[start + i]!;
-              xb.set(set.x.subarray(idx * per, (idx + 1) * per), i * per);
-              yb[i] = set.y[idx]!;
-            }
+            const indices = order.slice(start, start + n);
+            await set.read(indices, xb);
+            for (let i = 0; i < n; i++) yb[i] = set.labels[indices[i]!]!;
+            const batch = xb.subarray(0, n * per);
+            if (augmenting) augmentBatch(batch, n, set.shape, this.options.augmentation, augRng);
+            normalizeInPlace(batch, n, c, model.meta.normalization);
             let lossValue: number | null = null;
             tf.tidy(() => {
-              const x = tf.tensor4d(xb.subarray(0, n * per), [n, ...set.shape]);
+              const x = tf.tensor4d(batch, [n, h, w, c]);
               const labels = tf.tensor1d(yb.subarray(0, n), 'int32');
               const y = tf.oneHot(labels, numClasses);
               const sampleWeights = tf.gather(classWeights, labels);
@@ -150,7 +204,7 @@ export class TfjsTrainer implements Trainer {
       } finally {
         classWeights.dispose();
       }
-      const metricsAfter = this.evaluateLoaded(m, this.data.test);
+      const metricsAfter = await this.evaluateLoaded(m, this.data.test, model.meta.normalization);
       const { tensors } = await extractModel(tf, m);
       return { tensors: tensors.filter((t) => federated.has(t.name)), sampleCount: set.count, metricsAfter, trainMs: Date.now() - started };
     } finally {

@@ -20,6 +20,26 @@ export interface TrainProgress {
   loss: number | null;
 }
 
+/** Where training stands between two batches: `batch` is the index of the next batch of `epoch` (both from 0). */
+export interface BatchBoundary {
+  epoch: number;
+  epochs: number;
+  batch: number;
+  batchesPerEpoch: number;
+}
+
+export interface TrainOptions {
+  signal?: AbortSignal;
+  onProgress?: (p: TrainProgress) => void;
+  /**
+   * Awaited before every batch. While the promise is pending, training holds still with all its
+   * state (weights, optimizer, shuffle order, position): this is how a training window closing
+   * pauses training at a batch boundary and how it resumes (edge-agent/training-session.ts).
+   * A rejection ends training with that error.
+   */
+  atBatchBoundary?: (at: BatchBoundary) => Promise<void> | void;
+}
+
 export interface TrainResult {
   /** The federated tensors after local training. */
   tensors: NamedTensor[];
@@ -36,7 +56,7 @@ export interface Trainer {
   evaluate(model: GlobalModel): Promise<EvalMetrics>;
   /**
    * Train `task.epochs` epochs from the given weights. Only `federatedNames` train (the rest is
-   * frozen) and come back. Checks `signal` at every batch boundary.
+   * frozen) and come back. At every batch boundary: awaits `atBatchBoundary`, then checks `signal`.
    */
-  train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: { signal?: AbortSignal; onProgress?: (p: TrainProgress) => void }): Promise<TrainResult>;
+  train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: TrainOptions): Promise<TrainResult>;
 }

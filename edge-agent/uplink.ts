@@ -23,6 +23,12 @@ export interface UplinkOptions {
    */
   windowChunks?: number;
   signal?: AbortSignal;
+  /** The aggregator may already hold part of this bundle (a restart mid-upload): ask first, send only what it lacks. Needs `upload` and `sha256`. */
+  resume?: boolean;
+  /** The upload id to use (a resumed upload keeps its id); default a fresh random one. */
+  upload?: string;
+  /** The bundle's SHA-256 when already known (saved for a restart); otherwise it is computed while the chunks go out. */
+  sha256?: string;
   onProgress?: (sentBytes: number, totalBytes: number) => void;
   onReject?: (err: unknown, topic: string) => void;
 }
@@ -59,7 +65,7 @@ export async function sendUpdate(transport: Transport, topics: Topics, update: U
   const source = isBundleSource(update) ? update : memorySource(update);
   const bundleBytes = source.byteLength;
   const total = chunkCount(bundleBytes, chunkBytes);
-  const upload = randomBytes(8).toString('hex');
+  const upload = options.upload ?? randomBytes(8).toString('hex');
   let window = options.windowChunks ?? 0;
   const ackTopic = topics.ack(round, agent);
   const updateTopic = topics.update(round, agent);
@@ -170,9 +176,15 @@ export async function sendUpdate(transport: Transport, topics: Topics, update: U
 
   await transport.subscribe(ackTopic, onAck);
   try {
-    const hash = createHash('sha256');
-    const finished = await pass(undefined, hash);
-    const sha256 = hash.digest('hex');
+    let sha256 = options.sha256 ?? null;
+    let finished = true;
+    if (!options.resume) {
+      const hash = sha256 === null ? createHash('sha256') : undefined;
+      finished = await pass(undefined, hash);
+      sha256 ??= hash!.digest('hex');
+    } else if (sha256 === null) {
+      throw new Error('resuming an upload needs its SHA-256');
+    }
     if (!finished && verdictDuringSend) {
       const ack: AckMsg = verdictDuringSend;
       log.info({ round, status: ack.status, code: ack.code }, 'verdict arrived while sending; upload ended');

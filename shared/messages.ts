@@ -40,10 +40,18 @@ export const trainTaskSchema = z.object({
   optimizer: z.enum(['sgd', 'momentum', 'adam']),
   /** Loss weights per class against imbalance: auto (balanced when imbalanced), balanced, none. */
   classWeighting: z.enum(['auto', 'balanced', 'none']),
+  /**
+   * Order of the training images in an epoch: shuffle (each image once), or balanced (as many draws,
+   * every class equally likely: the few defect images are seen as often as the many good ones).
+   * Optional on the wire; absent means shuffle.
+   */
+  sampling: z.enum(['shuffle', 'balanced']).optional(),
   /** Which tensors train and travel: all of them, the classifier head, or an explicit list. */
   federated: federatedSetSchema,
 });
 export type TrainTask = z.infer<typeof trainTaskSchema>;
+
+const signatureHex = z.string().regex(/^[0-9a-f]{128}$/, 'must be a hex Ed25519 signature');
 
 export const modelRefSchema = z.object({
   version: uint,
@@ -51,6 +59,8 @@ export const modelRefSchema = z.object({
   bytes: posInt,
   chunks: posInt,
   chunkBytes: posInt,
+  /** Ed25519 signature of the model by the aggregator (shared/model-signature.ts), or nil when signing is off. */
+  signature: signatureHex.nullable(),
 });
 export type ModelRef = z.infer<typeof modelRefSchema>;
 
@@ -189,6 +199,14 @@ export const updateMetaSchema = z.object({
 });
 export type UpdateMeta = z.input<typeof updateMetaSchema>;
 
+/**
+ * How pixels are normalised before they enter a model (edge-agent/preprocess.ts): unit ([0, 1]),
+ * per-image (mean 0, std 1 per image), imagenet ((x - mean) / std, torch-style ImageNet weights),
+ * caffe (BGR, 0..255 minus the ImageNet mean: Keras' VGG16/VGG19 weights).
+ */
+export const normalizationModes = ['unit', 'per-image', 'imagenet', 'caffe'] as const;
+export type NormalizationMode = (typeof normalizationModes)[number];
+
 /** The header inside a global model bundle. `topology` is the tfjs layers model topology. */
 export const modelMetaSchema = z.object({
   kind: z.literal('model'),
@@ -200,7 +218,7 @@ export const modelMetaSchema = z.object({
   classes: z.array(z.string()),
   inputShape: z.array(posInt),
   /** How pixels are normalised before they enter the model (edge-agent/preprocess.ts). */
-  normalization: z.enum(['unit', 'per-image', 'imagenet']),
+  normalization: z.enum(normalizationModes),
   createdAt: uint,
 });
 export type ModelMeta = z.infer<typeof modelMetaSchema>;
@@ -221,6 +239,8 @@ export const agentStatusSchema = z.object({
   detail: z.string().nullable(),
   backend: z.string().nullable(),
   samples: z.object({ train: uint, test: uint }).nullable(),
+  /** The training window (trigger gate): open, closed or unknown, and why. Absent from older agents. */
+  window: z.object({ state: z.enum(['open', 'closed', 'unknown']), detail: z.string() }).nullable().optional(),
   ts: uint,
 });
 export type AgentStatus = z.infer<typeof agentStatusSchema>;
@@ -236,6 +256,7 @@ export const modelManifestSchema = z.object({
   chunks: posInt,
   chunkBytes: posInt,
   createdAt: uint,
+  signature: signatureHex.nullable(),
   /** Accuracy etc. of the model this one replaced, per agent, as the agents reported it. */
   metrics: z.record(z.string(), z.unknown()),
 });

@@ -117,6 +117,12 @@ export function encodeBundlePrefix(specs: TensorSpec[], meta: unknown): Buffer {
   return out;
 }
 
+/** The size in bytes of the bundle `encodeBundle` would produce, without the tensor data. */
+export function bundleSize(tensors: readonly Pick<NamedTensor, 'name' | 'shape' | 'dtype'>[], meta: unknown): number {
+  const { specs, payloadBytes } = layoutTensors(tensors);
+  return encodeHeader(specs, meta).payloadStart + payloadBytes;
+}
+
 /** Serialise tensors and meta into one bundle. */
 export function encodeBundle(tensors: readonly NamedTensor[], meta: unknown): Buffer {
   for (const t of tensors) {

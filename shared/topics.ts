@@ -29,7 +29,8 @@ export interface Topics {
   acksFor(agent: string): string;
   status(agent: string): string;
   statusAll(): string;
-  event(type: string): string;
+  /** `<root>/events/<type>`; an agent's own events: `<root>/events/<type>/<agent>`. */
+  event(type: string, agent?: string): string;
   eventsAll(): string;
   command(verb: string): string;
   commandsAll(): string;
@@ -66,7 +67,7 @@ export function createTopics(root: string): Topics {
     acksFor: (agent: string) => `${root}/round/+/ack/${agent}`,
     status: (agent: string) => `${root}/agent/${agent}/status`,
     statusAll: () => `${root}/agent/+/status`,
-    event: (type: string) => `${root}/events/${type}`,
+    event: (type: string, agent?: string) => (agent === undefined ? `${root}/events/${type}` : `${root}/events/${type}/${agent}`),
     eventsAll: () => `${root}/events/#`,
     command: (verb: string) => `${root}/cmd/${verb}`,
     commandsAll: () => `${root}/cmd/+`,

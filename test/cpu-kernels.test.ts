@@ -83,3 +83,20 @@ test('max-pool gradient goes to the first maximum of each window', () => {
   const dx = maxPoolGradNhwc(x, Float32Array.from([3]), { batchSize: 1, inHeight: 2, inWidth: 2, channels: 1, outHeight: 1, outWidth: 1, filterHeight: 2, filterWidth: 2, strideHeight: 2, strideWidth: 2, padTop: 0, padLeft: 0 });
   assert.deepEqual([...dx], [3, 0, 0, 0]);
 });
+
+test('the 2x2 max-pool gradient fast path (with the forward output) equals the general one, ties included', () => {
+  const info = { batchSize: 2, inHeight: 6, inWidth: 8, channels: 3, outHeight: 3, outWidth: 4, filterHeight: 2, filterWidth: 2, strideHeight: 2, strideWidth: 2, padTop: 0, padLeft: 0 };
+  // ReLU-like input: about half zeros, so many windows tie.
+  const x = rand(2 * 6 * 8 * 3, 21).map((v) => Math.max(0, v));
+  const dy = rand(2 * 3 * 4 * 3, 22);
+  const pooled = new Float32Array(dy.length);
+  for (let b = 0, o = 0; b < 2; b++)
+    for (let oh = 0; oh < 3; oh++)
+      for (let ow = 0; ow < 4; ow++)
+        for (let c = 0; c < 3; c++, o++) {
+          const at = (h: number, w: number) => x[((b * 6 + h) * 8 + w) * 3 + c]!;
+          pooled[o] = Math.max(at(2 * oh, 2 * ow), at(2 * oh, 2 * ow + 1), at(2 * oh + 1, 2 * ow), at(2 * oh + 1, 2 * ow + 1));
+        }
+  assert.deepEqual(maxPoolGradNhwc(x, dy, info, undefined, pooled), maxPoolGradNhwc(x, dy, info));
+  assert.ok(x.filter((v) => v === 0).length > 100, 'the input has ties');
+});

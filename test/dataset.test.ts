@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, writeFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { listImageFiles, loadDataset, splitFiles } from '../edge-agent/dataset.js';
+import { listImageFiles, loadDataset, readAll, splitFiles } from '../edge-agent/dataset.js';
 import { normalizeInPlace } from '../edge-agent/preprocess.js';
 import { generateDataset, PAPER_CLIENTS } from '../dataset/synth.js';
 import { sha256Hex } from '../shared/tensor-bundle.js';
@@ -51,7 +51,7 @@ test('folders that are not classes, stray files and unreadable images are report
     writeFileSync(join(root, 'README'), 'stray');
     const listed = await listImageFiles(root, ['EMPTY', 'HIDDEN', 'NOT_OKAY', 'OKAY']);
     assert.ok(listed.files.every((f) => (f.path.includes('/OKAY/') ? f.label === 3 : true)));
-    const data = await loadDataset({ dir: root, classes, inputShape: [16, 16, 3], testFraction: 0.25, splitSeed: 1, normalization: 'unit' });
+    const data = await loadDataset({ dir: root, classes, inputShape: [16, 16, 3], testFraction: 0.25, splitSeed: 1 });
     const text = data.problems.join('\n');
     assert.match(text, /SCRATCHED: folder "SCRATCHED" is not one of the federation's classes/);
     assert.match(text, /OKAY\/broken\.png: unreadable image/);
@@ -59,7 +59,7 @@ test('folders that are not classes, stray files and unreadable images are report
     assert.match(text, /README: a file at the top level/);
     assert.deepEqual(data.counts.train.map((n, i) => n + data.counts.test[i]!), [4, 3, 0, 2], 'the absent class keeps its index with zero images');
     assert.equal(data.train.count + data.test.count, 9);
-    assert.ok(data.train.x.every((v) => v >= 0 && v <= 1));
+    assert.ok((await readAll(data.train)).every((v) => v >= 0 && v <= 1));
   } finally {
     dir.cleanup();
   }
@@ -75,4 +75,61 @@ test('per-image normalisation gives each image mean 0 and std 1; flat images do 
   const std = Math.sqrt(first.reduce((s, v) => s + (v - mean) ** 2, 0) / 64);
   assert.ok(Math.abs(mean) < 1e-6 && Math.abs(std - 1) < 1e-5, `mean ${mean} std ${std}`);
   assert.ok(x.subarray(64).every((v) => v === 0));
+});
+
+test('odd images (another size, gray, RGBA with alpha, 16-bit, JPEG) are used and reported with their paths; both decoders agree', async () => {
+  const { PNG } = await import('pngjs');
+  const jpeg = (await import('jpeg-js')).default;
+  const { jsDecoder, sharpDecoder } = await import('../edge-agent/images.js');
+  const dir = tempDir('odd-images');
+  try {
+    const rgba = (w: number, h: number, seed: number) => Uint8Array.from({ length: w * h * 4 }, (_, i) => (i % 4 === 3 ? 255 : (i * 37 + seed * 11) % 256));
+    const png = (w: number, h: number, seed: number, opts: { colorType?: 0 | 2 | 4 | 6; bitDepth?: 8 | 16 } = {}) => {
+      const p = new PNG({ width: w, height: h });
+      p.data = Buffer.from(rgba(w, h, seed));
+      return PNG.sync.write(p, { colorType: opts.colorType ?? 6, bitDepth: opts.bitDepth ?? 8 });
+    };
+    for (const cls of ['OKAY', 'EMPTY']) mkdirSync(join(dir.path, cls));
+    for (let i = 0; i < 6; i++) writeFileSync(join(dir.path, 'OKAY', `ok-${i}.png`), png(20, 20, i, { colorType: 2 }));
+    writeFileSync(join(dir.path, 'OKAY', 'big.png'), png(40, 30, 7, { colorType: 2 }));
+    writeFileSync(join(dir.path, 'OKAY', 'gray.png'), png(20, 20, 8, { colorType: 0 }));
+    writeFileSync(join(dir.path, 'EMPTY', 'alpha.png'), png(20, 20, 9, { colorType: 6 }));
+    writeFileSync(join(dir.path, 'EMPTY', 'deep.png'), png(20, 20, 10, { colorType: 2, bitDepth: 16 }));
+    writeFileSync(join(dir.path, 'EMPTY', 'photo.jpg'), jpeg.encode({ data: rgba(20, 20, 11), width: 20, height: 20 }, 90).data);
+    writeFileSync(join(dir.path, 'EMPTY', 'e.png'), png(20, 20, 12, { colorType: 2 }));
+    const data = await loadDataset({ dir: dir.path, classes, inputShape: [16, 16, 3], testFraction: 0.2, splitSeed: 1, decoder: jsDecoder });
+    assert.equal(data.train.count + data.test.count, 12, 'every image is used');
+    const text = data.problems.join('\n');
+    assert.match(text, /OKAY\/big\.png: odd image \(size 40x30 while most images are 20x20\): used, resized to 16x16 RGB/);
+    assert.match(text, /OKAY\/gray\.png: odd image \(gray while most images are RGB\)/);
+    assert.match(text, /EMPTY\/alpha\.png: odd image \(RGBA while most images are RGB, alpha ignored\)/);
+    assert.match(text, /EMPTY\/deep\.png: odd image \(RGB 16-bit while most images are RGB\)/);
+    assert.doesNotMatch(text, /photo\.jpg/, 'an 8-bit RGB JPEG of the common size is not odd');
+    assert.doesNotMatch(text, /ok-\d\.png/);
+
+    const sharp = await sharpDecoder();
+    if (sharp) {
+      for (const name of ['OKAY/big.png', 'OKAY/gray.png', 'EMPTY/photo.jpg', 'EMPTY/deep.png']) {
+        const bytes = readFileSync(join(dir.path, name));
+        const a = await jsDecoder.decode(bytes, name, 16, 16, 3);
+        const b = await sharp.decode(bytes, name, 16, 16, 3);
+        assert.deepEqual(a.source, b.source, `${name}: same source description`);
+        let diff = 0;
+        for (let i = 0; i < a.pixels.length; i++) diff += Math.abs(a.pixels[i]! - b.pixels[i]!);
+        // Both resample with a bilinear filter widened for downscaling; libvips rounds and blurs a little differently.
+        assert.ok(diff / a.pixels.length < 12, `${name}: mean difference ${diff / a.pixels.length} of 255`);
+      }
+    }
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('caffe normalisation: BGR, 0..255 minus the ImageNet mean (Keras VGG weights); imagenet: (x - mean) / std', () => {
+  const x = Float32Array.from([1, 0.5, 0]);
+  normalizeInPlace(x, 1, 3, 'caffe');
+  assert.deepEqual([...x].map((v) => Math.round(v * 1000) / 1000), [0 - 103.939, 127.5 - 116.779, 255 - 123.68].map((v) => Math.round(v * 1000) / 1000));
+  const y = Float32Array.from([0.485, 0.456, 0.406 + 0.225]);
+  normalizeInPlace(y, 1, 3, 'imagenet');
+  assert.ok(Math.abs(y[0]!) < 1e-6 && Math.abs(y[1]!) < 1e-6 && Math.abs(y[2]! - 1) < 1e-5);
 });

@@ -12,9 +12,9 @@ import { createTopics } from '../shared/topics.js';
 import type { FsModelStore } from '../aggregator/model-store.js';
 
 /** Listens to the update topics like any subscriber could, and reassembles what each agent sent. */
-export async function captureUpdates(url: string, root = 'fl/test'): Promise<{ updates: Map<string, DecodedBundle<UpdateMeta>>; close(): Promise<void> }> {
+export async function captureUpdates(url: string, root = 'fl/test', login: { username?: string; password?: string } = {}): Promise<{ updates: Map<string, DecodedBundle<UpdateMeta>>; close(): Promise<void> }> {
   const topics = createTopics(root);
-  const transport = await MqttTransport.connect({ url, clientId: `test-observer-${Math.random().toString(36).slice(2, 8)}`, logger: silentLogger() });
+  const transport = await MqttTransport.connect({ url, clientId: `test-observer-${Math.random().toString(36).slice(2, 8)}`, logger: silentLogger(), ...login });
   const assemblers = new Map<string, { upload: string; r: Reassembler; sha256: string | null }>();
   const updates = new Map<string, DecodedBundle<UpdateMeta>>();
   await transport.subscribe(topics.updatesAll(), (m) => {

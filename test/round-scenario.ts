@@ -5,10 +5,13 @@ import { loadLayersModelFromDir } from '../shared/tfjs/model-io.js';
 import { assertFedAvgResult, captureUpdates } from './federation-checks.js';
 import { startFederation } from './helpers.js';
 
-/** Broker at `url` + aggregator + 2 agents, one training round and the final evaluation round. */
-export async function oneRoundScenario(url: string, dir: string): Promise<void> {
-  const observer = await captureUpdates(url);
-  const fed = await startFederation({ url, dir, agents: ['site-a', 'site-b'], rounds: 1 });
+/**
+ * Broker at `url` + aggregator + 2 agents, one training round and the final evaluation round.
+ * With `auth`, every service logs in as itself and the observer as `auditor`.
+ */
+export async function oneRoundScenario(url: string, dir: string, auth?: (user: string) => { username: string; password: string }): Promise<void> {
+  const observer = await captureUpdates(url, 'fl/test', auth?.('auditor') ?? {});
+  const fed = await startFederation({ url, dir, agents: ['site-a', 'site-b'], rounds: 1, ...(auth ? { auth } : {}) });
   try {
     await checks(fed, observer, dir);
   } finally {

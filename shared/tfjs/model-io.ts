@@ -95,3 +95,26 @@ export async function loadLayersModelFromDir(tf: Tf, dir: string): Promise<Layer
     }),
   );
 }
+
+/** Write a model as a tfjs layers model folder (model.json + weights.bin), as tf.io's file handler would. */
+export async function saveLayersModelToDir(tf: Tf, model: LayersModel, dir: string): Promise<void> {
+  const { mkdir, writeFile } = await import('node:fs/promises');
+  const { topology, tensors } = await extractModel(tf, model);
+  await mkdir(dir, { recursive: true });
+  const total = tensors.reduce((s, t) => s + t.data.byteLength, 0);
+  const bin = Buffer.alloc(total);
+  let offset = 0;
+  for (const t of tensors) {
+    Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).copy(bin, offset);
+    offset += t.data.byteLength;
+  }
+  await writeFile(join(dir, 'weights.bin'), bin);
+  const modelJson = {
+    format: 'layers-model',
+    generatedBy: 'fedline',
+    convertedBy: null,
+    modelTopology: topology,
+    weightsManifest: [{ paths: ['weights.bin'], weights: tensors.map((t) => ({ name: t.name, shape: t.shape, dtype: t.dtype })) }],
+  };
+  await writeFile(join(dir, 'model.json'), JSON.stringify(modelJson));
+}

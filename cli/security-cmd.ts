@@ -1,0 +1,55 @@
+import { readFileSync, writeFileSync, existsSync, chmodSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { AccessPolicy, accessFileSchema, renderMosquittoAcl } from '../broker/access.js';
+import { DEFAULT_PBKDF2_ITERATIONS, PasswordFile, setPasswordLine } from '../broker/passwords.js';
+import { loadConfigFile } from '../shared/config.js';
+
+export const PASSWD_USAGE = `fedline passwd: add or change a user in a broker password file (Mosquitto's format, $7$ PBKDF2-SHA512)
+
+usage: fedline passwd --file FILE --user NAME [--password-file F] [--iterations N]
+  The password is read from --password-file, or from the first line of standard input
+  (printf '%s\\n' "$PW" | fedline passwd ...). The file is created (mode 0600) if needed.
+  The same file works for the embedded broker (auth.passwordFile) and Mosquitto (password_file).`;
+
+export const ACL_USAGE = `fedline acl: render an access file (roles per user) as a Mosquitto acl_file
+
+usage: fedline acl --access ACCESS.json [--out FILE]
+  Both brokers then enforce the same rules: the embedded broker reads ACCESS.json itself.`;
+
+async function readStdinLine(): Promise<string> {
+  if (process.stdin.isTTY) throw new Error('give the password on standard input (not a terminal) or with --password-file');
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8').split(/\r?\n/)[0] ?? '';
+}
+
+export async function runPasswd(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { file: { type: 'string' }, user: { type: 'string' }, 'password-file': { type: 'string' }, iterations: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+  if (values.help || !values.file || !values.user) {
+    process.stdout.write(PASSWD_USAGE + '\n');
+    if (!values.help) process.exitCode = 2;
+    return;
+  }
+  const iterations = values.iterations ? Number(values.iterations) : DEFAULT_PBKDF2_ITERATIONS;
+  if (!Number.isInteger(iterations) || iterations < 1000) throw new Error(`--iterations must be an integer >= 1000, got "${values.iterations}"`);
+  const password = values['password-file'] ? readFileSync(values['password-file'], 'utf8').split(/\r?\n/)[0]! : await readStdinLine();
+  if (password.length < 8) throw new Error('the password must have at least 8 characters');
+  const existing = existsSync(values.file) ? readFileSync(values.file, 'utf8') : '';
+  if (existing) PasswordFile.parse(existing, values.file); // refuse to extend a file that is already broken
+  writeFileSync(values.file, setPasswordLine(existing, values.user, password, iterations), { mode: 0o600 });
+  chmodSync(values.file, 0o600);
+  process.stdout.write(`${values.file}: password of "${values.user}" set\n`);
+}
+
+export async function runAcl(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { access: { type: 'string' }, out: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+  if (values.help || !values.access) {
+    process.stdout.write(ACL_USAGE + '\n');
+    if (!values.help) process.exitCode = 2;
+    return;
+  }
+  const policy = new AccessPolicy(loadConfigFile(accessFileSchema, values.access));
+  const text = renderMosquittoAcl(policy, values.access);
+  if (values.out) writeFileSync(values.out, text);
+  else process.stdout.write(text);
+}

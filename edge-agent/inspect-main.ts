@@ -1,0 +1,54 @@
+import { join } from 'node:path';
+import type { InspectConfig } from '../shared/inspect-config.js';
+import type { Logger } from '../shared/logger.js';
+import { connectMqtt } from '../shared/mqtt-connect.js';
+import type { MqttTransport } from '../shared/mqtt-transport.js';
+import { loadTf } from '../shared/tfjs/backend.js';
+import { createTopics, defaultRoot } from '../shared/topics.js';
+import { InspectionService } from './inspect.js';
+import { ModelCache } from './model-cache.js';
+import { TfjsClassifier } from './tfjs-classifier.js';
+import { loadVerifyKey, verifyModelSignature } from '../shared/model-signature.js';
+
+export interface RunningInspection {
+  service: InspectionService;
+  transport: MqttTransport;
+  verdictTopic: string;
+  close(): Promise<void>;
+}
+
+/** Wire a validated inspection config to MQTT, the model cache, the watched folder and tfjs. */
+export async function startInspection(config: Readonly<InspectConfig>, logger: Logger): Promise<RunningInspection> {
+  const topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
+  const station = config.station ?? config.agentId;
+  const transport = await connectMqtt(config.mqtt, `fedline-inspect-${station}`.slice(0, 128), logger);
+  const log = logger.child({ agent: config.agentId });
+  const verifyKey = config.modelPublicKeyFile ? loadVerifyKey(config.modelPublicKeyFile) : null;
+  const runtime = await loadTf(config.backend, log);
+  const verdictTopic = config.verdictTopic ?? `${topics.root}/inspection/${config.agentId}/verdict`;
+  const service = new InspectionService({
+    agentId: config.agentId,
+    station,
+    transport,
+    topics,
+    cache: new ModelCache(join(config.stateDir, 'models'), log),
+    classifierFor: (bundle) => TfjsClassifier.fromBundle(runtime.tf, bundle),
+    verdictTopic,
+    ...(config.images ? { imagesTopic: config.images.topic ?? `${topics.root}/inspection/${config.agentId}/images` } : {}),
+    ...(config.watch ? { watch: config.watch } : {}),
+    maxModelBytes: config.maxModelBytes,
+    maxQueuedImages: config.maxQueuedImages,
+    log,
+    ...(verifyKey ? { verifyModel: (version: number, sha256: string, signature: string | null) => verifyModelSignature(verifyKey, version, sha256, signature) } : {}),
+  });
+  await service.start();
+  return {
+    service,
+    transport,
+    verdictTopic,
+    async close() {
+      await service.stop();
+      await transport.close();
+    },
+  };
+}
