@@ -129,6 +129,9 @@ function download<T>(transport: Transport, topics: Topics, ref: ModelRef, log: L
         }
       } catch (err) {
         if ((err as FedlineError).code === ErrorCodes.BUNDLE_SHA) return finish(err);
+        // The local disk refused a write (full, read-only, failing): not the message's fault, and
+        // no later chunk will fare better. Stop; the caller decides (fetchModelBundle: memory).
+        if ((err as NodeJS.ErrnoException).syscall) return finish(err);
         options.onReject?.(err, m.topic);
       }
     };
