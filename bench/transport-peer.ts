@@ -28,6 +28,8 @@ import { denseShapes, memoryOf, syntheticTensors, vgg19Shapes } from './syntheti
 
 const [role, url, ...rest] = process.argv.slice(2);
 const report = (msg: Record<string, unknown>) => process.send?.(msg);
+/** Every peer logs in (the parent passes the user and password; the brokers refuse anonymous clients). */
+const login = { username: process.env.BENCH_MQTT_USER!, password: process.env.BENCH_MQTT_PASSWORD! };
 
 /** Reset this process's peak RSS (Linux: `5` in clear_refs), so each phase reports its own peak. */
 function resetPeak(): void {
@@ -39,7 +41,7 @@ function resetPeak(): void {
 }
 
 async function plainSub(bytes: number): Promise<void> {
-  const client = mqtt.connect(url!, { protocolVersion: 4, clean: true, clientId: `bench-plain-sub-${process.pid}` });
+  const client = mqtt.connect(url!, { protocolVersion: 4, clean: true, clientId: `bench-plain-sub-${process.pid}`, ...login });
   let got = 0;
   let messages = 0;
   let firstAt = 0;
@@ -56,7 +58,7 @@ async function plainSub(bytes: number): Promise<void> {
 }
 
 async function plainPub(bytes: number, chunkBytes: number, window: number): Promise<void> {
-  const client = mqtt.connect(url!, { protocolVersion: 4, clean: true, clientId: `bench-plain-pub-${process.pid}` });
+  const client = mqtt.connect(url!, { protocolVersion: 4, clean: true, clientId: `bench-plain-pub-${process.pid}`, ...login });
   await new Promise<void>((resolve) => client.once('connect', () => resolve()));
   report({ type: 'ready' });
   await new Promise((r) => setTimeout(r, 200)); // let the parent take a CPU sample first
@@ -89,7 +91,7 @@ async function agent(federation: string, id: string, seed: number, model: string
   const shapes = model === 'vgg19' ? vgg19Shapes() : denseShapes(Number(model));
   const topics = createTopics(`fl/${federation}`);
   const log = silentLogger();
-  const transport = await MqttTransport.connect({ url: url!, clientId: `bench-agent-${id}`, logger: log });
+  const transport = await MqttTransport.connect({ url: url!, clientId: `bench-agent-${id}`, logger: log, ...login });
   const status = (state: string) => encodeJson({ v: PROTOCOL_VERSION, agent: id, state, round: null, progress: null, detail: 'benchmark agent', backend: null, samples: null, ts: Date.now() });
   const handled = new Set<string>();
   let work = Promise.resolve();

@@ -7,7 +7,8 @@ import { parseArgs } from 'node:util';
 import type { Journal, RoundRecord } from '../aggregator/aggregator.js';
 import { FsModelStore } from '../aggregator/model-store.js';
 import { INSPECTION_CLASSES } from '../dataset/synth.js';
-import { mosquittoAvailable, startMosquitto } from '../test/helpers.js';
+import { accessFileSchema, type AccessFile } from '../broker/access.js';
+import { mosquittoAvailable, startMosquitto, testPassword, writeAuthFiles } from '../test/helpers.js';
 import { cpuMsOf, denseShapes, memoryOf, parameterCount, vgg19Shapes, writeSyntheticModel } from './synthetic.js';
 
 /**
@@ -70,16 +71,47 @@ interface Broker {
   stop(): Promise<void>;
 }
 
-async function startBroker(name: string, dir: string): Promise<Broker> {
+/** Up to this many agents per run (agent-01 ...). */
+const MAX_AGENTS = 16;
+
+/**
+ * The brokers run as a factory runs them: every client logs in and every publish and subscription
+ * is checked against the access file (roles of broker/access.ts). The plain MQTT.js pair of (a)
+ * logs in too, with rights on bench/# only.
+ */
+function benchAccess(tag: string): AccessFile {
+  return accessFileSchema.parse({
+    topicRoot: `fl/bench-${tag}`,
+    users: [
+      { username: 'aggregator', role: 'aggregator' },
+      ...Array.from({ length: MAX_AGENTS }, (_, i) => ({ username: agentId(i), role: 'agent' })),
+      { username: 'bench-pub', role: 'mes', write: ['bench/#'] },
+      { username: 'bench-sub', role: 'mes', read: ['bench/#'] },
+    ],
+  });
+}
+
+function agentId(i: number): string {
+  return `agent-${String(i + 1).padStart(2, '0')}`;
+}
+
+/** Login of a benchmark process, passed to the peers in their environment. */
+function loginEnv(user: string): NodeJS.ProcessEnv {
+  return { BENCH_MQTT_USER: user, BENCH_MQTT_PASSWORD: testPassword(user) };
+}
+
+async function startBroker(name: string, dir: string, tag: string): Promise<Broker> {
   mkdirSync(dir, { recursive: true });
+  const access = benchAccess(tag);
   if (name === 'mosquitto') {
     const bin = mosquittoAvailable();
     if (!bin) throw new Error('mosquitto is not installed');
-    const m = await startMosquitto(bin, dir);
+    const m = await startMosquitto(bin, dir, { access });
     return { name, url: m.url, pid: m.proc.pid!, stop: () => m.stop() };
   }
+  const auth = writeAuthFiles(dir, access);
   const config = join(dir, 'broker.json');
-  writeFileSync(config, JSON.stringify({ host: '127.0.0.1', port: 0 }));
+  writeFileSync(config, JSON.stringify({ host: '127.0.0.1', port: 0, auth: { passwordFile: auth.passwordFile, accessFile: auth.accessFile } }));
   const child = await startService(['broker', '--config', config], join(dir, 'broker.log'));
   return { name: 'aedes', url: String(child.ready.url), pid: child.proc.pid!, stop: () => child.stop() };
 }
@@ -109,8 +141,8 @@ async function startService(argv: string[], logFile: string): Promise<{ proc: Ch
   };
 }
 
-function forkPeer(argv: string[]): { proc: ChildProcess; messages: Msg[]; next(type: string, timeoutMs?: number): Promise<Msg> } {
-  const proc = fork(PEER, argv, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: EXEC_ARGV });
+function forkPeer(argv: string[], env: NodeJS.ProcessEnv): { proc: ChildProcess; messages: Msg[]; next(type: string, timeoutMs?: number): Promise<Msg> } {
+  const proc = fork(PEER, argv, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: EXEC_ARGV, env: { ...process.env, ...env } });
   const messages: Msg[] = [];
   const waiters: { type: string; resolve(m: Msg): void }[] = [];
   proc.on('message', (m: Msg) => {
@@ -175,10 +207,10 @@ class MemorySampler {
 async function plainRun(broker: Broker, bytes: number): Promise<{ mbps: number; seconds: number; cpu: Record<string, number> }> {
   const sampler = new MemorySampler();
   sampler.watch(broker.pid);
-  const sub = forkPeer(['plain-sub', broker.url, String(bytes)]);
+  const sub = forkPeer(['plain-sub', broker.url, String(bytes)], loginEnv('bench-sub'));
   sampler.watch(sub.proc.pid);
   await sub.next('ready');
-  const pub = forkPeer(['plain-pub', broker.url, String(bytes), String(CHUNK_BYTES), String(MAX_INFLIGHT)]);
+  const pub = forkPeer(['plain-pub', broker.url, String(bytes), String(CHUNK_BYTES), String(MAX_INFLIGHT)], loginEnv('bench-pub'));
   sampler.watch(pub.proc.pid);
   const ready = pub.next('ready');
   await ready;
@@ -218,14 +250,15 @@ async function federation(broker: Broker, agents: number, model: string, tag: st
   mkdirSync(join(dir, 'logs'), { recursive: true });
   const store = new FsModelStore(join(stateDir, 'models'));
   const base = await writeSyntheticModel(store, shapesOf(model), 0);
-  const ids = Array.from({ length: agents }, (_, i) => `agent-${String(i + 1).padStart(2, '0')}`);
+  if (agents > MAX_AGENTS) throw new Error(`at most ${MAX_AGENTS} agents per run, asked for ${agents}`);
+  const ids = Array.from({ length: agents }, (_, i) => agentId(i));
   const config = join(dir, 'aggregator.json');
   writeFileSync(
     config,
     JSON.stringify({
       // A federation (topic root) per run: retained messages of an earlier run cannot interfere.
       federation: `bench-${tag}`,
-      mqtt: { url: broker.url },
+      mqtt: { url: broker.url, username: 'aggregator', password: testPassword('aggregator') },
       stateDir,
       agents: ids,
       rounds: 1,
@@ -252,7 +285,7 @@ async function federation(broker: Broker, agents: number, model: string, tag: st
     child = await startService(['aggregator', '--config', config], join(dir, 'logs', 'aggregator.log'));
     sampler.watch(child.proc.pid);
     for (let i = 0; i < agents; i++) {
-      const peer = forkPeer(['agent', broker.url, `bench-${tag}`, ids[i]!, String(i + 1), model, join(dir, 'agents'), String(MAX_INFLIGHT)]);
+      const peer = forkPeer(['agent', broker.url, `bench-${tag}`, ids[i]!, String(i + 1), model, join(dir, 'agents'), String(MAX_INFLIGHT)], loginEnv(ids[i]!));
       sampler.watch(peer.proc.pid);
       await peer.next('ready');
       peers.push(peer);
@@ -340,7 +373,7 @@ async function main(): Promise<void> {
   const results: Record<string, { plain: Awaited<ReturnType<typeof plainRun>> & { runs: number[] }; one: FederationResult; three?: FederationResult; many?: FederationResult; small?: FederationResult }> = {};
   // A fresh broker for every run: retained models of an earlier run would count in the broker's memory.
   const withBroker = async <T>(name: string, tag: string, fn: (b: Broker) => Promise<T>): Promise<T> => {
-    const broker = await startBroker(name, join(root, `broker-${name}-${tag}`));
+    const broker = await startBroker(name, join(root, `broker-${name}-${tag}`), tag);
     try {
       return await fn(broker);
     } finally {
