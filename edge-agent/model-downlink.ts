@@ -16,32 +16,26 @@ export interface DownloadOptions {
   onReject?: (err: unknown, topic: string) => void;
 }
 
-interface Assembly<T> {
+/** What receives the chunks: the in-memory Reassembler or the FileReassembler. */
+interface ChunkSink {
   readonly total: number;
   readonly receivedChunks: number;
   readonly complete: boolean;
   accept(chunk: Chunk): AcceptResult;
+}
+
+interface Assembly<T> {
+  sink: ChunkSink;
+  /** Every chunk is in: check the whole and hand it over. */
   finish(): Promise<T>;
+  /** The download failed: drop what was received. */
   abandon(): void;
 }
 
 /** Fetch a global model into memory (small models, tests). See downloadModelToFile for large ones. */
 export function downloadModel(transport: Transport, topics: Topics, ref: ModelRef, log: Logger, options: DownloadOptions): Promise<Buffer> {
   const r = new Reassembler({ total: ref.chunks, bundleBytes: ref.bytes, chunkBytes: ref.chunkBytes, sha256: ref.sha256, maxBundleBytes: options.maxModelBytes });
-  return download(transport, topics, ref, log, options, {
-    get total() {
-      return r.total;
-    },
-    get receivedChunks() {
-      return r.receivedChunks;
-    },
-    get complete() {
-      return r.complete;
-    },
-    accept: (c) => r.accept(c),
-    finish: async () => r.finish(),
-    abandon: () => undefined,
-  });
+  return download(transport, topics, ref, log, options, { sink: r, finish: async () => r.finish(), abandon: () => undefined });
 }
 
 /**
@@ -51,20 +45,7 @@ export function downloadModel(transport: Transport, topics: Topics, ref: ModelRe
  */
 export function downloadModelToFile(transport: Transport, topics: Topics, ref: ModelRef, path: string, log: Logger, options: DownloadOptions): Promise<string> {
   const r = new FileReassembler({ path, total: ref.chunks, bundleBytes: ref.bytes, chunkBytes: ref.chunkBytes, maxBundleBytes: options.maxModelBytes, syncEveryBytes: 0 });
-  return download(transport, topics, ref, log, options, {
-    get total() {
-      return r.total;
-    },
-    get receivedChunks() {
-      return r.receivedChunks;
-    },
-    get complete() {
-      return r.complete;
-    },
-    accept: (c) => r.accept(c),
-    finish: () => r.finish(ref.sha256),
-    abandon: () => r.discard(),
-  });
+  return download(transport, topics, ref, log, options, { sink: r, finish: () => r.finish(ref.sha256), abandon: () => r.discard() });
 }
 
 /**
@@ -95,7 +76,7 @@ function download<T>(transport: Transport, topics: Topics, ref: ModelRef, log: L
       clearTimeout(stallTimer);
       stallTimer = setTimeout(async () => {
         if (settled) return;
-        log.warn({ version: ref.version, have: assembler.receivedChunks, total: ref.chunks }, 'model download stalled; asking the broker for the retained chunks again');
+        log.warn({ version: ref.version, have: assembler.sink.receivedChunks, total: ref.chunks }, 'model download stalled; asking the broker for the retained chunks again');
         try {
           await transport.unsubscribe(filter, onChunk);
           await transport.subscribe(filter, onChunk);
@@ -115,11 +96,11 @@ function download<T>(transport: Transport, topics: Topics, ref: ModelRef, log: L
           throw new FedlineError(ErrorCodes.MSG_TOPIC, `model chunk ${msg.version}/${msg.seq} arrived on ${m.topic}`);
         }
         if (msg.sha256 !== ref.sha256) throw new FedlineError(ErrorCodes.CHUNK_MISMATCH, `model chunk ${msg.seq} is of a bundle with SHA-256 ${msg.sha256.slice(0, 12)}…, the round announced ${ref.sha256.slice(0, 12)}…`);
-        if (assembler.accept(msg) === 'added') {
+        if (assembler.sink.accept(msg) === 'added') {
           armStall();
-          options.onProgress?.(assembler.receivedChunks, assembler.total);
+          options.onProgress?.(assembler.sink.receivedChunks, assembler.sink.total);
         }
-        if (assembler.complete) {
+        if (assembler.sink.complete) {
           finishing = true;
           clearTimeout(stallTimer);
           assembler.finish().then(
