@@ -812,6 +812,7 @@ export class Aggregator extends EventEmitter {
       active.receivers.delete(agent);
       r.discard();
       this.refuse(active, agent, upload, null, r.failure, topic);
+      this.regrantWindow(active);
       return;
     }
     if (this.config.windowChunks > 0) {
@@ -831,8 +832,10 @@ export class Aggregator extends EventEmitter {
   }
 
   /**
-   * An upload ended: the others' share of the window grows. Tell them now: an agent that has
-   * used up its old, smaller share sends nothing more, so no chunk of it would bring the news.
+   * An upload ended: the others' share of the window grows. Tell them now. Progress is reported
+   * every quarter window, so when the window grows (ten senders down to one: 25 -> 256 chunks) an
+   * agent that has sent its whole old share (25) never reaches the new report interval (64): it
+   * would wait for credit that no chunk of it can bring.
    */
   private regrantWindow(active: ActiveRound): void {
     if (this.config.windowChunks <= 0 || active.receivers.size === 0) return;
