@@ -133,6 +133,8 @@ interface ActiveRound {
 const MAX_MISSING_LISTED = 4096;
 /** Smallest per-agent flow-control window, chunks: below it acks would outnumber chunks. */
 const MIN_WINDOW_CHUNKS = 8;
+/** How long stop() waits for the run loop to record the round it closed. */
+const STOP_WAIT_MS = 10_000;
 
 /**
  * The aggregator service: announce a round (retained) -> collect chunked updates -> verify ->
@@ -160,6 +162,8 @@ export class Aggregator extends EventEmitter {
   private stopped = false;
   private readonly stopSignal = deferred<void>();
   private journalChain: Promise<void> = Promise.resolve();
+  /** The run loop, once started (settles when run() ends, whatever the outcome). */
+  private running: Promise<void> | null = null;
   private lastAnnouncement: RoundAnnouncement | null = null;
   /** MES commands (start, pause, resume, stop, model-manifest): aggregator/mes-commands.ts. */
   private readonly commands: MesCommands;
@@ -201,6 +205,15 @@ export class Aggregator extends EventEmitter {
 
   /** Run the federation to its end (rounds done or target reached). */
   async run(): Promise<FederationResult> {
+    const running = this.runFederation();
+    this.running = running.then(
+      () => undefined,
+      () => undefined,
+    );
+    return running;
+  }
+
+  private async runFederation(): Promise<FederationResult> {
     await this.loadJournal();
     await this.transport.subscribe(this.topics.statusAll(), this.onStatus);
     await this.transport.subscribe(this.topics.updatesAll(), this.onUpdateMessage);
@@ -250,6 +263,14 @@ export class Aggregator extends EventEmitter {
     await this.transport.unsubscribe(this.topics.updatesAll(), this.onUpdateMessage).catch(() => undefined);
     await this.transport.unsubscribe(this.topics.statusAll(), this.onStatus).catch(() => undefined);
     await this.commands.stop();
+    // Let the run loop record the closed round before the caller closes the transport or removes
+    // the state folder (bounded: a step that does not notice the stop must not hold it up).
+    if (this.running) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.running, new Promise<void>((resolve) => (timer = setTimeout(resolve, STOP_WAIT_MS)))]);
+      clearTimeout(timer);
+    }
+    await this.journalChain;
   }
 
   // ---------------------------------------------------------------- rounds

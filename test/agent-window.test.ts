@@ -37,7 +37,8 @@ test('OPC UA training window: the agent waits while the line runs, pauses at a b
   try {
     const run = aggregator.aggregator.run();
     // 1. The round is open but the line runs: the agent waits, reports why, and does no compute work.
-    await waitFor('waiting-window', () => mes.last('site-a')?.state === 'waiting-window', 30_000);
+    // (Before the OPC UA session is up the window is closed too, with "connecting to ..." as the reason.)
+    await waitFor('waiting-window because the line runs', () => mes.last('site-a')?.state === 'waiting-window' && /Running/.test(mes.last('site-a')!.detail ?? ''), 30_000);
     assert.match(mes.last('site-a')!.detail!, /training window closed: .*ns=1;s=Line1.State = "Running" \(needs == "Idle"\)/);
     assert.equal(mes.last('site-a')!.window?.state, 'closed');
     await new Promise((r) => setTimeout(r, 500));
