@@ -1,4 +1,5 @@
-import { resolve } from 'node:path';
+import { writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadDataset } from '../edge-agent/dataset.js';
 import { createImageDecoder } from '../edge-agent/images.js';
@@ -12,6 +13,9 @@ import { loadTf, type BackendPreference } from '../shared/tfjs/backend.js';
 import { buildInitialBundle } from '../shared/tfjs/initial-model.js';
 import { modelFromWeights, saveLayersModelToDir } from '../shared/tfjs/model-io.js';
 import { architectures } from '../shared/tfjs/models.js';
+
+/** Written next to model.json: how the starting model was made. */
+export const PRETRAIN_INFO_FILE = 'pretrain.json';
 
 export interface PretrainOptions {
   /** `<dir>/<CLASS>/*.png|jpg` reference images. */
@@ -65,11 +69,30 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
   } finally {
     trained.dispose();
   }
+  // What the folder is, for whoever reuses it (the experiment reports it).
+  const info = {
+    createdAt: new Date().toISOString(),
+    data: o.dataDir,
+    architecture: o.model.architecture,
+    width: o.model.width,
+    inputShape: o.model.inputShape,
+    normalization: o.model.normalization,
+    epochs: o.epochs,
+    learningRate: o.learningRate,
+    metrics: result.metricsAfter,
+    trainMs: result.trainMs,
+    backend: runtime.backend,
+  };
+  await writeFile(join(o.out, PRETRAIN_INFO_FILE), JSON.stringify(info, null, 2) + '\n');
   return { metrics: result.metricsAfter, trainMs: result.trainMs, backend: runtime.backend };
 }
 
-const USAGE = `usage: fedline pretrain --data DIR --classes A,B,... --out DIR [--model small-cnn|vgg11|vgg16|vgg19] [--size PX]
-                        [--width X] [--epochs N] [--batch N] [--learning-rate X] [--seed N] [--normalization MODE]`;
+const USAGE = `usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --out DIR [--model small-cnn|vgg11|vgg16|vgg19]
+                        [--size PX] [--width X] [--epochs N] [--batch N] [--learning-rate X] [--seed N] [--normalization MODE]
+
+  --synth  generate the reference images (other products, other defects, other objects; never the
+           experiment's clients, their defects or its external product) in OUT-reference/ and
+           train on them: the stand-in for ImageNet weights that \`fedline experiment\` reuses`;
 
 /** \`fedline pretrain\`: a starting model from a folder of reference images, for \`model.initFrom\`. */
 export async function runPretrain(args: string[]): Promise<void> {
@@ -87,24 +110,41 @@ export async function runPretrain(args: string[]): Promise<void> {
       'learning-rate': { type: 'string', default: '0.001' },
       seed: { type: 'string', default: '42' },
       normalization: { type: 'string', default: 'per-image' },
+      synth: { type: 'boolean', default: false },
+      scale: { type: 'string', default: '1' },
     },
     strict: true,
   });
-  if (!values.data || !values.classes || !values.out) {
-    process.stderr.write(`fedline pretrain: --data, --classes and --out are required\n${USAGE}\n`);
+  if (!values.out || (values.synth ? values.data !== undefined : !values.data || !values.classes)) {
+    process.stderr.write(`fedline pretrain: --out and either --data with --classes, or --synth, are required\n${USAGE}\n`);
     process.exitCode = 2;
     return;
   }
   const size = Number(values.size);
+  const out = resolve(values.out);
+  let dataDir: string;
+  let classes: string[];
+  if (values.synth) {
+    const { generateExperimentData, INSPECTION_CLASSES } = await import('../dataset/synth.js');
+    const scale = Number(values.scale);
+    if (!(scale > 0)) throw new Error(`--scale must be positive, got ${values.scale}`);
+    const refRoot = `${out}-reference`;
+    const gen = await generateExperimentData({ out: refRoot, seed: Number(values.seed), size, scale, parts: ['reference'] });
+    dataDir = gen.reference!.dir;
+    classes = values.classes ? values.classes.split(',') : [...INSPECTION_CLASSES];
+    process.stdout.write(`generated ${gen.files} reference images in ${dataDir}\n`);
+  } else {
+    dataDir = resolve(values.data!);
+    classes = values.classes!.split(',');
+  }
   const spec = parseConfig(
     modelSpecSchema,
-    { architecture: values.model, width: Number(values.width), inputShape: [size, size, 3], classes: values.classes.split(','), seed: Number(values.seed), normalization: values.normalization },
+    { architecture: values.model, width: Number(values.width), inputShape: [size, size, 3], classes, seed: Number(values.seed), normalization: values.normalization },
     'command line',
   );
   if (!(architectures as readonly string[]).includes(spec.architecture)) throw new Error(`unknown model ${spec.architecture}`);
-  const out = resolve(values.out);
   const r = await pretrainBase({
-    dataDir: resolve(values.data),
+    dataDir,
     model: spec,
     epochs: Number(values.epochs),
     batchSize: Number(values.batch),
