@@ -24,6 +24,8 @@ export interface PretrainOptions {
   epochs: number;
   batchSize: number;
   learningRate: number;
+  /** Kernel init of the model before pretraining: seeded (Glorot, the default) or he (He-normal: deep VGGs train from scratch). */
+  init?: 'seeded' | 'he';
   /** Where the tfjs layers model folder goes (usable as `model.initFrom`). */
   out: string;
   backend?: BackendPreference;
@@ -37,7 +39,7 @@ export interface PretrainOptions {
  */
 export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalMetrics; trainMs: number; backend: string }> {
   const runtime = await loadTf(o.backend ?? 'auto');
-  const bundle = await buildInitialBundle(runtime.tf, { ...o.model, initFrom: undefined });
+  const bundle = await buildInitialBundle(runtime.tf, { ...o.model, initFrom: undefined, ...(o.init ? { init: o.init } : {}) });
   const decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);
   const model: GlobalModel = { version: 0, sha256: '', meta: decoded.header.meta, tensors: bundleTensors(decoded) };
   const data = await loadDataset({
@@ -79,6 +81,7 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
     normalization: o.model.normalization,
     epochs: o.epochs,
     learningRate: o.learningRate,
+    init: o.init ?? 'seeded',
     metrics: result.metricsAfter,
     trainMs: result.trainMs,
     backend: runtime.backend,
@@ -89,6 +92,10 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
 
 const USAGE = `usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --out DIR [--model small-cnn|vgg11|vgg16|vgg19]
                         [--size PX] [--width X] [--epochs N] [--batch N] [--learning-rate X] [--seed N] [--normalization MODE]
+                        [--init he|seeded]
+
+  --init   the kernels before pretraining: he (He-normal, the default: a VGG-19 without batch
+           normalisation trains from scratch) or seeded (Glorot, the federation's own seeded init)
 
   --synth  generate the reference images (other products, other defects, other objects; never the
            experiment's clients, their defects or its external product) in OUT-reference/ and
@@ -111,6 +118,7 @@ export async function runPretrain(args: string[]): Promise<void> {
       seed: { type: 'string', default: '42' },
       normalization: { type: 'string', default: 'per-image' },
       synth: { type: 'boolean', default: false },
+      init: { type: 'string', default: 'he' },
       scale: { type: 'string', default: '1' },
     },
     strict: true,
@@ -143,7 +151,9 @@ export async function runPretrain(args: string[]): Promise<void> {
     'command line',
   );
   if (!(architectures as readonly string[]).includes(spec.architecture)) throw new Error(`unknown model ${spec.architecture}`);
+  if (values.init !== 'he' && values.init !== 'seeded') throw new Error(`--init must be he or seeded, got "${values.init}"`);
   const r = await pretrainBase({
+    init: values.init,
     dataDir,
     model: spec,
     epochs: Number(values.epochs),

@@ -91,7 +91,7 @@ export const PRETRAIN_CLIENTS: readonly ClientSpec[] = (
     name: `ref-${name}-${defect}`,
     product: { name, shape, color },
     defect,
-    counts: { OKAY: 14, NOT_OKAY: 10, HIDDEN: 6, EMPTY: 6 },
+    counts: { OKAY: 30, NOT_OKAY: 25, HIDDEN: 15, EMPTY: 15 },
   })),
 );
 

@@ -86,12 +86,14 @@ export const experimentConfigSchema = z.strictObject({
       dir: path.optional(),
       /** Reference images `<dir>/<CLASS>/*`; default: generated (synthetic data only). */
       data: path.optional(),
-      epochs: posInt.default(10),
+      epochs: posInt.default(15),
       batchSize: posInt.default(32),
       learningRate: z.number().positive().default(0.0005),
+      /** Kernels before pretraining: he (He-normal, default: deep VGGs train from scratch) or seeded (Glorot). */
+      init: z.enum(['he', 'seeded']).default('he'),
     })
     .nullable()
-    .default({ epochs: 10, batchSize: 32, learningRate: 0.0005 }),
+    .default({ epochs: 15, batchSize: 32, learningRate: 0.0005, init: 'he' }),
   /** The local training task of every arm, as the aggregator's `task` (federated comes from the arm). */
   training: z.strictObject({
     epochs: posInt.default(2),

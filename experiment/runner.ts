@@ -235,6 +235,7 @@ export async function runExperiment(config: ExperimentConfig, say: (line: string
         epochs: config.pretrained.epochs,
         batchSize: config.pretrained.batchSize,
         learningRate: config.pretrained.learningRate,
+        init: config.pretrained.init,
         out: pretrainedDir,
         onEpoch: (e, loss) => say(`  pretrain epoch ${e + 1}/${config.pretrained!.epochs}: loss ${loss?.toFixed(4) ?? '-'}`),
       });
