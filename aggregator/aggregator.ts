@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { readFile } from 'node:fs/promises';
+import { appendFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { systemClock, type Clock, deferred, type Deferred } from '../shared/async.js';
 import { chunkCount, Reassembler } from '../shared/chunking.js';
@@ -28,6 +28,7 @@ import {
 } from '../shared/messages.js';
 import { Counters } from '../shared/counters.js';
 import { decodeBundle, encodeBundle, bundleTensors, type NamedTensor } from '../shared/tensor-bundle.js';
+import { deltaNorms } from '../shared/fedavg.js';
 import { createTopics, defaultRoot, type Topics } from '../shared/topics.js';
 import type { InboundMessage, Transport } from '../shared/transport.js';
 import type { ModelStore, StoredModel } from './model-store.js';
@@ -36,6 +37,7 @@ import { FedAvg, type Strategy } from './strategy.js';
 import { MesCommands } from './mes-commands.js';
 import type { SpooledUpdate, UpdateSpool } from './update-spool.js';
 import { verifyUpdate } from './verify-update.js';
+import { sampleLimit, screenUpdateNorms } from './robustness.js';
 
 type Config = Readonly<AggregatorConfig> | AggregatorConfig;
 
@@ -45,6 +47,8 @@ export interface AggregatorDeps {
   spool: UpdateSpool;
   /** Builds the initial global model bundle (version 0) when the store is empty. */
   initialModel: () => Promise<Uint8Array>;
+  /** Signs a model (version, SHA-256) for the agents to verify; absent: models go unsigned. */
+  signModel?: (version: number, sha256: string) => string;
   strategy?: Strategy;
   logger: Logger;
   clock?: Clock;
@@ -81,8 +85,17 @@ export interface Journal {
   currentVersion: number;
   complete: boolean;
   finalVersion: number | null;
+  /** Training rounds closed so far (all time, including those moved to history.jsonl). */
+  trainRoundsDone: number;
+  /** The most recent rounds (older ones are appended to history.jsonl, see JOURNAL_KEEP_ROUNDS). */
   rounds: RoundRecord[];
 }
+
+/**
+ * Rounds kept in journal.json (and in memory). A federation that runs for months must not grow
+ * its journal or its heap with every round: older records move to the append-only history.jsonl.
+ */
+export const JOURNAL_KEEP_ROUNDS = 200;
 
 export interface FederationResult {
   finalVersion: number;
@@ -118,6 +131,7 @@ export class Aggregator extends EventEmitter {
   private readonly spool: UpdateSpool;
   private readonly strategy: Strategy;
   private readonly initialModel: () => Promise<Uint8Array>;
+  private readonly signModel: ((version: number, sha256: string) => string) | null;
   private readonly log: Logger;
   private readonly clock: Clock;
   private readonly topics: Topics;
@@ -130,6 +144,7 @@ export class Aggregator extends EventEmitter {
   private stopped = false;
   private readonly stopSignal = deferred<void>();
   private journalChain: Promise<void> = Promise.resolve();
+  private lastAnnouncement: RoundAnnouncement | null = null;
   /** MES commands (start, pause, resume, stop, model-manifest): aggregator/mes-commands.ts. */
   private readonly commands: MesCommands;
 
@@ -141,11 +156,12 @@ export class Aggregator extends EventEmitter {
     this.spool = deps.spool;
     this.strategy = deps.strategy ?? new FedAvg();
     this.initialModel = deps.initialModel;
+    this.signModel = deps.signModel ?? null;
     this.log = deps.logger.child({ module: 'aggregator' });
     this.clock = deps.clock ?? systemClock;
     this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
     this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, (_type, event) => this.emit('event', event));
-    this.journal = { federation: config.federation, currentVersion: 0, complete: false, finalVersion: null, rounds: [] };
+    this.journal = { federation: config.federation, currentVersion: 0, complete: false, finalVersion: null, trainRoundsDone: 0, rounds: [] };
     this.stopSignal.promise.catch(() => undefined);
     this.commands = new MesCommands({
       transport: this.transport,
@@ -172,13 +188,15 @@ export class Aggregator extends EventEmitter {
     await this.loadJournal();
     await this.transport.subscribe(this.topics.statusAll(), this.onStatus);
     await this.transport.subscribe(this.topics.updatesAll(), this.onUpdateMessage);
+    // Connected already: every later 'connect' is a reconnect.
+    this.transport.on('connect', () => void this.republishRetained());
     await this.commands.start();
 
     this.global = await this.ensureInitialModel();
     await this.publishModel(this.global);
 
     let reason = `${this.config.rounds} rounds done`;
-    const trainRounds = () => this.journal.rounds.filter((r) => r.kind === 'train' && r.outcome !== null).length;
+    const trainRounds = () => this.journal.trainRoundsDone;
     const unfinished = this.journal.rounds.find((r) => r.outcome === null);
     if (this.journal.complete) {
       reason = 'federation already complete (journal)';
@@ -324,14 +342,24 @@ export class Aggregator extends EventEmitter {
     if (decision.outcome === 'aggregate' && !this.stopped) {
       const started = this.clock.now();
       try {
-        const next = await this.aggregate(active, accepted as SpooledUpdate[]);
+        const kept = await this.screenPoisoned(active, accepted as SpooledUpdate[]);
+        if (kept.length < accepted.length) {
+          record.participants = kept.map((u) => u.agent);
+          record.sampleCounts = Object.fromEntries(kept.map((u) => [u.agent, u.sampleCount]));
+          record.failures = [...record.failures, ...active.state.failureList().filter((f) => !record.failures.some((g) => g.agent === f.agent))];
+        }
+        const next = kept.length >= this.config.minClients ? await this.aggregate(active, kept) : null;
         if (next) {
           record.newVersion = next.version;
           this.global = next;
           this.journal.currentVersion = next.version;
         } else {
           record.outcome = 'keep';
-          record.reason = 'strategy kept the global model';
+          record.reason =
+            kept.length < this.config.minClients
+              ? `${accepted.length - kept.length} update(s) refused as outliers; ${kept.length} left, ${this.config.minClients} needed; the global model stays as it was`
+              : 'strategy kept the global model';
+          this.emitEvent('alert', { severity: 'warning', code: 'FL_ROUND_KEPT', message: `round ${roundNo}: ${record.reason}` });
         }
       } catch (err) {
         const { code, message } = describeError(err);
@@ -347,6 +375,8 @@ export class Aggregator extends EventEmitter {
     }
     record.durationMs = this.clock.now() - record.startedAt;
     this.current = null;
+    if (record.kind === 'train') this.journal.trainRoundsDone++;
+    await this.spillOldRounds();
     await this.saveJournal();
     await this.spool.dropRound(roundNo);
     this.emitEvent('round-completed', { ...record });
@@ -403,7 +433,7 @@ export class Aggregator extends EventEmitter {
       state,
       kind: plan.kind,
       base: this.modelRef(active.base),
-      task: this.taskFor(plan.round),
+      task: this.taskFor(),
       classes: [...active.base.classes],
       selected: [...plan.selected],
       minClients: plan.minClients,
@@ -424,7 +454,7 @@ export class Aggregator extends EventEmitter {
       state: 'complete',
       kind: last?.kind ?? 'evaluate',
       base: this.modelRef(this.global!),
-      task: this.taskFor(last?.round ?? 1),
+      task: this.taskFor(),
       classes: [...this.global!.classes],
       selected: [],
       minClients: this.config.minClients,
@@ -436,18 +466,43 @@ export class Aggregator extends EventEmitter {
   }
 
   /** The local training task of a round, with the server-side learning-rate schedule applied. */
-  private taskFor(round: number): RoundAnnouncement['task'] {
+  private taskFor(): RoundAnnouncement['task'] {
     const { learningRateDecay, ...task } = this.config.task;
-    const trainRoundsBefore = this.journal.rounds.filter((r) => r.kind === 'train' && r.round < round).length;
+    // The round being announced is not closed yet: every closed training round came before it.
+    const trainRoundsBefore = this.journal.trainRoundsDone;
     return { ...task, learningRate: task.learningRate * learningRateDecay ** trainRoundsBefore, federated: task.federated as RoundAnnouncement['task']['federated'] };
   }
 
   private modelRef(model: StoredModel): RoundAnnouncement['base'] {
-    return { version: model.version, sha256: model.sha256, bytes: model.bytes, chunks: chunkCount(model.bytes, this.config.chunkBytes), chunkBytes: this.config.chunkBytes };
+    return {
+      version: model.version,
+      sha256: model.sha256,
+      bytes: model.bytes,
+      chunks: chunkCount(model.bytes, this.config.chunkBytes),
+      chunkBytes: this.config.chunkBytes,
+      signature: this.signModel ? this.signModel(model.version, model.sha256) : null,
+    };
   }
 
   private async announce(a: RoundAnnouncement): Promise<void> {
+    this.lastAnnouncement = a;
     await this.transport.publish(this.topics.round(), packMsg(a), { qos: 1, retain: true });
+  }
+
+  /**
+   * After a reconnect the broker may have lost its retained messages (an embedded broker without
+   * persistence restarted, a Mosquitto killed before its autosave): publish the round announcement
+   * and the current global model again, so that agents joining or restarting now find them.
+   */
+  private async republishRetained(): Promise<void> {
+    if (this.stopped) return;
+    this.log.info({ round: this.lastAnnouncement?.round ?? null, version: this.global?.version ?? null }, 'reconnected; publishing retained state again');
+    try {
+      if (this.lastAnnouncement) await this.transport.publish(this.topics.round(), packMsg(this.lastAnnouncement), { qos: 1, retain: true });
+      if (this.global) await this.publishModel(this.global, false);
+    } catch (err) {
+      this.log.warn({ err: describeError(err).message }, 'could not republish retained state; will try at the next reconnect');
+    }
   }
 
   // ---------------------------------------------------------------- models
@@ -471,7 +526,7 @@ export class Aggregator extends EventEmitter {
     return stored;
   }
 
-  private async publishModel(model: StoredModel): Promise<void> {
+  private async publishModel(model: StoredModel, announce = true): Promise<void> {
     const bundle = await this.store.readBundle(model.version);
     const started = this.clock.now();
     const { chunkBytes, maxInflight } = this.config;
@@ -492,6 +547,7 @@ export class Aggregator extends EventEmitter {
       chunks: chunkCount(model.bytes, chunkBytes),
       chunkBytes,
       createdAt: model.createdAt,
+      signature: this.signModel ? this.signModel(model.version, model.sha256) : null,
       metrics: { contributors: model.contributors, updateMetrics: model.updateMetrics },
     };
     await this.transport.publish(this.topics.modelLatest(), encodeJson(manifest), { qos: 1, retain: true });
@@ -504,7 +560,39 @@ export class Aggregator extends EventEmitter {
       for (let seq = 0; seq < n; seq++) await this.transport.publish(this.topics.modelChunk(v, seq), Buffer.alloc(0), { qos: 1, retain: true });
     }
     this.log.info({ version: model.version, bytes: model.bytes, ms: this.clock.now() - started }, 'global model published');
+    if (!announce) return;
     this.emitEvent('model-published', { version: model.version, round: model.round, sha256: model.sha256, bytes: model.bytes, chunks: manifest.chunks, contributors: model.contributors, metrics: model.updateMetrics, modelDir: this.store.dir(model.version) });
+  }
+
+  /**
+   * Refuse updates that move the model far more than the others (poisoned, scaled, diverged):
+   * each update's change to the base is compared with the median change of the other updates.
+   * Refused updates become failures of the round, with the reason in an alert event.
+   */
+  private async screenPoisoned(active: ActiveRound, accepted: SpooledUpdate[]): Promise<SpooledUpdate[]> {
+    const { maxUpdateNormRatio, maxUpdateNorm } = this.config;
+    if (maxUpdateNormRatio === null && maxUpdateNorm === null) return accepted;
+    const { state, base } = active;
+    const federated = base.tensors.filter((t) => active.federatedNames.includes(t.name)).map((t) => ({ name: t.name, length: t.bytes / 4 }));
+    const readers = await this.spool.openReaders(state.plan.round, accepted);
+    const baseReader = await this.store.openTensorReader(base.version);
+    let verdicts;
+    try {
+      const { norms, baseNorm } = await deltaNorms(readers, baseReader, federated);
+      verdicts = screenUpdateNorms(norms, { maxNormRatio: maxUpdateNormRatio, maxNorm: maxUpdateNorm, baseNorm });
+    } finally {
+      await Promise.all([...readers, baseReader].map((r) => r.close()));
+    }
+    for (const v of verdicts) {
+      this.log.info({ round: state.plan.round, agent: v.agent, updateNorm: v.norm, referenceNorm: v.referenceNorm, accepted: v.accepted }, 'update norm screened');
+      if (v.accepted) continue;
+      const reason = v.reason!;
+      this.counters.inc(ErrorCodes.UPDATE_NORM);
+      state.recordFailureAfterAcceptance({ agent: v.agent, code: ErrorCodes.UPDATE_NORM, reason });
+      this.log.warn({ round: state.plan.round, agent: v.agent, code: ErrorCodes.UPDATE_NORM }, `update of ${v.agent} refused: ${reason}`);
+      this.emitEvent('alert', { severity: 'warning', code: ErrorCodes.UPDATE_NORM, agent: v.agent, round: state.plan.round, message: `update of ${v.agent} refused: ${reason}` });
+    }
+    return accepted.filter((u) => verdicts.find((v) => v.agent === u.agent)?.accepted);
   }
 
   private async aggregate(active: ActiveRound, accepted: SpooledUpdate[]): Promise<StoredModel | null> {
@@ -649,7 +737,7 @@ export class Aggregator extends EventEmitter {
     try {
       const bundle = r.finish();
       const expectTensors = active.base.tensors.filter((t) => active.federatedNames.includes(t.name));
-      const decoded = verifyUpdate(bundle, { round, agent, baseVersion: active.base.version, tensors: expectTensors });
+      const decoded = verifyUpdate(bundle, { round, agent, baseVersion: active.base.version, tensors: expectTensors, maxSamples: sampleLimit(agent, { maxSamplesPerAgent: this.config.maxSamplesPerAgent, registeredSamples: this.config.registeredSamples, registeredTolerance: this.config.registeredSamplesTolerance }) });
       const meta = decoded.header.meta;
       const info: SpooledUpdate = {
         agent,
@@ -721,11 +809,21 @@ export class Aggregator extends EventEmitter {
     try {
       const j = JSON.parse(await readFile(this.journalPath, 'utf8')) as Journal;
       if (j.federation !== this.config.federation) throw new Error(`journal belongs to federation ${j.federation}`);
+      // Journals written before trainRoundsDone existed: count what they hold.
+      j.trainRoundsDone ??= j.rounds.filter((r) => r.kind === 'train' && r.outcome !== null).length;
       this.journal = j;
       this.log.info({ rounds: j.rounds.length, complete: j.complete }, 'journal loaded');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new FedlineError(ErrorCodes.MODEL_STORE, `cannot read the journal ${this.journalPath}: ${(err as Error).message}`);
     }
+  }
+
+  private async spillOldRounds(): Promise<void> {
+    const excess = this.journal.rounds.length - JOURNAL_KEEP_ROUNDS;
+    if (excess <= 0) return;
+    const old = this.journal.rounds.slice(0, excess);
+    await appendFile(join(this.config.stateDir, 'history.jsonl'), old.map((r) => JSON.stringify(r)).join('\n') + '\n');
+    this.journal.rounds = this.journal.rounds.slice(excess);
   }
 
   /** Writes are serialised so that an older snapshot never lands after a newer one. */

@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import type { AggregatorConfig } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import { connectMqtt } from '../shared/mqtt-connect.js';
+import { loadSigningKey, signModel } from '../shared/model-signature.js';
 import type { MqttTransport } from '../shared/mqtt-transport.js';
 import { loadTf } from '../shared/tfjs/backend.js';
 import { buildInitialBundle } from '../shared/tfjs/initial-model.js';
@@ -18,6 +19,7 @@ export interface RunningAggregator {
 
 /** Wire a validated aggregator config to its adapters: MQTT, the model store, the spool, tfjs (initial model only). */
 export async function startAggregator(config: Readonly<AggregatorConfig>, logger: Logger): Promise<RunningAggregator> {
+  const signingKey = config.signingKeyFile ? loadSigningKey(config.signingKeyFile) : null;
   const transport = await connectMqtt(config.mqtt, `fedline-aggregator-${config.federation}`.slice(0, 128), logger);
   const store = new FsModelStore(join(config.stateDir, 'models'));
   const spool = new UpdateSpool(join(config.stateDir, 'spool'));
@@ -26,6 +28,7 @@ export async function startAggregator(config: Readonly<AggregatorConfig>, logger
     store,
     spool,
     logger,
+    ...(signingKey ? { signModel: (version: number, sha256: string) => signModel(signingKey, version, sha256) } : {}),
     initialModel: async () => {
       // tfjs is needed only to build the common initial weights; aggregation is plain typed-array math.
       const { tf } = await loadTf('cpu', logger);

@@ -6,6 +6,7 @@ import { fsyncDir, writeJsonAtomic } from '../shared/fs-atomic.js';
 import type { EvalMetrics, ModelMeta } from '../shared/messages.js';
 import { modelMetaSchema } from '../shared/messages.js';
 import { decodeBundle, sha256Hex, type TensorSpec } from '../shared/tensor-bundle.js';
+import type { TensorBlockReader } from '../shared/fedavg.js';
 
 /**
  * Every global model version on disk as a TensorFlow.js layers model, so `tf.loadLayersModel`
@@ -49,6 +50,8 @@ export interface ModelStore {
   save(bundle: Uint8Array, extra?: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'>): Promise<StoredModel>;
   readBundle(version: number): Promise<Buffer>;
   recordMetrics(version: number, agent: string, metrics: EvalMetrics): Promise<void>;
+  /** Read a version's tensors block by block from disk (no whole-model copy in memory). */
+  openTensorReader(version: number): Promise<TensorBlockReader & { close(): Promise<void> }>;
   dir(version: number): string;
 }
 
@@ -156,6 +159,29 @@ export class FsModelStore implements ModelStore {
       throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: version ${version} is corrupt on disk (SHA-256 ${sha} != ${meta.sha256})`);
     }
     return bundle;
+  }
+
+  async openTensorReader(version: number): Promise<TensorBlockReader & { close(): Promise<void> }> {
+    const meta = await this.get(version);
+    if (!meta) throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: no version ${version}`);
+    const fh = await open(join(this.dir(version), 'weights.bin'), 'r');
+    const specs = new Map(meta.tensors.map((t) => [t.name, t]));
+    return {
+      id: `v${version}`,
+      weight: 1,
+      async read(name: string, start: number, out: Float32Array) {
+        const spec = specs.get(name);
+        if (!spec) throw new FedlineError(ErrorCodes.MODEL_STORE, `model version ${version} has no tensor ${name}`);
+        const target = Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+        let done = 0;
+        while (done < target.byteLength) {
+          const { bytesRead } = await fh.read(target, done, target.byteLength - done, spec.offset + start * 4 + done);
+          if (bytesRead === 0) throw new FedlineError(ErrorCodes.MODEL_STORE, `model version ${version}: weights.bin is truncated`);
+          done += bytesRead;
+        }
+      },
+      close: () => fh.close(),
+    };
   }
 
   recordMetrics(version: number, agent: string, metrics: EvalMetrics): Promise<void> {

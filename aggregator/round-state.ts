@@ -93,6 +93,12 @@ export class RoundState {
     if (!this.accepted.has(failure.agent)) this.failures.set(failure.agent, failure);
   }
 
+  /** An accepted update refused later (norm screening at close): it leaves the average. */
+  recordFailureAfterAcceptance(failure: Failure): void {
+    this.accepted.delete(failure.agent);
+    this.failures.set(failure.agent, failure);
+  }
+
   evalsByAgent(): Record<string, EvalMetrics> {
     return Object.fromEntries([...this.evals.entries()].sort(([a], [b]) => a.localeCompare(b)));
   }

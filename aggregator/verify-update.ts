@@ -9,6 +9,8 @@ export interface UpdateExpectation {
   baseVersion: number;
   /** The tensors the round federates, as the global model has them (name, shape, dtype). */
   tensors: readonly Pick<TensorSpec, 'name' | 'shape' | 'dtype'>[];
+  /** Most samples this agent may claim (its registered count or the federation's cap); null: no limit. */
+  maxSamples?: number | null;
 }
 
 /**
@@ -46,6 +48,10 @@ export function verifyUpdate(bundle: Uint8Array, expect: UpdateExpectation): Dec
   }
   if (!Number.isSafeInteger(meta.sampleCount) || meta.sampleCount <= 0) {
     throw new FedlineError(ErrorCodes.UPDATE_SAMPLES, `sample count ${meta.sampleCount} is not a positive integer`);
+  }
+  if (expect.maxSamples != null && meta.sampleCount > expect.maxSamples) {
+    // FedAvg weights by sample count: an inflated count would let one site outweigh the others.
+    throw new FedlineError(ErrorCodes.UPDATE_SAMPLES, `update claims ${meta.sampleCount} training samples; at most ${expect.maxSamples} are allowed for ${expect.agent}`);
   }
   return decoded;
 }

@@ -73,7 +73,12 @@ export function createAuthHooks(o: AuthOptions): AuthHooks {
         return callback(refuse(NOT_AUTHORIZED, `user "${user}" has no role`), false);
       }
       rightsOf.set(client, rights);
-      o.log.info({ client: client.id, username: user, role: rights.role }, 'client authenticated');
+      // The session belongs to the user, whatever client id was asked for (Mosquitto's
+      // use_username_as_clientid): nobody can take over another user's session by presenting its
+      // client id (MQTT 3.1.1 §3.1.4: a second CONNECT with an existing id disconnects the first).
+      const requestedId = client.id;
+      (client as { id: string }).id = user;
+      o.log.info({ client: user, requestedClientId: requestedId, username: user, role: rights.role }, 'client authenticated');
       callback(null, true);
     },
 

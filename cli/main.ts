@@ -33,6 +33,7 @@ commands:
               (the 3 clients, an external set, cross-client probes, reference images for pretrain)
   experiment  the paper's comparison: centralized, local-only, federated all/head/random init;
               report.md, results.json, confusion matrices     --config FILE [--out DIR] [--mode in-process|mqtt]
+  keygen      an Ed25519 key pair for signing global models --out DIR
 
 Example configs are in examples/. Logs are JSON lines on stdout; set FEDLINE_LOG_LEVEL=debug for more.`;
 
@@ -49,6 +50,10 @@ async function main(argv: string[]): Promise<void> {
       const { runDemo } = await import('./demo.js');
       process.exitCode = await runDemo(rest);
       return;
+    }
+    case 'keygen': {
+      const { runKeygen } = await import('./keygen-cmd.js');
+      return runKeygen(rest);
     }
     case 'inspect':
       return runInspect(rest);

@@ -24,6 +24,7 @@ import type { InboundMessage, Transport } from '../shared/transport.js';
 import type { ModelCache } from './model-cache.js';
 import { downloadModel } from './model-downlink.js';
 import type { GlobalModel, Trainer } from './trainer.js';
+import type { UpdateJournal } from './update-journal.js';
 import { TrainingWindow } from './training-window.js';
 import type { GateSnapshot, TriggerGate } from './triggers/gate.js';
 import type { SourceProblem } from './triggers/source.js';
@@ -36,6 +37,10 @@ export interface AgentDeps {
   cache: ModelCache;
   /** Prepares the local trainer once the federation's classes and input shape are known. */
   trainerFor: (model: ModelMeta) => Promise<Trainer>;
+  /** Checks the aggregator's signature of a model (version, SHA-256); absent: models are not checked. */
+  verifyModel?: (version: number, sha256: string, signature: string | null) => boolean;
+  /** Where sent updates are recorded, so a restart resumes instead of training again. */
+  journal?: UpdateJournal;
   logger: Logger;
   /** When this box may train (edge-agent/triggers). Absent: always. */
   gate?: TriggerGate;
@@ -65,6 +70,8 @@ export class EdgeAgent extends EventEmitter {
   private readonly transport: Transport;
   private readonly cache: ModelCache;
   private readonly trainerFor: AgentDeps['trainerFor'];
+  private readonly journal: UpdateJournal | null;
+  private readonly verifyModel: AgentDeps['verifyModel'] | null;
   private readonly log: Logger;
   private readonly topics: Topics;
   private readonly emitEvent: EventSink;
@@ -84,6 +91,8 @@ export class EdgeAgent extends EventEmitter {
     this.transport = deps.transport;
     this.cache = deps.cache;
     this.trainerFor = deps.trainerFor;
+    this.journal = deps.journal ?? null;
+    this.verifyModel = deps.verifyModel ?? null;
     this.log = deps.logger.child({ module: 'agent', agent: config.agentId });
     this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
     this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, undefined, config.agentId);
@@ -224,44 +233,60 @@ export class EdgeAgent extends EventEmitter {
         await this.setStatus({ state: 'idle', round, progress: null, detail: `evaluated model version ${model.version}: accuracy ${metricsBefore.accuracy.toFixed(3)}` }, true);
         return { round, outcome: 'evaluated' };
       }
-      // 3. local training
-      const federatedNames = resolveFederated(ann.task.federated, model.tensors.map((t) => t.name), model.meta.headTensors);
-      await this.setStatus({ state: 'training', round, progress: 0, detail: `${ann.task.epochs} epoch(s) on ${trainer.samples.train} images` }, true);
-      const onProgress = (p: import('./trainer.js').TrainProgress) => {
-        if (this.status.state !== 'training') return;
-        const progress = (p.epoch * p.batchesPerEpoch + p.batch) / (p.epochs * p.batchesPerEpoch);
-        this.setStatus({ progress, detail: `epoch ${p.epoch + 1}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}` }).catch(() => undefined);
-      };
-      const result = this.window
-        ? await this.window.train(trainer, model, ann.task, federatedNames, {
-            signal,
-            deadlineAt: ann.deadlineAt,
-            onProgress,
-            onPaused: (at, why) => {
-              log.info({ epoch: at.epoch, batch: at.batch }, 'training paused at a batch boundary: the training window closed');
-              this.setStatus({ state: 'paused', detail: `paused before epoch ${at.epoch + 1}/${at.epochs}, batch ${at.batch + 1}/${at.batchesPerEpoch}: ${why}` }, true).catch(() => undefined);
-            },
-            onResumed: (at) => {
-              log.info({ epoch: at.epoch, batch: at.batch }, 'training resumed: the training window opened');
-              this.setStatus({ state: 'training', detail: `resumed at epoch ${at.epoch + 1}/${at.epochs}, batch ${at.batch + 1}/${at.batchesPerEpoch}` }, true).catch(() => undefined);
-            },
-          })
-        : await trainer.train(model, ann.task, federatedNames, { signal, onProgress });
-      log.info({ trainMs: result.trainMs, accuracyAfter: result.metricsAfter.accuracy, samples: result.sampleCount }, 'local training done');
+      // 3. local training, unless this round's update was already made before a restart
+      await this.journal?.pruneBefore(round).catch(() => undefined);
+      const prior = await this.journal?.record(round);
+      if (prior && prior.baseVersion === model.version && prior.state !== 'pending') {
+        this.finishedRounds.add(round);
+        log.info({ state: prior.state }, 'this round\'s update was already settled before a restart; not sending it again');
+        await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} ${prior.state} (before restart)` }, true);
+        return { round, outcome: prior.state };
+      }
+      let bundle = (await this.journal?.pendingBundle(round, model.version)) ?? null;
+      const resume = bundle !== null;
+      if (bundle) {
+        log.info({ bytes: bundle.byteLength }, 'resuming the upload of an update made before a restart');
+      } else {
+        const federatedNames = resolveFederated(ann.task.federated, model.tensors.map((t) => t.name), model.meta.headTensors);
+        await this.setStatus({ state: 'training', round, progress: 0, detail: `${ann.task.epochs} epoch(s) on ${trainer.samples.train} images` }, true);
+        const onProgress = (p: import('./trainer.js').TrainProgress) => {
+          if (this.status.state !== 'training') return;
+          const progress = (p.epoch * p.batchesPerEpoch + p.batch) / (p.epochs * p.batchesPerEpoch);
+          this.setStatus({ progress, detail: `epoch ${p.epoch + 1}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}` }).catch(() => undefined);
+        };
+        const result = this.window
+          ? await this.window.train(trainer, model, ann.task, federatedNames, {
+              signal,
+              deadlineAt: ann.deadlineAt,
+              onProgress,
+              onPaused: (at, why) => {
+                log.info({ epoch: at.epoch, batch: at.batch }, 'training paused at a batch boundary: the training window closed');
+                this.setStatus({ state: 'paused', detail: `paused before epoch ${at.epoch + 1}/${at.epochs}, batch ${at.batch + 1}/${at.batchesPerEpoch}: ${why}` }, true).catch(() => undefined);
+              },
+              onResumed: (at) => {
+                log.info({ epoch: at.epoch, batch: at.batch }, 'training resumed: the training window opened');
+                this.setStatus({ state: 'training', detail: `resumed at epoch ${at.epoch + 1}/${at.epochs}, batch ${at.batch + 1}/${at.batchesPerEpoch}` }, true).catch(() => undefined);
+              },
+            })
+          : await trainer.train(model, ann.task, federatedNames, { signal, onProgress });
+        log.info({ trainMs: result.trainMs, accuracyAfter: result.metricsAfter.accuracy, samples: result.sampleCount }, 'local training done');
+        const meta: UpdateMeta = {
+          kind: 'update',
+          agent: this.config.agentId,
+          round,
+          baseVersion: model.version,
+          sampleCount: result.sampleCount,
+          epochs: ann.task.epochs,
+          metricsBefore,
+          metricsAfter: result.metricsAfter,
+          trainMs: result.trainMs,
+          backend: trainer.backend,
+        };
+        bundle = encodeBundle(result.tensors, meta);
+        // On disk before the first chunk leaves: a power cut from here on resumes this upload.
+        await this.journal?.savePending(round, model.version, bundle).catch((err: Error) => this.storageProblem(`could not record the update of round ${round} on disk (${err.message}); a restart would train again`));
+      }
       // 4. send the update
-      const meta: UpdateMeta = {
-        kind: 'update',
-        agent: this.config.agentId,
-        round,
-        baseVersion: model.version,
-        sampleCount: result.sampleCount,
-        epochs: ann.task.epochs,
-        metricsBefore,
-        metricsAfter: result.metricsAfter,
-        trainMs: result.trainMs,
-        backend: trainer.backend,
-      };
-      const bundle = encodeBundle(result.tensors, meta);
       await this.setStatus({ state: 'uploading', round, progress: 0, detail: `${bundle.byteLength} bytes` }, true);
       const sent = await sendUpdate(this.transport, this.topics, bundle, log, {
         round,
@@ -270,11 +295,13 @@ export class EdgeAgent extends EventEmitter {
         maxInflight: this.config.maxInflight,
         ackTimeoutMs: this.config.ackTimeoutMs,
         signal,
+        resume,
         onProgress: (sentBytes, total) => this.setStatus({ progress: Math.min(1, sentBytes / total) }).catch(() => undefined),
         onReject: (err, topic) => this.reject(err, topic),
       });
       this.bytes.up += sent.sentBytes;
       this.finishedRounds.add(round);
+      await this.journal?.settle(round, sent.ack.status === 'accepted' ? 'accepted' : 'rejected', sent.ack.reason).catch(() => undefined);
       if (sent.ack.status === 'accepted') {
         log.info({ bytes: bundle.byteLength, resent: sent.resentChunks }, 'update accepted by the aggregator');
         await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} accepted` }, true);
@@ -310,6 +337,13 @@ export class EdgeAgent extends EventEmitter {
 
   private async fetchModel(ann: RoundAnnouncement, signal: AbortSignal): Promise<{ model: GlobalModel; downloadedBytes: number }> {
     const ref = ann.base;
+    // Before anything is downloaded or read from the cache: is this model the aggregator's?
+    if (this.verifyModel && !this.verifyModel(ref.version, ref.sha256, ref.signature)) {
+      throw new FedlineError(
+        ErrorCodes.MODEL_SIGNATURE,
+        ref.signature ? `model version ${ref.version} (sha256 ${ref.sha256.slice(0, 12)}…) has a signature that does not verify with the aggregator's public key; refusing it` : `model version ${ref.version} is not signed; refusing it (modelPublicKeyFile is set)`,
+      );
+    }
     let bundle = await this.cache.get(ref.version, ref.sha256);
     let downloadedBytes = 0;
     if (!bundle) {
@@ -322,7 +356,7 @@ export class EdgeAgent extends EventEmitter {
       });
       downloadedBytes = bundle.byteLength;
       this.bytes.down += bundle.byteLength;
-      await this.cache.put(ref.version, ref.sha256, bundle).catch((err: Error) => this.log.warn({ err: err.message }, 'could not cache the model; continuing without cache'));
+      await this.cache.put(ref.version, ref.sha256, bundle).catch((err: Error) => this.storageProblem(`could not keep model version ${ref.version} on disk (${err.message}); continuing with the copy in memory`));
     }
     let decoded: DecodedBundle<ModelMeta>;
     try {
@@ -357,6 +391,13 @@ export class EdgeAgent extends EventEmitter {
       this.emit('state', this.status);
       this.emitEvent('agent-state', { agent: this.config.agentId, state: this.status.state, round: this.status.round, progress: this.status.progress, detail: this.status.detail });
     }
+  }
+
+  /** The agent's disk failed it (full, read-only, corrupt): say so, keep working from memory. */
+  private storageProblem(message: string): void {
+    this.counters.inc(ErrorCodes.MODEL_STORE);
+    this.log.warn({ code: ErrorCodes.MODEL_STORE }, message);
+    this.emitEvent('alert', { severity: 'warning', agent: this.config.agentId, code: ErrorCodes.MODEL_STORE, message });
   }
 
   /** A pause/resume command this agent acted on: answer the MES with a command-result event. */

@@ -8,6 +8,7 @@ import { createTopics, defaultRoot } from '../shared/topics.js';
 import { InspectionService } from './inspect.js';
 import { ModelCache } from './model-cache.js';
 import { TfjsClassifier } from './tfjs-classifier.js';
+import { loadVerifyKey, verifyModelSignature } from '../shared/model-signature.js';
 
 export interface RunningInspection {
   service: InspectionService;
@@ -22,6 +23,7 @@ export async function startInspection(config: Readonly<InspectConfig>, logger: L
   const station = config.station ?? config.agentId;
   const transport = await connectMqtt(config.mqtt, `fedline-inspect-${station}`.slice(0, 128), logger);
   const log = logger.child({ agent: config.agentId });
+  const verifyKey = config.modelPublicKeyFile ? loadVerifyKey(config.modelPublicKeyFile) : null;
   const runtime = await loadTf(config.backend, log);
   const verdictTopic = config.verdictTopic ?? `${topics.root}/inspection/${config.agentId}/verdict`;
   const service = new InspectionService({
@@ -37,6 +39,7 @@ export async function startInspection(config: Readonly<InspectConfig>, logger: L
     maxModelBytes: config.maxModelBytes,
     maxQueuedImages: config.maxQueuedImages,
     log,
+    ...(verifyKey ? { verifyModel: (version: number, sha256: string, signature: string | null) => verifyModelSignature(verifyKey, version, sha256, signature) } : {}),
   });
   await service.start();
   return {

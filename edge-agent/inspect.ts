@@ -50,6 +50,8 @@ export interface InspectionOptions {
   maxModelBytes: number;
   maxQueuedImages: number;
   log: Logger;
+  /** Checks the aggregator's signature of a model (version, SHA-256); absent: models are not checked. */
+  verifyModel?: (version: number, sha256: string, signature: string | null) => boolean;
 }
 
 interface QueuedImage {
@@ -156,6 +158,12 @@ export class InspectionService extends EventEmitter {
       const { code, message } = describeError(err);
       this.counters.inc(code);
       this.log.warn({ topic: m.topic, code }, message);
+      return;
+    }
+    if (this.o.verifyModel && !this.o.verifyModel(manifest.version, manifest.sha256, manifest.signature)) {
+      // A model nobody but the aggregator may publish: keep classifying with the current one.
+      this.counters.inc(ErrorCodes.MODEL_SIGNATURE);
+      this.log.warn({ topic: m.topic, code: ErrorCodes.MODEL_SIGNATURE, version: manifest.version }, `model version ${manifest.version} is ${manifest.signature ? 'signed with another key' : 'not signed'}; refusing it`);
       return;
     }
     const have = this.modelVersion ?? -1;

@@ -4,6 +4,7 @@ import { withTimeout } from '../shared/async.js';
 import { encodeJson } from '../shared/codec.js';
 import type { Logger } from '../shared/logger.js';
 import { connectMqtt } from '../shared/mqtt-connect.js';
+import { loadVerifyKey, verifyModelSignature } from '../shared/model-signature.js';
 import type { MqttTransport } from '../shared/mqtt-transport.js';
 import { loadTf } from '../shared/tfjs/backend.js';
 import { createTopics, defaultRoot } from '../shared/topics.js';
@@ -12,6 +13,8 @@ import { loadDataset } from './dataset.js';
 import { createImageDecoder } from './images.js';
 import { ModelCache } from './model-cache.js';
 import { TfjsTrainer } from './tfjs-trainer.js';
+import type { Trainer } from './trainer.js';
+import { UpdateJournal } from './update-journal.js';
 import { buildGate } from './triggers/build-gate.js';
 
 const MAX_LOGGED_PROBLEMS = 100;
@@ -23,8 +26,14 @@ export interface RunningAgent {
 }
 
 /** Wire a validated agent config to MQTT (with an `offline` last will), the model cache, the image folder and tfjs. */
-export async function startAgent(config: Readonly<AgentConfig>, logger: Logger): Promise<RunningAgent> {
+export interface AgentWiringOptions {
+  /** Test seam: wrap the trainer (e.g. to make one agent a straggler). */
+  wrapTrainer?: (trainer: Trainer) => Trainer;
+}
+
+export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, wiring: AgentWiringOptions = {}): Promise<RunningAgent> {
   const topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
+  const verifyKey = config.modelPublicKeyFile ? loadVerifyKey(config.modelPublicKeyFile) : null;
   const offline = encodeJson({ ...offlineStatus(config.agentId), ts: Date.now() });
   const transport = await connectMqtt(config.mqtt, `fedline-agent-${config.agentId}`.slice(0, 128), logger, { topic: topics.status(config.agentId), payload: offline, qos: 1, retain: true });
   const log = logger.child({ agent: config.agentId });
@@ -42,6 +51,8 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger):
     gate,
     transport,
     cache: new ModelCache(join(config.stateDir, 'models'), log),
+    journal: new UpdateJournal(join(config.stateDir, 'uploads')),
+    ...(verifyKey ? { verifyModel: (version: number, sha256: string, signature: string | null) => verifyModelSignature(verifyKey, version, sha256, signature) } : {}),
     logger,
     trainerFor: async ({ classes, inputShape, normalization }) => {
       const runtime = await loadTf(config.training.backend, log);
@@ -62,7 +73,8 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger):
         { train: data.counts.train, test: data.counts.test, classes, problems: data.problems.length, decoder: data.decoder, normalization, cached, streamed: data.train.count + data.test.count - cached },
         'local images loaded',
       );
-      return new TfjsTrainer(runtime, data, { shuffleSeed: config.training.shuffleSeed, augmentation: config.data.augmentation });
+      const trainer = new TfjsTrainer(runtime, data, { shuffleSeed: config.training.shuffleSeed, augmentation: config.data.augmentation });
+      return wiring.wrapTrainer ? wiring.wrapTrainer(trainer) : trainer;
     },
   });
   await agent.start();

@@ -14,6 +14,8 @@ export class ModelCache {
   private readonly log: Logger;
   /** Versions to keep besides the one just written. */
   private readonly keep: number;
+  /** Cached files found corrupt (and deleted) so far. */
+  corruptions = 0;
 
   constructor(dir: string, log: Logger, keep = 1) {
     this.dir = dir;
@@ -34,7 +36,8 @@ export class ModelCache {
       return null;
     }
     if (sha256Hex(bytes) !== sha256) {
-      this.log.warn({ path, version }, 'cached model is corrupt; deleting it and downloading again');
+      this.log.warn({ path, version, code: 'FL_MODEL_STORE' }, 'cached model is corrupt; deleting it and downloading again');
+      this.corruptions++;
       await rm(path, { force: true });
       return null;
     }

@@ -16,6 +16,8 @@ export interface UplinkOptions {
   /** Wait this long for a verdict before asking again, ms. */
   ackTimeoutMs: number;
   signal?: AbortSignal;
+  /** The aggregator may already hold part of this bundle (a restart mid-upload): ask first, send only what it lacks. */
+  resume?: boolean;
   onProgress?: (sentBytes: number, totalBytes: number) => void;
   onReject?: (err: unknown, topic: string) => void;
 }
@@ -97,7 +99,7 @@ export async function sendUpdate(transport: Transport, topics: Topics, bundle: U
 
   await transport.subscribe(ackTopic, onAck);
   try {
-    await send();
+    if (!options.resume) await send();
     for (;;) {
       if (signal?.aborted) throw signal.reason ?? new FedlineError(ErrorCodes.ABORTED, 'upload aborted');
       await transport.publish(updateTopic, packMsg({ v: PROTOCOL_VERSION, type: 'update-done', round, agent, total, sha256 }), { qos: 1 });

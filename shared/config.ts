@@ -167,6 +167,18 @@ export const aggregatorConfigSchema = z.strictObject({
     federated: federatedSetSchema.default('all'),
   }),
   model: modelSpecSchema,
+  /** Refuse an update that changes the model more than this many times the median change of the round's other updates (L2). null disables. Default 10. */
+  maxUpdateNormRatio: z.number().gt(1).nullable().default(10),
+  /** Refuse an update that changes the model by more than this L2 norm. null (default) disables. */
+  maxUpdateNorm: z.number().positive().nullable().default(null),
+  /** Refuse an update claiming more training samples than this. null (default): no cap. */
+  maxSamplesPerAgent: posInt.nullable().default(null),
+  /** Sample counts the sites registered; an update claiming more than registered x (1 + registeredSamplesTolerance) is refused. */
+  registeredSamples: z.record(z.string(), posInt).default({}),
+  /** Growth allowed over a registered sample count (new images since registration). Default 0.1. */
+  registeredSamplesTolerance: z.number().min(0).default(0.1),
+  /** Ed25519 private key (PEM) to sign every global model; agents verify with the public key. See `fedline keygen`. */
+  signingKeyFile: path.optional(),
   /** After the last round, run an evaluation-only round so the final model's accuracy is known. Default true. */
   evaluateFinalModel: z.boolean().default(true),
   /** Start rounds at launch (default true), or wait for the MES's `<root>/cmd/start`. */
@@ -217,6 +229,8 @@ export const agentConfigSchema = z.strictObject({
       shuffleSeed: z.number().int().nonnegative().default(1),
     })
     .default({ backend: 'auto', shuffleSeed: 1 }),
+  /** Ed25519 public key (PEM) of the aggregator: when set, only models it signed are used. */
+  modelPublicKeyFile: path.optional(),
   /**
    * When this box may train (shared/trigger-config.ts): OPC UA line state, MES topic, schedule
    * windows, operator commands, combined with all/any. Default {"type": "always"}.
@@ -265,7 +279,7 @@ export function parseConfig<S extends z.ZodType>(schema: S, raw: unknown, source
 }
 
 /** Keys whose values are file system paths, resolved against the config file's folder. */
-const PATH_KEYS = new Set(['stateDir', 'dir', 'initFrom', 'passwordFile', 'caFile', 'certFile', 'keyFile', 'pkiDir', 'accessFile', 'archiveDir']);
+const PATH_KEYS = new Set(['stateDir', 'dir', 'initFrom', 'passwordFile', 'caFile', 'certFile', 'keyFile', 'pkiDir', 'accessFile', 'archiveDir', 'signingKeyFile', 'modelPublicKeyFile']);
 
 function resolvePaths(value: unknown, base: string): unknown {
   if (Array.isArray(value)) return value.map((v) => resolvePaths(v, base));

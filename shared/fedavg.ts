@@ -112,3 +112,39 @@ export function allFinite(values: Float32Array): boolean {
   }
   return true;
 }
+
+/**
+ * L2 norm of each client's change to the base model, ||w_k - w_base||, and of the base itself,
+ * over the given tensors, streamed block by block like fedAvgStreamed. Used to screen out
+ * poisoned updates.
+ */
+export async function deltaNorms(
+  readers: readonly TensorBlockReader[],
+  base: TensorBlockReader,
+  tensors: readonly { name: string; length: number }[],
+  blockElements = 1 << 20,
+): Promise<{ norms: Map<string, number>; baseNorm: number }> {
+  const sums = new Map(readers.map((r) => [r.id, 0]));
+  let baseSum = 0;
+  const baseBlock = new Float32Array(blockElements);
+  const block = new Float32Array(blockElements);
+  for (const { name, length } of tensors) {
+    for (let start = 0; start < length; start += blockElements) {
+      const n = Math.min(blockElements, length - start);
+      const baseView = baseBlock.subarray(0, n);
+      await base.read(name, start, baseView);
+      for (let i = 0; i < n; i++) baseSum += baseView[i]! * baseView[i]!;
+      const view = block.subarray(0, n);
+      for (const r of readers) {
+        await r.read(name, start, view);
+        let s = 0;
+        for (let i = 0; i < n; i++) {
+          const d = view[i]! - baseView[i]!;
+          s += d * d;
+        }
+        sums.set(r.id, sums.get(r.id)! + s);
+      }
+    }
+  }
+  return { norms: new Map([...sums.entries()].map(([id, s]) => [id, Math.sqrt(s)])), baseNorm: Math.sqrt(baseSum) };
+}

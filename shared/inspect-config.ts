@@ -43,6 +43,8 @@ export const inspectConfigSchema = z
     backend: z.enum(['auto', 'tensorflow', 'cpu']).default('auto'),
     /** Largest global model accepted, bytes. Default 2 GiB. */
     maxModelBytes: z.number().int().positive().default(2 * 1024 * 1024 * 1024),
+    /** Ed25519 public key (PEM) of the aggregator: when set, only models it signed are used. */
+    modelPublicKeyFile: z.string().min(1).optional(),
     /** Images waiting at most (an image beyond it is refused with an error verdict). Default 10000. */
     maxQueuedImages: z.number().int().positive().default(10_000),
     logLevel: z.string().optional(),

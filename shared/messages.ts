@@ -50,12 +50,16 @@ export const trainTaskSchema = z.object({
 });
 export type TrainTask = z.infer<typeof trainTaskSchema>;
 
+const signatureHex = z.string().regex(/^[0-9a-f]{128}$/, 'must be a hex Ed25519 signature');
+
 export const modelRefSchema = z.object({
   version: uint,
   sha256: sha256Hex,
   bytes: posInt,
   chunks: posInt,
   chunkBytes: posInt,
+  /** Ed25519 signature of the model by the aggregator (shared/model-signature.ts), or nil when signing is off. */
+  signature: signatureHex.nullable(),
 });
 export type ModelRef = z.infer<typeof modelRefSchema>;
 
@@ -226,6 +230,7 @@ export const modelManifestSchema = z.object({
   chunks: posInt,
   chunkBytes: posInt,
   createdAt: uint,
+  signature: signatureHex.nullable(),
   /** Accuracy etc. of the model this one replaced, per agent, as the agents reported it. */
   metrics: z.record(z.string(), z.unknown()),
 });

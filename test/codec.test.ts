@@ -24,7 +24,7 @@ const announcement: RoundAnnouncement = {
   round: 3,
   state: 'open',
   kind: 'train',
-  base: { version: 2, sha256: SHA, bytes: 1000, chunks: 4, chunkBytes: 256 },
+  base: { version: 2, sha256: SHA, bytes: 1000, chunks: 4, chunkBytes: 256, signature: null },
   task: { epochs: 2, batchSize: 16, learningRate: 0.004, optimizer: 'adam', classWeighting: 'auto', federated: 'all' },
   classes: ['OKAY', 'NOT_OKAY'],
   selected: ['site-a', 'site-b'],

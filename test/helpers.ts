@@ -201,6 +201,8 @@ export interface MosquittoOptions {
   extraUsers?: string[];
   /** An extra TLS listener. */
   tls?: { cert: string; key: string; ca: string; requireCertificate: boolean; identityAsUsername: boolean };
+  /** Listen on this port instead of a free one (a restart on the same address). */
+  port?: number;
 }
 
 export interface RunningMosquitto {
@@ -210,6 +212,8 @@ export interface RunningMosquitto {
   proc: ChildProcess;
   auth: AuthFiles;
   stop(): Promise<void>;
+  /** SIGKILL: a crash, no chance to save the persistence file. */
+  kill(): Promise<void>;
 }
 
 /**
@@ -218,7 +222,7 @@ export interface RunningMosquitto {
  * (a temp folder, made from the test access file by the same code as `fedline acl`).
  */
 export async function startMosquitto(bin: string, dir: string, options: MosquittoOptions = {}): Promise<RunningMosquitto> {
-  const port = await freePort();
+  const port = options.port ?? (await freePort());
   const auth = writeAuthFiles(dir, options.access ?? testAccess(), options.extraUsers);
   const original = readFileSync(join(REPO_ROOT, 'mosquitto.conf'), 'utf8');
   let conf = original
@@ -267,6 +271,10 @@ export async function startMosquitto(bin: string, dir: string, options: Mosquitt
     auth,
     async stop() {
       if (proc.exitCode === null) proc.kill('SIGTERM');
+      await exited;
+    },
+    async kill() {
+      if (proc.exitCode === null) proc.kill('SIGKILL');
       await exited;
     },
   };

@@ -38,7 +38,7 @@ async function publishModel(t: MqttTransport, tp: Topics, bundle: Buffer, chunkB
   const meta = decodeBundle<ModelMeta>(bundle, modelMetaSchema).header.meta;
   const sha256 = sha256Hex(bundle);
   await publishChunks(t, bundle, (seq) => tp.modelChunk(meta.version, seq), (c) => ({ v: 1, type: 'model-chunk', version: meta.version, ...c }), { chunkBytes, maxInflight: 16, retain: true, sha256 });
-  const manifest: ModelManifest = { v: 1, federation: 'test', version: meta.version, round: meta.round, sha256, bytes: bundle.byteLength, chunks: chunkCount(bundle.byteLength, chunkBytes), chunkBytes, createdAt: Date.now(), metrics: {} };
+  const manifest: ModelManifest = { v: 1, federation: 'test', version: meta.version, round: meta.round, sha256, bytes: bundle.byteLength, chunks: chunkCount(bundle.byteLength, chunkBytes), chunkBytes, signature: null, createdAt: Date.now(), metrics: {} };
   await t.publish(tp.modelLatest(), encodeJson(manifest), { retain: true });
 }
 

@@ -28,6 +28,18 @@ export const NATIVE_INSTALL_HINT =
 
 let cached: { preference: BackendPreference; runtime: Promise<TfRuntime> } | null = null;
 
+/**
+ * tfjs-layers keeps the topologically sorted graph of the last N executions in a global LRU
+ * cache (default 100). An agent builds a fresh model every round, so each entry pins a dead
+ * model's layer objects until it falls out: memory then climbs for ~50 rounds before it levels
+ * off. One model runs at a time here; a small cache keeps the plateau low and reached early.
+ */
+const GRAPH_CACHE_ENTRIES = 8;
+
+function tuneTf(tf: Tf): void {
+  tf.env().set('TOPOLOGICAL_SORT_CACHE_MAX_ENTRIES', GRAPH_CACHE_ENTRIES);
+}
+
 async function tryImport(name: string): Promise<Tf | null> {
   try {
     // A variable specifier: these packages are optional and usually absent.
@@ -84,6 +96,7 @@ export function loadTf(preference: BackendPreference = 'auto', log?: Logger): Pr
         const tf = await tryImport(name);
         if (tf) {
           await tf.ready();
+          tuneTf(tf);
           log?.info({ backend: tf.getBackend(), package: name }, 'tfjs backend ready (native)');
           return { tf, backend: tf.getBackend(), packageName: name, native: true };
         }
@@ -95,6 +108,7 @@ export function loadTf(preference: BackendPreference = 'auto', log?: Logger): Pr
     const tf = (await import('@tensorflow/tfjs')) as Tf;
     // PROD silences tfjs' own console advice (we log our own) and skips debug-only checks.
     tf.env().set('PROD', true);
+    tuneTf(tf);
     if (preference === 'auto' || preference === 'wasm') {
       const wasm = await startWasmBackend(tf);
       if (wasm.ok) {

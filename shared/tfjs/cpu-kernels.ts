@@ -71,6 +71,36 @@ export function conv2dBackpropFilterNhwc(
   return Float32Array.from(acc);
 }
 
+/** The geometry maxPoolGradNhwc needs, from tfjs' Pool2DInfo (shared by the cpu and wasm kernels). */
+export function poolGradGeometry(info: {
+  batchSize: number;
+  inHeight: number;
+  inWidth: number;
+  inChannels: number;
+  outHeight: number;
+  outWidth: number;
+  filterHeight: number;
+  filterWidth: number;
+  strideHeight: number;
+  strideWidth: number;
+  padInfo: { top: number; left: number };
+}) {
+  return {
+    batchSize: info.batchSize,
+    inHeight: info.inHeight,
+    inWidth: info.inWidth,
+    channels: info.inChannels,
+    outHeight: info.outHeight,
+    outWidth: info.outWidth,
+    filterHeight: info.filterHeight,
+    filterWidth: info.filterWidth,
+    strideHeight: info.strideHeight,
+    strideWidth: info.strideWidth,
+    padTop: info.padInfo.top,
+    padLeft: info.padInfo.left,
+  };
+}
+
 export function maxPoolGradNhwc(
   x: Float32Array,
   dy: Float32Array,
@@ -207,20 +237,7 @@ export function installFastCpuKernels(tf: Tf): void {
       const x = inputs.input;
       const info = tf.backend_util.computePool2DInfo(x.shape as [number, number, number, number], attrs.filterSize, attrs.strides, 1, attrs.pad as never, attrs.dimRoundingMode as never);
       if (info.dilationHeight !== 1 || info.dilationWidth !== 1) return originalPool.kernelFunc(args as never);
-      const values = maxPoolGradNhwc(backend.data.get(x.dataId).values, backend.data.get(inputs.dy.dataId).values, {
-        batchSize: info.batchSize,
-        inHeight: info.inHeight,
-        inWidth: info.inWidth,
-        channels: info.inChannels,
-        outHeight: info.outHeight,
-        outWidth: info.outWidth,
-        filterHeight: info.filterHeight,
-        filterWidth: info.filterWidth,
-        strideHeight: info.strideHeight,
-        strideWidth: info.strideWidth,
-        padTop: info.padInfo.top,
-        padLeft: info.padInfo.left,
-      }, undefined, inputs.output ? backend.data.get(inputs.output.dataId).values : undefined);
+      const values = maxPoolGradNhwc(backend.data.get(x.dataId).values, backend.data.get(inputs.dy.dataId).values, poolGradGeometry(info), undefined, inputs.output ? backend.data.get(inputs.output.dataId).values : undefined);
       return backend.makeTensorInfo([...x.shape], 'float32', values);
     }) as never,
   });

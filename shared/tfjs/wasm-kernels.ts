@@ -1,5 +1,5 @@
 import type { Tf } from './backend.js';
-import { maxPoolGradNhwc } from './cpu-kernels.js';
+import { maxPoolGradNhwc, poolGradGeometry } from './cpu-kernels.js';
 
 /**
  * Training kernels for the WebAssembly backend (@tensorflow/tfjs-backend-wasm 4.22). As shipped it
@@ -460,20 +460,7 @@ export function installWasmTrainingKernels(tf: Tf): void {
     maxPoolGradNhwc(
       view(backend, x),
       view(backend, inputs.dy!),
-      {
-        batchSize: info.batchSize,
-        inHeight: info.inHeight,
-        inWidth: info.inWidth,
-        channels: info.inChannels,
-        outHeight: info.outHeight,
-        outWidth: info.outWidth,
-        filterHeight: info.filterHeight,
-        filterWidth: info.filterWidth,
-        strideHeight: info.strideHeight,
-        strideWidth: info.strideWidth,
-        padTop: info.padInfo.top,
-        padLeft: info.padInfo.left,
-      },
+      poolGradGeometry(info),
       view(backend, dx),
       inputs.output ? view(backend, inputs.output) : undefined,
     );

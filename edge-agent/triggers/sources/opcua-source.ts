@@ -48,7 +48,7 @@ export class OpcuaTriggerSource implements TriggerSource {
   private stopped = false;
   private readonly stopSignal = deferred<void>();
   private loopDone: Promise<void> = Promise.resolve();
-  private certificateManager: unknown = null;
+  private certificateManager: import('node-opcua').OPCUACertificateManager | null = null;
   /** Connection attempts (reset after a working session), for the back-off. */
   private attempts = 0;
 
@@ -77,6 +77,9 @@ export class OpcuaTriggerSource implements TriggerSource {
     this.callbacks = null;
     this.stopSignal.resolve();
     await this.loopDone;
+    const manager = this.certificateManager;
+    this.certificateManager = null;
+    await manager?.dispose().catch((err: Error) => this.log.debug({ err: err.message }, 'closing the OPC UA certificate store'));
   }
 
   openNotBefore(): null {
@@ -108,6 +111,7 @@ export class OpcuaTriggerSource implements TriggerSource {
         reported = failure.code;
         this.callbacks?.problem({ source: this.id, code: failure.code, message: `${this.id}: ${failure.message}`, recovered: false });
       }
+      if (failure.code === ErrorCodes.OPCUA_SECURITY) await this.rescanCertificates();
       const delay = backoffDelayMs(this.attempts++, this.spec.retryInitialDelayMs, this.spec.retryMaxDelayMs, this.random);
       this.log.warn({ code: failure.code, retryInMs: delay, attempt: this.attempts }, failure.message);
       await new Promise<void>((resolve) => {
@@ -117,6 +121,19 @@ export class OpcuaTriggerSource implements TriggerSource {
           resolve();
         });
       });
+    }
+  }
+
+  /**
+   * A refused certificate is fixed by a person moving it from rejected/ to trusted/certs/. The
+   * certificate manager learns of that through file watchers, which can miss or delay the move
+   * (busy machines, network file systems); re-reading the folders before the next try does not.
+   */
+  private async rescanCertificates(): Promise<void> {
+    try {
+      await this.certificateManager?.reloadCertificates();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message, pkiDir: this.pkiDir }, 'could not re-read the OPC UA certificate folders');
     }
   }
 
@@ -162,7 +179,7 @@ export class OpcuaTriggerSource implements TriggerSource {
       connectionStrategy: { maxRetry: 0, initialDelay: 200, maxDelay: 1000 },
       keepSessionAlive: true,
       requestedSessionTimeout: 60_000,
-      clientCertificateManager: this.certificateManager as InstanceType<Opcua['OPCUACertificateManager']>,
+      clientCertificateManager: this.certificateManager,
     });
     // An 'error' event without a listener would throw and end the process: log it, the loop decides.
     const onError = (err: Error) => this.log.debug({ err: err.message }, 'OPC UA client error');
