@@ -92,10 +92,12 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
 
 const USAGE = `usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --out DIR [--model small-cnn|vgg11|vgg16|vgg19]
                         [--size PX] [--width X] [--epochs N] [--batch N] [--learning-rate X] [--seed N] [--normalization MODE]
-                        [--init he|seeded]
+                        [--init he|seeded] [--batch-norm]
 
   --init   the kernels before pretraining: he (He-normal, the default: a VGG-19 without batch
            normalisation trains from scratch) or seeded (Glorot, the federation's own seeded init)
+  --batch-norm  batch normalisation after every convolution (model.batchNorm: the experiment's
+           model must then set it too)
 
   --synth  generate the reference images (other products, other defects, other objects; never the
            experiment's clients, their defects or its external product) in OUT-reference/ and
@@ -119,6 +121,7 @@ export async function runPretrain(args: string[]): Promise<void> {
       normalization: { type: 'string', default: 'per-image' },
       synth: { type: 'boolean', default: false },
       init: { type: 'string', default: 'he' },
+      'batch-norm': { type: 'boolean', default: false },
       scale: { type: 'string', default: '1' },
     },
     strict: true,
@@ -147,7 +150,7 @@ export async function runPretrain(args: string[]): Promise<void> {
   }
   const spec = parseConfig(
     modelSpecSchema,
-    { architecture: values.model, width: Number(values.width), inputShape: [size, size, 3], classes, seed: Number(values.seed), normalization: values.normalization },
+    { architecture: values.model, width: Number(values.width), inputShape: [size, size, 3], classes, seed: Number(values.seed), normalization: values.normalization, ...(values['batch-norm'] ? { batchNorm: true } : {}) },
     'command line',
   );
   if (!(architectures as readonly string[]).includes(spec.architecture)) throw new Error(`unknown model ${spec.architecture}`);

@@ -7,7 +7,7 @@ import { buildModel, HEAD_PREFIX, type LayersModel } from './models.js';
 import { loadPretrainedWeights, type PretrainedReport } from './pretrained.js';
 
 export type InitialModelSpec = Pick<ModelSpec, 'architecture' | 'inputShape' | 'classes' | 'seed' | 'initFrom' | 'normalization'> &
-  Partial<Pick<ModelSpec, 'width' | 'head'>> & {
+  Partial<Pick<ModelSpec, 'width' | 'head' | 'batchNorm'>> & {
     /** Kernel init of the seeded layers (shared/tfjs/models.ts); default seeded (Glorot). */
     init?: 'seeded' | 'he';
   };
@@ -25,6 +25,7 @@ export async function buildInitialModel(tf: Tf, spec: InitialModelSpec): Promise
     numClasses: spec.classes.length,
     seed: spec.seed,
     ...(spec.init ? { init: spec.init } : {}),
+    ...(spec.batchNorm ? { batchNorm: true } : {}),
     ...(spec.width !== undefined ? { width: spec.width } : {}),
     ...(spec.head ? { head: { dense: spec.head.dense, dropout: spec.head.dropout ?? 0 } } : {}),
   });

@@ -44,6 +44,13 @@ export interface BuildOptions {
    * no random initialisation (sizing a model without training it). Default seeded.
    */
   init?: 'seeded' | 'he' | 'zeros';
+  /**
+   * Batch normalisation after every convolution (conv without bias -> BN -> ReLU; layers
+   * `<conv>_bn`), the usual way to make a deep VGG train from scratch. Its moving mean and
+   * variance are weights like any other: they travel with `federate: all` and FedAvg averages them.
+   * Default false (the published VGG).
+   */
+  batchNorm?: boolean;
 }
 
 /** Convolutions per block of the VGG variants (Simonyan & Zisserman, configurations A, D, E). */
@@ -79,8 +86,10 @@ export function buildModel(tf: Tf, options: BuildOptions): LayersModel {
         ? tf.initializers.heNormal({ seed: deriveSeed(options.seed, name) })
         : tf.initializers.glorotUniform({ seed: deriveSeed(options.seed, name) });
   const filters = (n: number) => Math.max(1, Math.round(n * width));
+  const bn = options.batchNorm === true;
   const conv = (name: string, n: number, first: boolean): Layer[] => [
-    tf.layers.conv2d({ name, filters: filters(n), kernelSize: 3, padding: 'same', kernelInitializer: init(name), ...(first ? { inputShape: [...inputShape] } : {}) }),
+    tf.layers.conv2d({ name, filters: filters(n), kernelSize: 3, padding: 'same', useBias: !bn, kernelInitializer: init(name), ...(first ? { inputShape: [...inputShape] } : {}) }),
+    ...(bn ? [tf.layers.batchNormalization({ name: `${name}_bn`, axis: -1, momentum: 0.9 })] : []),
     tf.layers.reLU({ name: `${name}_relu` }),
   ];
   const layers: Layer[] = [];
