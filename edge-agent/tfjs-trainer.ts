@@ -50,6 +50,18 @@ export function epochOrder(labels: Int32Array, sampling: 'shuffle' | 'balanced',
 }
 
 /**
+ * A frozen batch normalisation layer normalises with its moving statistics in training too, and
+ * leaves them alone (as Keras does): otherwise training the head would normalise with the batch's
+ * statistics while evaluation uses the frozen moving ones, and the head would learn features the
+ * global model never shows it.
+ */
+function inferenceModeOnly(layer: LayersModel['layers'][number]): void {
+  const l = layer as unknown as { call: (inputs: unknown, kwargs: Record<string, unknown>) => unknown };
+  const call = l.call.bind(layer);
+  l.call = (inputs, kwargs) => call(inputs, { ...kwargs, training: false });
+}
+
+/**
  * A layer trains when any of its weights is federated; the others are frozen (`federate: head`:
  * the feature extractor stays as pretrained, the seed paper's Process2). Returns the layers that train.
  */
@@ -60,6 +72,7 @@ export function freezeAllBut(m: LayersModel, federated: ReadonlySet<string>): st
   m.layers.forEach((layer, i) => {
     const own = layerWeightNames[i]!;
     if (own.length) layer.trainable = own.some((n) => federated.has(n));
+    if (!layer.trainable && layer.getClassName() === 'BatchNormalization') inferenceModeOnly(layer);
   });
   return m.layers.filter((l) => l.trainable && l.weights.length > 0).map((l) => l.name);
 }

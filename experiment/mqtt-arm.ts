@@ -81,6 +81,9 @@ export async function runFederatedArmOverMqtt(o: MqttArmOptions): Promise<MqttAr
           task: { ...o.task, learningRateDecay: o.learningRateDecay, federated: o.federate },
           model: o.model,
           evaluateFinalModel: true,
+          // The sites are the experiment's own generated or given folders; the in-process arms do
+          // not screen updates either, so both modes average exactly the same updates.
+          maxUpdateNormRatio: null,
           exitWhenComplete: true,
         },
         null,
