@@ -38,7 +38,7 @@ export function renderReport(r: ExperimentResults, rel: (path: string) => string
   lines.push(`# ${r.name}: centralized vs local-only vs federated`, '');
   lines.push(
     `Mode ${r.mode}, tfjs backend ${r.backend}, ${(r.durationMs / 60000).toFixed(1)} min, started ${r.startedAt}. Model ${c.model.architecture}` +
-      `${c.model.architecture !== 'small-cnn' ? ` (width x${c.model.width})` : ''}, input ${c.model.inputShape.join('x')}, ${c.training.optimizer} lr ${c.training.learningRate} ` +
+      `${c.model.architecture !== 'small-cnn' ? ` (width x${c.model.width}${c.model.batchNorm ? ', batch normalisation after every convolution, its moving statistics averaged by FedAvg like every weight' : ''})` : ''}, input ${c.model.inputShape.join('x')}, ${c.training.optimizer} lr ${c.training.learningRate} ` +
       `(x${c.training.learningRateDecay} per round), batch ${c.training.batchSize}, ${c.training.epochs} local epochs per round, ${c.rounds} rounds` +
       ` (per-arm overrides: ${Object.entries(c.arms).filter(([, v]) => v && (v.rounds || v.epochs || v.learningRate)).map(([k, v]) => `${k} ${JSON.stringify(v)}`).join(', ') || 'none'}).` +
       ` Seeds: data ${c.data.source === 'synthetic' ? (c.data.seed ?? c.seed) : '-'}, split ${c.splitSeed ?? c.seed}, head init ${c.model.seed}, shuffle ${c.training.shuffleSeed}.`,
