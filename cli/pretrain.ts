@@ -20,7 +20,7 @@ export const PRETRAIN_INFO_FILE = 'pretrain.json';
 export interface PretrainOptions {
   /** `<dir>/<CLASS>/*.png|jpg` reference images. */
   dataDir: string;
-  model: Pick<ModelSpec, 'architecture' | 'width' | 'inputShape' | 'classes' | 'seed' | 'normalization'> & Partial<Pick<ModelSpec, 'head'>>;
+  model: Pick<ModelSpec, 'architecture' | 'width' | 'inputShape' | 'classes' | 'seed' | 'normalization'> & Partial<Pick<ModelSpec, 'head' | 'batchNorm'>>;
   epochs: number;
   batchSize: number;
   learningRate: number;
@@ -77,6 +77,7 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
     data: o.dataDir,
     architecture: o.model.architecture,
     width: o.model.width,
+    batchNorm: o.model.batchNorm ?? false,
     inputShape: o.model.inputShape,
     normalization: o.model.normalization,
     epochs: o.epochs,

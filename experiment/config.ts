@@ -82,7 +82,7 @@ export const experimentConfigSchema = z.strictObject({
    */
   pretrained: z
     .strictObject({
-      /** Default `<out>/pretrained-<architecture>-w<width>-<size>px`. */
+      /** Default `<out>/pretrained-<architecture>[-bn]-w<width>-<size>px`. */
       dir: path.optional(),
       /** Reference images `<dir>/<CLASS>/*`; default: generated (synthetic data only). */
       data: path.optional(),

@@ -154,7 +154,7 @@ export async function runExperiment(config: ExperimentConfig, say: (line: string
   let external: string | null = null;
   let probes: Probe[] = [];
   let classes: string[];
-  const pretrainedDir = config.pretrained ? (config.pretrained.dir ?? join(out, `pretrained-${config.model.architecture}-w${config.model.width}-${config.model.inputShape[0]}px`)) : null;
+  const pretrainedDir = config.pretrained ? (config.pretrained.dir ?? join(out, `pretrained-${config.model.architecture}${config.model.batchNorm ? '-bn' : ''}-w${config.model.width}-${config.model.inputShape[0]}px`)) : null;
   const needPretraining = config.pretrained !== null && !existsSync(join(pretrainedDir!, 'model.json'));
   let referenceDir = config.pretrained?.data ?? null;
   if (config.data.source === 'synthetic') {
