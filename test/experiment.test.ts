@@ -95,38 +95,53 @@ test('the generated classes are learnable: centralized training on all clients b
   }
 });
 
+const loadFinal = async (modelDir: string) => bundleTensors(decodeBundle(await new FsModelStore(dirname(modelDir)).readBundle(Number(basename(modelDir).slice(1)))));
+const bytesOf = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
+/** Runs one config in both modes and checks that every arm's final global weights are bit-identical. */
+async function bothModesAgree(dir: string, over: Record<string, unknown>, armIds: readonly string[], rounds: number): Promise<ExperimentResults> {
+  const runs: ExperimentResults[] = [];
+  for (const mode of ['in-process', 'mqtt'] as const) runs.push(await runExperiment(tinyConfig(join(dir, mode), { ...over, mode }), () => {}));
+  const [inProcess, mqtt] = runs as [ExperimentResults, ExperimentResults];
+  for (const id of armIds) {
+    const a = inProcess.models.find((m) => m.id === id)!;
+    const b = mqtt.models.find((m) => m.id === id)!;
+    assert.equal(a.roundsRun, rounds);
+    assert.equal(b.roundsRun, rounds);
+    const ta = await loadFinal(a.modelDir);
+    const tb = await loadFinal(b.modelDir);
+    assert.deepEqual(
+      tb.map((t) => t.name),
+      ta.map((t) => t.name),
+    );
+    for (let i = 0; i < ta.length; i++) assert.ok(bytesOf(ta[i]!.data).equals(bytesOf(tb[i]!.data)), `${id}: ${ta[i]!.name} identical`);
+    assert.deepEqual(b.eval['local-test']!.confusion, a.eval['local-test']!.confusion, `${id}: same confusion matrix`);
+    assert.ok(b.bytes.upPerRound > 0);
+  }
+  return inProcess;
+}
+
 test('in-process and over MQTT (broker, aggregator and agent processes) give the same global weights for one seed and config', async () => {
   const dir = tempDir('exp-modes');
   try {
     const arms = { centralized: false, 'local-only': false, 'federated-all': {}, 'federated-head': {}, 'federated-random': false };
-    const runs: ExperimentResults[] = [];
-    for (const mode of ['in-process', 'mqtt'] as const) {
-      runs.push(await runExperiment(tinyConfig(join(dir.path, mode), { mode, arms }), () => {}));
-    }
-    const [inProcess, mqtt] = runs as [ExperimentResults, ExperimentResults];
-    for (const id of ['federated-all', 'federated-head']) {
-      const a = inProcess.models.find((m) => m.id === id)!;
-      const b = mqtt.models.find((m) => m.id === id)!;
-      assert.equal(a.roundsRun, 2);
-      assert.equal(b.roundsRun, 2);
-      const load = async (modelDir: string) => bundleTensors(decodeBundle(await new FsModelStore(dirname(modelDir)).readBundle(Number(basename(modelDir).slice(1)))));
-      const ta = await load(a.modelDir);
-      const tb = await load(b.modelDir);
-      assert.deepEqual(
-        tb.map((t) => t.name),
-        ta.map((t) => t.name),
-      );
-      for (let i = 0; i < ta.length; i++) assert.ok(Buffer.from(ta[i]!.data.buffer, ta[i]!.data.byteOffset, ta[i]!.data.byteLength).equals(Buffer.from(tb[i]!.data.buffer, tb[i]!.data.byteOffset, tb[i]!.data.byteLength)), `${id}: ${ta[i]!.name} identical`);
-      assert.deepEqual(b.eval['local-test']!.confusion, a.eval['local-test']!.confusion, `${id}: same confusion matrix`);
-      assert.equal(b.bytes.upPerRound > 0, true);
-    }
+    const inProcess = await bothModesAgree(dir.path, { arms }, ['federated-all', 'federated-head'], 2);
     // Not two copies of an untouched init: head only leaves the convolutions as they were, all moves them.
-    const conv = async (id: string) => {
-      const m = inProcess.models.find((x) => x.id === id)!;
-      const t = bundleTensors(decodeBundle(await new FsModelStore(dirname(m.modelDir)).readBundle(Number(basename(m.modelDir).slice(1)))));
-      return t.find((x) => x.name === 'block1_conv1/kernel')!.data;
-    };
+    const conv = async (id: string) => (await loadFinal(inProcess.models.find((x) => x.id === id)!.modelDir)).find((x) => x.name === 'block1_conv1/kernel')!.data;
     assert.notDeepEqual(await conv('federated-all'), await conv('federated-head'));
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('batch normalisation over MQTT: the moving statistics are averaged like every weight, and both modes agree bit for bit', async () => {
+  const dir = tempDir('exp-modes-bn');
+  try {
+    const arms = { centralized: false, 'local-only': false, 'federated-all': {}, 'federated-head': false, 'federated-random': false };
+    const model = { architecture: 'vgg11', width: 0.125, batchNorm: true, inputShape: [32, 32, 3], seed: 5 };
+    const r = await bothModesAgree(dir.path, { arms, model, rounds: 1, data: { source: 'synthetic', size: 32, scale: 0.15 } }, ['federated-all'], 1);
+    const variance = (await loadFinal(r.models[0]!.modelDir)).find((t) => t.name === 'block1_conv1_bn/moving_variance')!;
+    assert.ok(variance.data.some((v) => Math.abs(v - 1) > 1e-3), 'the moving variance moved away from its init and travelled');
   } finally {
     dir.cleanup();
   }
