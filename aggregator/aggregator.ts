@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { appendFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { systemClock, type Clock, deferred, type Deferred } from '../shared/async.js';
-import { chunkCount, Reassembler } from '../shared/chunking.js';
+import { chunkCount } from '../shared/chunking.js';
 import { publishChunks } from '../shared/chunk-publisher.js';
 import { decodeJson, decodeMsgpack, encodeJson, packMsg } from '../shared/codec.js';
 import type { AggregatorConfig } from '../shared/config.js';
@@ -27,16 +27,18 @@ import {
   type UpdateDoneMsg,
 } from '../shared/messages.js';
 import { Counters } from '../shared/counters.js';
-import { decodeBundle, encodeBundle, bundleTensors, type NamedTensor } from '../shared/tensor-bundle.js';
+import { decodeBundle } from '../shared/tensor-bundle.js';
 import { deltaNorms } from '../shared/fedavg.js';
+import { dtypeOf } from '../shared/update-codec.js';
 import { createTopics, defaultRoot, type Topics } from '../shared/topics.js';
 import type { InboundMessage, Transport } from '../shared/transport.js';
+import { ModelBuilder } from './model-builder.js';
 import type { ModelStore, StoredModel } from './model-store.js';
 import { RoundState, type CloseDecision, type RoundKind, type RoundOutcome } from './round-state.js';
 import { FedAvg, type Strategy } from './strategy.js';
 import { MesCommands } from './mes-commands.js';
+import { UpdateReceiver } from './update-receiver.js';
 import type { SpooledUpdate, UpdateSpool } from './update-spool.js';
-import { verifyUpdate } from './verify-update.js';
 import { sampleLimit, screenUpdateNorms } from './robustness.js';
 
 type Config = Readonly<AggregatorConfig> | AggregatorConfig;
@@ -78,6 +80,17 @@ export interface RoundRecord {
   bytesDown: number;
   aggregateMs: number | null;
   durationMs: number | null;
+  /** How updates were encoded this round. */
+  encoding?: string;
+  delta?: boolean;
+  /** When each accepted update was verified and spooled (ms since the epoch). */
+  acceptedAt?: Record<string, number>;
+  /** When the last update chunk of the round arrived (ms since the epoch). */
+  lastChunkAt?: number | null;
+  /** When the updates were folded into the average (FedAvg done), when the new global model was stored (written, hashed, fsynced) and when its chunks were all published. */
+  aggregatedAt?: number | null;
+  modelStoredAt?: number | null;
+  modelPublishedAt?: number | null;
 }
 
 export interface Journal {
@@ -108,15 +121,18 @@ interface ActiveRound {
   record: RoundRecord;
   base: StoredModel;
   federatedNames: string[];
-  reassemblers: Map<string, Reassembler>;
-  /** sha256 of bundles being verified / accepted / refused, per agent. */
+  /** Uploads being received, per agent (written straight into the spool). */
+  receivers: Map<string, UpdateReceiver>;
+  /** Upload ids being verified / refused, per agent. */
   verifying: Map<string, string>;
-  refused: Map<string, { sha256: string; code: string; reason: string }>;
+  refused: Map<string, { upload: string; sha256: string | null; code: string; reason: string }>;
   closing: Deferred<CloseDecision>;
   deadlineTimer: unknown;
 }
 
 const MAX_MISSING_LISTED = 4096;
+/** Smallest per-agent flow-control window, chunks: below it acks would outnumber chunks. */
+const MIN_WINDOW_CHUNKS = 8;
 
 /**
  * The aggregator service: announce a round (retained) -> collect chunked updates -> verify ->
@@ -285,6 +301,9 @@ export class Aggregator extends EventEmitter {
       durationMs: null,
     };
     record.deadlineAt = deadlineAt;
+    record.encoding = this.config.encoding;
+    record.delta = this.config.delta;
+    record.acceptedAt ??= {};
     const federatedNames = resolveFederated(
       this.config.task.federated,
       base.tensors.map((t) => t.name),
@@ -295,14 +314,15 @@ export class Aggregator extends EventEmitter {
       record,
       base,
       federatedNames,
-      reassemblers: new Map(),
+      receivers: new Map(),
       verifying: new Map(),
       refused: new Map(),
       closing: deferred<CloseDecision>(),
       deadlineTimer: null,
     };
     // Updates verified before a restart are on disk: take them back without asking agents again.
-    for (const u of await this.spool.list(roundNo)) {
+    this.spool.ensureRound(roundNo);
+    for (const u of await this.spool.list(roundNo, this.log)) {
       if (state.isSelected(u.agent) && !state.hasAccepted(u.agent)) {
         state.recordAccepted(u);
         this.log.info({ round: roundNo, agent: u.agent }, 'update restored from spool');
@@ -323,7 +343,8 @@ export class Aggregator extends EventEmitter {
     const decision = await active.closing.promise;
     state.markClosed();
     this.clock.clearTimeout(active.deadlineTimer);
-    active.reassemblers.clear();
+    for (const r of active.receivers.values()) r.discard();
+    active.receivers.clear();
     if (!decision.close) throw new Error('unreachable: round resolved without closing');
     await this.announce(this.announcement(active, 'closed'));
     const closedAt = this.clock.now();
@@ -439,7 +460,9 @@ export class Aggregator extends EventEmitter {
       minClients: plan.minClients,
       deadlineAt: plan.deadlineAt,
       chunkBytes: this.config.chunkBytes,
-      encoding: 'f32',
+      encoding: this.config.encoding,
+      delta: this.config.delta,
+      windowChunks: this.config.windowChunks > 0 ? Math.max(MIN_WINDOW_CHUNKS, Math.floor(this.config.windowChunks / plan.selected.length)) : 0,
       issuedAt: this.clock.now(),
     };
   }
@@ -460,7 +483,9 @@ export class Aggregator extends EventEmitter {
       minClients: this.config.minClients,
       deadlineAt: this.clock.now(),
       chunkBytes: this.config.chunkBytes,
-      encoding: 'f32',
+      encoding: this.config.encoding,
+      delta: this.config.delta,
+      windowChunks: 0,
       issuedAt: this.clock.now(),
     };
   }
@@ -510,6 +535,8 @@ export class Aggregator extends EventEmitter {
   private async ensureInitialModel(): Promise<StoredModel> {
     const latest = await this.store.latest();
     if (latest) {
+      // Streamed check (a 557 MB model is never read into memory): never serve a damaged model.
+      await this.store.verify(latest.version);
       this.log.info({ version: latest.version, sha256: latest.sha256 }, 'global model loaded from the store');
       this.journal.currentVersion = latest.version;
       return latest;
@@ -527,16 +554,21 @@ export class Aggregator extends EventEmitter {
   }
 
   private async publishModel(model: StoredModel, announce = true): Promise<void> {
-    const bundle = await this.store.readBundle(model.version);
+    // Chunks are read from the store's files as they go out: no in-memory copy of the model.
+    const bundle = await this.store.openBundle(model.version);
     const started = this.clock.now();
     const { chunkBytes, maxInflight } = this.config;
-    await publishChunks(
-      this.transport,
-      bundle,
-      (seq) => this.topics.modelChunk(model.version, seq),
-      (chunk) => ({ v: PROTOCOL_VERSION, type: 'model-chunk', version: model.version, ...chunk }),
-      { chunkBytes, maxInflight, retain: true, sha256: model.sha256 },
-    );
+    try {
+      await publishChunks(
+        this.transport,
+        bundle,
+        (seq) => this.topics.modelChunk(model.version, seq),
+        (chunk) => ({ v: PROTOCOL_VERSION, type: 'model-chunk', version: model.version, sha256: model.sha256, ...chunk }),
+        { chunkBytes, maxInflight, retain: true },
+      );
+    } finally {
+      await bundle.close();
+    }
     const manifest: ModelManifest = {
       v: PROTOCOL_VERSION,
       federation: this.config.federation,
@@ -574,14 +606,19 @@ export class Aggregator extends EventEmitter {
     if (maxUpdateNormRatio === null && maxUpdateNorm === null) return accepted;
     const { state, base } = active;
     const federated = base.tensors.filter((t) => active.federatedNames.includes(t.name)).map((t) => ({ name: t.name, length: t.bytes / 4 }));
-    const readers = await this.spool.openReaders(state.plan.round, accepted);
+    // Readers decode every encoding to float32 (and add the base back to deltas), like FedAvg's.
+    const baseValues = await this.store.openValues(base.version);
+    const readers = await this.spool.openReaders(state.plan.round, accepted, baseValues).catch(async (err) => {
+      await baseValues.close();
+      throw err;
+    });
     const baseReader = await this.store.openTensorReader(base.version);
     let verdicts;
     try {
       const { norms, baseNorm } = await deltaNorms(readers, baseReader, federated);
       verdicts = screenUpdateNorms(norms, { maxNormRatio: maxUpdateNormRatio, maxNorm: maxUpdateNorm, baseNorm });
     } finally {
-      await Promise.all([...readers, baseReader].map((r) => r.close()));
+      await Promise.all([...readers, baseReader, baseValues].map((r) => r.close()));
     }
     for (const v of verdicts) {
       this.log.info({ round: state.plan.round, agent: v.agent, updateNorm: v.norm, referenceNorm: v.referenceNorm, accepted: v.accepted }, 'update norm screened');
@@ -595,30 +632,47 @@ export class Aggregator extends EventEmitter {
     return accepted.filter((u) => verdicts.find((v) => v.agent === u.agent)?.accepted);
   }
 
+  /**
+   * Average the spooled updates into the next global model, as a stream: spool files -> strategy
+   * (FedAvg, block by block, decoding f16/q8/delta) -> the new version's weights file, with the
+   * tensors not federated this round copied from the base. Memory stays at a few blocks whatever
+   * the model's size and the number of updates.
+   */
   private async aggregate(active: ActiveRound, accepted: SpooledUpdate[]): Promise<StoredModel | null> {
     const { base, state } = active;
     const federatedSpecs = base.tensors.filter((t) => active.federatedNames.includes(t.name));
-    const readers = await this.spool.openReaders(state.plan.round, accepted);
-    let output;
+    const baseHeader = await this.store.readHeader(base.version);
+    const version = (await this.store.versions()).reduce((m, v) => Math.max(m, v), 0) + 1;
+    const meta: ModelMeta = { ...baseHeader.header.meta, version, round: state.plan.round, createdAt: this.clock.now() };
+    const baseValues = await this.store.openValues(base.version);
+    let writer;
+    let readers: Awaited<ReturnType<UpdateSpool['openReaders']>> = [];
     try {
-      output = await this.strategy.aggregate({ round: state.plan.round, federated: federatedSpecs, results: readers, failures: state.failureList() });
+      writer = await this.store.createVersion(meta, base.tensors, {
+        contributors: Object.fromEntries(accepted.map((u) => [u.agent, u.sampleCount])),
+        updateMetrics: Object.fromEntries(accepted.map((u) => [u.agent, u.metricsAfter])),
+      });
+      readers = await this.spool.openReaders(state.plan.round, accepted, baseValues);
+      const builder = new ModelBuilder(writer, active.federatedNames, baseValues);
+      const output = await this.strategy.aggregate({ round: state.plan.round, federated: federatedSpecs, results: readers, failures: state.failureList(), output: builder.sink });
+      if (output.kind === 'keep') {
+        this.log.warn({ reason: output.reason }, 'strategy kept the global model');
+        await writer.abort();
+        return null;
+      }
+      await builder.finish();
+      active.record.aggregatedAt = this.clock.now();
+    } catch (err) {
+      await writer?.abort();
+      throw err;
     } finally {
       await Promise.all(readers.map((r) => r.close()));
+      await baseValues.close();
     }
-    if (output.kind === 'keep') {
-      this.log.warn({ reason: output.reason }, 'strategy kept the global model');
-      return null;
-    }
-    const baseBundle = decodeBundle<ModelMeta>(await this.store.readBundle(base.version), modelMetaSchema);
-    const tensors: NamedTensor[] = bundleTensors(baseBundle).map((t) => ({ ...t, data: output.tensors.get(t.name) ?? t.data }));
-    const version = (await this.store.versions()).reduce((m, v) => Math.max(m, v), 0) + 1;
-    const meta: ModelMeta = { ...baseBundle.header.meta, version, round: state.plan.round, createdAt: this.clock.now() };
-    const bundle = encodeBundle(tensors, meta);
-    const stored = await this.store.save(bundle, {
-      contributors: Object.fromEntries(accepted.map((u) => [u.agent, u.sampleCount])),
-      updateMetrics: Object.fromEntries(accepted.map((u) => [u.agent, u.metricsAfter])),
-    });
+    const stored = await writer.commit();
+    active.record.modelStoredAt = this.clock.now();
     await this.publishModel(stored);
+    active.record.modelPublishedAt = this.clock.now();
     return stored;
   }
 
@@ -666,13 +720,13 @@ export class Aggregator extends EventEmitter {
       const err = new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${msg.round} is not open${active ? ` (round ${active.state.plan.round} is)` : ''}`);
       this.reject(err, m.topic, where.agent);
       // Tell the sender once per message that asks for a verdict, so a straggler stops waiting.
-      if (msg.type === 'update-done') this.sendAck(msg.round, msg.agent, { status: 'rejected', sha256: msg.sha256, code: err.code, reason: err.message });
+      if (msg.type === 'update-done') this.sendAck(msg.round, msg.agent, { status: 'rejected', upload: msg.upload, sha256: msg.sha256, code: err.code, reason: err.message });
       return;
     }
     if (!active.state.isSelected(msg.agent)) {
       const err = new FedlineError(ErrorCodes.NOT_SELECTED, `agent "${msg.agent}" was not selected for round ${msg.round}`);
       this.reject(err, m.topic, msg.agent);
-      if (msg.type === 'update-done') this.sendAck(msg.round, msg.agent, { status: 'rejected', sha256: msg.sha256, code: err.code, reason: err.message });
+      if (msg.type === 'update-done') this.sendAck(msg.round, msg.agent, { status: 'rejected', upload: msg.upload, sha256: msg.sha256, code: err.code, reason: err.message });
       return;
     }
     try {
@@ -701,97 +755,164 @@ export class Aggregator extends EventEmitter {
   }
 
   private handleChunk(active: ActiveRound, msg: UpdateChunkMsg, topic: string): void {
-    const { agent } = msg;
+    const { agent, upload } = msg;
+    const { round } = active.state.plan;
     active.record.bytesUp += msg.data.byteLength;
-    const accepted = active.state.acceptedUpdate(agent);
+    active.record.lastChunkAt = this.clock.now();
+    const accepted = active.state.acceptedUpdate(agent) as SpooledUpdate | undefined;
     if (accepted) {
-      if (accepted.sha256 === msg.sha256) {
+      if (accepted.upload === upload) {
         this.counters.inc('duplicate-chunk');
         return;
       }
       throw new FedlineError(ErrorCodes.DUPLICATE_UPDATE, `agent "${agent}" already delivered an update for round ${msg.round}; a second one is refused`);
     }
-    if (active.verifying.get(agent) === msg.sha256) {
+    if (active.verifying.get(agent) === upload) {
       this.counters.inc('duplicate-chunk');
+      return;
+    }
+    if (active.refused.get(agent)?.upload === upload) {
+      this.counters.inc('chunk-of-refused-update');
       return;
     }
     if (msg.chunkBytes !== this.config.chunkBytes) {
       throw new FedlineError(ErrorCodes.CHUNK_MISMATCH, `chunks of ${msg.chunkBytes} bytes; the round asks for ${this.config.chunkBytes}`);
     }
-    let r = active.reassemblers.get(agent);
-    if (!r || !r.matches(msg)) {
-      if (r) this.log.warn({ agent, old: r.sha256.slice(0, 12), new: msg.sha256.slice(0, 12) }, 'a new update bundle replaces an incomplete one');
-      r = Reassembler.fromChunk(msg, this.config.maxUpdateBytes);
-      active.reassemblers.set(agent, r);
+    let r = active.receivers.get(agent);
+    if (!r || r.upload !== upload || !r.matches(msg)) {
+      if (r) {
+        this.log.warn({ agent, old: r.upload, new: upload }, 'a new update upload replaces an incomplete one');
+        r.discard();
+        active.receivers.delete(agent);
+      }
+      r = new UpdateReceiver({
+        agent,
+        upload,
+        path: this.spool.partPath(round, agent, upload),
+        total: msg.total,
+        bundleBytes: msg.bundleBytes,
+        chunkBytes: msg.chunkBytes,
+        maxBundleBytes: this.config.maxUpdateBytes,
+        expect: {
+          round,
+          agent,
+          baseVersion: active.base.version,
+          tensors: active.base.tensors.filter((t) => active.federatedNames.includes(t.name)),
+          dtype: dtypeOf(this.config.encoding),
+          delta: this.config.delta,
+          maxSamples: sampleLimit(agent, { maxSamplesPerAgent: this.config.maxSamplesPerAgent, registeredSamples: this.config.registeredSamples, registeredTolerance: this.config.registeredSamplesTolerance }),
+        },
+      });
+      active.receivers.set(agent, r);
     }
     if (r.accept(msg) === 'duplicate') this.counters.inc('duplicate-chunk');
-    if (r.complete) {
-      active.reassemblers.delete(agent);
-      active.verifying.set(agent, r.sha256);
-      this.finishUpdate(active, agent, r, topic).finally(() => active.verifying.delete(agent));
+    else this.counters.inc('update-chunk');
+    if (r.failure) {
+      // The header or a value is already known to be bad: refuse now, the agent stops sending.
+      active.receivers.delete(agent);
+      r.discard();
+      this.refuse(active, agent, upload, null, r.failure, topic);
+      return;
     }
+    if (this.config.windowChunks > 0) {
+      // One window shared by the uploads in progress: the broker holds at most about
+      // windowChunks chunks for this aggregator, however many agents send at once.
+      const window = Math.max(MIN_WINDOW_CHUNKS, Math.floor(this.config.windowChunks / Math.max(1, active.receivers.size)));
+      const stored = r.progressDue(Math.max(1, Math.floor(window / 4)));
+      if (stored !== null) this.sendAck(round, agent, { status: 'progress', upload, stored, window });
+    }
+    if (r.ready) this.startFinish(active, r, topic);
   }
 
-  private async finishUpdate(active: ActiveRound, agent: string, r: Reassembler, topic: string): Promise<void> {
+  private startFinish(active: ActiveRound, r: UpdateReceiver, topic: string): void {
+    active.receivers.delete(r.agent);
+    active.verifying.set(r.agent, r.upload);
+    this.finishUpdate(active, r, topic).finally(() => {
+      if (active.verifying.get(r.agent) === r.upload) active.verifying.delete(r.agent);
+    });
+  }
+
+  private async finishUpdate(active: ActiveRound, r: UpdateReceiver, topic: string): Promise<void> {
     const { round } = active.state.plan;
+    const { agent, upload } = r;
     try {
-      const bundle = r.finish();
-      const expectTensors = active.base.tensors.filter((t) => active.federatedNames.includes(t.name));
-      const decoded = verifyUpdate(bundle, { round, agent, baseVersion: active.base.version, tensors: expectTensors, maxSamples: sampleLimit(agent, { maxSamplesPerAgent: this.config.maxSamplesPerAgent, registeredSamples: this.config.registeredSamples, registeredTolerance: this.config.registeredSamplesTolerance }) });
-      const meta = decoded.header.meta;
+      const { header, payloadStart, sha256 } = await r.finish();
+      const meta = header.meta;
       const info: SpooledUpdate = {
         agent,
+        upload,
         sampleCount: meta.sampleCount,
-        bytes: bundle.byteLength,
-        sha256: r.sha256,
+        bytes: r.bundleBytes,
+        sha256,
         metricsBefore: meta.metricsBefore,
         metricsAfter: meta.metricsAfter,
         trainMs: meta.trainMs,
-        payloadStart: decoded.payloadStart,
-        tensors: decoded.header.tensors,
+        delta: meta.delta,
+        payloadStart,
+        tensors: header.tensors,
+        acceptedAt: this.clock.now(),
       };
-      if (active.state.closed) return;
-      await this.spool.put(round, bundle, info);
+      if (active.state.closed) {
+        r.discard();
+        return;
+      }
+      await this.spool.commit(round, info, r.path);
       if (active.state.closed) return;
       active.state.recordAccepted(info);
       active.refused.delete(agent);
+      active.record.acceptedAt![agent] = info.acceptedAt;
       this.counters.inc('accepted-update');
-      this.log.info({ round, agent, samples: meta.sampleCount, bytes: bundle.byteLength }, 'update accepted');
-      this.sendAck(round, agent, { status: 'accepted', sha256: r.sha256 });
+      this.log.info({ round, agent, samples: meta.sampleCount, bytes: r.bundleBytes }, 'update accepted');
+      this.sendAck(round, agent, { status: 'accepted', upload, sha256 });
       this.checkClose(active);
     } catch (err) {
-      const { code, message } = describeError(err);
-      this.reject(err, topic, agent);
-      if (active.state.closed) return;
-      active.refused.set(agent, { sha256: r.sha256, code, reason: message });
-      active.state.recordFailure({ agent, code, reason: message });
-      this.emitEvent('alert', { severity: 'warning', code, agent, round, message: `update of ${agent} rejected: ${message}` });
-      this.sendAck(round, agent, { status: 'rejected', sha256: r.sha256, code, reason: message });
-      this.checkClose(active);
+      r.discard();
+      this.refuse(active, agent, upload, r.expectedSha, err, topic);
     }
+  }
+
+  /** An upload is refused: log, count, record the failure, alert, and tell the agent. */
+  private refuse(active: ActiveRound, agent: string, upload: string, sha256: string | null, err: unknown, topic: string): void {
+    const { round } = active.state.plan;
+    const { code, message } = describeError(err);
+    this.reject(err, topic, agent);
+    if (active.state.closed) return;
+    active.refused.set(agent, { upload, sha256, code, reason: message });
+    active.state.recordFailure({ agent, code, reason: message });
+    this.emitEvent('alert', { severity: 'warning', code, agent, round, message: `update of ${agent} rejected: ${message}` });
+    this.sendAck(round, agent, { status: 'rejected', upload, sha256, code, reason: message });
+    this.checkClose(active);
   }
 
   private handleDone(active: ActiveRound, msg: UpdateDoneMsg): void {
-    const { agent, round, sha256 } = msg;
-    const accepted = active.state.acceptedUpdate(agent);
+    const { agent, round, upload, sha256 } = msg;
+    const accepted = active.state.acceptedUpdate(agent) as SpooledUpdate | undefined;
     if (accepted) {
-      if (accepted.sha256 === sha256) this.sendAck(round, agent, { status: 'accepted', sha256 });
-      else this.sendAck(round, agent, { status: 'rejected', sha256, code: ErrorCodes.DUPLICATE_UPDATE, reason: 'another update of this agent was already accepted for this round' });
+      if (accepted.upload === upload) this.sendAck(round, agent, { status: 'accepted', upload, sha256 });
+      else this.sendAck(round, agent, { status: 'rejected', upload, sha256, code: ErrorCodes.DUPLICATE_UPDATE, reason: 'another update of this agent was already accepted for this round' });
       return;
     }
-    if (active.verifying.get(agent) === sha256) return; // the verdict follows
+    if (active.verifying.get(agent) === upload) return; // the verdict follows
     const refused = active.refused.get(agent);
-    if (refused && refused.sha256 === sha256) {
-      this.sendAck(round, agent, { status: 'rejected', sha256, code: refused.code, reason: refused.reason });
+    if (refused && refused.upload === upload) {
+      this.sendAck(round, agent, { status: 'rejected', upload, sha256, code: refused.code, reason: refused.reason });
       return;
     }
-    const r = active.reassemblers.get(agent);
-    const missing = r && r.sha256 === sha256 ? r.missing(MAX_MISSING_LISTED) : Array.from({ length: Math.min(msg.total, MAX_MISSING_LISTED) }, (_, i) => i);
-    this.sendAck(round, agent, { status: 'incomplete', sha256, missing });
+    const r = active.receivers.get(agent);
+    if (r && r.upload === upload && r.matches({ ...msg, chunkBytes: this.config.chunkBytes })) {
+      r.expectedSha = sha256;
+      if (r.ready) {
+        this.startFinish(active, r, this.topics.update(round, agent));
+        return;
+      }
+      this.sendAck(round, agent, { status: 'incomplete', upload, sha256, missing: r.missing(MAX_MISSING_LISTED) });
+      return;
+    }
+    this.sendAck(round, agent, { status: 'incomplete', upload, sha256, missing: Array.from({ length: Math.min(msg.total, MAX_MISSING_LISTED) }, (_, i) => i) });
   }
 
   private sendAck(round: number, agent: string, ack: Partial<AckMsg> & Pick<AckMsg, 'status'>): void {
-    const msg: AckMsg = { v: PROTOCOL_VERSION, type: 'ack', round, agent, sha256: null, code: null, reason: null, missing: [], ...ack };
+    const msg: AckMsg = { v: PROTOCOL_VERSION, type: 'ack', round, agent, upload: null, sha256: null, code: null, reason: null, missing: [], stored: 0, window: 0, ...ack };
     this.transport.publish(this.topics.ack(round, agent), packMsg(msg), { qos: 1 }).catch((err: Error) => this.log.warn({ err: err.message, agent, round }, 'could not send ack'));
   }
 

@@ -1,11 +1,13 @@
-import { mkdir, readdir, readFile, rename, rm, open } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { openFileSource, readFully, type FileBundleSource } from '../shared/bundle-source.js';
 import { ErrorCodes, FedlineError } from '../shared/errors.js';
 import { fsyncDir, writeJsonAtomic } from '../shared/fs-atomic.js';
 import type { EvalMetrics, ModelMeta } from '../shared/messages.js';
 import { modelMetaSchema } from '../shared/messages.js';
-import { decodeBundle, sha256Hex, type TensorSpec } from '../shared/tensor-bundle.js';
+import { decodeBundle, decodeBundleHeader, encodeBundlePrefix, layoutTensors, sha256Hex, type BundleHeader, type TensorSpec } from '../shared/tensor-bundle.js';
+import type { BaseValues } from './update-spool.js';
 import type { TensorBlockReader } from '../shared/fedavg.js';
 
 /**
@@ -18,7 +20,8 @@ import type { TensorBlockReader } from '../shared/fedavg.js';
  *   <root>/v<version>/meta.json     SHA-256, round, contributors, metrics per agent
  *
  * A version is written into a temporary folder and renamed into place, so a crash never leaves a
- * half-written version behind.
+ * half-written version behind. Versions are written and read as streams (createVersion,
+ * openBundle, openValues), so a 557 MB model never has to be in memory as a whole.
  */
 
 export interface StoredModel {
@@ -48,7 +51,18 @@ export interface ModelStore {
   get(version: number): Promise<StoredModel | null>;
   /** Store a model bundle as version `meta.version` (taken from the bundle's own meta). */
   save(bundle: Uint8Array, extra?: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'>): Promise<StoredModel>;
+  /** Write a new version as a stream of payload bytes (see VersionWriter). */
+  createVersion(meta: ModelMeta, tensors: readonly Pick<TensorSpec, 'name' | 'shape'>[], extra?: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'>): Promise<VersionWriter>;
+  /** A whole version in memory, SHA-256 checked (small models, tests). */
   readBundle(version: number): Promise<Buffer>;
+  /** A version's header (tensor layout and meta). */
+  readHeader(version: number): Promise<{ header: BundleHeader<ModelMeta>; payloadStart: number }>;
+  /** A version's bundle bytes, read from disk as needed (publishing). */
+  openBundle(version: number): Promise<FileBundleSource>;
+  /** A version's float32 values, tensor by tensor, block by block. */
+  openValues(version: number): Promise<BaseValues & { close(): Promise<void> }>;
+  /** Check a version's files against its SHA-256 (streamed); throws FL_MODEL_STORE when they differ. */
+  verify(version: number): Promise<void>;
   recordMetrics(version: number, agent: string, metrics: EvalMetrics): Promise<void>;
   /** Read a version's tensors block by block from disk (no whole-model copy in memory). */
   openTensorReader(version: number): Promise<TensorBlockReader & { close(): Promise<void> }>;
@@ -103,48 +117,100 @@ export class FsModelStore implements ModelStore {
 
   async save(bundle: Uint8Array, extra: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'> = {}): Promise<StoredModel> {
     const decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);
-    const meta = decoded.header.meta;
-    const target = this.dir(meta.version);
+    if (decoded.header.tensors.some((t) => t.dtype !== 'float32')) throw new FedlineError(ErrorCodes.MODEL_STORE, 'model store: global models hold float32 tensors only');
+    const writer = await this.createVersion(decoded.header.meta, decoded.header.tensors, extra);
+    try {
+      await writer.write(bundle.subarray(decoded.payloadStart));
+    } catch (err) {
+      await writer.abort();
+      throw err;
+    }
+    const stored = await writer.commit();
+    if (stored.sha256 !== sha256Hex(bundle)) throw new Error('model store: a saved bundle is not byte-identical to its input (layout differs)');
+    return stored;
+  }
+
+  async createVersion(meta: ModelMeta, tensors: readonly Pick<TensorSpec, 'name' | 'shape'>[], extra: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'> = {}): Promise<VersionWriter> {
     if (await this.get(meta.version)) throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: version ${meta.version} exists already`);
-    const stored: StoredModel = {
-      version: meta.version,
-      round: meta.round,
-      sha256: sha256Hex(bundle),
-      bytes: bundle.byteLength,
-      headerBytes: decoded.payloadStart,
-      createdAt: meta.createdAt,
-      tensors: decoded.header.tensors,
-      headTensors: meta.headTensors,
-      classes: meta.classes,
-      inputShape: meta.inputShape,
-      contributors: extra.contributors ?? {},
-      metrics: {},
-      updateMetrics: extra.updateMetrics ?? {},
-    };
-    const modelJson = {
-      format: 'layers-model',
-      generatedBy: 'fedline',
-      convertedBy: null,
-      modelTopology: meta.topology,
-      weightsManifest: [{ paths: ['weights.bin'], weights: decoded.header.tensors.map((t) => ({ name: t.name, shape: t.shape, dtype: t.dtype })) }],
-      userDefinedMetadata: { fedline: { version: meta.version, round: meta.round, sha256: stored.sha256, classes: meta.classes, inputShape: meta.inputShape, normalization: meta.normalization } },
-    };
+    const { specs, payloadBytes } = layoutTensors(tensors.map((t) => ({ name: t.name, shape: t.shape, dtype: 'float32' as const })));
+    const prefix = encodeBundlePrefix(specs, meta);
     await mkdir(this.root, { recursive: true });
     const tmp = join(this.root, `.v${meta.version}.${randomBytes(4).toString('hex')}.tmp`);
     await mkdir(tmp);
+    let weights: FileHandle;
     try {
-      await writeSynced(join(tmp, 'weights.bin'), bundle.subarray(decoded.payloadStart));
-      await writeSynced(join(tmp, 'header.bin'), bundle.subarray(0, decoded.payloadStart));
-      await writeSynced(join(tmp, 'model.json'), JSON.stringify(modelJson));
-      await writeSynced(join(tmp, 'meta.json'), JSON.stringify(stored, null, 2));
-      await fsyncDir(tmp);
-      await rename(tmp, target);
-      await fsyncDir(this.root);
+      weights = await open(join(tmp, 'weights.bin'), 'w');
     } catch (err) {
       await rm(tmp, { recursive: true, force: true });
-      throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: cannot write version ${meta.version} under ${this.root}: ${(err as Error).message}`, {}, { cause: err });
+      throw err;
     }
-    return stored;
+    return new VersionWriter({ root: this.root, tmp, target: this.dir(meta.version), meta, specs, prefix, payloadBytes, weights, extra });
+  }
+
+  async readHeader(version: number): Promise<{ header: BundleHeader<ModelMeta>; payloadStart: number }> {
+    const bytes = await readFile(join(this.dir(version), 'header.bin'));
+    const meta = await this.get(version);
+    if (!meta) throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: no version ${version}`);
+    return decodeBundleHeader<ModelMeta>(bytes, meta.bytes, modelMetaSchema);
+  }
+
+  async openBundle(version: number): Promise<FileBundleSource> {
+    const meta = await this.get(version);
+    if (!meta) throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: no version ${version}`);
+    return openFileSource([
+      { path: join(this.dir(version), 'header.bin'), bytes: meta.headerBytes },
+      { path: join(this.dir(version), 'weights.bin'), bytes: meta.bytes - meta.headerBytes },
+    ]);
+  }
+
+  async openValues(version: number): Promise<BaseValues & { close(): Promise<void> }> {
+    const meta = await this.get(version);
+    if (!meta) throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: no version ${version}`);
+    const specs = new Map(meta.tensors.map((t) => [t.name, t]));
+    const fh = await open(join(this.dir(version), 'weights.bin'), 'r');
+    // Every delta update of a round asks for the same base block in turn: keep the last few.
+    const cache: { key: string; values: Promise<Float32Array> }[] = [];
+    return {
+      read: async (name, start, out) => {
+        const key = `${name}\0${start}\0${out.length}`;
+        let hit = cache.find((c) => c.key === key);
+        if (!hit) {
+          const spec = specs.get(name);
+          if (!spec) throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: version ${version} has no tensor ${name}`);
+          const values = new Float32Array(out.length);
+          hit = { key, values: readFully(fh, new Uint8Array(values.buffer), spec.offset + start * 4, `weights of version ${version}`).then(() => values) };
+          cache.push(hit);
+          if (cache.length > 4) cache.shift();
+        }
+        out.set(await hit.values);
+      },
+      close: () => fh.close(),
+    };
+  }
+
+  async verify(version: number): Promise<void> {
+    const meta = await this.get(version);
+    if (!meta) throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: no version ${version}`);
+    const sizes = await Promise.all(['header.bin', 'weights.bin'].map((f) => stat(join(this.dir(version), f)).then((x) => x.size, () => -1)));
+    if (sizes[0] !== meta.headerBytes || sizes[1] !== meta.bytes - meta.headerBytes) {
+      throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: version ${version} is corrupt on disk (header.bin ${sizes[0]} bytes, weights.bin ${sizes[1]} bytes; expected ${meta.headerBytes} and ${meta.bytes - meta.headerBytes})`);
+    }
+    const source = await this.openBundle(version);
+    const hash = createHash('sha256');
+    try {
+      const buf = Buffer.allocUnsafeSlow(4 << 20);
+      for (let pos = 0; pos < source.byteLength; pos += buf.byteLength) {
+        const part = buf.subarray(0, Math.min(buf.byteLength, source.byteLength - pos));
+        await source.read(pos, part);
+        hash.update(part);
+      }
+    } catch (err) {
+      throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: version ${version} cannot be read: ${(err as Error).message}`);
+    } finally {
+      await source.close();
+    }
+    const sha = hash.digest('hex');
+    if (sha !== meta.sha256) throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: version ${version} is corrupt on disk (SHA-256 ${sha} != ${meta.sha256})`);
   }
 
   async readBundle(version: number): Promise<Buffer> {
@@ -193,6 +259,119 @@ export class FsModelStore implements ModelStore {
     });
     this.metaChain = next.catch(() => undefined);
     return next;
+  }
+}
+
+/**
+ * A new global model version being written: the payload (float32 weights in manifest order) comes
+ * in order through write(), in pieces of any size; the SHA-256 of the whole bundle is computed on
+ * the way and the data flushed to disk in the background, so commit() only has the tail to sync.
+ */
+export class VersionWriter {
+  readonly specs: readonly TensorSpec[];
+  readonly payloadBytes: number;
+  private readonly o: {
+    root: string;
+    tmp: string;
+    target: string;
+    meta: ModelMeta;
+    specs: TensorSpec[];
+    prefix: Buffer;
+    payloadBytes: number;
+    weights: FileHandle;
+    extra: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'>;
+  };
+  private readonly hash: Hash;
+  private written = 0;
+  private unsynced = 0;
+  private syncing: Promise<void> | null = null;
+  private closed = false;
+
+  constructor(o: VersionWriter['o']) {
+    this.o = o;
+    this.specs = o.specs;
+    this.payloadBytes = o.payloadBytes;
+    this.hash = createHash('sha256').update(o.prefix);
+  }
+
+  /** Payload bytes written so far (the offset of the next write). */
+  get position(): number {
+    return this.written;
+  }
+
+  async write(bytes: Uint8Array): Promise<void> {
+    if (this.closed) throw new Error('version writer is closed');
+    if (this.written + bytes.byteLength > this.payloadBytes) throw new Error(`model version ${this.o.meta.version}: ${this.written + bytes.byteLength} payload bytes written, ${this.payloadBytes} expected`);
+    this.hash.update(bytes);
+    let done = 0;
+    while (done < bytes.byteLength) {
+      const { bytesWritten } = await this.o.weights.write(bytes, done, bytes.byteLength - done, this.written + done);
+      done += bytesWritten;
+    }
+    this.written += bytes.byteLength;
+    this.unsynced += bytes.byteLength;
+    if (this.unsynced >= 64 * 1024 * 1024 && !this.syncing) {
+      this.unsynced = 0;
+      this.syncing = this.o.weights
+        .datasync()
+        .catch(() => undefined)
+        .finally(() => (this.syncing = null));
+    }
+  }
+
+  /** Finish the version: every payload byte must have been written. */
+  async commit(): Promise<StoredModel> {
+    const { meta, specs, prefix, tmp, target, root, extra } = this.o;
+    try {
+      if (this.written !== this.payloadBytes) throw new Error(`${this.written} of ${this.payloadBytes} payload bytes written`);
+      await this.syncing;
+      await this.o.weights.sync();
+      await this.o.weights.close();
+      this.closed = true;
+      const stored: StoredModel = {
+        version: meta.version,
+        round: meta.round,
+        sha256: this.hash.digest('hex'),
+        bytes: prefix.byteLength + this.payloadBytes,
+        headerBytes: prefix.byteLength,
+        createdAt: meta.createdAt,
+        tensors: specs,
+        headTensors: meta.headTensors,
+        classes: meta.classes,
+        inputShape: meta.inputShape,
+        contributors: extra.contributors ?? {},
+        metrics: {},
+        updateMetrics: extra.updateMetrics ?? {},
+      };
+      const modelJson = {
+        format: 'layers-model',
+        generatedBy: 'fedline',
+        convertedBy: null,
+        modelTopology: meta.topology,
+        weightsManifest: [{ paths: ['weights.bin'], weights: specs.map((t) => ({ name: t.name, shape: t.shape, dtype: t.dtype })) }],
+        userDefinedMetadata: { fedline: { version: meta.version, round: meta.round, sha256: stored.sha256, classes: meta.classes, inputShape: meta.inputShape, normalization: meta.normalization } },
+      };
+      await writeSynced(join(tmp, 'header.bin'), prefix);
+      await writeSynced(join(tmp, 'model.json'), JSON.stringify(modelJson));
+      await writeSynced(join(tmp, 'meta.json'), JSON.stringify(stored, null, 2));
+      await fsyncDir(tmp);
+      await rename(tmp, target);
+      await fsyncDir(root);
+      return stored;
+    } catch (err) {
+      await this.abort();
+      throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: cannot write version ${meta.version} under ${root}: ${(err as Error).message}`, {}, { cause: err });
+    }
+  }
+
+  /** Give up: nothing of this version stays on disk. */
+  async abort(): Promise<void> {
+    if (!this.closed) {
+      this.closed = true;
+      await this.syncing;
+      await this.o.weights.close().catch(() => undefined);
+    }
+    await rm(this.o.tmp, { recursive: true, force: true });
   }
 }
 

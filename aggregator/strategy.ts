@@ -1,4 +1,4 @@
-import { fedAvgStreamed, type TensorBlockReader } from '../shared/fedavg.js';
+import { fedAvgStreamed, type BlockSink, type TensorBlockReader } from '../shared/fedavg.js';
 import { elementCount, type TensorSpec } from '../shared/tensor-bundle.js';
 import type { Failure } from './round-state.js';
 
@@ -6,7 +6,8 @@ import type { Failure } from './round-state.js';
  * Aggregation strategies behind one interface, as Flower's are: given the round's verified
  * results (and its failures, as data), return new weights for the federated tensors or decide
  * to keep the global model. Strategies never see MQTT or the file system: results come as
- * block readers.
+ * block readers and new weights leave through a block sink, so a strategy's memory need not grow
+ * with the model's size or the number of clients.
  */
 export interface StrategyInput {
   round: number;
@@ -14,9 +15,11 @@ export interface StrategyInput {
   federated: readonly Pick<TensorSpec, 'name' | 'shape'>[];
   results: readonly TensorBlockReader[];
   failures: readonly Failure[];
+  /** Where new weights go: every federated tensor, in the order of `federated`, blocks ascending. */
+  output: BlockSink;
 }
 
-export type StrategyOutput = { kind: 'weights'; tensors: Map<string, Float32Array> } | { kind: 'keep'; reason: string };
+export type StrategyOutput = { kind: 'weights' } | { kind: 'keep'; reason: string };
 
 export interface Strategy {
   readonly name: string;
@@ -27,15 +30,13 @@ export interface Strategy {
 export class FedAvg implements Strategy {
   readonly name = 'fedavg';
 
-  async aggregate({ federated, results }: StrategyInput): Promise<StrategyOutput> {
+  async aggregate({ federated, results, output }: StrategyInput): Promise<StrategyOutput> {
     if (results.length === 0) return { kind: 'keep', reason: 'no results to aggregate' };
-    const tensors = new Map<string, Float32Array>();
-    for (const t of federated) tensors.set(t.name, new Float32Array(elementCount(t.shape)));
     await fedAvgStreamed(
       results,
       federated.map((t) => ({ name: t.name, length: elementCount(t.shape) })),
-      (name) => tensors.get(name)!,
+      output,
     );
-    return { kind: 'weights', tensors };
+    return { kind: 'weights' };
   }
 }

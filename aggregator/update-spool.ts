@@ -1,23 +1,42 @@
-import { open, readdir, readFile, rm, type FileHandle } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic, writeJsonAtomic } from '../shared/fs-atomic.js';
+import { readFully } from '../shared/bundle-source.js';
+import { fsyncDir, writeJsonAtomic } from '../shared/fs-atomic.js';
 import type { TensorBlockReader } from '../shared/fedavg.js';
-import type { TensorSpec } from '../shared/tensor-bundle.js';
+import type { Logger } from '../shared/logger.js';
+import { decodeValues, unitOf } from '../shared/update-codec.js';
+import { elementCount, type TensorSpec } from '../shared/tensor-bundle.js';
 import type { AcceptedUpdate } from './round-state.js';
 
 /**
- * Verified updates wait on disk until their round closes, so the aggregator's memory does not grow
- * with the number of agents (FedAvg then streams them block by block), and so an aggregator that
- * restarts mid-round still has every update it already verified.
+ * Updates wait on disk until their round closes, so the aggregator's memory does not grow with the
+ * number of agents (FedAvg then streams them block by block), and so an aggregator that restarts
+ * mid-round still has every update it already verified.
  *
- *   <root>/r<round>/<agent>.flb    the update bundle, exactly as received
- *   <root>/r<round>/<agent>.json   what was accepted: sample count, SHA-256, metrics, tensor layout
+ *   <root>/r<round>/<agent>.<upload>.part  an update being received (chunks written in place)
+ *   <root>/r<round>/<agent>.flb            a verified update bundle, exactly as received
+ *   <root>/r<round>/<agent>.json           what was accepted: sample count, SHA-256, metrics, tensor layout
  */
 
 export interface SpooledUpdate extends AcceptedUpdate {
+  /** The agent's upload id (chunks of this upload arriving late are duplicates, not a second update). */
+  upload: string;
+  /** The values are differences to the round's base model. */
+  delta: boolean;
   payloadStart: number;
   tensors: TensorSpec[];
+  /** When the update was verified and spooled (ms since the epoch). */
+  acceptedAt: number;
 }
+
+/** float32 values of the base model, for updates sent as differences to it. */
+export interface BaseValues {
+  read(name: string, start: number, out: Float32Array): Promise<void>;
+}
+
+export type SpoolReader = TensorBlockReader & { close(): Promise<void> };
 
 export class UpdateSpool {
   readonly root: string;
@@ -30,14 +49,28 @@ export class UpdateSpool {
     return join(this.root, `r${round}`);
   }
 
-  async put(round: number, bundle: Uint8Array, info: SpooledUpdate): Promise<void> {
-    // Bundle first, record second: a record on disk always has its bundle.
-    await writeFileAtomic(join(this.roundDir(round), `${info.agent}.flb`), bundle);
+  /** Make the round's folder (synchronously: chunk handlers open files in it right away). */
+  ensureRound(round: number): void {
+    mkdirSync(this.roundDir(round), { recursive: true });
+  }
+
+  /** Where an update is written while it arrives. */
+  partPath(round: number, agent: string, upload: string): string {
+    return join(this.roundDir(round), `${agent}.${upload}.part`);
+  }
+
+  /** Move a received, verified (and fsynced) update into place and record it: bundle first, record second. */
+  async commit(round: number, info: SpooledUpdate, partPath: string): Promise<void> {
+    await rename(partPath, join(this.roundDir(round), `${info.agent}.flb`));
+    await fsyncDir(this.roundDir(round));
     await writeJsonAtomic(join(this.roundDir(round), `${info.agent}.json`), info);
   }
 
-  /** The updates already accepted for a round (after a restart). */
-  async list(round: number): Promise<SpooledUpdate[]> {
+  /**
+   * The updates already accepted for a round (after a restart). Each bundle is checked against its
+   * recorded size and SHA-256: one damaged by a crash is dropped (logged), never averaged.
+   */
+  async list(round: number, log?: Logger): Promise<SpooledUpdate[]> {
     let entries: string[];
     try {
       entries = await readdir(this.roundDir(round));
@@ -47,35 +80,33 @@ export class UpdateSpool {
     }
     const out: SpooledUpdate[] = [];
     for (const e of entries.filter((x) => x.endsWith('.json')).sort()) {
-      out.push(JSON.parse(await readFile(join(this.roundDir(round), e), 'utf8')) as SpooledUpdate);
+      const info = JSON.parse(await readFile(join(this.roundDir(round), e), 'utf8')) as SpooledUpdate;
+      const file = join(this.roundDir(round), `${info.agent}.flb`);
+      const problem = await checkFile(file, info.bytes, info.sha256);
+      if (problem) {
+        log?.warn({ round, agent: info.agent, file }, `spooled update dropped: ${problem}`);
+        await rm(join(this.roundDir(round), e), { force: true });
+        continue;
+      }
+      out.push(info);
     }
+    // Half-received uploads do not survive a restart: their agents resend on the missing list.
+    for (const e of entries.filter((x) => x.endsWith('.part'))) await rm(join(this.roundDir(round), e), { force: true });
     return out;
   }
 
-  /** Block readers over the spooled bundles, for fedAvgStreamed. Close them when done. */
-  async openReaders(round: number, updates: readonly SpooledUpdate[]): Promise<(TensorBlockReader & { close(): Promise<void> })[]> {
-    const readers: (TensorBlockReader & { close(): Promise<void> })[] = [];
+  /**
+   * Block readers over the spooled bundles, for fedAvgStreamed: values come back as float32
+   * whatever the update's encoding (f16 and q8 are decoded, differences added to `base`).
+   * Close them when done.
+   */
+  async openReaders(round: number, updates: readonly SpooledUpdate[], base?: BaseValues): Promise<SpoolReader[]> {
+    const readers: SpoolReader[] = [];
     try {
       for (const u of updates) {
+        if (u.delta && !base) throw new Error(`update of ${u.agent} holds differences, but no base model was given`);
         const fh: FileHandle = await open(join(this.roundDir(round), `${u.agent}.flb`), 'r');
-        const specs = new Map(u.tensors.map((t) => [t.name, t]));
-        readers.push({
-          id: u.agent,
-          weight: u.sampleCount,
-          async read(name: string, start: number, out: Float32Array) {
-            const spec = specs.get(name);
-            if (!spec) throw new Error(`spooled update of ${u.agent} has no tensor ${name}`);
-            const target = Buffer.from(out.buffer, out.byteOffset, out.byteLength);
-            const position = u.payloadStart + spec.offset + start * 4;
-            let done = 0;
-            while (done < target.byteLength) {
-              const { bytesRead } = await fh.read(target, done, target.byteLength - done, position + done);
-              if (bytesRead === 0) throw new Error(`spooled update of ${u.agent} is truncated`);
-              done += bytesRead;
-            }
-          },
-          close: () => fh.close(),
-        });
+        readers.push(new SpooledUpdateReader(u, fh, u.delta ? base! : null));
       }
     } catch (err) {
       await Promise.all(readers.map((r) => r.close()));
@@ -86,5 +117,97 @@ export class UpdateSpool {
 
   async dropRound(round: number): Promise<void> {
     await rm(this.roundDir(round), { recursive: true, force: true });
+  }
+
+  async ensureRoot(): Promise<void> {
+    await mkdir(this.root, { recursive: true });
+  }
+}
+
+async function checkFile(path: string, bytes: number, sha256: string): Promise<string | null> {
+  let size: number;
+  try {
+    size = (await stat(path)).size;
+  } catch {
+    return 'its bundle file is missing';
+  }
+  if (size !== bytes) return `its bundle file has ${size} bytes, ${bytes} were accepted`;
+  const hash = createHash('sha256');
+  const fh = await open(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafeSlow(4 << 20);
+    for (let pos = 0; pos < size; ) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.byteLength, size - pos), pos);
+      if (bytesRead === 0) break;
+      hash.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
+  const got = hash.digest('hex');
+  return got === sha256 ? null : `its bundle file's SHA-256 is ${got}, ${sha256} was accepted`;
+}
+
+class SpooledUpdateReader implements SpoolReader {
+  readonly id: string;
+  readonly weight: number;
+  private readonly update: SpooledUpdate;
+  private readonly fh: FileHandle;
+  private readonly base: BaseValues | null;
+  private readonly specs: Map<string, TensorSpec>;
+  private bytes = new Uint8Array(0);
+  private baseScratch = new Float32Array(0);
+  private valueScratch = new Float32Array(0);
+
+  constructor(update: SpooledUpdate, fh: FileHandle, base: BaseValues | null) {
+    this.update = update;
+    this.id = update.agent;
+    this.weight = update.sampleCount;
+    this.fh = fh;
+    this.base = base;
+    this.specs = new Map(update.tensors.map((t) => [t.name, t]));
+  }
+
+  async read(name: string, start: number, out: Float32Array): Promise<void> {
+    const spec = this.specs.get(name);
+    if (!spec) throw new Error(`spooled update of ${this.update.agent} has no tensor ${name}`);
+    const where = `spooled update of ${this.update.agent}`;
+    const tensorStart = this.update.payloadStart + spec.offset;
+    const count = out.length;
+    if (spec.dtype === 'float32') {
+      await readFully(this.fh, new Uint8Array(out.buffer, out.byteOffset, out.byteLength), tensorStart + start * 4, where);
+    } else {
+      const { unitValues, unitBytes } = unitOf(spec.dtype, spec.block);
+      const total = elementCount(spec.shape);
+      const firstUnit = Math.floor(start / unitValues);
+      const lastUnit = Math.ceil((start + count) / unitValues);
+      const v0 = firstUnit * unitValues;
+      const v1 = Math.min(total, lastUnit * unitValues);
+      const b0 = firstUnit * unitBytes;
+      const b1 = Math.min(spec.bytes, lastUnit * unitBytes);
+      if (this.bytes.byteLength < b1 - b0) this.bytes = new Uint8Array(b1 - b0);
+      const bytes = this.bytes.subarray(0, b1 - b0);
+      await readFully(this.fh, bytes, tensorStart + b0, where);
+      if (v0 === start && v1 - v0 === count) {
+        decodeValues(spec.dtype, bytes, count, out, spec.block);
+      } else {
+        if (this.valueScratch.length < v1 - v0) this.valueScratch = new Float32Array(v1 - v0);
+        const values = this.valueScratch.subarray(0, v1 - v0);
+        decodeValues(spec.dtype, bytes, v1 - v0, values, spec.block);
+        out.set(values.subarray(start - v0, start - v0 + count));
+      }
+    }
+    if (this.base) {
+      if (this.baseScratch.length < count) this.baseScratch = new Float32Array(count);
+      const base = this.baseScratch.subarray(0, count);
+      await this.base.read(name, start, base);
+      // The agent sent fround(x - base): adding the base back in float32 gives x to within an ulp.
+      for (let i = 0; i < count; i++) out[i] = out[i]! + base[i]!;
+    }
+  }
+
+  close(): Promise<void> {
+    return this.fh.close();
   }
 }

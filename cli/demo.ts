@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import type { Journal, RoundRecord } from '../aggregator/aggregator.js';
 import { generateDataset, generateReferenceDataset, INSPECTION_CLASSES, PAPER_CLIENTS } from '../dataset/synth.js';
 import { silentLogger } from '../shared/logger.js';
+import { updateEncodings, type UpdateEncoding } from '../shared/update-codec.js';
 import { MqttTransport } from '../shared/mqtt-transport.js';
 import { createTopics, defaultRoot } from '../shared/topics.js';
 import { writeDemoCredentials } from './demo-auth.js';
@@ -36,6 +37,9 @@ export interface DemoOptions {
   learningRate: number;
   /** Epochs of central pretraining on reference images before the federation (0: none, a seeded init). */
   pretrainEpochs: number;
+  /** How agents encode their updates (f32, f16, q8) and whether as differences to the base model. */
+  encoding: UpdateEncoding;
+  delta: boolean;
 }
 
 function parseDemoArgs(args: string[]): DemoOptions {
@@ -56,6 +60,8 @@ function parseDemoArgs(args: string[]): DemoOptions {
       'init-from': { type: 'string' },
       'learning-rate': { type: 'string' },
       'pretrain-epochs': { type: 'string' },
+      encoding: { type: 'string', default: 'f32' },
+      delta: { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -79,6 +85,8 @@ function parseDemoArgs(args: string[]): DemoOptions {
   if (vgg && size < VGG_MIN_INPUT) throw new Error(`--size must be at least ${VGG_MIN_INPUT} for ${model} (five 2x2 poolings)`);
   const learningRate = Number(values['learning-rate'] ?? (vgg ? '0.0005' : '0.004'));
   if (!(learningRate > 0 && learningRate < 1)) throw new Error(`--learning-rate must be in (0, 1), got "${values['learning-rate']}"`);
+  const encoding = values.encoding as UpdateEncoding;
+  if (!updateEncodings.includes(encoding)) throw new Error(`--encoding must be one of ${updateEncodings.join(', ')}, got "${values.encoding}"`);
   return {
     trigger: values.trigger,
     plcSchedule: values['plc-schedule']!,
@@ -96,6 +104,8 @@ function parseDemoArgs(args: string[]): DemoOptions {
     // A VGG from a random init needs many rounds (the paper: 20+); like the paper, start it from
     // pretrained weights: here a base trained on reference images of other products.
     pretrainEpochs: int('pretrain-epochs', values['pretrain-epochs'] ?? (vgg && !values['init-from'] ? '15' : '0'), 0, 100),
+    encoding,
+    delta: values.delta ?? false,
   };
 }
 
@@ -260,6 +270,8 @@ export async function runDemo(args: string[]): Promise<number> {
             normalization: 'per-image',
             ...(options.initFrom ? { initFrom: options.initFrom } : {}),
           },
+          encoding: options.encoding,
+          delta: options.delta,
           evaluateFinalModel: true,
           exitWhenComplete: true,
         },

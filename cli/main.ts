@@ -19,6 +19,7 @@ commands:
                 --model small-cnn|vgg11|vgg16|vgg19 (small-cnn)  --federate all|head (all)  --width X
                 --init-from DIR  --pretrain-epochs N (VGG: 15)  --learning-rate X
                 --trigger opcua  agents train only in the idle windows of a simulated PLC
+                --encoding f32|f16|q8 (f32)  --delta (updates as differences to the base model)
   broker      run the embedded MQTT broker (Aedes)          --config FILE [--port N]
   aggregator  run the aggregator                            --config FILE
   agent       run an edge agent                             --config FILE

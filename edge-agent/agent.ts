@@ -17,12 +17,14 @@ import {
   type RoundAnnouncement,
   type UpdateMeta,
 } from '../shared/messages.js';
-import { bundleTensors, decodeBundle, encodeBundle, type DecodedBundle } from '../shared/tensor-bundle.js';
+import type { BundleSource } from '../shared/bundle-source.js';
+import { bundleTensors, decodeBundle, type DecodedBundle } from '../shared/tensor-bundle.js';
+import { encodeUpdateSource, tensorValues } from '../shared/update-encoder.js';
 import type { ModelMeta } from '../shared/messages.js';
 import { createTopics, defaultRoot, type Topics } from '../shared/topics.js';
 import type { InboundMessage, Transport } from '../shared/transport.js';
 import type { ModelCache } from './model-cache.js';
-import { downloadModel } from './model-downlink.js';
+import { fetchModelBundle } from './model-fetch.js';
 import type { GlobalModel, Trainer } from './trainer.js';
 import type { UpdateJournal } from './update-journal.js';
 import { TrainingWindow } from './training-window.js';
@@ -242,10 +244,14 @@ export class EdgeAgent extends EventEmitter {
         await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} ${prior.state} (before restart)` }, true);
         return { round, outcome: prior.state };
       }
-      let bundle = (await this.journal?.pendingBundle(round, model.version)) ?? null;
-      const resume = bundle !== null;
-      if (bundle) {
-        log.info({ bytes: bundle.byteLength }, 'resuming the upload of an update made before a restart');
+      const pending = (await this.journal?.pendingUpload(round, model.version)) ?? null;
+      const resume = pending !== null;
+      let bundle: BundleSource;
+      let saved: { sha256: string; upload: string } | null = null;
+      if (pending) {
+        log.info({ bytes: pending.source.byteLength }, 'resuming the upload of an update made before a restart');
+        bundle = pending.source;
+        saved = { sha256: pending.sha256, upload: pending.upload };
       } else {
         const federatedNames = resolveFederated(ann.task.federated, model.tensors.map((t) => t.name), model.meta.headTensors);
         await this.setStatus({ state: 'training', round, progress: 0, detail: `${ann.task.epochs} epoch(s) on ${trainer.samples.train} images` }, true);
@@ -281,24 +287,32 @@ export class EdgeAgent extends EventEmitter {
           metricsAfter: result.metricsAfter,
           trainMs: result.trainMs,
           backend: trainer.backend,
+          delta: ann.delta,
         };
-        bundle = encodeBundle(result.tensors, meta);
+        // Encoded chunk by chunk as it is read (f32/f16/q8, optionally as a difference to the base).
+        bundle = encodeUpdateSource(result.tensors.map(tensorValues), meta, { encoding: ann.encoding, delta: ann.delta, base: new Map(model.tensors.map((t) => [t.name, t.data])) });
         // On disk before the first chunk leaves: a power cut from here on resumes this upload.
-        await this.journal?.savePending(round, model.version, bundle).catch((err: Error) => this.storageProblem(`could not record the update of round ${round} on disk (${err.message}); a restart would train again`));
+        saved =
+          (await this.journal?.savePending(round, model.version, bundle).catch((err: Error) => {
+            this.storageProblem(`could not record the update of round ${round} on disk (${err.message}); a restart would train again`);
+            return null;
+          })) ?? null;
       }
       // 4. send the update
-      await this.setStatus({ state: 'uploading', round, progress: 0, detail: `${bundle.byteLength} bytes` }, true);
+      await this.setStatus({ state: 'uploading', round, progress: 0, detail: `${bundle.byteLength} bytes (${ann.encoding}${ann.delta ? ', delta' : ''})` }, true);
       const sent = await sendUpdate(this.transport, this.topics, bundle, log, {
         round,
         agent: this.config.agentId,
         chunkBytes: ann.chunkBytes,
+        windowChunks: ann.windowChunks,
         maxInflight: this.config.maxInflight,
         ackTimeoutMs: this.config.ackTimeoutMs,
         signal,
         resume,
+        ...(saved ? { upload: saved.upload, sha256: saved.sha256 } : {}),
         onProgress: (sentBytes, total) => this.setStatus({ progress: Math.min(1, sentBytes / total) }).catch(() => undefined),
         onReject: (err, topic) => this.reject(err, topic),
-      });
+      }).finally(() => pending?.source.close());
       this.bytes.up += sent.sentBytes;
       this.finishedRounds.add(round);
       await this.journal?.settle(round, sent.ack.status === 'accepted' ? 'accepted' : 'rejected', sent.ack.reason).catch(() => undefined);
@@ -344,20 +358,16 @@ export class EdgeAgent extends EventEmitter {
         ref.signature ? `model version ${ref.version} (sha256 ${ref.sha256.slice(0, 12)}…) has a signature that does not verify with the aggregator's public key; refusing it` : `model version ${ref.version} is not signed; refusing it (modelPublicKeyFile is set)`,
       );
     }
-    let bundle = await this.cache.get(ref.version, ref.sha256);
-    let downloadedBytes = 0;
-    if (!bundle) {
-      bundle = await downloadModel(this.transport, this.topics, ref, this.log, {
-        maxModelBytes: this.config.maxModelBytes,
-        stallMs: 30_000,
-        signal,
-        onProgress: (have, total) => this.setStatus({ progress: have / total }).catch(() => undefined),
-        onReject: (err, topic) => this.reject(err, topic),
-      });
-      downloadedBytes = bundle.byteLength;
-      this.bytes.down += bundle.byteLength;
-      await this.cache.put(ref.version, ref.sha256, bundle).catch((err: Error) => this.storageProblem(`could not keep model version ${ref.version} on disk (${err.message}); continuing with the copy in memory`));
-    }
+    // Downloaded straight into the cache (checked as it arrives), then read once for training.
+    const { bundle, downloadedBytes } = await fetchModelBundle(this.transport, this.topics, this.cache, ref, this.log, {
+      maxModelBytes: this.config.maxModelBytes,
+      stallMs: 30_000,
+      signal,
+      onProgress: (have, total) => this.setStatus({ progress: have / total }).catch(() => undefined),
+      onReject: (err, topic) => this.reject(err, topic),
+      onStorageProblem: (message) => this.storageProblem(message),
+    });
+    this.bytes.down += downloadedBytes;
     let decoded: DecodedBundle<ModelMeta>;
     try {
       decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);

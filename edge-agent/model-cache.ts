@@ -1,6 +1,6 @@
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../shared/fs-atomic.js';
+import { fsyncDir, writeFileAtomic } from '../shared/fs-atomic.js';
 import type { Logger } from '../shared/logger.js';
 import { sha256Hex } from '../shared/tensor-bundle.js';
 
@@ -46,6 +46,30 @@ export class ModelCache {
 
   async put(version: number, sha256: string, bundle: Uint8Array): Promise<void> {
     await writeFileAtomic(this.file(version, sha256), bundle);
+    await this.prune(version);
+  }
+
+  /**
+   * Let `write` fill a temporary file (e.g. a download, verified as it arrives), then move it into
+   * place atomically. Returns the cached file's path.
+   */
+  async receive(version: number, sha256: string, write: (partPath: string) => Promise<unknown>): Promise<string> {
+    await mkdir(this.dir, { recursive: true });
+    const path = this.file(version, sha256);
+    const part = `${path}.part`;
+    try {
+      await write(part);
+      await rename(part, path);
+    } catch (err) {
+      await rm(part, { force: true });
+      throw err;
+    }
+    await fsyncDir(this.dir);
+    await this.prune(version);
+    return path;
+  }
+
+  private async prune(version: number): Promise<void> {
     // Old versions are not needed again (rounds only move forward).
     const entries = await readdir(this.dir).catch(() => [] as string[]);
     const versions = entries

@@ -1,6 +1,7 @@
-import { Reassembler } from '../shared/chunking.js';
+import { Reassembler, type AcceptResult, type Chunk } from '../shared/chunking.js';
 import { decodeMsgpack } from '../shared/codec.js';
 import { describeError, ErrorCodes, FedlineError } from '../shared/errors.js';
+import { FileReassembler } from '../shared/file-reassembler.js';
 import type { Logger } from '../shared/logger.js';
 import { modelChunkSchema, SUPPORTED_VERSIONS, type ModelRef } from '../shared/messages.js';
 import type { Topics } from '../shared/topics.js';
@@ -15,32 +16,67 @@ export interface DownloadOptions {
   onReject?: (err: unknown, topic: string) => void;
 }
 
+/** What receives the chunks: the in-memory Reassembler or the FileReassembler. */
+interface ChunkSink {
+  readonly total: number;
+  readonly receivedChunks: number;
+  readonly complete: boolean;
+  accept(chunk: Chunk): AcceptResult;
+}
+
+interface Assembly<T> {
+  sink: ChunkSink;
+  /** Every chunk is in: check the whole and hand it over. */
+  finish(): Promise<T>;
+  /** The download failed: drop what was received. */
+  abandon(): void;
+}
+
+/** Fetch a global model into memory (small models, tests). See downloadModelToFile for large ones. */
+export function downloadModel(transport: Transport, topics: Topics, ref: ModelRef, log: Logger, options: DownloadOptions): Promise<Buffer> {
+  const r = new Reassembler({ total: ref.chunks, bundleBytes: ref.bytes, chunkBytes: ref.chunkBytes, sha256: ref.sha256, maxBundleBytes: options.maxModelBytes });
+  return download(transport, topics, ref, log, options, { sink: r, finish: async () => r.finish(), abandon: () => undefined });
+}
+
 /**
- * Fetch a global model from its retained chunks (`<root>/model/<version>/+`): subscribe, let the
- * broker replay them, reassemble in any order, verify the SHA-256 the round announced, unsubscribe.
- * A stalled download resubscribes, which makes the broker send the retained chunks again; only the
- * missing ones are kept.
+ * Fetch a global model straight into a file (`path`), checked chunk by chunk (CRC32) and as a
+ * whole (SHA-256, hashed while it arrives): memory stays at a chunk whatever the model's size.
+ * On any failure the file is deleted.
  */
-export async function downloadModel(transport: Transport, topics: Topics, ref: ModelRef, log: Logger, options: DownloadOptions): Promise<Buffer> {
-  const assembler = new Reassembler({ total: ref.chunks, bundleBytes: ref.bytes, chunkBytes: ref.chunkBytes, sha256: ref.sha256, maxBundleBytes: options.maxModelBytes });
+export function downloadModelToFile(transport: Transport, topics: Topics, ref: ModelRef, path: string, log: Logger, options: DownloadOptions): Promise<string> {
+  const r = new FileReassembler({ path, total: ref.chunks, bundleBytes: ref.bytes, chunkBytes: ref.chunkBytes, maxBundleBytes: options.maxModelBytes, syncEveryBytes: 0 });
+  return download(transport, topics, ref, log, options, { sink: r, finish: () => r.finish(ref.sha256), abandon: () => r.discard() });
+}
+
+/**
+ * Subscribe to the model's retained chunks (`<root>/model/<version>/+`), let the broker replay
+ * them, reassemble in any order, verify the SHA-256 the round announced, unsubscribe. A stalled
+ * download resubscribes, which makes the broker send the retained chunks again; only the missing
+ * ones are kept.
+ */
+function download<T>(transport: Transport, topics: Topics, ref: ModelRef, log: Logger, options: DownloadOptions, assembler: Assembly<T>): Promise<T> {
   const filter = topics.modelChunks(ref.version);
-  return new Promise<Buffer>((resolve, reject) => {
+  return new Promise<T>((resolve, reject) => {
     let stallTimer: NodeJS.Timeout | undefined;
     let settled = false;
-    const finish = (err: unknown, value?: Buffer) => {
+    /** Every chunk is in and the SHA-256 is being checked: later (duplicate) chunks are ignored. */
+    let finishing = false;
+    const finish = (err: unknown, value?: T) => {
       if (settled) return;
       settled = true;
       clearTimeout(stallTimer);
       options.signal?.removeEventListener('abort', onAbort);
       transport.unsubscribe(filter, onChunk).catch(() => undefined);
-      if (err) reject(err);
-      else resolve(value!);
+      if (err) {
+        assembler.abandon();
+        reject(err);
+      } else resolve(value!);
     };
     const armStall = () => {
       clearTimeout(stallTimer);
       stallTimer = setTimeout(async () => {
         if (settled) return;
-        log.warn({ version: ref.version, have: assembler.receivedChunks, total: ref.chunks }, 'model download stalled; asking the broker for the retained chunks again');
+        log.warn({ version: ref.version, have: assembler.sink.receivedChunks, total: ref.chunks }, 'model download stalled; asking the broker for the retained chunks again');
         try {
           await transport.unsubscribe(filter, onChunk);
           await transport.subscribe(filter, onChunk);
@@ -52,20 +88,31 @@ export async function downloadModel(transport: Transport, topics: Topics, ref: M
     };
     const onAbort = () => finish(options.signal!.reason ?? new FedlineError(ErrorCodes.ABORTED, 'download aborted'));
     const onChunk = (m: InboundMessage) => {
-      if (settled || m.payload.byteLength === 0) return; // empty retained payload: a cleared chunk
+      if (settled || finishing || m.payload.byteLength === 0) return; // empty retained payload: a cleared chunk
       try {
         const msg = decodeMsgpack(m.payload, modelChunkSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'model chunk' });
         const where = topics.parseModelChunk(m.topic);
         if (!where || where.version !== msg.version || where.seq !== msg.seq || msg.version !== ref.version) {
           throw new FedlineError(ErrorCodes.MSG_TOPIC, `model chunk ${msg.version}/${msg.seq} arrived on ${m.topic}`);
         }
-        if (assembler.accept(msg) === 'added') {
+        if (msg.sha256 !== ref.sha256) throw new FedlineError(ErrorCodes.CHUNK_MISMATCH, `model chunk ${msg.seq} is of a bundle with SHA-256 ${msg.sha256.slice(0, 12)}…, the round announced ${ref.sha256.slice(0, 12)}…`);
+        if (assembler.sink.accept(msg) === 'added') {
           armStall();
-          options.onProgress?.(assembler.receivedChunks, assembler.total);
+          options.onProgress?.(assembler.sink.receivedChunks, assembler.sink.total);
         }
-        if (assembler.complete) finish(null, assembler.finish());
+        if (assembler.sink.complete) {
+          finishing = true;
+          clearTimeout(stallTimer);
+          assembler.finish().then(
+            (value) => finish(null, value),
+            (err) => finish(err),
+          );
+        }
       } catch (err) {
         if ((err as FedlineError).code === ErrorCodes.BUNDLE_SHA) return finish(err);
+        // The local disk refused a write (full, read-only, failing): not the message's fault, and
+        // no later chunk will fare better. Stop; the caller decides (fetchModelBundle: memory).
+        if ((err as NodeJS.ErrnoException).syscall) return finish(err);
         options.onReject?.(err, m.topic);
       }
     };

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { ErrorCodes, FedlineError } from './errors.js';
 import { federatedSetSchema, normalizationModes } from './messages.js';
 import { isValidId } from './topics.js';
+import { updateEncodings } from './update-codec.js';
 import { triggerSchema } from './trigger-config.js';
 
 /**
@@ -156,6 +157,17 @@ export const aggregatorConfigSchema = z.strictObject({
   maxUpdateBytes: posInt.default(2 * 1024 * 1024 * 1024),
   /** QoS 1 publishes in flight at once when sending the model. Default 32. */
   maxInflight: posInt.default(32),
+  /** How agents encode their updates (announced per round): f32 (exact), f16 (half the bytes), q8 (blockwise 8-bit, ~4x fewer). Default f32. */
+  encoding: z.enum(updateEncodings).default('f32'),
+  /** Agents send the difference to the round's base model instead of the weights (more precise with f16/q8). Default false. */
+  delta: z.boolean().default(false),
+  /**
+   * End-to-end flow control: update chunks the agents sending at the moment may have published
+   * beyond those this aggregator reported stored, shared among them (progress acks every quarter
+   * of an agent's share). Bounds what the broker queues for this aggregator however many agents
+   * send at once, on any broker. 0 disables it. Default 256 (64 MiB at the default chunk size).
+   */
+  windowChunks: z.number().int().min(0).max(1 << 20).default(256),
   task: z.strictObject({
     epochs: posInt.default(1),
     batchSize: posInt.default(32),

@@ -1,3 +1,4 @@
+import { updateEncodings } from './update-codec.js';
 import { z } from 'zod';
 import { agentStates, evalMetricsSchema, modelManifestSchema, PROTOCOL_VERSION } from './messages.js';
 import { isValidId } from './topics.js';
@@ -58,6 +59,15 @@ export const roundCompletedEventSchema = z.strictObject({
   bytesDown: uint,
   aggregateMs: uint.nullable(),
   durationMs: uint.nullable(),
+  /** How the round's updates were encoded (f32, f16, q8) and whether as differences to the base. */
+  encoding: z.enum(updateEncodings).optional(),
+  delta: z.boolean().optional(),
+  /** Timeline (ms since the epoch): each accepted update verified and spooled, the last update chunk, FedAvg done, the new model stored (fsynced) and all its chunks published. */
+  acceptedAt: z.record(z.string(), uint).optional(),
+  lastChunkAt: uint.nullable().optional(),
+  aggregatedAt: uint.nullable().optional(),
+  modelStoredAt: uint.nullable().optional(),
+  modelPublishedAt: uint.nullable().optional(),
 });
 
 export const modelPublishedEventSchema = z.strictObject({

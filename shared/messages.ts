@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { isValidId } from './topics.js';
+import { updateEncodings } from './update-codec.js';
 
 /**
  * Every message fedline sends, with its schema. docs/protocol.md describes the same fields for
@@ -82,7 +83,12 @@ export const roundAnnouncementSchema = z.object({
   deadlineAt: uint,
   /** Chunk size agents must use for their update. */
   chunkBytes: posInt,
-  encoding: z.literal('f32'),
+  /** How agents encode their update's values: f32 (exact), f16 (half precision), q8 (blockwise 8-bit). */
+  encoding: z.enum(updateEncodings),
+  /** Send the difference to the base model instead of the weights themselves. */
+  delta: z.boolean().default(false),
+  /** End-to-end flow control: update chunks an agent may publish beyond those the aggregator has reported stored (0: no limit); progress acks may change it. */
+  windowChunks: uint.default(0),
   issuedAt: uint,
 });
 export type RoundAnnouncement = z.infer<typeof roundAnnouncementSchema>;
@@ -92,26 +98,34 @@ const chunkFields = {
   total: posInt.max(1 << 22),
   bundleBytes: posInt,
   chunkBytes: posInt,
-  sha256: sha256Hex,
   crc32: uint.max(0xffffffff),
   data: bytes,
 };
+
+/** An update upload's identity, chosen by the agent (fresh for every upload). */
+export const uploadIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1-64 characters of A-Z a-z 0-9 _ -');
 
 /** `<root>/model/<version>/<seq>`, retained, QoS 1, msgpack. */
 export const modelChunkSchema = z.object({
   v: z.literal(PROTOCOL_VERSION),
   type: z.literal('model-chunk'),
   version: uint,
+  /** SHA-256 of the whole model bundle. */
+  sha256: sha256Hex,
   ...chunkFields,
 });
 export type ModelChunkMsg = z.infer<typeof modelChunkSchema>;
 
-/** `<root>/round/<r>/update/<agent>`, QoS 1, msgpack: one slice of an update bundle. */
+/**
+ * `<root>/round/<r>/update/<agent>`, QoS 1, msgpack: one slice of an update bundle. The bundle's
+ * SHA-256 comes with `update-done`, so that an agent hashes while it sends instead of before.
+ */
 export const updateChunkSchema = z.object({
   v: z.literal(PROTOCOL_VERSION),
   type: z.literal('update-chunk'),
   round: uint,
   agent: id,
+  upload: uploadIdSchema,
   ...chunkFields,
 });
 export type UpdateChunkMsg = z.infer<typeof updateChunkSchema>;
@@ -122,7 +136,10 @@ export const updateDoneSchema = z.object({
   type: z.literal('update-done'),
   round: uint,
   agent: id,
+  upload: uploadIdSchema,
   total: posInt,
+  bundleBytes: posInt,
+  /** SHA-256 of the whole update bundle. */
   sha256: sha256Hex,
 });
 export type UpdateDoneMsg = z.infer<typeof updateDoneSchema>;
@@ -149,12 +166,19 @@ export const ackSchema = z.object({
   type: z.literal('ack'),
   round: uint,
   agent: id,
-  status: z.enum(['accepted', 'rejected', 'incomplete']),
+  /** accepted / rejected: the verdict; incomplete: resend `missing`; progress: `stored` chunks are on the aggregator's disk (flow control). */
+  status: z.enum(['accepted', 'rejected', 'incomplete', 'progress']),
+  /** The upload this answers (null when the aggregator cannot tell). */
+  upload: uploadIdSchema.nullable().default(null),
   sha256: sha256Hex.nullable(),
   code: z.string().nullable(),
   reason: z.string().nullable(),
   /** Chunk sequence numbers the aggregator still needs (status incomplete). */
   missing: z.array(uint),
+  /** Distinct chunks of the upload stored so far (status progress). */
+  stored: uint.default(0),
+  /** The sender's flow-control window from now on, chunks (status progress; 0: unchanged). */
+  window: uint.default(0),
 });
 export type AckMsg = z.infer<typeof ackSchema>;
 
@@ -170,8 +194,10 @@ export const updateMetaSchema = z.object({
   metricsAfter: evalMetricsSchema.nullable(),
   trainMs: uint,
   backend: z.string(),
+  /** The values are differences to the base model (the round asked for `delta`). */
+  delta: z.boolean().default(false),
 });
-export type UpdateMeta = z.infer<typeof updateMetaSchema>;
+export type UpdateMeta = z.input<typeof updateMetaSchema>;
 
 /**
  * How pixels are normalised before they enter a model (edge-agent/preprocess.ts): unit ([0, 1]),

@@ -38,12 +38,12 @@ test('garbage, truncated msgpack, a bad CRC, a closed round and a NaN update are
           const update = topics.update(1, 'site-a');
           // 1. not msgpack at all (0xc1 is never valid), 2. truncated msgpack
           await rogue.publish(update, Buffer.from([0xc1, 0x00, 0xff, 0x13]));
-          const chunk = { v: 1, type: 'update-chunk', round: 1, agent: 'site-a', seq: 0, total: 1, bundleBytes: 64, chunkBytes: 4096, sha256: 'b'.repeat(64), data: Buffer.alloc(64, 7) };
+          const chunk = { v: 1, type: 'update-chunk', round: 1, agent: 'site-a', upload: 'rogue1', seq: 0, total: 1, bundleBytes: 64, chunkBytes: 4096, data: Buffer.alloc(64, 7) };
           await rogue.publish(update, packMsg({ ...chunk, crc32: crc32(chunk.data) }).subarray(0, 40));
           // 3. a well-formed chunk whose CRC32 does not match its bytes
           await rogue.publish(update, packMsg({ ...chunk, crc32: (crc32(chunk.data) + 1) >>> 0 }));
           // 4. an update for a round that is not open
-          await rogue.publish(topics.update(7, 'site-a'), packMsg({ v: 1, type: 'update-done', round: 7, agent: 'site-a', total: 1, sha256: 'c'.repeat(64) }));
+          await rogue.publish(topics.update(7, 'site-a'), packMsg({ v: 1, type: 'update-done', round: 7, agent: 'site-a', upload: 'rogue2', total: 1, bundleBytes: 64, sha256: 'c'.repeat(64) }));
           // 5. a complete, correctly chunked update full of NaN, from a selected member
           const bundle = await downloadModel(rogue, topics, ann.base, silentLogger(), { maxModelBytes: 1 << 30, stallMs: 10_000 });
           const model = decodeBundle<ModelMeta>(bundle, modelMetaSchema);

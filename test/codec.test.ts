@@ -31,7 +31,9 @@ const announcement: RoundAnnouncement = {
   minClients: 2,
   deadlineAt: 1_800_000_000_000,
   chunkBytes: 262144,
-  encoding: 'f32',
+  encoding: 'q8',
+  delta: true,
+  windowChunks: 64,
   issuedAt: 1_799_999_000_000,
 };
 const ctx = { topic: 'fl/usb/round', what: 'test message' };
@@ -40,10 +42,11 @@ test('every msgpack message round-trips and is plain standard msgpack', () => {
   const messages = [
     [announcement, roundAnnouncementSchema],
     [{ v: 1, type: 'model-chunk', version: 2, seq: 1, total: 4, bundleBytes: 1000, chunkBytes: 256, sha256: SHA, crc32: 0xdeadbeef, data: Buffer.from([1, 2, 3]) }, modelChunkSchema],
-    [{ v: 1, type: 'update-chunk', round: 3, agent: 'site-a', seq: 0, total: 1, bundleBytes: 3, chunkBytes: 256, sha256: SHA, crc32: 7, data: Buffer.from([9, 8, 7]) }, updateTopicMessageSchema],
-    [{ v: 1, type: 'update-done', round: 3, agent: 'site-a', total: 1, sha256: SHA }, updateTopicMessageSchema],
+    [{ v: 1, type: 'update-chunk', round: 3, agent: 'site-a', upload: 'c0ffee', seq: 0, total: 1, bundleBytes: 3, chunkBytes: 256, crc32: 7, data: Buffer.from([9, 8, 7]) }, updateTopicMessageSchema],
+    [{ v: 1, type: 'update-done', round: 3, agent: 'site-a', upload: 'c0ffee', total: 1, bundleBytes: 3, sha256: SHA }, updateTopicMessageSchema],
     [{ v: 1, type: 'eval', round: 3, agent: 'site-a', baseVersion: 2, metrics, downloadedBytes: 1000 }, updateTopicMessageSchema],
-    [{ v: 1, type: 'ack', round: 3, agent: 'site-a', status: 'incomplete', sha256: SHA, code: null, reason: null, missing: [1, 3] } satisfies AckMsg, ackSchema],
+    [{ v: 1, type: 'ack', round: 3, agent: 'site-a', status: 'incomplete', upload: 'c0ffee', sha256: SHA, code: null, reason: null, missing: [1, 3], stored: 0, window: 0 } satisfies AckMsg, ackSchema],
+    [{ v: 1, type: 'ack', round: 3, agent: 'site-a', status: 'progress', upload: 'c0ffee', sha256: null, code: null, reason: null, missing: [], stored: 48, window: 32 } satisfies AckMsg, ackSchema],
   ] as const;
   for (const [msg, schema] of messages) {
     const bytes = packMsg(msg);

@@ -49,7 +49,7 @@ test('property: streamed FedAvg (block readers) equals in-memory FedAvg bit for 
         read: async (name, start, out) => out.set(c.tensors.get(name)!.subarray(start, start + out.length)),
       }));
       const targets = new Map([['w', new Float32Array(length)], ['b', new Float32Array(1)]]);
-      await fedAvgStreamed(readers, [{ name: 'w', length }, { name: 'b', length: 1 }], (n) => targets.get(n)!, block);
+      await fedAvgStreamed(readers, [{ name: 'w', length }, { name: 'b', length: 1 }], (n, start, values) => targets.get(n)!.set(values, start), block);
       assert.deepEqual(Buffer.from(targets.get('w')!.buffer), Buffer.from(expected.get('w')!.buffer));
       assert.deepEqual(Buffer.from(targets.get('b')!.buffer), Buffer.from(expected.get('b')!.buffer));
     }),
@@ -70,4 +70,24 @@ test('allFinite finds NaN and infinities anywhere', () => {
   assert.equal(allFinite(Float32Array.from([0, Number.NaN])), false);
   assert.equal(allFinite(Float32Array.from([Number.POSITIVE_INFINITY])), false);
   assert.equal(allFinite(Float32Array.from([1, Number.NEGATIVE_INFINITY, 2])), false);
+});
+
+test('property: the WebAssembly SIMD kernels and the JavaScript loop give the same bits as in-memory FedAvg, 1 to 11 clients', async () => {
+  await fc.assert(
+    fc.asyncProperty(fc.integer({ min: 1, max: 11 }), fc.integer({ min: 1, max: 2000 }), fc.integer({ min: 1, max: 300 }), fc.integer(), fc.boolean(), async (k, length, block, seed, simd) => {
+      const rng = mulberry32(seed);
+      const clients = Array.from({ length: k }, (_, i) => input(`c${String(i).padStart(2, '0')}`, 1 + Math.floor(rng() * 500), Array.from({ length }, () => (rng() * 2 - 1) * 10 ** Math.floor(rng() * 6 - 3)), [rng()]));
+      const expected = fedAvg(clients, ['w', 'b']);
+      const readers: TensorBlockReader[] = clients.map((c) => ({ id: c.id, weight: c.weight, read: async (name, start, out) => out.set(c.tensors.get(name)!.subarray(start, start + out.length)) }));
+      const got = new Float32Array(length);
+      if (!simd) process.env.FEDLINE_NO_SIMD = '1';
+      try {
+        await fedAvgStreamed(readers, [{ name: 'w', length }], (_n, start, values) => got.set(values, start), block);
+      } finally {
+        delete process.env.FEDLINE_NO_SIMD;
+      }
+      assert.deepEqual(Buffer.from(got.buffer), Buffer.from(expected.get('w')!.buffer));
+    }),
+    { numRuns: 150 },
+  );
 });

@@ -15,17 +15,21 @@ import type { FsModelStore } from '../aggregator/model-store.js';
 export async function captureUpdates(url: string, root = 'fl/test', login: { username?: string; password?: string } = {}): Promise<{ updates: Map<string, DecodedBundle<UpdateMeta>>; close(): Promise<void> }> {
   const topics = createTopics(root);
   const transport = await MqttTransport.connect({ url, clientId: `test-observer-${Math.random().toString(36).slice(2, 8)}`, logger: silentLogger(), ...login });
-  const assemblers = new Map<string, Reassembler>();
+  const assemblers = new Map<string, { upload: string; r: Reassembler; sha256: string | null }>();
   const updates = new Map<string, DecodedBundle<UpdateMeta>>();
   await transport.subscribe(topics.updatesAll(), (m) => {
     try {
       const msg = decodeMsgpack(m.payload, updateTopicMessageSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'update' });
-      if (msg.type !== 'update-chunk') return;
+      if (msg.type === 'eval') return;
       const key = `${msg.round}/${msg.agent}`;
-      let r = assemblers.get(key);
-      if (!r || !r.matches(msg)) assemblers.set(key, (r = Reassembler.fromChunk(msg, 1 << 30)));
-      r.accept(msg);
-      if (r.complete) updates.set(key, decodeBundle(Buffer.from(r.finish()), updateMetaSchema));
+      let a = assemblers.get(key);
+      if (msg.type === 'update-chunk') {
+        if (!a || a.upload !== msg.upload || !a.r.matches(msg)) assemblers.set(key, (a = { upload: msg.upload, r: Reassembler.fromChunk(msg, 1 << 30), sha256: null }));
+        a.r.accept(msg);
+      } else if (a && a.upload === msg.upload) {
+        a.sha256 = msg.sha256; // update-done carries the bundle's SHA-256
+      }
+      if (a && a.r.complete && a.sha256) updates.set(key, decodeBundle(Buffer.from(a.r.finish(a.sha256)), updateMetaSchema));
     } catch {
       // the tests that send garbage check the aggregator's handling, not the observer's
     }

@@ -37,7 +37,7 @@ async function modelBundle(version: number, seed: number): Promise<Buffer> {
 async function publishModel(t: MqttTransport, tp: Topics, bundle: Buffer, chunkBytes = 8192): Promise<void> {
   const meta = decodeBundle<ModelMeta>(bundle, modelMetaSchema).header.meta;
   const sha256 = sha256Hex(bundle);
-  await publishChunks(t, bundle, (seq) => tp.modelChunk(meta.version, seq), (c) => ({ v: 1, type: 'model-chunk', version: meta.version, ...c }), { chunkBytes, maxInflight: 16, retain: true, sha256 });
+  await publishChunks(t, bundle, (seq) => tp.modelChunk(meta.version, seq), (c) => ({ v: 1, type: 'model-chunk', version: meta.version, sha256, ...c }), { chunkBytes, maxInflight: 16, retain: true });
   const manifest: ModelManifest = { v: 1, federation: 'test', version: meta.version, round: meta.round, sha256, bytes: bundle.byteLength, chunks: chunkCount(bundle.byteLength, chunkBytes), chunkBytes, signature: null, createdAt: Date.now(), metrics: {} };
   await t.publish(tp.modelLatest(), encodeJson(manifest), { retain: true });
 }

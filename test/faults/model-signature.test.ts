@@ -75,7 +75,7 @@ test('agents use models signed by the aggregator and refuse a tampered or unsign
       { ...real.header.meta, version: 7 },
     );
     const fakeSha = sha256Hex(fakeBundle);
-    await publishChunks(rogue, fakeBundle, (seq) => topics.modelChunk(7, seq), (c) => ({ v: 1, type: 'model-chunk', version: 7, ...c }), { chunkBytes: 4096, maxInflight: 8, retain: true, sha256: fakeSha });
+    await publishChunks(rogue, fakeBundle, (seq) => topics.modelChunk(7, seq), (c) => ({ v: 1, type: 'model-chunk', version: 7, sha256: fakeSha, ...c }), { chunkBytes: 4096, maxInflight: 8, retain: true });
     const downBefore = agents.map((a) => a.agent.transferred.down);
     const attacker = generateKeyPairSync('ed25519');
     for (const [round, signature] of [
@@ -86,7 +86,7 @@ test('agents use models signed by the aggregator and refuse a tampered or unsign
         v: 1, type: 'round', federation: 'test', round, state: 'open', kind: 'train',
         base: { version: 7, sha256: fakeSha, bytes: fakeBundle.byteLength, chunks: chunkCount(fakeBundle.byteLength, 4096), chunkBytes: 4096, signature },
         task: { epochs: 1, batchSize: 8, learningRate: 0.01, optimizer: 'adam', classWeighting: 'auto', federated: 'all' },
-        classes: real.header.meta.classes, selected: ['site-a', 'site-b'], minClients: 1, deadlineAt: Date.now() + 60_000, chunkBytes: 4096, encoding: 'f32', issuedAt: Date.now(),
+        classes: real.header.meta.classes, selected: ['site-a', 'site-b'], minClients: 1, deadlineAt: Date.now() + 60_000, chunkBytes: 4096, encoding: 'f32', delta: false, windowChunks: 0, issuedAt: Date.now(),
       };
       await rogue.publish(topics.round(), packMsg(fake), { retain: true });
       await waitFor(`both agents to refuse the model of round ${round}`, () => ['site-a', 'site-b'].every((a) => statuses.get(a)?.round === round && statuses.get(a)?.state === 'error'), 20_000);
