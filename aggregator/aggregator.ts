@@ -812,20 +812,43 @@ export class Aggregator extends EventEmitter {
       active.receivers.delete(agent);
       r.discard();
       this.refuse(active, agent, upload, null, r.failure, topic);
+      this.regrantWindow(active);
       return;
     }
     if (this.config.windowChunks > 0) {
-      // One window shared by the uploads in progress: the broker holds at most about
-      // windowChunks chunks for this aggregator, however many agents send at once.
-      const window = Math.max(MIN_WINDOW_CHUNKS, Math.floor(this.config.windowChunks / Math.max(1, active.receivers.size)));
+      const window = this.sharedWindow(active);
       const stored = r.progressDue(Math.max(1, Math.floor(window / 4)));
       if (stored !== null) this.sendAck(round, agent, { status: 'progress', upload, stored, window });
     }
     if (r.ready) this.startFinish(active, r, topic);
   }
 
+  /**
+   * One window shared by the uploads in progress: the broker holds at most about windowChunks
+   * chunks for this aggregator, however many agents send at once.
+   */
+  private sharedWindow(active: ActiveRound): number {
+    return Math.max(MIN_WINDOW_CHUNKS, Math.floor(this.config.windowChunks / Math.max(1, active.receivers.size)));
+  }
+
+  /**
+   * An upload ended: the others' share of the window grows. Tell them now. Progress is reported
+   * every quarter window, so when the window grows (ten senders down to one: 25 -> 256 chunks) an
+   * agent that has sent its whole old share (25) never reaches the new report interval (64): it
+   * would wait for credit that no chunk of it can bring.
+   */
+  private regrantWindow(active: ActiveRound): void {
+    if (this.config.windowChunks <= 0 || active.receivers.size === 0) return;
+    const window = this.sharedWindow(active);
+    for (const r of active.receivers.values()) {
+      const stored = r.progressNow();
+      if (stored !== null) this.sendAck(active.state.plan.round, r.agent, { status: 'progress', upload: r.upload, stored, window });
+    }
+  }
+
   private startFinish(active: ActiveRound, r: UpdateReceiver, topic: string): void {
     active.receivers.delete(r.agent);
+    this.regrantWindow(active);
     active.verifying.set(r.agent, r.upload);
     this.finishUpdate(active, r, topic).finally(() => {
       if (active.verifying.get(r.agent) === r.upload) active.verifying.delete(r.agent);

@@ -74,6 +74,13 @@ export class UpdateReceiver {
     return this.file.missing(limit);
   }
 
+  /** The stored-chunk count, reported now (the window changed): null once every chunk is in. */
+  progressNow(): number | null {
+    if (this.file.complete) return null;
+    this.reportedStored = this.file.receivedChunks;
+    return this.reportedStored;
+  }
+
   /** The stored-chunk count when a flow-control progress report is due (every `step` chunks), else null. */
   progressDue(step: number): number | null {
     const stored = this.file.receivedChunks;

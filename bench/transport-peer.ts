@@ -1,10 +1,11 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
+import { pino } from 'pino';
 import { downloadModelToFile } from '../edge-agent/model-downlink.js';
 import { sendUpdate } from '../edge-agent/uplink.js';
 import { decodeMsgpack, encodeJson, packMsg } from '../shared/codec.js';
-import { silentLogger } from '../shared/logger.js';
+import { createLogger } from '../shared/logger.js';
 import { classificationMetrics } from '../shared/metrics.js';
 import { PROTOCOL_VERSION, roundAnnouncementSchema, SUPPORTED_VERSIONS, type RoundAnnouncement, type UpdateMeta } from '../shared/messages.js';
 import { MqttTransport } from '../shared/mqtt-transport.js';
@@ -90,7 +91,8 @@ async function plainPub(bytes: number, chunkBytes: number, window: number): Prom
 async function agent(federation: string, id: string, seed: number, model: string, dir: string, maxInflight: number): Promise<void> {
   const shapes = model === 'vgg19' ? vgg19Shapes() : denseShapes(Number(model));
   const topics = createTopics(`fl/${federation}`);
-  const log = silentLogger();
+  // Warnings and errors of the agent's transfer code (stalls, credit timeouts, resends) go to the benchmark's output.
+  const log = createLogger({ level: 'warn', name: `bench-agent-${id}`, destination: pino.destination(2) });
   const transport = await MqttTransport.connect({ url: url!, clientId: `bench-agent-${id}`, logger: log, ...login });
   const status = (state: string) => encodeJson({ v: PROTOCOL_VERSION, agent: id, state, round: null, progress: null, detail: 'benchmark agent', backend: null, samples: null, ts: Date.now() });
   const handled = new Set<string>();

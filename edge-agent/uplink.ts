@@ -78,6 +78,8 @@ export async function sendUpdate(transport: Transport, topics: Topics, update: U
   const acks: AckMsg[] = [];
   let wake: (() => void) | null = null;
   let creditWake: (() => void) | null = null;
+  /** A credit wait timed out: send on without flow control until the next progress ack (no crawl of one chunk per timeout). */
+  let creditLost = false;
   const onAck = (m: InboundMessage) => {
     try {
       const ack = decodeMsgpack(m.payload, ackSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'ack' });
@@ -87,6 +89,7 @@ export async function sendUpdate(transport: Transport, topics: Topics, update: U
         stored = Math.max(stored, ack.stored);
         // The aggregator shares one window among the agents sending at the moment.
         if (window > 0 && ack.window > 0) window = ack.window;
+        creditLost = false;
         creditWake?.();
         return;
       }
@@ -101,14 +104,15 @@ export async function sendUpdate(transport: Transport, topics: Topics, update: U
     }
   };
   const waitForCredit = async (index: number): Promise<void> => {
-    if (window <= 0 || index - stored < window) return;
+    if (window <= 0 || creditLost || index - stored < window) return;
     creditWaits++;
     const started = Date.now();
     while (index - stored >= window && !stopSending.signal.aborted && !signal?.aborted) {
       const left = options.ackTimeoutMs - (Date.now() - started);
       if (left <= 0) {
         // Progress acks lost or an aggregator without flow control: go on; resends repair any loss.
-        log.warn({ round, index, stored, window }, 'no progress from the aggregator; sending on without flow-control credit');
+        log.warn({ round, index, stored, window }, 'no progress from the aggregator; sending on without flow-control credit until it reports again');
+        creditLost = true;
         return;
       }
       await new Promise<void>((resolve) => {
