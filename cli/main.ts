@@ -31,6 +31,9 @@ commands:
   model-info  parameters and update bytes per round         [--model vgg19] [--size 224] [--head paper] [--json]
   pretrain    train a starting model on reference images    --data DIR --classes A,B,.. --out DIR [--model vgg11]
   dataset synth  write generated USB-inspection images      --out DIR [--seed N] [--size PX] [--scale X]
+              (the 3 clients, an external set, cross-client probes, reference images for pretrain)
+  experiment  the paper's comparison: centralized, local-only, federated all/head/random init;
+              report.md, results.json, confusion matrices     --config FILE [--out DIR] [--mode in-process|mqtt]
   keygen      an Ed25519 key pair for signing global models --out DIR
 
 Example configs are in examples/. Logs are JSON lines on stdout; set FEDLINE_LOG_LEVEL=debug for more.`;
@@ -78,6 +81,10 @@ async function main(argv: string[]): Promise<void> {
     case 'pretrain': {
       const { runPretrain } = await import('./pretrain.js');
       return runPretrain(rest);
+    }
+    case 'experiment': {
+      const { runExperimentCommand } = await import('./experiment.js');
+      return runExperimentCommand(rest);
     }
     case 'model-info': {
       const { runModelInfo } = await import('./model-info.js');

@@ -6,22 +6,42 @@ import { deriveSeed, mulberry32, randInt, randNormal, randRange, type Rng } from
 /**
  * Procedural USB-stick inspection images, standing in for the seed paper's photos (which cannot be
  * downloaded here). Each client makes its own product (body shape and colour) and sees its own
- * defect type; all share OKAY, HIDDEN (port turned away) and EMPTY (no product, maybe clutter).
- * Pose, scale, lighting, background and sensor noise vary per image. One seed, one data set.
+ * defect type; all share OKAY, HIDDEN (port turned away) and EMPTY (no product: a blank background
+ * or other objects such as wires, screws, nuts). Pose, scale, lighting, background and sensor noise
+ * vary per image. One seed, one data set.
+ *
+ * generateExperimentData() adds what the paper's evaluation needs: an external set (a fourth
+ * product with a USB 3.0 port, OKAY and HIDDEN only, never seen in training), cross-client probes
+ * (each client's product with another client's defect, the paper's figures 13-14) and reference
+ * images for a starting model (other products, other defect types, other objects).
  */
 
 export const INSPECTION_CLASSES = ['OKAY', 'NOT_OKAY', 'HIDDEN', 'EMPTY'] as const;
 export type InspectionClass = (typeof INSPECTION_CLASSES)[number];
 
-export type BodyShape = 'hexagon' | 'rectangle' | 'rounded';
-export type DefectType = 'sticker' | 'damaged' | 'rust';
+export type BodyShape = 'hexagon' | 'rectangle' | 'rounded' | 'wedge';
+/**
+ * The clients' defects (sticker, damaged, rust) and the reference set's own (crack, dirt,
+ * no-tongue: a starting model learns port anomalies in general, never the clients' ones).
+ */
+export type DefectType = 'sticker' | 'damaged' | 'rust' | 'crack' | 'dirt' | 'no-tongue';
+export const CLIENT_DEFECTS: readonly DefectType[] = ['sticker', 'damaged', 'rust'];
 
 export interface ProductSpec {
   name: string;
   shape: BodyShape;
   /** Body colour, RGB 0..255. */
   color: readonly [number, number, number];
+  /** Colour of the port's contact tongue: USB 2.0 sticks have a light one (the default), USB 3.0 a blue one. */
+  tongue?: readonly [number, number, number];
 }
+
+/**
+ * EMPTY scenes. classic: a blank background or up to three wires and discs (the demo's, kept as
+ * they were); workshop: a blank background a quarter of the time, else one to four objects of a
+ * workbench: cables with a plug, screws, hex nuts, washers, bare circuit boards.
+ */
+export type ClutterStyle = 'classic' | 'workshop';
 
 export interface ClientSpec {
   name: string;
@@ -47,6 +67,33 @@ export const REFERENCE_CLIENTS: readonly ClientSpec[] = [
   { name: 'ref-black', product: { name: 'black-hexagon', shape: 'hexagon', color: [40, 40, 44] }, defect: 'damaged', counts: { OKAY: 120, NOT_OKAY: 80, HIDDEN: 50, EMPTY: 50 } },
   { name: 'ref-white', product: { name: 'white-rounded', shape: 'rounded', color: [225, 225, 220] }, defect: 'rust', counts: { OKAY: 120, NOT_OKAY: 80, HIDDEN: 50, EMPTY: 50 } },
 ];
+
+/** The paper's USB 3.0 external set: a product none of the clients makes (shape, colour, blue tongue), OKAY and HIDDEN only. */
+export const EXTERNAL_PRODUCT: ProductSpec = { name: 'purple-wedge-usb3', shape: 'wedge', color: [112, 62, 150], tongue: [40, 95, 210] };
+export const EXTERNAL_COUNTS: Record<InspectionClass, number> = { OKAY: 60, NOT_OKAY: 0, HIDDEN: 40, EMPTY: 0 };
+/** NOT_OKAY images per cross-client probe set (one set per client and foreign defect). */
+export const PROBE_COUNT = 30;
+
+/**
+ * Reference images for a starting model (`fedline pretrain`, the experiment's pretrained base):
+ * other products with other defect types (cracks, dirt, a missing contact tongue) and workshop
+ * clutter, standing in for ImageNet weights. Neither the clients' products, nor their defects,
+ * nor the external product appear.
+ */
+export const PRETRAIN_CLIENTS: readonly ClientSpec[] = (
+  [
+    ['green-rectangle', 'rectangle', [60, 150, 70]],
+    ['black-hexagon', 'hexagon', [40, 40, 44]],
+    ['white-rounded', 'rounded', [225, 225, 220]],
+  ] as const
+).flatMap(([name, shape, color]) =>
+  (['crack', 'dirt', 'no-tongue'] as const).map((defect) => ({
+    name: `ref-${name}-${defect}`,
+    product: { name, shape, color },
+    defect,
+    counts: { OKAY: 30, NOT_OKAY: 25, HIDDEN: 15, EMPTY: 15 },
+  })),
+);
 
 interface Pose {
   cx: number;
@@ -147,6 +194,9 @@ function bodyInside(shape: BodyShape): (u: number, v: number) => boolean {
         const du = Math.abs(u) - (0.5 - HALF_W);
         return du * du + v * v <= HALF_W * HALF_W && Math.abs(u) <= 0.5;
       };
+    case 'wedge':
+      // Wide at the back, narrow at the port end, with a notch in the back.
+      return (u, v) => Math.abs(u) <= 0.5 && Math.abs(v) <= HALF_W * (1.05 - 0.4 * (u + 0.5)) && !(u < -0.42 && Math.abs(v) < 0.05);
   }
 }
 
@@ -173,7 +223,7 @@ function drawProduct(canvas: Canvas, pose: Pose, product: ProductSpec, rng: Rng,
     const metal: Rgb = scale([205, 205, 210], randRange(rng, 0.9, 1.05));
     canvas.paint(pose, inShell, metal);
     canvas.paint(pose, inOpening, [28, 28, 30]);
-    canvas.paint(pose, inTongue, [150, 130, 70]);
+    canvas.paint(pose, inTongue, product.tongue ? [...product.tongue] : [150, 130, 70]);
   } else {
     // HIDDEN: the port end is capped or turned away: a cap in the body colour, darker.
     canvas.paint(pose, (u, v) => u >= SHELL.u0 && u <= 0.66 && Math.abs(v) <= HALF_W * 0.9, scale(body, 0.7));
@@ -225,7 +275,42 @@ function drawDefect(canvas: Canvas, pose: Pose, defect: DefectType, rng: Rng): v
       }
       break;
     }
+    case 'crack': {
+      // A dark zig-zag crack from the body across the shell.
+      const points: [number, number][] = [[randRange(rng, 0.3, 0.45), randRange(rng, -0.18, 0.18)]];
+      for (let i = 0; i < 4; i++) points.push([points[i]![0] + randRange(rng, 0.06, 0.1), randRange(rng, -0.15, 0.15)]);
+      const width = randRange(rng, 0.025, 0.04);
+      canvas.paint(pose, (u, v) => points.some((p, i) => i > 0 && segmentDistance(u, v, points[i - 1]!, p) < width), [15, 15, 18]);
+      break;
+    }
+    case 'dirt': {
+      // A grey-brown smudge over the opening, darker in its middle.
+      const cu = randRange(rng, 0.6, 0.72);
+      const cv = randRange(rng, -0.06, 0.06);
+      const ru = randRange(rng, 0.1, 0.15);
+      const rv = randRange(rng, 0.08, 0.13);
+      const tone = randRange(rng, 70, 110);
+      canvas.paint(pose, (u, v) => ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 <= 1, (u, v) => {
+        const d = ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2;
+        const k = 0.7 + 0.3 * d;
+        return [tone * k * 1.1, tone * k, tone * k * 0.8];
+      });
+      break;
+    }
+    case 'no-tongue':
+      // The contact tongue is missing: the opening is empty, with a bright scar where it broke.
+      canvas.paint(pose, inOpening, [28, 28, 30]);
+      canvas.paint(pose, (u, v) => u >= 0.56 && u <= 0.6 && v >= -0.03 && v <= 0.07, [235, 235, 235]);
+      break;
   }
+}
+
+/** Distance from (u, v) to the segment a-b. */
+function segmentDistance(u: number, v: number, a: readonly [number, number], b: readonly [number, number]): number {
+  const du = b[0] - a[0];
+  const dv = b[1] - a[1];
+  const t = Math.max(0, Math.min(1, ((u - a[0]) * du + (v - a[1]) * dv) / (du * du + dv * dv || 1)));
+  return Math.hypot(u - a[0] - t * du, v - a[1] - t * dv);
 }
 
 function drawClutter(canvas: Canvas, rng: Rng): void {
@@ -251,19 +336,84 @@ function drawClutter(canvas: Canvas, rng: Rng): void {
   }
 }
 
+const metalGray = (rng: Rng): Rgb => {
+  const g = randRange(rng, 120, 220);
+  return [g, g, g + randRange(rng, 0, 12)];
+};
+
+/** A workbench without a product: blank (a quarter of the time), or cables, screws, nuts, washers and boards. */
+function drawWorkshopClutter(canvas: Canvas, rng: Rng): void {
+  if (rng() < 0.25) return;
+  const s = canvas.size;
+  const n = randInt(rng, 1, 5);
+  for (let i = 0; i < n; i++) {
+    const kind = randInt(rng, 0, 5);
+    const cx = randRange(rng, 0.15, 0.85) * s;
+    const cy = randRange(rng, 0.15, 0.85) * s;
+    const a = randRange(rng, 0, Math.PI * 2);
+    const r = randRange(rng, 0.06, 0.12) * s;
+    const pose: Pose = { cx, cy, angle: a, length: r };
+    if (kind === 0) {
+      // A cable: a bent line across the picture, with a plug at one end.
+      const gray = randRange(rng, 15, 90);
+      const color: Rgb = rng() < 0.5 ? [gray, gray, gray] : [randRange(rng, 120, 230), randRange(rng, 30, 120), randRange(rng, 20, 90)];
+      const w = randRange(rng, 0.025, 0.045) * s;
+      const bend = randRange(rng, -0.25, 0.25) * s;
+      const p0: [number, number] = [cx - Math.cos(a) * s * 0.6, cy - Math.sin(a) * s * 0.6];
+      const p2: [number, number] = [cx, cy];
+      const mid: [number, number] = [(p0[0] + p2[0]) / 2 - Math.sin(a) * bend, (p0[1] + p2[1]) / 2 + Math.cos(a) * bend];
+      const pts: [number, number][] = Array.from({ length: 9 }, (_, k) => {
+        const t = k / 8;
+        return [(1 - t) ** 2 * p0[0] + 2 * t * (1 - t) * mid[0] + t * t * p2[0], (1 - t) ** 2 * p0[1] + 2 * t * (1 - t) * mid[1] + t * t * p2[1]];
+      });
+      canvas.paintPixels((x, y) => pts.some((p, k) => k > 0 && segmentDistance(x, y, pts[k - 1]!, p) < w), color);
+      canvas.paint(pose, (u, v) => u >= -0.2 && u <= 0.9 && Math.abs(v) <= 0.35, [35, 35, 38]);
+      canvas.paint(pose, (u, v) => u > 0.9 && u <= 1.4 && Math.abs(v) <= 0.22, metalGray(rng));
+    } else if (kind === 1) {
+      // A screw: a round head with a slot and a threaded shaft.
+      const metal = metalGray(rng);
+      canvas.paint(pose, (u, v) => u >= 0 && u <= 2.6 && Math.abs(v) <= 0.28, (u) => scale(metal, Math.floor(u * 6) % 2 === 0 ? 0.75 : 0.95));
+      canvas.paint(pose, (u, v) => u * u + v * v <= 0.36, metal);
+      canvas.paint(pose, (u, v) => Math.abs(u) <= 0.08 && Math.abs(v) <= 0.5, scale(metal, 0.35));
+    } else if (kind === 2) {
+      // A hex nut with its hole.
+      const metal = metalGray(rng);
+      canvas.paint(pose, (u, v) => {
+        const ang = Math.atan2(v, u);
+        const sector = Math.PI / 3;
+        const local = ((ang % sector) + sector) % sector - sector / 2;
+        return Math.hypot(u, v) * Math.cos(local) <= 0.8;
+      }, metal);
+      canvas.paint(pose, (u, v) => u * u + v * v <= 0.16, scale(metal, 0.3));
+    } else if (kind === 3) {
+      // A washer: a flat ring.
+      const metal = metalGray(rng);
+      canvas.paint(pose, (u, v) => u * u + v * v <= 0.64 && u * u + v * v >= 0.12, metal);
+    } else {
+      // A bare circuit board with pads.
+      const green: Rgb = [randRange(rng, 20, 50), randRange(rng, 90, 140), randRange(rng, 40, 70)];
+      canvas.paint(pose, (u, v) => Math.abs(u) <= 1.6 && Math.abs(v) <= 0.9, green);
+      canvas.paint(pose, (u, v) => Math.abs(u) <= 1.4 && Math.abs(v) <= 0.7 && Math.abs((u * 3) % 1) < 0.35 && Math.abs((v * 3) % 1) < 0.35, [200, 170, 80]);
+    }
+  }
+}
+
 export interface RenderOptions {
   size: number;
   product: ProductSpec;
   cls: InspectionClass;
   defect: DefectType;
+  /** EMPTY scenes; default classic. */
+  clutter?: ClutterStyle;
 }
 
 /** Render one image (RGBA, size x size). */
-export function renderSample(rng: Rng, { size, product, cls, defect }: RenderOptions): Uint8Array {
+export function renderSample(rng: Rng, { size, product, cls, defect, clutter }: RenderOptions): Uint8Array {
   const canvas = new Canvas(size);
   canvas.fillBackground(rng);
   if (cls === 'EMPTY') {
-    drawClutter(canvas, rng);
+    if (clutter === 'workshop') drawWorkshopClutter(canvas, rng);
+    else drawClutter(canvas, rng);
   } else {
     // The product spans u in [-0.5, 0.8] body lengths (body + port): 1.3 lengths in all, kept in frame.
     const length = size * randRange(rng, 0.56, 0.68);
@@ -285,6 +435,8 @@ export interface SynthOptions {
   clients?: readonly ClientSpec[];
   /** Multiply every class count (quick demos use < 1). Default 1. */
   scale?: number;
+  /** EMPTY scenes (default classic: the demo's images stay as they were). */
+  clutter?: ClutterStyle;
 }
 
 export interface SynthResult {
@@ -292,21 +444,23 @@ export interface SynthResult {
   files: number;
 }
 
-/** Write `<out>/<client>/<CLASS>/<client>-<CLASS>-<n>.png` for every client. */
+/** Write `<out>/<client>/<CLASS>/<client>-<CLASS>-<n>.png` for every client (no folder for a class with no image). */
 export async function generateDataset(options: SynthOptions): Promise<SynthResult> {
   const clients = options.clients ?? PAPER_CLIENTS;
   const result: SynthResult = { clients: [], files: 0 };
   for (const client of clients) {
     const dir = join(options.out, client.name);
     const counts: Record<string, number> = {};
+    await mkdir(dir, { recursive: true });
     for (const cls of INSPECTION_CLASSES) {
       const n = client.counts[cls] === 0 ? 0 : Math.max(2, Math.round(client.counts[cls] * (options.scale ?? 1)));
       counts[cls] = n;
+      if (n === 0) continue;
       const clsDir = join(dir, cls);
       await mkdir(clsDir, { recursive: true });
       const rng = mulberry32(deriveSeed(options.seed, `${client.name}/${cls}`));
       for (let i = 0; i < n; i++) {
-        const rgba = renderSample(rng, { size: options.size, product: client.product, cls, defect: client.defect });
+        const rgba = renderSample(rng, { size: options.size, product: client.product, cls, defect: client.defect, clutter: options.clutter ?? 'classic' });
         await writeFile(join(clsDir, `${client.name}-${cls}-${String(i).padStart(4, '0')}.png`), encodePng(options.size, options.size, rgba));
         result.files++;
       }
@@ -316,16 +470,103 @@ export async function generateDataset(options: SynthOptions): Promise<SynthResul
   return result;
 }
 
-/** REFERENCE_CLIENTS' images in one folder: `<out>/<CLASS>/<ref>-<CLASS>-<n>.png`. */
-export async function generateReferenceDataset(options: Omit<SynthOptions, 'clients'>): Promise<{ dir: string; files: number }> {
+/** One folder per class with the images of several generated clients pooled: `<out>/<CLASS>/<client>-<CLASS>-<n>.png`. */
+async function generatePooled(options: SynthOptions & { clients: readonly ClientSpec[] }): Promise<{ dir: string; files: number; counts: Record<string, number> }> {
   const raw = join(options.out, '.per-product');
-  const result = await generateDataset({ ...options, out: raw, clients: REFERENCE_CLIENTS });
-  for (const cls of INSPECTION_CLASSES) await mkdir(join(options.out, cls), { recursive: true });
+  await rm(raw, { recursive: true, force: true });
+  const result = await generateDataset({ ...options, out: raw });
+  const counts: Record<string, number> = {};
   for (const c of result.clients) {
     for (const cls of INSPECTION_CLASSES) {
+      if (!c.counts[cls]) continue;
+      await mkdir(join(options.out, cls), { recursive: true });
       for (const f of await readdir(join(c.dir, cls))) await rename(join(c.dir, cls, f), join(options.out, cls, f));
+      counts[cls] = (counts[cls] ?? 0) + c.counts[cls]!;
     }
   }
   await rm(raw, { recursive: true, force: true });
-  return { dir: options.out, files: result.files };
+  return { dir: options.out, files: result.files, counts };
+}
+
+/** REFERENCE_CLIENTS' images in one folder: `<out>/<CLASS>/<ref>-<CLASS>-<n>.png`. */
+export async function generateReferenceDataset(options: Omit<SynthOptions, 'clients'>): Promise<{ dir: string; files: number }> {
+  const { dir, files } = await generatePooled({ ...options, clients: REFERENCE_CLIENTS });
+  return { dir, files };
+}
+
+export const EXPERIMENT_PARTS = ['clients', 'external', 'probes', 'reference'] as const;
+export type ExperimentPart = (typeof EXPERIMENT_PARTS)[number];
+
+export interface ExperimentDataOptions {
+  out: string;
+  seed: number;
+  size: number;
+  /** Multiply every count. Default 1. */
+  scale?: number;
+  /** What to write; default all four. */
+  parts?: readonly ExperimentPart[];
+}
+
+export interface ProbeSet {
+  /** `<client>-<defect>`: the client's product carrying another client's defect. */
+  name: string;
+  client: string;
+  defect: DefectType;
+  /** The client whose defect it is. */
+  defectOf: string;
+  dir: string;
+  count: number;
+}
+
+export interface ExperimentData {
+  /** `<out>/<client>/<CLASS>/*.png`: each client's own product and defect (an agent's data.dir). */
+  clients: SynthResult['clients'];
+  /** `<out>/external/{OKAY,HIDDEN}`: the fourth product, never trained on (the paper's USB 3.0 set). */
+  external: { dir: string; counts: Record<string, number> } | null;
+  /** `<out>/probes/<client>-<defect>/NOT_OKAY`: cross-client probes (the paper's figures 13-14). */
+  probes: ProbeSet[];
+  /** `<out>/reference/<CLASS>`: other products, defects and objects, for `fedline pretrain`. */
+  reference: { dir: string; files: number; counts: Record<string, number> } | null;
+  files: number;
+}
+
+/**
+ * Everything the paper's comparison needs, from one seed: the three clients (EMPTY with workshop
+ * clutter), the external set, the cross-client probes and the reference images for a starting
+ * model. Every part has its own random streams (by name), so writing one part never changes another.
+ */
+export async function generateExperimentData(options: ExperimentDataOptions): Promise<ExperimentData> {
+  const parts = new Set(options.parts ?? EXPERIMENT_PARTS);
+  const common = { seed: options.seed, size: options.size, scale: options.scale ?? 1, clutter: 'workshop' as const };
+  const out: ExperimentData = { clients: [], external: null, probes: [], reference: null, files: 0 };
+  if (parts.has('clients')) {
+    const r = await generateDataset({ ...common, out: options.out, clients: PAPER_CLIENTS });
+    out.clients = r.clients;
+    out.files += r.files;
+  }
+  if (parts.has('external')) {
+    const r = await generateDataset({ ...common, out: options.out, clients: [{ name: 'external', product: EXTERNAL_PRODUCT, defect: 'sticker', counts: EXTERNAL_COUNTS }] });
+    out.external = { dir: r.clients[0]!.dir, counts: r.clients[0]!.counts };
+    out.files += r.files;
+  }
+  if (parts.has('probes')) {
+    const specs: (ClientSpec & { defectOf: string })[] = PAPER_CLIENTS.flatMap((c) =>
+      PAPER_CLIENTS.filter((o) => o.defect !== c.defect).map((o) => ({
+        name: `${c.name}-${o.defect}`,
+        product: c.product,
+        defect: o.defect,
+        defectOf: o.name,
+        counts: { OKAY: 0, NOT_OKAY: PROBE_COUNT, HIDDEN: 0, EMPTY: 0 },
+      })),
+    );
+    const r = await generateDataset({ ...common, out: join(options.out, 'probes'), clients: specs });
+    out.probes = r.clients.map((c, i) => ({ name: c.name, client: PAPER_CLIENTS.find((p) => c.name.startsWith(`${p.name}-`))!.name, defect: specs[i]!.defect, defectOf: specs[i]!.defectOf, dir: c.dir, count: c.counts.NOT_OKAY! }));
+    out.files += r.files;
+  }
+  if (parts.has('reference')) {
+    const r = await generatePooled({ ...common, out: join(options.out, 'reference'), clients: PRETRAIN_CLIENTS });
+    out.reference = r;
+    out.files += r.files;
+  }
+  return out;
 }

@@ -258,6 +258,20 @@ export async function loadDataset(options: DatasetOptions): Promise<LocalDataset
   return { classes: options.classes, train: trainSet, test: testSet, counts: { train: count(trainSet), test: count(testSet) }, problems, decoder: cache.decoder.name };
 }
 
+/**
+ * Every image of a folder as one set, no split: an evaluation set such as the experiment's
+ * external set or its cross-client probes. Same listing, decoding and problem reports as loadDataset.
+ */
+export async function loadImageSet(options: Omit<DatasetOptions, 'testFraction' | 'splitSeed'>): Promise<{ set: ImageSet; problems: string[] }> {
+  const { files, problems } = await listImageFiles(options.dir, options.classes);
+  if (files.length === 0) throw new FedlineError(ErrorCodes.DATA, `no images found under ${options.dir} (expected <dir>/<CLASS>/*.png with classes ${options.classes.join(', ')})`);
+  const cache = new ImageCache(options.cacheBytes ?? DEFAULT_CACHE_BYTES, options.decoder ?? (await createImageDecoder()));
+  const all: Decoded[] = [];
+  const decoded = await decodeAll(files, options.inputShape, cache, problems, all);
+  problems.push(...oddImageReports(all, options.inputShape));
+  return { set: new FolderImageSet(decoded.kept, options.inputShape, cache, decoded.pixels), problems };
+}
+
 /** A whole split in memory as one array (tests, small tools): N x H x W x C in [0, 1]. */
 export async function readAll(set: ImageSet): Promise<Float32Array> {
   const [h, w, c] = set.shape;

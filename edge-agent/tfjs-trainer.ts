@@ -50,6 +50,18 @@ export function epochOrder(labels: Int32Array, sampling: 'shuffle' | 'balanced',
 }
 
 /**
+ * A frozen batch normalisation layer normalises with its moving statistics in training too, and
+ * leaves them alone (as Keras does): otherwise training the head would normalise with the batch's
+ * statistics while evaluation uses the frozen moving ones, and the head would learn features the
+ * global model never shows it.
+ */
+function inferenceModeOnly(layer: LayersModel['layers'][number]): void {
+  const l = layer as unknown as { call: (inputs: unknown, kwargs: Record<string, unknown>) => unknown };
+  const call = l.call.bind(layer);
+  l.call = (inputs, kwargs) => call(inputs, { ...kwargs, training: false });
+}
+
+/**
  * A layer trains when any of its weights is federated; the others are frozen (`federate: head`:
  * the feature extractor stays as pretrained, the seed paper's Process2). Returns the layers that train.
  */
@@ -60,8 +72,33 @@ export function freezeAllBut(m: LayersModel, federated: ReadonlySet<string>): st
   m.layers.forEach((layer, i) => {
     const own = layerWeightNames[i]!;
     if (own.length) layer.trainable = own.some((n) => federated.has(n));
+    if (!layer.trainable && layer.getClassName() === 'BatchNormalization') inferenceModeOnly(layer);
   });
   return m.layers.filter((l) => l.trainable && l.weights.length > 0).map((l) => l.name);
+}
+
+/** Accuracy, balanced accuracy, per-class precision/recall and the confusion matrix of a model on an image set. */
+export async function evaluateOnSet(tf: Tf, model: LayersModel, set: ImageSet, normalization: NormalizationMode, numClasses: number): Promise<EvalMetrics> {
+  const [h, w, c] = set.shape;
+  const per = h * w * c;
+  const predictions = new Int32Array(set.count);
+  const x = new Float32Array(EVAL_BATCH * per);
+  let lossSum = 0;
+  for (let start = 0; start < set.count; start += EVAL_BATCH) {
+    const n = Math.min(EVAL_BATCH, set.count - start);
+    await set.read(Array.from({ length: n }, (_, i) => start + i), x);
+    const batch = x.subarray(0, n * per);
+    normalizeInPlace(batch, n, c, normalization);
+    const [pred, loss] = tf.tidy(() => {
+      const probs = model.predict(tf.tensor4d(batch, [n, h, w, c])) as import('@tensorflow/tfjs').Tensor2D;
+      const labels = tf.oneHot(tf.tensor1d(set.labels.subarray(start, start + n), 'int32'), numClasses);
+      const l = tf.losses.softmaxCrossEntropy(labels, tf.log(tf.clipByValue(probs, 1e-7, 1)), undefined, tf.Reduction.SUM);
+      return [probs.argMax(-1).dataSync(), l.dataSync()[0]!] as const;
+    });
+    predictions.set(pred as Int32Array, start);
+    lossSum += loss;
+  }
+  return classificationMetrics(set.labels, predictions, numClasses, set.count ? lossSum / set.count : null);
 }
 
 export interface TrainerOptions {
@@ -83,7 +120,6 @@ export class TfjsTrainer implements Trainer {
   private readonly tf: Tf;
   private readonly data: LocalDataset;
   private readonly options: Required<TrainerOptions>;
-  private round = 0;
 
   constructor(runtime: TfRuntime, data: LocalDataset, options: TrainerOptions | number) {
     this.tf = runtime.tf;
@@ -112,29 +148,8 @@ export class TfjsTrainer implements Trainer {
     }
   }
 
-  private async evaluateLoaded(model: LayersModel, set: ImageSet, normalization: NormalizationMode): Promise<EvalMetrics> {
-    const tf = this.tf;
-    const numClasses = this.data.classes.length;
-    const [h, w, c] = set.shape;
-    const per = h * w * c;
-    const predictions = new Int32Array(set.count);
-    const x = new Float32Array(EVAL_BATCH * per);
-    let lossSum = 0;
-    for (let start = 0; start < set.count; start += EVAL_BATCH) {
-      const n = Math.min(EVAL_BATCH, set.count - start);
-      await set.read(Array.from({ length: n }, (_, i) => start + i), x);
-      const batch = x.subarray(0, n * per);
-      normalizeInPlace(batch, n, c, normalization);
-      const [pred, loss] = tf.tidy(() => {
-        const probs = model.predict(tf.tensor4d(batch, [n, h, w, c])) as import('@tensorflow/tfjs').Tensor2D;
-        const labels = tf.oneHot(tf.tensor1d(set.labels.subarray(start, start + n), 'int32'), numClasses);
-        const l = tf.losses.softmaxCrossEntropy(labels, tf.log(tf.clipByValue(probs, 1e-7, 1)), undefined, tf.Reduction.SUM);
-        return [probs.argMax(-1).dataSync(), l.dataSync()[0]!] as const;
-      });
-      predictions.set(pred as Int32Array, start);
-      lossSum += loss;
-    }
-    return classificationMetrics(set.labels, predictions, numClasses, set.count ? lossSum / set.count : null);
+  private evaluateLoaded(model: LayersModel, set: ImageSet, normalization: NormalizationMode): Promise<EvalMetrics> {
+    return evaluateOnSet(this.tf, model, set, normalization, this.data.classes.length);
   }
 
   async train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: TrainOptions = {}): Promise<TrainResult> {
@@ -158,10 +173,15 @@ export class TfjsTrainer implements Trainer {
       const [h, w, c] = set.shape;
       const per = h * w * c;
       const batchesPerEpoch = Math.ceil(set.count / task.batchSize);
-      const roundSeed = deriveSeed(this.options.shuffleSeed, `round:${model.version}:${this.round++}`);
+      // The order (and augmentation, and dropout masks) depends only on the shuffle seed and the
+      // base model's version, never on how often this instance trained before: an agent that
+      // restarts, and the experiment's in-process simulation, train exactly as the agent would.
+      const roundSeed = deriveSeed(this.options.shuffleSeed, `round:${model.version}`);
       const rng = mulberry32(roundSeed);
       const augRng = mulberry32(deriveSeed(roundSeed, 'augment'));
       const augmenting = isAugmenting(this.options.augmentation);
+      // tfjs draws dropout masks from Math.random unless the layer has a seed: seed them per batch.
+      const dropouts = m.layers.filter((l) => l.getClassName() === 'Dropout') as unknown as { name: string; seed?: number }[];
       const xb = new Float32Array(task.batchSize * per);
       const yb = new Int32Array(task.batchSize);
       try {
@@ -178,6 +198,7 @@ export class TfjsTrainer implements Trainer {
             const batch = xb.subarray(0, n * per);
             if (augmenting) augmentBatch(batch, n, set.shape, this.options.augmentation, augRng);
             normalizeInPlace(batch, n, c, model.meta.normalization);
+            for (const d of dropouts) d.seed = deriveSeed(roundSeed, `dropout:${d.name}:${epoch}:${b}`);
             let lossValue: number | null = null;
             tf.tidy(() => {
               const x = tf.tensor4d(batch, [n, h, w, c]);

@@ -107,6 +107,11 @@ export const modelSpecSchema = z.strictObject({
       dropout: z.number().min(0).lt(1).default(0),
     })
     .optional(),
+  /**
+   * Batch normalisation after every convolution (a VGG-BN; shared/tfjs/models.ts). Its moving
+   * statistics are averaged by FedAvg like every other weight. Default false (the published VGG).
+   */
+  batchNorm: z.boolean().optional(),
   /** [height, width, channels]. */
   inputShape: z.tuple([posInt, posInt, z.union([z.literal(1), z.literal(3)])]).default([32, 32, 3]),
   /** The federation's fixed class list: index i means the same class on every agent. */

@@ -6,7 +6,8 @@ import { modelMetaSchema, type ModelMeta } from '../shared/messages.js';
 import { bundleTensors, decodeBundle, type NamedTensor } from '../shared/tensor-bundle.js';
 import { loadTf } from '../shared/tfjs/backend.js';
 import { buildInitialBundle } from '../shared/tfjs/initial-model.js';
-import { extractModel, saveLayersModelToDir } from '../shared/tfjs/model-io.js';
+import { extractModel, saveLayersModelToDir, weightNames } from '../shared/tfjs/model-io.js';
+import { freezeAllBut } from '../edge-agent/tfjs-trainer.js';
 import { federationSizes } from '../shared/tfjs/model-size.js';
 import { buildModel, countParameters, PAPER_HEAD, VGG_BLOCKS } from '../shared/tfjs/models.js';
 import { tempDir } from './helpers.js';
@@ -109,4 +110,26 @@ test('update bytes per round of the full-size VGG-19 at 224x224 (built, not trai
   const m = buildModel(tf, { architecture: 'vgg19', inputShape: [224, 224, 3], numClasses: 4, seed: 0, init: 'zeros', head: PAPER_HEAD });
   assert.deepEqual(countParameters(m), paper.parameters);
   m.dispose();
+});
+
+test('batchNorm: conv (no bias) -> BN -> ReLU per convolution; its moving statistics are weights that travel; a frozen BN layer normalises with them in training too', async () => {
+  const { tf } = await loadTf('cpu');
+  const m = buildModel(tf, { architecture: 'vgg11', inputShape: [32, 32, 3], numClasses: 4, seed: 3, width: 0.125, batchNorm: true, head: { dense: [8], dropout: 0 } });
+  try {
+    const names = weightNames(m);
+    assert.ok(names.includes('block1_conv1_bn/moving_mean') && names.includes('block1_conv1_bn/moving_variance') && names.includes('block1_conv1_bn/gamma'));
+    assert.ok(!names.includes('block1_conv1/bias'), 'no conv bias before BN');
+    assert.equal(m.layers.filter((l) => l.getClassName() === 'BatchNormalization').length, VGG_BLOCKS.vgg11.reduce((a, b) => a + b, 0));
+    const x = tf.randomNormal([4, 32, 32, 3], 2, 3, 'float32', 7);
+    const inference = () => (m.predict(x) as import('@tensorflow/tfjs').Tensor).arraySync() as number[][];
+    const trainingMode = () => (m.apply(x, { training: true }) as import('@tensorflow/tfjs').Tensor).arraySync() as number[][];
+    const maxDiff = (a: number[][], b: number[][]) => Math.max(...a.flatMap((r, i) => r.map((v, j) => Math.abs(v - b[i]![j]!))));
+    assert.ok(maxDiff(inference(), trainingMode()) > 1e-3, 'a trainable BN layer normalises with the batch statistics');
+    freezeAllBut(m, new Set(names.filter((n) => n.startsWith('head_'))));
+    const before = m.getWeights().map((w) => w.dataSync().slice());
+    assert.ok(maxDiff(inference(), trainingMode()) < 1e-5, 'frozen (federate head): the moving statistics, as in evaluation');
+    m.getWeights().forEach((w, i) => assert.deepEqual(w.dataSync(), before[i], 'and they stay put'));
+  } finally {
+    m.dispose();
+  }
 });

@@ -6,7 +6,11 @@ import { extractModel } from './model-io.js';
 import { buildModel, HEAD_PREFIX, type LayersModel } from './models.js';
 import { loadPretrainedWeights, type PretrainedReport } from './pretrained.js';
 
-export type InitialModelSpec = Pick<ModelSpec, 'architecture' | 'inputShape' | 'classes' | 'seed' | 'initFrom' | 'normalization'> & Partial<Pick<ModelSpec, 'width' | 'head'>>;
+export type InitialModelSpec = Pick<ModelSpec, 'architecture' | 'inputShape' | 'classes' | 'seed' | 'initFrom' | 'normalization'> &
+  Partial<Pick<ModelSpec, 'width' | 'head' | 'batchNorm'>> & {
+    /** Kernel init of the seeded layers (shared/tfjs/models.ts); default seeded (Glorot). */
+    init?: 'seeded' | 'he';
+  };
 
 /** The normalisation a model uses: the configured one, else imagenet for a pretrained init, else per-image. */
 export function effectiveNormalization(spec: Pick<ModelSpec, 'normalization' | 'initFrom'>): NormalizationMode {
@@ -20,6 +24,8 @@ export async function buildInitialModel(tf: Tf, spec: InitialModelSpec): Promise
     inputShape: spec.inputShape,
     numClasses: spec.classes.length,
     seed: spec.seed,
+    ...(spec.init ? { init: spec.init } : {}),
+    ...(spec.batchNorm ? { batchNorm: true } : {}),
     ...(spec.width !== undefined ? { width: spec.width } : {}),
     ...(spec.head ? { head: { dense: spec.head.dense, dropout: spec.head.dropout ?? 0 } } : {}),
   });

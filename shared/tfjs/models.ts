@@ -37,8 +37,20 @@ export interface BuildOptions {
   width?: number;
   /** The classifier head; default: the architecture's own (see DEFAULT_HEADS). */
   head?: HeadSpec;
-  /** `zeros` skips the random initialisation (sizing a model without training it). Default seeded. */
-  init?: 'seeded' | 'zeros';
+  /**
+   * seeded: Glorot-uniform kernels (Keras' default; the federation's common init); he: He-normal
+   * kernels (Kaiming), which lets a deep VGG without batch normalisation train from scratch (a
+   * Glorot-initialised VGG-19 barely moves, as the seed paper saw with its random init); zeros:
+   * no random initialisation (sizing a model without training it). Default seeded.
+   */
+  init?: 'seeded' | 'he' | 'zeros';
+  /**
+   * Batch normalisation after every convolution (conv without bias -> BN -> ReLU; layers
+   * `<conv>_bn`), the usual way to make a deep VGG train from scratch. Its moving mean and
+   * variance are weights like any other: they travel with `federate: all` and FedAvg averages them.
+   * Default false (the published VGG).
+   */
+  batchNorm?: boolean;
 }
 
 /** Convolutions per block of the VGG variants (Simonyan & Zisserman, configurations A, D, E). */
@@ -67,10 +79,17 @@ export function buildModel(tf: Tf, options: BuildOptions): LayersModel {
   if (!(width > 0)) throw new Error(`width must be > 0, got ${width}`);
   const head = options.head ?? DEFAULT_HEADS[architecture];
   if (!head) throw new Error(`unknown architecture "${String(architecture)}" (known: ${architectures.join(', ')})`);
-  const init = (name: string) => (options.init === 'zeros' ? tf.initializers.zeros() : tf.initializers.glorotUniform({ seed: deriveSeed(options.seed, name) }));
+  const init = (name: string) =>
+    options.init === 'zeros'
+      ? tf.initializers.zeros()
+      : options.init === 'he'
+        ? tf.initializers.heNormal({ seed: deriveSeed(options.seed, name) })
+        : tf.initializers.glorotUniform({ seed: deriveSeed(options.seed, name) });
   const filters = (n: number) => Math.max(1, Math.round(n * width));
+  const bn = options.batchNorm === true;
   const conv = (name: string, n: number, first: boolean): Layer[] => [
-    tf.layers.conv2d({ name, filters: filters(n), kernelSize: 3, padding: 'same', kernelInitializer: init(name), ...(first ? { inputShape: [...inputShape] } : {}) }),
+    tf.layers.conv2d({ name, filters: filters(n), kernelSize: 3, padding: 'same', useBias: !bn, kernelInitializer: init(name), ...(first ? { inputShape: [...inputShape] } : {}) }),
+    ...(bn ? [tf.layers.batchNormalization({ name: `${name}_bn`, axis: -1, momentum: 0.9 })] : []),
     tf.layers.reLU({ name: `${name}_relu` }),
   ];
   const layers: Layer[] = [];

@@ -1,0 +1,141 @@
+import { z } from 'zod';
+import { agentConfigSchema, backendPreferences, modelSpecSchema } from '../shared/config.js';
+import { isValidId } from '../shared/topics.js';
+
+/**
+ * The experiment's configuration (`fedline experiment --config FILE`): which data, which model,
+ * the training schedule shared by every arm, and which arms run. Validated once, unknown keys
+ * refused; relative paths are relative to the config file (shared/config.ts loadConfigFile).
+ */
+
+const path = z.string().min(1);
+const posInt = z.number().int().positive();
+const siteId = z.string().refine(isValidId, { message: 'a site name is an agent id: 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit' });
+const className = z.string().regex(/^[A-Za-z0-9_.-]+$/, 'class names are folder names: A-Z a-z 0-9 _ . -');
+
+/** Generated USB-inspection images (dataset/synth.ts generateExperimentData), written under `<out>/data`. */
+const syntheticDataSchema = z.strictObject({
+  source: z.literal('synthetic'),
+  /** Image side, px. Default 32. */
+  size: z.number().int().min(16).max(512).default(32),
+  /** Multiplies every image count. Default 1 (about 700 client images, 100 external, 180 probes). */
+  scale: z.number().gt(0).max(20).default(1),
+  /** Seed of the images. Default: the experiment's seed. */
+  seed: z.number().int().nonnegative().optional(),
+});
+
+/** The user's own images: one folder per site (`<dir>/<CLASS>/*.png|jpg`), optional evaluation folders. */
+const folderDataSchema = z.strictObject({
+  source: z.literal('folders'),
+  /** Site name -> image folder. Each site is one client (one agent in the federated arms). */
+  sites: z.record(siteId, path).refine((s) => Object.keys(s).length >= 2, { message: 'at least two sites' }),
+  /** The federation's class list (folder names); index i is the same class at every site. */
+  classes: z.array(className).min(2),
+  /** A folder never trained on (the paper's USB 3.0 set), same layout. */
+  external: path.optional(),
+  /** Probe name -> folder (e.g. site A's product with site B's defect), same layout. */
+  probes: z.record(z.string().regex(/^[A-Za-z0-9_.-]+$/), path).optional(),
+  /**
+   * Which probe belongs to which site (the site whose product it shows) and whose defect it
+   * carries (another site's name), so the report can compare models on "other clients' defects".
+   */
+  probeSites: z.record(z.string(), z.strictObject({ product: siteId, defectOf: siteId })).optional(),
+});
+
+export const armNames = ['centralized', 'local-only', 'federated-all', 'federated-head', 'federated-random'] as const;
+export type ArmName = (typeof armNames)[number];
+
+const armSchema = z.union([
+  z.literal(false),
+  z.strictObject({
+    /** Rounds for this arm (default: `rounds`). Centralized and local-only train in rounds too: `epochs` per round, same learning-rate schedule. */
+    rounds: posInt.optional(),
+    /** Local epochs per round (default: training.epochs). */
+    epochs: posInt.optional(),
+    learningRate: z.number().positive().optional(),
+  }),
+]);
+
+export const experimentConfigSchema = z.strictObject({
+  name: z.string().default('experiment'),
+  /** Where the report, results, confusion matrices, models and generated data go. Default ./experiment-out. */
+  out: path.default('experiment-out'),
+  /** Seed of the generated images, the train/test split and the common head init (unless set separately). Default 42. */
+  seed: z.number().int().nonnegative().default(42),
+  /** in-process: simulated agents in this process (fast); mqtt: a broker, an aggregator and one agent process per site. */
+  mode: z.enum(['in-process', 'mqtt']).default('in-process'),
+  data: z.discriminatedUnion('source', [syntheticDataSchema, folderDataSchema]),
+  /** The class counted as a defect (recall columns). Default NOT_OKAY when it is a class, else none. */
+  defectClass: className.nullable().optional(),
+  /** Share of each class held out per site as its local test split. Default 0.2. */
+  testFraction: z.number().gt(0).lt(1).default(0.2),
+  /** Seed of the train/test split. Default: the experiment's seed. */
+  splitSeed: z.number().int().nonnegative().optional(),
+  /** The model (as the aggregator's `model`, without classes and initFrom, which come from data and pretrained). */
+  model: modelSpecSchema.omit({ classes: true, initFrom: true }),
+  /**
+   * The common initial weights of every arm but federated-random: a tfjs layers folder. When `dir`
+   * holds a model.json it is reused (e.g. made by `fedline pretrain`, or converted ImageNet
+   * weights); otherwise it is trained here on `data` (default: the generated reference images:
+   * other products, other defects, other objects) and saved there. null: no pretraining (every
+   * arm from the seeded init).
+   */
+  pretrained: z
+    .strictObject({
+      /** Default `<out>/pretrained-<architecture>[-bn]-w<width>-<size>px`. */
+      dir: path.optional(),
+      /** Reference images `<dir>/<CLASS>/*`; default: generated (synthetic data only). */
+      data: path.optional(),
+      epochs: posInt.default(15),
+      batchSize: posInt.default(32),
+      learningRate: z.number().positive().default(0.0005),
+      /** Kernels before pretraining: he (He-normal, default: deep VGGs train from scratch) or seeded (Glorot). */
+      init: z.enum(['he', 'seeded']).default('he'),
+    })
+    .nullable()
+    .default({ epochs: 15, batchSize: 32, learningRate: 0.0005, init: 'he' }),
+  /** The local training task of every arm, as the aggregator's `task` (federated comes from the arm). */
+  training: z.strictObject({
+    epochs: posInt.default(2),
+    batchSize: posInt.default(16),
+    learningRate: z.number().positive().default(0.0005),
+    /** Learning rate of round r: learningRate * learningRateDecay^(r-1), the aggregator's schedule. Default 1. */
+    learningRateDecay: z.number().gt(0).max(1).default(1),
+    optimizer: z.enum(['sgd', 'momentum', 'adam']).default('adam'),
+    classWeighting: z.enum(['auto', 'balanced', 'none']).default('auto'),
+    sampling: z.enum(['shuffle', 'balanced']).default('shuffle'),
+    /** Every site's shuffle seed (the agents' training.shuffleSeed). Default 1. */
+    shuffleSeed: z.number().int().nonnegative().default(1),
+    augmentation: agentConfigSchema.shape.data.shape.augmentation,
+    backend: z.enum(backendPreferences).default('auto'),
+    decoder: z.enum(['auto', 'sharp', 'js']).default('auto'),
+    /** Decoded-image memory per site, MiB. Default 1024. */
+    cacheMB: z.number().int().min(0).default(1024),
+  }),
+  /** Rounds of every arm (unless the arm says otherwise). */
+  rounds: posInt,
+  /** "Rounds to target": the first round after which the model reaches this accuracy on every site's local test split. */
+  targetAccuracy: z.number().min(0).max(1).nullable().default(0.95),
+  /** Stop a federated arm once the target is reached (the paper's criterion), as the aggregator's targetAccuracy does. Default false: every round runs. */
+  stopAtTarget: z.boolean().default(false),
+  /** Which arms run, each with optional overrides; false leaves one out. Default: all five. */
+  arms: z
+    .strictObject({
+      centralized: armSchema.default({}),
+      'local-only': armSchema.default({}),
+      'federated-all': armSchema.default({}),
+      'federated-head': armSchema.default({}),
+      'federated-random': armSchema.default({}),
+    })
+    .default({ centralized: {}, 'local-only': {}, 'federated-all': {}, 'federated-head': {}, 'federated-random': {} }),
+  /** mqtt mode only. */
+  mqtt: z
+    .strictObject({
+      /** Chunk size of models and updates, bytes. Default 262144. */
+      chunkBytes: z.number().int().min(1024).default(256 * 1024),
+      /** Deadline of each round, ms. Default 3600000. */
+      roundDeadlineMs: posInt.default(3_600_000),
+    })
+    .default({ chunkBytes: 256 * 1024, roundDeadlineMs: 3_600_000 }),
+});
+export type ExperimentConfig = z.infer<typeof experimentConfigSchema>;
