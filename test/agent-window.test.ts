@@ -52,8 +52,9 @@ test('OPC UA training window: the agent waits while the line runs, pauses at a b
     const paused = mes.last('site-a')!;
     assert.ok(paused.progress! > 0 && paused.progress! < 1, `progress kept while paused: ${paused.progress}`);
     assert.match(paused.detail!, /^paused before epoch \d+\/12, batch \d+\/\d+: .*"Running"/);
-    const pausedEvent = mes.events.find((e) => e.event.type === 'agent-state' && e.event.state === 'paused');
-    assert.ok(pausedEvent, 'an agent-state event says paused');
+    // The event travels on its own topic: it may land just after the status.
+    await waitFor('an agent-state event says paused', () => mes.events.some((e) => e.event.type === 'agent-state' && e.event.state === 'paused'), 10_000);
+    const pausedEvent = mes.events.find((e) => e.event.type === 'agent-state' && e.event.state === 'paused')!;
     assert.equal(pausedEvent.topic, 'fl/test/events/agent-state/site-a', "an agent's events carry its id as the last topic level");
     const statusesWhilePaused = mes.of('site-a').length;
     await new Promise((r) => setTimeout(r, 800));

@@ -107,12 +107,13 @@ test('OPC UA faults: unreachable, node id missing, session lost, login refused: 
   }
 });
 
-test('an untrusted PLC certificate is refused (FL_OPCUA_SECURITY) until it is moved from rejected/ to trusted/certs/', { timeout: 60_000 }, async () => {
+test('an untrusted PLC certificate is refused (FL_OPCUA_SECURITY) until it is moved from rejected/ to trusted/certs/', { timeout: 90_000 }, async () => {
   const dir = tempDir('opcua-trust');
   const port = await freeTcpPort();
   const sim = await startPlcSimulator({ port, pkiDir: join(dir.path, 'sim-pki'), initialState: 'Idle' });
   const pkiDir = join(dir.path, 'pki');
-  const source = new OpcuaTriggerSource({ spec: spec({ endpoint: sim.endpoint, securityMode: 'SignAndEncrypt', securityPolicy: 'Basic256Sha256' }), pkiDir, log: silentLogger() });
+  // A generous connect timeout: SignAndEncrypt handshakes on a loaded CI machine are slow.
+  const source = new OpcuaTriggerSource({ spec: spec({ endpoint: sim.endpoint, securityMode: 'SignAndEncrypt', securityPolicy: 'Basic256Sha256', connectTimeoutMs: 15_000 }), pkiDir, log: silentLogger() });
   const o = observe(source);
   try {
     await waitFor('refused', () => o.problems.length > 0, 20_000);
@@ -122,7 +123,10 @@ test('an untrusted PLC certificate is refused (FL_OPCUA_SECURITY) until it is mo
     const rejected = readdirSync(join(pkiDir, 'rejected'));
     assert.equal(rejected.length, 1, 'the PLC certificate waits in rejected/ for a person to decide');
     renameSync(join(pkiDir, 'rejected', rejected[0]!), join(pkiDir, 'trusted', 'certs', rejected[0]!));
-    await waitFor('trusted now', () => o.last().state === 'open', 20_000);
+    await waitFor('trusted now', () => o.last().state === 'open', 45_000).catch((err: Error) => {
+      const folders = ['rejected', join('trusted', 'certs')].map((f) => `${f}: ${readdirSync(join(pkiDir, f)).join(', ')}`).join('; ');
+      throw new Error(`${err.message}; problems: ${JSON.stringify(o.problems)}; last update: ${JSON.stringify(o.last())}; ${folders}`);
+    });
     assert.ok(o.problems.at(-1)!.recovered);
   } finally {
     await source.stop();

@@ -25,6 +25,9 @@ interface Failure {
 
 type DataValueLike = { value: { value: unknown }; statusCode: { name: string; isGood(): boolean } };
 
+/** The longest wait for the certificate folders to be re-read after a refusal. */
+const RESCAN_TIMEOUT_MS = 5000;
+
 /** Messages of faults that retrying cannot fix without someone changing a certificate, a login or the security settings. */
 const SECURITY_HINT = /BadSecurity|BadIdentityToken|BadUserAccessDenied|BadCertificate|BadNoValidCertificates|user token policy|certificate (is )?(untrusted|rejected|invalid)|has been rejected/i;
 /** Faults of the network path, checked first ("fail to connect ... to collect server's certificate" is one). */
@@ -130,10 +133,20 @@ export class OpcuaTriggerSource implements TriggerSource {
    * (busy machines, network file systems); re-reading the folders before the next try does not.
    */
   private async rescanCertificates(): Promise<void> {
+    const manager = this.certificateManager;
+    if (!manager) return;
+    let timer: unknown = null;
+    const timedOut = new Promise<'timeout'>((resolve) => (timer = this.clock.setTimeout(() => resolve('timeout'), RESCAN_TIMEOUT_MS)));
     try {
-      await this.certificateManager?.reloadCertificates();
+      const outcome = await Promise.race([manager.reloadCertificates().then(() => 'done' as const), timedOut]);
+      if (outcome === 'timeout') throw new Error(`no answer within ${RESCAN_TIMEOUT_MS} ms`);
     } catch (err) {
-      this.log.warn({ err: (err as Error).message, pkiDir: this.pkiDir }, 'could not re-read the OPC UA certificate folders');
+      // Start from a fresh certificate manager (it reads the folders when the next client starts).
+      this.log.warn({ err: (err as Error).message, pkiDir: this.pkiDir }, 'could not re-read the OPC UA certificate folders; opening them afresh');
+      this.certificateManager = null;
+      manager.dispose().catch(() => undefined);
+    } finally {
+      this.clock.clearTimeout(timer);
     }
   }
 
