@@ -42,6 +42,8 @@ export interface UplinkResult {
   upload: string;
   /** Times the flow-control window was full and the sender waited for the aggregator. */
   creditWaits: number;
+  /** Of those waits, how many ended without credit (no progress ack within ackTimeoutMs). */
+  creditTimeouts: number;
 }
 
 const VERDICT = Symbol('verdict');
@@ -72,6 +74,7 @@ export async function sendUpdate(transport: Transport, topics: Topics, update: U
   let sentBytes = 0;
   let resentChunks = 0;
   let creditWaits = 0;
+  let creditTimeouts = 0;
   let stored = 0;
   let verdictDuringSend: AckMsg | null = null;
   const stopSending = new AbortController();
@@ -113,6 +116,7 @@ export async function sendUpdate(transport: Transport, topics: Topics, update: U
         // Progress acks lost or an aggregator without flow control: go on; resends repair any loss.
         log.warn({ round, index, stored, window }, 'no progress from the aggregator; sending on without flow-control credit until it reports again');
         creditLost = true;
+        creditTimeouts++;
         return;
       }
       await new Promise<void>((resolve) => {
@@ -192,7 +196,7 @@ export async function sendUpdate(transport: Transport, topics: Topics, update: U
     if (!finished && verdictDuringSend) {
       const ack: AckMsg = verdictDuringSend;
       log.info({ round, status: ack.status, code: ack.code }, 'verdict arrived while sending; upload ended');
-      return { ack, sentBytes, resentChunks, sha256, upload, creditWaits };
+      return { ack, sentBytes, resentChunks, sha256, upload, creditWaits, creditTimeouts };
     }
     for (;;) {
       if (signal?.aborted) throw signal.reason ?? new FedlineError(ErrorCodes.ABORTED, 'upload aborted');
@@ -202,12 +206,12 @@ export async function sendUpdate(transport: Transport, topics: Topics, update: U
         log.warn({ round, timeoutMs: options.ackTimeoutMs }, 'no verdict from the aggregator yet; asking again');
         continue;
       }
-      if (ack.status === 'accepted' || ack.status === 'rejected') return { ack, sentBytes, resentChunks, sha256, upload, creditWaits };
+      if (ack.status === 'accepted' || ack.status === 'rejected') return { ack, sentBytes, resentChunks, sha256, upload, creditWaits, creditTimeouts };
       const missing = ack.missing.filter((s) => s >= 0 && s < total);
       if (missing.length) {
         log.info({ round, missing: missing.length }, 'aggregator is missing chunks; resending them');
         resentChunks += missing.length;
-        if (!(await pass(missing)) && verdictDuringSend) return { ack: verdictDuringSend, sentBytes, resentChunks, sha256, upload, creditWaits };
+        if (!(await pass(missing)) && verdictDuringSend) return { ack: verdictDuringSend, sentBytes, resentChunks, sha256, upload, creditWaits, creditTimeouts };
       }
     }
   } finally {

@@ -218,3 +218,28 @@ test('flow control: an agent never has more than its window of chunks beyond wha
     dir.cleanup();
   }
 });
+
+test('flow control: when uploads end, the agents still sending get the larger window at once (no credit timeout)', { timeout: 120_000 }, async () => {
+  // 6 agents share 48 chunks: 8 each while all send. As uploads end the share grows (up to 48)
+  // and progress is reported every quarter window; an agent holding only its old share in flight
+  // would never reach the new report interval and would wait for credit until its timeout (10 s).
+  const agentIds = ['a', 'b', 'c', 'd', 'e', 'f'];
+  const { dir, hub, aggregator } = setup({ encoding: 'f32', delta: false, windowChunks: 48, agents: agentIds });
+  try {
+    const sent: Sent[] = [];
+    const peers = agentIds.map((a, i) => scriptedAgent(hub, a, i, 10, sent));
+    await Promise.all(peers.map((p) => p.ready));
+    const result = await aggregator.run();
+    assert.equal(result.rounds[0]!.outcome, 'aggregate');
+    assert.equal(sent.length, agentIds.length);
+    assert.ok(sent.some((s) => s.result.creditWaits > 0), 'the shared window was reached');
+    assert.deepEqual(
+      sent.map((s) => [s.agent, s.result.creditTimeouts]),
+      sent.map((s) => [s.agent, 0]),
+      'no agent waited out a credit timeout',
+    );
+  } finally {
+    await aggregator.stop();
+    dir.cleanup();
+  }
+});
