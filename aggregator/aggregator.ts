@@ -1,16 +1,16 @@
 import { EventEmitter } from 'node:events';
 import { appendFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { systemClock, type Clock, deferred, type Deferred } from '../shared/async.js';
-import { chunkCount } from '../shared/chunking.js';
-import { publishChunks } from '../shared/chunk-publisher.js';
-import { decodeJson, decodeMsgpack, encodeJson, packMsg } from '../shared/codec.js';
-import type { AggregatorConfig } from '../shared/config.js';
-import { describeError, ErrorCodes, FedlineError } from '../shared/errors.js';
-import { createEventPublisher, type EventSink } from '../shared/events.js';
-import { resolveFederated } from '../shared/federated-set.js';
-import { writeJsonAtomic } from '../shared/fs-atomic.js';
-import type { Logger } from '../shared/logger.js';
+import { systemClock, type Clock, deferred, type Deferred } from '../shared/util/async.js';
+import { chunkCount } from '../shared/bundle/chunking.js';
+import { publishChunks } from '../shared/bundle/chunk-publisher.js';
+import { decodeJson, decodeMsgpack, encodeJson, packMsg } from '../shared/protocol/wire-codec.js';
+import type { AggregatorConfig } from '../shared/config/service-config.js';
+import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import { createEventPublisher, type EventSink } from '../shared/transport/event-publisher.js';
+import { resolveFederated } from '../shared/fl/federated-set.js';
+import { writeJsonAtomic } from '../shared/util/fs-atomic.js';
+import type { Logger } from '../shared/util/logger.js';
 import {
   agentStatusSchema,
   modelMetaSchema,
@@ -25,13 +25,13 @@ import {
   type RoundAnnouncement,
   type UpdateChunkMsg,
   type UpdateDoneMsg,
-} from '../shared/messages.js';
-import { Counters } from '../shared/counters.js';
-import { decodeBundle } from '../shared/tensor-bundle.js';
-import { deltaNorms } from '../shared/fedavg.js';
-import { dtypeOf } from '../shared/update-codec.js';
-import { createTopics, defaultRoot, type Topics } from '../shared/topics.js';
-import type { InboundMessage, Transport } from '../shared/transport.js';
+} from '../shared/protocol/messages.js';
+import { Counters } from '../shared/util/counters.js';
+import { decodeBundle } from '../shared/bundle/tensor-bundle.js';
+import { deltaNorms } from '../shared/fl/fedavg.js';
+import { dtypeOf } from '../shared/bundle/value-encodings.js';
+import { createTopics, defaultRoot, type Topics } from '../shared/protocol/topics.js';
+import type { InboundMessage, Transport } from '../shared/transport/transport.js';
 import { ModelBuilder } from './model-builder.js';
 import type { ModelStore, StoredModel } from './model-store.js';
 import { RoundState, type CloseDecision, type RoundKind, type RoundOutcome } from './round-state.js';

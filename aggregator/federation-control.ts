@@ -1,4 +1,4 @@
-import type { CommandVerb, FederationRunState } from '../shared/mes.js';
+import type { CommandVerb, FederationRunState } from '../shared/protocol/mes.js';
 
 /**
  * How the aggregator runs the federation, as decided by MES commands; pure (no I/O):

@@ -1,11 +1,11 @@
 import { join } from 'node:path';
-import type { AggregatorConfig } from '../shared/config.js';
-import type { Logger } from '../shared/logger.js';
-import { connectMqtt } from '../shared/mqtt-connect.js';
-import { loadSigningKey, signModel } from '../shared/model-signature.js';
-import type { MqttTransport } from '../shared/mqtt-transport.js';
-import { loadTf } from '../shared/tfjs/backend.js';
-import { buildInitialBundle } from '../shared/tfjs/initial-model.js';
+import type { AggregatorConfig } from '../shared/config/service-config.js';
+import type { Logger } from '../shared/util/logger.js';
+import { connectMqtt } from '../shared/transport/mqtt-connect.js';
+import { loadSigningKey, signModel } from '../shared/protocol/model-signature.js';
+import type { MqttTransport } from '../shared/transport/mqtt-transport.js';
+import { loadTf } from '../training/backend.js';
+import { buildInitialBundle } from '../training/initial-model.js';
 import { Aggregator } from './aggregator.js';
 import { FsModelStore } from './model-store.js';
 import { UpdateSpool } from './update-spool.js';

@@ -1,16 +1,16 @@
 import { EventEmitter } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { decodeJson } from '../shared/codec.js';
-import type { Counters } from '../shared/counters.js';
-import { describeError, ErrorCodes, FedlineError } from '../shared/errors.js';
-import type { EventSink } from '../shared/events.js';
-import { writeJsonAtomic } from '../shared/fs-atomic.js';
-import type { Logger } from '../shared/logger.js';
-import { commandSchema, commandVerbs, type Command, type CommandVerb, type FederationRunState } from '../shared/mes.js';
-import { modelManifestSchema, SUPPORTED_VERSIONS, type ModelManifest } from '../shared/messages.js';
-import type { Topics } from '../shared/topics.js';
-import type { InboundMessage, Transport } from '../shared/transport.js';
+import { decodeJson } from '../shared/protocol/wire-codec.js';
+import type { Counters } from '../shared/util/counters.js';
+import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import type { EventSink } from '../shared/transport/event-publisher.js';
+import { writeJsonAtomic } from '../shared/util/fs-atomic.js';
+import type { Logger } from '../shared/util/logger.js';
+import { commandSchema, commandVerbs, type Command, type CommandVerb, type FederationRunState } from '../shared/protocol/mes.js';
+import { modelManifestSchema, SUPPORTED_VERSIONS, type ModelManifest } from '../shared/protocol/messages.js';
+import type { Topics } from '../shared/protocol/topics.js';
+import type { InboundMessage, Transport } from '../shared/transport/transport.js';
 import { FederationControl } from './federation-control.js';
 
 export interface MesCommandsOptions {
@@ -27,7 +27,7 @@ export interface MesCommandsOptions {
 }
 
 /**
- * The aggregator's side of the MES commands on `<root>/cmd/<verb>` (JSON, shared/mes.ts):
+ * The aggregator's side of the MES commands on `<root>/cmd/<verb>` (JSON, shared/protocol/mes.ts):
  * start, pause, resume, stop change how rounds run (FederationControl, kept in
  * <stateDir>/control.json across restarts); model-manifest answers with the current global
  * model's manifest as a `model-manifest` event. Every command gets a `command-result` event.

@@ -1,5 +1,5 @@
-import type { BlockSink } from '../shared/fedavg.js';
-import { elementCount, type TensorSpec } from '../shared/tensor-bundle.js';
+import type { BlockSink } from '../shared/fl/fedavg.js';
+import { elementCount, type TensorSpec } from '../shared/bundle/tensor-bundle.js';
 import type { VersionWriter } from './model-store.js';
 import type { BaseValues } from './update-spool.js';
 

@@ -1,18 +1,18 @@
 import { mkdir, readdir, readFile, rename, rm, open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { openFileSource, readFully, type FileBundleSource } from '../shared/bundle-source.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import { fsyncDir, writeJsonAtomic } from '../shared/fs-atomic.js';
-import type { EvalMetrics, ModelMeta } from '../shared/messages.js';
-import { modelMetaSchema } from '../shared/messages.js';
-import { decodeBundle, decodeBundleHeader, encodeBundlePrefix, layoutTensors, sha256Hex, type BundleHeader, type TensorSpec } from '../shared/tensor-bundle.js';
+import { openFileSource, readFully, type FileBundleSource } from '../shared/bundle/bundle-source.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import { fsyncDir, writeJsonAtomic } from '../shared/util/fs-atomic.js';
+import type { EvalMetrics, ModelMeta } from '../shared/protocol/messages.js';
+import { modelMetaSchema } from '../shared/protocol/messages.js';
+import { decodeBundle, decodeBundleHeader, encodeBundlePrefix, layoutTensors, sha256Hex, type BundleHeader, type TensorSpec } from '../shared/bundle/tensor-bundle.js';
 import type { BaseValues } from './update-spool.js';
-import type { TensorBlockReader } from '../shared/fedavg.js';
+import type { TensorBlockReader } from '../shared/fl/fedavg.js';
 
 /**
  * Every global model version on disk as a TensorFlow.js layers model, so `tf.loadLayersModel`
- * (or shared/tfjs/model-io.ts loadLayersModelFromDir) opens it directly:
+ * (or training/model-io.ts loadLayersModelFromDir) opens it directly:
  *
  *   <root>/v<version>/model.json    tfjs layers model: topology + weightsManifest
  *   <root>/v<version>/weights.bin   the raw float32 weights (= the bundle payload)

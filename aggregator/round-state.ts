@@ -1,4 +1,4 @@
-import type { EvalMetrics } from '../shared/messages.js';
+import type { EvalMetrics } from '../shared/protocol/messages.js';
 
 /**
  * The state of one round, as pure data and decisions (no I/O, no timers): who was selected,

@@ -1,5 +1,5 @@
-import { fedAvgStreamed, type BlockSink, type TensorBlockReader } from '../shared/fedavg.js';
-import { elementCount, type TensorSpec } from '../shared/tensor-bundle.js';
+import { fedAvgStreamed, type BlockSink, type TensorBlockReader } from '../shared/fl/fedavg.js';
+import { elementCount, type TensorSpec } from '../shared/bundle/tensor-bundle.js';
 import type { Failure } from './round-state.js';
 
 /**

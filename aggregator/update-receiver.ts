@@ -1,7 +1,7 @@
-import type { AcceptResult, Chunk, ChunkGeometry } from '../shared/chunking.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import { FileReassembler } from '../shared/file-reassembler.js';
-import type { BundleHeader } from '../shared/tensor-bundle.js';
+import type { AcceptResult, Chunk, ChunkGeometry } from '../shared/bundle/chunking.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import { FileReassembler } from '../shared/bundle/file-reassembler.js';
+import type { BundleHeader } from '../shared/bundle/tensor-bundle.js';
 import { UpdateStreamVerifier, type UpdateExpectation } from './verify-update.js';
 
 export interface UpdateReceiverOptions extends ChunkGeometry {

@@ -2,12 +2,12 @@ import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { readFully } from '../shared/bundle-source.js';
-import { fsyncDir, writeJsonAtomic } from '../shared/fs-atomic.js';
-import type { TensorBlockReader } from '../shared/fedavg.js';
-import type { Logger } from '../shared/logger.js';
-import { decodeValues, unitOf } from '../shared/update-codec.js';
-import { elementCount, type TensorSpec } from '../shared/tensor-bundle.js';
+import { readFully } from '../shared/bundle/bundle-source.js';
+import { fsyncDir, writeJsonAtomic } from '../shared/util/fs-atomic.js';
+import type { TensorBlockReader } from '../shared/fl/fedavg.js';
+import type { Logger } from '../shared/util/logger.js';
+import { decodeValues, unitOf } from '../shared/bundle/value-encodings.js';
+import { elementCount, type TensorSpec } from '../shared/bundle/tensor-bundle.js';
 import type { AcceptedUpdate } from './round-state.js';
 
 /**

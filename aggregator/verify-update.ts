@@ -1,9 +1,9 @@
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import { allFinite } from '../shared/fedavg.js';
-import { simdKernels, type SimdKernels } from '../shared/fedavg-simd.js';
-import { updateMetaSchema, type UpdateMeta } from '../shared/messages.js';
-import { bundlePrefixBytes, decodeBundleHeader, elementCount, type BundleHeader, type DecodedBundle, type TensorSpec } from '../shared/tensor-bundle.js';
-import type { ValueDtype } from '../shared/update-codec.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import { allFinite } from '../shared/fl/fedavg.js';
+import { simdKernels, type SimdKernels } from '../shared/fl/fedavg-simd.js';
+import { updateMetaSchema, type UpdateMeta } from '../shared/protocol/messages.js';
+import { bundlePrefixBytes, decodeBundleHeader, elementCount, type BundleHeader, type DecodedBundle, type TensorSpec } from '../shared/bundle/tensor-bundle.js';
+import type { ValueDtype } from '../shared/bundle/value-encodings.js';
 
 type DecodedUpdateMeta = ReturnType<typeof updateMetaSchema.parse>;
 

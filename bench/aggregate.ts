@@ -7,10 +7,10 @@ import { parseArgs } from 'node:util';
 import { ModelBuilder } from '../aggregator/model-builder.js';
 import { FsModelStore } from '../aggregator/model-store.js';
 import { UpdateSpool, type SpooledUpdate } from '../aggregator/update-spool.js';
-import { fedAvgStreamed } from '../shared/fedavg.js';
-import type { UpdateMeta } from '../shared/messages.js';
-import { elementCount } from '../shared/tensor-bundle.js';
-import { encodeUpdateSource } from '../shared/update-encoder.js';
+import { fedAvgStreamed } from '../shared/fl/fedavg.js';
+import type { UpdateMeta } from '../shared/protocol/messages.js';
+import { elementCount } from '../shared/bundle/tensor-bundle.js';
+import { encodeUpdateSource } from '../shared/bundle/encoded-update.js';
 import { denseShapes, memoryOf, parameterCount, syntheticTensors, vgg19Shapes, writeSyntheticModel } from './synthetic.js';
 
 /**

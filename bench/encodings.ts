@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import type { DemoSummary } from '../cli/demo.js';
+import type { DemoSummary } from '../demo/run-demo.js';
 
 /**
  * `npm run bench:encodings`: the demo federation (generated USB-inspection images, 3 agents as

@@ -2,12 +2,12 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import jpeg from 'jpeg-js';
-import { decodeImage, encodePng, resizeInto } from '../edge-agent/images.js';
-import { mulberry32 } from '../shared/random.js';
+import { decodeImage, encodePng, resizeInto } from '../training/images.js';
+import { mulberry32 } from '../shared/util/random.js';
 
 /**
  * `npm run bench:images`: decoding + resizing inspection photos to model input sizes (64..224 px),
- * fedline's two decoders (edge-agent/images.ts): pure JavaScript (pngjs, jpeg-js, resize) and
+ * fedline's two decoders (training/images.ts): pure JavaScript (pngjs, jpeg-js, resize) and
  * `sharp` (libvips, an optional dependency) when it is installed.
  * Sources: 640x480 JPEG (quality 90) and PNG photos of a synthetic scene, and 256x256 PNGs like the
  * demo's. Reports milliseconds per image, one image at a time and with 8 in flight.

@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs';
 import type { FsModelStore, StoredModel } from '../aggregator/model-store.js';
-import { INSPECTION_CLASSES } from '../dataset/synth.js';
-import type { ModelMeta } from '../shared/messages.js';
-import { mulberry32 } from '../shared/random.js';
-import { elementCount } from '../shared/tensor-bundle.js';
-import type { TensorValues } from '../shared/update-encoder.js';
+import { INSPECTION_CLASSES } from '../synthetic-data/generate.js';
+import type { ModelMeta } from '../shared/protocol/messages.js';
+import { mulberry32 } from '../shared/util/random.js';
+import { elementCount } from '../shared/bundle/tensor-bundle.js';
+import type { TensorValues } from '../shared/bundle/encoded-update.js';
 
 /**
  * Synthetic models for the benchmarks: the tensor layout of a real network (VGG-19 with the

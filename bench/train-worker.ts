@@ -1,6 +1,6 @@
 import { createInterface } from 'node:readline';
-import { mulberry32 } from '../shared/random.js';
-import { startCpuBackend, startWasmBackend, type Tf } from '../shared/tfjs/backend.js';
+import { mulberry32 } from '../shared/util/random.js';
+import { startCpuBackend, startWasmBackend, type Tf } from '../training/backend.js';
 import { BENCH_BATCH, BENCH_CLASSES, BENCH_INPUT, buildBenchModel } from './vgg-bench-model.js';
 
 /**

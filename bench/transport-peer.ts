@@ -4,13 +4,13 @@ import mqtt from 'mqtt';
 import { pino } from 'pino';
 import { downloadModelToFile } from '../edge-agent/model-downlink.js';
 import { sendUpdate } from '../edge-agent/uplink.js';
-import { decodeMsgpack, encodeJson, packMsg } from '../shared/codec.js';
-import { createLogger } from '../shared/logger.js';
-import { classificationMetrics } from '../shared/metrics.js';
-import { PROTOCOL_VERSION, roundAnnouncementSchema, SUPPORTED_VERSIONS, type RoundAnnouncement, type UpdateMeta } from '../shared/messages.js';
-import { MqttTransport } from '../shared/mqtt-transport.js';
-import { createTopics } from '../shared/topics.js';
-import { encodeUpdateSource } from '../shared/update-encoder.js';
+import { decodeMsgpack, encodeJson, packMsg } from '../shared/protocol/wire-codec.js';
+import { createLogger } from '../shared/util/logger.js';
+import { classificationMetrics } from '../shared/fl/classification-metrics.js';
+import { PROTOCOL_VERSION, roundAnnouncementSchema, SUPPORTED_VERSIONS, type RoundAnnouncement, type UpdateMeta } from '../shared/protocol/messages.js';
+import { MqttTransport } from '../shared/transport/mqtt-transport.js';
+import { createTopics } from '../shared/protocol/topics.js';
+import { encodeUpdateSource } from '../shared/bundle/encoded-update.js';
 import { denseShapes, memoryOf, syntheticTensors, vgg19Shapes } from './synthetic.js';
 
 /**

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { Journal, RoundRecord } from '../aggregator/aggregator.js';
 import { FsModelStore } from '../aggregator/model-store.js';
-import { INSPECTION_CLASSES } from '../dataset/synth.js';
+import { INSPECTION_CLASSES } from '../synthetic-data/generate.js';
 import { accessFileSchema, type AccessFile } from '../broker/access.js';
 import { mosquittoAvailable, startMosquitto, testPassword, writeAuthFiles } from '../test/helpers.js';
 import { cpuMsOf, denseShapes, memoryOf, parameterCount, vgg19Shapes, writeSyntheticModel } from './synthetic.js';
@@ -118,7 +118,7 @@ async function startBroker(name: string, dir: string, tag: string): Promise<Brok
 
 type Msg = Record<string, unknown> & { type: string };
 
-/** A `fedline` service as its own process (like cli/process-group.ts, plus profiling flags). */
+/** A `fedline` service as its own process (like demo/process-group.ts, plus profiling flags). */
 async function startService(argv: string[], logFile: string): Promise<{ proc: ChildProcess; ready: Msg; exited: Promise<number | null>; stop(): Promise<void> }> {
   const fd = openSync(logFile, 'a');
   const proc = fork(CLI, argv, { stdio: ['ignore', fd, fd, 'ipc'], execArgv: EXEC_ARGV, env: { ...process.env, FEDLINE_LOG_LEVEL: process.env.FEDLINE_LOG_LEVEL ?? 'info' } });

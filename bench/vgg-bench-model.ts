@@ -1,5 +1,5 @@
-import type { Tf } from '../shared/tfjs/backend.js';
-import type { LayersModel } from '../shared/tfjs/models.js';
+import type { Tf } from '../training/backend.js';
+import type { LayersModel } from '../training/models.js';
 
 /**
  * The benchmark network of issue 3, identical in bench/torch-train-worker.py: 6 conv 3x3 layers of

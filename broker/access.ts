@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { isValidId } from '../shared/topics.js';
+import { isValidId } from '../shared/protocol/topics.js';
 
 /**
  * Who may do what on the broker: one access file (JSON) gives every MQTT user a role; the rules

@@ -1,8 +1,8 @@
 import type { TLSSocket } from 'node:tls';
 import type { AedesOptions, Client } from 'aedes';
-import type { Counters } from '../shared/counters.js';
-import { ErrorCodes } from '../shared/errors.js';
-import type { Logger } from '../shared/logger.js';
+import type { Counters } from '../shared/util/counters.js';
+import { ErrorCodes } from '../shared/protocol/errors.js';
+import type { Logger } from '../shared/util/logger.js';
 import { mayPublish, maySubscribe, type AccessPolicy, type UserRights } from './access.js';
 import type { PasswordFile } from './passwords.js';
 

@@ -1,8 +1,8 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import { Aedes, type AedesOptions } from 'aedes';
-import type { Logger } from '../shared/logger.js';
-import { silentLogger } from '../shared/logger.js';
+import type { Logger } from '../shared/util/logger.js';
+import { silentLogger } from '../shared/util/logger.js';
 
 export interface BrokerOptions {
   /** Address to listen on. Default 127.0.0.1. */

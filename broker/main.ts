@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
-import type { BrokerConfig } from '../shared/config.js';
-import { loadConfigFile } from '../shared/config.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import type { Logger } from '../shared/logger.js';
+import type { BrokerConfig } from '../shared/config/service-config.js';
+import { loadConfigFile } from '../shared/config/service-config.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import type { Logger } from '../shared/util/logger.js';
 import { AccessPolicy, accessFileSchema } from './access.js';
 import { createAuthHooks } from './auth-hooks.js';
 import { createBroker, type RunningBroker } from './broker.js';

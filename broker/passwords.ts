@@ -1,6 +1,6 @@
 import { createHash, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
  * Password files in Mosquitto 2.x's format, so that one file serves both brokers: a line per

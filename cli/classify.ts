@@ -1,10 +1,10 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { openClassifier } from '../edge-agent/classifier.js';
-import { createImageDecoder } from '../edge-agent/images.js';
-import { backendPreferences, type BackendPreference } from '../shared/config.js';
-import { normalizationModes, type NormalizationMode } from '../shared/messages.js';
-import { loadTf } from '../shared/tfjs/backend.js';
+import { openClassifier } from '../training/classifier.js';
+import { createImageDecoder } from '../training/images.js';
+import { backendPreferences, type BackendPreference } from '../shared/config/service-config.js';
+import { normalizationModes, type NormalizationMode } from '../shared/protocol/messages.js';
+import { loadTf } from '../training/backend.js';
 
 const USAGE = `usage: fedline classify --model DIR [--json] [--backend ${backendPreferences.join('|')}] [--classes A,B,..] [--normalization MODE] IMAGE...
   DIR: a model store version (e.g. <stateDir>/models/v12) or a tfjs layers model folder`;

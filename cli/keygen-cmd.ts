@@ -1,7 +1,7 @@
 import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { generateSigningKeys } from '../shared/model-signature.js';
+import { generateSigningKeys } from '../shared/protocol/model-signature.js';
 
 /** `fedline keygen --out DIR`: an Ed25519 key pair for signing global models. */
 export function runKeygen(args: string[]): void {

@@ -1,4 +1,4 @@
-import type { Logger } from '../shared/logger.js';
+import type { Logger } from '../shared/util/logger.js';
 
 /**
  * Process lifecycle for the long-running commands: one orderly shutdown on SIGINT or SIGTERM

@@ -3,9 +3,9 @@ import { parseArgs } from 'node:util';
 import { startBroker } from '../broker/main.js';
 import { startAggregator } from '../aggregator/main.js';
 import { startAgent } from '../edge-agent/main.js';
-import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile } from '../shared/config.js';
-import { inspectConfigSchema } from '../shared/inspect-config.js';
-import { createLogger } from '../shared/logger.js';
+import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile } from '../shared/config/service-config.js';
+import { inspectConfigSchema } from '../shared/config/inspect-config.js';
+import { createLogger } from '../shared/util/logger.js';
 import { fatal, notifyReady, onShutdown } from './lifecycle.js';
 
 const USAGE = `fedline: federated learning for factory quality inspection over MQTT
@@ -48,7 +48,7 @@ async function main(argv: string[]): Promise<void> {
     case 'agent':
       return runAgent(rest);
     case 'demo': {
-      const { runDemo } = await import('./demo.js');
+      const { runDemo } = await import('../demo/run-demo.js');
       process.exitCode = await runDemo(rest);
       return;
     }
@@ -59,7 +59,7 @@ async function main(argv: string[]): Promise<void> {
     case 'inspect':
       return runInspect(rest);
     case 'plc-sim': {
-      const { runPlcSim } = await import('./plc-sim.js');
+      const { runPlcSim } = await import('./plc-sim-cmd.js');
       return runPlcSim(rest);
     }
     case 'passwd': {
@@ -71,7 +71,7 @@ async function main(argv: string[]): Promise<void> {
       return runAcl(rest);
     }
     case 'dataset': {
-      const { runDataset } = await import('./dataset-cmd.js');
+      const { runDataset } = await import('./synth-data-cmd.js');
       return runDataset(rest);
     }
     case 'classify': {
@@ -79,7 +79,7 @@ async function main(argv: string[]): Promise<void> {
       return runClassify(rest);
     }
     case 'pretrain': {
-      const { runPretrain } = await import('./pretrain.js');
+      const { runPretrain } = await import('./pretrain-cmd.js');
       return runPretrain(rest);
     }
     case 'experiment': {

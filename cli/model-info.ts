@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
-import { loadTf } from '../shared/tfjs/backend.js';
-import { federationSizes } from '../shared/tfjs/model-size.js';
-import { architectures, DEFAULT_HEADS, PAPER_HEAD, type Architecture, type HeadSpec } from '../shared/tfjs/models.js';
+import { loadTf } from '../training/backend.js';
+import { federationSizes } from '../training/model-size.js';
+import { architectures, DEFAULT_HEADS, PAPER_HEAD, type Architecture, type HeadSpec } from '../training/models.js';
 
 const USAGE = `usage: fedline model-info [--model vgg19] [--size 224] [--width 1] [--head 4096,4096|paper|default] [--dropout 0.5] [--classes 4] [--json]`;
 

@@ -2,7 +2,7 @@ import { readFileSync, writeFileSync, existsSync, chmodSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { AccessPolicy, accessFileSchema, renderMosquittoAcl } from '../broker/access.js';
 import { DEFAULT_PBKDF2_ITERATIONS, PasswordFile, setPasswordLine } from '../broker/passwords.js';
-import { loadConfigFile } from '../shared/config.js';
+import { loadConfigFile } from '../shared/config/service-config.js';
 
 export const PASSWD_USAGE = `fedline passwd: add or change a user in a broker password file (Mosquitto's format, $7$ PBKDF2-SHA512)
 

@@ -1,11 +1,11 @@
 import { EventEmitter } from 'node:events';
-import { decodeMsgpack, encodeJson, packMsg } from '../shared/codec.js';
-import type { AgentConfig } from '../shared/config.js';
-import { Counters } from '../shared/counters.js';
-import { describeError, ErrorCodes, FedlineError, isFedlineError } from '../shared/errors.js';
-import { createEventPublisher, type EventSink } from '../shared/events.js';
-import { resolveFederated } from '../shared/federated-set.js';
-import type { Logger } from '../shared/logger.js';
+import { decodeMsgpack, encodeJson, packMsg } from '../shared/protocol/wire-codec.js';
+import type { AgentConfig } from '../shared/config/service-config.js';
+import { Counters } from '../shared/util/counters.js';
+import { describeError, ErrorCodes, FedlineError, isFedlineError } from '../shared/protocol/errors.js';
+import { createEventPublisher, type EventSink } from '../shared/transport/event-publisher.js';
+import { resolveFederated } from '../shared/fl/federated-set.js';
+import type { Logger } from '../shared/util/logger.js';
 import {
   modelMetaSchema,
   PROTOCOL_VERSION,
@@ -16,16 +16,16 @@ import {
   type EvalReportMsg,
   type RoundAnnouncement,
   type UpdateMeta,
-} from '../shared/messages.js';
-import type { BundleSource } from '../shared/bundle-source.js';
-import { bundleTensors, decodeBundle, type DecodedBundle } from '../shared/tensor-bundle.js';
-import { encodeUpdateSource, tensorValues } from '../shared/update-encoder.js';
-import type { ModelMeta } from '../shared/messages.js';
-import { createTopics, defaultRoot, type Topics } from '../shared/topics.js';
-import type { InboundMessage, Transport } from '../shared/transport.js';
+} from '../shared/protocol/messages.js';
+import type { BundleSource } from '../shared/bundle/bundle-source.js';
+import { bundleTensors, decodeBundle, type DecodedBundle } from '../shared/bundle/tensor-bundle.js';
+import { encodeUpdateSource, tensorValues } from '../shared/bundle/encoded-update.js';
+import type { ModelMeta } from '../shared/protocol/messages.js';
+import { createTopics, defaultRoot, type Topics } from '../shared/protocol/topics.js';
+import type { InboundMessage, Transport } from '../shared/transport/transport.js';
 import type { ModelCache } from './model-cache.js';
 import { fetchModelBundle } from './model-fetch.js';
-import type { GlobalModel, Trainer } from './trainer.js';
+import type { GlobalModel, Trainer } from '../training/trainer.js';
 import type { UpdateJournal } from './update-journal.js';
 import { TrainingWindow } from './training-window.js';
 import type { GateSnapshot, TriggerGate } from './triggers/gate.js';
@@ -255,7 +255,7 @@ export class EdgeAgent extends EventEmitter {
       } else {
         const federatedNames = resolveFederated(ann.task.federated, model.tensors.map((t) => t.name), model.meta.headTensors);
         await this.setStatus({ state: 'training', round, progress: 0, detail: `${ann.task.epochs} epoch(s) on ${trainer.samples.train} images` }, true);
-        const onProgress = (p: import('./trainer.js').TrainProgress) => {
+        const onProgress = (p: import('../training/trainer.js').TrainProgress) => {
           if (this.status.state !== 'training') return;
           const progress = (p.epoch * p.batchesPerEpoch + p.batch) / (p.epochs * p.batchesPerEpoch);
           this.setStatus({ progress, detail: `epoch ${p.epoch + 1}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}` }).catch(() => undefined);

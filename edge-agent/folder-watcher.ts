@@ -1,8 +1,8 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
-import type { Logger } from '../shared/logger.js';
-import { IMAGE_EXTENSIONS } from './dataset.js';
+import type { Logger } from '../shared/util/logger.js';
+import { IMAGE_EXTENSIONS } from '../training/image-folder.js';
 
 export interface FolderWatcherOptions {
   dir: string;

@@ -1,14 +1,14 @@
 import { join } from 'node:path';
-import type { InspectConfig } from '../shared/inspect-config.js';
-import type { Logger } from '../shared/logger.js';
-import { connectMqtt } from '../shared/mqtt-connect.js';
-import type { MqttTransport } from '../shared/mqtt-transport.js';
-import { loadTf } from '../shared/tfjs/backend.js';
-import { createTopics, defaultRoot } from '../shared/topics.js';
+import type { InspectConfig } from '../shared/config/inspect-config.js';
+import type { Logger } from '../shared/util/logger.js';
+import { connectMqtt } from '../shared/transport/mqtt-connect.js';
+import type { MqttTransport } from '../shared/transport/mqtt-transport.js';
+import { loadTf } from '../training/backend.js';
+import { createTopics, defaultRoot } from '../shared/protocol/topics.js';
 import { InspectionService } from './inspect.js';
 import { ModelCache } from './model-cache.js';
-import { TfjsClassifier } from './tfjs-classifier.js';
-import { loadVerifyKey, verifyModelSignature } from '../shared/model-signature.js';
+import { TfjsClassifier } from '../training/tfjs-classifier.js';
+import { loadVerifyKey, verifyModelSignature } from '../shared/protocol/model-signature.js';
 
 export interface RunningInspection {
   service: InspectionService;

@@ -1,21 +1,21 @@
 import { EventEmitter } from 'node:events';
 import { mkdir, readFile, rename } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { decodeJson, encodeJson } from '../shared/codec.js';
-import { Counters } from '../shared/counters.js';
-import { describeError, ErrorCodes } from '../shared/errors.js';
-import type { Logger } from '../shared/logger.js';
-import { modelManifestSchema, PROTOCOL_VERSION, SUPPORTED_VERSIONS, type ModelManifest } from '../shared/messages.js';
-import type { Topics } from '../shared/topics.js';
-import type { InboundMessage, Transport } from '../shared/transport.js';
+import { decodeJson, encodeJson } from '../shared/protocol/wire-codec.js';
+import { Counters } from '../shared/util/counters.js';
+import { describeError, ErrorCodes } from '../shared/protocol/errors.js';
+import type { Logger } from '../shared/util/logger.js';
+import { modelManifestSchema, PROTOCOL_VERSION, SUPPORTED_VERSIONS, type ModelManifest } from '../shared/protocol/messages.js';
+import type { Topics } from '../shared/protocol/topics.js';
+import type { InboundMessage, Transport } from '../shared/transport/transport.js';
 import { FolderWatcher } from './folder-watcher.js';
 import type { ModelCache } from './model-cache.js';
 import { downloadModel } from './model-downlink.js';
-import type { Classifier } from './tfjs-classifier.js';
+import type { Classifier } from '../training/tfjs-classifier.js';
 
 export type ImageSource = { kind: 'file'; path: string } | { kind: 'mqtt'; topic: string; imageId: string | null };
 
-/** The JSON published for every image (docs/topics.md, shared/mes.ts verdictSchema). */
+/** The JSON published for every image (docs/topics.md, shared/protocol/mes.ts verdictSchema). */
 export interface Verdict {
   v: number;
   type: 'verdict';

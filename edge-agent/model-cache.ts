@@ -1,8 +1,8 @@
 import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fsyncDir, writeFileAtomic } from '../shared/fs-atomic.js';
-import type { Logger } from '../shared/logger.js';
-import { sha256Hex } from '../shared/tensor-bundle.js';
+import { fsyncDir, writeFileAtomic } from '../shared/util/fs-atomic.js';
+import type { Logger } from '../shared/util/logger.js';
+import { sha256Hex } from '../shared/bundle/tensor-bundle.js';
 
 /**
  * Downloaded global models, kept on the agent's disk so a restart does not download them again.

@@ -1,11 +1,11 @@
-import { Reassembler, type AcceptResult, type Chunk } from '../shared/chunking.js';
-import { decodeMsgpack } from '../shared/codec.js';
-import { describeError, ErrorCodes, FedlineError } from '../shared/errors.js';
-import { FileReassembler } from '../shared/file-reassembler.js';
-import type { Logger } from '../shared/logger.js';
-import { modelChunkSchema, SUPPORTED_VERSIONS, type ModelRef } from '../shared/messages.js';
-import type { Topics } from '../shared/topics.js';
-import type { InboundMessage, Transport } from '../shared/transport.js';
+import { Reassembler, type AcceptResult, type Chunk } from '../shared/bundle/chunking.js';
+import { decodeMsgpack } from '../shared/protocol/wire-codec.js';
+import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import { FileReassembler } from '../shared/bundle/file-reassembler.js';
+import type { Logger } from '../shared/util/logger.js';
+import { modelChunkSchema, SUPPORTED_VERSIONS, type ModelRef } from '../shared/protocol/messages.js';
+import type { Topics } from '../shared/protocol/topics.js';
+import type { InboundMessage, Transport } from '../shared/transport/transport.js';
 
 export interface DownloadOptions {
   maxModelBytes: number;

@@ -1,8 +1,8 @@
 import { readFile } from 'node:fs/promises';
-import type { Logger } from '../shared/logger.js';
-import type { ModelRef } from '../shared/messages.js';
-import type { Topics } from '../shared/topics.js';
-import type { Transport } from '../shared/transport.js';
+import type { Logger } from '../shared/util/logger.js';
+import type { ModelRef } from '../shared/protocol/messages.js';
+import type { Topics } from '../shared/protocol/topics.js';
+import type { Transport } from '../shared/transport/transport.js';
 import type { ModelCache } from './model-cache.js';
 import { downloadModel, downloadModelToFile, type DownloadOptions } from './model-downlink.js';
 

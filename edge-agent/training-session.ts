@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
-import type { TrainTask } from '../shared/messages.js';
-import type { BatchBoundary, GlobalModel, Trainer, TrainProgress, TrainResult } from './trainer.js';
+import type { TrainTask } from '../shared/protocol/messages.js';
+import type { BatchBoundary, GlobalModel, Trainer, TrainProgress, TrainResult } from '../training/trainer.js';
 
 export type SessionState = 'running' | 'pausing' | 'paused' | 'done' | 'failed';
 

@@ -1,8 +1,8 @@
-import { systemClock, type Clock } from '../shared/async.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import type { TrainTask } from '../shared/messages.js';
+import { systemClock, type Clock } from '../shared/util/async.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import type { TrainTask } from '../shared/protocol/messages.js';
 import type { GateSnapshot, TriggerGate } from './triggers/gate.js';
-import type { BatchBoundary, GlobalModel, Trainer, TrainProgress, TrainResult } from './trainer.js';
+import type { BatchBoundary, GlobalModel, Trainer, TrainProgress, TrainResult } from '../training/trainer.js';
 import { TrainingSession } from './training-session.js';
 
 export interface WindowedTrainingOptions {

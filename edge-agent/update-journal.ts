@@ -1,8 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isBundleSource, memorySource, openFileSource, type BundleSource, type FileBundleSource } from '../shared/bundle-source.js';
-import { fsyncDir, writeJsonAtomic } from '../shared/fs-atomic.js';
+import { isBundleSource, memorySource, openFileSource, type BundleSource, type FileBundleSource } from '../shared/bundle/bundle-source.js';
+import { fsyncDir, writeJsonAtomic } from '../shared/util/fs-atomic.js';
 
 /**
  * What the agent has sent, on its own disk, so that a power cut in the middle of an upload is

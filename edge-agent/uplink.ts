@@ -1,13 +1,13 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { isBundleSource, memorySource, type BundleSource } from '../shared/bundle-source.js';
-import { publishChunks } from '../shared/chunk-publisher.js';
-import { chunkCount } from '../shared/chunking.js';
-import { decodeMsgpack, packMsg } from '../shared/codec.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import type { Logger } from '../shared/logger.js';
-import { ackSchema, PROTOCOL_VERSION, SUPPORTED_VERSIONS, type AckMsg } from '../shared/messages.js';
-import type { Topics } from '../shared/topics.js';
-import type { InboundMessage, Transport } from '../shared/transport.js';
+import { isBundleSource, memorySource, type BundleSource } from '../shared/bundle/bundle-source.js';
+import { publishChunks } from '../shared/bundle/chunk-publisher.js';
+import { chunkCount } from '../shared/bundle/chunking.js';
+import { decodeMsgpack, packMsg } from '../shared/protocol/wire-codec.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import type { Logger } from '../shared/util/logger.js';
+import { ackSchema, PROTOCOL_VERSION, SUPPORTED_VERSIONS, type AckMsg } from '../shared/protocol/messages.js';
+import type { Topics } from '../shared/protocol/topics.js';
+import type { InboundMessage, Transport } from '../shared/transport/transport.js';
 
 export interface UplinkOptions {
   round: number;

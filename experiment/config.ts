@@ -1,11 +1,11 @@
 import { z } from 'zod';
-import { agentConfigSchema, backendPreferences, modelSpecSchema } from '../shared/config.js';
-import { isValidId } from '../shared/topics.js';
+import { agentConfigSchema, backendPreferences, modelSpecSchema } from '../shared/config/service-config.js';
+import { isValidId } from '../shared/protocol/topics.js';
 
 /**
  * The experiment's configuration (`fedline experiment --config FILE`): which data, which model,
  * the training schedule shared by every arm, and which arms run. Validated once, unknown keys
- * refused; relative paths are relative to the config file (shared/config.ts loadConfigFile).
+ * refused; relative paths are relative to the config file (shared/config/service-config.ts loadConfigFile).
  */
 
 const path = z.string().min(1);
@@ -13,7 +13,7 @@ const posInt = z.number().int().positive();
 const siteId = z.string().refine(isValidId, { message: 'a site name is an agent id: 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit' });
 const className = z.string().regex(/^[A-Za-z0-9_.-]+$/, 'class names are folder names: A-Z a-z 0-9 _ . -');
 
-/** Generated USB-inspection images (dataset/synth.ts generateExperimentData), written under `<out>/data`. */
+/** Generated USB-inspection images (synthetic-data/generate.ts generateExperimentData), written under `<out>/data`. */
 const syntheticDataSchema = z.strictObject({
   source: z.literal('synthetic'),
   /** Image side, px. Default 32. */

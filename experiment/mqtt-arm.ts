@@ -2,19 +2,19 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Journal } from '../aggregator/aggregator.js';
 import { FsModelStore } from '../aggregator/model-store.js';
-import { writeDemoCredentials } from '../cli/demo-auth.js';
-import { ProcessGroup } from '../cli/process-group.js';
-import type { GlobalModel } from '../edge-agent/trainer.js';
-import type { ModelSpec } from '../shared/config.js';
-import { modelMetaSchema, type EvalMetrics, type ModelMeta, type TrainTask } from '../shared/messages.js';
-import { bundleTensors, decodeBundle } from '../shared/tensor-bundle.js';
-import { createTopics, defaultRoot } from '../shared/topics.js';
+import { writeDemoCredentials } from '../demo/credentials.js';
+import { ProcessGroup } from '../demo/process-group.js';
+import type { GlobalModel } from '../training/trainer.js';
+import type { ModelSpec } from '../shared/config/service-config.js';
+import { modelMetaSchema, type EvalMetrics, type ModelMeta, type TrainTask } from '../shared/protocol/messages.js';
+import { bundleTensors, decodeBundle } from '../shared/bundle/tensor-bundle.js';
+import { createTopics, defaultRoot } from '../shared/protocol/topics.js';
 import type { RoundRecord } from './rounds.js';
 
 /**
  * One federated arm over MQTT with real processes, as a factory runs it: the embedded broker
  * (logins and access rules on), the aggregator and one agent per site, each its own OS process
- * (cli/process-group.ts, as the demo starts them), with configs written from the experiment's.
+ * (demo/process-group.ts, as the demo starts them), with configs written from the experiment's.
  * The result is read back from the aggregator's journal and model store.
  */
 

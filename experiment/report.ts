@@ -1,4 +1,4 @@
-import type { EvalMetrics } from '../shared/messages.js';
+import type { EvalMetrics } from '../shared/protocol/messages.js';
 import type { ExperimentResults, ModelResult } from './runner.js';
 import { foreignDefectSets, pooledRecall } from './runner.js';
 

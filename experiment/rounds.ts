@@ -1,8 +1,8 @@
-import type { GlobalModel, Trainer } from '../edge-agent/trainer.js';
-import { fedAvg } from '../shared/fedavg.js';
-import { resolveFederated } from '../shared/federated-set.js';
-import type { EvalMetrics, ModelMeta, TrainTask, UpdateMeta } from '../shared/messages.js';
-import { encodeBundle } from '../shared/tensor-bundle.js';
+import type { GlobalModel, Trainer } from '../training/trainer.js';
+import { fedAvg } from '../shared/fl/fedavg.js';
+import { resolveFederated } from '../shared/fl/federated-set.js';
+import type { EvalMetrics, ModelMeta, TrainTask, UpdateMeta } from '../shared/protocol/messages.js';
+import { encodeBundle } from '../shared/bundle/tensor-bundle.js';
 
 /**
  * The experiment's training loop, in one process: rounds of local training and (with several
@@ -11,7 +11,7 @@ import { encodeBundle } from '../shared/tensor-bundle.js';
  *     test split (the seed paper's workflow), then trains `epochs` local epochs from it;
  *   - the learning rate of round r is learningRate * learningRateDecay^(r-1) (the aggregator's
  *     schedule); the optimizer starts fresh every round (only weights travel);
- *   - FedAvg (shared/fedavg.ts: weights by sample count, participants in sorted id order, float64
+ *   - FedAvg (shared/fl/fedavg.ts: weights by sample count, participants in sorted id order, float64
  *     sums) over the federated tensors; the others stay as in the base model;
  *   - with stopAtTarget, a round whose base model reaches the target accuracy on every
  *     participant's test split stops the run (the aggregator's targetAccuracy).

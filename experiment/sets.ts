@@ -1,9 +1,9 @@
-import type { ImageSet, LocalDataset } from '../edge-agent/dataset.js';
-import { evaluateOnSet } from '../edge-agent/tfjs-trainer.js';
-import type { GlobalModel } from '../edge-agent/trainer.js';
-import type { EvalMetrics } from '../shared/messages.js';
-import type { Tf } from '../shared/tfjs/backend.js';
-import { modelFromWeights } from '../shared/tfjs/model-io.js';
+import type { ImageSet, LocalDataset } from '../training/image-folder.js';
+import { evaluateOnSet } from '../training/tfjs-trainer.js';
+import type { GlobalModel } from '../training/trainer.js';
+import type { EvalMetrics } from '../shared/protocol/messages.js';
+import type { Tf } from '../training/backend.js';
+import { modelFromWeights } from '../training/model-io.js';
 
 /** Several image sets read as one (the centralized arm's pooled training data, the pooled test splits). */
 export function concatImageSets(sets: readonly ImageSet[]): ImageSet {

@@ -5,14 +5,14 @@ import { Aggregator } from '../aggregator/aggregator.js';
 import { FsModelStore } from '../aggregator/model-store.js';
 import { UpdateSpool } from '../aggregator/update-spool.js';
 import { sendUpdate } from '../edge-agent/uplink.js';
-import { decodeMsgpack, encodeJson, packMsg } from '../shared/codec.js';
-import { ErrorCodes } from '../shared/errors.js';
-import { silentLogger } from '../shared/logger.js';
-import { MemoryHub } from '../shared/memory-transport.js';
-import { classificationMetrics } from '../shared/metrics.js';
-import { roundAnnouncementSchema, SUPPORTED_VERSIONS, type ModelMeta, type RoundAnnouncement, type UpdateMeta } from '../shared/messages.js';
-import { encodeBundle } from '../shared/tensor-bundle.js';
-import { createTopics } from '../shared/topics.js';
+import { decodeMsgpack, encodeJson, packMsg } from '../shared/protocol/wire-codec.js';
+import { ErrorCodes } from '../shared/protocol/errors.js';
+import { silentLogger } from '../shared/util/logger.js';
+import { MemoryHub } from '../shared/transport/memory-transport.js';
+import { classificationMetrics } from '../shared/fl/classification-metrics.js';
+import { roundAnnouncementSchema, SUPPORTED_VERSIONS, type ModelMeta, type RoundAnnouncement, type UpdateMeta } from '../shared/protocol/messages.js';
+import { encodeBundle } from '../shared/bundle/tensor-bundle.js';
+import { createTopics } from '../shared/protocol/topics.js';
 import { aggregatorConfig, tempDir } from './helpers.js';
 
 /**
@@ -87,7 +87,7 @@ test('a straggler does not block the round: it closes at the deadline with the o
     const store = new FsModelStore(join(dir.path, 'models'));
     const bundle = await store.readBundle(1);
     assert.ok(bundle.byteLength > 0);
-    const { bundleTensors, decodeBundle } = await import('../shared/tensor-bundle.js');
+    const { bundleTensors, decodeBundle } = await import('../shared/bundle/tensor-bundle.js');
     assert.deepEqual([...bundleTensors(decodeBundle(bundle)).find((t) => t.name === 'w')!.data], [3.25, 3.25, 3.25]);
   } finally {
     dir.cleanup();

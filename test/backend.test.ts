@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { AgentStatus } from '../shared/messages.js';
-import { agentConfigSchema, parseConfig } from '../shared/config.js';
-import { loadTf } from '../shared/tfjs/backend.js';
+import type { AgentStatus } from '../shared/protocol/messages.js';
+import { agentConfigSchema, parseConfig } from '../shared/config/service-config.js';
+import { loadTf } from '../training/backend.js';
 import { captureLogger, startAedes, startFederation, tempDir } from './helpers.js';
 
 async function nativeInstalled(): Promise<boolean> {

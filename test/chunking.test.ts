@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { chunkCount, Reassembler, splitIntoChunks, type Chunk } from '../shared/chunking.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import { mulberry32, shuffleInPlace } from '../shared/random.js';
-import { sha256Hex } from '../shared/tensor-bundle.js';
+import { chunkCount, Reassembler, splitIntoChunks, type Chunk } from '../shared/bundle/chunking.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import { mulberry32, shuffleInPlace } from '../shared/util/random.js';
+import { sha256Hex } from '../shared/bundle/tensor-bundle.js';
 
 const MAX = 1 << 30;
 

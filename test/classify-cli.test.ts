@@ -4,8 +4,8 @@ import { spawn } from 'node:child_process';
 import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FsModelStore } from '../aggregator/model-store.js';
-import { loadTf } from '../shared/tfjs/backend.js';
-import { buildInitialBundle } from '../shared/tfjs/initial-model.js';
+import { loadTf } from '../training/backend.js';
+import { buildInitialBundle } from '../training/initial-model.js';
 import { REPO_ROOT, tempDir, tinyDataset } from './helpers.js';
 
 const CLI = join(REPO_ROOT, 'dist', 'cli', 'main.js');

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decodeJson, decodeMsgpack, encodeJson, packMsg } from '../shared/codec.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
+import { decodeJson, decodeMsgpack, encodeJson, packMsg } from '../shared/protocol/wire-codec.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import {
   ackSchema,
   agentStatusSchema,
@@ -12,7 +12,7 @@ import {
   type AckMsg,
   type EvalMetrics,
   type RoundAnnouncement,
-} from '../shared/messages.js';
+} from '../shared/protocol/messages.js';
 import { strictUnpack } from './strict-msgpack.js';
 
 const SHA = 'a'.repeat(64);

@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile } from '../shared/config.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
+import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile } from '../shared/config/service-config.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'fedline-config-'));
 const write = (name: string, value: unknown) => {

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { conv2dBackpropFilterNhwc, maxPoolGradNhwc } from '../shared/tfjs/cpu-kernels.js';
-import { loadTf } from '../shared/tfjs/backend.js';
-import { mulberry32 } from '../shared/random.js';
+import { conv2dBackpropFilterNhwc, maxPoolGradNhwc } from '../training/cpu-kernels.js';
+import { loadTf } from '../training/backend.js';
+import { mulberry32 } from '../shared/util/random.js';
 
 const rand = (n: number, seed: number) => {
   const rng = mulberry32(seed);

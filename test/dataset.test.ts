@@ -2,10 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, writeFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { listImageFiles, loadDataset, readAll, splitFiles } from '../edge-agent/dataset.js';
-import { normalizeInPlace } from '../edge-agent/preprocess.js';
-import { generateDataset, PAPER_CLIENTS } from '../dataset/synth.js';
-import { sha256Hex } from '../shared/tensor-bundle.js';
+import { listImageFiles, loadDataset, readAll, splitFiles } from '../training/image-folder.js';
+import { normalizeInPlace } from '../training/preprocess.js';
+import { generateDataset, PAPER_CLIENTS } from '../synthetic-data/generate.js';
+import { sha256Hex } from '../shared/bundle/tensor-bundle.js';
 import { tempDir } from './helpers.js';
 
 const classes = ['OKAY', 'NOT_OKAY', 'HIDDEN', 'EMPTY'];
@@ -80,7 +80,7 @@ test('per-image normalisation gives each image mean 0 and std 1; flat images do 
 test('odd images (another size, gray, RGBA with alpha, 16-bit, JPEG) are used and reported with their paths; both decoders agree', async () => {
   const { PNG } = await import('pngjs');
   const jpeg = (await import('jpeg-js')).default;
-  const { jsDecoder, sharpDecoder } = await import('../edge-agent/images.js');
+  const { jsDecoder, sharpDecoder } = await import('../training/images.js');
   const dir = tempDir('odd-images');
   try {
     const rgba = (w: number, h: number, seed: number) => Uint8Array.from({ length: w * h * 4 }, (_, i) => (i % 4 === 3 ? 255 : (i * 37 + seed * 11) % 256));

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { DemoSummary } from '../cli/demo.js';
+import type { DemoSummary } from '../demo/run-demo.js';
 import { REPO_ROOT, tempDir, waitFor } from './helpers.js';
 
 const CLI = join(REPO_ROOT, 'dist', 'cli', 'main.js');

@@ -4,9 +4,9 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AccessPolicy, accessFileSchema } from '../broker/access.js';
 import { PasswordFile } from '../broker/passwords.js';
-import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile, mqttPassword } from '../shared/config.js';
+import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile, mqttPassword } from '../shared/config/service-config.js';
 import { loadExperimentConfig } from '../experiment/runner.js';
-import { inspectConfigSchema } from '../shared/inspect-config.js';
+import { inspectConfigSchema } from '../shared/config/inspect-config.js';
 import { REPO_ROOT } from './helpers.js';
 
 const dir = join(REPO_ROOT, 'examples');

@@ -3,11 +3,11 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join, relative } from 'node:path';
 import { FsModelStore } from '../aggregator/model-store.js';
-import { generateExperimentData } from '../dataset/synth.js';
+import { generateExperimentData } from '../synthetic-data/generate.js';
 import { experimentConfigSchema } from '../experiment/config.js';
 import { runExperiment, type ExperimentResults } from '../experiment/runner.js';
-import { parseConfig } from '../shared/config.js';
-import { bundleTensors, decodeBundle, sha256Hex } from '../shared/tensor-bundle.js';
+import { parseConfig } from '../shared/config/service-config.js';
+import { bundleTensors, decodeBundle, sha256Hex } from '../shared/bundle/tensor-bundle.js';
 import { tempDir } from './helpers.js';
 
 /** Every file under a folder, by relative path, with its SHA-256. */

@@ -1,4 +1,4 @@
-import type { Clock } from '../shared/async.js';
+import type { Clock } from '../shared/util/async.js';
 
 /** A clock that moves only when the test says so; timers fire in time order during advance(). */
 export class FakeClock implements Clock {

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { allFinite, fedAvg, fedAvgStreamed, type TensorBlockReader, type WeightedTensors } from '../shared/fedavg.js';
-import { mulberry32 } from '../shared/random.js';
+import { allFinite, fedAvg, fedAvgStreamed, type TensorBlockReader, type WeightedTensors } from '../shared/fl/fedavg.js';
+import { mulberry32 } from '../shared/util/random.js';
 
 const input = (id: string, weight: number, w: number[], b: number[]): WeightedTensors => ({ id, weight, tensors: new Map([['w', Float32Array.from(w)], ['b', Float32Array.from(b)]]) });
 

@@ -1,14 +1,14 @@
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Reassembler } from '../shared/chunking.js';
-import { decodeMsgpack } from '../shared/codec.js';
-import { fedAvg } from '../shared/fedavg.js';
-import { silentLogger } from '../shared/logger.js';
-import { SUPPORTED_VERSIONS, updateMetaSchema, updateTopicMessageSchema, type UpdateMeta } from '../shared/messages.js';
-import { MqttTransport } from '../shared/mqtt-transport.js';
-import { bundleTensors, decodeBundle, sha256Hex, type DecodedBundle } from '../shared/tensor-bundle.js';
-import { createTopics } from '../shared/topics.js';
+import { Reassembler } from '../shared/bundle/chunking.js';
+import { decodeMsgpack } from '../shared/protocol/wire-codec.js';
+import { fedAvg } from '../shared/fl/fedavg.js';
+import { silentLogger } from '../shared/util/logger.js';
+import { SUPPORTED_VERSIONS, updateMetaSchema, updateTopicMessageSchema, type UpdateMeta } from '../shared/protocol/messages.js';
+import { MqttTransport } from '../shared/transport/mqtt-transport.js';
+import { bundleTensors, decodeBundle, sha256Hex, type DecodedBundle } from '../shared/bundle/tensor-bundle.js';
+import { createTopics } from '../shared/protocol/topics.js';
 import type { FsModelStore } from '../aggregator/model-store.js';
 
 /** Listens to the update topics like any subscriber could, and reassembles what each agent sent. */

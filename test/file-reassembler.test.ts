@@ -4,13 +4,13 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { UpdateStreamVerifier } from '../aggregator/verify-update.js';
-import { splitIntoChunks, type Chunk } from '../shared/chunking.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import { FileReassembler } from '../shared/file-reassembler.js';
-import type { UpdateMeta } from '../shared/messages.js';
-import { mulberry32, shuffleInPlace } from '../shared/random.js';
-import { encodeBundle, sha256Hex, type NamedTensor } from '../shared/tensor-bundle.js';
-import { encodeUpdateSource, tensorValues } from '../shared/update-encoder.js';
+import { splitIntoChunks, type Chunk } from '../shared/bundle/chunking.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import { FileReassembler } from '../shared/bundle/file-reassembler.js';
+import type { UpdateMeta } from '../shared/protocol/messages.js';
+import { mulberry32, shuffleInPlace } from '../shared/util/random.js';
+import { encodeBundle, sha256Hex, type NamedTensor } from '../shared/bundle/tensor-bundle.js';
+import { encodeUpdateSource, tensorValues } from '../shared/bundle/encoded-update.js';
 import { tempDir } from './helpers.js';
 
 function randomBytes(n: number, seed: number): Buffer {

@@ -1,6 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, Socket } from 'node:net';
+import { Socket } from 'node:net';
+import { freeTcpPort as freePort } from '../shared/util/free-port.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -8,8 +9,8 @@ import { pino, type Logger } from 'pino';
 import { createBroker, type RunningBroker } from '../broker/broker.js';
 import { startAggregator, type RunningAggregator } from '../aggregator/main.js';
 import { startAgent, type RunningAgent } from '../edge-agent/main.js';
-import { generateDataset, INSPECTION_CLASSES, PAPER_CLIENTS, type ClientSpec } from '../dataset/synth.js';
-import { agentConfigSchema, aggregatorConfigSchema, parseConfig, type AgentConfig, type AggregatorConfig } from '../shared/config.js';
+import { generateDataset, INSPECTION_CLASSES, PAPER_CLIENTS, type ClientSpec } from '../synthetic-data/generate.js';
+import { agentConfigSchema, aggregatorConfigSchema, parseConfig, type AgentConfig, type AggregatorConfig } from '../shared/config/service-config.js';
 import { AccessPolicy, accessFileSchema, renderMosquittoAcl, type AccessFile } from '../broker/access.js';
 import { hashPassword } from '../broker/passwords.js';
 
@@ -41,16 +42,7 @@ export async function waitFor(what: string, predicate: () => boolean | Promise<b
   }
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const port = (server.address() as { port: number }).port;
-      server.close(() => resolve(port));
-    });
-  });
-}
+export { freePort };
 
 /** Tiny per-agent image folders (16x16 px, a handful per class), from the demo's generator. */
 export async function tinyDataset(dir: string, agents: readonly string[], perClass = 6, size = 16): Promise<void> {

@@ -4,10 +4,10 @@ import { join } from 'node:path';
 import { startAggregator } from '../aggregator/main.js';
 import { FederationControl } from '../aggregator/federation-control.js';
 import { startAgent } from '../edge-agent/main.js';
-import { encodeJson } from '../shared/codec.js';
-import { ErrorCodes } from '../shared/errors.js';
-import { silentLogger } from '../shared/logger.js';
-import { createTopics } from '../shared/topics.js';
+import { encodeJson } from '../shared/protocol/wire-codec.js';
+import { ErrorCodes } from '../shared/protocol/errors.js';
+import { silentLogger } from '../shared/util/logger.js';
+import { createTopics } from '../shared/protocol/topics.js';
 import { agentConfig, aggregatorConfig, startAedes, tempDir, tinyDataset, waitFor, type FederationOptions } from './helpers.js';
 import { mesObserver } from './mes-observer.js';
 

@@ -1,9 +1,9 @@
-import { decodeMsgpack } from '../shared/codec.js';
-import { silentLogger } from '../shared/logger.js';
-import { eventSchemas, type MesEventType } from '../shared/mes.js';
-import { SUPPORTED_VERSIONS, updateTopicMessageSchema, type AgentStatus } from '../shared/messages.js';
-import { MqttTransport, type MqttTransportOptions } from '../shared/mqtt-transport.js';
-import { createTopics } from '../shared/topics.js';
+import { decodeMsgpack } from '../shared/protocol/wire-codec.js';
+import { silentLogger } from '../shared/util/logger.js';
+import { eventSchemas, type MesEventType } from '../shared/protocol/mes.js';
+import { SUPPORTED_VERSIONS, updateTopicMessageSchema, type AgentStatus } from '../shared/protocol/messages.js';
+import { MqttTransport, type MqttTransportOptions } from '../shared/transport/mqtt-transport.js';
+import { createTopics } from '../shared/protocol/topics.js';
 
 const topics = createTopics('fl/test');
 

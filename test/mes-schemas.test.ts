@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { conditionHolds, extractPayloadValue, parseJsonPath } from '../edge-agent/triggers/condition.js';
-import { commandSchema, commandVerbs, eventSchemas, verdictSchema } from '../shared/mes.js';
-import { agentStatusSchema, modelManifestSchema } from '../shared/messages.js';
+import { commandSchema, commandVerbs, eventSchemas, verdictSchema } from '../shared/protocol/mes.js';
+import { agentStatusSchema, modelManifestSchema } from '../shared/protocol/messages.js';
 import { REPO_ROOT } from './helpers.js';
 
 const topicsDoc = readFileSync(join(REPO_ROOT, 'docs', 'topics.md'), 'utf8');

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { classificationMetrics } from '../shared/metrics.js';
+import { classificationMetrics } from '../shared/fl/classification-metrics.js';
 
 test('accuracy, balanced accuracy, per-class precision/recall and the confusion matrix', () => {
   // 6 OKAY (class 0), 2 NOT_OKAY (class 1); the model passes everything but one defect.

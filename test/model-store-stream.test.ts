@@ -5,11 +5,11 @@ import { join } from 'node:path';
 import { ModelBuilder } from '../aggregator/model-builder.js';
 import { FsModelStore } from '../aggregator/model-store.js';
 import { UpdateSpool, type SpooledUpdate } from '../aggregator/update-spool.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import type { ModelMeta, UpdateMeta } from '../shared/messages.js';
-import { mulberry32 } from '../shared/random.js';
-import { bundleTensors, decodeBundle, encodeBundle, sha256Hex, type NamedTensor } from '../shared/tensor-bundle.js';
-import { encodeUpdateSource, tensorValues } from '../shared/update-encoder.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import type { ModelMeta, UpdateMeta } from '../shared/protocol/messages.js';
+import { mulberry32 } from '../shared/util/random.js';
+import { bundleTensors, decodeBundle, encodeBundle, sha256Hex, type NamedTensor } from '../shared/bundle/tensor-bundle.js';
+import { encodeUpdateSource, tensorValues } from '../shared/bundle/encoded-update.js';
 import { tempDir } from './helpers.js';
 
 const meta = (version: number): ModelMeta => ({ kind: 'model', version, round: version, topology: { t: 1 }, headTensors: ['head'], classes: ['A', 'B'], inputShape: [8, 8, 1], normalization: 'unit', createdAt: 5 });

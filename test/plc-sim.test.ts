@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ProcessGroup } from '../cli/process-group.js';
+import { ProcessGroup } from '../demo/process-group.js';
 import { tempDir } from './helpers.js';
 
 test('`fedline plc-sim` as a process: lines alternate Running/Idle on the schedule, logs stay JSON lines, it stops on SIGTERM', { timeout: 60_000 }, async () => {

@@ -2,8 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ErrorCodes } from '../shared/errors.js';
-import { agentStatusSchema, roundAnnouncementSchema } from '../shared/messages.js';
+import { ErrorCodes } from '../shared/protocol/errors.js';
+import { agentStatusSchema, roundAnnouncementSchema } from '../shared/protocol/messages.js';
 import { REPO_ROOT } from './helpers.js';
 
 const doc = readFileSync(join(REPO_ROOT, 'docs', 'protocol.md'), 'utf8');

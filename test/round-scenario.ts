@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { loadTf } from '../shared/tfjs/backend.js';
-import { loadLayersModelFromDir } from '../shared/tfjs/model-io.js';
+import { loadTf } from '../training/backend.js';
+import { loadLayersModelFromDir } from '../training/model-io.js';
 import { assertFedAvgResult, captureUpdates } from './federation-checks.js';
 import { startFederation } from './helpers.js';
 

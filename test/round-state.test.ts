@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RoundState, type AcceptedUpdate, type RoundPlan } from '../aggregator/round-state.js';
-import { classificationMetrics } from '../shared/metrics.js';
+import { classificationMetrics } from '../shared/fl/classification-metrics.js';
 
 const plan = (over: Partial<RoundPlan> = {}): RoundPlan => ({ round: 1, kind: 'train', baseVersion: 0, selected: ['b', 'a', 'c'], minClients: 2, deadlineAt: 1000, startedAt: 0, targetAccuracy: null, ...over });
 const update = (agent: string): AcceptedUpdate => ({ agent, sampleCount: 10, bytes: 100, sha256: 'x', metricsBefore: null, metricsAfter: null, trainMs: 1 });

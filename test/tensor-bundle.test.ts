@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import { bundleTensors, decodeBundle, encodeBundle, layoutTensors, type NamedTensor } from '../shared/tensor-bundle.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import { bundleTensors, decodeBundle, encodeBundle, layoutTensors, type NamedTensor } from '../shared/bundle/tensor-bundle.js';
 
 const tensors: NamedTensor[] = [
   { name: 'conv/kernel', shape: [3, 3, 1, 2], dtype: 'float32', data: Float32Array.from({ length: 18 }, (_, i) => i * 0.5 - 3) },

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createTopics, isValidId, topicMatches } from '../shared/topics.js';
+import { createTopics, isValidId, topicMatches } from '../shared/protocol/topics.js';
 
 test('topic builders and parsers agree', () => {
   const t = createTopics('fl/usb');

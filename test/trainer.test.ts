@@ -1,17 +1,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { augmentBatch, flipHorizontal, flipVertical, NO_AUGMENTATION, rotate } from '../edge-agent/augment.js';
-import { loadDataset } from '../edge-agent/dataset.js';
-import { jsDecoder } from '../edge-agent/images.js';
-import { epochOrder, freezeAllBut, TfjsTrainer } from '../edge-agent/tfjs-trainer.js';
-import type { GlobalModel } from '../edge-agent/trainer.js';
-import { modelMetaSchema, type ModelMeta, type TrainTask } from '../shared/messages.js';
-import { mulberry32 } from '../shared/random.js';
-import { bundleTensors, decodeBundle } from '../shared/tensor-bundle.js';
-import { loadTf } from '../shared/tfjs/backend.js';
-import { buildInitialBundle } from '../shared/tfjs/initial-model.js';
-import { modelFromWeights, weightNames } from '../shared/tfjs/model-io.js';
+import { augmentBatch, flipHorizontal, flipVertical, NO_AUGMENTATION, rotate } from '../training/augment.js';
+import { loadDataset } from '../training/image-folder.js';
+import { jsDecoder } from '../training/images.js';
+import { epochOrder, freezeAllBut, TfjsTrainer } from '../training/tfjs-trainer.js';
+import type { GlobalModel } from '../training/trainer.js';
+import { modelMetaSchema, type ModelMeta, type TrainTask } from '../shared/protocol/messages.js';
+import { mulberry32 } from '../shared/util/random.js';
+import { bundleTensors, decodeBundle } from '../shared/bundle/tensor-bundle.js';
+import { loadTf } from '../training/backend.js';
+import { buildInitialBundle } from '../training/initial-model.js';
+import { modelFromWeights, weightNames } from '../training/model-io.js';
 import { tempDir, tinyDataset } from './helpers.js';
 
 const CLASSES = ['OKAY', 'NOT_OKAY', 'HIDDEN', 'EMPTY'];

@@ -1,16 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { loadDataset } from '../edge-agent/dataset.js';
-import { TfjsTrainer } from '../edge-agent/tfjs-trainer.js';
-import type { BatchBoundary, GlobalModel, TrainResult } from '../edge-agent/trainer.js';
+import { loadDataset } from '../training/image-folder.js';
+import { TfjsTrainer } from '../training/tfjs-trainer.js';
+import type { BatchBoundary, GlobalModel, TrainResult } from '../training/trainer.js';
 import { TrainingSession } from '../edge-agent/training-session.js';
-import { INSPECTION_CLASSES } from '../dataset/synth.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import { modelMetaSchema, type ModelMeta, type TrainTask } from '../shared/messages.js';
-import { bundleTensors, decodeBundle, sha256Hex } from '../shared/tensor-bundle.js';
-import { loadTf } from '../shared/tfjs/backend.js';
-import { buildInitialBundle } from '../shared/tfjs/initial-model.js';
+import { INSPECTION_CLASSES } from '../synthetic-data/generate.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import { modelMetaSchema, type ModelMeta, type TrainTask } from '../shared/protocol/messages.js';
+import { bundleTensors, decodeBundle, sha256Hex } from '../shared/bundle/tensor-bundle.js';
+import { loadTf } from '../training/backend.js';
+import { buildInitialBundle } from '../training/initial-model.js';
 import { tempDir, tinyDataset } from './helpers.js';
 
 const task: TrainTask = { epochs: 2, batchSize: 8, learningRate: 0.01, optimizer: 'adam', classWeighting: 'auto', federated: 'all' };

@@ -9,9 +9,9 @@ import { Schedule } from '../edge-agent/triggers/schedule.js';
 import type { SourceCallbacks, TriggerSource } from '../edge-agent/triggers/source.js';
 import { ScheduleTriggerSource } from '../edge-agent/triggers/sources/schedule-source.js';
 import { planWindow } from '../edge-agent/triggers/window-plan.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import { parseConfig } from '../shared/config.js';
-import { conditionSchema, triggerSchema } from '../shared/trigger-config.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import { parseConfig } from '../shared/config/service-config.js';
+import { conditionSchema, triggerSchema } from '../shared/config/trigger-config.js';
 import { FakeClock } from './fake-clock.js';
 
 const H = 3_600_000;

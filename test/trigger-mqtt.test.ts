@@ -6,10 +6,10 @@ import type { SourceUpdate } from '../edge-agent/triggers/source.js';
 import { ManualTriggerSource } from '../edge-agent/triggers/sources/manual-source.js';
 import { MqttTriggerSource } from '../edge-agent/triggers/sources/mqtt-source.js';
 import { buildGate } from '../edge-agent/triggers/build-gate.js';
-import { encodeJson } from '../shared/codec.js';
-import { silentLogger } from '../shared/logger.js';
-import { MqttTransport } from '../shared/mqtt-transport.js';
-import { createTopics } from '../shared/topics.js';
+import { encodeJson } from '../shared/protocol/wire-codec.js';
+import { silentLogger } from '../shared/util/logger.js';
+import { MqttTransport } from '../shared/transport/mqtt-transport.js';
+import { createTopics } from '../shared/protocol/topics.js';
 import { startAedes, tempDir, waitFor } from './helpers.js';
 
 const topics = createTopics('fl/test');

@@ -3,13 +3,14 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
-import { freeTcpPort, startPlcSimulator, type RunningPlcSim } from '../cli/plc-sim.js';
+import { startPlcSimulator, type RunningPlcSim } from '../demo/plc-simulator.js';
+import { freeTcpPort } from '../shared/util/free-port.js';
 import type { SourceProblem, SourceUpdate } from '../edge-agent/triggers/source.js';
 import { OpcuaTriggerSource } from '../edge-agent/triggers/sources/opcua-source.js';
-import { ErrorCodes } from '../shared/errors.js';
-import { silentLogger } from '../shared/logger.js';
-import { parseConfig } from '../shared/config.js';
-import { opcuaSourceSchema, type OpcuaSource } from '../shared/trigger-config.js';
+import { ErrorCodes } from '../shared/protocol/errors.js';
+import { silentLogger } from '../shared/util/logger.js';
+import { parseConfig } from '../shared/config/service-config.js';
+import { opcuaSourceSchema, type OpcuaSource } from '../shared/config/trigger-config.js';
 import { makeSelfSigned, opensslAvailable } from './certs.js';
 import { REPO_ROOT, tempDir, waitFor } from './helpers.js';
 
@@ -167,9 +168,9 @@ test('the agent keeps its OPC UA certificate store under its state directory, ne
     const stateDir = join(dir.path, 'agent-state');
     const script = `
       import { buildGate } from ${JSON.stringify(join(REPO_ROOT, 'dist/edge-agent/triggers/build-gate.js'))};
-      import { MemoryHub } from ${JSON.stringify(join(REPO_ROOT, 'dist/shared/memory-transport.js'))};
-      import { createTopics } from ${JSON.stringify(join(REPO_ROOT, 'dist/shared/topics.js'))};
-      import { silentLogger } from ${JSON.stringify(join(REPO_ROOT, 'dist/shared/logger.js'))};
+      import { MemoryHub } from ${JSON.stringify(join(REPO_ROOT, 'dist/shared/transport/memory-transport.js'))};
+      import { createTopics } from ${JSON.stringify(join(REPO_ROOT, 'dist/shared/protocol/topics.js'))};
+      import { silentLogger } from ${JSON.stringify(join(REPO_ROOT, 'dist/shared/util/logger.js'))};
       const gate = buildGate({ type: 'opcua', endpoint: ${JSON.stringify(sim.endpoint)}, nodeId: 'ns=1;s=Line1.State', when: { equals: 'Idle' }, securityMode: 'None', securityPolicy: 'None', samplingIntervalMs: 100, retryInitialDelayMs: 200, retryMaxDelayMs: 1000, connectTimeoutMs: 5000 },
         { transport: new MemoryHub().connect('a'), topics: createTopics('fl/t'), agentId: 'a', stateDir: ${JSON.stringify(stateDir)}, log: silentLogger() });
       await gate.start();

@@ -12,8 +12,8 @@ import {
   encodeQ8,
   encodeValues,
   unitOf,
-} from '../shared/update-codec.js';
-import { mulberry32 } from '../shared/random.js';
+} from '../shared/bundle/value-encodings.js';
+import { mulberry32 } from '../shared/util/random.js';
 
 const f16 = (x: number) => {
   const h = new Uint16Array(1);

@@ -2,12 +2,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { verifyUpdate } from '../aggregator/verify-update.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import type { UpdateMeta } from '../shared/messages.js';
-import { mulberry32 } from '../shared/random.js';
-import { decodeBundle, elementCount, encodeBundle, type NamedTensor } from '../shared/tensor-bundle.js';
-import { decodeValues } from '../shared/update-codec.js';
-import { encodeUpdateSource, tensorValues } from '../shared/update-encoder.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import type { UpdateMeta } from '../shared/protocol/messages.js';
+import { mulberry32 } from '../shared/util/random.js';
+import { decodeBundle, elementCount, encodeBundle, type NamedTensor } from '../shared/bundle/tensor-bundle.js';
+import { decodeValues } from '../shared/bundle/value-encodings.js';
+import { encodeUpdateSource, tensorValues } from '../shared/bundle/encoded-update.js';
 
 const meta: UpdateMeta = { kind: 'update', agent: 'site-a', round: 2, baseVersion: 1, sampleCount: 40, epochs: 1, metricsBefore: null, metricsAfter: null, trainMs: 5, backend: 'cpu' };
 

@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { sendUpdate } from '../edge-agent/uplink.js';
-import { decodeMsgpack, packMsg } from '../shared/codec.js';
-import { silentLogger } from '../shared/logger.js';
-import { MemoryHub } from '../shared/memory-transport.js';
-import { SUPPORTED_VERSIONS, updateTopicMessageSchema, type AckMsg } from '../shared/messages.js';
-import { createTopics } from '../shared/topics.js';
+import { decodeMsgpack, packMsg } from '../shared/protocol/wire-codec.js';
+import { silentLogger } from '../shared/util/logger.js';
+import { MemoryHub } from '../shared/transport/memory-transport.js';
+import { SUPPORTED_VERSIONS, updateTopicMessageSchema, type AckMsg } from '../shared/protocol/messages.js';
+import { createTopics } from '../shared/protocol/topics.js';
 
 /**
  * Flow control must never stall an upload: an aggregator whose progress acks do not come (lost,

@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { verifyUpdate } from '../aggregator/verify-update.js';
-import { ErrorCodes, FedlineError } from '../shared/errors.js';
-import type { UpdateMeta } from '../shared/messages.js';
-import { encodeBundle, type NamedTensor } from '../shared/tensor-bundle.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import type { UpdateMeta } from '../shared/protocol/messages.js';
+import { encodeBundle, type NamedTensor } from '../shared/bundle/tensor-bundle.js';
 
 const specs = [
   { name: 'k', shape: [2, 2], dtype: 'float32' as const },

@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mulberry32 } from '../shared/random.js';
-import { startCpuBackend, startWasmBackend, type Tf } from '../shared/tfjs/backend.js';
-import { buildModel } from '../shared/tfjs/models.js';
+import { mulberry32 } from '../shared/util/random.js';
+import { startCpuBackend, startWasmBackend, type Tf } from '../training/backend.js';
+import { buildModel } from '../training/models.js';
 
 /**
- * fedline's WebAssembly training kernels (shared/tfjs/wasm-kernels.ts) against the pure-JS `cpu`
+ * fedline's WebAssembly training kernels (training/wasm-kernels.ts) against the pure-JS `cpu`
  * backend: the same gradients, relative error <= 1e-5 (max |wasm - cpu| / max |cpu|).
  */
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { DemoSummary } from '../cli/demo.js';
+import type { DemoSummary } from '../demo/run-demo.js';
 import { REPO_ROOT, tempDir } from './helpers.js';
 
 // Named to sort after the other tests, so that it rarely runs beside the default demo test

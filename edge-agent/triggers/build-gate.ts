@@ -1,10 +1,10 @@
 import { join } from 'node:path';
-import { systemClock, type Clock } from '../../shared/async.js';
-import type { Logger } from '../../shared/logger.js';
-import type { Command } from '../../shared/mes.js';
-import { triggerLeaves, type TriggerSpec } from '../../shared/trigger-config.js';
-import type { Topics } from '../../shared/topics.js';
-import type { Transport } from '../../shared/transport.js';
+import { systemClock, type Clock } from '../../shared/util/async.js';
+import type { Logger } from '../../shared/util/logger.js';
+import type { Command } from '../../shared/protocol/mes.js';
+import { triggerLeaves, type TriggerSpec } from '../../shared/config/trigger-config.js';
+import type { Topics } from '../../shared/protocol/topics.js';
+import type { Transport } from '../../shared/transport/transport.js';
 import type { GateNode } from './combine.js';
 import { TriggerGate } from './gate.js';
 import type { TriggerSource } from './source.js';

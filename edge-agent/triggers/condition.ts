@@ -1,4 +1,4 @@
-import type { Condition } from '../../shared/trigger-config.js';
+import type { Condition } from '../../shared/config/trigger-config.js';
 
 /**
  * Pure helpers of the trigger sources: does a value satisfy a condition, and where is the value

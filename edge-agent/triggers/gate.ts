@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { systemClock, type Clock } from '../../shared/async.js';
+import { systemClock, type Clock } from '../../shared/util/async.js';
 import { decide, openNotBefore, type GateDecision, type GateNode, type SourceState } from './combine.js';
 import type { SourceProblem, TriggerSource } from './source.js';
 import { planWindow, type WindowPlan } from './window-plan.js';

@@ -1,4 +1,4 @@
-import type { Logger } from '../../shared/logger.js';
+import type { Logger } from '../../shared/util/logger.js';
 
 /** The node-opcua namespace (loaded on first use: it takes ~1 s to import, and most agents may not need it). */
 export type Opcua = typeof import('node-opcua');

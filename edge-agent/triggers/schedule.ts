@@ -1,4 +1,4 @@
-import { weekdays, type ScheduleSource, type Weekday } from '../../shared/trigger-config.js';
+import { weekdays, type ScheduleSource, type Weekday } from '../../shared/config/trigger-config.js';
 
 /**
  * Schedule windows ("22:00-06:00" in a time zone, on some weekdays), pure: every answer is a

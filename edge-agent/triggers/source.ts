@@ -1,4 +1,4 @@
-import type { ErrorCode } from '../../shared/errors.js';
+import type { ErrorCode } from '../../shared/protocol/errors.js';
 import type { WindowState } from './combine.js';
 
 /**

@@ -1,12 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { decodeMsgpack } from '../../shared/codec.js';
-import { ErrorCodes } from '../../shared/errors.js';
-import { silentLogger } from '../../shared/logger.js';
-import { SUPPORTED_VERSIONS, updateTopicMessageSchema } from '../../shared/messages.js';
-import { MqttTransport } from '../../shared/mqtt-transport.js';
-import { createTopics } from '../../shared/topics.js';
+import { decodeMsgpack } from '../../shared/protocol/wire-codec.js';
+import { ErrorCodes } from '../../shared/protocol/errors.js';
+import { silentLogger } from '../../shared/util/logger.js';
+import { SUPPORTED_VERSIONS, updateTopicMessageSchema } from '../../shared/protocol/messages.js';
+import { MqttTransport } from '../../shared/transport/mqtt-transport.js';
+import { createTopics } from '../../shared/protocol/topics.js';
 import { startAggregator } from '../../aggregator/main.js';
 import { assertFedAvgResult, captureUpdates } from '../federation-checks.js';
 import { agentConfig, aggregatorConfig, startAedes, tempDir, tinyDataset, waitFor } from '../helpers.js';

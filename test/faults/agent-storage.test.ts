@@ -5,8 +5,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startAggregator } from '../../aggregator/main.js';
 import { startAgent, type RunningAgent } from '../../edge-agent/main.js';
-import { ErrorCodes } from '../../shared/errors.js';
-import { silentLogger } from '../../shared/logger.js';
+import { ErrorCodes } from '../../shared/protocol/errors.js';
+import { silentLogger } from '../../shared/util/logger.js';
 import { agentConfig, aggregatorConfig, captureLogger, startAedes, tempDir, tinyDataset } from '../helpers.js';
 
 /** Fault 6: an agent's disk lets it down. It must say so and recover, never train on a bad model. */

@@ -2,9 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import mqtt, { type MqttClient } from 'mqtt';
 import { startBroker } from '../../broker/main.js';
-import { brokerConfigSchema, parseConfig } from '../../shared/config.js';
-import { encodeJson } from '../../shared/codec.js';
-import { createTopics } from '../../shared/topics.js';
+import { brokerConfigSchema, parseConfig } from '../../shared/config/service-config.js';
+import { encodeJson } from '../../shared/protocol/wire-codec.js';
+import { createTopics } from '../../shared/protocol/topics.js';
 import { captureLogger, mosquittoAvailable, startFederation, startMosquitto, tempDir, testAccess, writeAuthFiles, type AuthFiles } from '../helpers.js';
 
 const root = createTopics('fl/test');

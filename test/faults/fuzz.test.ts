@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { encodeJson, packMsg } from '../../shared/codec.js';
-import { silentLogger } from '../../shared/logger.js';
-import { MqttTransport } from '../../shared/mqtt-transport.js';
-import { createTopics } from '../../shared/topics.js';
+import { encodeJson, packMsg } from '../../shared/protocol/wire-codec.js';
+import { silentLogger } from '../../shared/util/logger.js';
+import { MqttTransport } from '../../shared/transport/mqtt-transport.js';
+import { createTopics } from '../../shared/protocol/topics.js';
 import { assertFedAvgResult, captureUpdates } from '../federation-checks.js';
 import { captureLogger, startAedes, startFederation, tempDir, waitFor } from '../helpers.js';
 

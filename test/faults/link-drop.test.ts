@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { decodeMsgpack } from '../../shared/codec.js';
-import { silentLogger } from '../../shared/logger.js';
-import { SUPPORTED_VERSIONS, updateTopicMessageSchema } from '../../shared/messages.js';
-import { MqttTransport } from '../../shared/mqtt-transport.js';
-import { createTopics } from '../../shared/topics.js';
+import { decodeMsgpack } from '../../shared/protocol/wire-codec.js';
+import { silentLogger } from '../../shared/util/logger.js';
+import { SUPPORTED_VERSIONS, updateTopicMessageSchema } from '../../shared/protocol/messages.js';
+import { MqttTransport } from '../../shared/transport/mqtt-transport.js';
+import { createTopics } from '../../shared/protocol/topics.js';
 import { assertFedAvgResult, captureUpdates } from '../federation-checks.js';
 import { captureLogger, startAedes, startFederation, tempDir } from '../helpers.js';
 import { TcpProxy } from '../support/tcp-proxy.js';

@@ -2,8 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { loadTf } from '../../shared/tfjs/backend.js';
-import { silentLogger } from '../../shared/logger.js';
+import { loadTf } from '../../training/backend.js';
+import { silentLogger } from '../../shared/util/logger.js';
 import { startAedes, startFederation, tempDir } from '../helpers.js';
 
 setFlagsFromString('--expose-gc');

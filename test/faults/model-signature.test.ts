@@ -5,16 +5,16 @@ import { join } from 'node:path';
 import { generateKeyPairSync } from 'node:crypto';
 import { startAggregator } from '../../aggregator/main.js';
 import { startAgent, type RunningAgent } from '../../edge-agent/main.js';
-import { publishChunks } from '../../shared/chunk-publisher.js';
-import { chunkCount } from '../../shared/chunking.js';
-import { decodeJson, packMsg } from '../../shared/codec.js';
-import { ErrorCodes } from '../../shared/errors.js';
-import { silentLogger } from '../../shared/logger.js';
-import { agentStatusSchema, SUPPORTED_VERSIONS, type ModelMeta, type RoundAnnouncement } from '../../shared/messages.js';
-import { generateSigningKeys, loadSigningKey, loadVerifyKey, signModel, verifyModelSignature } from '../../shared/model-signature.js';
-import { MqttTransport } from '../../shared/mqtt-transport.js';
-import { bundleTensors, decodeBundle, encodeBundle, sha256Hex } from '../../shared/tensor-bundle.js';
-import { createTopics } from '../../shared/topics.js';
+import { publishChunks } from '../../shared/bundle/chunk-publisher.js';
+import { chunkCount } from '../../shared/bundle/chunking.js';
+import { decodeJson, packMsg } from '../../shared/protocol/wire-codec.js';
+import { ErrorCodes } from '../../shared/protocol/errors.js';
+import { silentLogger } from '../../shared/util/logger.js';
+import { agentStatusSchema, SUPPORTED_VERSIONS, type ModelMeta, type RoundAnnouncement } from '../../shared/protocol/messages.js';
+import { generateSigningKeys, loadSigningKey, loadVerifyKey, signModel, verifyModelSignature } from '../../shared/protocol/model-signature.js';
+import { MqttTransport } from '../../shared/transport/mqtt-transport.js';
+import { bundleTensors, decodeBundle, encodeBundle, sha256Hex } from '../../shared/bundle/tensor-bundle.js';
+import { createTopics } from '../../shared/protocol/topics.js';
 import { agentConfig, aggregatorConfig, startAedes, tempDir, tinyDataset, waitFor } from '../helpers.js';
 
 test('Ed25519 model signatures: valid verifies; another version, another hash, another key, no signature do not', () => {

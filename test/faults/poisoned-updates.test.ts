@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ErrorCodes } from '../../shared/errors.js';
-import { mulberry32 } from '../../shared/random.js';
-import type { NamedTensor } from '../../shared/tensor-bundle.js';
+import { ErrorCodes } from '../../shared/protocol/errors.js';
+import { mulberry32 } from '../../shared/util/random.js';
+import type { NamedTensor } from '../../shared/bundle/tensor-bundle.js';
 import { assertFedAvgResult, captureUpdates } from '../federation-checks.js';
 import { startAedes, startFederation, tempDir, waitFor } from '../helpers.js';
 import { startRogueAgent, type Forgery } from '../support/rogue-agent.js';

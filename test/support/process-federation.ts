@@ -1,7 +1,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { AgentConfig, AggregatorConfig } from '../../shared/config.js';
+import type { AgentConfig, AggregatorConfig } from '../../shared/config/service-config.js';
 import { REPO_ROOT } from '../helpers.js';
 
 const CLI = join(REPO_ROOT, 'dist', 'cli', 'main.js');

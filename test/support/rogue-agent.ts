@@ -1,11 +1,11 @@
 import { downloadModel } from '../../edge-agent/model-downlink.js';
 import { sendUpdate } from '../../edge-agent/uplink.js';
-import { decodeMsgpack, encodeJson } from '../../shared/codec.js';
-import { silentLogger } from '../../shared/logger.js';
-import { modelMetaSchema, roundAnnouncementSchema, SUPPORTED_VERSIONS, type AckMsg, type ModelMeta, type RoundAnnouncement, type UpdateMeta } from '../../shared/messages.js';
-import { MqttTransport } from '../../shared/mqtt-transport.js';
-import { bundleTensors, decodeBundle, encodeBundle, type NamedTensor } from '../../shared/tensor-bundle.js';
-import { createTopics } from '../../shared/topics.js';
+import { decodeMsgpack, encodeJson } from '../../shared/protocol/wire-codec.js';
+import { silentLogger } from '../../shared/util/logger.js';
+import { modelMetaSchema, roundAnnouncementSchema, SUPPORTED_VERSIONS, type AckMsg, type ModelMeta, type RoundAnnouncement, type UpdateMeta } from '../../shared/protocol/messages.js';
+import { MqttTransport } from '../../shared/transport/mqtt-transport.js';
+import { bundleTensors, decodeBundle, encodeBundle, type NamedTensor } from '../../shared/bundle/tensor-bundle.js';
+import { createTopics } from '../../shared/protocol/topics.js';
 
 export type Forgery = (base: NamedTensor[], ann: RoundAnnouncement) => { tensors: NamedTensor[]; sampleCount: number } | null;
 

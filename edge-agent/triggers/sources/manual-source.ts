@@ -1,11 +1,11 @@
 import { readFile } from 'node:fs/promises';
-import { decodeJson } from '../../../shared/codec.js';
-import { writeJsonAtomic } from '../../../shared/fs-atomic.js';
-import type { Logger } from '../../../shared/logger.js';
-import { commandSchema, type Command } from '../../../shared/mes.js';
-import { SUPPORTED_VERSIONS } from '../../../shared/messages.js';
-import type { Topics } from '../../../shared/topics.js';
-import type { InboundMessage, Transport } from '../../../shared/transport.js';
+import { decodeJson } from '../../../shared/protocol/wire-codec.js';
+import { writeJsonAtomic } from '../../../shared/util/fs-atomic.js';
+import type { Logger } from '../../../shared/util/logger.js';
+import { commandSchema, type Command } from '../../../shared/protocol/mes.js';
+import { SUPPORTED_VERSIONS } from '../../../shared/protocol/messages.js';
+import type { Topics } from '../../../shared/protocol/topics.js';
+import type { InboundMessage, Transport } from '../../../shared/transport/transport.js';
 import type { SourceCallbacks, TriggerSource } from '../source.js';
 
 export interface ManualSourceOptions {

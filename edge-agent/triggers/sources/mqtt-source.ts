@@ -1,8 +1,8 @@
-import { systemClock, type Clock } from '../../../shared/async.js';
-import { ErrorCodes, FedlineError } from '../../../shared/errors.js';
-import type { Logger } from '../../../shared/logger.js';
-import type { MqttSource as MqttSpec } from '../../../shared/trigger-config.js';
-import type { InboundMessage, Transport } from '../../../shared/transport.js';
+import { systemClock, type Clock } from '../../../shared/util/async.js';
+import { ErrorCodes, FedlineError } from '../../../shared/protocol/errors.js';
+import type { Logger } from '../../../shared/util/logger.js';
+import type { MqttSource as MqttSpec } from '../../../shared/config/trigger-config.js';
+import type { InboundMessage, Transport } from '../../../shared/transport/transport.js';
 import { conditionHolds, describeCondition, extractPayloadValue, parseJsonPath } from '../condition.js';
 import type { SourceCallbacks, TriggerSource } from '../source.js';
 

@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { deferred, systemClock, withTimeout, type Clock } from '../../../shared/async.js';
-import { ErrorCodes, type ErrorCode } from '../../../shared/errors.js';
-import type { Logger } from '../../../shared/logger.js';
-import type { OpcuaSource as OpcuaSpec } from '../../../shared/trigger-config.js';
+import { deferred, systemClock, withTimeout, type Clock } from '../../../shared/util/async.js';
+import { ErrorCodes, type ErrorCode } from '../../../shared/protocol/errors.js';
+import type { Logger } from '../../../shared/util/logger.js';
+import type { OpcuaSource as OpcuaSpec } from '../../../shared/config/trigger-config.js';
 import { backoffDelayMs } from '../backoff.js';
 import { conditionHolds, describeCondition, toScalar } from '../condition.js';
 import { loadOpcua, pemToDer, type Opcua } from '../opcua-runtime.js';

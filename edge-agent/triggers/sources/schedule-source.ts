@@ -1,5 +1,5 @@
-import { systemClock, type Clock } from '../../../shared/async.js';
-import type { ScheduleSource as ScheduleSpec } from '../../../shared/trigger-config.js';
+import { systemClock, type Clock } from '../../../shared/util/async.js';
+import type { ScheduleSource as ScheduleSpec } from '../../../shared/config/trigger-config.js';
 import { Schedule } from '../schedule.js';
 import type { SourceCallbacks, TriggerSource } from '../source.js';
 

@@ -1,0 +1,73 @@
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { freeTcpPort } from '../shared/util/free-port.js';
+import { createLogger } from '../shared/util/logger.js';
+import { parsePlcSchedule, startPlcSimulator, type LineStateChange } from '../demo/plc-simulator.js';
+import { fatal, notifyReady, onShutdown } from './lifecycle.js';
+
+export const PLC_SIM_USAGE = `fedline plc-sim: a simulated PLC (OPC UA server) whose line state alternates on a schedule
+
+options:
+  --port N              TCP port (4840; 0 picks a free one)
+  --host ADDR           address to listen on (127.0.0.1)
+  --lines N             lines Line1..LineN (1)
+  --schedule SPEC       the cycle, STATE:SECONDS,...  (Running:20,Idle:10)
+  --offset SECONDS      line N starts (N-1) * offset seconds later in the cycle (0)
+  --pki DIR             server certificate store (./.fedline-plc-sim/pki)
+  --user NAME:PASSWORD  require this login (repeatable); anonymous is then refused
+
+variables: ns=1;s=Line<N>.State (String), ns=1;s=Line<N>.Idle (Boolean)`;
+
+/** `fedline plc-sim ...` */
+export async function runPlcSim(args: string[]): Promise<void> {
+  const log = createLogger({ name: 'plc-sim' });
+  try {
+    const { values } = parseArgs({
+      args,
+      options: {
+        port: { type: 'string', default: '4840' },
+        host: { type: 'string', default: '127.0.0.1' },
+        lines: { type: 'string', default: '1' },
+        schedule: { type: 'string', default: 'Running:20,Idle:10' },
+        offset: { type: 'string', default: '0' },
+        pki: { type: 'string', default: '.fedline-plc-sim/pki' },
+        user: { type: 'string', multiple: true },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    });
+    if (values.help) {
+      process.stdout.write(PLC_SIM_USAGE + '\n');
+      return;
+    }
+    const int = (name: string, v: string, min: number, max: number) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer from ${min} to ${max}, got "${v}"`);
+      return n;
+    };
+    const offset = Number(values.offset);
+    if (!(offset >= 0)) throw new Error(`--offset must be a number of seconds >= 0, got "${values.offset}"`);
+    const users = (values.user ?? []).map((u) => {
+      const i = u.indexOf(':');
+      if (i < 1) throw new Error(`--user must be NAME:PASSWORD, got "${u}"`);
+      return { username: u.slice(0, i), password: u.slice(i + 1) };
+    });
+    let port = int('port', values.port!, 0, 65535);
+    if (port === 0) port = await freeTcpPort(values.host);
+    const sim = await startPlcSimulator({
+      host: values.host!,
+      port,
+      lines: int('lines', values.lines!, 1, 100),
+      schedule: parsePlcSchedule(values.schedule!),
+      lineOffsetMs: Math.round(offset * 1000),
+      pkiDir: resolve(values.pki!),
+      users,
+      logger: log,
+    });
+    sim.on('state', (s: LineStateChange) => process.send?.({ type: 'line-state', ...s }));
+    onShutdown(log, () => sim.close());
+    notifyReady({ endpoint: sim.endpoint, port: sim.port, lines: Number(values.lines) });
+  } catch (err) {
+    fatal(log, err);
+  }
+}

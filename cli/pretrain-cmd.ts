@@ -1,0 +1,83 @@
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { modelSpecSchema, parseConfig } from '../shared/config/service-config.js';
+import { architectures } from '../training/models.js';
+import { pretrainBase } from '../training/pretrain.js';
+
+const USAGE = `usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --out DIR [--model small-cnn|vgg11|vgg16|vgg19]
+                        [--size PX] [--width X] [--epochs N] [--batch N] [--learning-rate X] [--seed N] [--normalization MODE]
+                        [--init he|seeded] [--batch-norm]
+
+  --init   the kernels before pretraining: he (He-normal, the default: a VGG-19 without batch
+           normalisation trains from scratch) or seeded (Glorot, the federation's own seeded init)
+  --batch-norm  batch normalisation after every convolution (model.batchNorm: the experiment's
+           model must then set it too)
+
+  --synth  generate the reference images (other products, other defects, other objects; never the
+           experiment's clients, their defects or its external product) in OUT-reference/ and
+           train on them: the stand-in for ImageNet weights that \`fedline experiment\` reuses`;
+
+/** \`fedline pretrain\`: a starting model from a folder of reference images, for \`model.initFrom\`. */
+export async function runPretrain(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      data: { type: 'string' },
+      classes: { type: 'string' },
+      out: { type: 'string' },
+      model: { type: 'string', default: 'vgg11' },
+      size: { type: 'string', default: '64' },
+      width: { type: 'string', default: '1' },
+      epochs: { type: 'string', default: '10' },
+      batch: { type: 'string', default: '32' },
+      'learning-rate': { type: 'string', default: '0.001' },
+      seed: { type: 'string', default: '42' },
+      normalization: { type: 'string', default: 'per-image' },
+      synth: { type: 'boolean', default: false },
+      init: { type: 'string', default: 'he' },
+      'batch-norm': { type: 'boolean', default: false },
+      scale: { type: 'string', default: '1' },
+    },
+    strict: true,
+  });
+  if (!values.out || (values.synth ? values.data !== undefined : !values.data || !values.classes)) {
+    process.stderr.write(`fedline pretrain: --out and either --data with --classes, or --synth, are required\n${USAGE}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const size = Number(values.size);
+  const out = resolve(values.out);
+  let dataDir: string;
+  let classes: string[];
+  if (values.synth) {
+    const { generateExperimentData, INSPECTION_CLASSES } = await import('../synthetic-data/generate.js');
+    const scale = Number(values.scale);
+    if (!(scale > 0)) throw new Error(`--scale must be positive, got ${values.scale}`);
+    const refRoot = `${out}-reference`;
+    const gen = await generateExperimentData({ out: refRoot, seed: Number(values.seed), size, scale, parts: ['reference'] });
+    dataDir = gen.reference!.dir;
+    classes = values.classes ? values.classes.split(',') : [...INSPECTION_CLASSES];
+    process.stdout.write(`generated ${gen.files} reference images in ${dataDir}\n`);
+  } else {
+    dataDir = resolve(values.data!);
+    classes = values.classes!.split(',');
+  }
+  const spec = parseConfig(
+    modelSpecSchema,
+    { architecture: values.model, width: Number(values.width), inputShape: [size, size, 3], classes, seed: Number(values.seed), normalization: values.normalization, ...(values['batch-norm'] ? { batchNorm: true } : {}) },
+    'command line',
+  );
+  if (!(architectures as readonly string[]).includes(spec.architecture)) throw new Error(`unknown model ${spec.architecture}`);
+  if (values.init !== 'he' && values.init !== 'seeded') throw new Error(`--init must be he or seeded, got "${values.init}"`);
+  const r = await pretrainBase({
+    init: values.init,
+    dataDir,
+    model: spec,
+    epochs: Number(values.epochs),
+    batchSize: Number(values.batch),
+    learningRate: Number(values['learning-rate']),
+    out,
+    onEpoch: (e, loss) => process.stdout.write(`epoch ${e + 1}: loss ${loss?.toFixed(4) ?? '-'}\n`),
+  });
+  process.stdout.write(`accuracy on the held-out 20%: ${r.metrics.accuracy.toFixed(3)} (balanced ${r.metrics.balancedAccuracy.toFixed(3)}), ${(r.trainMs / 1000).toFixed(1)} s on ${r.backend}\nsaved: ${out} (use it as model.initFrom)\n`);
+}

@@ -1,0 +1,159 @@
+import { EventEmitter } from 'node:events';
+import { join } from 'node:path';
+import { loadOpcua, type Opcua } from '../edge-agent/triggers/opcua-runtime.js';
+import { silentLogger, type Logger } from '../shared/util/logger.js';
+
+/**
+ * A simulated PLC: a node-opcua server whose production lines report their state in a String
+ * variable `ns=1;s=Line<N>.State` ("Running" or "Idle", alternating on a schedule) and a Boolean
+ * `ns=1;s=Line<N>.Idle`. It lets the demo and the tests exercise the agents' OPC UA training
+ * windows without a factory. Endpoints: security None, and Basic256Sha256 Sign / SignAndEncrypt;
+ * anonymous access, or user names and passwords when `users` are given.
+ */
+
+export interface PlcPhase {
+  state: string;
+  durationMs: number;
+}
+
+export interface PlcSimOptions {
+  host?: string;
+  /** TCP port. Default 4840 (the OPC UA port). */
+  port?: number;
+  /** Lines Line1..LineN. Default 1. */
+  lines?: number;
+  /** The cycle every line runs through; empty: lines keep `initialState` until set() changes it. */
+  schedule?: PlcPhase[];
+  /** Line N starts its cycle (N-1) * offsetMs later, so the lines are not idle at the same time. Default 0. */
+  lineOffsetMs?: number;
+  initialState?: string;
+  /** Server certificate store. */
+  pkiDir: string;
+  /** When given, sessions must log in with one of these (anonymous is refused unless allowAnonymous). */
+  users?: { username: string; password: string }[];
+  allowAnonymous?: boolean;
+  logger?: Logger;
+}
+
+export interface LineStateChange {
+  line: number;
+  state: string;
+  at: number;
+}
+
+export interface RunningPlcSim extends EventEmitter {
+  readonly endpoint: string;
+  readonly port: number;
+  nodeId(line: number): string;
+  state(line: number): string;
+  /** Set a line's state now (its schedule, if any, continues from the next phase change). */
+  set(line: number, state: string): void;
+  close(): Promise<void>;
+}
+
+/** Parse "Running:20,Idle:10" (seconds) into phases. */
+export function parsePlcSchedule(text: string): PlcPhase[] {
+  if (text.trim() === '') return [];
+  return text.split(',').map((part) => {
+    const m = /^\s*([A-Za-z][A-Za-z0-9_ -]*):(\d+(?:\.\d+)?)\s*$/.exec(part);
+    if (!m) throw new Error(`schedule part "${part}" is not STATE:SECONDS (e.g. Running:20,Idle:10)`);
+    const durationMs = Math.round(Number(m[2]) * 1000);
+    if (durationMs <= 0) throw new Error(`schedule part "${part}": the duration must be positive`);
+    return { state: m[1]!.trim(), durationMs };
+  });
+}
+
+export async function startPlcSimulator(options: PlcSimOptions): Promise<RunningPlcSim> {
+  const log = options.logger ?? silentLogger();
+  const opcua: Opcua = await loadOpcua(log);
+  const lines = options.lines ?? 1;
+  const schedule = options.schedule ?? [];
+  const host = options.host ?? '127.0.0.1';
+  const port = options.port ?? 4840;
+  const users = options.users ?? [];
+  const states: string[] = Array.from({ length: lines }, () => options.initialState ?? schedule[0]?.state ?? 'Running');
+
+  const server = new opcua.OPCUAServer({
+    port,
+    hostname: host,
+    alternateHostname: [host],
+    buildInfo: { productName: 'fedline PLC simulator', manufacturerName: 'fedline' },
+    serverCertificateManager: new opcua.OPCUACertificateManager({ rootFolder: join(options.pkiDir, 'server'), automaticallyAcceptUnknownCertificate: true }),
+    userCertificateManager: new opcua.OPCUACertificateManager({ rootFolder: join(options.pkiDir, 'users'), automaticallyAcceptUnknownCertificate: true }),
+    securityModes: [opcua.MessageSecurityMode.None, opcua.MessageSecurityMode.Sign, opcua.MessageSecurityMode.SignAndEncrypt],
+    securityPolicies: [opcua.SecurityPolicy.None, opcua.SecurityPolicy.Basic256Sha256],
+    allowAnonymous: users.length === 0 || options.allowAnonymous === true,
+    userManager: { isValidUser: (username: string, password: string) => users.some((u) => u.username === username && u.password === password) },
+  });
+  await server.initialize();
+  const addressSpace = server.engine.addressSpace!;
+  const ns = addressSpace.getOwnNamespace();
+  const plc = ns.addObject({ organizedBy: addressSpace.rootFolder.objects, browseName: 'PLC' });
+  const stateVars: ReturnType<typeof ns.addVariable>[] = [];
+  const idleVars: ReturnType<typeof ns.addVariable>[] = [];
+  for (let i = 0; i < lines; i++) {
+    const name = `Line${i + 1}`;
+    stateVars.push(
+      ns.addVariable({ componentOf: plc, nodeId: `s=${name}.State`, browseName: `${name}.State`, dataType: 'String', minimumSamplingInterval: 50, value: { dataType: opcua.DataType.String, value: states[i]! } }),
+    );
+    idleVars.push(
+      ns.addVariable({ componentOf: plc, nodeId: `s=${name}.Idle`, browseName: `${name}.Idle`, dataType: 'Boolean', minimumSamplingInterval: 50, value: { dataType: opcua.DataType.Boolean, value: states[i] === 'Idle' } }),
+    );
+  }
+  await server.start();
+  const endpoint = `opc.tcp://${host}:${port}`;
+  log.info({ endpoint, lines, schedule }, 'PLC simulator listening');
+
+  const emitter = new EventEmitter() as RunningPlcSim;
+  const timers = new Set<NodeJS.Timeout>();
+  const apply = (line: number, state: string) => {
+    states[line] = state;
+    stateVars[line]!.setValueFromSource({ dataType: opcua.DataType.String, value: state });
+    idleVars[line]!.setValueFromSource({ dataType: opcua.DataType.Boolean, value: state === 'Idle' });
+    log.info({ line: line + 1, state }, 'line state');
+    emitter.emit('state', { line: line + 1, state, at: Date.now() } satisfies LineStateChange);
+  };
+
+  // Each line walks through the cycle, starting (line-1) * offset into it.
+  const cycleMs = schedule.reduce((s, p) => s + p.durationMs, 0);
+  const started = Date.now();
+  const runLine = (line: number) => {
+    if (cycleMs === 0) return;
+    const offset = (line * (options.lineOffsetMs ?? 0)) % cycleMs;
+    const step = () => {
+      const pos = (Date.now() - started + offset) % cycleMs;
+      let acc = 0;
+      for (const phase of schedule) {
+        if (pos < acc + phase.durationMs) {
+          if (states[line] !== phase.state) apply(line, phase.state);
+          const t = setTimeout(step, acc + phase.durationMs - pos + 1);
+          timers.add(t);
+          t.unref?.();
+          return;
+        }
+        acc += phase.durationMs;
+      }
+    };
+    step();
+  };
+  for (let i = 0; i < lines; i++) runLine(i);
+
+  let closing: Promise<void> | null = null;
+  Object.assign(emitter, {
+    endpoint,
+    port,
+    nodeId: (line: number) => `ns=1;s=Line${line}.State`,
+    state: (line: number) => states[line - 1]!,
+    set: (line: number, state: string) => apply(line - 1, state),
+    close: () => {
+      closing ??= (async () => {
+        for (const t of timers) clearTimeout(t);
+        await server.shutdown(0);
+        log.info('PLC simulator stopped');
+      })();
+      return closing;
+    },
+  });
+  return emitter;
+}
+

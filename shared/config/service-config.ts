@@ -1,0 +1,341 @@
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { z } from 'zod';
+import { ErrorCodes, FedlineError } from '../protocol/errors.js';
+import { federatedSetSchema, normalizationModes } from '../protocol/messages.js';
+import { isValidId } from '../protocol/topics.js';
+import { updateEncodings } from '../bundle/value-encodings.js';
+import { triggerSchema } from './trigger-config.js';
+
+/**
+ * Configuration schemas, validated once at start-up (unknown keys refused), then frozen and
+ * passed down, as Fastify does. Errors name the file and the key. Relative paths in a config
+ * file are resolved against the file's folder, so a config works from any working directory.
+ */
+
+const id = z.string().refine(isValidId, { message: 'must be 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit' });
+const posInt = z.number().int().positive();
+
+/** `training.backend` values: auto picks the best available; the others force one (see training/backend.ts). */
+export const backendPreferences = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export type BackendPreference = (typeof backendPreferences)[number];
+const path = z.string().min(1);
+
+export const mqttConfigSchema = z.strictObject({
+  /** mqtt://host:port or mqtts://host:port (TLS). */
+  url: z.string().regex(/^mqtts?:\/\/[^\s/]+(:\d+)?\/?$/, 'must look like mqtt://host:port or mqtts://host:port'),
+  username: z.string().optional(),
+  /** Inline password; prefer passwordFile on real deployments. */
+  password: z.string().optional(),
+  /** File holding the password (first line), e.g. under systemd's CREDENTIALS_DIRECTORY. */
+  passwordFile: path.optional(),
+  caFile: path.optional(),
+  certFile: path.optional(),
+  keyFile: path.optional(),
+  /** Delay between reconnect attempts, ms. Default 1000. */
+  reconnectPeriodMs: posInt.default(1000),
+  /** Connection attempt timeout, ms. Default 10000. */
+  connectTimeoutMs: posInt.default(10_000),
+  /** MQTT keepalive, s. Default 30. */
+  keepaliveSec: posInt.default(30),
+});
+export type MqttConfig = z.infer<typeof mqttConfigSchema>;
+
+export const brokerConfigSchema = z.strictObject({
+  /** Address to listen on. Default 127.0.0.1 (loopback); use 0.0.0.0 to serve other machines. */
+  host: z.string().default('127.0.0.1'),
+  /** TCP port; 0 picks a free one (reported on start). Default 1883. */
+  port: z.number().int().min(0).max(65535).default(1883),
+  /** Longest client id accepted. Default 128 (Aedes' own default is 23). */
+  maxClientIdLength: posInt.default(128),
+  /** Messages queued per slow subscriber before the broker drops the client. Default 100000. */
+  queueLimit: posInt.default(100_000),
+  /** Seconds a CONNECT may take after the TCP connection opened. Default 30000 ms. */
+  connectTimeoutMs: posInt.default(30_000),
+  /**
+   * Let anyone connect and do anything. Default false: every client needs a login (a password or
+   * a client certificate) and a role in `auth.accessFile`. For a closed test network only.
+   */
+  allowAnonymous: z.boolean().default(false),
+  auth: z
+    .strictObject({
+      /** Mosquitto-format password file (`user:$7$...` lines from `fedline passwd` or mosquitto_passwd). */
+      passwordFile: path.optional(),
+      /** Roles per user (broker/access.ts); `fedline acl` renders the same rules for Mosquitto. */
+      accessFile: path,
+    })
+    .optional(),
+  /** The plain (unencrypted) listener on `port`. Default true; false serves TLS only. */
+  plainListener: z.boolean().default(true),
+  tls: z
+    .strictObject({
+      /** TLS (mqtts) port. Default 8883. */
+      port: z.number().int().min(0).max(65535).default(8883),
+      /** PEM server certificate (chain) and its key. */
+      certFile: path,
+      keyFile: path,
+      /** PEM CA bundle client certificates must chain to. */
+      caFile: path.optional(),
+      /** Refuse clients without a certificate signed by caFile. Default false. */
+      requireClientCert: z.boolean().default(false),
+      /** The client certificate's CN is the user name, no password (Mosquitto's use_identity_as_username). Default false. */
+      identityFromCertificate: z.boolean().default(false),
+    })
+    .optional(),
+  logLevel: z.string().optional(),
+}).superRefine((c, ctx) => {
+  if (!c.allowAnonymous && !c.auth) ctx.addIssue({ code: 'custom', path: ['auth'], message: 'required: anonymous access is off (give auth.accessFile and auth.passwordFile, or set allowAnonymous: true on a closed test network)' });
+  if (c.allowAnonymous && c.auth) ctx.addIssue({ code: 'custom', path: ['allowAnonymous'], message: 'allowAnonymous: true turns auth off; remove one of them' });
+  if (c.auth && !c.auth.passwordFile && !c.tls?.identityFromCertificate) ctx.addIssue({ code: 'custom', path: ['auth', 'passwordFile'], message: 'required unless tls.identityFromCertificate logs clients in by certificate' });
+  if (c.tls?.identityFromCertificate && !c.tls.requireClientCert) ctx.addIssue({ code: 'custom', path: ['tls', 'identityFromCertificate'], message: 'needs tls.requireClientCert: true' });
+  if (c.tls?.requireClientCert && !c.tls.caFile) ctx.addIssue({ code: 'custom', path: ['tls', 'caFile'], message: 'required with requireClientCert: the CA that signs client certificates' });
+  if (!c.plainListener && !c.tls) ctx.addIssue({ code: 'custom', path: ['plainListener'], message: 'false leaves no listener: configure tls' });
+});
+export type BrokerConfig = z.infer<typeof brokerConfigSchema>;
+
+export const modelArchitectures = ['small-cnn', 'vgg11', 'vgg16', 'vgg19'] as const;
+
+export const modelSpecSchema = z.strictObject({
+  /** Model builder name (see training/models.ts): small-cnn, or the paper's vgg11 / vgg16 / vgg19. */
+  architecture: z.enum(modelArchitectures).default('small-cnn'),
+  /** Multiplies every convolution's filter count (1 = the published VGG; 0.25 runs small on a CPU). Default 1. */
+  width: z.number().gt(0).max(4).default(1),
+  /** The classifier head: hidden dense layers (ReLU) and dropout, then the class count. Default: per architecture (small-cnn [32]; VGG [256], dropout 0.5). */
+  head: z
+    .strictObject({
+      dense: z.array(posInt.max(65_536)).max(8),
+      dropout: z.number().min(0).lt(1).default(0),
+    })
+    .optional(),
+  /**
+   * Batch normalisation after every convolution (a VGG-BN; training/models.ts). Its moving
+   * statistics are averaged by FedAvg like every other weight. Default false (the published VGG).
+   */
+  batchNorm: z.boolean().optional(),
+  /** [height, width, channels]. */
+  inputShape: z.tuple([posInt, posInt, z.union([z.literal(1), z.literal(3)])]).default([32, 32, 3]),
+  /** The federation's fixed class list: index i means the same class on every agent. */
+  classes: z.array(z.string().regex(/^[A-Za-z0-9_.-]+$/, 'class names are folder names: A-Z a-z 0-9 _ . -')).min(2),
+  /** Seed of the common initial weights. */
+  seed: z.number().int().nonnegative().default(42),
+  /**
+   * Input normalisation: unit ([0,1]), per-image (mean 0, std 1 per image), imagenet (torch-style
+   * mean/std) or caffe (Keras VGG16/VGG19 weights). Default: imagenet with initFrom, else per-image.
+   */
+  normalization: z.enum(normalizationModes).optional(),
+  /**
+   * A tfjs layers model folder (model.json + weights, e.g. Keras VGG19 ImageNet weights converted
+   * with tensorflowjs_converter): every layer of the model with the same name takes its weights;
+   * the others (the head) keep the seeded init. Nothing is downloaded.
+   */
+  initFrom: path.optional(),
+});
+export type ModelSpec = z.infer<typeof modelSpecSchema>;
+
+export const aggregatorConfigSchema = z.strictObject({
+  federation: id,
+  /** Topic root. Default fl/<federation>. */
+  topicRoot: z.string().optional(),
+  mqtt: mqttConfigSchema,
+  /** Where global model versions, spooled updates and the journal live. */
+  stateDir: path,
+  /** Agents allowed to take part; updates from others are refused. */
+  agents: z.array(id).min(1),
+  /** Training rounds to run (the federation may stop earlier at targetAccuracy). */
+  rounds: posInt,
+  /** A round closing at its deadline is aggregated only with at least this many updates. */
+  minClients: posInt.default(1),
+  /** Time an open round waits for updates, ms. Default 600000 (10 min). */
+  roundDeadlineMs: posInt.default(600_000),
+  /** Time to wait for all agents to come online before starting with >= minClients, ms. Default 60000. */
+  waitForAgentsMs: posInt.default(60_000),
+  /** Stop once the global model reaches this accuracy on every agent's local test split. */
+  targetAccuracy: z.number().min(0).max(1).nullable().default(null),
+  /** Chunk size for models and updates, bytes. Default 262144 (256 KiB, within EMQX's 1 MB packet limit). */
+  chunkBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(256 * 1024),
+  /** Largest update bundle accepted, bytes. Default 2 GiB. */
+  maxUpdateBytes: posInt.default(2 * 1024 * 1024 * 1024),
+  /** QoS 1 publishes in flight at once when sending the model. Default 32. */
+  maxInflight: posInt.default(32),
+  /** How agents encode their updates (announced per round): f32 (exact), f16 (half the bytes), q8 (blockwise 8-bit, ~4x fewer). Default f32. */
+  encoding: z.enum(updateEncodings).default('f32'),
+  /** Agents send the difference to the round's base model instead of the weights (more precise with f16/q8). Default false. */
+  delta: z.boolean().default(false),
+  /**
+   * End-to-end flow control: update chunks the agents sending at the moment may have published
+   * beyond those this aggregator reported stored, shared among them (progress acks every quarter
+   * of an agent's share). Bounds what the broker queues for this aggregator however many agents
+   * send at once, on any broker. 0 disables it. Default 256 (64 MiB at the default chunk size).
+   */
+  windowChunks: z.number().int().min(0).max(1 << 20).default(256),
+  task: z.strictObject({
+    epochs: posInt.default(1),
+    batchSize: posInt.default(32),
+    learningRate: z.number().positive().default(0.01),
+    /** The learning rate of round r is learningRate * learningRateDecay^(r-1) (server-side schedule). Default 1. */
+    learningRateDecay: z.number().gt(0).max(1).default(1),
+    /** sgd, momentum (0.9) or adam. Default sgd. */
+    optimizer: z.enum(['sgd', 'momentum', 'adam']).default('sgd'),
+    /** Class-weighted loss against imbalance: auto (balanced when the largest class has > 1.5x the smallest), balanced, none. */
+    classWeighting: z.enum(['auto', 'balanced', 'none']).default('auto'),
+    /** shuffle (each image once per epoch) or balanced (classes drawn equally often; class weighting `auto` then stays off). Default shuffle. */
+    sampling: z.enum(['shuffle', 'balanced']).default('shuffle'),
+    /** Which tensors train and travel: all (the paper's Process1), head (Process2: feature extractor frozen), or a list of names. Default all. */
+    federated: federatedSetSchema.default('all'),
+  }),
+  model: modelSpecSchema,
+  /** Refuse an update that changes the model more than this many times the median change of the round's other updates (L2). null disables. Default 10. */
+  maxUpdateNormRatio: z.number().gt(1).nullable().default(10),
+  /** Refuse an update that changes the model by more than this L2 norm. null (default) disables. */
+  maxUpdateNorm: z.number().positive().nullable().default(null),
+  /** Refuse an update claiming more training samples than this. null (default): no cap. */
+  maxSamplesPerAgent: posInt.nullable().default(null),
+  /** Sample counts the sites registered; an update claiming more than registered x (1 + registeredSamplesTolerance) is refused. */
+  registeredSamples: z.record(z.string(), posInt).default({}),
+  /** Growth allowed over a registered sample count (new images since registration). Default 0.1. */
+  registeredSamplesTolerance: z.number().min(0).default(0.1),
+  /** Ed25519 private key (PEM) to sign every global model; agents verify with the public key. See `fedline keygen`. */
+  signingKeyFile: path.optional(),
+  /** After the last round, run an evaluation-only round so the final model's accuracy is known. Default true. */
+  evaluateFinalModel: z.boolean().default(true),
+  /** Start rounds at launch (default true), or wait for the MES's `<root>/cmd/start`. */
+  autoStart: z.boolean().default(true),
+  /** Exit the process when the federation completes (demo, batch jobs). Default false: keep serving the model. */
+  exitWhenComplete: z.boolean().default(false),
+  logLevel: z.string().optional(),
+});
+export type AggregatorConfig = z.infer<typeof aggregatorConfigSchema>;
+
+export const agentConfigSchema = z.strictObject({
+  agentId: id,
+  federation: id,
+  topicRoot: z.string().optional(),
+  mqtt: mqttConfigSchema,
+  /** Model cache and the agent's own journal. */
+  stateDir: path,
+  data: z.strictObject({
+    /** Folder with one sub-folder per class: <dir>/<CLASS>/*.png */
+    dir: path,
+    /** Share of each class held out as the local test split. Default 0.2. */
+    testFraction: z.number().gt(0).lt(1).default(0.2),
+    /** Seed of the train/test split (same seed, same split on every run). Default 42. */
+    splitSeed: z.number().int().nonnegative().default(42),
+    /** Memory for decoded images, MiB; images beyond it are decoded from disk batch by batch. Default 1024. */
+    cacheMB: z.number().int().min(0).default(1024),
+    /** Image decoder: auto (sharp when installed, it is faster; else pure JS), sharp, js. Default auto. */
+    decoder: z.enum(['auto', 'sharp', 'js']).default('auto'),
+    /** Training-time augmentation (never applied to the test split). Default off. */
+    augmentation: z
+      .strictObject({
+        /** Mirror with probability 1/2. Default none. */
+        flip: z.enum(['none', 'horizontal', 'vertical', 'both']).default('none'),
+        /** Largest brightness change, in [0, 1] pixel units. Default 0. */
+        brightness: z.number().min(0).max(0.5).default(0),
+        /** Largest relative contrast change. Default 0. */
+        contrast: z.number().min(0).max(0.9).default(0),
+        /** Largest rotation, degrees. Default 0. */
+        rotationDeg: z.number().min(0).max(45).default(0),
+      })
+      .default({ flip: 'none', brightness: 0, contrast: 0, rotationDeg: 0 }),
+  }),
+  training: z
+    .strictObject({
+      /** tfjs backend: auto picks the best available (tensorflow GPU or native CPU when installed, then wasm, then cpu); the others force one. */
+      backend: z.enum(backendPreferences).default('auto'),
+      /** Seed of the per-epoch shuffle. Default 1. */
+      shuffleSeed: z.number().int().nonnegative().default(1),
+    })
+    .default({ backend: 'auto', shuffleSeed: 1 }),
+  /** Ed25519 public key (PEM) of the aggregator: when set, only models it signed are used. */
+  modelPublicKeyFile: path.optional(),
+  /**
+   * When this box may train (shared/config/trigger-config.ts): OPC UA line state, MES topic, schedule
+   * windows, operator commands, combined with all/any. Default {"type": "always"}.
+   */
+  trigger: triggerSchema.default({ type: 'always' }),
+  /** Largest global model accepted, bytes. Default 2 GiB. */
+  maxModelBytes: posInt.default(2 * 1024 * 1024 * 1024),
+  /** QoS 1 update chunks in flight at once. Default 16. */
+  maxInflight: posInt.default(16),
+  /** How long to wait for the aggregator's verdict after sending, before asking again, ms. Default 15000. */
+  ackTimeoutMs: posInt.default(15_000),
+  logLevel: z.string().optional(),
+});
+export type AgentConfig = z.infer<typeof agentConfigSchema>;
+
+type Frozen<T> = T extends (infer U)[] ? readonly Frozen<U>[] : T extends object ? { readonly [K in keyof T]: Frozen<T[K]> } : T;
+
+export function deepFreeze<T>(value: T): Frozen<T> {
+  if (value && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value as Frozen<T>;
+}
+
+function formatConfigIssues(error: z.ZodError, file: string): string {
+  return error.issues
+    .map((issue) => {
+      const where = issue.path.length ? issue.path.join('.') : '(top level)';
+      if (issue.code === 'unrecognized_keys') {
+        const keys = (issue as { keys: string[] }).keys;
+        return `  ${file}: unknown key${keys.length > 1 ? 's' : ''} ${keys.map((k) => `"${issue.path.length ? `${where}.` : ''}${k}"`).join(', ')}`;
+      }
+      return `  ${file}: "${where}": ${issue.message}`;
+    })
+    .join('\n');
+}
+
+/** Validate an already-parsed config object. `source` names it in errors. */
+export function parseConfig<S extends z.ZodType>(schema: S, raw: unknown, source: string): z.infer<S> {
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `invalid configuration in ${source}:\n${formatConfigIssues(parsed.error, source)}`, { file: source });
+  }
+  return parsed.data;
+}
+
+/** Keys whose values are file system paths, resolved against the config file's folder. */
+const PATH_KEYS = new Set(['stateDir', 'dir', 'initFrom', 'passwordFile', 'caFile', 'certFile', 'keyFile', 'pkiDir', 'accessFile', 'archiveDir', 'signingKeyFile', 'modelPublicKeyFile']);
+
+function resolvePaths(value: unknown, base: string): unknown {
+  if (Array.isArray(value)) return value.map((v) => resolvePaths(v, base));
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) => [k, PATH_KEYS.has(k) && typeof v === 'string' && !isAbsolute(v) ? resolve(base, v) : resolvePaths(v, base)]),
+    );
+  }
+  return value;
+}
+
+/** Read, validate, resolve paths, freeze. Every failure names the file. */
+export function loadConfigFile<S extends z.ZodType>(schema: S, file: string): z.infer<S> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new FedlineError(ErrorCodes.CONFIG_READ, `cannot read configuration file ${file}: ${(err as Error).message}`, { file });
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new FedlineError(ErrorCodes.CONFIG_PARSE, `configuration file ${file} is not valid JSON: ${(err as Error).message}`, { file });
+  }
+  const config = parseConfig(schema, raw, file);
+  // Frozen at run time: a service that tries to change its configuration fails loudly.
+  return deepFreeze(resolvePaths(config, dirname(resolve(file))) as z.infer<S>) as z.infer<S>;
+}
+
+/** The password from `password` or `passwordFile`, if any. */
+export function mqttPassword(config: Pick<MqttConfig, 'password' | 'passwordFile'>): string | undefined {
+  if (config.password !== undefined) return config.password;
+  if (config.passwordFile) {
+    try {
+      return readFileSync(config.passwordFile, 'utf8').split(/\r?\n/)[0];
+    } catch (err) {
+      throw new FedlineError(ErrorCodes.CONFIG_READ, `cannot read MQTT password file ${config.passwordFile}: ${(err as Error).message}`);
+    }
+  }
+  return undefined;
+}

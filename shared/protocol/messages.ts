@@ -1,0 +1,274 @@
+import { z } from 'zod';
+import { isValidId } from './topics.js';
+import { updateEncodings } from '../bundle/value-encodings.js';
+
+/**
+ * Every message fedline sends, with its schema. docs/protocol.md describes the same fields for
+ * implementers in other languages. `v` is the protocol version of the message; a receiver rejects
+ * versions it does not know with a logged reason.
+ */
+export const PROTOCOL_VERSION = 1;
+export const SUPPORTED_VERSIONS = [PROTOCOL_VERSION] as const;
+
+const id = z.string().refine(isValidId, { message: 'must be 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit' });
+const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'must be a lowercase hex SHA-256');
+const uint = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+const posInt = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
+const bytes = z.instanceof(Uint8Array);
+
+/** Classification metrics of one model on one data split (see shared/fl/classification-metrics.ts). */
+export const evalMetricsSchema = z.object({
+  samples: uint,
+  loss: z.number().nullable(),
+  accuracy: z.number().min(0).max(1),
+  balancedAccuracy: z.number().min(0).max(1),
+  /** confusion[trueClass][predictedClass] */
+  confusion: z.array(z.array(uint)),
+  precision: z.array(z.number().nullable()),
+  recall: z.array(z.number().nullable()),
+});
+export type EvalMetrics = z.infer<typeof evalMetricsSchema>;
+
+export const federatedSetSchema = z.union([z.literal('all'), z.literal('head'), z.array(z.string().min(1)).min(1)]);
+export type FederatedSet = z.infer<typeof federatedSetSchema>;
+
+export const trainTaskSchema = z.object({
+  epochs: posInt.max(10_000),
+  batchSize: posInt.max(65_536),
+  learningRate: z.number().positive().finite(),
+  /** Local optimizer; its state starts fresh every round (only weights are federated). */
+  optimizer: z.enum(['sgd', 'momentum', 'adam']),
+  /** Loss weights per class against imbalance: auto (balanced when imbalanced), balanced, none. */
+  classWeighting: z.enum(['auto', 'balanced', 'none']),
+  /**
+   * Order of the training images in an epoch: shuffle (each image once), or balanced (as many draws,
+   * every class equally likely: the few defect images are seen as often as the many good ones).
+   * Optional on the wire; absent means shuffle.
+   */
+  sampling: z.enum(['shuffle', 'balanced']).optional(),
+  /** Which tensors train and travel: all of them, the classifier head, or an explicit list. */
+  federated: federatedSetSchema,
+});
+export type TrainTask = z.infer<typeof trainTaskSchema>;
+
+const signatureHex = z.string().regex(/^[0-9a-f]{128}$/, 'must be a hex Ed25519 signature');
+
+export const modelRefSchema = z.object({
+  version: uint,
+  sha256: sha256Hex,
+  bytes: posInt,
+  chunks: posInt,
+  chunkBytes: posInt,
+  /** Ed25519 signature of the model by the aggregator (shared/protocol/model-signature.ts), or nil when signing is off. */
+  signature: signatureHex.nullable(),
+});
+export type ModelRef = z.infer<typeof modelRefSchema>;
+
+/** `<root>/round`, retained, QoS 1, msgpack. The aggregator's current instruction to all agents. */
+export const roundAnnouncementSchema = z.object({
+  v: z.literal(PROTOCOL_VERSION),
+  type: z.literal('round'),
+  federation: id,
+  round: uint,
+  /** open: work on it; closed: stop, results are no longer accepted; complete: the federation is done. */
+  state: z.enum(['open', 'closed', 'complete']),
+  /** train: evaluate the base, train, send an update; evaluate: evaluate the base and report only. */
+  kind: z.enum(['train', 'evaluate']),
+  base: modelRefSchema,
+  task: trainTaskSchema,
+  classes: z.array(z.string().min(1)).min(2),
+  selected: z.array(id),
+  minClients: posInt,
+  /** Epoch milliseconds after which the aggregator closes the round. */
+  deadlineAt: uint,
+  /** Chunk size agents must use for their update. */
+  chunkBytes: posInt,
+  /** How agents encode their update's values: f32 (exact), f16 (half precision), q8 (blockwise 8-bit). */
+  encoding: z.enum(updateEncodings),
+  /** Send the difference to the base model instead of the weights themselves. */
+  delta: z.boolean().default(false),
+  /** End-to-end flow control: update chunks an agent may publish beyond those the aggregator has reported stored (0: no limit); progress acks may change it. */
+  windowChunks: uint.default(0),
+  issuedAt: uint,
+});
+export type RoundAnnouncement = z.infer<typeof roundAnnouncementSchema>;
+
+const chunkFields = {
+  seq: uint,
+  total: posInt.max(1 << 22),
+  bundleBytes: posInt,
+  chunkBytes: posInt,
+  crc32: uint.max(0xffffffff),
+  data: bytes,
+};
+
+/** An update upload's identity, chosen by the agent (fresh for every upload). */
+export const uploadIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1-64 characters of A-Z a-z 0-9 _ -');
+
+/** `<root>/model/<version>/<seq>`, retained, QoS 1, msgpack. */
+export const modelChunkSchema = z.object({
+  v: z.literal(PROTOCOL_VERSION),
+  type: z.literal('model-chunk'),
+  version: uint,
+  /** SHA-256 of the whole model bundle. */
+  sha256: sha256Hex,
+  ...chunkFields,
+});
+export type ModelChunkMsg = z.infer<typeof modelChunkSchema>;
+
+/**
+ * `<root>/round/<r>/update/<agent>`, QoS 1, msgpack: one slice of an update bundle. The bundle's
+ * SHA-256 comes with `update-done`, so that an agent hashes while it sends instead of before.
+ */
+export const updateChunkSchema = z.object({
+  v: z.literal(PROTOCOL_VERSION),
+  type: z.literal('update-chunk'),
+  round: uint,
+  agent: id,
+  upload: uploadIdSchema,
+  ...chunkFields,
+});
+export type UpdateChunkMsg = z.infer<typeof updateChunkSchema>;
+
+/** Same topic: the sender has had every chunk acknowledged by the broker and asks for a verdict. */
+export const updateDoneSchema = z.object({
+  v: z.literal(PROTOCOL_VERSION),
+  type: z.literal('update-done'),
+  round: uint,
+  agent: id,
+  upload: uploadIdSchema,
+  total: posInt,
+  bundleBytes: posInt,
+  /** SHA-256 of the whole update bundle. */
+  sha256: sha256Hex,
+});
+export type UpdateDoneMsg = z.infer<typeof updateDoneSchema>;
+
+/** Same topic: the global base model evaluated on the agent's local test split, before training. */
+export const evalReportSchema = z.object({
+  v: z.literal(PROTOCOL_VERSION),
+  type: z.literal('eval'),
+  round: uint,
+  agent: id,
+  baseVersion: uint,
+  metrics: evalMetricsSchema,
+  /** Bytes of the base model this agent downloaded for the round (0 when it had it cached). */
+  downloadedBytes: uint,
+});
+export type EvalReportMsg = z.infer<typeof evalReportSchema>;
+
+export const updateTopicMessageSchema = z.discriminatedUnion('type', [updateChunkSchema, updateDoneSchema, evalReportSchema]);
+export type UpdateTopicMessage = z.infer<typeof updateTopicMessageSchema>;
+
+/** `<root>/round/<r>/ack/<agent>`, QoS 1, msgpack. */
+export const ackSchema = z.object({
+  v: z.literal(PROTOCOL_VERSION),
+  type: z.literal('ack'),
+  round: uint,
+  agent: id,
+  /** accepted / rejected: the verdict; incomplete: resend `missing`; progress: `stored` chunks are on the aggregator's disk (flow control). */
+  status: z.enum(['accepted', 'rejected', 'incomplete', 'progress']),
+  /** The upload this answers (null when the aggregator cannot tell). */
+  upload: uploadIdSchema.nullable().default(null),
+  sha256: sha256Hex.nullable(),
+  code: z.string().nullable(),
+  reason: z.string().nullable(),
+  /** Chunk sequence numbers the aggregator still needs (status incomplete). */
+  missing: z.array(uint),
+  /** Distinct chunks of the upload stored so far (status progress). */
+  stored: uint.default(0),
+  /** The sender's flow-control window from now on, chunks (status progress; 0: unchanged). */
+  window: uint.default(0),
+});
+export type AckMsg = z.infer<typeof ackSchema>;
+
+/** The header inside an update bundle (see shared/bundle/tensor-bundle.ts). */
+export const updateMetaSchema = z.object({
+  kind: z.literal('update'),
+  agent: id,
+  round: uint,
+  baseVersion: uint,
+  sampleCount: posInt,
+  epochs: posInt,
+  metricsBefore: evalMetricsSchema.nullable(),
+  metricsAfter: evalMetricsSchema.nullable(),
+  trainMs: uint,
+  backend: z.string(),
+  /** The values are differences to the base model (the round asked for `delta`). */
+  delta: z.boolean().default(false),
+});
+export type UpdateMeta = z.input<typeof updateMetaSchema>;
+
+/**
+ * How pixels are normalised before they enter a model (training/preprocess.ts): unit ([0, 1]),
+ * per-image (mean 0, std 1 per image), imagenet ((x - mean) / std, torch-style ImageNet weights),
+ * caffe (BGR, 0..255 minus the ImageNet mean: Keras' VGG16/VGG19 weights).
+ */
+export const normalizationModes = ['unit', 'per-image', 'imagenet', 'caffe'] as const;
+export type NormalizationMode = (typeof normalizationModes)[number];
+
+/** The header inside a global model bundle. `topology` is the tfjs layers model topology. */
+export const modelMetaSchema = z.object({
+  kind: z.literal('model'),
+  version: uint,
+  round: uint,
+  topology: z.record(z.string(), z.unknown()),
+  /** Names of the tensors that form the classifier head (for `federate: head`). */
+  headTensors: z.array(z.string()),
+  classes: z.array(z.string()),
+  inputShape: z.array(posInt),
+  /** How pixels are normalised before they enter the model (training/preprocess.ts). */
+  normalization: z.enum(normalizationModes),
+  createdAt: uint,
+});
+export type ModelMeta = z.infer<typeof modelMetaSchema>;
+
+// ---- JSON messages (people and MES read these) ----
+
+export const agentStates = ['starting', 'idle', 'waiting-window', 'downloading', 'evaluating', 'training', 'uploading', 'paused', 'error', 'offline'] as const;
+export type AgentState = (typeof agentStates)[number];
+
+/** `<root>/agent/<agent>/status`, retained, QoS 1, JSON; also the last will (state offline). */
+export const agentStatusSchema = z.object({
+  v: z.literal(PROTOCOL_VERSION),
+  agent: id,
+  state: z.enum(agentStates),
+  round: uint.nullable(),
+  /** 0..1 within the current state (training: batches done / batches planned). */
+  progress: z.number().min(0).max(1).nullable(),
+  detail: z.string().nullable(),
+  backend: z.string().nullable(),
+  samples: z.object({ train: uint, test: uint }).nullable(),
+  /** The training window (trigger gate): open, closed or unknown, and why. Absent from older agents. */
+  window: z.object({ state: z.enum(['open', 'closed', 'unknown']), detail: z.string() }).nullable().optional(),
+  ts: uint,
+});
+export type AgentStatus = z.infer<typeof agentStatusSchema>;
+
+/** `<root>/model/latest`, retained, QoS 1, JSON. */
+export const modelManifestSchema = z.object({
+  v: z.literal(PROTOCOL_VERSION),
+  federation: id,
+  version: uint,
+  round: uint,
+  sha256: sha256Hex,
+  bytes: posInt,
+  chunks: posInt,
+  chunkBytes: posInt,
+  createdAt: uint,
+  signature: signatureHex.nullable(),
+  /** Accuracy etc. of the model this one replaced, per agent, as the agents reported it. */
+  metrics: z.record(z.string(), z.unknown()),
+});
+export type ModelManifest = z.infer<typeof modelManifestSchema>;
+
+/** `<root>/events/<type>`, QoS 1, JSON, for MES and dashboards. */
+export const eventSchema = z
+  .object({
+    v: z.literal(PROTOCOL_VERSION),
+    type: z.string().min(1),
+    federation: id,
+    ts: uint,
+  })
+  .passthrough();
+export type FedEvent = z.infer<typeof eventSchema>;

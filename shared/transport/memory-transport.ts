@@ -1,0 +1,107 @@
+import { EventEmitter } from 'node:events';
+import { topicMatches } from '../protocol/topics.js';
+import { Dispatcher, type InboundMessage, type LastWill, type MessageHandler, type PublishOptions, type Transport, type TransportEvent } from './transport.js';
+
+/**
+ * An in-memory stand-in for a broker, for unit tests of the layers above the transport (round
+ * logic, agents' state handling). It keeps retained messages, matches wildcards and delivers
+ * asynchronously (as a real broker does). Integration tests use real brokers instead.
+ */
+export class MemoryHub {
+  private readonly clients = new Set<MemoryTransport>();
+  private readonly retained = new Map<string, Buffer>();
+  /** Every message published, in order, for assertions. */
+  readonly log: { from: string; topic: string; payload: Buffer; retain: boolean }[] = [];
+
+  connect(clientId: string, will?: LastWill): MemoryTransport {
+    const client = new MemoryTransport(this, clientId, will);
+    this.clients.add(client);
+    return client;
+  }
+
+  /** @internal */
+  route(from: string, topic: string, payload: Buffer, retain: boolean): void {
+    this.log.push({ from, topic, payload, retain });
+    if (retain) {
+      // MQTT 3.1.1 §3.3.1.3: a retained message with an empty payload clears the retained one.
+      if (payload.byteLength === 0) this.retained.delete(topic);
+      else this.retained.set(topic, payload);
+    }
+    for (const client of this.clients) client.deliver({ topic, payload, retain: false });
+  }
+
+  /** @internal */
+  retainedFor(filter: string): InboundMessage[] {
+    return [...this.retained.entries()].filter(([topic]) => topicMatches(filter, topic)).map(([topic, payload]) => ({ topic, payload, retain: true }));
+  }
+
+  /** @internal */
+  disconnect(client: MemoryTransport, sendWill: boolean): void {
+    this.clients.delete(client);
+    if (sendWill && client.will) this.route(client.clientId, client.will.topic, Buffer.from(client.will.payload), client.will.retain ?? false);
+  }
+
+  retainedPayload(topic: string): Buffer | undefined {
+    return this.retained.get(topic);
+  }
+}
+
+export class MemoryTransport implements Transport {
+  readonly clientId: string;
+  readonly will: LastWill | undefined;
+  private readonly hub: MemoryHub;
+  private readonly dispatcher = new Dispatcher();
+  private readonly events = new EventEmitter();
+  private open = true;
+
+  constructor(hub: MemoryHub, clientId: string, will?: LastWill) {
+    this.hub = hub;
+    this.clientId = clientId;
+    this.will = will;
+  }
+
+  get connected(): boolean {
+    return this.open;
+  }
+
+  async publish(topic: string, payload: Buffer | string, options: PublishOptions = {}): Promise<void> {
+    if (!this.open) throw new Error(`client ${this.clientId} is closed`);
+    const bytes = Buffer.from(payload);
+    await Promise.resolve();
+    this.hub.route(this.clientId, topic, bytes, options.retain ?? false);
+  }
+
+  async subscribe(filter: string, handler: MessageHandler): Promise<void> {
+    this.dispatcher.add(filter, handler);
+    const retained = this.hub.retainedFor(filter);
+    setImmediate(() => {
+      for (const m of retained) if (this.open) handler(m);
+    });
+  }
+
+  async unsubscribe(filter: string, handler: MessageHandler): Promise<void> {
+    this.dispatcher.remove(filter, handler);
+  }
+
+  /** @internal */
+  deliver(message: InboundMessage): void {
+    setImmediate(() => {
+      if (this.open) this.dispatcher.dispatch(message, (err) => this.events.emit('error', err));
+    });
+  }
+
+  on(event: TransportEvent, listener: (arg?: unknown) => void): void {
+    this.events.on(event, listener);
+  }
+
+  async close(): Promise<void> {
+    this.open = false;
+    this.hub.disconnect(this, false);
+  }
+
+  /** Disconnect as if the power failed: the hub publishes the last will. */
+  async crash(): Promise<void> {
+    this.open = false;
+    this.hub.disconnect(this, true);
+  }
+}

@@ -1,0 +1,90 @@
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { loadDataset } from './image-folder.js';
+import { createImageDecoder } from './images.js';
+import { TfjsTrainer } from './tfjs-trainer.js';
+import type { GlobalModel } from './trainer.js';
+import type { ModelSpec } from '../shared/config/service-config.js';
+import type { EvalMetrics, ModelMeta } from '../shared/protocol/messages.js';
+import { modelMetaSchema } from '../shared/protocol/messages.js';
+import { bundleTensors, decodeBundle } from '../shared/bundle/tensor-bundle.js';
+import { loadTf, type BackendPreference } from './backend.js';
+import { buildInitialBundle } from './initial-model.js';
+import { modelFromWeights, saveLayersModelToDir } from './model-io.js';
+
+/** Written next to model.json: how the starting model was made. */
+export const PRETRAIN_INFO_FILE = 'pretrain.json';
+
+export interface PretrainOptions {
+  /** `<dir>/<CLASS>/*.png|jpg` reference images. */
+  dataDir: string;
+  model: Pick<ModelSpec, 'architecture' | 'width' | 'inputShape' | 'classes' | 'seed' | 'normalization'> & Partial<Pick<ModelSpec, 'head' | 'batchNorm'>>;
+  epochs: number;
+  batchSize: number;
+  learningRate: number;
+  /** Kernel init of the model before pretraining: seeded (Glorot, the default) or he (He-normal: deep VGGs train from scratch). */
+  init?: 'seeded' | 'he';
+  /** Where the tfjs layers model folder goes (usable as `model.initFrom`). */
+  out: string;
+  backend?: BackendPreference;
+  onEpoch?: (epoch: number, loss: number | null) => void;
+}
+
+/**
+ * Train a starting model centrally on reference images and save it as a tfjs layers model folder,
+ * for `model.initFrom`: what a vendor's pretrained network is to the seed paper (ImageNet weights),
+ * when those cannot be downloaded. Same builder, trainer and normalisation as the federation.
+ */
+export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalMetrics; trainMs: number; backend: string }> {
+  const runtime = await loadTf(o.backend ?? 'auto');
+  const bundle = await buildInitialBundle(runtime.tf, { ...o.model, initFrom: undefined, ...(o.init ? { init: o.init } : {}) });
+  const decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);
+  const model: GlobalModel = { version: 0, sha256: '', meta: decoded.header.meta, tensors: bundleTensors(decoded) };
+  const data = await loadDataset({
+    dir: o.dataDir,
+    classes: o.model.classes,
+    inputShape: o.model.inputShape,
+    testFraction: 0.2,
+    splitSeed: o.model.seed,
+    decoder: await createImageDecoder(),
+  });
+  const trainer = new TfjsTrainer(runtime, data, { shuffleSeed: o.model.seed });
+  let lastEpoch = -1;
+  const result = await trainer.train(
+    model,
+    { epochs: o.epochs, batchSize: o.batchSize, learningRate: o.learningRate, optimizer: 'adam', classWeighting: 'auto', sampling: 'shuffle', federated: 'all' },
+    model.tensors.map((t) => t.name),
+    {
+      onProgress: (p) => {
+        if (p.batch === p.batchesPerEpoch && p.epoch !== lastEpoch) {
+          lastEpoch = p.epoch;
+          o.onEpoch?.(p.epoch, p.loss);
+        }
+      },
+    },
+  );
+  const trained = await modelFromWeights(runtime.tf, model.meta.topology, result.tensors);
+  try {
+    await saveLayersModelToDir(runtime.tf, trained, o.out);
+  } finally {
+    trained.dispose();
+  }
+  // What the folder is, for whoever reuses it (the experiment reports it).
+  const info = {
+    createdAt: new Date().toISOString(),
+    data: o.dataDir,
+    architecture: o.model.architecture,
+    width: o.model.width,
+    batchNorm: o.model.batchNorm ?? false,
+    inputShape: o.model.inputShape,
+    normalization: o.model.normalization,
+    epochs: o.epochs,
+    learningRate: o.learningRate,
+    init: o.init ?? 'seeded',
+    metrics: result.metricsAfter,
+    trainMs: result.trainMs,
+    backend: runtime.backend,
+  };
+  await writeFile(join(o.out, PRETRAIN_INFO_FILE), JSON.stringify(info, null, 2) + '\n');
+  return { metrics: result.metricsAfter, trainMs: result.trainMs, backend: runtime.backend };
+}

@@ -1,0 +1,62 @@
+import type { EvalMetrics, ModelMeta, TrainTask } from '../shared/protocol/messages.js';
+import type { NamedTensor } from '../shared/bundle/tensor-bundle.js';
+
+/**
+ * The training port of the edge agent. The agent's round logic talks to this interface only;
+ * training/tfjs-trainer.ts implements it with TensorFlow.js, tests may use a fake.
+ */
+export interface GlobalModel {
+  version: number;
+  sha256: string;
+  meta: ModelMeta;
+  tensors: NamedTensor[];
+}
+
+export interface TrainProgress {
+  epoch: number;
+  epochs: number;
+  batch: number;
+  batchesPerEpoch: number;
+  loss: number | null;
+}
+
+/** Where training stands between two batches: `batch` is the index of the next batch of `epoch` (both from 0). */
+export interface BatchBoundary {
+  epoch: number;
+  epochs: number;
+  batch: number;
+  batchesPerEpoch: number;
+}
+
+export interface TrainOptions {
+  signal?: AbortSignal;
+  onProgress?: (p: TrainProgress) => void;
+  /**
+   * Awaited before every batch. While the promise is pending, training holds still with all its
+   * state (weights, optimizer, shuffle order, position): this is how a training window closing
+   * pauses training at a batch boundary and how it resumes (edge-agent/training-session.ts).
+   * A rejection ends training with that error.
+   */
+  atBatchBoundary?: (at: BatchBoundary) => Promise<void> | void;
+}
+
+export interface TrainResult {
+  /** The federated tensors after local training. */
+  tensors: NamedTensor[];
+  sampleCount: number;
+  metricsAfter: EvalMetrics;
+  trainMs: number;
+}
+
+export interface Trainer {
+  /** tfjs backend in use (`tensorflow`, `cpu`, ...). */
+  readonly backend: string;
+  readonly samples: { train: number; test: number };
+  /** The model on the local test split. */
+  evaluate(model: GlobalModel): Promise<EvalMetrics>;
+  /**
+   * Train `task.epochs` epochs from the given weights. Only `federatedNames` train (the rest is
+   * frozen) and come back. At every batch boundary: awaits `atBatchBoundary`, then checks `signal`.
+   */
+  train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: TrainOptions): Promise<TrainResult>;
+}
