@@ -1,3 +1,4 @@
+import { scheduledLearningRate } from '../shared/fl/schedule.js';
 import { EventEmitter } from 'node:events';
 import { appendFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -516,7 +517,7 @@ export class Aggregator extends EventEmitter {
     const { learningRateDecay, ...task } = this.config.task;
     // The round being announced is not closed yet: every closed training round came before it.
     const trainRoundsBefore = this.journal.trainRoundsDone;
-    return { ...task, learningRate: task.learningRate * learningRateDecay ** trainRoundsBefore, federated: task.federated as RoundAnnouncement['task']['federated'] };
+    return { ...task, learningRate: scheduledLearningRate(task.learningRate, learningRateDecay, trainRoundsBefore), federated: task.federated as RoundAnnouncement['task']['federated'] };
   }
 
   private modelRef(model: StoredModel): RoundAnnouncement['base'] {

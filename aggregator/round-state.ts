@@ -1,3 +1,4 @@
+import { meetsTarget } from '../shared/fl/schedule.js';
 import type { EvalMetrics } from '../shared/protocol/messages.js';
 
 /**
@@ -113,12 +114,7 @@ export class RoundState {
 
   /** Whether the base model already meets the target on every selected agent's test split. */
   targetReached(): boolean {
-    const target = this.plan.targetAccuracy;
-    if (target === null) return false;
-    return this.plan.selected.every((a) => {
-      const m = this.evals.get(a);
-      return m !== undefined && m.samples > 0 && m.accuracy >= target;
-    });
+    return meetsTarget(Object.fromEntries(this.evals), this.plan.selected, this.plan.targetAccuracy);
   }
 
   /** What to do now, given the clock. Pure: call it after every event and on the deadline. */

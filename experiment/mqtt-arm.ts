@@ -1,3 +1,4 @@
+import { scheduledLearningRate } from '../shared/fl/schedule.js';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Journal } from '../aggregator/aggregator.js';
@@ -124,7 +125,7 @@ export async function runFederatedArmOverMqtt(o: MqttArmOptions): Promise<MqttAr
       round: r.round,
       baseVersion: r.baseVersion,
       newVersion: r.newVersion,
-      learningRate: o.task.learningRate * o.learningRateDecay ** i,
+      learningRate: scheduledLearningRate(o.task.learningRate, o.learningRateDecay, i),
       baseMetrics: r.baseMetrics,
       localMetrics: Object.fromEntries(Object.entries(r.localMetrics).filter((e): e is [string, EvalMetrics] => e[1] !== null)),
       sampleCounts: r.sampleCounts,

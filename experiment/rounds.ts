@@ -1,3 +1,4 @@
+import { meetsTarget, scheduledLearningRate } from '../shared/fl/schedule.js';
 import type { GlobalModel, Trainer } from '../training/trainer.js';
 import { fedAvg } from '../shared/fl/fedavg.js';
 import { resolveFederated } from '../shared/fl/federated-set.js';
@@ -67,13 +68,7 @@ export interface RoundLoopResult {
   reason: string;
 }
 
-export function meetsTarget(metrics: Record<string, EvalMetrics>, ids: readonly string[], target: number | null): boolean {
-  if (target === null) return false;
-  return ids.every((id) => {
-    const m = metrics[id];
-    return m !== undefined && m.samples > 0 && m.accuracy >= target;
-  });
-}
+export { meetsTarget };
 
 /**
  * "Rounds to target": the first round after which the model met the target on every
@@ -104,7 +99,7 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
   const names = global.tensors.map((t) => t.name);
   const federatedNames = resolveFederated(o.federate, names, global.meta.headTensors);
   for (let round = 1; round <= o.rounds; round++) {
-    const learningRate = o.task.learningRate * o.learningRateDecay ** (round - 1);
+    const learningRate = scheduledLearningRate(o.task.learningRate, o.learningRateDecay, round - 1);
     const task: TrainTask = { ...o.task, learningRate, federated: o.federate };
     const modelBytes = o.federated ? bundleOf(global).byteLength : 0;
     const record: RoundRecord = { round, baseVersion: global.version, newVersion: null, learningRate, baseMetrics: {}, localMetrics: {}, sampleCounts: {}, trainMs: {}, bytesUp: 0, bytesDown: 0 };
