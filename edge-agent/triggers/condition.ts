@@ -79,7 +79,7 @@ export function parseJsonPath(path: string): (string | number)[] {
 }
 
 /** The value at `keys` inside `doc`, or undefined when the path does not exist. */
-export function valueAtPath(doc: unknown, keys: readonly (string | number)[]): unknown {
+function valueAtPath(doc: unknown, keys: readonly (string | number)[]): unknown {
   let cur: unknown = doc;
   for (const k of keys) {
     if (cur === null || typeof cur !== 'object') return undefined;

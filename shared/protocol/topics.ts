@@ -108,9 +108,12 @@ export function createTopics(root: string): Topics {
 
 /**
  * MQTT topic filter matching (MQTT 3.1.1 §4.7): `+` matches one level, `#` the rest (including
- * the parent level). Used by the in-memory transport and by dispatch tables.
+ * the parent level), and a filter starting with a wildcard does not match a topic starting with
+ * `$` (§4.7.2). The one matcher of the tree: the broker's access rules, the transports' dispatch
+ * tables and the in-memory hub all use it, so they cannot disagree.
  */
 export function topicMatches(filter: string, topic: string): boolean {
+  if (topic.startsWith('$') && (filter.startsWith('+') || filter.startsWith('#'))) return false;
   const f = filter.split('/');
   const t = topic.split('/');
   for (let i = 0; i < f.length; i++) {

@@ -27,11 +27,6 @@ export function unpackMsg(payload: Uint8Array): unknown {
   return value;
 }
 
-/** Dates are sent as epoch milliseconds; msgpackr would otherwise use its timestamp extension. */
-export function nowMs(): number {
-  return Date.now();
-}
-
 export function formatIssues(error: z.ZodError): string {
   return error.issues
     .slice(0, 5)
