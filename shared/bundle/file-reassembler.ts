@@ -1,5 +1,6 @@
 import { closeSync, fdatasync, ftruncateSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
 import type { AcceptResult, Chunk } from './chunking.js';
+import { ErrorCodes, FedlineError } from '../protocol/errors.js';
 import { ChunkReassembly, type ReassemblyOptions, type ReassemblySink } from './reassembly.js';
 
 /**
@@ -126,7 +127,7 @@ function writeAll(fd: number, data: Uint8Array, position: number, path: string):
   let done = 0;
   while (done < data.byteLength) {
     const n = writeSync(fd, data, done, data.byteLength - done, position + done);
-    if (n <= 0) throw new Error(`could not write to ${path}`);
+    if (n <= 0) throw new FedlineError(ErrorCodes.STORAGE, `could not write to ${path}`);
     done += n;
   }
 }
@@ -135,7 +136,7 @@ function readAll(fd: number, out: Uint8Array, position: number, path: string): v
   let done = 0;
   while (done < out.byteLength) {
     const n = readSync(fd, out, done, out.byteLength - done, position + done);
-    if (n <= 0) throw new Error(`${path} is shorter than expected`);
+    if (n <= 0) throw new FedlineError(ErrorCodes.STORAGE, `${path} is shorter than expected`);
     done += n;
   }
 }

@@ -23,7 +23,7 @@ import { encodedBytes, MAX_Q8_BLOCK, valueDtypes, type ValueDtype } from './valu
 
 if (endianness() !== 'LE') {
   // Typed arrays use the platform's byte order; the wire format is little-endian.
-  throw new Error('fedline needs a little-endian CPU (x86-64, arm64)');
+  throw new FedlineError(ErrorCodes.PLATFORM, 'fedline needs a little-endian CPU (x86-64, arm64)');
 }
 
 const BUNDLE_MAGIC = Buffer.from('FLB1', 'ascii');

@@ -1,3 +1,5 @@
+import { ErrorCodes, FedlineError } from './errors.js';
+
 /**
  * Topic builders and parsers. Every topic fedline uses is built here and nowhere else, so the
  * table in docs/protocol.md and the code cannot drift apart.
@@ -48,7 +50,7 @@ function parseNonNegativeInt(text: string | undefined): number | null {
 
 export function createTopics(root: string): Topics {
   if (!root || root.includes('+') || root.includes('#') || root.startsWith('/') || root.endsWith('/')) {
-    throw new Error(`invalid topic root "${root}": it must be non-empty, without wildcards or leading/trailing "/"`);
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `invalid topic root "${root}": it must be non-empty, without wildcards or leading/trailing "/"`, { root });
   }
   const depth = root.split('/').length;
   const tail = (topic: string): string[] | null => {

@@ -1,3 +1,5 @@
+import { ErrorCodes, FedlineError } from '../protocol/errors.js';
+
 /**
  * Small async helpers. Timers go through a Clock so that services can run under fake time in
  * tests (as MQTT.js injects its timers).
@@ -45,14 +47,14 @@ export function deferred<T>(): Deferred<T> {
   return { promise, resolve, reject };
 }
 
-/** Reject with a timeout error unless `promise` settles first. */
+/** Reject with FL_TIMEOUT unless `promise` settles first. */
 export async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   try {
     return await Promise.race([
       promise,
       new Promise<T>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+        timer = setTimeout(() => reject(new FedlineError(ErrorCodes.TIMEOUT, `${what} timed out after ${ms} ms`)), ms);
       }),
     ]);
   } finally {
