@@ -125,11 +125,9 @@ export abstract class ChunkReassembly<S extends ReassemblySink = ReassemblySink>
   }
 }
 
-export interface ReassemblerOptions extends ChunkGeometry {
+export interface ReassemblerOptions extends ReassemblyOptions {
   /** The bundle's SHA-256 when known up front (models); updates learn it from `update-done`. */
   sha256?: string | null;
-  /** Refuse bundles larger than this many bytes (a sender cannot make us allocate without bound). */
-  maxBundleBytes: number;
 }
 
 /** The memory sink: one buffer of the bundle's size. */
@@ -149,7 +147,7 @@ class MemorySink implements ReassemblySink {
   }
 }
 
-/** Reassembly in memory: for small bundles (models in tests, the federation checks' copy of updates). */
+/** Reassembly in memory: for small bundles (a model fetched into memory, the test federation's copy of updates). */
 export class Reassembler extends ChunkReassembly<MemorySink> {
   readonly sha256: string | null;
 
