@@ -1,11 +1,11 @@
 import { z } from 'zod';
-import { isValidId } from '../shared/protocol/topics.js';
+import { isValidId, topicMatches } from '../shared/protocol/topics.js';
 
 /**
  * Who may do what on the broker: one access file (JSON) gives every MQTT user a role; the rules
  * of each role are written here once and used by both brokers: the embedded Aedes broker checks
  * them in its hooks (broker/auth-hooks.ts), and `fedline acl` renders them as Mosquitto's
- * acl_file (broker/mosquitto-acl.ts). Pure: no I/O.
+ * acl_file (renderMosquittoAcl, below). Pure: no I/O.
  *
  * Roles (R = subscribe/receive, W = publish), under the federation's topic root:
  *   aggregator  W round, model/#, round/+/ack/+, events/+     R round/+/update/+, agent/+/status, cmd/+, model/latest
@@ -30,7 +30,7 @@ function validFilter(f: string): boolean {
 const filter = z.string().refine(validFilter, { message: 'must be an MQTT topic filter ("+" and "#" only as whole levels, "#" last)' });
 const id = z.string().refine(isValidId, { message: 'must be 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit' });
 
-export const accessUserSchema = z
+const accessUserSchema = z
   .strictObject({
     username: z.string().min(1).max(256).refine((u) => !u.includes(':') && !/\s/.test(u), { message: 'must not contain ":" or spaces' }),
     role: z.enum(roles),
@@ -93,20 +93,6 @@ export function rightsFor(user: AccessUser, root: string): UserRights {
   return { username: user.username, role: user.role, read: uniq([...read, ...user.read]), write: uniq([...write, ...user.write]) };
 }
 
-/** MQTT 3.1.1 §4.7 matching of a topic name against a filter. */
-export function topicMatchesFilter(filterText: string, topic: string): boolean {
-  // §4.7.2: filters starting with a wildcard do not match topics starting with "$".
-  if (topic.startsWith('$') && (filterText.startsWith('+') || filterText.startsWith('#'))) return false;
-  const f = filterText.split('/');
-  const t = topic.split('/');
-  for (let i = 0; i < f.length; i++) {
-    if (f[i] === '#') return true;
-    if (i >= t.length) return false;
-    if (f[i] !== '+' && f[i] !== t[i]) return false;
-  }
-  return f.length === t.length;
-}
-
 /**
  * True when every topic the subscription `sub` can match is also matched by `rule`: a
  * subscription is allowed only if it cannot reach anything the rule does not grant.
@@ -126,7 +112,7 @@ export function filterCovers(rule: string, sub: string): boolean {
 
 export function mayPublish(rights: UserRights, topic: string): boolean {
   if (topic.startsWith('$')) return false;
-  return rights.write.some((w) => topicMatchesFilter(w, topic));
+  return rights.write.some((w) => topicMatches(w, topic));
 }
 
 export function maySubscribe(rights: UserRights, sub: string): boolean {

@@ -1,7 +1,7 @@
 import type { TLSSocket } from 'node:tls';
 import type { AedesOptions, Client } from 'aedes';
 import type { Counters } from '../shared/util/counters.js';
-import { ErrorCodes } from '../shared/protocol/errors.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { Logger } from '../shared/util/logger.js';
 import { mayPublish, maySubscribe, type AccessPolicy, type UserRights } from './access.js';
 import type { PasswordFile } from './passwords.js';
@@ -29,7 +29,7 @@ const NOT_AUTHORIZED = 5;
 type AuthenticateError = Parameters<Parameters<AuthHooks['authenticate']>[3]>[0];
 
 function refuse(returnCode: number, message: string): NonNullable<AuthenticateError> {
-  return Object.assign(new Error(message), { returnCode }) as NonNullable<AuthenticateError>;
+  return Object.assign(new FedlineError(ErrorCodes.AUTH, message), { returnCode }) as NonNullable<AuthenticateError>;
 }
 
 /**
@@ -91,7 +91,7 @@ export function createAuthHooks(o: AuthOptions): AuthHooks {
       if (rights && mayPublish(rights, packet.topic)) return callback(null);
       count();
       o.log.warn({ code: ErrorCodes.AUTH, client: client.id, username: rights?.username ?? null, topic: packet.topic }, 'publish refused: not allowed for this user');
-      callback(new Error(`publishing on ${packet.topic} is not allowed for ${rights?.username ?? 'this client'}`));
+      callback(new FedlineError(ErrorCodes.AUTH, `publishing on ${packet.topic} is not allowed for ${rights?.username ?? 'this client'}`));
     },
 
     authorizeSubscribe(client, sub, callback) {

@@ -99,7 +99,7 @@ export class PasswordFile {
 
 /** A password file's text with `username` set to `password` (added or replaced). */
 export function setPasswordLine(text: string, username: string, password: string, iterations = DEFAULT_PBKDF2_ITERATIONS): string {
-  if (!username || username.includes(':') || /\s/.test(username)) throw new Error(`user name "${username}" must not be empty or contain ":" or spaces`);
+  if (!username || username.includes(':') || /\s/.test(username)) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `user name "${username}" must not be empty or contain ":" or spaces`);
   const line = `${username}:${hashPassword(password, iterations)}`;
   const lines = text.split(/\r?\n/).filter((l) => l.trim() !== '');
   const i = lines.findIndex((l) => l.slice(0, l.indexOf(':')) === username);

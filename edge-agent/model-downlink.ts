@@ -1,4 +1,4 @@
-import { Reassembler, type AcceptResult, type Chunk } from '../shared/bundle/chunking.js';
+import { Reassembler, type ChunkReassembly } from '../shared/bundle/reassembly.js';
 import { decodeMsgpack } from '../shared/protocol/wire-codec.js';
 import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { FileReassembler } from '../shared/bundle/file-reassembler.js';
@@ -16,16 +16,9 @@ export interface DownloadOptions {
   onReject?: (err: unknown, topic: string) => void;
 }
 
-/** What receives the chunks: the in-memory Reassembler or the FileReassembler. */
-interface ChunkSink {
-  readonly total: number;
-  readonly receivedChunks: number;
-  readonly complete: boolean;
-  accept(chunk: Chunk): AcceptResult;
-}
-
 interface Assembly<T> {
-  sink: ChunkSink;
+  /** What receives the chunks: the in-memory Reassembler or the FileReassembler. */
+  sink: ChunkReassembly;
   /** Every chunk is in: check the whole and hand it over. */
   finish(): Promise<T>;
   /** The download failed: drop what was received. */

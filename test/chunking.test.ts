@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { chunkCount, Reassembler, splitIntoChunks, type Chunk } from '../shared/bundle/chunking.js';
+import { chunkCount, splitIntoChunks, type Chunk } from '../shared/bundle/chunking.js';
+import { Reassembler } from '../shared/bundle/reassembly.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { mulberry32, shuffleInPlace } from '../shared/util/random.js';
 import { sha256Hex } from '../shared/bundle/tensor-bundle.js';

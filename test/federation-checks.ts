@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Reassembler } from '../shared/bundle/chunking.js';
+import { Reassembler } from '../shared/bundle/reassembly.js';
 import { decodeMsgpack } from '../shared/protocol/wire-codec.js';
 import { fedAvg } from '../shared/fl/fedavg.js';
 import { silentLogger } from '../shared/util/logger.js';

@@ -25,6 +25,20 @@ test('MQTT wildcard matching follows MQTT 3.1.1 §4.7', () => {
   assert.ok(topicMatches('a/#', 'a/b/c'));
   assert.ok(!topicMatches('a/+', 'a/b/c'));
   assert.ok(topicMatches('fl/usb/round/+/update/+', 'fl/usb/round/1/update/x'));
+  assert.ok(topicMatches('#', 'a/b') && topicMatches('+/+', 'a/b') && topicMatches('+', 'a'));
+  assert.ok(!topicMatches('a/b', 'a/b/c') && !topicMatches('a/b/c', 'a/b') && !topicMatches('+/b', 'a/c'));
+  assert.ok(topicMatches('a/+/#', 'a/b') && topicMatches('a/+/#', 'a/b/c/d') && !topicMatches('a/+/#', 'a'));
+  // '+' matches an empty level too (§4.7.1.3): 'a//c' has three levels.
+  assert.ok(topicMatches('a/+/c', 'a//c') && topicMatches('+/b', '/b'));
+});
+
+test('MQTT 3.1.1 §4.7.2: a filter starting with a wildcard does not match a topic starting with "$"', () => {
+  assert.ok(!topicMatches('#', '$SYS/broker/uptime'));
+  assert.ok(!topicMatches('+/broker/uptime', '$SYS/broker/uptime'));
+  assert.ok(!topicMatches('+', '$x'));
+  assert.ok(topicMatches('$SYS/#', '$SYS/broker/uptime'), 'a filter naming the $ level does match');
+  assert.ok(topicMatches('$SYS/+/uptime', '$SYS/broker/uptime'));
+  assert.ok(topicMatches('a/#', 'a/$b') && topicMatches('a/+', 'a/$b'), 'only a leading $ is special');
 });
 
 test('identifiers that would break topics are invalid', () => {

@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import { systemClock, type Clock } from '../../shared/util/async.js';
+import { ErrorCodes, FedlineError } from '../../shared/protocol/errors.js';
 import type { Logger } from '../../shared/util/logger.js';
 import type { Command } from '../../shared/protocol/mes.js';
 import { triggerLeaves, type TriggerSpec } from '../../shared/config/trigger-config.js';
@@ -80,7 +81,7 @@ export function buildGate(spec: TriggerSpec, deps: GateDeps): TriggerGate {
     return { kind: 'source', id };
   };
   const manuals = triggerLeaves(spec).filter((l) => l.type === 'manual').length;
-  if (manuals > 1) throw new Error('trigger: at most one "manual" source (all of them would follow the same pause/resume commands)');
+  if (manuals > 1) throw new FedlineError(ErrorCodes.CONFIG_INVALID, 'trigger: at most one "manual" source (all of them would follow the same pause/resume commands)');
   let root = build(spec);
   if (manuals === 0) {
     const manual = manualFor('open');

@@ -65,7 +65,3 @@ export function openNotBefore(root: GateNode, now: number, sourceBound: (id: str
   if (bounds.some((b) => b === null)) return null;
   return Math.max(now, Math.min(...(bounds as number[])));
 }
-
-export function sourceIds(root: GateNode): string[] {
-  return root.kind === 'source' ? [root.id] : root.children.flatMap(sourceIds);
-}

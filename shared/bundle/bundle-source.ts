@@ -1,4 +1,5 @@
 import { open, type FileHandle } from 'node:fs/promises';
+import { ErrorCodes, FedlineError } from '../protocol/errors.js';
 
 /**
  * Random access to the bytes of a bundle that need not be in memory as a whole: a buffer, files on
@@ -35,7 +36,7 @@ export async function readFully(fh: FileHandle, out: Uint8Array, position: numbe
   let done = 0;
   while (done < out.byteLength) {
     const { bytesRead } = await fh.read(out, done, out.byteLength - done, position + done);
-    if (bytesRead === 0) throw new Error(`${what} is shorter than expected (read ${position + done} bytes)`);
+    if (bytesRead === 0) throw new FedlineError(ErrorCodes.STORAGE, `${what} is shorter than expected (read ${position + done} bytes)`);
     done += bytesRead;
   }
 }

@@ -32,6 +32,7 @@ class ChunkMessage {
   /** The message for these fields (`data` among them must be this.data). */
   finish(fields: Record<string, unknown>): Buffer {
     const { data, ...rest } = fields;
+    // An invariant of publishChunks below, not something a peer or a user can cause.
     if (data !== this.data) throw new Error("chunk message: data must be the message's own buffer");
     const kv = packMsg(rest);
     const count = Object.keys(rest).length;

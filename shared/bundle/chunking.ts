@@ -1,19 +1,14 @@
 import { crc32 } from 'node:zlib';
 import { ErrorCodes, FedlineError } from '../protocol/errors.js';
-import { sha256Hex } from './tensor-bundle.js';
 
 /**
- * Cutting a bundle into MQTT-sized chunks and putting it back together.
+ * Cutting a bundle into MQTT-sized chunks, and checking a chunk that arrives.
  *
  * Every chunk names its place (seq of total), the bundle's size, and a CRC32 of its own bytes;
  * the message around it says which bundle it belongs to (a model's SHA-256, an update's upload
- * id). QoS 1 is "at least once" (MQTT 3.1.1 §4.3.2), so reassembly accepts duplicates and any
- * order, and can say which chunks are still missing so that only those are resent. The bundle's
- * SHA-256 is checked once every chunk is in. This in-memory reassembler suits small bundles and
- * tests; shared/bundle/file-reassembler.ts writes large ones straight to disk.
+ * id). Putting the chunks back together is reassembly.ts's (in memory) and file-reassembler.ts's
+ * (on disk).
  */
-
-export const DEFAULT_CHUNK_BYTES = 256 * 1024;
 
 export interface ChunkGeometry {
   total: number;
@@ -35,7 +30,7 @@ export function chunkLength(seq: number, bundleBytes: number, chunkBytes: number
   return Math.min(chunkBytes, bundleBytes - seq * chunkBytes);
 }
 
-export function chunkAt(bundle: Uint8Array, seq: number, chunkBytes: number): Chunk {
+function chunkAt(bundle: Uint8Array, seq: number, chunkBytes: number): Chunk {
   const total = chunkCount(bundle.byteLength, chunkBytes);
   if (!Number.isInteger(seq) || seq < 0 || seq >= total) throw new RangeError(`chunk ${seq} is outside 0..${total - 1}`);
   const data = bundle.subarray(seq * chunkBytes, seq * chunkBytes + chunkLength(seq, bundle.byteLength, chunkBytes));
@@ -81,84 +76,4 @@ export function checkChunk(chunk: Chunk, g: ChunkGeometry): void {
   }
 }
 
-export interface ReassemblerOptions extends ChunkGeometry {
-  /** The bundle's SHA-256 when known up front (models); updates learn it from `update-done`. */
-  sha256?: string | null;
-  /** Refuse bundles larger than this many bytes (a sender cannot make us allocate without bound). */
-  maxBundleBytes: number;
-}
-
 export type AcceptResult = 'added' | 'duplicate';
-
-export class Reassembler {
-  readonly total: number;
-  readonly bundleBytes: number;
-  readonly chunkBytes: number;
-  readonly sha256: string | null;
-  private readonly buffer: Buffer;
-  private readonly have: Uint8Array;
-  private received = 0;
-  private receivedBytesCount = 0;
-
-  constructor(options: ReassemblerOptions) {
-    checkGeometry(options, options.maxBundleBytes);
-    this.total = options.total;
-    this.bundleBytes = options.bundleBytes;
-    this.chunkBytes = options.chunkBytes;
-    this.sha256 = options.sha256 ?? null;
-    this.buffer = Buffer.allocUnsafeSlow(options.bundleBytes);
-    this.have = new Uint8Array(options.total);
-  }
-
-  static fromChunk(chunk: Chunk, maxBundleBytes: number, sha256: string | null = null): Reassembler {
-    return new Reassembler({ total: chunk.total, bundleBytes: chunk.bundleBytes, chunkBytes: chunk.chunkBytes, sha256, maxBundleBytes });
-  }
-
-  /** Whether a chunk has this bundle's geometry (same size and chunking). */
-  matches(chunk: ChunkGeometry): boolean {
-    return sameGeometry(chunk, this);
-  }
-
-  /** Store one chunk. Throws a FedlineError (nothing stored) when it is corrupt or foreign. */
-  accept(chunk: Chunk): AcceptResult {
-    checkChunk(chunk, this);
-    if (this.have[chunk.seq]) return 'duplicate';
-    this.buffer.set(chunk.data, chunk.seq * this.chunkBytes);
-    this.have[chunk.seq] = 1;
-    this.received++;
-    this.receivedBytesCount += chunk.data.byteLength;
-    return 'added';
-  }
-
-  get complete(): boolean {
-    return this.received === this.total;
-  }
-
-  get receivedChunks(): number {
-    return this.received;
-  }
-
-  get receivedBytes(): number {
-    return this.receivedBytesCount;
-  }
-
-  /** Sequence numbers not received yet, ascending (at most `limit`). */
-  missing(limit = Number.POSITIVE_INFINITY): number[] {
-    const out: number[] = [];
-    for (let seq = 0; seq < this.total && out.length < limit; seq++) if (!this.have[seq]) out.push(seq);
-    return out;
-  }
-
-  /** The whole bundle, after checking its SHA-256 against `expected` (default: the one given up front). */
-  finish(expected: string | null = this.sha256): Buffer {
-    if (!this.complete) {
-      throw new FedlineError(ErrorCodes.CHUNK_MISMATCH, `bundle is incomplete: ${this.total - this.received} of ${this.total} chunks missing`, { missing: this.missing(20) });
-    }
-    if (expected === null) throw new Error('Reassembler.finish needs the SHA-256 to check against');
-    const actual = sha256Hex(this.buffer);
-    if (actual !== expected) {
-      throw new FedlineError(ErrorCodes.BUNDLE_SHA, `bundle SHA-256 mismatch: got ${actual}, announced ${expected}`, { actual, expected });
-    }
-    return this.buffer;
-  }
-}

@@ -1,4 +1,5 @@
 import type { BundleSource } from './bundle-source.js';
+import { ErrorCodes, FedlineError } from '../protocol/errors.js';
 import { DEFAULT_Q8_BLOCK, dtypeOf, encodeValues, unitOf, type UpdateEncoding, type ValueDtype } from './value-encodings.js';
 import { elementCount, encodeBundlePrefix, layoutTensors, type NamedTensor, type TensorSpec } from './tensor-bundle.js';
 
@@ -37,7 +38,7 @@ export interface UpdateEncodingOptions {
   block?: number;
 }
 
-export interface EncodedBundle extends BundleSource {
+export interface EncodedUpdate extends BundleSource {
   readonly specs: readonly TensorSpec[];
   readonly payloadStart: number;
   readonly dtype: ValueDtype;
@@ -52,7 +53,7 @@ interface Part {
   count: number;
 }
 
-export function encodeUpdateSource(tensors: readonly TensorValues[], meta: unknown, options: UpdateEncodingOptions): EncodedBundle {
+export function encodeUpdateSource(tensors: readonly TensorValues[], meta: unknown, options: UpdateEncodingOptions): EncodedUpdate {
   const dtype = dtypeOf(options.encoding);
   const block = options.block ?? DEFAULT_Q8_BLOCK;
   const { specs, payloadBytes } = layoutTensors(tensors.map((t) => ({ name: t.name, shape: t.shape, dtype, ...(dtype === 'q8' ? { block } : {}) })));
@@ -63,8 +64,10 @@ export function encodeUpdateSource(tensors: readonly TensorValues[], meta: unkno
     let base: Float32Array | null = null;
     if (options.delta) {
       base = options.base?.get(spec.name) ?? null;
-      if (!base) throw new Error(`delta encoding needs the base model's tensor "${spec.name}"`);
-      if (base.length !== elementCount(spec.shape)) throw new Error(`base tensor "${spec.name}" has ${base.length} values, the update ${elementCount(spec.shape)}`);
+      if (!base) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `delta encoding needs the base model's tensor "${spec.name}"`, { tensor: spec.name });
+      if (base.length !== elementCount(spec.shape)) {
+        throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `base tensor "${spec.name}" has ${base.length} values, the update ${elementCount(spec.shape)}`, { tensor: spec.name });
+      }
     }
     const start = payloadStart + spec.offset;
     return { spec, values, base, start, end: start + spec.bytes, count: elementCount(spec.shape) };

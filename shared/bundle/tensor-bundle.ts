@@ -23,15 +23,15 @@ import { encodedBytes, MAX_Q8_BLOCK, valueDtypes, type ValueDtype } from './valu
 
 if (endianness() !== 'LE') {
   // Typed arrays use the platform's byte order; the wire format is little-endian.
-  throw new Error('fedline needs a little-endian CPU (x86-64, arm64)');
+  throw new FedlineError(ErrorCodes.PLATFORM, 'fedline needs a little-endian CPU (x86-64, arm64)');
 }
 
-export const BUNDLE_MAGIC = Buffer.from('FLB1', 'ascii');
+const BUNDLE_MAGIC = Buffer.from('FLB1', 'ascii');
 const HEADER_ALIGN = 8;
 const TENSOR_ALIGN = 4;
-export const MAX_HEADER_BYTES = 64 * 1024 * 1024;
+const MAX_HEADER_BYTES = 64 * 1024 * 1024;
 
-export const tensorDtypes = valueDtypes;
+const tensorDtypes = valueDtypes;
 export type TensorDtype = ValueDtype;
 
 export interface TensorSpec {
@@ -218,7 +218,7 @@ export function decodeBundle<M = unknown>(bytes: Uint8Array, metaSchema?: z.ZodT
 }
 
 /** A Float32Array over one float32 tensor of a decoded bundle (a view when aligned, else a copy). */
-export function tensorData(bundle: DecodedBundle<unknown>, spec: TensorSpec): Float32Array {
+function tensorData(bundle: DecodedBundle<unknown>, spec: TensorSpec): Float32Array {
   if (spec.dtype !== 'float32') throw new FedlineError(ErrorCodes.BUNDLE_FORMAT, `tensor "${spec.name}" is ${spec.dtype}; decode it with shared/bundle/value-encodings.ts`);
   const start = bundle.bytes.byteOffset + bundle.payloadStart + spec.offset;
   const count = spec.bytes / 4;

@@ -1,5 +1,5 @@
 /**
- * Value codecs for smaller updates: pure functions on typed arrays (no I/O, no tfjs).
+ * Value encodings for smaller updates (f32, f16, q8): pure functions on typed arrays (no I/O, no tfjs).
  *
  *   f32  IEEE-754 binary32, little-endian: 4 bytes per value, exact.
  *   f16  IEEE-754 binary16 (half precision), round to nearest even: 2 bytes per value.

@@ -53,9 +53,9 @@ const windowSpec = z
   .regex(WINDOW_PATTERN, 'a window is "HH:MM-HH:MM" in 24 h local time, e.g. "22:00-06:00" (wraps past midnight) or "00:00-24:00"')
   .refine((w) => w.slice(0, 5) !== w.slice(6), { message: 'a window must not start and end at the same time (use "00:00-24:00" for a whole day)' });
 
-export const alwaysSourceSchema = z.strictObject({ type: z.literal('always') });
+const alwaysSourceSchema = z.strictObject({ type: z.literal('always') });
 
-export const scheduleSourceSchema = z.strictObject({
+const scheduleSourceSchema = z.strictObject({
   type: z.literal('schedule'),
   /** Local-time windows, e.g. ["22:00-06:00", "12:00-12:45"]. A window ending before it starts runs past midnight. */
   windows: z.array(windowSpec).min(1),
@@ -65,7 +65,7 @@ export const scheduleSourceSchema = z.strictObject({
   days: z.array(z.enum(weekdays)).min(1).optional(),
 });
 
-export const manualSourceSchema = z.strictObject({
+const manualSourceSchema = z.strictObject({
   type: z.literal('manual'),
   /**
    * State before the first command: open (train until an operator sends `<root>/cmd/pause`) or
@@ -75,7 +75,7 @@ export const manualSourceSchema = z.strictObject({
   initially: z.enum(['open', 'closed']).default('open'),
 });
 
-export const mqttSourceSchema = z.strictObject({
+const mqttSourceSchema = z.strictObject({
   type: z.literal('mqtt'),
   /** Topic the MES publishes the line state on (ideally retained), e.g. "mes/line1/state". No wildcards. */
   topic: z.string().min(1).refine((t) => !t.includes('+') && !t.includes('#'), { message: 'must be a topic without wildcards' }),
@@ -89,8 +89,8 @@ export const mqttSourceSchema = z.strictObject({
   staleAfterMs: z.number().int().positive().optional(),
 });
 
-export const opcuaSecurityModes = ['None', 'Sign', 'SignAndEncrypt'] as const;
-export const opcuaSecurityPolicies = ['None', 'Basic256Sha256', 'Aes128_Sha256_RsaOaep', 'Aes256_Sha256_RsaPss'] as const;
+const opcuaSecurityModes = ['None', 'Sign', 'SignAndEncrypt'] as const;
+const opcuaSecurityPolicies = ['None', 'Basic256Sha256', 'Aes128_Sha256_RsaOaep', 'Aes256_Sha256_RsaPss'] as const;
 
 export const opcuaSourceSchema = z
   .strictObject({

@@ -13,7 +13,7 @@ import { simdKernels, type FoldMode } from './fedavg-simd.js';
  */
 
 /** acc[i] += weight * values[i] */
-export function accumulateWeighted(acc: Float64Array, values: Float32Array, weight: number): void {
+function accumulateWeighted(acc: Float64Array, values: Float32Array, weight: number): void {
   const n = values.length;
   if (acc.length < n) throw new RangeError(`accumulator of ${acc.length} is shorter than ${n} values`);
   // Plain indexed loop: V8 compiles it to tight scalar code; no allocation per element.
@@ -21,7 +21,7 @@ export function accumulateWeighted(acc: Float64Array, values: Float32Array, weig
 }
 
 /** out[i] = acc[i] / totalWeight, rounded to float32. */
-export function finishAverage(acc: Float64Array, totalWeight: number, out: Float32Array): void {
+function finishAverage(acc: Float64Array, totalWeight: number, out: Float32Array): void {
   const n = out.length;
   const inv = 1 / totalWeight;
   for (let i = 0; i < n; i++) out[i] = acc[i]! * inv;
@@ -78,7 +78,7 @@ export type BlockSink = (name: string, start: number, values: Float32Array) => v
  * read buffers stay within 64 MiB. Large reads keep the per-read cost (a system call on a thread
  * of the pool) small next to the copy itself.
  */
-export function defaultBlockElements(clients: number): number {
+function defaultBlockElements(clients: number): number {
   let n = 1 << 18;
   while (n > 1 << 14 && 2 * clients * n * 4 > 64 * 1024 * 1024) n >>= 1;
   return n;
@@ -107,7 +107,7 @@ function fold4(acc: Float64Array, n: number, a: Float32Array, wa: number, b: Flo
 }
 
 /** acc[0..n) = sum_k weights[k] * inputs[k][0..n), folded in the order given. */
-export function foldBlock(acc: Float64Array, n: number, inputs: readonly Float32Array[], weights: readonly number[]): void {
+function foldBlock(acc: Float64Array, n: number, inputs: readonly Float32Array[], weights: readonly number[]): void {
   acc.fill(0, 0, n);
   let k = 0;
   for (; k + 4 <= inputs.length; k += 4) fold4(acc, n, inputs[k]!, weights[k]!, inputs[k + 1]!, weights[k + 1]!, inputs[k + 2]!, weights[k + 2]!, inputs[k + 3]!, weights[k + 3]!);

@@ -1,3 +1,4 @@
+import { ErrorCodes, FedlineError } from '../protocol/errors.js';
 import type { FederatedSet } from '../protocol/messages.js';
 
 /**
@@ -9,7 +10,7 @@ export function resolveFederated(set: FederatedSet, allNames: readonly string[],
   if (set === 'all') return [...allNames];
   const wanted = new Set(set === 'head' ? headNames : set);
   const unknown = [...wanted].filter((n) => !allNames.includes(n));
-  if (unknown.length) throw new Error(`federated tensors not in the model: ${unknown.join(', ')}`);
-  if (wanted.size === 0) throw new Error('the federated tensor set is empty (a model without head tensors?)');
+  if (unknown.length) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `federated tensors not in the model: ${unknown.join(', ')}`, { unknown });
+  if (wanted.size === 0) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, 'the federated tensor set is empty (a model without head tensors?)');
   return allNames.filter((n) => wanted.has(n));
 }

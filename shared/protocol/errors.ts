@@ -38,6 +38,10 @@ export const ErrorCodes = {
   TRANSPORT: 'FL_TRANSPORT',
   TIMEOUT: 'FL_TIMEOUT',
   ABORTED: 'FL_ABORTED',
+  /** A local file (update spool or journal, a model being downloaded) is shorter than written or refused a write. */
+  STORAGE: 'FL_STORAGE',
+  /** The machine cannot run fedline (a big-endian CPU). */
+  PLATFORM: 'FL_PLATFORM',
   // training windows (edge-agent/triggers)
   WINDOW_MISSED: 'FL_WINDOW_MISSED',
   OPCUA_UNREACHABLE: 'FL_OPCUA_UNREACHABLE',

@@ -32,7 +32,7 @@ export type EvalMetrics = z.infer<typeof evalMetricsSchema>;
 export const federatedSetSchema = z.union([z.literal('all'), z.literal('head'), z.array(z.string().min(1)).min(1)]);
 export type FederatedSet = z.infer<typeof federatedSetSchema>;
 
-export const trainTaskSchema = z.object({
+const trainTaskSchema = z.object({
   epochs: posInt.max(10_000),
   batchSize: posInt.max(65_536),
   learningRate: z.number().positive().finite(),
@@ -53,7 +53,7 @@ export type TrainTask = z.infer<typeof trainTaskSchema>;
 
 const signatureHex = z.string().regex(/^[0-9a-f]{128}$/, 'must be a hex Ed25519 signature');
 
-export const modelRefSchema = z.object({
+const modelRefSchema = z.object({
   version: uint,
   sha256: sha256Hex,
   bytes: posInt,
@@ -103,7 +103,7 @@ const chunkFields = {
 };
 
 /** An update upload's identity, chosen by the agent (fresh for every upload). */
-export const uploadIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1-64 characters of A-Z a-z 0-9 _ -');
+const uploadIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1-64 characters of A-Z a-z 0-9 _ -');
 
 /** `<root>/model/<version>/<seq>`, retained, QoS 1, msgpack. */
 export const modelChunkSchema = z.object({
@@ -114,13 +114,12 @@ export const modelChunkSchema = z.object({
   sha256: sha256Hex,
   ...chunkFields,
 });
-export type ModelChunkMsg = z.infer<typeof modelChunkSchema>;
 
 /**
  * `<root>/round/<r>/update/<agent>`, QoS 1, msgpack: one slice of an update bundle. The bundle's
  * SHA-256 comes with `update-done`, so that an agent hashes while it sends instead of before.
  */
-export const updateChunkSchema = z.object({
+const updateChunkSchema = z.object({
   v: z.literal(PROTOCOL_VERSION),
   type: z.literal('update-chunk'),
   round: uint,
@@ -131,7 +130,7 @@ export const updateChunkSchema = z.object({
 export type UpdateChunkMsg = z.infer<typeof updateChunkSchema>;
 
 /** Same topic: the sender has had every chunk acknowledged by the broker and asks for a verdict. */
-export const updateDoneSchema = z.object({
+const updateDoneSchema = z.object({
   v: z.literal(PROTOCOL_VERSION),
   type: z.literal('update-done'),
   round: uint,
@@ -145,7 +144,7 @@ export const updateDoneSchema = z.object({
 export type UpdateDoneMsg = z.infer<typeof updateDoneSchema>;
 
 /** Same topic: the global base model evaluated on the agent's local test split, before training. */
-export const evalReportSchema = z.object({
+const evalReportSchema = z.object({
   v: z.literal(PROTOCOL_VERSION),
   type: z.literal('eval'),
   round: uint,
@@ -158,7 +157,6 @@ export const evalReportSchema = z.object({
 export type EvalReportMsg = z.infer<typeof evalReportSchema>;
 
 export const updateTopicMessageSchema = z.discriminatedUnion('type', [updateChunkSchema, updateDoneSchema, evalReportSchema]);
-export type UpdateTopicMessage = z.infer<typeof updateTopicMessageSchema>;
 
 /** `<root>/round/<r>/ack/<agent>`, QoS 1, msgpack. */
 export const ackSchema = z.object({
@@ -261,14 +259,3 @@ export const modelManifestSchema = z.object({
   metrics: z.record(z.string(), z.unknown()),
 });
 export type ModelManifest = z.infer<typeof modelManifestSchema>;
-
-/** `<root>/events/<type>`, QoS 1, JSON, for MES and dashboards. */
-export const eventSchema = z
-  .object({
-    v: z.literal(PROTOCOL_VERSION),
-    type: z.string().min(1),
-    federation: id,
-    ts: uint,
-  })
-  .passthrough();
-export type FedEvent = z.infer<typeof eventSchema>;

@@ -10,7 +10,7 @@ import { ErrorCodes, FedlineError } from './errors.js';
  *
  *     "fedline-model-v1:" + version + ":" + sha256 (lowercase hex)
  */
-export function signedText(version: number, sha256: string): Buffer {
+function signedText(version: number, sha256: string): Buffer {
   return Buffer.from(`fedline-model-v1:${version}:${sha256}`, 'utf8');
 }
 

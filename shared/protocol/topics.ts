@@ -1,3 +1,5 @@
+import { ErrorCodes, FedlineError } from './errors.js';
+
 /**
  * Topic builders and parsers. Every topic fedline uses is built here and nowhere else, so the
  * table in docs/protocol.md and the code cannot drift apart.
@@ -48,7 +50,7 @@ function parseNonNegativeInt(text: string | undefined): number | null {
 
 export function createTopics(root: string): Topics {
   if (!root || root.includes('+') || root.includes('#') || root.startsWith('/') || root.endsWith('/')) {
-    throw new Error(`invalid topic root "${root}": it must be non-empty, without wildcards or leading/trailing "/"`);
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `invalid topic root "${root}": it must be non-empty, without wildcards or leading/trailing "/"`, { root });
   }
   const depth = root.split('/').length;
   const tail = (topic: string): string[] | null => {
@@ -108,9 +110,12 @@ export function createTopics(root: string): Topics {
 
 /**
  * MQTT topic filter matching (MQTT 3.1.1 §4.7): `+` matches one level, `#` the rest (including
- * the parent level). Used by the in-memory transport and by dispatch tables.
+ * the parent level), and a filter starting with a wildcard does not match a topic starting with
+ * `$` (§4.7.2). The one matcher of the tree: the broker's access rules, the transports' dispatch
+ * tables and the in-memory hub all use it, so they cannot disagree.
  */
 export function topicMatches(filter: string, topic: string): boolean {
+  if (topic.startsWith('$') && (filter.startsWith('+') || filter.startsWith('#'))) return false;
   const f = filter.split('/');
   const t = topic.split('/');
   for (let i = 0; i < f.length; i++) {

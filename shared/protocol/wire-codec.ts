@@ -3,6 +3,13 @@ import { z } from 'zod';
 import { ErrorCodes, FedlineError } from './errors.js';
 
 /**
+ * The wire codec: protocol messages to and from bytes. msgpack for the round announcement, chunks,
+ * updates and acks; JSON for what people and an MES read (status, manifest, events, commands); decoding
+ * checks the protocol version and the message's schema, and every failure is a FedlineError
+ * (FL_MSG_DECODE / FL_MSG_VERSION / FL_MSG_SCHEMA) naming the topic and the field.
+ */
+
+/**
  * Standard msgpack only (maps, arrays, bin, numbers, strings, nil, booleans): no msgpackr records,
  * no extension types, no timestamps, so that an agent or MES written in Python or C can decode
  * every message with any msgpack library (DESIGN.md, Protocol).
@@ -23,13 +30,8 @@ export function packMsg(value: unknown): Buffer {
 export function unpackMsg(payload: Uint8Array): unknown {
   const value = packr.unpack(payload);
   // 0xc1 is "never used" in the msgpack spec; msgpackr returns a marker object for it.
-  if (value === C1) throw new Error('byte 0xc1 is not valid msgpack');
+  if (value === C1) throw new FedlineError(ErrorCodes.MSG_DECODE, 'byte 0xc1 is not valid msgpack');
   return value;
-}
-
-/** Dates are sent as epoch milliseconds; msgpackr would otherwise use its timestamp extension. */
-export function nowMs(): number {
-  return Date.now();
 }
 
 export function formatIssues(error: z.ZodError): string {

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { ErrorCodes, FedlineError } from '../protocol/errors.js';
 import { topicMatches } from '../protocol/topics.js';
 import { Dispatcher, type InboundMessage, type LastWill, type MessageHandler, type PublishOptions, type Transport, type TransportEvent } from './transport.js';
 
@@ -65,7 +66,7 @@ export class MemoryTransport implements Transport {
   }
 
   async publish(topic: string, payload: Buffer | string, options: PublishOptions = {}): Promise<void> {
-    if (!this.open) throw new Error(`client ${this.clientId} is closed`);
+    if (!this.open) throw new FedlineError(ErrorCodes.TRANSPORT, `client ${this.clientId} is closed`);
     const bytes = Buffer.from(payload);
     await Promise.resolve();
     this.hub.route(this.clientId, topic, bytes, options.retain ?? false);

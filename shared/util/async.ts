@@ -1,3 +1,5 @@
+import { ErrorCodes, FedlineError } from '../protocol/errors.js';
+
 /**
  * Small async helpers. Timers go through a Clock so that services can run under fake time in
  * tests (as MQTT.js injects its timers).
@@ -45,41 +47,14 @@ export function deferred<T>(): Deferred<T> {
   return { promise, resolve, reject };
 }
 
-/**
- * Run `task` for every item with at most `limit` running at once; stops at the first failure.
- * Used to keep a bounded number of QoS 1 publishes in flight: MQTT.js queues every publish
- * you hand it, so without a window a 500 MB update would sit in memory twice.
- */
-export async function forEachWindowed<T>(items: Iterable<T>, limit: number, task: (item: T) => Promise<void>, signal?: AbortSignal): Promise<void> {
-  const running = new Set<Promise<void>>();
-  let failure: unknown = null;
-  for (const item of items) {
-    if (failure) break;
-    if (signal?.aborted) throw signal.reason;
-    const p: Promise<void> = task(item).then(
-      () => {
-        running.delete(p);
-      },
-      (err) => {
-        running.delete(p);
-        failure ??= err;
-      },
-    );
-    running.add(p);
-    if (running.size >= limit) await Promise.race(running);
-  }
-  await Promise.all(running);
-  if (failure) throw failure;
-}
-
-/** Reject with a timeout error unless `promise` settles first. */
+/** Reject with FL_TIMEOUT unless `promise` settles first. */
 export async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   try {
     return await Promise.race([
       promise,
       new Promise<T>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+        timer = setTimeout(() => reject(new FedlineError(ErrorCodes.TIMEOUT, `${what} timed out after ${ms} ms`)), ms);
       }),
     ]);
   } finally {

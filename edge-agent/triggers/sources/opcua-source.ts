@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { deferred, systemClock, withTimeout, type Clock } from '../../../shared/util/async.js';
-import { ErrorCodes, type ErrorCode } from '../../../shared/protocol/errors.js';
+import { ErrorCodes, FedlineError, isFedlineError, type ErrorCode } from '../../../shared/protocol/errors.js';
 import type { Logger } from '../../../shared/util/logger.js';
 import type { OpcuaSource as OpcuaSpec } from '../../../shared/config/trigger-config.js';
 import { backoffDelayMs } from '../backoff.js';
@@ -139,7 +139,7 @@ export class OpcuaTriggerSource implements TriggerSource {
     const timedOut = new Promise<'timeout'>((resolve) => (timer = this.clock.setTimeout(() => resolve('timeout'), RESCAN_TIMEOUT_MS)));
     try {
       const outcome = await Promise.race([manager.reloadCertificates().then(() => 'done' as const), timedOut]);
-      if (outcome === 'timeout') throw new Error(`no answer within ${RESCAN_TIMEOUT_MS} ms`);
+      if (outcome === 'timeout') throw new FedlineError(ErrorCodes.TIMEOUT, `no answer within ${RESCAN_TIMEOUT_MS} ms`);
     } catch (err) {
       // Start from a fresh certificate manager (it reads the folders when the next client starts).
       this.log.warn({ err: (err as Error).message, pkiDir: this.pkiDir }, 'could not re-read the OPC UA certificate folders; opening them afresh');
@@ -151,15 +151,12 @@ export class OpcuaTriggerSource implements TriggerSource {
   }
 
   private classify(err: unknown): Failure {
-    if (err && typeof err === 'object' && 'fedlineFailure' in err) return (err as { fedlineFailure: Failure }).fedlineFailure;
+    // Our own verdict passes through; anything else (node-opcua's errors, timeouts) is classified by its text.
+    if (isFedlineError(err, ErrorCodes.OPCUA_NODE_MISSING)) return { code: err.code, message: err.message };
     const message = err instanceof Error ? err.message : String(err);
     const first = message.split('\n')[0]!.trim();
     if (!UNREACHABLE_HINT.test(message) && SECURITY_HINT.test(message)) return { code: ErrorCodes.OPCUA_SECURITY, message: `${this.spec.endpoint} refused the connection or session (security mode ${this.spec.securityMode}, policy ${this.spec.securityPolicy}): ${first}` };
     return { code: ErrorCodes.OPCUA_UNREACHABLE, message: `cannot reach OPC UA server ${this.spec.endpoint}: ${first}` };
-  }
-
-  private fail(code: ErrorCode, message: string): Error {
-    return Object.assign(new Error(message), { fedlineFailure: { code, message } });
   }
 
   private identity(opcua: Opcua): import('node-opcua').UserIdentityInfo {
@@ -218,7 +215,7 @@ export class OpcuaTriggerSource implements TriggerSource {
       session.on('session_closed', onLost('session closed'));
       const first = (await session.read({ nodeId: spec.nodeId, attributeId: opcua.AttributeIds.Value })) as unknown as DataValueLike;
       if (/^BadNodeId(Unknown|Invalid)$/.test(first.statusCode.name)) {
-        throw this.fail(ErrorCodes.OPCUA_NODE_MISSING, `node ${spec.nodeId} does not exist on ${spec.endpoint} (${first.statusCode.name})`);
+        throw new FedlineError(ErrorCodes.OPCUA_NODE_MISSING, `node ${spec.nodeId} does not exist on ${spec.endpoint} (${first.statusCode.name})`);
       }
       const subscription = await session.createSubscription2({
         requestedPublishingInterval: spec.samplingIntervalMs,
