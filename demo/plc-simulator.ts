@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
 import { loadOpcua, type Opcua } from '../edge-agent/triggers/opcua-runtime.js';
 import { silentLogger, type Logger } from '../shared/util/logger.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
  * A simulated PLC: a node-opcua server whose production lines report their state in a String
@@ -56,9 +57,9 @@ export function parsePlcSchedule(text: string): PlcPhase[] {
   if (text.trim() === '') return [];
   return text.split(',').map((part) => {
     const m = /^\s*([A-Za-z][A-Za-z0-9_ -]*):(\d+(?:\.\d+)?)\s*$/.exec(part);
-    if (!m) throw new Error(`schedule part "${part}" is not STATE:SECONDS (e.g. Running:20,Idle:10)`);
+    if (!m) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `schedule part "${part}" is not STATE:SECONDS (e.g. Running:20,Idle:10)`);
     const durationMs = Math.round(Number(m[2]) * 1000);
-    if (durationMs <= 0) throw new Error(`schedule part "${part}": the duration must be positive`);
+    if (durationMs <= 0) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `schedule part "${part}": the duration must be positive`);
     return { state: m[1]!.trim(), durationMs };
   });
 }
