@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
  * `npm run bench:train`: one training step (forward, backward, SGD update) of the issue-3 VGG-style
@@ -132,7 +133,7 @@ async function main(): Promise<void> {
       if (w.name === 'cpu' && r >= Number(values['cpu-rounds'])) continue;
       w.proc.stdin!.write(JSON.stringify({ steps: w.name === 'cpu' ? 1 : steps }) + '\n');
       const res = await w.next();
-      if (!Array.isArray(res.ms)) throw new Error(`${w.name}: ${JSON.stringify(res)}`);
+      if (!Array.isArray(res.ms)) throw new FedlineError(ErrorCodes.ABORTED, `${w.name}: ${JSON.stringify(res)}`);
       times.get(w.name)!.push(...(res.ms as number[]));
       cpuTimes.get(w.name)!.push(...((res.cpuMs as number[] | undefined) ?? []));
     }

@@ -1,12 +1,10 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { updateEncodings, type UpdateEncoding } from '../shared/bundle/value-encodings.js';
-import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { architectures, VGG_MIN_INPUT, type Architecture } from '../training/models.js';
 import type { DemoOptions } from '../demo/demo-options.js';
 import { parsePlcSchedule } from '../demo/plc-simulator.js';
-
-const invalid = (message: string) => new FedlineError(ErrorCodes.CONFIG_INVALID, message);
+import { intOption as int, invalidOption as invalid } from './option-checks.js';
 
 /** The demo's command line (usage in cli/main.ts) as DemoOptions; throws a FedlineError naming the bad option. */
 export function parseDemoArgs(args: string[]): DemoOptions {
@@ -32,11 +30,6 @@ export function parseDemoArgs(args: string[]): DemoOptions {
     },
     strict: true,
   });
-  const int = (name: string, v: string | undefined, min: number, max: number) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min || n > max) throw invalid(`--${name} must be an integer from ${min} to ${max}, got "${v}"`);
-    return n;
-  };
   const scale = Number(values.scale);
   if (!(scale > 0 && scale <= 10)) throw invalid(`--scale must be in (0, 10], got "${values.scale}"`);
   if (values.trigger !== 'always' && values.trigger !== 'opcua') throw invalid(`--trigger must be "always" or "opcua", got "${values.trigger}"`);
