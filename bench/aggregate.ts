@@ -92,20 +92,29 @@ async function writeUpdates(spool: UpdateSpool): Promise<SpooledUpdate[]> {
 
 const best = (xs: number[]) => Math.min(...xs);
 
+type Tensors = { name: string; length: number }[];
+/** One line of the results table: what was measured and its seconds per run. */
+type Row = { what: string; seconds: number[] };
+
 async function main(): Promise<void> {
   const payloadBytes = params * 4;
   const inputBytes = K * payloadBytes;
   const tensors = shapes.map((s) => ({ name: s.name, length: elementCount(s.shape) }));
   say(`fedline bench:aggregate: FedAvg of ${K} updates of ${(params / 1e6).toFixed(1)} M float32 parameters (${(payloadBytes / 1e6).toFixed(1)} MB each, ${(inputBytes / GB).toFixed(2)} GB in all)`);
   say(`machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; files in ${root}`);
-  const rows: { what: string; seconds: number[] }[] = [];
+  const rows: Row[] = [];
   const row = (what: string) => {
     const r = { what, seconds: [] as number[] };
     rows.push(r);
     return r.seconds;
   };
+  const memory = await inMemory(tensors, row, payloadBytes);
+  const fileSha = await aggregatorPath(tensors, row);
+  report(rows, inputBytes, memory, fileSha);
+}
 
-  // ---- in memory: the arithmetic against the memory-bandwidth roofline
+/** The arithmetic against the memory-bandwidth roofline, the updates held in memory; and the float64 reference. */
+async function inMemory(tensors: Tensors, row: (what: string) => number[], payloadBytes: number): Promise<{ resultSha: string; maxErr: number; refSeconds: number; memPeak: number }> {
   let t = performance.now();
   let inputs: Float32Array[] | null = [];
   for (let k = 1; k <= K; k++) {
@@ -165,15 +174,19 @@ async function main(): Promise<void> {
   const refSeconds = (performance.now() - t) / 1000;
   const resultSha = createHash('sha256').update(new Uint8Array(result.buffer)).digest('hex');
   const memPeak = memoryOf('self')?.peakMiB ?? NaN;
+  // Free the 10 updates before the file part: it must not count them in its memory.
   inputs = null;
   result = null;
   memReaders.length = 0;
   (globalThis as { gc?: () => void }).gc?.();
+  return { resultSha, maxErr, refSeconds, memPeak };
+}
 
-  // ---- the aggregator's path: spool files in the page cache -> FedAvg -> new model version
+/** The aggregator's path: spool files in the page cache -> FedAvg -> new model version. Returns the SHA-256 of the last model's weights. */
+async function aggregatorPath(tensors: Tensors, row: (what: string) => number[]): Promise<string> {
   const store = new FsModelStore(join(root, 'models'));
   const spool = new UpdateSpool(join(root, 'spool'));
-  t = performance.now();
+  let t = performance.now();
   const base = await writeSyntheticModel(store, shapes, 0);
   const infos = await writeUpdates(spool);
   say(`wrote the base model and ${K} spooled updates in ${((performance.now() - t) / 1000).toFixed(1)} s (not measured)`);
@@ -187,7 +200,6 @@ async function main(): Promise<void> {
   const foldRow = row('FedAvg, aggregator path: spool files -> block readers -> fold');
   const pathRow = row('  ... and the new model version written, hashed (SHA-256) and fsynced');
   let version = 0;
-  let fileSha = '';
   for (let r = 0; r < repeat; r++) {
     let readers = await spool.openReaders(1, infos);
     t = performance.now();
@@ -208,8 +220,11 @@ async function main(): Promise<void> {
     await baseValues.close();
   }
   const weights = await readFile(join(store.dir(version), 'weights.bin'));
-  fileSha = createHash('sha256').update(weights).digest('hex');
+  return createHash('sha256').update(weights).digest('hex');
+}
 
+function report(rows: Row[], inputBytes: number, memory: Awaited<ReturnType<typeof inMemory>>, fileSha: string): void {
+  const { maxErr, refSeconds, resultSha, memPeak } = memory;
   const roof = inputBytes / best(rows[0]!.seconds);
   say('');
   say(`${'what'.padEnd(86)} ${'GB'.padStart(5)} ${'best s'.padStart(7)} ${'GB/s'.padStart(6)} ${'x roofline'.padStart(10)}   (runs, s)`);

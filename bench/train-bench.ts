@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
  * `npm run bench:train`: one training step (forward, backward, SGD update) of the issue-3 VGG-style
@@ -77,27 +78,8 @@ const median = (v: number[]) => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
-async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      rounds: { type: 'string', default: '5' },
-      steps: { type: 'string', default: '3' },
-      warmup: { type: 'string', default: '2' },
-      backends: { type: 'string', default: 'tensorflow,wasm,cpu,pytorch' },
-      'cpu-rounds': { type: 'string', default: '1' },
-      json: { type: 'string' },
-    },
-  });
-  const rounds = Number(values.rounds);
-  const steps = Number(values.steps);
-  const warmup = Number(values.warmup);
-  const wanted = values.backends!.split(',').map((s) => s.trim());
-  const load0 = loadavg();
-  const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'unknown CPU'}${simdFlags()}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
-  console.log(`bench:train  VGG-style net (6 conv 3x3: 16,32,64,64,128,128; dense 128; 4 classes), 64x64x3, batch 32, SGD`);
-  console.log(`machine: ${machine}; load average at start ${load0.map((l) => l.toFixed(2)).join(' ')}`);
-  console.log(`${rounds} rounds x ${steps} steps per backend, interleaved (pure-JS cpu: ${values['cpu-rounds']} round(s) x 1 step, it is slow)\n`);
-
+/** A worker per wanted backend, warmed up one at a time; backends that cannot run here are skipped with the reason. */
+async function startWorkers(wanted: string[], warmup: number): Promise<{ workers: Worker[]; info: Map<string, Record<string, unknown>>; skipped: string[] }> {
   const workers: Worker[] = [];
   const info = new Map<string, Record<string, unknown>>();
   const skipped: string[] = [];
@@ -123,16 +105,21 @@ async function main(): Promise<void> {
     info.set(name, first);
     workers.push(w);
   }
+  return { workers, info, skipped };
+}
+
+/** `rounds` rounds of `steps` training steps per backend (pure-JS cpu: `cpuRounds` rounds of 1 step), interleaved; then the workers quit. */
+async function measure(workers: Worker[], rounds: number, steps: number, cpuRounds: number): Promise<{ times: Map<string, number[]>; cpuTimes: Map<string, number[]> }> {
   const times = new Map<string, number[]>(workers.map((w) => [w.name, []]));
   const cpuTimes = new Map<string, number[]>(workers.map((w) => [w.name, []]));
   for (let r = 0; r < rounds; r++) {
     // Rotate the order each round: no backend always runs right after the same neighbour.
     const order = workers.map((_, i) => workers[(i + r) % workers.length]!);
     for (const w of order) {
-      if (w.name === 'cpu' && r >= Number(values['cpu-rounds'])) continue;
+      if (w.name === 'cpu' && r >= cpuRounds) continue;
       w.proc.stdin!.write(JSON.stringify({ steps: w.name === 'cpu' ? 1 : steps }) + '\n');
       const res = await w.next();
-      if (!Array.isArray(res.ms)) throw new Error(`${w.name}: ${JSON.stringify(res)}`);
+      if (!Array.isArray(res.ms)) throw new FedlineError(ErrorCodes.ABORTED, `${w.name}: ${JSON.stringify(res)}`);
       times.get(w.name)!.push(...(res.ms as number[]));
       cpuTimes.get(w.name)!.push(...((res.cpuMs as number[] | undefined) ?? []));
     }
@@ -142,6 +129,32 @@ async function main(): Promise<void> {
     w.proc.stdin!.end(JSON.stringify({ quit: true }) + '\n');
   }
   await Promise.all(workers.map((w) => new Promise<void>((res) => (w.proc.exitCode !== null ? res() : w.proc.once('exit', () => res())))));
+  return { times, cpuTimes };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      rounds: { type: 'string', default: '5' },
+      steps: { type: 'string', default: '3' },
+      warmup: { type: 'string', default: '2' },
+      backends: { type: 'string', default: 'tensorflow,wasm,cpu,pytorch' },
+      'cpu-rounds': { type: 'string', default: '1' },
+      json: { type: 'string' },
+    },
+  });
+  const rounds = Number(values.rounds);
+  const steps = Number(values.steps);
+  const warmup = Number(values.warmup);
+  const wanted = values.backends!.split(',').map((s) => s.trim());
+  const load0 = loadavg();
+  const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'unknown CPU'}${simdFlags()}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
+  console.log(`bench:train  VGG-style net (6 conv 3x3: 16,32,64,64,128,128; dense 128; 4 classes), 64x64x3, batch 32, SGD`);
+  console.log(`machine: ${machine}; load average at start ${load0.map((l) => l.toFixed(2)).join(' ')}`);
+  console.log(`${rounds} rounds x ${steps} steps per backend, interleaved (pure-JS cpu: ${values['cpu-rounds']} round(s) x 1 step, it is slow)\n`);
+
+  const { workers, info, skipped } = await startWorkers(wanted, warmup);
+  const { times, cpuTimes } = await measure(workers, rounds, steps, Number(values['cpu-rounds']));
 
   const torch = times.get('pytorch');
   const torchCpu = cpuTimes.get('pytorch');

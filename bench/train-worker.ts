@@ -2,6 +2,7 @@ import { createInterface } from 'node:readline';
 import { mulberry32 } from '../shared/util/random.js';
 import { startCpuBackend, startWasmBackend, type Tf } from '../training/backend.js';
 import { BENCH_BATCH, BENCH_CLASSES, BENCH_INPUT, buildBenchModel } from './vgg-bench-model.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
  * One tfjs backend of `npm run bench:train`, in its own process (tfjs keeps one global backend).
@@ -21,20 +22,20 @@ async function loadBackend(name: string): Promise<{ tf: Tf; detail: string }> {
         // try the next one
       }
     }
-    throw new Error('neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed');
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, 'neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed');
   }
   const tf = (await import('@tensorflow/tfjs')) as Tf;
   tf.env().set('PROD', true);
   if (name === 'wasm') {
     const r = await startWasmBackend(tf);
-    if (!r.ok) throw new Error(r.reason);
+    if (!r.ok) throw new FedlineError(ErrorCodes.CONFIG_INVALID, r.reason);
     return { tf, detail: '@tensorflow/tfjs-backend-wasm (SIMD, 1 thread) + fedline kernels' };
   }
   if (name === 'cpu') {
     await startCpuBackend(tf);
     return { tf, detail: '@tensorflow/tfjs pure JS + fedline kernels' };
   }
-  throw new Error(`unknown backend ${name}`);
+  throw new FedlineError(ErrorCodes.CONFIG_INVALID, `unknown backend ${name}`);
 }
 
 async function main(): Promise<void> {

@@ -12,6 +12,7 @@ import { MqttTransport } from '../shared/transport/mqtt-transport.js';
 import { createTopics } from '../shared/protocol/topics.js';
 import { encodeUpdateSource } from '../shared/bundle/encoded-update.js';
 import { denseShapes, memoryOf, syntheticTensors, vgg19Shapes } from './synthetic.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
  * The processes of `npm run bench:transport`, each forked on its own so that its CPU and memory
@@ -123,7 +124,7 @@ async function agent(federation: string, id: string, seed: number, model: string
 
   async function upload(ann: RoundAnnouncement): Promise<void> {
     const meta: UpdateMeta = { kind: 'update', agent: id, round: ann.round, baseVersion: ann.base.version, sampleCount: 100 + 37 * seed, epochs: 1, metricsBefore: null, metricsAfter: null, trainMs: 0, backend: 'synthetic', delta: false };
-    if (ann.delta) throw new Error('the benchmark agent sends whole weights (it holds no base model)');
+    if (ann.delta) throw new FedlineError(ErrorCodes.UPDATE_MANIFEST, 'the benchmark agent sends whole weights (it holds no base model)');
     resetPeak();
     const startedAt = Date.now();
     const source = encodeUpdateSource(syntheticTensors(shapes, seed), meta, { encoding: ann.encoding, delta: false });
@@ -159,7 +160,7 @@ const main = async () => {
   if (role === 'plain-sub') return plainSub(Number(rest[0]));
   if (role === 'plain-pub') return plainPub(Number(rest[0]), Number(rest[1]), Number(rest[2]));
   if (role === 'agent') return agent(rest[0]!, rest[1]!, Number(rest[2]), rest[3]!, rest[4]!, Number(rest[5]));
-  throw new Error(`unknown role ${role}`);
+  throw new FedlineError(ErrorCodes.CONFIG_INVALID, `unknown role ${role}`);
 };
 main().catch((err: Error) => {
   report({ type: 'error', message: err.stack ?? err.message });

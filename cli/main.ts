@@ -48,8 +48,8 @@ async function main(argv: string[]): Promise<void> {
     case 'agent':
       return runAgent(rest);
     case 'demo': {
-      const { runDemo } = await import('../demo/run-demo.js');
-      process.exitCode = await runDemo(rest);
+      const { runDemoCommand } = await import('./demo-cmd.js');
+      process.exitCode = await runDemoCommand(rest);
       return;
     }
     case 'keygen': {

@@ -4,6 +4,7 @@ import { freeTcpPort } from '../shared/util/free-port.js';
 import { createLogger } from '../shared/util/logger.js';
 import { parsePlcSchedule, startPlcSimulator, type LineStateChange } from '../demo/plc-simulator.js';
 import { fatal, notifyReady, onShutdown } from './lifecycle.js';
+import { intOption as int, invalidOption } from './option-checks.js';
 
 export const PLC_SIM_USAGE = `fedline plc-sim: a simulated PLC (OPC UA server) whose line state alternates on a schedule
 
@@ -40,16 +41,11 @@ export async function runPlcSim(args: string[]): Promise<void> {
       process.stdout.write(PLC_SIM_USAGE + '\n');
       return;
     }
-    const int = (name: string, v: string, min: number, max: number) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer from ${min} to ${max}, got "${v}"`);
-      return n;
-    };
     const offset = Number(values.offset);
-    if (!(offset >= 0)) throw new Error(`--offset must be a number of seconds >= 0, got "${values.offset}"`);
+    if (!(offset >= 0)) throw invalidOption(`--offset must be a number of seconds >= 0, got "${values.offset}"`);
     const users = (values.user ?? []).map((u) => {
       const i = u.indexOf(':');
-      if (i < 1) throw new Error(`--user must be NAME:PASSWORD, got "${u}"`);
+      if (i < 1) throw invalidOption(`--user must be NAME:PASSWORD, got "${u}"`);
       return { username: u.slice(0, i), password: u.slice(i + 1) };
     });
     let port = int('port', values.port!, 0, 65535);

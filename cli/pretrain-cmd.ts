@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { modelSpecSchema, parseConfig } from '../shared/config/service-config.js';
 import { architectures } from '../training/models.js';
 import { pretrainBase } from '../training/pretrain.js';
+import { invalidOption } from './option-checks.js';
 
 const USAGE = `usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --out DIR [--model small-cnn|vgg11|vgg16|vgg19]
                         [--size PX] [--width X] [--epochs N] [--batch N] [--learning-rate X] [--seed N] [--normalization MODE]
@@ -52,7 +53,7 @@ export async function runPretrain(args: string[]): Promise<void> {
   if (values.synth) {
     const { generateExperimentData, INSPECTION_CLASSES } = await import('../synthetic-data/generate.js');
     const scale = Number(values.scale);
-    if (!(scale > 0)) throw new Error(`--scale must be positive, got ${values.scale}`);
+    if (!(scale > 0)) throw invalidOption(`--scale must be positive, got ${values.scale}`);
     const refRoot = `${out}-reference`;
     const gen = await generateExperimentData({ out: refRoot, seed: Number(values.seed), size, scale, parts: ['reference'] });
     dataDir = gen.reference!.dir;
@@ -67,8 +68,8 @@ export async function runPretrain(args: string[]): Promise<void> {
     { architecture: values.model, width: Number(values.width), inputShape: [size, size, 3], classes, seed: Number(values.seed), normalization: values.normalization, ...(values['batch-norm'] ? { batchNorm: true } : {}) },
     'command line',
   );
-  if (!(architectures as readonly string[]).includes(spec.architecture)) throw new Error(`unknown model ${spec.architecture}`);
-  if (values.init !== 'he' && values.init !== 'seeded') throw new Error(`--init must be he or seeded, got "${values.init}"`);
+  if (!(architectures as readonly string[]).includes(spec.architecture)) throw invalidOption(`unknown model ${spec.architecture}`);
+  if (values.init !== 'he' && values.init !== 'seeded') throw invalidOption(`--init must be he or seeded, got "${values.init}"`);
   const r = await pretrainBase({
     init: values.init,
     dataDir,

@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { AccessPolicy, accessFileSchema, renderMosquittoAcl } from '../broker/access.js';
 import { DEFAULT_PBKDF2_ITERATIONS, PasswordFile, setPasswordLine } from '../broker/passwords.js';
 import { loadConfigFile } from '../shared/config/service-config.js';
+import { invalidOption } from './option-checks.js';
 
 export const PASSWD_USAGE = `fedline passwd: add or change a user in a broker password file (Mosquitto's format, $7$ PBKDF2-SHA512)
 
@@ -17,7 +18,7 @@ usage: fedline acl --access ACCESS.json [--out FILE]
   Both brokers then enforce the same rules: the embedded broker reads ACCESS.json itself.`;
 
 async function readStdinLine(): Promise<string> {
-  if (process.stdin.isTTY) throw new Error('give the password on standard input (not a terminal) or with --password-file');
+  if (process.stdin.isTTY) throw invalidOption('give the password on standard input (not a terminal) or with --password-file');
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
   return Buffer.concat(chunks).toString('utf8').split(/\r?\n/)[0] ?? '';
@@ -31,9 +32,9 @@ export async function runPasswd(args: string[]): Promise<void> {
     return;
   }
   const iterations = values.iterations ? Number(values.iterations) : DEFAULT_PBKDF2_ITERATIONS;
-  if (!Number.isInteger(iterations) || iterations < 1000) throw new Error(`--iterations must be an integer >= 1000, got "${values.iterations}"`);
+  if (!Number.isInteger(iterations) || iterations < 1000) throw invalidOption(`--iterations must be an integer >= 1000, got "${values.iterations}"`);
   const password = values['password-file'] ? readFileSync(values['password-file'], 'utf8').split(/\r?\n/)[0]! : await readStdinLine();
-  if (password.length < 8) throw new Error('the password must have at least 8 characters');
+  if (password.length < 8) throw invalidOption('the password must have at least 8 characters');
   const existing = existsSync(values.file) ? readFileSync(values.file, 'utf8') : '';
   if (existing) PasswordFile.parse(existing, values.file); // refuse to extend a file that is already broken
   writeFileSync(values.file, setPasswordLine(existing, values.user, password, iterations), { mode: 0o600 });

@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
 import { EXPERIMENT_PARTS, generateExperimentData, type ExperimentPart } from '../synthetic-data/generate.js';
+import { invalidOption } from './option-checks.js';
 
 const USAGE = `usage: fedline dataset synth --out DIR [--seed N] [--size PX] [--scale X] [--parts clients,external,probes,reference]
 
@@ -37,11 +38,11 @@ export async function runDataset(args: string[]): Promise<void> {
   const size = Number(values.size);
   const scale = Number(values.scale);
   const parts = values.parts!.split(',').map((p) => p.trim()) as ExperimentPart[];
-  if (!Number.isInteger(seed) || seed < 0) throw new Error(`--seed must be a non-negative integer, got ${values.seed}`);
-  if (!Number.isInteger(size) || size < 16 || size > 512) throw new Error(`--size must be an integer from 16 to 512, got ${values.size}`);
-  if (!(scale > 0)) throw new Error(`--scale must be positive, got ${values.scale}`);
+  if (!Number.isInteger(seed) || seed < 0) throw invalidOption(`--seed must be a non-negative integer, got ${values.seed}`);
+  if (!Number.isInteger(size) || size < 16 || size > 512) throw invalidOption(`--size must be an integer from 16 to 512, got ${values.size}`);
+  if (!(scale > 0)) throw invalidOption(`--scale must be positive, got ${values.scale}`);
   const unknown = parts.filter((p) => !(EXPERIMENT_PARTS as readonly string[]).includes(p));
-  if (unknown.length) throw new Error(`--parts: unknown part(s) ${unknown.join(', ')} (known: ${EXPERIMENT_PARTS.join(', ')})`);
+  if (unknown.length) throw invalidOption(`--parts: unknown part(s) ${unknown.join(', ')} (known: ${EXPERIMENT_PARTS.join(', ')})`);
   const started = Date.now();
   const result = await generateExperimentData({ out: resolve(values.out), seed, size, scale, parts });
   const line = (counts: Record<string, number>) => Object.entries(counts).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`).join(', ');

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
 import { loadOpcua, type Opcua } from '../edge-agent/triggers/opcua-runtime.js';
 import { silentLogger, type Logger } from '../shared/util/logger.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
  * A simulated PLC: a node-opcua server whose production lines report their state in a String
@@ -56,9 +57,9 @@ export function parsePlcSchedule(text: string): PlcPhase[] {
   if (text.trim() === '') return [];
   return text.split(',').map((part) => {
     const m = /^\s*([A-Za-z][A-Za-z0-9_ -]*):(\d+(?:\.\d+)?)\s*$/.exec(part);
-    if (!m) throw new Error(`schedule part "${part}" is not STATE:SECONDS (e.g. Running:20,Idle:10)`);
+    if (!m) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `schedule part "${part}" is not STATE:SECONDS (e.g. Running:20,Idle:10)`);
     const durationMs = Math.round(Number(m[2]) * 1000);
-    if (durationMs <= 0) throw new Error(`schedule part "${part}": the duration must be positive`);
+    if (durationMs <= 0) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `schedule part "${part}": the duration must be positive`);
     return { state: m[1]!.trim(), durationMs };
   });
 }
@@ -86,20 +87,7 @@ export async function startPlcSimulator(options: PlcSimOptions): Promise<Running
     userManager: { isValidUser: (username: string, password: string) => users.some((u) => u.username === username && u.password === password) },
   });
   await server.initialize();
-  const addressSpace = server.engine.addressSpace!;
-  const ns = addressSpace.getOwnNamespace();
-  const plc = ns.addObject({ organizedBy: addressSpace.rootFolder.objects, browseName: 'PLC' });
-  const stateVars: ReturnType<typeof ns.addVariable>[] = [];
-  const idleVars: ReturnType<typeof ns.addVariable>[] = [];
-  for (let i = 0; i < lines; i++) {
-    const name = `Line${i + 1}`;
-    stateVars.push(
-      ns.addVariable({ componentOf: plc, nodeId: `s=${name}.State`, browseName: `${name}.State`, dataType: 'String', minimumSamplingInterval: 50, value: { dataType: opcua.DataType.String, value: states[i]! } }),
-    );
-    idleVars.push(
-      ns.addVariable({ componentOf: plc, nodeId: `s=${name}.Idle`, browseName: `${name}.Idle`, dataType: 'Boolean', minimumSamplingInterval: 50, value: { dataType: opcua.DataType.Boolean, value: states[i] === 'Idle' } }),
-    );
-  }
+  const { stateVars, idleVars } = addLineVariables(opcua, server, states);
   await server.start();
   const endpoint = `opc.tcp://${host}:${port}`;
   log.info({ endpoint, lines, schedule }, 'PLC simulator listening');
@@ -114,29 +102,7 @@ export async function startPlcSimulator(options: PlcSimOptions): Promise<Running
     emitter.emit('state', { line: line + 1, state, at: Date.now() } satisfies LineStateChange);
   };
 
-  // Each line walks through the cycle, starting (line-1) * offset into it.
-  const cycleMs = schedule.reduce((s, p) => s + p.durationMs, 0);
-  const started = Date.now();
-  const runLine = (line: number) => {
-    if (cycleMs === 0) return;
-    const offset = (line * (options.lineOffsetMs ?? 0)) % cycleMs;
-    const step = () => {
-      const pos = (Date.now() - started + offset) % cycleMs;
-      let acc = 0;
-      for (const phase of schedule) {
-        if (pos < acc + phase.durationMs) {
-          if (states[line] !== phase.state) apply(line, phase.state);
-          const t = setTimeout(step, acc + phase.durationMs - pos + 1);
-          timers.add(t);
-          t.unref?.();
-          return;
-        }
-        acc += phase.durationMs;
-      }
-    };
-    step();
-  };
-  for (let i = 0; i < lines; i++) runLine(i);
+  runSchedule(schedule, options.lineOffsetMs ?? 0, states, apply, timers);
 
   let closing: Promise<void> | null = null;
   Object.assign(emitter, {
@@ -157,3 +123,48 @@ export async function startPlcSimulator(options: PlcSimOptions): Promise<Running
   return emitter;
 }
 
+
+/** Line<N>.State (String) and Line<N>.Idle (Boolean) of every line, under an object PLC, with their first values. */
+function addLineVariables(opcua: Opcua, server: InstanceType<Opcua['OPCUAServer']>, states: readonly string[]) {
+  const addressSpace = server.engine.addressSpace!;
+  const ns = addressSpace.getOwnNamespace();
+  const plc = ns.addObject({ organizedBy: addressSpace.rootFolder.objects, browseName: 'PLC' });
+  const stateVars: ReturnType<typeof ns.addVariable>[] = [];
+  const idleVars: ReturnType<typeof ns.addVariable>[] = [];
+  for (let i = 0; i < states.length; i++) {
+    const name = `Line${i + 1}`;
+    stateVars.push(
+      ns.addVariable({ componentOf: plc, nodeId: `s=${name}.State`, browseName: `${name}.State`, dataType: 'String', minimumSamplingInterval: 50, value: { dataType: opcua.DataType.String, value: states[i]! } }),
+    );
+    idleVars.push(
+      ns.addVariable({ componentOf: plc, nodeId: `s=${name}.Idle`, browseName: `${name}.Idle`, dataType: 'Boolean', minimumSamplingInterval: 50, value: { dataType: opcua.DataType.Boolean, value: states[i] === 'Idle' } }),
+    );
+  }
+  return { stateVars, idleVars };
+}
+
+/** Each line walks through the cycle, starting (line-1) * offset into it; `apply` sets a line's state (0-based). */
+function runSchedule(schedule: readonly PlcPhase[], lineOffsetMs: number, states: readonly string[], apply: (line: number, state: string) => void, timers: Set<NodeJS.Timeout>): void {
+  const cycleMs = schedule.reduce((s, p) => s + p.durationMs, 0);
+  const started = Date.now();
+  const runLine = (line: number) => {
+    if (cycleMs === 0) return;
+    const offset = (line * lineOffsetMs) % cycleMs;
+    const step = () => {
+      const pos = (Date.now() - started + offset) % cycleMs;
+      let acc = 0;
+      for (const phase of schedule) {
+        if (pos < acc + phase.durationMs) {
+          if (states[line] !== phase.state) apply(line, phase.state);
+          const t = setTimeout(step, acc + phase.durationMs - pos + 1);
+          timers.add(t);
+          t.unref?.();
+          return;
+        }
+        acc += phase.durationMs;
+      }
+    };
+    step();
+  };
+  for (let i = 0; i < states.length; i++) runLine(i);
+}

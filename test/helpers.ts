@@ -1,6 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { Socket } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { freeTcpPort as freePort } from '../shared/util/free-port.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,8 +9,6 @@ import { startAggregator, type RunningAggregator } from '../aggregator/main.js';
 import { startAgent, type RunningAgent } from '../edge-agent/main.js';
 import { generateDataset, INSPECTION_CLASSES, PAPER_CLIENTS, type ClientSpec } from '../synthetic-data/generate.js';
 import { agentConfigSchema, aggregatorConfigSchema, parseConfig, type AgentConfig, type AggregatorConfig } from '../shared/config/service-config.js';
-import { AccessPolicy, accessFileSchema, renderMosquittoAcl, type AccessFile } from '../broker/access.js';
-import { hashPassword } from '../broker/passwords.js';
 
 export const REPO_ROOT = new URL('../../', import.meta.url).pathname;
 
@@ -131,143 +127,12 @@ export function startAedes(): Promise<RunningBroker> {
   return createBroker({ host: '127.0.0.1', port: 0 });
 }
 
-export function mosquittoAvailable(): string | null {
-  for (const bin of ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', 'mosquitto']) {
-    const r = spawnSync(bin, ['-h'], { encoding: 'utf8' });
-    if (!r.error) return bin;
-  }
-  return null;
-}
-
-/** Test passwords: one per user, known to the tests. */
-export function testPassword(user: string): string {
-  return `${user}-test-secret`;
-}
-
-/**
- * The test federation's access file (root fl/test): the aggregator, the agents, an MES user
- * (that may also publish the MES line-state topics mes/#) and an auditor (an MES user that may
- * read everything, so tests can see what got through and what did not).
- */
-export function testAccess(agents: readonly string[] = ['site-a', 'site-b', 'site-c'], root = 'fl/test'): AccessFile {
-  return accessFileSchema.parse({
-    topicRoot: root,
-    users: [
-      { username: 'aggregator', role: 'aggregator' },
-      ...agents.map((a) => ({ username: a, role: 'agent', read: ['mes/#'] })),
-      ...(agents.includes('site-a')
-        ? [
-            { username: 'site-a-inspect', role: 'inspector', agent: 'site-a' },
-            { username: 'camera-a', role: 'camera', agent: 'site-a' },
-          ]
-        : []),
-      { username: 'mes', role: 'mes', write: ['mes/#'] },
-      { username: 'auditor', role: 'mes', read: [`${root}/#`, 'mes/#'] },
-    ],
-  });
-}
-
-export interface AuthFiles {
-  accessFile: string;
-  passwordFile: string;
-  aclFile: string;
-  credentials: (user: string) => { username: string; password: string };
-}
-
-/** Write the access file, a password file (low PBKDF2 count: tests log in often) and the Mosquitto ACL rendered from it. */
-export function writeAuthFiles(dir: string, access: AccessFile = testAccess(), extraUsers: string[] = []): AuthFiles {
-  const accessFile = join(dir, 'access.json');
-  const passwordFile = join(dir, 'passwd');
-  const aclFile = join(dir, 'acl');
-  writeFileSync(accessFile, JSON.stringify(access, null, 2));
-  const users = [...access.users.map((u) => u.username), ...extraUsers];
-  writeFileSync(passwordFile, users.map((u) => `${u}:${hashPassword(testPassword(u), 1000)}`).join('\n') + '\n');
-  writeFileSync(aclFile, renderMosquittoAcl(new AccessPolicy(access), accessFile));
-  return { accessFile, passwordFile, aclFile, credentials: (user) => ({ username: user, password: testPassword(user) }) };
-}
-
-export interface MosquittoOptions {
-  /** Users and rights (default testAccess()); written as password_file and acl_file. */
-  access?: AccessFile;
-  /** Users with a password but no line in the ACL. */
-  extraUsers?: string[];
-  /** An extra TLS listener. */
-  tls?: { cert: string; key: string; ca: string; requireCertificate: boolean; identityAsUsername: boolean };
-  /** Listen on this port instead of a free one (a restart on the same address). */
-  port?: number;
-}
-
-export interface RunningMosquitto {
-  url: string;
-  port: number;
-  tlsUrl: string | null;
-  proc: ChildProcess;
-  auth: AuthFiles;
-  stop(): Promise<void>;
-  /** SIGKILL: a crash, no chance to save the persistence file. */
-  kill(): Promise<void>;
-}
-
-/**
- * Start Mosquitto with the repository's mosquitto.conf, changed only where a test must: the
- * listener (a free loopback port), the persistence/log locations, and the password and ACL files
- * (a temp folder, made from the test access file by the same code as `fedline acl`).
- */
-export async function startMosquitto(bin: string, dir: string, options: MosquittoOptions = {}): Promise<RunningMosquitto> {
-  const port = options.port ?? (await freePort());
-  const auth = writeAuthFiles(dir, options.access ?? testAccess(), options.extraUsers);
-  const original = readFileSync(join(REPO_ROOT, 'mosquitto.conf'), 'utf8');
-  let conf = original
-    .split('\n')
-    .map((line) => {
-      if (/^\s*listener\s+\d+/.test(line)) return `listener ${port} 127.0.0.1`;
-      if (/^\s*persistence_location\s/.test(line)) return `persistence_location ${dir}/`;
-      if (/^\s*log_dest\s/.test(line)) return 'log_dest stderr';
-      if (/^\s*password_file\s/.test(line)) return `password_file ${auth.passwordFile}`;
-      if (/^\s*acl_file\s/.test(line)) return `acl_file ${auth.aclFile}`;
-      if (/^\s*(pid_file|user)\s/.test(line)) return `# (test) ${line}`;
-      return line;
-    })
-    .join('\n');
-  // Started as root, Mosquitto drops to the `mosquitto` user, which cannot read our 0700 temp folder.
-  if (process.getuid?.() === 0) conf = `user root\n${conf}`;
-  let tlsPort: number | null = null;
-  if (options.tls) {
-    tlsPort = await freePort();
-    const t = options.tls;
-    conf += `\nlistener ${tlsPort} 127.0.0.1\ncertfile ${t.cert}\nkeyfile ${t.key}\ncafile ${t.ca}\nrequire_certificate ${t.requireCertificate}\nuse_identity_as_username ${t.identityAsUsername}\n`;
-  }
-  const file = join(dir, 'mosquitto.conf');
-  writeFileSync(file, conf);
-  const proc = spawn(bin, ['-c', file], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  await waitFor(`mosquitto on port ${port} (stderr: ${stderr})`, async () => {
-    if (proc.exitCode !== null) throw new Error(`mosquitto exited with ${proc.exitCode}: ${stderr}`);
-    return new Promise<boolean>((resolve) => {
-      const s = new Socket();
-      s.once('connect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-      s.connect(port, '127.0.0.1');
-    });
-  }, 10_000);
-  return {
-    url: `mqtt://127.0.0.1:${port}`,
-    port,
-    tlsUrl: tlsPort !== null ? `mqtts://127.0.0.1:${tlsPort}` : null,
-    proc,
-    auth,
-    async stop() {
-      if (proc.exitCode === null) proc.kill('SIGTERM');
-      await exited;
-    },
-    async kill() {
-      if (proc.exitCode === null) proc.kill('SIGKILL');
-      await exited;
-    },
-  };
-}
+// The local Mosquitto launcher and its auth files live in demo/mosquitto.ts (the benchmarks use them too).
+export {
+  mosquittoAvailable,
+  startMosquitto,
+  testAccess,
+  testPassword,
+  writeAuthFiles,
+  type AuthFiles,
+} from '../demo/mosquitto.js';
