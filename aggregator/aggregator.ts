@@ -19,7 +19,7 @@ import { createUpdateInbound } from './update-inbound.js';
 import type { UpdateSpool } from './update-spool.js';
 
 // demo/, bench/ and experiment/ import the journal's types from here.
-export { JOURNAL_KEEP_ROUNDS, type Journal, type RoundRecord } from './round-journal.js';
+export type { Journal, RoundRecord } from './round-journal.js';
 
 export interface AggregatorDeps {
   transport: Transport;

@@ -27,16 +27,7 @@ export async function startAggregator(config: Readonly<AggregatorConfig>, logger
     spool,
     logger,
     ...(signingKey ? { signModel: (version: number, sha256: string) => signModel(signingKey, version, sha256) } : {}),
-    initialModel: async () => {
-      // tfjs is needed only to build the common initial weights (version 0, in an empty store);
-      // aggregation is plain typed-array math. Imported here, lazily, so that an aggregator whose
-      // store has a model never loads TensorFlow.js or the training code.
-      const [{ loadTf }, { buildInitialBundle }] = await Promise.all([import('../training/backend.js'), import('../training/initial-model.js')]);
-      const { tf } = await loadTf('cpu', logger);
-      return buildInitialBundle(tf, config.model, (r) =>
-        logger.info({ from: config.model.initFrom, loaded: r.loaded.length, keptSeeded: r.kept, unusedInFile: r.unused.length }, 'initial weights: pretrained layers loaded by name; the others keep the seeded init'),
-      );
-    },
+    initialModel: () => initialModelBundle(config, logger),
   });
   return {
     aggregator,
@@ -47,4 +38,17 @@ export async function startAggregator(config: Readonly<AggregatorConfig>, logger
       await transport.close();
     },
   };
+}
+
+/**
+ * The initial global model (version 0) of the configured architecture. TensorFlow.js is needed
+ * only for this (aggregation is plain typed-array math) and is imported here, lazily, so that an
+ * aggregator whose store has a model never loads it or the training code.
+ */
+export async function initialModelBundle(config: Readonly<AggregatorConfig>, logger: Logger): Promise<Uint8Array> {
+  const [{ loadTf }, { buildInitialBundle }] = await Promise.all([import('../training/backend.js'), import('../training/initial-model.js')]);
+  const { tf } = await loadTf('cpu', logger);
+  return buildInitialBundle(tf, config.model, (r) =>
+    logger.info({ from: config.model.initFrom, loaded: r.loaded.length, keptSeeded: r.kept, unusedInFile: r.unused.length }, 'initial weights: pretrained layers loaded by name; the others keep the seeded init'),
+  );
 }

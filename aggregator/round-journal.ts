@@ -27,7 +27,7 @@ export interface Journal {
  * Rounds kept in journal.json (and in memory). A federation that runs for months must not grow
  * its journal or its heap with every round: older records move to the append-only history.jsonl.
  */
-export const JOURNAL_KEEP_ROUNDS = 200;
+const JOURNAL_KEEP_ROUNDS = 200;
 
 /**
  * The aggregator's journal (<stateDir>/journal.json): what a restarted aggregator needs to go on

@@ -51,7 +51,7 @@ export type RoundOutcome = 'aggregate' | 'keep' | 'target-reached' | 'evaluated'
 export type CloseDecision = { close: false } | { close: true; outcome: RoundOutcome; reason: string };
 
 /** Whether the base model meets the target on the selected agents' test splits (the strategy's evaluate step). */
-export type TargetRule = (metrics: Readonly<Record<string, EvalMetrics | undefined>>, selected: readonly string[], target: number | null) => boolean;
+type TargetRule = (metrics: Readonly<Record<string, EvalMetrics | undefined>>, selected: readonly string[], target: number | null) => boolean;
 
 export class RoundState {
   readonly plan: RoundPlan;
