@@ -4,8 +4,6 @@ import type { Logger } from '../shared/util/logger.js';
 import { connectMqtt } from '../shared/transport/mqtt-connect.js';
 import { loadSigningKey, signModel } from '../shared/protocol/model-signature.js';
 import type { MqttTransport } from '../shared/transport/mqtt-transport.js';
-import { loadTf } from '../training/backend.js';
-import { buildInitialBundle } from '../training/initial-model.js';
 import { Aggregator } from './aggregator.js';
 import { FsModelStore } from './model-store.js';
 import { UpdateSpool } from './update-spool.js';
@@ -17,7 +15,7 @@ export interface RunningAggregator {
   close(): Promise<void>;
 }
 
-/** Wire a validated aggregator config to its adapters: MQTT, the model store, the spool, tfjs (initial model only). */
+/** Wire a validated aggregator config to its adapters: MQTT, the model store, the spool, tfjs (initial model only, loaded lazily). */
 export async function startAggregator(config: Readonly<AggregatorConfig>, logger: Logger): Promise<RunningAggregator> {
   const signingKey = config.signingKeyFile ? loadSigningKey(config.signingKeyFile) : null;
   const transport = await connectMqtt(config.mqtt, `fedline-aggregator-${config.federation}`.slice(0, 128), logger);
@@ -29,13 +27,7 @@ export async function startAggregator(config: Readonly<AggregatorConfig>, logger
     spool,
     logger,
     ...(signingKey ? { signModel: (version: number, sha256: string) => signModel(signingKey, version, sha256) } : {}),
-    initialModel: async () => {
-      // tfjs is needed only to build the common initial weights; aggregation is plain typed-array math.
-      const { tf } = await loadTf('cpu', logger);
-      return buildInitialBundle(tf, config.model, (r) =>
-        logger.info({ from: config.model.initFrom, loaded: r.loaded.length, keptSeeded: r.kept, unusedInFile: r.unused.length }, 'initial weights: pretrained layers loaded by name; the others keep the seeded init'),
-      );
-    },
+    initialModel: () => initialModelBundle(config, logger),
   });
   return {
     aggregator,
@@ -46,4 +38,17 @@ export async function startAggregator(config: Readonly<AggregatorConfig>, logger
       await transport.close();
     },
   };
+}
+
+/**
+ * The initial global model (version 0) of the configured architecture. TensorFlow.js is needed
+ * only for this (aggregation is plain typed-array math) and is imported here, lazily, so that an
+ * aggregator whose store has a model never loads it or the training code.
+ */
+export async function initialModelBundle(config: Readonly<AggregatorConfig>, logger: Logger): Promise<Uint8Array> {
+  const [{ loadTf }, { buildInitialBundle }] = await Promise.all([import('../training/backend.js'), import('../training/initial-model.js')]);
+  const { tf } = await loadTf('cpu', logger);
+  return buildInitialBundle(tf, config.model, (r) =>
+    logger.info({ from: config.model.initFrom, loaded: r.loaded.length, keptSeeded: r.kept, unusedInFile: r.unused.length }, 'initial weights: pretrained layers loaded by name; the others keep the seeded init'),
+  );
 }

@@ -1,3 +1,4 @@
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { BlockSink } from '../shared/fl/fedavg.js';
 import { elementCount, type TensorSpec } from '../shared/bundle/tensor-bundle.js';
 import type { VersionWriter } from './model-store.js';
@@ -30,11 +31,11 @@ export class ModelBuilder {
 
   /** The sink a strategy writes the federated tensors to. */
   readonly sink: BlockSink = async (name, start, values) => {
-    if (!this.federated.has(name)) throw new Error(`the strategy wrote tensor "${name}", which this round does not federate`);
+    if (!this.federated.has(name)) throw new FedlineError(ErrorCodes.MODEL_STORE, `the strategy wrote tensor "${name}", which this round does not federate`);
     await this.copyBaseUntil(name);
     const spec = this.specs[this.tensor]!;
     if (spec.name !== name || start !== this.done) {
-      throw new Error(`the strategy wrote ${name}[${start}..] but the model is written in order and expects ${spec.name}[${this.done}..]`);
+      throw new FedlineError(ErrorCodes.MODEL_STORE, `the strategy wrote ${name}[${start}..] but the model is written in order and expects ${spec.name}[${this.done}..]`);
     }
     await this.writeValues(values);
   };
@@ -47,7 +48,7 @@ export class ModelBuilder {
   private async writeValues(values: Float32Array): Promise<void> {
     const spec = this.specs[this.tensor]!;
     const count = elementCount(spec.shape);
-    if (this.done + values.length > count) throw new Error(`tensor "${spec.name}" got ${this.done + values.length} values, it has ${count}`);
+    if (this.done + values.length > count) throw new FedlineError(ErrorCodes.MODEL_STORE, `tensor "${spec.name}" got ${this.done + values.length} values, it has ${count}`);
     await this.writer.write(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
     this.done += values.length;
     if (this.done === count) {
@@ -66,7 +67,7 @@ export class ModelBuilder {
           this.tensor++;
           continue;
         }
-        throw new Error(`federated tensor "${spec.name}" is incomplete (${this.done} of ${elementCount(spec.shape)} values) when ${name ?? 'the end'} comes`);
+        throw new FedlineError(ErrorCodes.MODEL_STORE, `federated tensor "${spec.name}" is incomplete (${this.done} of ${elementCount(spec.shape)} values) when ${name ?? 'the end'} comes`);
       }
       const count = elementCount(spec.shape);
       if (count === 0) {
@@ -79,6 +80,6 @@ export class ModelBuilder {
       await this.base.read(spec.name, this.done, block);
       await this.writeValues(block);
     }
-    if (name !== null) throw new Error(`tensor "${name}" is not in the model, or was written already`);
+    if (name !== null) throw new FedlineError(ErrorCodes.MODEL_STORE, `tensor "${name}" is not in the model, or was written already`);
   }
 }

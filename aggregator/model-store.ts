@@ -126,7 +126,7 @@ export class FsModelStore implements ModelStore {
       throw err;
     }
     const stored = await writer.commit();
-    if (stored.sha256 !== sha256Hex(bundle)) throw new Error('model store: a saved bundle is not byte-identical to its input (layout differs)');
+    if (stored.sha256 !== sha256Hex(bundle)) throw new FedlineError(ErrorCodes.MODEL_STORE, 'model store: a saved bundle is not byte-identical to its input (layout differs)');
     return stored;
   }
 
@@ -300,8 +300,8 @@ export class VersionWriter {
   }
 
   async write(bytes: Uint8Array): Promise<void> {
-    if (this.closed) throw new Error('version writer is closed');
-    if (this.written + bytes.byteLength > this.payloadBytes) throw new Error(`model version ${this.o.meta.version}: ${this.written + bytes.byteLength} payload bytes written, ${this.payloadBytes} expected`);
+    if (this.closed) throw new FedlineError(ErrorCodes.MODEL_STORE, 'version writer is closed');
+    if (this.written + bytes.byteLength > this.payloadBytes) throw new FedlineError(ErrorCodes.MODEL_STORE, `model version ${this.o.meta.version}: ${this.written + bytes.byteLength} payload bytes written, ${this.payloadBytes} expected`);
     this.hash.update(bytes);
     let done = 0;
     while (done < bytes.byteLength) {
@@ -319,11 +319,14 @@ export class VersionWriter {
     }
   }
 
-  /** Finish the version: every payload byte must have been written. */
-  async commit(): Promise<StoredModel> {
-    const { meta, specs, prefix, tmp, target, root, extra } = this.o;
+  /**
+   * Finish the version: every payload byte must have been written. `extra` replaces what
+   * createVersion was given (an aggregation knows whose updates went in only once it is done).
+   */
+  async commit(extra: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'> = this.o.extra): Promise<StoredModel> {
+    const { meta, specs, prefix, tmp, target, root } = this.o;
     try {
-      if (this.written !== this.payloadBytes) throw new Error(`${this.written} of ${this.payloadBytes} payload bytes written`);
+      if (this.written !== this.payloadBytes) throw new FedlineError(ErrorCodes.MODEL_STORE, `${this.written} of ${this.payloadBytes} payload bytes written`);
       await this.syncing;
       await this.o.weights.sync();
       await this.o.weights.close();

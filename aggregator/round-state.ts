@@ -1,3 +1,4 @@
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { meetsTarget } from '../shared/fl/schedule.js';
 import type { EvalMetrics } from '../shared/protocol/messages.js';
 
@@ -49,16 +50,21 @@ export type RoundOutcome = 'aggregate' | 'keep' | 'target-reached' | 'evaluated'
 
 export type CloseDecision = { close: false } | { close: true; outcome: RoundOutcome; reason: string };
 
+/** Whether the base model meets the target on the selected agents' test splits (the strategy's evaluate step). */
+type TargetRule = (metrics: Readonly<Record<string, EvalMetrics | undefined>>, selected: readonly string[], target: number | null) => boolean;
+
 export class RoundState {
   readonly plan: RoundPlan;
+  private readonly targetRule: TargetRule;
   private readonly evals = new Map<string, EvalMetrics>();
   private readonly accepted = new Map<string, AcceptedUpdate>();
   private readonly failures = new Map<string, Failure>();
   private closedFlag = false;
 
-  constructor(plan: RoundPlan) {
+  constructor(plan: RoundPlan, targetRule: TargetRule = meetsTarget) {
     if (plan.selected.length === 0) throw new RangeError(`round ${plan.round}: no agent selected`);
     this.plan = { ...plan, selected: [...plan.selected].sort() };
+    this.targetRule = targetRule;
   }
 
   get closed(): boolean {
@@ -85,7 +91,7 @@ export class RoundState {
   }
 
   recordAccepted(update: AcceptedUpdate): void {
-    if (this.accepted.has(update.agent)) throw new Error(`round ${this.plan.round}: update of ${update.agent} accepted twice`);
+    if (this.accepted.has(update.agent)) throw new FedlineError(ErrorCodes.DUPLICATE_UPDATE, `round ${this.plan.round}: update of ${update.agent} accepted twice`);
     this.accepted.set(update.agent, update);
     this.failures.delete(update.agent);
   }
@@ -114,7 +120,7 @@ export class RoundState {
 
   /** Whether the base model already meets the target on every selected agent's test split. */
   targetReached(): boolean {
-    return meetsTarget(Object.fromEntries(this.evals), this.plan.selected, this.plan.targetAccuracy);
+    return this.targetRule(Object.fromEntries(this.evals), this.plan.selected, this.plan.targetAccuracy);
   }
 
   /** What to do now, given the clock. Pure: call it after every event and on the deadline. */

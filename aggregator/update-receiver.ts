@@ -74,7 +74,7 @@ export class UpdateReceiver {
     return this.file.missing(limit);
   }
 
-  /** The stored-chunk count, reported now (the window changed): null once every chunk is in. */
+  /** The stored-chunk count, reported now (the flow-control credit changed): null once every chunk is in. */
   progressNow(): number | null {
     if (this.file.complete) return null;
     this.reportedStored = this.file.receivedChunks;

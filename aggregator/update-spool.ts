@@ -1,3 +1,4 @@
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
@@ -104,7 +105,7 @@ export class UpdateSpool {
     const readers: SpoolReader[] = [];
     try {
       for (const u of updates) {
-        if (u.delta && !base) throw new Error(`update of ${u.agent} holds differences, but no base model was given`);
+        if (u.delta && !base) throw new FedlineError(ErrorCodes.BUNDLE_FORMAT, `update of ${u.agent} holds differences, but no base model was given`);
         const fh: FileHandle = await open(join(this.roundDir(round), `${u.agent}.flb`), 'r');
         readers.push(new SpooledUpdateReader(u, fh, u.delta ? base! : null));
       }
@@ -171,7 +172,7 @@ class SpooledUpdateReader implements SpoolReader {
 
   async read(name: string, start: number, out: Float32Array): Promise<void> {
     const spec = this.specs.get(name);
-    if (!spec) throw new Error(`spooled update of ${this.update.agent} has no tensor ${name}`);
+    if (!spec) throw new FedlineError(ErrorCodes.BUNDLE_FORMAT, `spooled update of ${this.update.agent} has no tensor ${name}`);
     const where = `spooled update of ${this.update.agent}`;
     const tensorStart = this.update.payloadStart + spec.offset;
     const count = out.length;

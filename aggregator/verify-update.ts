@@ -192,7 +192,7 @@ export class UpdateStreamVerifier {
   push(bytes: Uint8Array, offset: number): void {
     if (this.failed) return;
     try {
-      if (offset !== this.seen) throw new Error(`update verifier got bytes at ${offset}, expected ${this.seen}`);
+      if (offset !== this.seen) throw new FedlineError(ErrorCodes.BUNDLE_FORMAT, `update verifier got bytes at ${offset}, expected ${this.seen}`);
       this.seen += bytes.byteLength;
       let rest = bytes;
       let at = offset;
@@ -251,7 +251,7 @@ export class UpdateStreamVerifier {
   finish(): { header: BundleHeader<DecodedUpdateMeta>; payloadStart: number } {
     if (this.failed) throw this.failed;
     if (!this.parsed) throw new FedlineError(ErrorCodes.BUNDLE_FORMAT, 'not a fedline tensor bundle (its header is incomplete)');
-    if (this.seen !== this.bundleBytes) throw new Error(`update verification saw ${this.seen} of ${this.bundleBytes} bytes`);
+    if (this.seen !== this.bundleBytes) throw new FedlineError(ErrorCodes.BUNDLE_FORMAT, `update verification saw ${this.seen} of ${this.bundleBytes} bytes`);
     return this.parsed;
   }
 }

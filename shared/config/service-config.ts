@@ -184,6 +184,13 @@ export const aggregatorConfigSchema = z.strictObject({
     federated: federatedSetSchema.default('all'),
   }),
   model: modelSpecSchema,
+  /**
+   * Aggregation strategy by name (aggregator/strategy-registry.ts): fedavg (sample-weighted mean,
+   * McMahan et al. 2017) is the only one so far. Whatever the strategy, updates are first screened
+   * by maxUpdateNormRatio / maxUpdateNorm. An unknown name stops the aggregator at start-up
+   * (FL_CONFIG_INVALID). Default fedavg.
+   */
+  strategy: z.string().min(1).max(64).default('fedavg'),
   /** Refuse an update that changes the model more than this many times the median change of the round's other updates (L2). null disables. Default 10. */
   maxUpdateNormRatio: z.number().gt(1).nullable().default(10),
   /** Refuse an update that changes the model by more than this L2 norm. null (default) disables. */

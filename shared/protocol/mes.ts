@@ -37,8 +37,11 @@ export const roundStartedEventSchema = z.strictObject({
   resumed: z.boolean(),
 });
 
-export const roundCompletedEventSchema = z.strictObject({
-  ...envelope('round-completed'),
+/**
+ * One round as it happened: the aggregator's journal holds these (aggregator/round-journal.ts
+ * derives its RoundRecord type from this schema) and the MES gets each as a round-completed event.
+ */
+export const roundRecordSchema = z.strictObject({
   round: uint,
   kind: z.enum(['train', 'evaluate']),
   baseVersion: uint,
@@ -51,7 +54,9 @@ export const roundCompletedEventSchema = z.strictObject({
   newVersion: uint.nullable(),
   participants: z.array(id),
   sampleCounts: z.record(z.string(), uint),
+  /** The base model evaluated on each agent's local test split (before local training). */
   baseMetrics: z.record(z.string(), evalMetricsSchema),
+  /** Each agent's local model after training, on its local test split. */
   localMetrics: z.record(z.string(), evalMetricsSchema.nullable()),
   failures: z.array(z.strictObject({ agent: id, code: z.string(), reason: z.string() })),
   trainMs: z.record(z.string(), uint),
@@ -68,6 +73,11 @@ export const roundCompletedEventSchema = z.strictObject({
   aggregatedAt: uint.nullable().optional(),
   modelStoredAt: uint.nullable().optional(),
   modelPublishedAt: uint.nullable().optional(),
+});
+
+export const roundCompletedEventSchema = z.strictObject({
+  ...envelope('round-completed'),
+  ...roundRecordSchema.shape,
 });
 
 export const modelPublishedEventSchema = z.strictObject({

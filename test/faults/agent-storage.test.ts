@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startAggregator } from '../../aggregator/main.js';
+import { initialModelBundle, startAggregator } from '../../aggregator/main.js';
 import { startAgent, type RunningAgent } from '../../edge-agent/main.js';
 import { ErrorCodes } from '../../shared/protocol/errors.js';
 import { silentLogger } from '../../shared/util/logger.js';
@@ -15,12 +15,14 @@ async function withFederation(prepare: (dir: string, sha256: string) => void, ch
   const broker = await startAedes();
   const options = { url: broker.url, dir: dir.path, agents: ['site-a', 'site-b'], rounds: 1 };
   await tinyDataset(join(dir.path, 'data'), options.agents);
-  const aggregator = await startAggregator(aggregatorConfig(options), silentLogger());
+  const config = aggregatorConfig(options);
+  const aggregator = await startAggregator(config, silentLogger());
   const { logger, lines } = captureLogger();
   const agents: RunningAgent[] = [];
   try {
-    // The aggregator creates model version 0 when it starts its run; create it now to know its hash.
-    const v0 = await (aggregator.aggregator as unknown as { ensureInitialModel(): Promise<{ sha256: string }> }).ensureInitialModel();
+    // The aggregator creates model version 0 when it starts its run; create it now to know its hash
+    // (the run then finds it in the store).
+    const v0 = await aggregator.store.save(await initialModelBundle(config, silentLogger()));
     prepare(dir.path, v0.sha256);
     for (const a of options.agents) agents.push(await startAgent(agentConfig(options, a), logger));
     const result = await aggregator.aggregator.run();

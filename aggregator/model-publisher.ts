@@ -1,0 +1,115 @@
+import { chunkCount } from '../shared/bundle/chunking.js';
+import { publishChunks } from '../shared/bundle/chunk-publisher.js';
+import { describeError } from '../shared/protocol/errors.js';
+import { PROTOCOL_VERSION, type ModelManifest, type RoundAnnouncement } from '../shared/protocol/messages.js';
+import { encodeJson, packMsg } from '../shared/protocol/wire-codec.js';
+import type { AggregatorContext } from './aggregator-context.js';
+import type { StoredModel } from './model-store.js';
+
+export type ModelSigner = (version: number, sha256: string) => string;
+
+/**
+ * What the agents read retained from the broker: the global model (chunks and the manifest on
+ * `model/latest`) and the round announcement. Old versions' retained chunks are cleared; after a
+ * reconnect everything is published again.
+ */
+export class ModelPublisher {
+  private readonly ctx: AggregatorContext;
+  private readonly signModel: ModelSigner | null;
+  private lastAnnouncement: RoundAnnouncement | null = null;
+
+  constructor(ctx: AggregatorContext, signModel: ModelSigner | null) {
+    this.ctx = ctx;
+    this.signModel = signModel;
+  }
+
+  /** Publish a model version (chunks, then the manifest), clear older versions' chunks; `announce`: tell the MES (model-published). */
+  async publishModel(model: StoredModel, announce = true): Promise<void> {
+    const { transport, topics, config, store, clock, log } = this.ctx;
+    // Chunks are read from the store's files as they go out: no in-memory copy of the model.
+    const bundle = await store.openBundle(model.version);
+    const started = clock.now();
+    const { chunkBytes, maxInflight } = config;
+    try {
+      await publishChunks(
+        transport,
+        bundle,
+        (seq) => topics.modelChunk(model.version, seq),
+        (chunk) => ({ v: PROTOCOL_VERSION, type: 'model-chunk', version: model.version, sha256: model.sha256, ...chunk }),
+        { chunkBytes, maxInflight, retain: true },
+      );
+    } finally {
+      await bundle.close();
+    }
+    const manifest = this.manifest(model);
+    await transport.publish(topics.modelLatest(), encodeJson(manifest), { qos: 1, retain: true });
+    await this.clearOlderThan(model.version);
+    log.info({ version: model.version, bytes: model.bytes, ms: clock.now() - started }, 'global model published');
+    if (!announce) return;
+    this.ctx.emitEvent('model-published', { version: model.version, round: model.round, sha256: model.sha256, bytes: model.bytes, chunks: manifest.chunks, contributors: model.contributors, metrics: model.updateMetrics, modelDir: store.dir(model.version) });
+  }
+
+  /** Publish a round announcement (retained): agents joining later read it. */
+  async announce(a: RoundAnnouncement): Promise<void> {
+    this.lastAnnouncement = a;
+    await this.ctx.transport.publish(this.ctx.topics.round(), packMsg(a), { qos: 1, retain: true });
+  }
+
+  /**
+   * After a reconnect the broker may have lost its retained messages (an embedded broker without
+   * persistence restarted, a Mosquitto killed before its autosave): publish the round announcement
+   * and the current global model again, so that agents joining or restarting now find them.
+   */
+  async republishRetained(global: StoredModel | null): Promise<void> {
+    const { transport, topics, log } = this.ctx;
+    log.info({ round: this.lastAnnouncement?.round ?? null, version: global?.version ?? null }, 'reconnected; publishing retained state again');
+    try {
+      if (this.lastAnnouncement) await transport.publish(topics.round(), packMsg(this.lastAnnouncement), { qos: 1, retain: true });
+      if (global) await this.publishModel(global, false);
+    } catch (err) {
+      log.warn({ err: describeError(err).message }, 'could not republish retained state; will try at the next reconnect');
+    }
+  }
+
+  /** How a round announcement names a model version (signed when a signing key is configured). */
+  modelRef(model: StoredModel): RoundAnnouncement['base'] {
+    const { chunkBytes } = this.ctx.config;
+    return {
+      version: model.version,
+      sha256: model.sha256,
+      bytes: model.bytes,
+      chunks: chunkCount(model.bytes, chunkBytes),
+      chunkBytes,
+      signature: this.signModel ? this.signModel(model.version, model.sha256) : null,
+    };
+  }
+
+  private manifest(model: StoredModel): ModelManifest {
+    const { federation, chunkBytes } = this.ctx.config;
+    return {
+      v: PROTOCOL_VERSION,
+      federation,
+      version: model.version,
+      round: model.round,
+      sha256: model.sha256,
+      bytes: model.bytes,
+      chunks: chunkCount(model.bytes, chunkBytes),
+      chunkBytes,
+      createdAt: model.createdAt,
+      signature: this.signModel ? this.signModel(model.version, model.sha256) : null,
+      metrics: { contributors: model.contributors, updateMetrics: model.updateMetrics },
+    };
+  }
+
+  /** Old versions' retained chunks are cleared (an empty retained payload deletes it, MQTT 3.1.1 §3.3.1.3). */
+  private async clearOlderThan(version: number): Promise<void> {
+    const { transport, topics, store, config } = this.ctx;
+    for (const v of await store.versions()) {
+      if (v >= version) continue;
+      const old = await store.get(v);
+      if (!old) continue;
+      const n = chunkCount(old.bytes, config.chunkBytes);
+      for (let seq = 0; seq < n; seq++) await transport.publish(topics.modelChunk(v, seq), Buffer.alloc(0), { qos: 1, retain: true });
+    }
+  }
+}

@@ -1,0 +1,88 @@
+import { appendFile, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { z } from 'zod';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import type { roundRecordSchema } from '../shared/protocol/mes.js';
+import { writeJsonAtomic } from '../shared/util/fs-atomic.js';
+import type { Logger } from '../shared/util/logger.js';
+
+/**
+ * One round as it happened; the journal holds these and the MES gets them as round-completed.
+ * Derived from the event schema so that what is journalled is exactly what is published.
+ */
+export type RoundRecord = z.infer<typeof roundRecordSchema>;
+
+export interface Journal {
+  federation: string;
+  currentVersion: number;
+  complete: boolean;
+  finalVersion: number | null;
+  /** Training rounds closed so far (all time, including those moved to history.jsonl). */
+  trainRoundsDone: number;
+  /** The most recent rounds (older ones are appended to history.jsonl, see JOURNAL_KEEP_ROUNDS). */
+  rounds: RoundRecord[];
+}
+
+/**
+ * Rounds kept in journal.json (and in memory). A federation that runs for months must not grow
+ * its journal or its heap with every round: older records move to the append-only history.jsonl.
+ */
+const JOURNAL_KEEP_ROUNDS = 200;
+
+/**
+ * The aggregator's journal (<stateDir>/journal.json): what a restarted aggregator needs to go on
+ * (current version, rounds done, the open round). Callers change `data` in place, then save().
+ */
+export class RoundJournal {
+  data: Journal;
+  private readonly stateDir: string;
+  private readonly log: Logger;
+  private chain: Promise<void> = Promise.resolve();
+
+  constructor(federation: string, stateDir: string, log: Logger) {
+    this.stateDir = stateDir;
+    this.log = log;
+    this.data = { federation, currentVersion: 0, complete: false, finalVersion: null, trainRoundsDone: 0, rounds: [] };
+  }
+
+  get path(): string {
+    return join(this.stateDir, 'journal.json');
+  }
+
+  /** Read the journal a previous run left, if any. */
+  async load(): Promise<void> {
+    try {
+      const j = JSON.parse(await readFile(this.path, 'utf8')) as Journal;
+      // Rewrapped below as FL_MODEL_STORE, "cannot read the journal <path>: ...".
+      if (j.federation !== this.data.federation) throw new FedlineError(ErrorCodes.MODEL_STORE, `journal belongs to federation ${j.federation}`);
+      // Journals written before trainRoundsDone existed: count what they hold.
+      j.trainRoundsDone ??= j.rounds.filter((r) => r.kind === 'train' && r.outcome !== null).length;
+      this.data = j;
+      this.log.info({ rounds: j.rounds.length, complete: j.complete }, 'journal loaded');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new FedlineError(ErrorCodes.MODEL_STORE, `cannot read the journal ${this.path}: ${(err as Error).message}`);
+    }
+  }
+
+  /** Move all but the last JOURNAL_KEEP_ROUNDS rounds to history.jsonl. */
+  async spillOldRounds(): Promise<void> {
+    const excess = this.data.rounds.length - JOURNAL_KEEP_ROUNDS;
+    if (excess <= 0) return;
+    const old = this.data.rounds.slice(0, excess);
+    await appendFile(join(this.stateDir, 'history.jsonl'), old.map((r) => JSON.stringify(r)).join('\n') + '\n');
+    this.data.rounds = this.data.rounds.slice(excess);
+  }
+
+  /** Writes are serialised so that an older snapshot never lands after a newer one. */
+  save(): Promise<void> {
+    const snapshot = JSON.parse(JSON.stringify(this.data)) as Journal;
+    const next = this.chain.then(() => writeJsonAtomic(this.path, snapshot));
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Settles when every save so far has (the last write lands before the state folder goes). */
+  flushed(): Promise<void> {
+    return this.chain;
+  }
+}

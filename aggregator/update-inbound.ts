@@ -1,0 +1,101 @@
+import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import { SUPPORTED_VERSIONS, updateTopicMessageSchema, type UpdateTopicMessage } from '../shared/protocol/messages.js';
+import { decodeMsgpack } from '../shared/protocol/wire-codec.js';
+import type { InboundMessage } from '../shared/transport/transport.js';
+import type { ActiveRound } from './active-round.js';
+import type { AggregatorContext } from './aggregator-context.js';
+import { handleEvalReport } from './eval-report-handler.js';
+import { runSteps, type Step } from './inbound-steps.js';
+import type { RoundJournal } from './round-journal.js';
+import { handleUpdateChunk } from './update-chunk-handler.js';
+import { handleUpdateDone } from './update-done-handler.js';
+
+/** A message on `<root>/round/<n>/update/<agent>` as the steps learn about it. */
+interface UpdateMessage {
+  m: InboundMessage;
+  where?: { round: number; agent: string };
+  msg?: UpdateTopicMessage;
+  active?: ActiveRound;
+}
+
+export interface UpdateInboundDeps {
+  ctx: AggregatorContext;
+  /** The open round, if any. */
+  current: () => ActiveRound | null;
+  journal: RoundJournal;
+}
+
+/**
+ * The handler of the update topics (evaluation reports, update chunks, update-done): decode ->
+ * check topic/sender -> check membership -> check round open -> check selected -> dispatch to the
+ * handler of the message type.
+ */
+export function createUpdateInbound(deps: UpdateInboundDeps): (m: InboundMessage) => void {
+  const { ctx } = deps;
+  // A straggler waiting for a verdict is told once per update-done, so that it stops waiting.
+  const tellSender = (u: UpdateMessage, err: unknown): void => {
+    const msg = u.msg!;
+    if (msg.type !== 'update-done') return;
+    const { code, message } = describeError(err);
+    ctx.sendAck(msg.round, msg.agent, { status: 'rejected', upload: msg.upload, sha256: msg.sha256, code, reason: message });
+  };
+  const steps: readonly Step<UpdateMessage>[] = [
+    {
+      name: 'parse-topic',
+      run: (u) => {
+        u.where = ctx.topics.parseUpdate(u.m.topic) ?? undefined;
+        if (!u.where) throw new FedlineError(ErrorCodes.MSG_TOPIC, `unexpected topic ${u.m.topic}`);
+      },
+    },
+    {
+      name: 'decode',
+      run: (u) => {
+        u.msg = decodeMsgpack(u.m.payload, updateTopicMessageSchema, SUPPORTED_VERSIONS, { topic: u.m.topic, what: 'update message' });
+      },
+    },
+    {
+      name: 'check-sender',
+      run: ({ m, msg, where }) => {
+        if (msg!.round !== where!.round || msg!.agent !== where!.agent) {
+          throw new FedlineError(ErrorCodes.MSG_TOPIC, `message says round ${msg!.round} from "${msg!.agent}" but came on ${m.topic}`);
+        }
+      },
+    },
+    {
+      name: 'check-membership',
+      run: ({ where }) => {
+        if (!ctx.config.agents.includes(where!.agent)) {
+          throw new FedlineError(ErrorCodes.UNKNOWN_AGENT, `agent "${where!.agent}" is not a member of federation ${ctx.config.federation}`);
+        }
+      },
+    },
+    {
+      name: 'check-round-open',
+      run: (u) => {
+        const active = deps.current();
+        const round = u.msg!.round;
+        if (!active || active.state.plan.round !== round || active.state.closed) {
+          throw new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${round} is not open${active ? ` (round ${active.state.plan.round} is)` : ''}`);
+        }
+        u.active = active;
+      },
+      onReject: tellSender,
+    },
+    {
+      name: 'check-selected',
+      run: ({ msg, active }) => {
+        if (!active!.state.isSelected(msg!.agent)) throw new FedlineError(ErrorCodes.NOT_SELECTED, `agent "${msg!.agent}" was not selected for round ${msg!.round}`);
+      },
+      onReject: tellSender,
+    },
+    {
+      name: 'dispatch',
+      run: ({ m, msg, active }) => {
+        if (msg!.type === 'eval') handleEvalReport(ctx, active!, msg!, deps.journal);
+        else if (msg!.type === 'update-chunk') handleUpdateChunk(ctx, active!, msg!, m.topic);
+        else handleUpdateDone(ctx, active!, msg!);
+      },
+    },
+  ];
+  return (m) => runSteps(steps, { m }, (u, err) => ctx.reject(err, m.topic, u.where?.agent ?? null));
+}
