@@ -157,6 +157,7 @@ const evalReportSchema = z.object({
 export type EvalReportMsg = z.infer<typeof evalReportSchema>;
 
 export const updateTopicMessageSchema = z.discriminatedUnion('type', [updateChunkSchema, updateDoneSchema, evalReportSchema]);
+export type UpdateTopicMessage = z.infer<typeof updateTopicMessageSchema>;
 
 /** `<root>/round/<r>/ack/<agent>`, QoS 1, msgpack. */
 export const ackSchema = z.object({
