@@ -1,8 +1,5 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
-import { startBroker } from '../broker/main.js';
-import { startAggregator } from '../aggregator/main.js';
-import { startAgent } from '../edge-agent/main.js';
 import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile } from '../shared/config/service-config.js';
 import { inspectConfigSchema } from '../shared/config/inspect-config.js';
 import { createLogger } from '../shared/util/logger.js';
@@ -118,6 +115,8 @@ async function runBroker(args: string[]): Promise<void> {
     const loaded = loadConfigFile(brokerConfigSchema, file);
     const config = values.port !== undefined ? { ...loaded, port: Number(values.port) } : loaded;
     log = createLogger({ name: 'broker', ...(config.logLevel ? { level: config.logLevel } : {}) });
+    // Each service's modules load only when its command runs: `fedline aggregator` never loads training/.
+    const { startBroker } = await import('../broker/main.js');
     const broker = await startBroker(config, log);
     onShutdown(log, () => broker.close());
     notifyReady({ url: broker.url, port: broker.port, host: broker.host, tlsUrl: broker.tlsUrl });
@@ -132,6 +131,7 @@ async function runAggregator(args: string[]): Promise<void> {
   try {
     const config = loadConfigFile(aggregatorConfigSchema, file);
     log = createLogger({ name: 'aggregator', ...(config.logLevel ? { level: config.logLevel } : {}) });
+    const { startAggregator } = await import('../aggregator/main.js');
     const running = await startAggregator(config, log);
     onShutdown(log, () => running.close());
     notifyReady({ federation: config.federation });
@@ -152,6 +152,7 @@ async function runAgent(args: string[]): Promise<void> {
   try {
     const config = loadConfigFile(agentConfigSchema, file);
     log = createLogger({ name: 'agent', ...(config.logLevel ? { level: config.logLevel } : {}) });
+    const { startAgent } = await import('../edge-agent/main.js');
     const running = await startAgent(config, log);
     onShutdown(log, () => running.close());
     notifyReady({ agent: config.agentId });
