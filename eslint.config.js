@@ -16,6 +16,7 @@ const root = dirname(fileURLToPath(import.meta.url));
 // The layers, low to high. A folder may import its own layer and the layers below it, never one
 // above; folders on the same rung never import each other (the three services stand side by side;
 // nothing imports bench/ or test/ except test/ itself).
+// prettier-ignore
 const LAYERS = [
   ['shared'],
   ['training'],
@@ -90,9 +91,18 @@ export default defineConfig(
     files: ['**/*.ts'],
     extends: [js.configs.recommended, tseslint.configs.recommended],
     rules: {
+      // A few defect rules beyond "recommended" that the tree already passes.
+      eqeqeq: ['error', 'smart'],
+      'no-self-compare': 'error',
+      'no-template-curly-in-string': 'error',
+      'no-unreachable-loop': 'error',
+      'array-callback-return': 'error',
       // tsc already reports unused locals and parameters; this keeps eslint from flagging the
       // `const { dropped: _x, ...rest } = obj` idiom and names marked unused with a leading underscore.
-      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrorsIgnorePattern: '^_', ignoreRestSiblings: true }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrorsIgnorePattern: '^_', ignoreRestSiblings: true },
+      ],
       // `declare namespace` describes globals the TypeScript libs lack (WebAssembly in shared/fl/fedavg-simd.ts).
       '@typescript-eslint/no-namespace': ['error', { allowDeclarations: true }],
     },

@@ -55,7 +55,11 @@ const forbidden: { name: string; file: string; code: (file: string) => string }[
   { name: 'training -> demo', file: 'training/probe.ts', code: (f) => `import '${from(f, moduleIn('demo'))}';` },
   { name: 'training -> edge-agent', file: 'training/probe.ts', code: (f) => `import '${from(f, moduleIn('edge-agent'))}';` },
   { name: 'aggregator -> training', file: 'aggregator/probe.ts', code: (f) => `import '${from(f, moduleIn('training'))}';` },
-  { name: 'aggregator -> training (dynamic, not main.ts)', file: 'aggregator/probe.ts', code: (f) => `export const load = () => import('${from(f, moduleIn('training'))}');` },
+  {
+    name: 'aggregator -> training (dynamic, not main.ts)',
+    file: 'aggregator/probe.ts',
+    code: (f) => `export const load = () => import('${from(f, moduleIn('training'))}');`,
+  },
   { name: 'aggregator -> @tensorflow/tfjs', file: 'aggregator/probe.ts', code: () => `import '@tensorflow/tfjs';` },
   { name: 'aggregator/main.ts -> training (static)', file: 'aggregator/main.ts', code: (f) => `import '${from(f, moduleIn('training'))}';` },
   { name: 'aggregator/main.ts -> @tensorflow/tfjs (dynamic)', file: 'aggregator/main.ts', code: () => `export const load = () => import('@tensorflow/tfjs');` },
@@ -67,7 +71,11 @@ const forbidden: { name: string; file: string; code: (file: string) => string }[
 ];
 
 const allowed: { name: string; file: string; code: (file: string) => string }[] = [
-  { name: 'aggregator/main.ts -> training (dynamic)', file: 'aggregator/main.ts', code: (f) => `export const load = () => import('${from(f, moduleIn('training'))}');` },
+  {
+    name: 'aggregator/main.ts -> training (dynamic)',
+    file: 'aggregator/main.ts',
+    code: (f) => `export const load = () => import('${from(f, moduleIn('training'))}');`,
+  },
   { name: 'aggregator -> shared', file: 'aggregator/probe.ts', code: (f) => `import '${from(f, moduleIn('shared/protocol'))}';` },
   { name: 'edge-agent -> training', file: 'edge-agent/triggers/probe.ts', code: (f) => `import '${from(f, moduleIn('training'))}';` },
   { name: 'broker -> shared', file: 'broker/probe.ts', code: (f) => `import '${from(f, moduleIn('shared/transport'))}';` },
@@ -75,10 +83,18 @@ const allowed: { name: string; file: string; code: (file: string) => string }[] 
   { name: 'shared/transport -> mqtt, node:fs', file: 'shared/transport/probe.ts', code: () => `import 'mqtt';\nimport 'node:fs';` },
   { name: 'training -> @tensorflow/tfjs', file: 'training/probe.ts', code: () => `import '@tensorflow/tfjs';` },
   { name: 'synthetic-data -> training', file: 'synthetic-data/probe.ts', code: (f) => `import '${from(f, moduleIn('training'))}';` },
-  { name: 'demo -> aggregator, broker, edge-agent', file: 'demo/probe.ts', code: (f) => ['aggregator', 'broker', 'edge-agent'].map((d) => `import '${from(f, moduleIn(d))}';`).join('\n') },
+  {
+    name: 'demo -> aggregator, broker, edge-agent',
+    file: 'demo/probe.ts',
+    code: (f) => ['aggregator', 'broker', 'edge-agent'].map((d) => `import '${from(f, moduleIn(d))}';`).join('\n'),
+  },
   { name: 'cli -> experiment', file: 'cli/probe.ts', code: (f) => `import '${from(f, moduleIn('experiment'))}';` },
   { name: 'bench -> cli', file: 'bench/probe.ts', code: (f) => `import '${from(f, moduleIn('cli'))}';` },
-  { name: 'test -> test, aggregator, edge-agent', file: 'test/faults/probe.ts', code: (f) => `import '../helpers.js';\nimport '${from(f, moduleIn('aggregator'))}';\nimport '${from(f, moduleIn('edge-agent'))}';` },
+  {
+    name: 'test -> test, aggregator, edge-agent',
+    file: 'test/faults/probe.ts',
+    code: (f) => `import '../helpers.js';\nimport '${from(f, moduleIn('aggregator'))}';\nimport '${from(f, moduleIn('edge-agent'))}';`,
+  },
 ];
 
 test('layer rules: every forbidden import direction is an error', async () => {
