@@ -76,6 +76,11 @@ const allowed: { name: string; file: string; code: (file: string) => string }[] 
     file: 'aggregator/main.ts',
     code: (f) => `export const load = () => import('${from(f, moduleIn('training'))}');`,
   },
+  {
+    name: 'aggregator/main.ts -> training (type only)',
+    file: 'aggregator/main.ts',
+    code: (f) => `import type * as training from '${from(f, moduleIn('training'))}';\nexport type T = typeof training;`,
+  },
   { name: 'aggregator -> shared', file: 'aggregator/probe.ts', code: (f) => `import '${from(f, moduleIn('shared/protocol'))}';` },
   { name: 'edge-agent -> training', file: 'edge-agent/triggers/probe.ts', code: (f) => `import '${from(f, moduleIn('training'))}';` },
   { name: 'broker -> shared', file: 'broker/probe.ts', code: (f) => `import '${from(f, moduleIn('shared/transport'))}';` },
