@@ -37,9 +37,8 @@ test('a training session paused at a batch boundary and resumed ends with exactl
     const straight = await new TrainingSession(trainer(), model, task, names, { signal: new AbortController().signal }).result;
 
     let batchesSeen = 0;
-    let session!: TrainingSession;
     const progressWhilePaused: number[] = [];
-    session = new TrainingSession(trainer(), model, task, names, {
+    const session: TrainingSession = new TrainingSession(trainer(), model, task, names, {
       signal: new AbortController().signal,
       onProgress: () => {
         batchesSeen++;

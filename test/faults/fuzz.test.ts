@@ -57,7 +57,7 @@ test('fuzz: random and mutated messages on every topic during a live round: no c
   // Status topics carry JSON: garbage JSON for them (an empty payload only clears a retained message).
   const toAggregator = fc.sample(fc.tuple(aggregatorTopic, invalidPayload, fc.string({ minLength: 1, maxLength: 80 })), { numRuns: 400, seed: 42 }).map(([topic, payload, text]) => ({
     topic,
-    payload: topic.endsWith('/status') ? (/^[\[{]/.test(text) ? encodeJson({ v: 1, agent: 42, text }) : Buffer.from(text)) : payload,
+    payload: topic.endsWith('/status') ? (/^[[{]/.test(text) ? encodeJson({ v: 1, agent: 42, text }) : Buffer.from(text)) : payload,
   }));
   const toAgents = fc.sample(fc.tuple(agentTopic, invalidPayload), { numRuns: 400, seed: 7 }).map(([topic, payload]) => ({ topic, payload }));
   // Refusals are counted under their error code (FL_*); other counters count normal traffic.

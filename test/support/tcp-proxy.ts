@@ -86,7 +86,8 @@ export class TcpProxy {
   dropAll(): void {
     this.drops++;
     for (const { client, upstream } of this.pairs) {
-      client.resetAndDestroy?.() ?? client.destroy();
+      if (client.resetAndDestroy) client.resetAndDestroy();
+      else client.destroy();
       upstream.destroy();
     }
     this.pairs.clear();
