@@ -84,12 +84,18 @@ interface Federation {
   aggregator: RunningAggregator;
   aggregatorLog: Record<string, unknown>[];
   observer: Awaited<ReturnType<typeof captureUpdates>>;
+  /** `site-a`, the one with `pythonArgs`; then `site-c` when there are two. */
   python: PythonAgent;
+  pythons: PythonAgent[];
   /** Ends everything started, newest first. */
   cleanup(): Promise<void>;
 }
 
-/** Broker with logins + aggregator + the Python agent `site-a` (+ a TypeScript agent `site-b` when asked). */
+/**
+ * Broker with logins + aggregator + the Python agent `site-a`, and either a TypeScript agent
+ * `site-b` or a second Python agent `site-c` (other seed and sample count), so that the average
+ * is a real one.
+ */
 async function startFederation(o: { encoding: UpdateEncoding; delta: boolean; withTsAgent: boolean; sign?: boolean; pythonArgs?: string[] }): Promise<Federation> {
   const undo: (() => Promise<void>)[] = [];
   const cleanup = async () => {
@@ -99,7 +105,7 @@ async function startFederation(o: { encoding: UpdateEncoding; delta: boolean; wi
     const tmp = tempDir('python-agent');
     undo.push(async () => tmp.cleanup());
     const dir = tmp.path;
-    const agents = o.withTsAgent ? ['site-a', 'site-b'] : ['site-a'];
+    const agents = o.withTsAgent ? ['site-a', 'site-b'] : ['site-a', 'site-c'];
     const auth = writeAuthFiles(dir, testAccess(agents));
     const broker = await startBroker(parseConfig(brokerConfigSchema, { host: '127.0.0.1', port: 0, auth: { passwordFile: auth.passwordFile, accessFile: auth.accessFile } }, 'test broker'), silentLogger());
     undo.push(() => broker.close());
@@ -121,21 +127,25 @@ async function startFederation(o: { encoding: UpdateEncoding; delta: boolean; wi
       logger,
     );
     undo.push(() => aggregator.close());
-    const passwordFile = join(dir, 'site-a.password');
-    writeFileSync(passwordFile, testPassword('site-a'), { mode: 0o600 });
-    const python = new PythonAgent([
-      '--url', broker.url, '--federation', 'test', '--agent', 'site-a', '--password-file', passwordFile, '--samples', '30', '--seed', '5',
-      ...(publicKeyFile ? ['--model-public-key', publicKeyFile] : []),
-      ...(o.pythonArgs ?? []),
-    ]);
-    undo.push(() => python.stop());
-    await python.waitFor('connected', 15_000);
+    const pythons: PythonAgent[] = [];
+    for (const [agent, samples, seed] of o.withTsAgent ? [['site-a', 30, 5]] as const : [['site-a', 30, 5], ['site-c', 55, 9]] as const) {
+      const passwordFile = join(dir, `${agent}.password`);
+      writeFileSync(passwordFile, testPassword(agent), { mode: 0o600 });
+      const python = new PythonAgent([
+        '--url', broker.url, '--federation', 'test', '--agent', agent, '--password-file', passwordFile, '--samples', String(samples), '--seed', String(seed),
+        ...(publicKeyFile ? ['--model-public-key', publicKeyFile] : []),
+        ...(agent === 'site-a' ? (o.pythonArgs ?? []) : []),
+      ]);
+      undo.push(() => python.stop());
+      pythons.push(python);
+    }
+    for (const p of pythons) await p.waitFor('connected', 15_000);
     if (o.withTsAgent) {
       await tinyDataset(join(dir, 'data'), ['site-b']);
       const ts = await startAgent(agentConfig({ ...fedOptions, ...(publicKeyFile ? { agent: { modelPublicKeyFile: publicKeyFile } } : {}) }, 'site-b'), silentLogger());
       undo.push(() => ts.close());
     }
-    return { dir, url: broker.url, aggregator, aggregatorLog: lines, observer, python, cleanup };
+    return { dir, url: broker.url, aggregator, aggregatorLog: lines, observer, python: pythons[0]!, pythons, cleanup };
   } catch (err) {
     await cleanup();
     throw err;
@@ -194,14 +204,14 @@ async function runAndCheck(t: { diagnostic(msg: string): void }, fed: Federation
   const result = await fed.aggregator.aggregator.run();
   const train = result.rounds[0]!;
   assert.equal(train.outcome, 'aggregate', `round 1: ${train.reason}; failures ${JSON.stringify(train.failures)}`);
-  assert.deepEqual(train.participants, o.agents);
+  assert.deepEqual([...train.participants].sort(), o.agents);
   assert.equal(train.encoding, o.encoding);
   assert.equal(train.delta, o.delta);
   assert.equal(result.finalVersion, 1);
   assert.equal(result.rounds[1]?.kind, 'evaluate');
-  assert.ok('site-a' in result.rounds[1]!.baseMetrics, 'the Python agent reported in the evaluation round');
+  assert.deepEqual(Object.keys(result.rounds[1]!.baseMetrics).sort(), o.agents, 'every agent, Python ones included, reported in the evaluation round');
+  for (const p of fed.pythons) assert.equal(p.events('update-accepted').length, 1);
   const accepted = fed.python.events('update-accepted');
-  assert.equal(accepted.length, 1);
   const updates = o.agents.map((a) => fed.observer.updates.get(`1/${a}`)!);
   assert.ok(updates.every(Boolean), 'the observer saw every update');
   const mine = updates[0]!;
@@ -231,21 +241,22 @@ test('f32 next to a TypeScript agent: the Python update is accepted and averaged
   assert.equal(fed.aggregator.aggregator.counters.get('accepted-update'), 2);
 });
 
-test('f16 + delta, signed models: the Python agent verifies the Ed25519 signature, its update is accepted and averaged exactly', { skip: noPython, timeout: 120_000 }, async (t) => {
+test('f16 + delta, signed models, two Python agents: both verify the Ed25519 signatures, their updates are accepted and averaged exactly', { skip: noPython, timeout: 120_000 }, async (t) => {
   const fed = await startFederation({ encoding: 'f16', delta: true, withTsAgent: false, sign: true });
   t.after(() => fed.cleanup());
-  await runAndCheck(t, fed, { encoding: 'f16', delta: true, agents: ['site-a'] });
-  assert.deepEqual(fed.python.events('signature-verified').map((l) => l.version), [0, 1], 'base of the training round and of the evaluation round');
+  await runAndCheck(t, fed, { encoding: 'f16', delta: true, agents: ['site-a', 'site-c'] });
+  for (const p of fed.pythons) assert.deepEqual(p.events('signature-verified').map((l) => l.version), [0, 1], 'base of the training round and of the evaluation round');
 });
 
-test('q8 + delta: accepted and averaged exactly; SIGKILL makes the aggregator see the agent offline (last will)', { skip: noPython, timeout: 120_000 }, async (t) => {
+test('q8 + delta, two Python agents: accepted and averaged exactly; SIGKILL makes the aggregator see the killed one offline (last will)', { skip: noPython, timeout: 120_000 }, async (t) => {
   const fed = await startFederation({ encoding: 'q8', delta: true, withTsAgent: false });
   t.after(() => fed.cleanup());
-  await runAndCheck(t, fed, { encoding: 'q8', delta: true, agents: ['site-a'] });
+  await runAndCheck(t, fed, { encoding: 'q8', delta: true, agents: ['site-a', 'site-c'] });
   const offline = () => fed.aggregatorLog.some((l) => l.msg === 'agent offline' && l.agent === 'site-a');
   assert.ok(!offline(), 'online until killed');
   const killedAt = Date.now();
   await fed.python.stop('SIGKILL');
   await waitFor('the aggregator to see site-a offline', offline, 10_000);
+  assert.ok(!fed.aggregatorLog.some((l) => l.msg === 'agent offline' && l.agent === 'site-c'), 'the other agent stays online');
   t.diagnostic(`last will seen by the aggregator ${Date.now() - killedAt} ms after SIGKILL`);
 });
