@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createPrivateKey } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startBroker } from '../broker/main.js';
@@ -8,7 +9,7 @@ import { startAggregator, type RunningAggregator } from '../aggregator/main.js';
 import { startAgent } from '../edge-agent/main.js';
 import { brokerConfigSchema, parseConfig } from '../shared/config/service-config.js';
 import { fedAvg } from '../shared/fl/fedavg.js';
-import { generateSigningKeys } from '../shared/protocol/model-signature.js';
+import { generateSigningKeys, signModel } from '../shared/protocol/model-signature.js';
 import type { UpdateMeta } from '../shared/protocol/messages.js';
 import { bundleTensors, decodeBundle, elementCount, type DecodedBundle } from '../shared/bundle/tensor-bundle.js';
 import { decodeValues, type UpdateEncoding } from '../shared/bundle/value-encodings.js';
@@ -35,6 +36,9 @@ function pythonProblem(): string | false {
 const noPython = pythonProblem();
 
 type LogLine = Record<string, unknown> & { event: string };
+
+/** The aggregator's flow-control window where only Python agents send (its minimum, shared by two uploads). */
+const WINDOW_CHUNKS = 8;
 
 /** The Python agent as a child process; every stdout line is one JSON object. */
 class PythonAgent {
@@ -120,10 +124,12 @@ async function startFederation(o: { encoding: UpdateEncoding; delta: boolean; wi
       writeFileSync(signingKeyFile, keys.privatePem, { mode: 0o600 });
       writeFileSync(publicKeyFile, keys.publicPem);
     }
-    const fedOptions = { url: broker.url, dir, agents, rounds: 1, chunkBytes: 4096, auth: auth.credentials };
+    // Without the TypeScript agent: small chunks and a small window, so that the Python agents'
+    // uploads run into the aggregator's flow control (progress acks, credit).
+    const fedOptions = { url: broker.url, dir, agents, rounds: 1, chunkBytes: o.withTsAgent ? 4096 : 1024, auth: auth.credentials };
     const { logger, lines } = captureLogger();
     const aggregator = await startAggregator(
-      aggregatorConfig({ ...fedOptions, aggregator: { encoding: o.encoding, delta: o.delta, ...(signingKeyFile ? { signingKeyFile } : {}) } }),
+      aggregatorConfig({ ...fedOptions, aggregator: { encoding: o.encoding, delta: o.delta, windowChunks: o.withTsAgent ? 256 : WINDOW_CHUNKS, ...(signingKeyFile ? { signingKeyFile } : {}) } }),
       logger,
     );
     undo.push(() => aggregator.close());
@@ -221,9 +227,19 @@ async function runAndCheck(t: { diagnostic(msg: string): void }, fed: Federation
   assert.ok(mine.header.tensors.every((s) => s.dtype === dtype), `the Python agent's update is ${dtype}`);
   assert.equal(mine.header.meta.delta, o.delta);
   const maxDiff = await assertFedAvg(fed, updates);
+  if (!o.agents.includes('site-b')) {
+    // Only Python agents: their uploads were held to the aggregator's window.
+    for (const p of fed.pythons) {
+      const a = p.events('update-accepted')[0]!;
+      assert.equal(a.window, WINDOW_CHUNKS);
+      assert.ok((a.progressAcks as number) > 0, `progress acks: ${JSON.stringify(a)}`);
+      assert.ok((a.maxAhead as number) <= WINDOW_CHUNKS && (a.chunks as number) > WINDOW_CHUNKS, `at most ${WINDOW_CHUNKS} chunks beyond those stored: ${JSON.stringify(a)}`);
+    }
+  }
   t.diagnostic(
     `${o.encoding}${o.delta ? '+delta' : ''}: round ${train.durationMs} ms, max |new model - float64 FedAvg| ${maxDiff.toExponential(2)}, ` +
-      `python update ${accepted[0]!.bytes as number} bytes in ${accepted[0]!.chunks as number} chunks, ${accepted[0]!.sentBytes as number} bytes sent (resent chunks ${accepted[0]!.resentChunks as number}), round bytesUp ${train.bytesUp}`,
+      `python update ${accepted[0]!.bytes as number} bytes in ${accepted[0]!.chunks as number} chunks, ${accepted[0]!.sentBytes as number} bytes sent (resent chunks ${accepted[0]!.resentChunks as number}; window ${accepted[0]!.window as number}, ` +
+      `${accepted[0]!.progressAcks as number} progress acks, ${accepted[0]!.creditWaits as number} credit waits, up to ${accepted[0]!.maxAhead as number} chunks ahead), round bytesUp ${train.bytesUp}`,
   );
   return { result, accepted: accepted[0]! };
 }
@@ -259,4 +275,26 @@ test('q8 + delta, two Python agents: accepted and averaged exactly; SIGKILL make
   await waitFor('the aggregator to see site-a offline', offline, 10_000);
   assert.ok(!fed.aggregatorLog.some((l) => l.msg === 'agent offline' && l.agent === 'site-c'), 'the other agent stays online');
   t.diagnostic(`last will seen by the aggregator ${Date.now() - killedAt} ms after SIGKILL`);
+});
+
+test('the Python Ed25519 check (RFC 8032, no library) accepts the aggregator\'s signature and refuses it for another version or bundle', { skip: noPython }, () => {
+  const dir = tempDir('python-sig');
+  try {
+    const keys = generateSigningKeys();
+    const sha = 'ab'.repeat(32);
+    writeFileSync(join(dir.path, 'model.pub'), keys.publicPem);
+    const signature = signModel(createPrivateKey(keys.privatePem), 7, sha);
+    const script = [
+      'import sys',
+      `sys.path.insert(0, ${JSON.stringify(join(REPO_ROOT, 'test', 'interop'))})`,
+      'import fedline_agent as fa',
+      `k = fa.load_public_key(${JSON.stringify(join(dir.path, 'model.pub'))})`,
+      `print(fa.model_signature_ok(k, 7, "${sha}", "${signature}"), fa.model_signature_ok(k, 8, "${sha}", "${signature}"), fa.model_signature_ok(k, 7, "${'cd'.repeat(32)}", "${signature}"), fa.model_signature_ok(k, 7, "${sha}", None))`,
+    ].join('\n');
+    const r = spawnSync(PYTHON, ['-c', script], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.trim(), 'True False False False');
+  } finally {
+    dir.cleanup();
+  }
 });

@@ -520,7 +520,8 @@ class Agent:
         upload_id = secrets.token_hex(8)
         sha256 = hashlib.sha256(update).hexdigest()
         topic = self.t_update(rnd)
-        st = {"stored": 0, "window": ann.get("windowChunks", 0), "credit_lost": False, "verdict": None, "incomplete": [], "sent": 0, "resent": 0}
+        st = {"stored": 0, "window": ann.get("windowChunks", 0), "credit_lost": False, "verdict": None, "incomplete": [], "sent": 0, "resent": 0,
+              "progress_acks": 0, "credit_waits": 0, "max_ahead": 0}
         started = time.monotonic()
 
         def take_acks(timeout):
@@ -537,6 +538,7 @@ class Agent:
             if ack.get("upload") is not None and ack["upload"] != upload_id:
                 return  # about an earlier upload
             if ack["status"] == "progress":
+                st["progress_acks"] += 1
                 st["stored"] = max(st["stored"], ack.get("stored", 0))
                 if st["window"] > 0 and ack.get("window", 0) > 0:
                     st["window"] = ack["window"]
@@ -549,6 +551,8 @@ class Agent:
         def wait_credit(index):
             # Flow control: at most `window` chunks beyond those the aggregator reported stored.
             deadline = time.monotonic() + self.args.ack_timeout_ms / 1000
+            if st["window"] > 0 and not st["credit_lost"] and index - st["stored"] >= st["window"]:
+                st["credit_waits"] += 1
             while st["window"] > 0 and not st["credit_lost"] and index - st["stored"] >= st["window"] and st["verdict"] is None:
                 if time.monotonic() > deadline:
                     log("credit-timeout", round=rnd, index=index, stored=st["stored"], window=st["window"])
@@ -566,6 +570,7 @@ class Agent:
                     return  # a verdict while sending (e.g. the header was refused): stop
                 if first:
                     wait_credit(index)
+                    st["max_ahead"] = max(st["max_ahead"], index + 1 - st["stored"])
                 data = update[seq * chunk_bytes:(seq + 1) * chunk_bytes]
                 if first and seq in self.args.drop_chunk:
                     log("chunk-dropped", round=rnd, seq=seq)
@@ -602,7 +607,8 @@ class Agent:
                 log("chunks-resent", round=rnd, seqs=missing)
         ack = st["verdict"]
         fields = {"round": rnd, "upload": upload_id, "sha256": sha256, "bytes": len(update), "chunks": total, "sentBytes": st["sent"],
-                  "resentChunks": st["resent"], "ms": int((time.monotonic() - started) * 1000)}
+                  "resentChunks": st["resent"], "ms": int((time.monotonic() - started) * 1000),
+                  "window": ann.get("windowChunks", 0), "progressAcks": st["progress_acks"], "creditWaits": st["credit_waits"], "maxAhead": st["max_ahead"]}
         if ack["status"] == "accepted":
             log("update-accepted", **fields)
         else:
