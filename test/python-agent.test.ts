@@ -60,6 +60,10 @@ class PythonAgent {
     this.exited = new Promise((resolve) => this.proc.once('exit', () => resolve()));
   }
 
+  get exitCode(): number | null {
+    return this.proc.exitCode;
+  }
+
   events(event: string): LogLine[] {
     return this.lines.filter((l) => l.event === event);
   }
@@ -274,6 +278,11 @@ test('q8 + delta, two Python agents: accepted and averaged exactly; SIGKILL make
   await fed.python.stop('SIGKILL');
   await waitFor('the aggregator to see site-a offline', offline, 10_000);
   assert.ok(!fed.aggregatorLog.some((l) => l.msg === 'agent offline' && l.agent === 'site-c'), 'the other agent stays online');
+  // A clean stop (SIGTERM) suppresses the last will: the agent says offline itself, then exits 0.
+  await fed.pythons[1]!.stop('SIGTERM');
+  assert.equal(fed.pythons[1]!.exitCode, 0);
+  assert.equal(fed.pythons[1]!.events('stopped').length, 1);
+  await waitFor('the aggregator to see site-c offline', () => fed.aggregatorLog.some((l) => l.msg === 'agent offline' && l.agent === 'site-c'), 10_000);
   t.diagnostic(`last will seen by the aggregator ${Date.now() - killedAt} ms after SIGKILL`);
 });
 

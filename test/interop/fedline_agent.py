@@ -286,6 +286,8 @@ class Agent:
         self.puback_cond = threading.Condition()
         self.connected = threading.Event()
         self.reconnected = False
+        self.stopping = False
+        self.shutting_down = False
         url = urlparse(args.url)
         if url.scheme != "mqtt":
             raise SystemExit(f"only mqtt:// URLs are supported, not {args.url}")
@@ -341,11 +343,18 @@ class Agent:
         deadline = time.monotonic() + timeout
         with self.puback_cond:
             while mid not in self.pubacks:
+                self.check_stop()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"no PUBACK for message {mid} within {timeout} s")
-                self.puback_cond.wait(left)
+                self.puback_cond.wait(min(left, 0.2))
             self.pubacks.discard(mid)
+
+    def check_stop(self):
+        # SIGTERM only sets a flag (raising inside paho's locks could leave one held); the main
+        # thread leaves at its next wait.
+        if self.stopping and not self.shutting_down:
+            raise Stop()
 
     def set_status(self, **patch):
         prev = self.status["state"]
@@ -359,11 +368,12 @@ class Agent:
     def next_message(self, timeout):
         """One inbound message (topic, payload), or None after `timeout` s. Round announcements are
         taken here, whatever the caller waits for, so that work in progress sees a newer one."""
+        self.check_stop()
         if self.reconnected:
             self.reconnected = False
             self.set_status()
         try:
-            topic, payload = self.inbox.get(timeout=timeout)
+            topic, payload = self.inbox.get(timeout=min(timeout, 0.2)) if timeout > 0 else self.inbox.get_nowait()
         except queue.Empty:
             return None
         if topic == self.t_round():
@@ -617,6 +627,7 @@ class Agent:
 
     def shutdown(self):
         """A clean DISCONNECT suppresses the last will (MQTT 3.1.1 section 3.14.4): say offline ourselves."""
+        self.shutting_down = True
         if self.connected.is_set():
             try:
                 offline = dict(self.status, state="offline", round=None, progress=None, detail=None, ts=now_ms())
@@ -693,7 +704,7 @@ def main(argv):
     agent = Agent(parse_args(argv))
 
     def stop(signum, frame):
-        raise Stop()
+        agent.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
