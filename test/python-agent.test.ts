@@ -87,8 +87,6 @@ class PythonAgent {
 }
 
 interface Federation {
-  dir: string;
-  url: string;
   aggregator: RunningAggregator;
   aggregatorLog: Record<string, unknown>[];
   observer: Awaited<ReturnType<typeof captureUpdates>>;
@@ -155,7 +153,7 @@ async function startFederation(o: { encoding: UpdateEncoding; delta: boolean; wi
       const ts = await startAgent(agentConfig({ ...fedOptions, ...(publicKeyFile ? { agent: { modelPublicKeyFile: publicKeyFile } } : {}) }, 'site-b'), silentLogger());
       undo.push(() => ts.close());
     }
-    return { dir, url: broker.url, aggregator, aggregatorLog: lines, observer, python: pythons[0]!, pythons, cleanup };
+    return { aggregator, aggregatorLog: lines, observer, python: pythons[0]!, pythons, cleanup };
   } catch (err) {
     await cleanup();
     throw err;
@@ -300,7 +298,8 @@ test('the Python Ed25519 check (RFC 8032, no library) accepts the aggregator\'s 
       `k = fa.load_public_key(${JSON.stringify(join(dir.path, 'model.pub'))})`,
       `print(fa.model_signature_ok(k, 7, "${sha}", "${signature}"), fa.model_signature_ok(k, 8, "${sha}", "${signature}"), fa.model_signature_ok(k, 7, "${'cd'.repeat(32)}", "${signature}"), fa.model_signature_ok(k, 7, "${sha}", None))`,
     ].join('\n');
-    const r = spawnSync(PYTHON, ['-c', script], { encoding: 'utf8' });
+    // -B: no __pycache__ beside the module in the source tree.
+    const r = spawnSync(PYTHON, ['-B', '-c', script], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout.trim(), 'True False False False');
   } finally {
