@@ -10,11 +10,12 @@ import { startAgent } from '../edge-agent/main.js';
 import { brokerConfigSchema, parseConfig } from '../shared/config/service-config.js';
 import { fedAvg } from '../shared/fl/fedavg.js';
 import { generateSigningKeys, signModel } from '../shared/protocol/model-signature.js';
-import type { UpdateMeta } from '../shared/protocol/messages.js';
+import { agentStatusSchema, type UpdateMeta } from '../shared/protocol/messages.js';
 import { bundleTensors, decodeBundle, elementCount, type DecodedBundle } from '../shared/bundle/tensor-bundle.js';
 import { decodeValues, type UpdateEncoding } from '../shared/bundle/value-encodings.js';
 import { silentLogger } from '../shared/util/logger.js';
 import { captureUpdates } from './federation-checks.js';
+import { mesObserver } from './mes-observer.js';
 import { agentConfig, aggregatorConfig, captureLogger, REPO_ROOT, tempDir, testAccess, testPassword, tinyDataset, waitFor, writeAuthFiles } from './helpers.js';
 
 /**
@@ -90,6 +91,7 @@ interface Federation {
   aggregator: RunningAggregator;
   aggregatorLog: Record<string, unknown>[];
   observer: Awaited<ReturnType<typeof captureUpdates>>;
+  mes: Awaited<ReturnType<typeof mesObserver>>;
   /** `site-a`, the one with `pythonArgs`; then `site-c` when there are two. */
   python: PythonAgent;
   pythons: PythonAgent[];
@@ -112,11 +114,17 @@ async function startFederation(o: { encoding: UpdateEncoding; delta: boolean; wi
     undo.push(async () => tmp.cleanup());
     const dir = tmp.path;
     const agents = o.withTsAgent ? ['site-a', 'site-b'] : ['site-a', 'site-c'];
-    const auth = writeAuthFiles(dir, testAccess(agents));
+    // Two observers need two logins: the broker takes the user name as the client id, so a second
+    // connection as `auditor` would take over the first one's session.
+    const access = testAccess(agents);
+    access.users.push({ ...access.users.find((u) => u.username === 'auditor')!, username: 'mes-auditor' });
+    const auth = writeAuthFiles(dir, access);
     const broker = await startBroker(parseConfig(brokerConfigSchema, { host: '127.0.0.1', port: 0, auth: { passwordFile: auth.passwordFile, accessFile: auth.accessFile } }, 'test broker'), silentLogger());
     undo.push(() => broker.close());
     const observer = await captureUpdates(broker.url, 'fl/test', auth.credentials('auditor'));
     undo.push(() => observer.close());
+    const mes = await mesObserver(broker.url, auth.credentials('mes-auditor'));
+    undo.push(() => mes.close());
     let signingKeyFile: string | undefined;
     let publicKeyFile: string | undefined;
     if (o.sign) {
@@ -153,7 +161,7 @@ async function startFederation(o: { encoding: UpdateEncoding; delta: boolean; wi
       const ts = await startAgent(agentConfig({ ...fedOptions, ...(publicKeyFile ? { agent: { modelPublicKeyFile: publicKeyFile } } : {}) }, 'site-b'), silentLogger());
       undo.push(() => ts.close());
     }
-    return { aggregator, aggregatorLog: lines, observer, python: pythons[0]!, pythons, cleanup };
+    return { aggregator, aggregatorLog: lines, observer, mes, python: pythons[0]!, pythons, cleanup };
   } catch (err) {
     await cleanup();
     throw err;
@@ -229,6 +237,13 @@ async function runAndCheck(t: { diagnostic(msg: string): void }, fed: Federation
   assert.ok(mine.header.tensors.every((s) => s.dtype === dtype), `the Python agent's update is ${dtype}`);
   assert.equal(mine.header.meta.delta, o.delta);
   const maxDiff = await assertFedAvg(fed, updates);
+  // What an MES sees of the Python agents: statuses and agent-state events as documented.
+  assert.deepEqual(fed.mes.invalid, []);
+  for (const p of ['site-a', 'site-c'].filter((a) => o.agents.includes(a))) {
+    for (const st of fed.mes.of(p)) assert.ok(agentStatusSchema.safeParse(st).success, `status ${JSON.stringify(st)}`);
+    const states = fed.mes.ofType('agent-state').filter((e) => e.agent === p).map((e) => e.state);
+    for (const s of ['downloading', 'evaluating', 'training', 'uploading', 'idle']) assert.ok(states.includes(s), `${p} announced state ${s}: ${states.join(', ')}`);
+  }
   if (!o.agents.includes('site-b')) {
     // Only Python agents: their uploads were held to the aggregator's window.
     for (const p of fed.pythons) {

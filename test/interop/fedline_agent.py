@@ -363,7 +363,7 @@ class Agent:
         if self.status["state"] != prev:
             event = {"v": PROTOCOL_VERSION, "type": "agent-state", "federation": self.federation, "ts": now_ms(), "agent": self.agent,
                      **{k: self.status[k] for k in ("state", "round", "progress", "detail")}}
-            self.publish(f"{self.root}/events/agent-state/{self.agent}", json.dumps(event))
+            self.wait_puback(self.publish(f"{self.root}/events/agent-state/{self.agent}", json.dumps(event)))
 
     def next_message(self, timeout):
         """One inbound message (topic, payload), or None after `timeout` s. Round announcements are
