@@ -524,106 +524,7 @@ class Agent:
         return bundle
 
     def upload(self, ann, update):
-        """Send the update in chunks (window credit, PUBACK window), then update-done until a verdict."""
-        rnd, chunk_bytes = ann["round"], ann["chunkBytes"]
-        total = max(1, math.ceil(len(update) / chunk_bytes))
-        upload_id = secrets.token_hex(8)
-        sha256 = hashlib.sha256(update).hexdigest()
-        topic = self.t_update(rnd)
-        st = {"stored": 0, "window": ann.get("windowChunks", 0), "credit_lost": False, "verdict": None, "incomplete": [], "sent": 0, "resent": 0,
-              "progress_acks": 0, "credit_waits": 0, "max_ahead": 0}
-        started = time.monotonic()
-
-        def take_acks(timeout):
-            m = self.next_message(timeout)
-            if m is None or m[0] != f"{self.root}/round/{rnd}/ack/{self.agent}":
-                return
-            try:
-                ack = unpack(m[1])
-                if ack.get("v") != PROTOCOL_VERSION or ack.get("type") != "ack" or ack["round"] != rnd or ack["agent"] != self.agent:
-                    raise ValueError("not an ack for this round and agent")
-            except (ValueError, KeyError) as err:
-                log("rejected", topic=m[0], reason=str(err))
-                return
-            if ack.get("upload") is not None and ack["upload"] != upload_id:
-                return  # about an earlier upload
-            if ack["status"] == "progress":
-                st["progress_acks"] += 1
-                st["stored"] = max(st["stored"], ack.get("stored", 0))
-                if st["window"] > 0 and ack.get("window", 0) > 0:
-                    st["window"] = ack["window"]
-                st["credit_lost"] = False
-            elif ack["status"] in ("accepted", "rejected"):
-                st["verdict"] = st["verdict"] or ack
-            else:
-                st["incomplete"].append(ack)
-
-        def wait_credit(index):
-            # Flow control: at most `window` chunks beyond those the aggregator reported stored.
-            deadline = time.monotonic() + self.args.ack_timeout_ms / 1000
-            if st["window"] > 0 and not st["credit_lost"] and index - st["stored"] >= st["window"]:
-                st["credit_waits"] += 1
-            while st["window"] > 0 and not st["credit_lost"] and index - st["stored"] >= st["window"] and st["verdict"] is None:
-                if time.monotonic() > deadline:
-                    log("credit-timeout", round=rnd, index=index, stored=st["stored"], window=st["window"])
-                    st["credit_lost"] = True
-                    return
-                take_acks(0.05)
-
-        def send_pass(seqs, first):
-            inflight = []
-            for index, seq in enumerate(seqs):
-                self.check_current(rnd)
-                while not self.inbox.empty():
-                    take_acks(0)
-                if st["verdict"] is not None:
-                    return  # a verdict while sending (e.g. the header was refused): stop
-                if first:
-                    wait_credit(index)
-                    st["max_ahead"] = max(st["max_ahead"], index + 1 - st["stored"])
-                data = update[seq * chunk_bytes:(seq + 1) * chunk_bytes]
-                if first and seq in self.args.drop_chunk:
-                    log("chunk-dropped", round=rnd, seq=seq)
-                    continue
-                msg = {"v": PROTOCOL_VERSION, "type": "update-chunk", "round": rnd, "agent": self.agent, "upload": upload_id, "seq": seq,
-                       "total": total, "bundleBytes": len(update), "chunkBytes": chunk_bytes, "crc32": zlib.crc32(data), "data": data}
-                inflight.append(self.publish(topic, pack(msg)))
-                st["sent"] += len(data)
-                if len(inflight) >= self.args.max_inflight:
-                    self.wait_puback(inflight.pop(0))
-            for mid in inflight:
-                self.wait_puback(mid)
-
-        send_pass(range(total), True)
-        while st["verdict"] is None:
-            self.check_current(rnd)
-            done = {"v": PROTOCOL_VERSION, "type": "update-done", "round": rnd, "agent": self.agent, "upload": upload_id,
-                    "total": total, "bundleBytes": len(update), "sha256": sha256}
-            self.wait_puback(self.publish(topic, pack(done)))
-            deadline = time.monotonic() + self.args.ack_timeout_ms / 1000
-            while st["verdict"] is None and not st["incomplete"] and time.monotonic() < deadline:
-                take_acks(0.1)
-            if st["verdict"] is not None:
-                break
-            if not st["incomplete"]:
-                log("no-verdict", round=rnd, timeoutMs=self.args.ack_timeout_ms)
-                continue
-            missing = sorted({s for s in st["incomplete"].pop(0).get("missing", []) if 0 <= s < total})
-            st["incomplete"].clear()
-            log("ack-incomplete", round=rnd, missing=missing)
-            if missing:
-                st["resent"] += len(missing)
-                send_pass(missing, False)
-                log("chunks-resent", round=rnd, seqs=missing)
-        ack = st["verdict"]
-        fields = {"round": rnd, "upload": upload_id, "sha256": sha256, "bytes": len(update), "chunks": total, "sentBytes": st["sent"],
-                  "resentChunks": st["resent"], "ms": int((time.monotonic() - started) * 1000),
-                  "window": ann.get("windowChunks", 0), "progressAcks": st["progress_acks"], "creditWaits": st["credit_waits"], "maxAhead": st["max_ahead"]}
-        if ack["status"] == "accepted":
-            log("update-accepted", **fields)
-        else:
-            log("update-rejected", code=ack.get("code"), reason=ack.get("reason"), **fields)
-        return ack
+        return Upload(self, ann, update).run()
 
     def shutdown(self):
         """A clean DISCONNECT suppresses the last will (MQTT 3.1.1 section 3.14.4): say offline ourselves."""
@@ -637,6 +538,122 @@ class Agent:
         self.client.disconnect()
         self.client.loop_stop()
         log("stopped")
+
+
+class Upload:
+    """One update upload: chunks (flow-control credit, a PUBACK window), then update-done until a verdict.
+    Acks name the upload; those about another one are ignored."""
+
+    def __init__(self, agent, ann, update):
+        self.agent, self.update = agent, update
+        self.round, self.chunk_bytes = ann["round"], ann["chunkBytes"]
+        self.total = max(1, math.ceil(len(update) / self.chunk_bytes))
+        self.id = secrets.token_hex(8)
+        self.sha256 = hashlib.sha256(update).hexdigest()
+        self.topic = agent.t_update(self.round)
+        self.ack_topic = f"{agent.root}/round/{self.round}/ack/{agent.agent}"
+        self.ack_timeout_s = agent.args.ack_timeout_ms / 1000
+        self.announced_window = self.window = ann.get("windowChunks", 0)
+        self.stored, self.credit_lost = 0, False
+        self.verdict, self.incomplete = None, []
+        self.sent_bytes = self.resent = self.progress_acks = self.credit_waits = self.max_ahead = 0
+
+    def run(self):
+        started = time.monotonic()
+        self.send_pass(range(self.total), first=True)
+        while self.verdict is None:
+            self.agent.check_current(self.round)
+            done = {"v": PROTOCOL_VERSION, "type": "update-done", "round": self.round, "agent": self.agent.agent, "upload": self.id,
+                    "total": self.total, "bundleBytes": len(self.update), "sha256": self.sha256}
+            self.agent.wait_puback(self.agent.publish(self.topic, pack(done)))
+            deadline = time.monotonic() + self.ack_timeout_s
+            while self.verdict is None and not self.incomplete and time.monotonic() < deadline:
+                self.take_ack(0.1)
+            if self.verdict is not None:
+                break
+            if not self.incomplete:
+                log("no-verdict", round=self.round, timeoutMs=self.agent.args.ack_timeout_ms)
+                continue
+            # Resend exactly what the aggregator lists as missing, then ask again.
+            missing = sorted({s for s in self.incomplete[0].get("missing", []) if 0 <= s < self.total})
+            self.incomplete.clear()
+            log("ack-incomplete", round=self.round, missing=missing)
+            if missing:
+                self.resent += len(missing)
+                self.send_pass(missing, first=False)
+                log("chunks-resent", round=self.round, seqs=missing)
+        fields = {"round": self.round, "upload": self.id, "sha256": self.sha256, "bytes": len(self.update), "chunks": self.total,
+                  "sentBytes": self.sent_bytes, "resentChunks": self.resent, "ms": int((time.monotonic() - started) * 1000),
+                  "window": self.announced_window, "progressAcks": self.progress_acks, "creditWaits": self.credit_waits, "maxAhead": self.max_ahead}
+        if self.verdict["status"] == "accepted":
+            log("update-accepted", **fields)
+        else:
+            log("update-rejected", code=self.verdict.get("code"), reason=self.verdict.get("reason"), **fields)
+        return self.verdict
+
+    def send_pass(self, seqs, first):
+        inflight = []
+        for index, seq in enumerate(seqs):
+            self.agent.check_current(self.round)
+            while not self.agent.inbox.empty():
+                self.take_ack(0)
+            if self.verdict is not None:
+                return  # a verdict while sending (e.g. the header was refused): stop
+            if first:
+                self.wait_credit(index)
+                self.max_ahead = max(self.max_ahead, index + 1 - self.stored)
+            data = self.update[seq * self.chunk_bytes:(seq + 1) * self.chunk_bytes]
+            if first and seq in self.agent.args.drop_chunk:
+                log("chunk-dropped", round=self.round, seq=seq)
+                continue
+            msg = {"v": PROTOCOL_VERSION, "type": "update-chunk", "round": self.round, "agent": self.agent.agent, "upload": self.id, "seq": seq,
+                   "total": self.total, "bundleBytes": len(self.update), "chunkBytes": self.chunk_bytes, "crc32": zlib.crc32(data), "data": data}
+            inflight.append(self.agent.publish(self.topic, pack(msg)))
+            self.sent_bytes += len(data)
+            if len(inflight) >= self.agent.args.max_inflight:
+                self.agent.wait_puback(inflight.pop(0))
+        for mid in inflight:
+            self.agent.wait_puback(mid)
+
+    def needs_credit(self, index):
+        return self.window > 0 and not self.credit_lost and index - self.stored >= self.window and self.verdict is None
+
+    def wait_credit(self, index):
+        """Flow control: at most `window` chunks beyond those the aggregator reported stored. No
+        progress ack within the ack timeout: send on (a lost ack must not stall the upload)."""
+        if self.needs_credit(index):
+            self.credit_waits += 1
+        deadline = time.monotonic() + self.ack_timeout_s
+        while self.needs_credit(index):
+            if time.monotonic() > deadline:
+                log("credit-timeout", round=self.round, index=index, stored=self.stored, window=self.window)
+                self.credit_lost = True
+                return
+            self.take_ack(0.05)
+
+    def take_ack(self, timeout):
+        m = self.agent.next_message(timeout)
+        if m is None or m[0] != self.ack_topic:
+            return
+        try:
+            ack = unpack(m[1])
+            if ack.get("v") != PROTOCOL_VERSION or ack.get("type") != "ack" or ack["round"] != self.round or ack["agent"] != self.agent.agent:
+                raise ValueError("not an ack for this round and agent")
+        except (ValueError, KeyError) as err:
+            log("rejected", topic=m[0], reason=str(err))
+            return
+        if ack.get("upload") is not None and ack["upload"] != self.id:
+            return  # about an earlier upload
+        if ack["status"] == "progress":
+            self.progress_acks += 1
+            self.stored = max(self.stored, ack.get("stored", 0))
+            if self.window > 0 and ack.get("window", 0) > 0:
+                self.window = ack["window"]
+            self.credit_lost = False
+        elif ack["status"] in ("accepted", "rejected"):
+            self.verdict = self.verdict or ack
+        else:
+            self.incomplete.append(ack)
 
 
 def check_model_chunk(msg, seq_level, ref):
