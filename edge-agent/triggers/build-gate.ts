@@ -13,6 +13,7 @@ import { ManualTriggerSource } from './sources/manual-source.js';
 import { MqttTriggerSource } from './sources/mqtt-source.js';
 import { OpcuaTriggerSource } from './sources/opcua-source.js';
 import { ScheduleTriggerSource } from './sources/schedule-source.js';
+import { ErrorCodes, FedlineError } from '../../shared/protocol/errors.js';
 
 export interface GateDeps {
   transport: Transport;
@@ -80,7 +81,7 @@ export function buildGate(spec: TriggerSpec, deps: GateDeps): TriggerGate {
     return { kind: 'source', id };
   };
   const manuals = triggerLeaves(spec).filter((l) => l.type === 'manual').length;
-  if (manuals > 1) throw new Error('trigger: at most one "manual" source (all of them would follow the same pause/resume commands)');
+  if (manuals > 1) throw new FedlineError(ErrorCodes.CONFIG_INVALID, 'trigger: at most one "manual" source (all of them would follow the same pause/resume commands)');
   let root = build(spec);
   if (manuals === 0) {
     const manual = manualFor('open');

@@ -1,4 +1,5 @@
 import type { Condition } from '../../shared/config/trigger-config.js';
+import { ErrorCodes, FedlineError } from '../../shared/protocol/errors.js';
 
 /**
  * Pure helpers of the trigger sources: does a value satisfy a condition, and where is the value
@@ -69,7 +70,7 @@ export function parseJsonPath(path: string): (string | number)[] {
   const token = /^(?:\.?([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]|\[(?:'([^']*)'|"([^"]*)")\])/;
   while (rest.length > 0) {
     const m = token.exec(rest);
-    if (!m) throw new Error(`JSON path "${path}": cannot read "${rest}" (use $.a.b, a.b[0] or $['a b'])`);
+    if (!m) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `JSON path "${path}": cannot read "${rest}" (use $.a.b, a.b[0] or $['a b'])`);
     if (m[1] !== undefined) keys.push(m[1]);
     else if (m[2] !== undefined) keys.push(Number(m[2]));
     else keys.push((m[3] ?? m[4])!);

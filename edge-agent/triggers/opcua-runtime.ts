@@ -1,4 +1,5 @@
 import type { Logger } from '../../shared/util/logger.js';
+import { ErrorCodes, FedlineError } from '../../shared/protocol/errors.js';
 
 /** The node-opcua namespace (loaded on first use: it takes ~1 s to import, and most agents may not need it). */
 export type Opcua = typeof import('node-opcua');
@@ -36,6 +37,6 @@ export function loadOpcua(log: Logger): Promise<Opcua> {
 /** PEM text of a certificate -> DER bytes (what OPC UA puts on the wire). */
 export function pemToDer(pem: string, what: string): Buffer {
   const m = /-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/.exec(pem);
-  if (!m) throw new Error(`${what}: no PEM certificate (-----BEGIN CERTIFICATE-----) found`);
+  if (!m) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${what}: no PEM certificate (-----BEGIN CERTIFICATE-----) found`);
   return Buffer.from(m[1]!.replace(/\s+/g, ''), 'base64');
 }

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { deferred, systemClock, withTimeout, type Clock } from '../../../shared/util/async.js';
-import { ErrorCodes, type ErrorCode } from '../../../shared/protocol/errors.js';
+import { ErrorCodes, type ErrorCode, FedlineError } from '../../../shared/protocol/errors.js';
 import type { Logger } from '../../../shared/util/logger.js';
 import type { OpcuaSource as OpcuaSpec } from '../../../shared/config/trigger-config.js';
 import { backoffDelayMs } from '../backoff.js';
@@ -139,7 +139,7 @@ export class OpcuaTriggerSource implements TriggerSource {
     const timedOut = new Promise<'timeout'>((resolve) => (timer = this.clock.setTimeout(() => resolve('timeout'), RESCAN_TIMEOUT_MS)));
     try {
       const outcome = await Promise.race([manager.reloadCertificates().then(() => 'done' as const), timedOut]);
-      if (outcome === 'timeout') throw new Error(`no answer within ${RESCAN_TIMEOUT_MS} ms`);
+      if (outcome === 'timeout') throw new FedlineError(ErrorCodes.TIMEOUT, `no answer within ${RESCAN_TIMEOUT_MS} ms`);
     } catch (err) {
       // Start from a fresh certificate manager (it reads the folders when the next client starts).
       this.log.warn({ err: (err as Error).message, pkiDir: this.pkiDir }, 'could not re-read the OPC UA certificate folders; opening them afresh');
