@@ -17,7 +17,7 @@ export interface LocalUpdate {
   resumedFrom: FileBundleSource | null;
 }
 
-export interface LocalUpdateDeps {
+interface LocalUpdateDeps {
   agentId: string;
   /** The box's training window (edge-agent/triggers); null: training may run at any time. */
   window: TrainingWindow | null;

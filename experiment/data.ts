@@ -14,7 +14,7 @@ import { concatImageSets, pooledDataset } from './sets.js';
  * model is evaluated on.
  */
 
-export interface DataLayout {
+interface DataLayout {
   sites: Site[];
   external: string | null;
   probes: Probe[];
@@ -23,7 +23,7 @@ export interface DataLayout {
   referenceDir: string | null;
 }
 
-export interface LoadedData {
+interface LoadedData {
   siteData: Map<string, LocalDataset>;
   externalSet: ImageSet | null;
   probeSets: Map<string, ImageSet>;

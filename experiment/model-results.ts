@@ -11,7 +11,7 @@ import type { ModelResult } from './results.js';
 import { evaluateModel } from './sets.js';
 
 /** A trained model's record before its evaluation: what the arm runner knows. */
-export type TrainedModel = Omit<ModelResult, 'eval' | 'confusionPngs' | 'msPerLocalEpoch'>;
+type TrainedModel = Omit<ModelResult, 'eval' | 'confusionPngs' | 'msPerLocalEpoch'>;
 
 const safeName = (id: string) => id.replace(/[^A-Za-z0-9_.-]+/g, '-');
 
