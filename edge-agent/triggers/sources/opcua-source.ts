@@ -159,7 +159,7 @@ export class OpcuaTriggerSource implements TriggerSource {
   }
 
   private fail(code: ErrorCode, message: string): Error {
-    return Object.assign(new Error(message), { fedlineFailure: { code, message } });
+    return Object.assign(new FedlineError(code, message), { fedlineFailure: { code, message } });
   }
 
   private identity(opcua: Opcua): import('node-opcua').UserIdentityInfo {
