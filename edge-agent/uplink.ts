@@ -8,6 +8,7 @@ import type { Logger } from '../shared/util/logger.js';
 import { ackSchema, PROTOCOL_VERSION, SUPPORTED_VERSIONS, type AckMsg } from '../shared/protocol/messages.js';
 import type { Topics } from '../shared/protocol/topics.js';
 import type { InboundMessage, Transport } from '../shared/transport/transport.js';
+import { UploadCredit } from './upload-credit.js';
 
 export interface UplinkOptions {
   round: number;
@@ -40,7 +41,7 @@ export interface UplinkResult {
   resentChunks: number;
   sha256: string;
   upload: string;
-  /** Times the flow-control window was full and the sender waited for the aggregator. */
+  /** Times the flow-control credit was used up and the sender waited for the aggregator. */
   creditWaits: number;
   /** Of those waits, how many ended without credit (no progress ack within ackTimeoutMs). */
   creditTimeouts: number;
@@ -58,164 +59,184 @@ const VERDICT = Symbol('verdict');
  * the upload at once.
  *
  * With `windowChunks`, the sender also waits for the aggregator's `progress` acks, so that a slow
- * aggregator (ten agents sending at once) holds back the senders instead of filling the broker:
- * MQTT's PUBACK only says the broker has a message, and a broker such as Mosquitto acknowledges
- * before the subscriber has read it.
+ * aggregator (ten agents sending at once) holds back the senders instead of filling the broker
+ * (edge-agent/upload-credit.ts).
  */
 export async function sendUpdate(transport: Transport, topics: Topics, update: Uint8Array | BundleSource, log: Logger, options: UplinkOptions): Promise<UplinkResult> {
-  const { round, agent, chunkBytes, maxInflight, signal } = options;
-  const source = isBundleSource(update) ? update : memorySource(update);
-  const bundleBytes = source.byteLength;
-  const total = chunkCount(bundleBytes, chunkBytes);
-  const upload = options.upload ?? randomBytes(8).toString('hex');
-  let window = options.windowChunks ?? 0;
-  const ackTopic = topics.ack(round, agent);
-  const updateTopic = topics.update(round, agent);
-  let sentBytes = 0;
-  let resentChunks = 0;
-  let creditWaits = 0;
-  let creditTimeouts = 0;
-  let stored = 0;
-  let verdictDuringSend: AckMsg | null = null;
-  const stopSending = new AbortController();
-  const acks: AckMsg[] = [];
-  let wake: (() => void) | null = null;
-  let creditWake: (() => void) | null = null;
-  /** A credit wait timed out: send on without flow control until the next progress ack (no crawl of one chunk per timeout). */
-  let creditLost = false;
-  const onAck = (m: InboundMessage) => {
+  return new UpdateUpload(transport, topics, isBundleSource(update) ? update : memorySource(update), log, options).run();
+}
+
+type Hash = ReturnType<typeof createHash>;
+
+/** One upload's state: the acks it waits for, the flow-control credit, the bytes sent. */
+class UpdateUpload {
+  private readonly round: number;
+  private readonly agent: string;
+  private readonly signal: AbortSignal | undefined;
+  private readonly bundleBytes: number;
+  private readonly total: number;
+  private readonly upload: string;
+  private readonly ackTopic: string;
+  private readonly updateTopic: string;
+  private readonly credit: UploadCredit;
+  private sentBytes = 0;
+  private resentChunks = 0;
+  /** A verdict that came while chunks were going out; it stops the sending. */
+  private verdictDuringSend: AckMsg | null = null;
+  private readonly stopSending = new AbortController();
+  private readonly sendSignal: AbortSignal;
+  private readonly acks: AckMsg[] = [];
+  private wake: (() => void) | null = null;
+
+  constructor(
+    private readonly transport: Transport,
+    topics: Topics,
+    private readonly source: BundleSource,
+    private readonly log: Logger,
+    private readonly options: UplinkOptions,
+  ) {
+    this.round = options.round;
+    this.agent = options.agent;
+    this.signal = options.signal;
+    this.bundleBytes = source.byteLength;
+    this.total = chunkCount(this.bundleBytes, options.chunkBytes);
+    this.upload = options.upload ?? randomBytes(8).toString('hex');
+    this.ackTopic = topics.ack(this.round, this.agent);
+    this.updateTopic = topics.update(this.round, this.agent);
+    this.credit = new UploadCredit(options.windowChunks ?? 0, options.ackTimeoutMs, log, this.round);
+    this.sendSignal = this.signal ? AbortSignal.any([this.signal, this.stopSending.signal]) : this.stopSending.signal;
+  }
+
+  async run(): Promise<UplinkResult> {
+    await this.transport.subscribe(this.ackTopic, this.onAck);
+    try {
+      const first = await this.firstPass();
+      if (!first.finished && this.verdictDuringSend) {
+        const ack: AckMsg = this.verdictDuringSend;
+        this.log.info({ round: this.round, status: ack.status, code: ack.code }, 'verdict arrived while sending; upload ended');
+        return this.result(ack, first.sha256);
+      }
+      return await this.settle(first.sha256);
+    } finally {
+      this.credit.release();
+      await this.transport.unsubscribe(this.ackTopic, this.onAck).catch(() => undefined);
+    }
+  }
+
+  /** Every chunk, hashed on the way unless the SHA-256 is known; none when resuming (the aggregator says what it lacks). */
+  private async firstPass(): Promise<{ finished: boolean; sha256: string }> {
+    const known = this.options.sha256 ?? null;
+    if (this.options.resume) {
+      if (known === null) throw new FedlineError(ErrorCodes.MODEL_STORE, 'resuming an upload needs its SHA-256 (from the update journal)', { round: this.round, upload: this.upload });
+      return { finished: true, sha256: known };
+    }
+    const hash = known === null ? createHash('sha256') : undefined;
+    const finished = await this.pass(undefined, hash);
+    return { finished, sha256: known ?? hash!.digest('hex') };
+  }
+
+  /** Ask for the verdict until accepted or rejected, resending the chunks the aggregator lacks. */
+  private async settle(sha256: string): Promise<UplinkResult> {
+    const { round, agent, upload, total, bundleBytes, signal } = this;
+    for (;;) {
+      if (signal?.aborted) throw signal.reason ?? new FedlineError(ErrorCodes.ABORTED, 'upload aborted');
+      await this.transport.publish(this.updateTopic, packMsg({ v: PROTOCOL_VERSION, type: 'update-done', round, agent, upload, total, bundleBytes, sha256 }), { qos: 1 });
+      const ack = await this.nextAck(this.options.ackTimeoutMs);
+      if (!ack) {
+        this.log.warn({ round, timeoutMs: this.options.ackTimeoutMs }, 'no verdict from the aggregator yet; asking again');
+        continue;
+      }
+      if (ack.status === 'accepted' || ack.status === 'rejected') return this.result(ack, sha256);
+      const missing = ack.missing.filter((s) => s >= 0 && s < total);
+      if (missing.length) {
+        this.log.info({ round, missing: missing.length }, 'aggregator is missing chunks; resending them');
+        this.resentChunks += missing.length;
+        if (!(await this.pass(missing)) && this.verdictDuringSend) return this.result(this.verdictDuringSend, sha256);
+      }
+    }
+  }
+
+  private result(ack: AckMsg, sha256: string): UplinkResult {
+    return { ack, sentBytes: this.sentBytes, resentChunks: this.resentChunks, sha256, upload: this.upload, creditWaits: this.credit.waits, creditTimeouts: this.credit.timeouts };
+  }
+
+  private readonly onAck = (m: InboundMessage): void => {
     try {
       const ack = decodeMsgpack(m.payload, ackSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'ack' });
-      if (ack.round !== round || ack.agent !== agent) throw new FedlineError(ErrorCodes.MSG_TOPIC, `ack for round ${ack.round}/${ack.agent} on ${m.topic}`);
-      if (ack.upload !== null && ack.upload !== upload) return; // about an earlier upload
+      if (ack.round !== this.round || ack.agent !== this.agent) throw new FedlineError(ErrorCodes.MSG_TOPIC, `ack for round ${ack.round}/${ack.agent} on ${m.topic}`);
+      if (ack.upload !== null && ack.upload !== this.upload) return; // about an earlier upload
       if (ack.status === 'progress') {
-        stored = Math.max(stored, ack.stored);
-        // The aggregator shares one window among the agents sending at the moment.
-        if (window > 0 && ack.window > 0) window = ack.window;
-        creditLost = false;
-        creditWake?.();
+        // The wire field `window` is the credit the aggregator grants this sender now.
+        this.credit.progress(ack.stored, ack.window);
         return;
       }
       if (ack.status === 'accepted' || ack.status === 'rejected') {
-        verdictDuringSend ??= ack;
-        stopSending.abort(VERDICT);
+        this.verdictDuringSend ??= ack;
+        this.stopSending.abort(VERDICT);
       }
-      acks.push(ack);
-      wake?.();
+      this.acks.push(ack);
+      this.wake?.();
     } catch (err) {
-      options.onReject?.(err, m.topic);
+      this.options.onReject?.(err, m.topic);
     }
   };
-  const waitForCredit = async (index: number): Promise<void> => {
-    if (window <= 0 || creditLost || index - stored < window) return;
-    creditWaits++;
-    const started = Date.now();
-    while (index - stored >= window && !stopSending.signal.aborted && !signal?.aborted) {
-      const left = options.ackTimeoutMs - (Date.now() - started);
-      if (left <= 0) {
-        // Progress acks lost or an aggregator without flow control: go on; resends repair any loss.
-        log.warn({ round, index, stored, window }, 'no progress from the aggregator; sending on without flow-control credit until it reports again');
-        creditLost = true;
-        creditTimeouts++;
-        return;
-      }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, left);
-        function done() {
-          clearTimeout(timer);
-          creditWake = null;
-          resolve();
-        }
-        creditWake = done;
-      });
+
+  /** Run a pass (all chunks, or `only` those); a verdict arriving meanwhile ends it early (false, not an error). */
+  private async pass(only?: readonly number[], hash?: Hash): Promise<boolean> {
+    try {
+      await this.send(only, hash);
+      return true;
+    } catch (err) {
+      if (this.stopSending.signal.aborted && !this.signal?.aborted) return false;
+      throw err;
     }
-  };
-  const sendSignal = signal ? AbortSignal.any([signal, stopSending.signal]) : stopSending.signal;
-  const send = (only?: readonly number[], hash?: ReturnType<typeof createHash>) =>
-    publishChunks(
-      transport,
-      source,
-      () => updateTopic,
+  }
+
+  private send(only?: readonly number[], hash?: Hash): Promise<void> {
+    const { round, agent, upload } = this;
+    const waitForCredit = (index: number) => this.credit.waitFor(index, this.stopSending.signal, this.signal);
+    return publishChunks(
+      this.transport,
+      this.source,
+      () => this.updateTopic,
       (chunk) => ({ v: PROTOCOL_VERSION, type: 'update-chunk', round, agent, upload, ...chunk }),
       {
-        chunkBytes,
-        maxInflight,
+        chunkBytes: this.options.chunkBytes,
+        maxInflight: this.options.maxInflight,
         retain: false,
         ...(only ? { only } : { waitForCredit }),
         ...(hash ? { onChunk: (_seq: number, data: Uint8Array) => hash.update(data) } : {}),
-        signal: sendSignal,
+        signal: this.sendSignal,
         onChunkSent: (n) => {
-          sentBytes += n;
-          options.onProgress?.(sentBytes, bundleBytes);
+          this.sentBytes += n;
+          this.options.onProgress?.(this.sentBytes, this.bundleBytes);
         },
       },
     );
-  const nextAck = (timeoutMs: number) =>
-    new Promise<AckMsg | null>((resolve, reject) => {
-      if (acks.length) return resolve(acks.shift()!);
+  }
+
+  /** The next verdict or incomplete ack; null after `timeoutMs` without one; rejects when the upload is aborted. */
+  private nextAck(timeoutMs: number): Promise<AckMsg | null> {
+    const signal = this.signal;
+    return new Promise<AckMsg | null>((resolve, reject) => {
+      if (this.acks.length) return resolve(this.acks.shift()!);
       const timer = setTimeout(() => {
-        wake = null;
+        this.wake = null;
         signal?.removeEventListener('abort', onAbort);
         resolve(null);
       }, timeoutMs);
       const onAbort = () => {
         clearTimeout(timer);
-        wake = null;
+        this.wake = null;
         reject(signal!.reason ?? new FedlineError(ErrorCodes.ABORTED, 'upload aborted'));
       };
       signal?.addEventListener('abort', onAbort, { once: true });
-      wake = () => {
+      this.wake = () => {
         clearTimeout(timer);
-        wake = null;
+        this.wake = null;
         signal?.removeEventListener('abort', onAbort);
-        resolve(acks.shift()!);
+        resolve(this.acks.shift()!);
       };
     });
-  /** Run a pass; a verdict arriving meanwhile ends it early (not an error). */
-  const pass = async (only?: readonly number[], hash?: ReturnType<typeof createHash>): Promise<boolean> => {
-    try {
-      await send(only, hash);
-      return true;
-    } catch (err) {
-      if (stopSending.signal.aborted && !signal?.aborted) return false;
-      throw err;
-    }
-  };
-
-  await transport.subscribe(ackTopic, onAck);
-  try {
-    let sha256 = options.sha256 ?? null;
-    let finished = true;
-    if (!options.resume) {
-      const hash = sha256 === null ? createHash('sha256') : undefined;
-      finished = await pass(undefined, hash);
-      sha256 ??= hash!.digest('hex');
-    } else if (sha256 === null) {
-      throw new Error('resuming an upload needs its SHA-256');
-    }
-    if (!finished && verdictDuringSend) {
-      const ack: AckMsg = verdictDuringSend;
-      log.info({ round, status: ack.status, code: ack.code }, 'verdict arrived while sending; upload ended');
-      return { ack, sentBytes, resentChunks, sha256, upload, creditWaits, creditTimeouts };
-    }
-    for (;;) {
-      if (signal?.aborted) throw signal.reason ?? new FedlineError(ErrorCodes.ABORTED, 'upload aborted');
-      await transport.publish(updateTopic, packMsg({ v: PROTOCOL_VERSION, type: 'update-done', round, agent, upload, total, bundleBytes, sha256 }), { qos: 1 });
-      const ack = await nextAck(options.ackTimeoutMs);
-      if (!ack) {
-        log.warn({ round, timeoutMs: options.ackTimeoutMs }, 'no verdict from the aggregator yet; asking again');
-        continue;
-      }
-      if (ack.status === 'accepted' || ack.status === 'rejected') return { ack, sentBytes, resentChunks, sha256, upload, creditWaits, creditTimeouts };
-      const missing = ack.missing.filter((s) => s >= 0 && s < total);
-      if (missing.length) {
-        log.info({ round, missing: missing.length }, 'aggregator is missing chunks; resending them');
-        resentChunks += missing.length;
-        if (!(await pass(missing)) && verdictDuringSend) return { ack: verdictDuringSend, sentBytes, resentChunks, sha256, upload, creditWaits, creditTimeouts };
-      }
-    }
-  } finally {
-    (creditWake as (() => void) | null)?.();
-    await transport.unsubscribe(ackTopic, onAck).catch(() => undefined);
   }
 }

@@ -1,6 +1,6 @@
 import type { EvalMetrics } from '../shared/protocol/messages.js';
-import type { ExperimentResults, ModelResult } from './runner.js';
-import { foreignDefectSets, pooledRecall } from './runner.js';
+import type { ExperimentResults, ModelResult } from './results.js';
+import { foreignDefectSets, pooledRecall } from './findings.js';
 
 /** report.md from results.json's content: Table-I-style comparison, per-site and probe tables, learning curves, findings, confusion matrices. */
 
@@ -28,13 +28,30 @@ export function curve(m: ModelResult): { round: number; mean: number; min: numbe
   return points;
 }
 
+/** What the sections share: the config, the defect class index and the set names. */
+interface ReportView {
+  r: ExperimentResults;
+  defect: number;
+  sites: string[];
+  probes: string[];
+  hasExternal: boolean;
+}
+
 export function renderReport(r: ExperimentResults, rel: (path: string) => string): string {
-  const c = r.config;
-  const defect = r.defectClass === null ? -1 : r.classes.indexOf(r.defectClass);
-  const sites = Object.keys(r.data.sites);
-  const probes = Object.keys(r.data.probes);
-  const hasExternal = r.data.external !== null;
+  const v: ReportView = { r, defect: r.defectClass === null ? -1 : r.classes.indexOf(r.defectClass), sites: Object.keys(r.data.sites), probes: Object.keys(r.data.probes), hasExternal: r.data.external !== null };
   const lines: string[] = [];
+  introSection(v, rel, lines);
+  dataSection(v, lines);
+  tableOneSection(v, lines);
+  perSiteSections(v, lines);
+  learningCurvesSection(v, lines);
+  closingSections(v, rel, lines);
+  return lines.join('\n');
+}
+
+/** Title, run settings and the pretrained base. */
+function introSection({ r }: ReportView, rel: (path: string) => string, lines: string[]): void {
+  const c = r.config;
   lines.push(`# ${r.name}: centralized vs local-only vs federated`, '');
   lines.push(
     `Mode ${r.mode}, tfjs backend ${r.backend}, ${(r.durationMs / 60000).toFixed(1)} min, started ${r.startedAt}. Model ${c.model.architecture}` +
@@ -53,6 +70,10 @@ export function renderReport(r: ExperimentResults, rel: (path: string) => string
       '',
     );
   }
+}
+
+/** Images per class of every set. */
+function dataSection({ r, sites, probes }: ReportView, lines: string[]): void {
   lines.push('Data (images per class, ' + r.classes.join(' / ') + '):', '');
   lines.push(
     table(
@@ -65,7 +86,10 @@ export function renderReport(r: ExperimentResults, rel: (path: string) => string
     ),
     '',
   );
+}
 
+/** Table I: every model on every test set. */
+function tableOneSection({ r, defect, probes, hasExternal }: ReportView, lines: string[]): void {
   lines.push('## Table I: every model on every test set', '');
   lines.push(
     `Accuracy (acc), balanced accuracy (bal) and ${r.defectClass ?? 'defect'} recall (defect) in %. Local test: every site's own test split, pooled. ` +
@@ -97,7 +121,10 @@ export function renderReport(r: ExperimentResults, rel: (path: string) => string
     ),
     '',
   );
+}
 
+/** Each site's local test split, the cross-client probes and each site's foreign defects. */
+function perSiteSections({ r, defect, sites, probes }: ReportView, lines: string[]): void {
   lines.push('## Accuracy on each site\'s local test split', '');
   lines.push(table(['model', ...sites.map((s) => `${s} acc`), ...(defect >= 0 ? sites.map((s) => `${s} defect`) : [])], r.models.map((m) => [m.id, ...sites.map((s) => pct(m.eval[`site:${s}`]?.accuracy)), ...(defect >= 0 ? sites.map((s) => pct(recall(m.eval[`site:${s}`], defect))) : [])])), '');
 
@@ -121,7 +148,10 @@ export function renderReport(r: ExperimentResults, rel: (path: string) => string
       '',
     );
   }
+}
 
+/** Mean (min) accuracy over the judged sites after each round. */
+function learningCurvesSection({ r }: ReportView, lines: string[]): void {
   lines.push('## Learning curves', '');
   lines.push('Mean (min) accuracy over the sites\' local test splits of the model after each round (round 0: the initial model); local-only models on their own site.', '');
   const curves = r.models.map((m) => ({ id: m.id, points: curve(m) }));
@@ -136,7 +166,10 @@ export function renderReport(r: ExperimentResults, rel: (path: string) => string
     ),
     '',
   );
+}
 
+/** The findings, the confusion matrices and where the models are. */
+function closingSections({ r, sites }: ReportView, rel: (path: string) => string, lines: string[]): void {
   lines.push("## The paper's findings, checked", '');
   for (const f of r.findings) lines.push(`- **${f.holds === null ? 'n/a' : f.holds ? 'holds' : 'does not hold'}**: ${f.claim}. ${f.detail}.`);
   lines.push('');
@@ -150,5 +183,4 @@ export function renderReport(r: ExperimentResults, rel: (path: string) => string
   lines.push('## Models', '');
   for (const m of r.models) lines.push(`- ${m.id}: \`${rel(m.modelDir)}\` (${m.reason}); \`npx fedline classify --model ${rel(m.modelDir)} IMAGE...\``);
   lines.push('');
-  return lines.join('\n');
 }

@@ -2,6 +2,7 @@ import type { BackendPreference } from '../shared/config/service-config.js';
 import type { Logger } from '../shared/util/logger.js';
 import { installFastCpuKernels } from './cpu-kernels.js';
 import { installWasmTrainingKernels } from './wasm-kernels.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /** The tfjs namespace, whichever package provided it (tfjs-node-gpu and tfjs-node re-export it). */
 export type Tf = typeof import('@tensorflow/tfjs');
@@ -102,7 +103,7 @@ export function loadTf(preference: BackendPreference = 'auto', log?: Logger): Pr
         }
       }
       if (preference === 'tensorflow') {
-        throw new Error(`training.backend is "tensorflow" but neither ${NATIVE_PACKAGES.join(' nor ')} can be loaded; ${NATIVE_INSTALL_HINT}`);
+        throw new FedlineError(ErrorCodes.BACKEND, `training.backend is "tensorflow" but neither ${NATIVE_PACKAGES.join(' nor ')} can be loaded; ${NATIVE_INSTALL_HINT}`);
       }
     }
     const tf = (await import('@tensorflow/tfjs')) as Tf;
@@ -117,7 +118,7 @@ export function loadTf(preference: BackendPreference = 'auto', log?: Logger): Pr
         } else log?.info({ backend: 'wasm' }, 'tfjs backend ready (WebAssembly, as configured)');
         return { tf, backend: 'wasm', packageName: WASM_PACKAGE, native: false };
       }
-      if (preference === 'wasm') throw new Error(`training.backend is "wasm" but ${wasm.reason}`);
+      if (preference === 'wasm') throw new FedlineError(ErrorCodes.BACKEND, `training.backend is "wasm" but ${wasm.reason}`);
       log?.warn({ reason: wasm.reason }, 'the WebAssembly backend is not available');
     }
     await startCpuBackend(tf);

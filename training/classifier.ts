@@ -7,6 +7,7 @@ import { loadLayersModelFromDir, modelFromWeights } from './model-io.js';
 import type { LayersModel } from './models.js';
 import type { ImageDecoder } from './images.js';
 import { normalizeInPlace } from './preprocess.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
  * Live classification (the seed paper's last step): a stored global model labels single images
@@ -55,23 +56,23 @@ export async function openClassifier(tf: Tf, dir: string, decoder: ImageDecoder,
     try {
       json = JSON.parse(await readFile(join(dir, 'model.json'), 'utf8')) as FedlineModelJson;
     } catch (err) {
-      throw new Error(`${dir} is not a model folder (no header.bin + weights.bin, no readable model.json: ${(err as Error).message})`);
+      throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${dir} is not a model folder (no header.bin + weights.bin, no readable model.json: ${(err as Error).message})`);
     }
     model = await loadLayersModelFromDir(tf, dir);
     const f = json.userDefinedMetadata?.fedline ?? {};
     const shape = model.inputs[0]!.shape.slice(1) as number[];
     const classes = given.classes ?? f.classes;
     const normalization = given.normalization ?? (f.normalization as NormalizationMode | undefined);
-    if (!classes) throw new Error(`${dir}/model.json does not name its classes: give them (--classes A,B,...)`);
+    if (!classes) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${dir}/model.json does not name its classes: give them (--classes A,B,...)`);
     if (!normalization || !(normalizationModes as readonly string[]).includes(normalization)) {
-      throw new Error(`${dir}/model.json does not say how to normalise its input: give it (--normalization ${normalizationModes.join('|')})`);
+      throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${dir}/model.json does not say how to normalise its input: give it (--normalization ${normalizationModes.join('|')})`);
     }
     meta = { classes, inputShape: shape, normalization, version: f.version ?? null };
   }
   const outputs = model.outputs[0]!.shape.at(-1);
   if (outputs !== meta.classes.length) {
     model.dispose();
-    throw new Error(`${dir}: the model has ${outputs} outputs but ${meta.classes.length} classes are named`);
+    throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${dir}: the model has ${outputs} outputs but ${meta.classes.length} classes are named`);
   }
   const [h, w, c] = meta.inputShape as [number, number, number];
   return {

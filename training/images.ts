@@ -1,5 +1,6 @@
 import jpeg from 'jpeg-js';
 import { PNG } from 'pngjs';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
  * Image decoding and resizing to the model's input. Two decoders give the same kind of result,
@@ -77,7 +78,7 @@ export function decodeImage(bytes: Buffer, path: string): RgbaImage & { source: 
     const frame = jpegFrameInfo(bytes) ?? { channels: 3, bitDepth: 8 };
     return { width: img.width, height: img.height, data: img.data, source: { format, width: img.width, height: img.height, channels: frame.channels, bitDepth: frame.bitDepth } };
   }
-  throw new Error(`${path}: not a PNG or JPEG file`);
+  throw new FedlineError(ErrorCodes.DATA, `${path}: not a PNG or JPEG file`);
 }
 
 /**
@@ -177,7 +178,7 @@ export const jsDecoder: ImageDecoder = {
   name: 'js',
   async decode(bytes, path, width, height, channels) {
     const img = decodeImage(bytes, path);
-    if (img.width < 1 || img.height < 1) throw new Error(`${path}: empty image`);
+    if (img.width < 1 || img.height < 1) throw new FedlineError(ErrorCodes.DATA, `${path}: empty image`);
     const pixels = new Uint8Array(width * height * channels);
     resizeInto(img, width, height, channels, pixels, 0);
     return { pixels, source: img.source };
@@ -206,16 +207,16 @@ export async function sharpDecoder(): Promise<ImageDecoder | null> {
     name: 'sharp',
     async decode(bytes, path, width, height, channels) {
       const format = imageFormat(bytes);
-      if (!format) throw new Error(`${path}: not a PNG or JPEG file`);
+      if (!format) throw new FedlineError(ErrorCodes.DATA, `${path}: not a PNG or JPEG file`);
       const meta = await sharp(bytes).metadata();
-      if (!meta.width || !meta.height) throw new Error(`${path}: empty image`);
+      if (!meta.width || !meta.height) throw new FedlineError(ErrorCodes.DATA, `${path}: empty image`);
       const depth = meta.depth === 'ushort' ? 16 : meta.depth === 'uchar' ? 8 : 8;
       const source: SourceInfo = { format, width: meta.width, height: meta.height, channels: format === 'jpeg' ? (jpegFrameInfo(bytes)?.channels ?? meta.channels ?? 3) : (meta.channels ?? 3), bitDepth: depth };
       // 'linear' = bilinear, 'fill' = exact size (no crop), as the pure-JS decoder does.
       let pipeline = sharp(bytes, { failOn: 'error' }).removeAlpha().toColourspace(channels === 1 ? 'b-w' : 'srgb');
       pipeline = pipeline.resize(width, height, { fit: 'fill', kernel: 'linear' });
       const raw = await pipeline.raw().toBuffer();
-      if (raw.byteLength !== width * height * channels) throw new Error(`${path}: decoded to ${raw.byteLength} bytes, expected ${width * height * channels}`);
+      if (raw.byteLength !== width * height * channels) throw new FedlineError(ErrorCodes.DATA, `${path}: decoded to ${raw.byteLength} bytes, expected ${width * height * channels}`);
       return { pixels: new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength), source };
     },
   };
@@ -226,7 +227,7 @@ export async function createImageDecoder(preference: 'auto' | 'sharp' | 'js' = '
   if (preference === 'js') return jsDecoder;
   const sharp = await sharpDecoder();
   if (sharp) return sharp;
-  if (preference === 'sharp') throw new Error('data.decoder is "sharp" but the sharp package is not installed (npm install sharp)');
+  if (preference === 'sharp') throw new FedlineError(ErrorCodes.CONFIG_INVALID, 'data.decoder is "sharp" but the sharp package is not installed (npm install sharp)');
   return jsDecoder;
 }
 

@@ -1,5 +1,6 @@
 import type { Tf } from './backend.js';
 import { deriveSeed } from '../shared/util/random.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
  * Model builders. Layer names are fixed (Keras VGG style: block<i>_conv<j>, block<i>_pool) so that
@@ -76,9 +77,9 @@ export const VGG_MIN_INPUT = 32;
 export function buildModel(tf: Tf, options: BuildOptions): LayersModel {
   const { architecture, inputShape } = options;
   const width = options.width ?? 1;
-  if (!(width > 0)) throw new Error(`width must be > 0, got ${width}`);
+  if (!(width > 0)) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `width must be > 0, got ${width}`);
   const head = options.head ?? DEFAULT_HEADS[architecture];
-  if (!head) throw new Error(`unknown architecture "${String(architecture)}" (known: ${architectures.join(', ')})`);
+  if (!head) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `unknown architecture "${String(architecture)}" (known: ${architectures.join(', ')})`);
   const init = (name: string) =>
     options.init === 'zeros'
       ? tf.initializers.zeros()
@@ -101,9 +102,9 @@ export function buildModel(tf: Tf, options: BuildOptions): LayersModel {
     });
   } else {
     const blocks = VGG_BLOCKS[architecture];
-    if (!blocks) throw new Error(`unknown architecture "${String(architecture)}" (known: ${architectures.join(', ')})`);
+    if (!blocks) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `unknown architecture "${String(architecture)}" (known: ${architectures.join(', ')})`);
     if (inputShape[0] < VGG_MIN_INPUT || inputShape[1] < VGG_MIN_INPUT) {
-      throw new Error(`${architecture} needs inputs of at least ${VGG_MIN_INPUT}x${VGG_MIN_INPUT} px (five 2x2 poolings), got ${inputShape[0]}x${inputShape[1]}`);
+      throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${architecture} needs inputs of at least ${VGG_MIN_INPUT}x${VGG_MIN_INPUT} px (five 2x2 poolings), got ${inputShape[0]}x${inputShape[1]}`);
     }
     blocks.forEach((convs, i) => {
       for (let j = 0; j < convs; j++) layers.push(...conv(`block${i + 1}_conv${j + 1}`, VGG_FILTERS[i]!, layers.length === 0));

@@ -1,4 +1,5 @@
 import { normalizationModes, type NormalizationMode } from '../shared/protocol/messages.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
  * Input normalisation, applied identically in training, evaluation and inspection; the mode
@@ -36,7 +37,7 @@ export function normalizeInPlace(x: Float32Array, count: number, channels: numbe
     }
     return;
   }
-  if (channels !== 3) throw new Error(`${mode} normalisation needs 3-channel images`);
+  if (channels !== 3) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${mode} normalisation needs 3-channel images`);
   if (mode === 'imagenet') {
     for (let k = 0; k < x.length; k++) {
       const c = k % 3;

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { Tf } from './backend.js';
 import { weightNames } from './model-io.js';
 import { HEAD_PREFIX, type LayersModel } from './models.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
  * Initial weights from a pretrained TensorFlow.js layers model on disk (model.json + weight files),
@@ -37,25 +38,25 @@ export async function readWeightsFromDir(dir: string): Promise<Map<string, { sha
   try {
     modelJson = JSON.parse(await readFile(file, 'utf8')) as typeof modelJson;
   } catch (err) {
-    throw new Error(`cannot read the pretrained model ${file}: ${(err as Error).message}`);
+    throw new FedlineError(ErrorCodes.CONFIG_READ, `cannot read the pretrained model ${file}: ${(err as Error).message}`);
   }
-  if (!Array.isArray(modelJson.weightsManifest)) throw new Error(`${file} has no weightsManifest: not a tfjs layers model (convert it with tensorflowjs_converter --input_format keras)`);
+  if (!Array.isArray(modelJson.weightsManifest)) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${file} has no weightsManifest: not a tfjs layers model (convert it with tensorflowjs_converter --input_format keras)`);
   const out = new Map<string, { shape: number[]; data: Float32Array }>();
   for (const group of modelJson.weightsManifest) {
     const parts = await Promise.all(
       group.paths.map((p) =>
         readFile(join(dir, p)).catch((err: Error) => {
-          throw new Error(`cannot read weight file ${join(dir, p)} listed in ${file}: ${err.message}`);
+          throw new FedlineError(ErrorCodes.CONFIG_READ, `cannot read weight file ${join(dir, p)} listed in ${file}: ${err.message}`);
         }),
       ),
     );
     const bytes = Buffer.concat(parts);
     let offset = 0;
     for (const w of group.weights) {
-      if (w.quantization) throw new Error(`${file}: weight ${w.name} is quantized; convert the model without --quantize_* options`);
-      if (w.dtype !== 'float32') throw new Error(`${file}: weight ${w.name} has dtype ${w.dtype}; only float32 weights can initialise a model`);
+      if (w.quantization) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${file}: weight ${w.name} is quantized; convert the model without --quantize_* options`);
+      if (w.dtype !== 'float32') throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${file}: weight ${w.name} has dtype ${w.dtype}; only float32 weights can initialise a model`);
       const count = w.shape.reduce((a, b) => a * b, 1);
-      if (offset + count * 4 > bytes.byteLength) throw new Error(`${file}: the weight files end before weight ${w.name} (offset ${offset}, ${count * 4} bytes)`);
+      if (offset + count * 4 > bytes.byteLength) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${file}: the weight files end before weight ${w.name} (offset ${offset}, ${count * 4} bytes)`);
       // A copy: aligned, and independent of the (possibly huge) file buffer.
       const data = new Float32Array(count);
       new Uint8Array(data.buffer).set(bytes.subarray(offset, offset + count * 4));
@@ -94,11 +95,11 @@ export async function loadPretrainedWeights(tf: Tf, model: LayersModel, dir: str
       continue;
     }
     const missing = keys.filter((_, i) => !found[i]);
-    if (missing.length) throw new Error(`${dir}: layer ${layer.name} has only some of its weights in the file (missing ${missing.join(', ')})`);
+    if (missing.length) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${dir}: layer ${layer.name} has only some of its weights in the file (missing ${missing.join(', ')})`);
     const values = layer.weights.map((w, i) => {
       const f = found[i]!;
       if (f.shape.join('x') !== w.shape.join('x')) {
-        throw new Error(`${dir}: weight ${keys[i]} is ${f.shape.join('x')} in the file but ${w.shape.join('x')} in the model (same architecture, width and input channels?)`);
+        throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${dir}: weight ${keys[i]} is ${f.shape.join('x')} in the file but ${w.shape.join('x')} in the model (same architecture, width and input channels?)`);
       }
       return tf.tensor(f.data, w.shape as number[], 'float32');
     });
@@ -109,7 +110,7 @@ export async function loadPretrainedWeights(tf: Tf, model: LayersModel, dir: str
   }
   report.unused = [...new Set([...byKey.entries()].filter(([k]) => !used.has(k)).map(([, v]) => v.layer))];
   if (report.loaded.length === 0) {
-    throw new Error(`${dir}: no layer of the model has a namesake in the file (file layers: ${[...new Set([...byKey.values()].map((v) => v.layer))].slice(0, 8).join(', ')}...; model layers: block1_conv1, ...)`);
+    throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${dir}: no layer of the model has a namesake in the file (file layers: ${[...new Set([...byKey.values()].map((v) => v.layer))].slice(0, 8).join(', ')}...; model layers: block1_conv1, ...)`);
   }
   return report;
 }

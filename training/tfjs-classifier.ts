@@ -5,6 +5,7 @@ import { modelFromWeights } from './model-io.js';
 import type { LayersModel } from './models.js';
 import { decodeImage, resizeInto } from './images.js';
 import { normalizeInPlace } from './preprocess.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 export interface Classification {
   classIndex: number;
@@ -49,7 +50,7 @@ export class TfjsClassifier implements Classifier {
   static async fromBundle(tf: Tf, bundle: Uint8Array): Promise<TfjsClassifier> {
     const decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);
     const meta = decoded.header.meta;
-    if (meta.inputShape.length !== 3 || (meta.inputShape[2] !== 1 && meta.inputShape[2] !== 3)) throw new Error(`model input shape [${meta.inputShape.join(', ')}] is not [height, width, 1 or 3]`);
+    if (meta.inputShape.length !== 3 || (meta.inputShape[2] !== 1 && meta.inputShape[2] !== 3)) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `model input shape [${meta.inputShape.join(', ')}] is not [height, width, 1 or 3]`);
     const model = await modelFromWeights(tf, meta.topology, bundleTensors(decoded));
     return new TfjsClassifier(tf, model, meta, sha256Hex(bundle));
   }
@@ -57,7 +58,7 @@ export class TfjsClassifier implements Classifier {
   classify(bytes: Buffer, name: string): Classification {
     const [h, w, c] = this.meta.inputShape as [number, number, 1 | 3];
     const img = decodeImage(bytes, name);
-    if (img.width < 1 || img.height < 1) throw new Error(`${name}: empty image`);
+    if (img.width < 1 || img.height < 1) throw new FedlineError(ErrorCodes.DATA, `${name}: empty image`);
     resizeInto(img, w, h, c, this.input, 0);
     normalizeInPlace(this.input, 1, c, this.meta.normalization);
     const probabilities = this.tf.tidy(() => Array.from((this.model.predict(this.tf.tensor4d(this.input, [1, h, w, c])) as import('@tensorflow/tfjs').Tensor).dataSync()));

@@ -1,3 +1,4 @@
+import type { Optimizer, Tensor1D, Variable } from '@tensorflow/tfjs';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { EvalMetrics, NormalizationMode, TrainTask } from '../shared/protocol/messages.js';
 import { classificationMetrics } from '../shared/fl/classification-metrics.js';
@@ -199,24 +200,7 @@ export class TfjsTrainer implements Trainer {
             if (augmenting) augmentBatch(batch, n, set.shape, this.options.augmentation, augRng);
             normalizeInPlace(batch, n, c, model.meta.normalization);
             for (const d of dropouts) d.seed = deriveSeed(roundSeed, `dropout:${d.name}:${epoch}:${b}`);
-            let lossValue: number | null = null;
-            tf.tidy(() => {
-              const x = tf.tensor4d(batch, [n, h, w, c]);
-              const labels = tf.tensor1d(yb.subarray(0, n), 'int32');
-              const y = tf.oneHot(labels, numClasses);
-              const sampleWeights = tf.gather(classWeights, labels);
-              const cost = optimizer.minimize(
-                () => {
-                  const probs = m.apply(x, { training: true }) as import('@tensorflow/tfjs').Tensor2D;
-                  // Cross-entropy per sample, weighted by its class weight, averaged over the batch.
-                  const ce = tf.neg(tf.sum(tf.mul(y, tf.log(tf.clipByValue(probs, 1e-7, 1))), -1));
-                  return tf.div(tf.sum(tf.mul(ce, sampleWeights)), tf.sum(sampleWeights)) as import('@tensorflow/tfjs').Scalar;
-                },
-                true,
-                vars,
-              );
-              lossValue = cost ? cost.dataSync()[0]! : null;
-            });
+            const lossValue = this.step(m, optimizer, vars, classWeights, batch, yb.subarray(0, n), numClasses);
             options.onProgress?.({ epoch, epochs: task.epochs, batch: b + 1, batchesPerEpoch, loss: lossValue });
             // Yield to the event loop between batches: MQTT keepalives, status, stop requests.
             await new Promise((resolve) => setImmediate(resolve));
@@ -232,5 +216,31 @@ export class TfjsTrainer implements Trainer {
       optimizer.dispose();
       m.dispose();
     }
+  }
+
+  /** One optimizer step on a batch of n images: the class-weighted cross-entropy averaged over the batch; returns the loss. */
+  private step(m: LayersModel, optimizer: Optimizer, vars: Variable[], classWeights: Tensor1D, batch: Float32Array, batchLabels: Int32Array, numClasses: number): number | null {
+    const tf = this.tf;
+    const n = batchLabels.length;
+    const [h, w, c] = this.data.train.shape;
+    let lossValue: number | null = null;
+    tf.tidy(() => {
+      const x = tf.tensor4d(batch, [n, h, w, c]);
+      const labels = tf.tensor1d(batchLabels, 'int32');
+      const y = tf.oneHot(labels, numClasses);
+      const sampleWeights = tf.gather(classWeights, labels);
+      const cost = optimizer.minimize(
+        () => {
+          const probs = m.apply(x, { training: true }) as import('@tensorflow/tfjs').Tensor2D;
+          // Cross-entropy per sample, weighted by its class weight, averaged over the batch.
+          const ce = tf.neg(tf.sum(tf.mul(y, tf.log(tf.clipByValue(probs, 1e-7, 1))), -1));
+          return tf.div(tf.sum(tf.mul(ce, sampleWeights)), tf.sum(sampleWeights)) as import('@tensorflow/tfjs').Scalar;
+        },
+        true,
+        vars,
+      );
+      lossValue = cost ? cost.dataSync()[0]! : null;
+    });
+    return lossValue;
   }
 }

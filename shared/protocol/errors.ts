@@ -51,6 +51,9 @@ export const ErrorCodes = {
   // MES commands and broker security
   COMMAND: 'FL_COMMAND',
   AUTH: 'FL_AUTH',
+  // local compute and child processes
+  BACKEND: 'FL_BACKEND',
+  PROCESS_EXIT: 'FL_PROCESS_EXIT',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -1,0 +1,233 @@
+import { join } from 'node:path';
+import type { TfRuntime } from '../training/backend.js';
+import type { LocalDataset } from '../training/image-folder.js';
+import { TfjsTrainer, type TrainerOptions } from '../training/tfjs-trainer.js';
+import type { GlobalModel } from '../training/trainer.js';
+import type { ModelSpec } from '../shared/config/service-config.js';
+import type { EvalMetrics, TrainTask } from '../shared/protocol/messages.js';
+import type { ArmName, ExperimentConfig } from './config.js';
+import type { InitialModels } from './initial-models.js';
+import { saveModel, type ModelResults } from './model-results.js';
+import { runFederatedArmOverMqtt } from './mqtt-arm.js';
+import type { Site } from './results.js';
+import { roundsToTarget, runRounds, type Participant, type RoundRecord } from './rounds.js';
+
+/**
+ * The arms of the comparison: centralized (every site's training images pooled), local-only (each
+ * site alone) and the three federated arms (in this process, or over MQTT with real processes).
+ * Each trains in rounds on the same schedule and hands its final model to ModelResults.
+ */
+
+export interface ArmContext {
+  config: ExperimentConfig;
+  runtime: TfRuntime;
+  sites: readonly Site[];
+  siteIds: string[];
+  siteData: ReadonlyMap<string, LocalDataset>;
+  pooled: LocalDataset;
+  /** One trainer per site, shared by the local-only and in-process federated arms. */
+  trainers: ReadonlyMap<string, TfjsTrainer>;
+  trainerOptions: TrainerOptions;
+  baseTask: Omit<TrainTask, 'federated'>;
+  spec: ModelSpec;
+  initial: InitialModels;
+  /** Bytes of each site's training image files. */
+  imagesBytes: ReadonlyMap<string, number>;
+  /** The global model on every site's test split, keyed by site id. */
+  siteEvaluator: (model: GlobalModel) => Promise<Record<string, EvalMetrics>>;
+  results: ModelResults;
+  say: (line: string) => void;
+}
+
+interface ArmSettings {
+  rounds: number;
+  epochs: number;
+  learningRate: number;
+}
+
+function armSettings(config: ExperimentConfig, name: ArmName): ArmSettings | null {
+  const a = config.arms[name];
+  if (a === false) return null;
+  return { rounds: a.rounds ?? config.rounds, epochs: a.epochs ?? config.training.epochs, learningRate: a.learningRate ?? config.training.learningRate };
+}
+
+const progress = (say: (line: string) => void, label: string) => (r: RoundRecord) => {
+  const accs = Object.entries(r.baseMetrics).map(([k, v]) => `${k} ${v.accuracy.toFixed(3)}`).join(', ');
+  say(`  ${label} round ${r.round}: model v${r.baseVersion} before training: ${accs}; lr ${r.learningRate.toPrecision(3)}${Object.keys(r.trainMs).length ? `, ${(Math.max(...Object.values(r.trainMs)) / 1000).toFixed(1)} s training` : ''}`);
+};
+
+/** 1. centralized: one trainer on every site's training images pooled. */
+export async function runCentralizedArm(ctx: ArmContext): Promise<void> {
+  const { config, say } = ctx;
+  const central = armSettings(config, 'centralized');
+  if (!central) return;
+  say(`centralized: every site's training images pooled (${ctx.pooled.train.count}), ${central.rounds} rounds x ${central.epochs} epochs`);
+  const trainer = new TfjsTrainer(ctx.runtime, ctx.pooled, ctx.trainerOptions);
+  const run = await runRounds({
+    initial: ctx.initial.pretrained,
+    rounds: central.rounds,
+    task: { ...ctx.baseTask, epochs: central.epochs, learningRate: central.learningRate },
+    learningRateDecay: config.training.learningRateDecay,
+    federate: 'all',
+    participants: [{ id: 'pooled', trainer }],
+    federated: false,
+    targetAccuracy: config.targetAccuracy,
+    stopAtTarget: false,
+    evaluate: ctx.siteEvaluator,
+    onRound: progress(say, 'centralized'),
+  });
+  const moved = [...ctx.imagesBytes.values()].reduce((a, b) => a + b, 0);
+  await ctx.results.add(
+    {
+      id: 'centralized',
+      arm: 'centralized',
+      site: null,
+      init: 'pretrained',
+      federate: 'all',
+      rounds: run.rounds,
+      roundsRun: run.rounds.length,
+      epochsPerRound: central.epochs,
+      reason: run.reason,
+      roundsToTarget: roundsToTarget(run.rounds, run.finalMetrics, ctx.siteIds, config.targetAccuracy),
+      targetSites: ctx.siteIds,
+      bytes: { upPerRound: 0, downPerRound: 0, total: moved, imagesMoved: moved },
+      modelDir: await saveModel(join(config.out, 'arms', 'centralized', 'models'), run.final),
+    },
+    run.final,
+  );
+}
+
+/** 2. local-only: every site trains alone on its own images. */
+export async function runLocalOnlyArms(ctx: ArmContext): Promise<void> {
+  const { config, say } = ctx;
+  const local = armSettings(config, 'local-only');
+  if (!local) return;
+  for (const s of ctx.sites) {
+    say(`local-only ${s.id}: its own ${ctx.siteData.get(s.id)!.train.count} training images, ${local.rounds} rounds x ${local.epochs} epochs`);
+    const run = await runRounds({
+      initial: ctx.initial.pretrained,
+      rounds: local.rounds,
+      task: { ...ctx.baseTask, epochs: local.epochs, learningRate: local.learningRate },
+      learningRateDecay: config.training.learningRateDecay,
+      federate: 'all',
+      participants: [{ id: s.id, trainer: ctx.trainers.get(s.id)! }],
+      federated: false,
+      targetAccuracy: config.targetAccuracy,
+      stopAtTarget: false,
+      onRound: progress(say, `local-only ${s.id}`),
+    });
+    await ctx.results.add(
+      {
+        id: `local-only:${s.id}`,
+        arm: 'local-only',
+        site: s.id,
+        init: 'pretrained',
+        federate: 'all',
+        rounds: run.rounds,
+        roundsRun: run.rounds.length,
+        epochsPerRound: local.epochs,
+        reason: run.reason,
+        roundsToTarget: roundsToTarget(run.rounds, run.finalMetrics, [s.id], config.targetAccuracy),
+        targetSites: [s.id],
+        bytes: { upPerRound: 0, downPerRound: 0, total: 0, imagesMoved: 0 },
+        modelDir: await saveModel(join(config.out, 'arms', 'local-only', s.id, 'models'), run.final),
+      },
+      run.final,
+    );
+  }
+}
+
+interface FederatedArm {
+  name: ArmName;
+  federate: 'all' | 'head';
+  init: 'pretrained' | 'random';
+}
+
+const federatedArms: readonly FederatedArm[] = [
+  { name: 'federated-all', federate: 'all', init: 'pretrained' },
+  { name: 'federated-head', federate: 'head', init: 'pretrained' },
+  { name: 'federated-random', federate: 'all', init: 'random' },
+];
+
+interface ArmRun {
+  rounds: RoundRecord[];
+  final: GlobalModel;
+  finalMetrics: Record<string, EvalMetrics>;
+  reason: string;
+  modelDir: string;
+}
+
+/** 3-5. federated: federate all (Process1), head only (Process2), and all from a random common init. */
+export async function runFederatedArms(ctx: ArmContext): Promise<void> {
+  for (const arm of federatedArms) {
+    const settings = armSettings(ctx.config, arm.name);
+    if (!settings) continue;
+    ctx.say(`${arm.name}: ${ctx.sites.length} sites, federate ${arm.federate}, ${arm.init} init, ${settings.rounds} rounds x ${settings.epochs} local epochs (${ctx.config.mode})`);
+    const run = ctx.config.mode === 'mqtt' ? await federatedOverMqtt(ctx, arm, settings) : await federatedInProcess(ctx, arm, settings);
+    const trained = run.rounds.filter((r) => r.newVersion !== null);
+    const up = trained.reduce((s, r) => s + r.bytesUp, 0);
+    const down = run.rounds.reduce((s, r) => s + r.bytesDown, 0);
+    await ctx.results.add(
+      {
+        id: arm.name,
+        arm: arm.name,
+        site: null,
+        init: arm.init,
+        federate: arm.federate,
+        rounds: run.rounds,
+        roundsRun: trained.length,
+        epochsPerRound: settings.epochs,
+        reason: run.reason,
+        roundsToTarget: roundsToTarget(run.rounds, run.finalMetrics, ctx.siteIds, ctx.config.targetAccuracy),
+        targetSites: ctx.siteIds,
+        bytes: { upPerRound: trained.length ? up / trained.length : 0, downPerRound: trained.length ? down / trained.length : 0, total: up + down, imagesMoved: 0 },
+        modelDir: run.modelDir,
+      },
+      run.final,
+    );
+  }
+}
+
+const federatedTask = (ctx: ArmContext, settings: ArmSettings) => ({ ...ctx.baseTask, epochs: settings.epochs, learningRate: settings.learningRate });
+
+/** A federated arm with simulated agents in this process (experiment/rounds.ts). */
+async function federatedInProcess(ctx: ArmContext, arm: FederatedArm, settings: ArmSettings): Promise<ArmRun> {
+  const { config } = ctx;
+  const participants: Participant[] = ctx.sites.map((s) => ({ id: s.id, trainer: ctx.trainers.get(s.id)! }));
+  const run = await runRounds({
+    initial: arm.init === 'pretrained' ? ctx.initial.pretrained : ctx.initial.random,
+    rounds: settings.rounds,
+    task: federatedTask(ctx, settings),
+    learningRateDecay: config.training.learningRateDecay,
+    federate: arm.federate,
+    participants,
+    federated: true,
+    targetAccuracy: config.targetAccuracy,
+    stopAtTarget: config.stopAtTarget,
+    onRound: progress(ctx.say, arm.name),
+  });
+  return { ...run, modelDir: await saveModel(join(config.out, 'arms', arm.name, 'models'), run.final) };
+}
+
+/** A federated arm over MQTT: a broker, an aggregator and one agent process per site (experiment/mqtt-arm.ts). */
+async function federatedOverMqtt(ctx: ArmContext, arm: FederatedArm, settings: ArmSettings): Promise<ArmRun> {
+  const { config } = ctx;
+  const r = await runFederatedArmOverMqtt({
+    dir: join(config.out, 'arms', arm.name, 'mqtt'),
+    federation: `experiment-${arm.name}`,
+    sites: ctx.sites,
+    rounds: settings.rounds,
+    task: federatedTask(ctx, settings),
+    learningRateDecay: config.training.learningRateDecay,
+    federate: arm.federate,
+    model: arm.init === 'pretrained' ? ctx.initial.pretrainedSpec : ctx.spec,
+    targetAccuracy: config.stopAtTarget ? config.targetAccuracy : null,
+    data: { testFraction: config.testFraction, splitSeed: config.splitSeed ?? config.seed, cacheMB: config.training.cacheMB, decoder: config.training.decoder, augmentation: config.training.augmentation },
+    training: { backend: config.training.backend, shuffleSeed: config.training.shuffleSeed },
+    chunkBytes: config.mqtt.chunkBytes,
+    roundDeadlineMs: config.mqtt.roundDeadlineMs,
+    say: ctx.say,
+  });
+  for (const rec of r.rounds) progress(ctx.say, arm.name)(rec);
+  return { ...r, modelDir: r.finalDir };
+}

@@ -1,0 +1,78 @@
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { PRETRAIN_INFO_FILE, pretrainBase } from '../training/pretrain.js';
+import type { GlobalModel } from '../training/trainer.js';
+import type { Tf } from '../training/backend.js';
+import { buildInitialBundle } from '../training/initial-model.js';
+import type { ModelSpec } from '../shared/config/service-config.js';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import { modelMetaSchema, type EvalMetrics, type ModelMeta } from '../shared/protocol/messages.js';
+import { bundleTensors, decodeBundle } from '../shared/bundle/tensor-bundle.js';
+import type { ExperimentConfig } from './config.js';
+import type { ExperimentResults } from './results.js';
+
+/**
+ * The common initial weights: the pretrained base (reused from its folder, or trained here on
+ * the reference images) and the two version-0 models every arm starts from.
+ */
+
+/** The pretrained base's folder (configured, or named after the model under `out`); null without pretraining. */
+export function pretrainedDirOf(config: ExperimentConfig): string | null {
+  if (!config.pretrained) return null;
+  const m = config.model;
+  return config.pretrained.dir ?? join(config.out, `pretrained-${m.architecture}${m.batchNorm ? '-bn' : ''}-w${m.width}-${m.inputShape[0]}px`);
+}
+
+/** Whether the pretrained base must be trained (no model.json in its folder yet). */
+export function needsPretraining(config: ExperimentConfig, pretrainedDir: string | null): boolean {
+  return config.pretrained !== null && !existsSync(join(pretrainedDir!, 'model.json'));
+}
+
+/** Reuse the pretrained base in `pretrainedDir`, or train it on `referenceDir` and save it there. */
+export async function preparePretrained(config: ExperimentConfig, spec: ModelSpec, pretrainedDir: string | null, needPretraining: boolean, referenceDir: string | null, say: (line: string) => void): Promise<ExperimentResults['pretrained']> {
+  if (!config.pretrained || !pretrainedDir) return null;
+  const infoFile = join(pretrainedDir, PRETRAIN_INFO_FILE);
+  if (!needPretraining) {
+    const info = existsSync(infoFile) ? (JSON.parse(await readFile(infoFile, 'utf8')) as Record<string, unknown>) : null;
+    say(`pretrained base: reusing ${pretrainedDir}${info ? ` (made ${String(info.createdAt)}, accuracy ${Number((info.metrics as EvalMetrics | undefined)?.accuracy ?? NaN).toFixed(3)} on held-out reference images)` : ''}`);
+    return { dir: pretrainedDir, reused: true, info };
+  }
+  if (!referenceDir) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `pretrained: ${pretrainedDir} has no model.json; give pretrained.data (reference images) to make one, or pretrained: null`);
+  const epochs = config.pretrained.epochs;
+  say(`pretrained base: training a ${spec.architecture} on the reference images in ${referenceDir} (${epochs} epochs)`);
+  const r = await pretrainBase({
+    dataDir: referenceDir,
+    model: spec,
+    epochs,
+    batchSize: config.pretrained.batchSize,
+    learningRate: config.pretrained.learningRate,
+    init: config.pretrained.init,
+    out: pretrainedDir,
+    onEpoch: (e, loss) => say(`  pretrain epoch ${e + 1}/${epochs}: loss ${loss?.toFixed(4) ?? '-'}`),
+  });
+  const info = JSON.parse(await readFile(infoFile, 'utf8')) as Record<string, unknown>;
+  say(`pretrained base: accuracy ${r.metrics.accuracy.toFixed(3)} on held-out reference images, ${(r.trainMs / 1000).toFixed(1)} s; saved in ${pretrainedDir}`);
+  return { dir: pretrainedDir, reused: false, info };
+}
+
+function toModel(bundle: Uint8Array): GlobalModel {
+  const d = decodeBundle<ModelMeta>(bundle, modelMetaSchema);
+  return { version: 0, sha256: '', meta: d.header.meta, tensors: bundleTensors(d) };
+}
+
+export interface InitialModels {
+  /** The spec the pretrained arms start from (the aggregator's model with initFrom). */
+  pretrainedSpec: ModelSpec;
+  pretrained: GlobalModel;
+  /** The seeded init without pretraining (federated-random). */
+  random: GlobalModel;
+}
+
+/** Version 0 of every arm: from the pretrained base (when there is one) and from the seeded init. */
+export async function buildInitialModels(tf: Tf, spec: ModelSpec, pretrainedDir: string | null): Promise<InitialModels> {
+  const pretrainedSpec: ModelSpec = pretrainedDir ? { ...spec, initFrom: pretrainedDir } : spec;
+  const pretrained = toModel(await buildInitialBundle(tf, pretrainedSpec));
+  const random = toModel(await buildInitialBundle(tf, spec));
+  return { pretrainedSpec, pretrained, random };
+}

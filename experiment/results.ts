@@ -1,0 +1,68 @@
+import type { EvalMetrics } from '../shared/protocol/messages.js';
+import type { ArmName, ExperimentConfig } from './config.js';
+import type { RoundRecord } from './rounds.js';
+
+/** What `fedline experiment` writes to results.json (and renders into report.md): the data, every model's evaluation, the findings. */
+
+export interface Site {
+  id: string;
+  dir: string;
+}
+
+export interface Probe {
+  id: string;
+  dir: string;
+  /** The site whose product it shows, and the site whose defect it carries (when known). */
+  product: string | null;
+  defectOf: string | null;
+}
+
+export interface ModelResult {
+  /** centralized, local-only:<site>, federated-all, federated-head, federated-random */
+  id: string;
+  arm: ArmName;
+  site: string | null;
+  init: 'pretrained' | 'random';
+  federate: 'all' | 'head';
+  rounds: RoundRecord[];
+  roundsRun: number;
+  epochsPerRound: number;
+  reason: string;
+  /** The first round after which the model met the target on every site it is judged on (0: before training), or null. */
+  roundsToTarget: number | null;
+  /** Sites whose test splits decide "target reached". */
+  targetSites: string[];
+  bytes: { upPerRound: number; downPerRound: number; total: number; imagesMoved: number };
+  /** Mean local training time per epoch and site, ms (as the trainer reports it). */
+  msPerLocalEpoch: number | null;
+  /** Test set id -> metrics: local-test (every site's test split pooled), site:<id>, external, probes, probe:<id>. */
+  eval: Record<string, EvalMetrics>;
+  confusionPngs: Record<string, string>;
+  modelDir: string;
+}
+
+export interface Finding {
+  claim: string;
+  holds: boolean | null;
+  detail: string;
+}
+
+export interface ExperimentResults {
+  name: string;
+  mode: 'in-process' | 'mqtt';
+  backend: string;
+  startedAt: string;
+  durationMs: number;
+  classes: string[];
+  defectClass: string | null;
+  targetAccuracy: number | null;
+  config: ExperimentConfig;
+  data: {
+    sites: Record<string, { dir: string; train: number[]; test: number[] }>;
+    external: { dir: string; count: number; perClass: number[] } | null;
+    probes: Record<string, { dir: string; count: number; product: string | null; defectOf: string | null }>;
+  };
+  pretrained: { dir: string; reused: boolean; info: Record<string, unknown> | null } | null;
+  models: ModelResult[];
+  findings: Finding[];
+}
