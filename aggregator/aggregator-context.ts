@@ -45,7 +45,22 @@ export function createReject(counters: Counters, log: Logger, emitter: EventEmit
 
 export function createAckSender(transport: Transport, topics: Topics, log: Logger): AggregatorContext['sendAck'] {
   return (round, agent, ack) => {
-    const msg: AckMsg = { v: PROTOCOL_VERSION, type: 'ack', round, agent, upload: null, sha256: null, code: null, reason: null, missing: [], stored: 0, window: 0, ...ack };
-    transport.publish(topics.ack(round, agent), packMsg(msg), { qos: 1 }).catch((err: Error) => log.warn({ err: err.message, agent, round }, 'could not send ack'));
+    const msg: AckMsg = {
+      v: PROTOCOL_VERSION,
+      type: 'ack',
+      round,
+      agent,
+      upload: null,
+      sha256: null,
+      code: null,
+      reason: null,
+      missing: [],
+      stored: 0,
+      window: 0,
+      ...ack,
+    };
+    transport
+      .publish(topics.ack(round, agent), packMsg(msg), { qos: 1 })
+      .catch((err: Error) => log.warn({ err: err.message, agent, round }, 'could not send ack'));
   };
 }

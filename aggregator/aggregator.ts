@@ -173,7 +173,12 @@ export class Aggregator extends EventEmitter {
       await journal.save();
       await this.publisher.announce(runner.completionAnnouncement());
       this.commands.markComplete();
-      ctx.emitEvent('federation-completed', { finalVersion: final.version, reason, rounds: journal.data.rounds.length, modelDir: ctx.store.dir(final.version) });
+      ctx.emitEvent('federation-completed', {
+        finalVersion: final.version,
+        reason,
+        rounds: journal.data.rounds.length,
+        modelDir: ctx.store.dir(final.version),
+      });
       ctx.log.info({ finalVersion: final.version, reason }, 'federation complete');
     }
     return { finalVersion: final.version, reason, rounds: journal.data.rounds };

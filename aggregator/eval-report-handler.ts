@@ -10,10 +10,16 @@ import type { RoundJournal } from './round-journal.js';
  */
 export function handleEvalReport(ctx: AggregatorContext, active: ActiveRound, msg: EvalReportMsg, journal: RoundJournal): void {
   if (msg.baseVersion !== active.base.version) {
-    throw new FedlineError(ErrorCodes.WRONG_BASE, `evaluation of version ${msg.baseVersion}, but round ${msg.round} is based on version ${active.base.version}`);
+    throw new FedlineError(
+      ErrorCodes.WRONG_BASE,
+      `evaluation of version ${msg.baseVersion}, but round ${msg.round} is based on version ${active.base.version}`,
+    );
   }
   if (msg.metrics.confusion.length !== active.base.classes.length) {
-    throw new FedlineError(ErrorCodes.MSG_SCHEMA, `evaluation has a ${msg.metrics.confusion.length}-class confusion matrix; the federation has ${active.base.classes.length} classes`);
+    throw new FedlineError(
+      ErrorCodes.MSG_SCHEMA,
+      `evaluation has a ${msg.metrics.confusion.length}-class confusion matrix; the federation has ${active.base.classes.length} classes`,
+    );
   }
   if (!active.state.recordEval(msg.agent, msg.metrics)) return;
   active.record.baseMetrics[msg.agent] = msg.metrics;

@@ -22,7 +22,11 @@ export class FedAvg implements Strategy {
     const { learningRateDecay, ...task } = this.task;
     return {
       selected: [...available],
-      task: { ...task, learningRate: scheduledLearningRate(task.learningRate, learningRateDecay, trainRoundsBefore), federated: task.federated as TrainTask['federated'] },
+      task: {
+        ...task,
+        learningRate: scheduledLearningRate(task.learningRate, learningRateDecay, trainRoundsBefore),
+        federated: task.federated as TrainTask['federated'],
+      },
     };
   }
 

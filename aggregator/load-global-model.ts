@@ -20,10 +20,14 @@ export async function loadGlobalModel(ctx: AggregatorContext, initialModel: () =
   }
   const bundle = await initialModel();
   const decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);
-  if (decoded.header.meta.version !== 0) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `the initial model must be version 0, not ${decoded.header.meta.version}`);
+  if (decoded.header.meta.version !== 0)
+    throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `the initial model must be version 0, not ${decoded.header.meta.version}`);
   const classes = decoded.header.meta.classes;
   if (classes.join('\n') !== config.model.classes.join('\n')) {
-    throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `initial model classes [${classes.join(', ')}] differ from the configured classes [${config.model.classes.join(', ')}]`);
+    throw new FedlineError(
+      ErrorCodes.MODEL_INCOMPATIBLE,
+      `initial model classes [${classes.join(', ')}] differ from the configured classes [${config.model.classes.join(', ')}]`,
+    );
   }
   const stored = await store.save(bundle);
   log.info({ version: 0, sha256: stored.sha256, bytes: stored.bytes, tensors: stored.tensors.length }, 'initial global model created');

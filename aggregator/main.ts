@@ -49,6 +49,9 @@ export async function initialModelBundle(config: Readonly<AggregatorConfig>, log
   const [{ loadTf }, { buildInitialBundle }] = await Promise.all([import('../training/backend.js'), import('../training/initial-model.js')]);
   const { tf } = await loadTf('cpu', logger);
   return buildInitialBundle(tf, config.model, (r) =>
-    logger.info({ from: config.model.initFrom, loaded: r.loaded.length, keptSeeded: r.kept, unusedInFile: r.unused.length }, 'initial weights: pretrained layers loaded by name; the others keep the seeded init'),
+    logger.info(
+      { from: config.model.initFrom, loaded: r.loaded.length, keptSeeded: r.kept, unusedInFile: r.unused.length },
+      'initial weights: pretrained layers loaded by name; the others keep the seeded init',
+    ),
   );
 }

@@ -104,7 +104,11 @@ export class MesCommands {
     const verb = parsed?.verb ?? m.topic;
     let command: Command | null = null;
     try {
-      if (m.retain) throw new FedlineError(ErrorCodes.COMMAND, `retained command on ${m.topic} ignored: commands must not be retained (an old one would run again at every restart)`);
+      if (m.retain)
+        throw new FedlineError(
+          ErrorCodes.COMMAND,
+          `retained command on ${m.topic} ignored: commands must not be retained (an old one would run again at every restart)`,
+        );
       command = decodeJson(m.payload, commandSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: `${verb} command` });
       if (!parsed || !(commandVerbs as readonly string[]).includes(parsed.verb)) {
         throw new FedlineError(ErrorCodes.COMMAND, `unknown command "${verb}" on ${m.topic}; known: ${commandVerbs.join(', ')}`);
@@ -118,7 +122,10 @@ export class MesCommands {
     }
     const v = verb as CommandVerb;
     const outcome = this.control.apply(v);
-    this.o.log.info({ verb: v, by: command.by, reason: command.reason, requestId: command.requestId, status: outcome.status, state: outcome.to }, `MES command ${v}: ${outcome.detail}`);
+    this.o.log.info(
+      { verb: v, by: command.by, reason: command.reason, requestId: command.requestId, status: outcome.status, state: outcome.to },
+      `MES command ${v}: ${outcome.detail}`,
+    );
     if (v === 'model-manifest') {
       this.o.emitEvent('model-manifest', { requestId: command.requestId ?? null, manifest: this.latest });
       return;
@@ -128,7 +135,8 @@ export class MesCommands {
       writeJsonAtomic(this.file, { state: outcome.to, by: command.by ?? null, reason: command.reason ?? null, at: Date.now() }).catch((err: Error) =>
         this.o.log.warn({ err: err.message, file: this.file }, 'could not save the federation run state'),
       );
-      if (outcome.to === 'stopped') this.o.onStop(`stopped by MES command${command.by ? ` from ${command.by}` : ''}${command.reason ? ` (${command.reason})` : ''}`);
+      if (outcome.to === 'stopped')
+        this.o.onStop(`stopped by MES command${command.by ? ` from ${command.by}` : ''}${command.reason ? ` (${command.reason})` : ''}`);
       this.changes.emit('change');
     }
     this.result(v, command.requestId ?? null, outcome.status, outcome.detail);

@@ -35,7 +35,10 @@ export class ModelBuilder {
     await this.copyBaseUntil(name);
     const spec = this.specs[this.tensor]!;
     if (spec.name !== name || start !== this.done) {
-      throw new FedlineError(ErrorCodes.MODEL_STORE, `the strategy wrote ${name}[${start}..] but the model is written in order and expects ${spec.name}[${this.done}..]`);
+      throw new FedlineError(
+        ErrorCodes.MODEL_STORE,
+        `the strategy wrote ${name}[${start}..] but the model is written in order and expects ${spec.name}[${this.done}..]`,
+      );
     }
     await this.writeValues(values);
   };
@@ -48,7 +51,8 @@ export class ModelBuilder {
   private async writeValues(values: Float32Array): Promise<void> {
     const spec = this.specs[this.tensor]!;
     const count = elementCount(spec.shape);
-    if (this.done + values.length > count) throw new FedlineError(ErrorCodes.MODEL_STORE, `tensor "${spec.name}" got ${this.done + values.length} values, it has ${count}`);
+    if (this.done + values.length > count)
+      throw new FedlineError(ErrorCodes.MODEL_STORE, `tensor "${spec.name}" got ${this.done + values.length} values, it has ${count}`);
     await this.writer.write(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
     this.done += values.length;
     if (this.done === count) {
@@ -67,7 +71,10 @@ export class ModelBuilder {
           this.tensor++;
           continue;
         }
-        throw new FedlineError(ErrorCodes.MODEL_STORE, `federated tensor "${spec.name}" is incomplete (${this.done} of ${elementCount(spec.shape)} values) when ${name ?? 'the end'} comes`);
+        throw new FedlineError(
+          ErrorCodes.MODEL_STORE,
+          `federated tensor "${spec.name}" is incomplete (${this.done} of ${elementCount(spec.shape)} values) when ${name ?? 'the end'} comes`,
+        );
       }
       const count = elementCount(spec.shape);
       if (count === 0) {

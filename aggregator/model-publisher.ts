@@ -46,7 +46,16 @@ export class ModelPublisher {
     await this.clearOlderThan(model.version);
     log.info({ version: model.version, bytes: model.bytes, ms: clock.now() - started }, 'global model published');
     if (!announce) return;
-    this.ctx.emitEvent('model-published', { version: model.version, round: model.round, sha256: model.sha256, bytes: model.bytes, chunks: manifest.chunks, contributors: model.contributors, metrics: model.updateMetrics, modelDir: store.dir(model.version) });
+    this.ctx.emitEvent('model-published', {
+      version: model.version,
+      round: model.round,
+      sha256: model.sha256,
+      bytes: model.bytes,
+      chunks: manifest.chunks,
+      contributors: model.contributors,
+      metrics: model.updateMetrics,
+      modelDir: store.dir(model.version),
+    });
   }
 
   /** Publish a round announcement (retained): agents joining later read it. */

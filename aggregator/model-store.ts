@@ -6,7 +6,15 @@ import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { fsyncDir, writeJsonAtomic } from '../shared/util/fs-atomic.js';
 import type { EvalMetrics, ModelMeta } from '../shared/protocol/messages.js';
 import { modelMetaSchema } from '../shared/protocol/messages.js';
-import { decodeBundle, decodeBundleHeader, encodeBundlePrefix, layoutTensors, sha256Hex, type BundleHeader, type TensorSpec } from '../shared/bundle/tensor-bundle.js';
+import {
+  decodeBundle,
+  decodeBundleHeader,
+  encodeBundlePrefix,
+  layoutTensors,
+  sha256Hex,
+  type BundleHeader,
+  type TensorSpec,
+} from '../shared/bundle/tensor-bundle.js';
 import type { BaseValues } from './update-spool.js';
 import type { TensorBlockReader } from '../shared/fl/fedavg.js';
 
@@ -52,7 +60,11 @@ export interface ModelStore {
   /** Store a model bundle as version `meta.version` (taken from the bundle's own meta). */
   save(bundle: Uint8Array, extra?: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'>): Promise<StoredModel>;
   /** Write a new version as a stream of payload bytes (see VersionWriter). */
-  createVersion(meta: ModelMeta, tensors: readonly Pick<TensorSpec, 'name' | 'shape'>[], extra?: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'>): Promise<VersionWriter>;
+  createVersion(
+    meta: ModelMeta,
+    tensors: readonly Pick<TensorSpec, 'name' | 'shape'>[],
+    extra?: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'>,
+  ): Promise<VersionWriter>;
   /** A whole version in memory, SHA-256 checked (small models, tests). */
   readBundle(version: number): Promise<Buffer>;
   /** A version's header (tensor layout and meta). */
@@ -117,7 +129,8 @@ export class FsModelStore implements ModelStore {
 
   async save(bundle: Uint8Array, extra: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'> = {}): Promise<StoredModel> {
     const decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);
-    if (decoded.header.tensors.some((t) => t.dtype !== 'float32')) throw new FedlineError(ErrorCodes.MODEL_STORE, 'model store: global models hold float32 tensors only');
+    if (decoded.header.tensors.some((t) => t.dtype !== 'float32'))
+      throw new FedlineError(ErrorCodes.MODEL_STORE, 'model store: global models hold float32 tensors only');
     const writer = await this.createVersion(decoded.header.meta, decoded.header.tensors, extra);
     try {
       await writer.write(bundle.subarray(decoded.payloadStart));
@@ -126,11 +139,16 @@ export class FsModelStore implements ModelStore {
       throw err;
     }
     const stored = await writer.commit();
-    if (stored.sha256 !== sha256Hex(bundle)) throw new FedlineError(ErrorCodes.MODEL_STORE, 'model store: a saved bundle is not byte-identical to its input (layout differs)');
+    if (stored.sha256 !== sha256Hex(bundle))
+      throw new FedlineError(ErrorCodes.MODEL_STORE, 'model store: a saved bundle is not byte-identical to its input (layout differs)');
     return stored;
   }
 
-  async createVersion(meta: ModelMeta, tensors: readonly Pick<TensorSpec, 'name' | 'shape'>[], extra: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'> = {}): Promise<VersionWriter> {
+  async createVersion(
+    meta: ModelMeta,
+    tensors: readonly Pick<TensorSpec, 'name' | 'shape'>[],
+    extra: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'> = {},
+  ): Promise<VersionWriter> {
     if (await this.get(meta.version)) throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: version ${meta.version} exists already`);
     const { specs, payloadBytes } = layoutTensors(tensors.map((t) => ({ name: t.name, shape: t.shape, dtype: 'float32' as const })));
     const prefix = encodeBundlePrefix(specs, meta);
@@ -191,9 +209,19 @@ export class FsModelStore implements ModelStore {
   async verify(version: number): Promise<void> {
     const meta = await this.get(version);
     if (!meta) throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: no version ${version}`);
-    const sizes = await Promise.all(['header.bin', 'weights.bin'].map((f) => stat(join(this.dir(version), f)).then((x) => x.size, () => -1)));
+    const sizes = await Promise.all(
+      ['header.bin', 'weights.bin'].map((f) =>
+        stat(join(this.dir(version), f)).then(
+          (x) => x.size,
+          () => -1,
+        ),
+      ),
+    );
     if (sizes[0] !== meta.headerBytes || sizes[1] !== meta.bytes - meta.headerBytes) {
-      throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: version ${version} is corrupt on disk (header.bin ${sizes[0]} bytes, weights.bin ${sizes[1]} bytes; expected ${meta.headerBytes} and ${meta.bytes - meta.headerBytes})`);
+      throw new FedlineError(
+        ErrorCodes.MODEL_STORE,
+        `model store: version ${version} is corrupt on disk (header.bin ${sizes[0]} bytes, weights.bin ${sizes[1]} bytes; expected ${meta.headerBytes} and ${meta.bytes - meta.headerBytes})`,
+      );
     }
     const source = await this.openBundle(version);
     const hash = createHash('sha256');
@@ -210,7 +238,8 @@ export class FsModelStore implements ModelStore {
       await source.close();
     }
     const sha = hash.digest('hex');
-    if (sha !== meta.sha256) throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: version ${version} is corrupt on disk (SHA-256 ${sha} != ${meta.sha256})`);
+    if (sha !== meta.sha256)
+      throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: version ${version} is corrupt on disk (SHA-256 ${sha} != ${meta.sha256})`);
   }
 
   async readBundle(version: number): Promise<Buffer> {
@@ -301,7 +330,11 @@ export class VersionWriter {
 
   async write(bytes: Uint8Array): Promise<void> {
     if (this.closed) throw new FedlineError(ErrorCodes.MODEL_STORE, 'version writer is closed');
-    if (this.written + bytes.byteLength > this.payloadBytes) throw new FedlineError(ErrorCodes.MODEL_STORE, `model version ${this.o.meta.version}: ${this.written + bytes.byteLength} payload bytes written, ${this.payloadBytes} expected`);
+    if (this.written + bytes.byteLength > this.payloadBytes)
+      throw new FedlineError(
+        ErrorCodes.MODEL_STORE,
+        `model version ${this.o.meta.version}: ${this.written + bytes.byteLength} payload bytes written, ${this.payloadBytes} expected`,
+      );
     this.hash.update(bytes);
     let done = 0;
     while (done < bytes.byteLength) {
@@ -352,7 +385,16 @@ export class VersionWriter {
         convertedBy: null,
         modelTopology: meta.topology,
         weightsManifest: [{ paths: ['weights.bin'], weights: specs.map((t) => ({ name: t.name, shape: t.shape, dtype: t.dtype })) }],
-        userDefinedMetadata: { fedline: { version: meta.version, round: meta.round, sha256: stored.sha256, classes: meta.classes, inputShape: meta.inputShape, normalization: meta.normalization } },
+        userDefinedMetadata: {
+          fedline: {
+            version: meta.version,
+            round: meta.round,
+            sha256: stored.sha256,
+            classes: meta.classes,
+            inputShape: meta.inputShape,
+            normalization: meta.normalization,
+          },
+        },
       };
       await writeSynced(join(tmp, 'header.bin'), prefix);
       await writeSynced(join(tmp, 'model.json'), JSON.stringify(modelJson));
@@ -363,7 +405,12 @@ export class VersionWriter {
       return stored;
     } catch (err) {
       await this.abort();
-      throw new FedlineError(ErrorCodes.MODEL_STORE, `model store: cannot write version ${meta.version} under ${root}: ${(err as Error).message}`, {}, { cause: err });
+      throw new FedlineError(
+        ErrorCodes.MODEL_STORE,
+        `model store: cannot write version ${meta.version} under ${root}: ${(err as Error).message}`,
+        {},
+        { cause: err },
+      );
     }
   }
 
@@ -387,4 +434,3 @@ async function writeSynced(path: string, data: Uint8Array | string): Promise<voi
     await fh.close();
   }
 }
-

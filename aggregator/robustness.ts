@@ -36,7 +36,13 @@ export function screenUpdateNorms(
     const referenceNorm = others.length ? Math.max(median(others), floor) : null;
     if (!Number.isFinite(norm)) return { agent, norm, referenceNorm, accepted: false, reason: 'the update norm is not finite' };
     if (options.maxNorm !== null && norm > options.maxNorm) {
-      return { agent, norm, referenceNorm, accepted: false, reason: `update changes the model by ${norm.toPrecision(4)} (L2), above the limit of ${options.maxNorm}` };
+      return {
+        agent,
+        norm,
+        referenceNorm,
+        accepted: false,
+        reason: `update changes the model by ${norm.toPrecision(4)} (L2), above the limit of ${options.maxNorm}`,
+      };
     }
     if (options.maxNormRatio !== null && referenceNorm !== null && referenceNorm > 0 && norm > options.maxNormRatio * referenceNorm) {
       return {
@@ -52,7 +58,10 @@ export function screenUpdateNorms(
 }
 
 /** The largest sample count an agent may claim, or null when unlimited. */
-export function sampleLimit(agent: string, options: { maxSamplesPerAgent: number | null; registeredSamples: Readonly<Record<string, number>>; registeredTolerance: number }): number | null {
+export function sampleLimit(
+  agent: string,
+  options: { maxSamplesPerAgent: number | null; registeredSamples: Readonly<Record<string, number>>; registeredTolerance: number },
+): number | null {
   const registered = options.registeredSamples[agent];
   const fromRegistry = registered !== undefined ? Math.floor(registered * (1 + options.registeredTolerance)) : null;
   if (fromRegistry === null) return options.maxSamplesPerAgent;

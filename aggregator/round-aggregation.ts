@@ -9,7 +9,8 @@ import type { SpoolReader, SpooledUpdate } from './update-spool.js';
  * What the strategy decided (`refused`: accepted updates it left out) and, unless it kept the
  * global model, the next global model, stored but not yet published.
  */
-export type RoundAggregation = { output: StrategyOutput & { kind: 'keep' }; stored: null } | { output: StrategyOutput & { kind: 'weights' }; stored: StoredModel };
+export type RoundAggregation =
+  { output: StrategyOutput & { kind: 'keep' }; stored: null } | { output: StrategyOutput & { kind: 'weights' }; stored: StoredModel };
 
 /**
  * Average the spooled updates into the next global model, as a stream: spool files -> strategy
@@ -17,7 +18,12 @@ export type RoundAggregation = { output: StrategyOutput & { kind: 'keep' }; stor
  * weights file, with the tensors not federated this round copied from the base. Memory stays at a
  * few blocks whatever the model's size and the number of updates.
  */
-export async function aggregateRound(ctx: AggregatorContext, strategy: Strategy, active: ActiveRound, accepted: readonly SpooledUpdate[]): Promise<RoundAggregation> {
+export async function aggregateRound(
+  ctx: AggregatorContext,
+  strategy: Strategy,
+  active: ActiveRound,
+  accepted: readonly SpooledUpdate[],
+): Promise<RoundAggregation> {
   const { store, spool, clock, config } = ctx;
   const { base, state, record } = active;
   const { round } = state.plan;
@@ -35,7 +41,15 @@ export async function aggregateRound(ctx: AggregatorContext, strategy: Strategy,
     readers = await spool.openReaders(round, accepted, baseValues);
     baseReader = await store.openTensorReader(base.version);
     const builder = new ModelBuilder(writer, active.federatedNames, baseValues);
-    output = await strategy.aggregate({ round, federated: federatedSpecs, results: readers, failures: state.failureList(), base: baseReader, minClients: config.minClients, output: builder.sink });
+    output = await strategy.aggregate({
+      round,
+      federated: federatedSpecs,
+      results: readers,
+      failures: state.failureList(),
+      base: baseReader,
+      minClients: config.minClients,
+      output: builder.sink,
+    });
     if (output.kind === 'keep') {
       await writer.abort();
       return { output, stored: null };

@@ -60,7 +60,8 @@ export class RoundJournal {
       this.data = j;
       this.log.info({ rounds: j.rounds.length, complete: j.complete }, 'journal loaded');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new FedlineError(ErrorCodes.MODEL_STORE, `cannot read the journal ${this.path}: ${(err as Error).message}`);
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+        throw new FedlineError(ErrorCodes.MODEL_STORE, `cannot read the journal ${this.path}: ${(err as Error).message}`);
     }
   }
 

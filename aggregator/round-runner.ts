@@ -61,7 +61,14 @@ export class RoundRunner {
     const log = ctx.log.child({ round: roundNo });
     const deadlineTimer = ctx.clock.setTimeout(() => active.checkClose(), Math.max(0, record.deadlineAt - ctx.clock.now()) + 5);
     await this.d.publisher.announce(this.announcement(active, task, 'open'));
-    ctx.emitEvent('round-started', { round: roundNo, kind, baseVersion: active.base.version, selected: state.plan.selected, deadlineAt: record.deadlineAt, resumed: Boolean(resume) });
+    ctx.emitEvent('round-started', {
+      round: roundNo,
+      kind,
+      baseVersion: active.base.version,
+      selected: state.plan.selected,
+      deadlineAt: record.deadlineAt,
+      resumed: Boolean(resume),
+    });
     log.info({ kind, baseVersion: active.base.version, selected: state.plan.selected, deadlineAt: new Date(record.deadlineAt).toISOString() }, 'round started');
     active.checkClose();
 
@@ -84,7 +91,10 @@ export class RoundRunner {
     await journal.save();
     await ctx.spool.dropRound(roundNo);
     ctx.emitEvent('round-completed', { ...record });
-    log.info({ outcome: record.outcome, participants: record.participants, newVersion: record.newVersion, durationMs: record.durationMs, bytesUp: record.bytesUp }, 'round completed');
+    log.info(
+      { outcome: record.outcome, participants: record.participants, newVersion: record.newVersion, durationMs: record.durationMs, bytesUp: record.bytesUp },
+      'round completed',
+    );
     return record.outcome!;
   }
 
@@ -120,22 +130,39 @@ export class RoundRunner {
     const { commands, ctx, strategy, journal } = this.d;
     for (;;) {
       // Paused or stopped by the MES: no new round until resume / start.
-      await commands.waitUntilRunning(this.d.stopSignal, (state) => ctx.log.info({ state, round: roundNo }, `federation ${state} by MES command; round ${roundNo} waits`));
+      await commands.waitUntilRunning(this.d.stopSignal, (state) =>
+        ctx.log.info({ state, round: roundNo }, `federation ${state} by MES command; round ${roundNo} waits`),
+      );
       if (this.d.isStopped()) return null;
       const online = await this.waitForAgents();
-      if (commands.state === 'running') return strategy.configureRound({ round: roundNo, kind, available: online, trainRoundsBefore: journal.data.trainRoundsDone }).selected;
+      if (commands.state === 'running')
+        return strategy.configureRound({ round: roundNo, kind, available: online, trainRoundsBefore: journal.data.trainRoundsDone }).selected;
     }
   }
 
   /** The round's state and journal record (a resumed round keeps its record), with the updates spooled before a restart. */
-  private async openRound(kind: RoundKind, roundNo: number, selected: readonly string[], resume?: RoundRecord): Promise<{ active: ActiveRound; task: TrainTask }> {
+  private async openRound(
+    kind: RoundKind,
+    roundNo: number,
+    selected: readonly string[],
+    resume?: RoundRecord,
+  ): Promise<{ active: ActiveRound; task: TrainTask }> {
     const { ctx, journal, strategy } = this.d;
     const { config, clock } = ctx;
     const base = this.global!;
     const now = clock.now();
     const deadlineAt = resume && resume.deadlineAt > now ? resume.deadlineAt : now + config.roundDeadlineMs;
     const targetAccuracy = kind === 'train' ? config.targetAccuracy : null;
-    const plan = { round: roundNo, kind, baseVersion: base.version, selected, minClients: config.minClients, deadlineAt, startedAt: resume?.startedAt ?? now, targetAccuracy };
+    const plan = {
+      round: roundNo,
+      kind,
+      baseVersion: base.version,
+      selected,
+      minClients: config.minClients,
+      deadlineAt,
+      startedAt: resume?.startedAt ?? now,
+      targetAccuracy,
+    };
     const state = new RoundState(plan, (metrics, sites, target) => strategy.evaluate({ metrics, selected: sites, targetAccuracy: target }).targetReached);
     const record: RoundRecord = resume ?? newRecord(state, now);
     record.deadlineAt = deadlineAt;

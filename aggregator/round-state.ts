@@ -91,7 +91,8 @@ export class RoundState {
   }
 
   recordAccepted(update: AcceptedUpdate): void {
-    if (this.accepted.has(update.agent)) throw new FedlineError(ErrorCodes.DUPLICATE_UPDATE, `round ${this.plan.round}: update of ${update.agent} accepted twice`);
+    if (this.accepted.has(update.agent))
+      throw new FedlineError(ErrorCodes.DUPLICATE_UPDATE, `round ${this.plan.round}: update of ${update.agent} accepted twice`);
     this.accepted.set(update.agent, update);
     this.failures.delete(update.agent);
   }
@@ -133,14 +134,19 @@ export class RoundState {
       if (pastDeadline) return { close: true, outcome: 'evaluated', reason: `deadline passed with ${this.evals.size} of ${selected.length} reports` };
       return { close: false };
     }
-    if (this.targetReached()) return { close: true, outcome: 'target-reached', reason: `base model reaches ${this.plan.targetAccuracy} on every agent's local test split` };
+    if (this.targetReached())
+      return { close: true, outcome: 'target-reached', reason: `base model reaches ${this.plan.targetAccuracy} on every agent's local test split` };
     const answered = selected.filter((a) => this.accepted.has(a) || this.failures.has(a)).length;
     if (answered === selected.length || pastDeadline) {
       const why = answered === selected.length ? 'every selected agent answered' : 'deadline passed';
       if (this.accepted.size >= minClients) {
         return { close: true, outcome: 'aggregate', reason: `${why}: ${this.accepted.size} of ${selected.length} updates accepted` };
       }
-      return { close: true, outcome: 'keep', reason: `${why}: ${this.accepted.size} of ${selected.length} updates accepted, ${minClients} needed; the global model stays as it was` };
+      return {
+        close: true,
+        outcome: 'keep',
+        reason: `${why}: ${this.accepted.size} of ${selected.length} updates accepted, ${minClients} needed; the global model stays as it was`,
+      };
     }
     return { close: false };
   }

@@ -13,7 +13,14 @@ export function handleUpdateDone(ctx: AggregatorContext, active: ActiveRound, ms
   const accepted = active.state.acceptedUpdate(agent) as SpooledUpdate | undefined;
   if (accepted) {
     if (accepted.upload === upload) ctx.sendAck(round, agent, { status: 'accepted', upload, sha256 });
-    else ctx.sendAck(round, agent, { status: 'rejected', upload, sha256, code: ErrorCodes.DUPLICATE_UPDATE, reason: 'another update of this agent was already accepted for this round' });
+    else
+      ctx.sendAck(round, agent, {
+        status: 'rejected',
+        upload,
+        sha256,
+        code: ErrorCodes.DUPLICATE_UPDATE,
+        reason: 'another update of this agent was already accepted for this round',
+      });
     return;
   }
   active.uploads.done(msg);

@@ -84,7 +84,8 @@ export function createUpdateInbound(deps: UpdateInboundDeps): (m: InboundMessage
     {
       name: 'check-selected',
       run: ({ msg, active }) => {
-        if (!active!.state.isSelected(msg!.agent)) throw new FedlineError(ErrorCodes.NOT_SELECTED, `agent "${msg!.agent}" was not selected for round ${msg!.round}`);
+        if (!active!.state.isSelected(msg!.agent))
+          throw new FedlineError(ErrorCodes.NOT_SELECTED, `agent "${msg!.agent}" was not selected for round ${msg!.round}`);
       },
       onReject: tellSender,
     },

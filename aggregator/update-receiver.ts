@@ -102,7 +102,10 @@ export class UpdateReceiver {
     const digest = this.file.digest;
     if (digest !== null && digest !== this.expectedSha) {
       // Checked first: corrupted bytes would also make the content checks fail, for the wrong reason.
-      throw new FedlineError(ErrorCodes.BUNDLE_SHA, `bundle SHA-256 mismatch: got ${digest}, announced ${this.expectedSha}`, { actual: digest, expected: this.expectedSha });
+      throw new FedlineError(ErrorCodes.BUNDLE_SHA, `bundle SHA-256 mismatch: got ${digest}, announced ${this.expectedSha}`, {
+        actual: digest,
+        expected: this.expectedSha,
+      });
     }
     const verified = this.verifier.finish();
     await this.file.finish(this.expectedSha!);

@@ -137,7 +137,7 @@ async function checkFile(path: string, bytes: number, sha256: string): Promise<s
   const fh = await open(path, 'r');
   try {
     const buf = Buffer.allocUnsafeSlow(4 << 20);
-    for (let pos = 0; pos < size; ) {
+    for (let pos = 0; pos < size;) {
       const { bytesRead } = await fh.read(buf, 0, Math.min(buf.byteLength, size - pos), pos);
       if (bytesRead === 0) break;
       hash.update(buf.subarray(0, bytesRead));

@@ -174,7 +174,11 @@ export class UploadCollector {
         tensors: base.tensors.filter((t) => federatedNames.includes(t.name)),
         dtype: dtypeOf(config.encoding),
         delta: config.delta,
-        maxSamples: sampleLimit(agent, { maxSamplesPerAgent: config.maxSamplesPerAgent, registeredSamples: config.registeredSamples, registeredTolerance: config.registeredSamplesTolerance }),
+        maxSamples: sampleLimit(agent, {
+          maxSamplesPerAgent: config.maxSamplesPerAgent,
+          registeredSamples: config.registeredSamples,
+          registeredTolerance: config.registeredSamplesTolerance,
+        }),
       },
     });
     this.receivers.set(agent, next);

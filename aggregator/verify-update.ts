@@ -31,13 +31,24 @@ export function verifyUpdateHeader(header: BundleHeader<DecodedUpdateMeta>, expe
   const meta = header.meta;
   const dtype = expect.dtype ?? 'float32';
   if (meta.round !== expect.round || meta.agent !== expect.agent) {
-    throw new FedlineError(ErrorCodes.UPDATE_MANIFEST, `update meta says round ${meta.round} from "${meta.agent}" but arrived as round ${expect.round} from "${expect.agent}"`);
+    throw new FedlineError(
+      ErrorCodes.UPDATE_MANIFEST,
+      `update meta says round ${meta.round} from "${meta.agent}" but arrived as round ${expect.round} from "${expect.agent}"`,
+    );
   }
   if (meta.baseVersion !== expect.baseVersion) {
-    throw new FedlineError(ErrorCodes.WRONG_BASE, `update was trained from model version ${meta.baseVersion}; round ${expect.round} is based on version ${expect.baseVersion}`);
+    throw new FedlineError(
+      ErrorCodes.WRONG_BASE,
+      `update was trained from model version ${meta.baseVersion}; round ${expect.round} is based on version ${expect.baseVersion}`,
+    );
   }
   if (meta.delta !== (expect.delta ?? false)) {
-    throw new FedlineError(ErrorCodes.UPDATE_MANIFEST, meta.delta ? `update holds differences to the base model; round ${expect.round} asked for the weights themselves` : `update holds the weights themselves; round ${expect.round} asked for differences to the base model`);
+    throw new FedlineError(
+      ErrorCodes.UPDATE_MANIFEST,
+      meta.delta
+        ? `update holds differences to the base model; round ${expect.round} asked for the weights themselves`
+        : `update holds the weights themselves; round ${expect.round} asked for differences to the base model`,
+    );
   }
   const got = new Map(header.tensors.map((t) => [t.name, t]));
   const missing = expect.tensors.filter((t) => !got.has(t.name)).map((t) => t.name);
@@ -51,7 +62,10 @@ export function verifyUpdateHeader(header: BundleHeader<DecodedUpdateMeta>, expe
   for (const e of expect.tensors) {
     const t = got.get(e.name)!;
     if (t.dtype !== dtype || t.shape.length !== e.shape.length || t.shape.some((d, i) => d !== e.shape[i])) {
-      throw new FedlineError(ErrorCodes.UPDATE_MANIFEST, `tensor "${e.name}" is ${t.dtype}[${t.shape.join(', ')}], the global model has ${dtype}[${e.shape.join(', ')}]`);
+      throw new FedlineError(
+        ErrorCodes.UPDATE_MANIFEST,
+        `tensor "${e.name}" is ${t.dtype}[${t.shape.join(', ')}], the global model has ${dtype}[${e.shape.join(', ')}]`,
+      );
     }
   }
   if (!Number.isSafeInteger(meta.sampleCount) || meta.sampleCount <= 0) {
@@ -59,7 +73,10 @@ export function verifyUpdateHeader(header: BundleHeader<DecodedUpdateMeta>, expe
   }
   if (expect.maxSamples != null && meta.sampleCount > expect.maxSamples) {
     // FedAvg weights by sample count: an inflated count would let one site outweigh the others.
-    throw new FedlineError(ErrorCodes.UPDATE_SAMPLES, `update claims ${meta.sampleCount} training samples; at most ${expect.maxSamples} are allowed for ${expect.agent}`);
+    throw new FedlineError(
+      ErrorCodes.UPDATE_SAMPLES,
+      `update claims ${meta.sampleCount} training samples; at most ${expect.maxSamples} are allowed for ${expect.agent}`,
+    );
   }
 }
 
@@ -77,7 +94,7 @@ function allFiniteF32Bytes(bytes: Uint8Array): boolean {
     finiteKernel = k ? { k, bytes: new Uint8Array(k.memory.buffer, 0, FINITE_BLOCK * 4) } : null;
   }
   const count = bytes.byteLength / 4;
-  for (let done = 0; done < count; ) {
+  for (let done = 0; done < count;) {
     const n = Math.min(count - done, FINITE_BLOCK);
     const piece = bytes.subarray(done * 4, (done + n) * 4);
     if (finiteKernel) {
@@ -228,7 +245,8 @@ export class UpdateStreamVerifier {
           continue;
         }
         const n = Math.min(rest.byteLength, c.end - at);
-        if (!c.checker.feed(rest.subarray(0, n))) throw new FedlineError(ErrorCodes.UPDATE_NONFINITE, `tensor "${c.checker.spec.name}" contains NaN or Infinity`);
+        if (!c.checker.feed(rest.subarray(0, n)))
+          throw new FedlineError(ErrorCodes.UPDATE_NONFINITE, `tensor "${c.checker.spec.name}" contains NaN or Infinity`);
         rest = rest.subarray(n);
         at += n;
       }

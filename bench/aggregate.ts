@@ -50,7 +50,18 @@ const agentName = (k: number) => `agent-${String(k).padStart(2, '0')}`;
 const sampleCount = (k: number) => 100 + 37 * k;
 
 function updateMeta(k: number): UpdateMeta {
-  return { kind: 'update', agent: agentName(k), round: 1, baseVersion: 0, sampleCount: sampleCount(k), epochs: 1, metricsBefore: null, metricsAfter: null, trainMs: 0, backend: 'synthetic' };
+  return {
+    kind: 'update',
+    agent: agentName(k),
+    round: 1,
+    baseVersion: 0,
+    sampleCount: sampleCount(k),
+    epochs: 1,
+    metricsBefore: null,
+    metricsAfter: null,
+    trainMs: 0,
+    backend: 'synthetic',
+  };
 }
 
 async function writeUpdates(spool: UpdateSpool): Promise<SpooledUpdate[]> {
@@ -100,7 +111,9 @@ async function main(): Promise<void> {
   const payloadBytes = params * 4;
   const inputBytes = K * payloadBytes;
   const tensors = shapes.map((s) => ({ name: s.name, length: elementCount(s.shape) }));
-  say(`fedline bench:aggregate: FedAvg of ${K} updates of ${(params / 1e6).toFixed(1)} M float32 parameters (${(payloadBytes / 1e6).toFixed(1)} MB each, ${(inputBytes / GB).toFixed(2)} GB in all)`);
+  say(
+    `fedline bench:aggregate: FedAvg of ${K} updates of ${(params / 1e6).toFixed(1)} M float32 parameters (${(payloadBytes / 1e6).toFixed(1)} MB each, ${(inputBytes / GB).toFixed(2)} GB in all)`,
+  );
   say(`machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; files in ${root}`);
   const rows: Row[] = [];
   const row = (what: string) => {
@@ -114,7 +127,11 @@ async function main(): Promise<void> {
 }
 
 /** The arithmetic against the memory-bandwidth roofline, the updates held in memory; and the float64 reference. */
-async function inMemory(tensors: Tensors, row: (what: string) => number[], payloadBytes: number): Promise<{ resultSha: string; maxErr: number; refSeconds: number; memPeak: number }> {
+async function inMemory(
+  tensors: Tensors,
+  row: (what: string) => number[],
+  payloadBytes: number,
+): Promise<{ resultSha: string; maxErr: number; refSeconds: number; memPeak: number }> {
   let t = performance.now();
   let inputs: Float32Array[] | null = [];
   for (let k = 1; k <= K; k++) {
@@ -138,7 +155,8 @@ async function inMemory(tensors: Tensors, row: (what: string) => number[], paylo
   const memReaders = inputs.map((values, k) => ({
     id: agentName(k + 1),
     weight: sampleCount(k + 1),
-    read: async (name: string, start: number, out: Float32Array) => out.set(values.subarray(offsets.get(name)! + start, offsets.get(name)! + start + out.length)),
+    read: async (name: string, start: number, out: Float32Array) =>
+      out.set(values.subarray(offsets.get(name)! + start, offsets.get(name)! + start + out.length)),
   }));
   const into = (name: string, start: number, values: Float32Array) => result!.set(values, offsets.get(name)! + start);
   const memcpyRow = row(`memcpy roofline: each update's ${(payloadBytes / 1e6).toFixed(0)} MB copied once into another buffer`);
@@ -211,7 +229,11 @@ async function aggregatorPath(tensors: Tensors, row: (what: string) => number[])
     const baseValues = await store.openValues(0);
     t = performance.now();
     const writer = await store.createVersion({ ...(await store.readHeader(0)).header.meta, version: ++version, round: 1 }, base.tensors);
-    const builder = new ModelBuilder(writer, tensors.map((x) => x.name), baseValues);
+    const builder = new ModelBuilder(
+      writer,
+      tensors.map((x) => x.name),
+      baseValues,
+    );
     await fedAvgStreamed(readers, tensors, builder.sink);
     await builder.finish();
     await writer.commit();
@@ -230,15 +252,25 @@ function report(rows: Row[], inputBytes: number, memory: Awaited<ReturnType<type
   say(`${'what'.padEnd(86)} ${'GB'.padStart(5)} ${'best s'.padStart(7)} ${'GB/s'.padStart(6)} ${'x roofline'.padStart(10)}   (runs, s)`);
   for (const r of rows) {
     const rate = inputBytes / best(r.seconds);
-    say(`${r.what.padEnd(86)} ${(inputBytes / GB).toFixed(2).padStart(5)} ${best(r.seconds).toFixed(2).padStart(7)} ${(rate / GB).toFixed(2).padStart(6)} ${(rate / roof).toFixed(2).padStart(10)}   (${r.seconds.map((x) => x.toFixed(2)).join(', ')})`);
+    say(
+      `${r.what.padEnd(86)} ${(inputBytes / GB).toFixed(2).padStart(5)} ${best(r.seconds).toFixed(2).padStart(7)} ${(rate / GB).toFixed(2).padStart(6)} ${(rate / roof).toFixed(2).padStart(10)}   (${r.seconds.map((x) => x.toFixed(2)).join(', ')})`,
+    );
   }
   const ratio = inputBytes / best(rows[1]!.seconds) / roof;
   const ratioPath = inputBytes / best(rows[3]!.seconds) / roof;
   say('');
-  say(`FedAvg / memcpy roofline (goal >= 0.5): as the aggregator runs it, updates in the page cache, reads overlapping the arithmetic: ${ratioPath.toFixed(2)} (${ratioPath >= 0.5 ? 'met' : 'MISSED'}); updates in this process's memory, each block copied into the kernels' memory and folded on one thread: ${ratio.toFixed(2)} (${ratio >= 0.5 ? 'met' : 'MISSED'})`);
-  say(`float64 reference: max |FedAvg - reference| / max(1, |reference|) = ${maxErr.toExponential(2)} over ${params} values (goal <= 1e-6: ${maxErr <= 1e-6 ? 'met' : 'MISSED'}; ${refSeconds.toFixed(1)} s)`);
-  say(`the aggregator path's model equals the in-memory result bit for bit: ${fileSha === resultSha ? 'yes' : 'NO'} (SHA-256 of the weights ${fileSha.slice(0, 16)}…)`);
-  say(`peak RSS of this process: ${memPeak.toFixed(0)} MiB during the in-memory part (the ${K} updates + one model-sized buffer); the aggregator path holds blocks only`);
+  say(
+    `FedAvg / memcpy roofline (goal >= 0.5): as the aggregator runs it, updates in the page cache, reads overlapping the arithmetic: ${ratioPath.toFixed(2)} (${ratioPath >= 0.5 ? 'met' : 'MISSED'}); updates in this process's memory, each block copied into the kernels' memory and folded on one thread: ${ratio.toFixed(2)} (${ratio >= 0.5 ? 'met' : 'MISSED'})`,
+  );
+  say(
+    `float64 reference: max |FedAvg - reference| / max(1, |reference|) = ${maxErr.toExponential(2)} over ${params} values (goal <= 1e-6: ${maxErr <= 1e-6 ? 'met' : 'MISSED'}; ${refSeconds.toFixed(1)} s)`,
+  );
+  say(
+    `the aggregator path's model equals the in-memory result bit for bit: ${fileSha === resultSha ? 'yes' : 'NO'} (SHA-256 of the weights ${fileSha.slice(0, 16)}…)`,
+  );
+  say(
+    `peak RSS of this process: ${memPeak.toFixed(0)} MiB during the in-memory part (the ${K} updates + one model-sized buffer); the aggregator path holds blocks only`,
+  );
 }
 main()
   .catch((err: Error) => {

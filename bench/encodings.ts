@@ -34,7 +34,21 @@ const say = (s: string) => process.stdout.write(s + '\n');
 function runDemo(variant: string, seed: string): Promise<DemoSummary> {
   const [encoding, delta] = variant.split('+');
   const out = join(root, `${variant.replace('+', '-')}-seed${seed}`);
-  const argv = [CLI, 'demo', '--out', out, '--rounds', args.rounds!, '--seed', seed, '--scale', args.scale!, '--encoding', encoding!, ...(delta === 'delta' ? ['--delta'] : [])];
+  const argv = [
+    CLI,
+    'demo',
+    '--out',
+    out,
+    '--rounds',
+    args.rounds!,
+    '--seed',
+    seed,
+    '--scale',
+    args.scale!,
+    '--encoding',
+    encoding!,
+    ...(delta === 'delta' ? ['--delta'] : []),
+  ];
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     let log = '';
@@ -52,7 +66,9 @@ const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / Math.max(1, xs.le
 async function main(): Promise<void> {
   const variants = args.variants!.split(',');
   const seeds = args.seeds!.split(',');
-  say(`fedline bench:encodings: the demo federation (3 agents, ${args.rounds} rounds, scale ${args.scale}) once per update encoding and seed: ${variants.join(', ')}; seeds ${seeds.join(', ')}`);
+  say(
+    `fedline bench:encodings: the demo federation (3 agents, ${args.rounds} rounds, scale ${args.scale}) once per update encoding and seed: ${variants.join(', ')}; seeds ${seeds.join(', ')}`,
+  );
   const runs = new Map<string, { summary: DemoSummary; seconds: number }>();
   for (const seed of seeds) {
     for (const variant of variants) {
@@ -73,19 +89,25 @@ async function main(): Promise<void> {
   for (const seed of seeds) {
     say('');
     say(`seed ${seed}: final global model accuracy on each agent's local test split`);
-    say(`${'encoding'.padEnd(10)} ${'up MB/round'.padStart(11)} ${'x smaller'.padStart(9)} ${agents.map((a) => a.padStart(8)).join(' ')} ${'mean'.padStart(7)} ${'loss, pt'.padStart(8)}`);
+    say(
+      `${'encoding'.padEnd(10)} ${'up MB/round'.padStart(11)} ${'x smaller'.padStart(9)} ${agents.map((a) => a.padStart(8)).join(' ')} ${'mean'.padStart(7)} ${'loss, pt'.padStart(8)}`,
+    );
     const ref = variants.includes('f32') ? stats('f32', seed) : null;
     for (const variant of variants) {
       const x = stats(variant, seed);
       const ratio = ref ? ref.upPerRound / x.upPerRound : Number.NaN;
       const loss = ref ? (ref.meanAcc - x.meanAcc) * 100 : Number.NaN;
-      say(`${variant.padEnd(10)} ${(x.upPerRound / 1e6).toFixed(3).padStart(11)} ${ratio.toFixed(2).padStart(9)} ${x.acc.map((a) => a.toFixed(3).padStart(8)).join(' ')} ${x.meanAcc.toFixed(4).padStart(7)} ${loss.toFixed(2).padStart(8)}`);
+      say(
+        `${variant.padEnd(10)} ${(x.upPerRound / 1e6).toFixed(3).padStart(11)} ${ratio.toFixed(2).padStart(9)} ${x.acc.map((a) => a.toFixed(3).padStart(8)).join(' ')} ${x.meanAcc.toFixed(4).padStart(7)} ${loss.toFixed(2).padStart(8)}`,
+      );
     }
   }
   if (variants.includes('f32')) {
     say('');
     say(`over ${seeds.length} seed(s): mean of (f32 accuracy - encoding accuracy), paired by seed, in percentage points; bytes per round against f32`);
-    say(`${'encoding'.padEnd(10)} ${'x smaller'.padStart(9)} ${'mean acc'.padStart(8)} ${'mean loss'.padStart(9)} ${'min'.padStart(6)} ${'max'.padStart(6)}   goal`);
+    say(
+      `${'encoding'.padEnd(10)} ${'x smaller'.padStart(9)} ${'mean acc'.padStart(8)} ${'mean loss'.padStart(9)} ${'min'.padStart(6)} ${'max'.padStart(6)}   goal`,
+    );
     for (const variant of variants) {
       const ratios = seeds.map((s) => stats('f32', s).upPerRound / stats(variant, s).upPerRound);
       const losses = seeds.map((s) => (stats('f32', s).meanAcc - stats(variant, s).meanAcc) * 100);
@@ -94,11 +116,21 @@ async function main(): Promise<void> {
       let goal = '';
       if (variant === 'f16') goal = `half the bytes (>= 1.95x) with <= 0.1 pt loss: ${ratio >= 1.95 && loss <= 0.1 ? 'met' : 'MISSED'}`;
       if (variant === 'q8') goal = `>= 3.9x with <= 0.5 pt loss: ${ratio >= 3.9 && loss <= 0.5 ? 'met' : 'MISSED'}`;
-      say(`${variant.padEnd(10)} ${ratio.toFixed(2).padStart(9)} ${mean(seeds.map((s) => stats(variant, s).meanAcc)).toFixed(4).padStart(8)} ${loss.toFixed(2).padStart(9)} ${Math.min(...losses).toFixed(2).padStart(6)} ${Math.max(...losses).toFixed(2).padStart(6)}   ${goal}`);
+      say(
+        `${variant.padEnd(10)} ${ratio.toFixed(2).padStart(9)} ${mean(seeds.map((s) => stats(variant, s).meanAcc))
+          .toFixed(4)
+          .padStart(8)} ${loss.toFixed(2).padStart(9)} ${Math.min(...losses)
+          .toFixed(2)
+          .padStart(6)} ${Math.max(...losses)
+          .toFixed(2)
+          .padStart(6)}   ${goal}`,
+      );
     }
   }
   say('');
-  say('up MB/round: update chunk bytes the aggregator received per training round (3 agents; bundle headers included); the global model going down stays float32.');
+  say(
+    'up MB/round: update chunk bytes the aggregator received per training round (3 agents; bundle headers included); the global model going down stays float32.',
+  );
   say("accuracy: the final global model on each agent's local test split (the paper's measure); the mean over the agents.");
   say(`run times: ${[...runs.entries()].map(([k, r]) => `${k} ${r.seconds.toFixed(0)} s`).join(', ')}`);
 }

@@ -68,7 +68,11 @@ async function main(): Promise<void> {
     const decoders: [string, Decoder][] = [['pure JS', pureJs]];
     let sharpNote = '';
     try {
-      const sharp = ((await import('sharp' as string)) as { default: (b: Buffer) => { removeAlpha(): { resize(w: number, h: number, o: object): { raw(): { toBuffer(): Promise<Buffer> } } } } }).default;
+      const sharp = (
+        (await import('sharp' as string)) as {
+          default: (b: Buffer) => { removeAlpha(): { resize(w: number, h: number, o: object): { raw(): { toBuffer(): Promise<Buffer> } } } };
+        }
+      ).default;
       decoders.push([
         'sharp',
         async (bytes, size) => {
@@ -86,7 +90,8 @@ async function main(): Promise<void> {
       const files = bufs.map((_, i) => readFileSync(join(dir, `${kind.replace(/\W/g, '_')}_${i}`)));
       for (const size of [64, 128, 224]) {
         const cells: string[] = [];
-        for (const [, d] of decoders) cells.push(`${(await timeIt(d, files, size, 1)).toFixed(2)} / ${(await timeIt(d, files, size, 8)).toFixed(2)}`.padStart(28));
+        for (const [, d] of decoders)
+          cells.push(`${(await timeIt(d, files, size, 1)).toFixed(2)} / ${(await timeIt(d, files, size, 8)).toFixed(2)}`.padStart(28));
         console.log(`${kind.padEnd(14)} ${String(size).padStart(5)}  ${cells.join('')}`);
       }
     }

@@ -109,7 +109,12 @@ async function startWorkers(wanted: string[], warmup: number): Promise<{ workers
 }
 
 /** `rounds` rounds of `steps` training steps per backend (pure-JS cpu: `cpuRounds` rounds of 1 step), interleaved; then the workers quit. */
-async function measure(workers: Worker[], rounds: number, steps: number, cpuRounds: number): Promise<{ times: Map<string, number[]>; cpuTimes: Map<string, number[]> }> {
+async function measure(
+  workers: Worker[],
+  rounds: number,
+  steps: number,
+  cpuRounds: number,
+): Promise<{ times: Map<string, number[]>; cpuTimes: Map<string, number[]> }> {
   const times = new Map<string, number[]>(workers.map((w) => [w.name, []]));
   const cpuTimes = new Map<string, number[]>(workers.map((w) => [w.name, []]));
   for (let r = 0; r < rounds; r++) {
@@ -184,7 +189,9 @@ async function main(): Promise<void> {
   console.log('\nbackend      steps   wall ms/step: best  median   CPU ms/step: best   vs PyTorch: wall best / median / CPU best   what');
   for (const r of rows) {
     const ratio = r.ratioBest !== null ? `${r.ratioBest.toFixed(2)}x / ${r.ratioMedian!.toFixed(2)}x / ${r.ratioCpu!.toFixed(2)}x` : '-';
-    console.log(`${r.backend.padEnd(12)} ${String(r.steps).padStart(5)}  ${r.bestMs.toFixed(1).padStart(17)}  ${r.medianMs.toFixed(1).padStart(6)}  ${r.cpuBestMs.toFixed(1).padStart(18)}  ${ratio.padStart(40)}   ${r.detail}`);
+    console.log(
+      `${r.backend.padEnd(12)} ${String(r.steps).padStart(5)}  ${r.bestMs.toFixed(1).padStart(17)}  ${r.medianMs.toFixed(1).padStart(6)}  ${r.cpuBestMs.toFixed(1).padStart(18)}  ${ratio.padStart(40)}   ${r.detail}`,
+    );
   }
   for (const s of skipped) console.log(s);
   const wasm = rows.find((r) => r.backend === 'wasm');

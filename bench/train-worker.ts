@@ -54,8 +54,17 @@ async function main(): Promise<void> {
   const optimizer = tf.train.sgd(0.01);
   const rng = mulberry32(1);
   const n = BENCH_BATCH * BENCH_INPUT[0] * BENCH_INPUT[1] * BENCH_INPUT[2];
-  const x = tf.tensor4d(Float32Array.from({ length: n }, () => rng() * 2 - 1), [BENCH_BATCH, ...BENCH_INPUT]);
-  const y = tf.oneHot(tf.tensor1d(Int32Array.from({ length: BENCH_BATCH }, (_, i) => i % BENCH_CLASSES), 'int32'), BENCH_CLASSES);
+  const x = tf.tensor4d(
+    Float32Array.from({ length: n }, () => rng() * 2 - 1),
+    [BENCH_BATCH, ...BENCH_INPUT],
+  );
+  const y = tf.oneHot(
+    tf.tensor1d(
+      Int32Array.from({ length: BENCH_BATCH }, (_, i) => i % BENCH_CLASSES),
+      'int32',
+    ),
+    BENCH_CLASSES,
+  );
   const vars = model.trainableWeights.map((w) => (w as unknown as { val: import('@tensorflow/tfjs').Variable }).val);
   const cpuNow = () => {
     const u = process.cpuUsage();
@@ -66,7 +75,11 @@ async function main(): Promise<void> {
     const c0 = cpuNow();
     const t0 = performance.now();
     tf.tidy(() => {
-      const cost = optimizer.minimize(() => tf.losses.softmaxCrossEntropy(y, model.apply(x, { training: true }) as import('@tensorflow/tfjs').Tensor2D) as import('@tensorflow/tfjs').Scalar, true, vars);
+      const cost = optimizer.minimize(
+        () => tf.losses.softmaxCrossEntropy(y, model.apply(x, { training: true }) as import('@tensorflow/tfjs').Tensor2D) as import('@tensorflow/tfjs').Scalar,
+        true,
+        vars,
+      );
       cost?.dataSync();
     });
     const wall = performance.now() - t0;

@@ -95,7 +95,8 @@ async function agent(federation: string, id: string, seed: number, model: string
   // Warnings and errors of the agent's transfer code (stalls, credit timeouts, resends) go to the benchmark's output.
   const log = createLogger({ level: 'warn', name: `bench-agent-${id}`, destination: pino.destination(2) });
   const transport = await MqttTransport.connect({ url: url!, clientId: `bench-agent-${id}`, logger: log, ...login });
-  const status = (state: string) => encodeJson({ v: PROTOCOL_VERSION, agent: id, state, round: null, progress: null, detail: 'benchmark agent', backend: null, samples: null, ts: Date.now() });
+  const status = (state: string) =>
+    encodeJson({ v: PROTOCOL_VERSION, agent: id, state, round: null, progress: null, detail: 'benchmark agent', backend: null, samples: null, ts: Date.now() });
   const handled = new Set<string>();
   let work = Promise.resolve();
   await transport.subscribe(topics.round(), (m) => {
@@ -123,12 +124,31 @@ async function agent(federation: string, id: string, seed: number, model: string
   report({ type: 'ready' });
 
   async function upload(ann: RoundAnnouncement): Promise<void> {
-    const meta: UpdateMeta = { kind: 'update', agent: id, round: ann.round, baseVersion: ann.base.version, sampleCount: 100 + 37 * seed, epochs: 1, metricsBefore: null, metricsAfter: null, trainMs: 0, backend: 'synthetic', delta: false };
+    const meta: UpdateMeta = {
+      kind: 'update',
+      agent: id,
+      round: ann.round,
+      baseVersion: ann.base.version,
+      sampleCount: 100 + 37 * seed,
+      epochs: 1,
+      metricsBefore: null,
+      metricsAfter: null,
+      trainMs: 0,
+      backend: 'synthetic',
+      delta: false,
+    };
     if (ann.delta) throw new FedlineError(ErrorCodes.UPDATE_MANIFEST, 'the benchmark agent sends whole weights (it holds no base model)');
     resetPeak();
     const startedAt = Date.now();
     const source = encodeUpdateSource(syntheticTensors(shapes, seed), meta, { encoding: ann.encoding, delta: false });
-    const sent = await sendUpdate(transport, topics, source, log, { round: ann.round, agent: id, chunkBytes: ann.chunkBytes, maxInflight, ackTimeoutMs: 60_000, windowChunks: ann.windowChunks });
+    const sent = await sendUpdate(transport, topics, source, log, {
+      round: ann.round,
+      agent: id,
+      chunkBytes: ann.chunkBytes,
+      maxInflight,
+      ackTimeoutMs: 60_000,
+      windowChunks: ann.windowChunks,
+    });
     report({
       type: 'upload',
       startedAt,
@@ -152,7 +172,10 @@ async function agent(federation: string, id: string, seed: number, model: string
     await downloadModelToFile(transport, topics, ann.base, join(dir, `${id}-v${ann.base.version}.flb`), log, { maxModelBytes: 4 * 2 ** 30, stallMs: 60_000 });
     report({ type: 'download', version: ann.base.version, startedAt, verifiedAt: Date.now(), bytes: ann.base.bytes, peakMiB: memoryOf('self')?.peakMiB });
     const metrics = classificationMetrics([0, 1, 2, 3], [0, 1, 2, 3], 4);
-    await transport.publish(topics.update(ann.round, id), packMsg({ v: PROTOCOL_VERSION, type: 'eval', round: ann.round, agent: id, baseVersion: ann.base.version, metrics, downloadedBytes: ann.base.bytes }));
+    await transport.publish(
+      topics.update(ann.round, id),
+      packMsg({ v: PROTOCOL_VERSION, type: 'eval', round: ann.round, agent: id, baseVersion: ann.base.version, metrics, downloadedBytes: ann.base.bytes }),
+    );
   }
 }
 

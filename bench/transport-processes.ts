@@ -71,9 +71,16 @@ export async function startBroker(name: string, dir: string, tag: string): Promi
 export type Service = Awaited<ReturnType<typeof startService>>;
 
 /** A `fedline` service as its own process (like demo/process-group.ts, plus profiling flags). */
-export async function startService(argv: string[], logFile: string): Promise<{ proc: ChildProcess; ready: Msg; exited: Promise<number | null>; stop(): Promise<void> }> {
+export async function startService(
+  argv: string[],
+  logFile: string,
+): Promise<{ proc: ChildProcess; ready: Msg; exited: Promise<number | null>; stop(): Promise<void> }> {
   const fd = openSync(logFile, 'a');
-  const proc = fork(CLI, argv, { stdio: ['ignore', fd, fd, 'ipc'], execArgv: EXEC_ARGV, env: { ...process.env, FEDLINE_LOG_LEVEL: process.env.FEDLINE_LOG_LEVEL ?? 'info' } });
+  const proc = fork(CLI, argv, {
+    stdio: ['ignore', fd, fd, 'ipc'],
+    execArgv: EXEC_ARGV,
+    env: { ...process.env, FEDLINE_LOG_LEVEL: process.env.FEDLINE_LOG_LEVEL ?? 'info' },
+  });
   closeSync(fd);
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code, signal) => resolve(code ?? (signal ? 128 : null))));
   const ready = await new Promise<Msg>((resolve, reject) => {
@@ -96,7 +103,10 @@ export async function startService(argv: string[], logFile: string): Promise<{ p
 export type Peer = ReturnType<typeof forkPeer>;
 
 /** A bench/transport-peer.ts process (plain MQTT.js publisher or subscriber, or a benchmark agent) and the messages it reports. */
-export function forkPeer(argv: string[], env: NodeJS.ProcessEnv): { proc: ChildProcess; messages: Msg[]; next(type: string, timeoutMs?: number): Promise<Msg> } {
+export function forkPeer(
+  argv: string[],
+  env: NodeJS.ProcessEnv,
+): { proc: ChildProcess; messages: Msg[]; next(type: string, timeoutMs?: number): Promise<Msg> } {
   const proc = fork(PEER, argv, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: EXEC_ARGV, env: { ...process.env, ...env } });
   const messages: Msg[] = [];
   const waiters: { type: string; resolve(m: Msg): void }[] = [];

@@ -8,7 +8,18 @@ import { INSPECTION_CLASSES } from '../synthetic-data/generate.js';
 import { mosquittoAvailable, testPassword } from '../demo/mosquitto.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { denseShapes, memoryOf, parameterCount, vgg19Shapes, writeSyntheticModel } from './synthetic.js';
-import { agentId, forkPeer, loginEnv, MAX_AGENTS, MemorySampler, startBroker, startService, type Broker, type Peer, type Service } from './transport-processes.js';
+import {
+  agentId,
+  forkPeer,
+  loginEnv,
+  MAX_AGENTS,
+  MemorySampler,
+  startBroker,
+  startService,
+  type Broker,
+  type Peer,
+  type Service,
+} from './transport-processes.js';
 import { f1, printRates, printScaling, type BenchResults, type FederationResult, type PlainResult } from './transport-report.js';
 
 /**
@@ -186,8 +197,12 @@ async function main(): Promise<void> {
   const bigParams = parameterCount(shapesOf(BIG));
   const mosquitto = mosquittoAvailable();
   const brokers = (args.brokers ?? (mosquitto ? 'aedes,mosquitto' : 'aedes')).split(',');
-  say(`fedline bench:transport: ${BIG === 'vgg19' ? 'VGG-19' : 'dense'} model of ${(bigParams / 1e6).toFixed(1)} M float32 parameters; chunks of ${CHUNK_BYTES / 1024} KiB, ${MAX_INFLIGHT} QoS 1 publishes in flight, end-to-end window ${WINDOW} chunks`);
-  say(`machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; brokers: ${brokers.join(', ')}${mosquitto ? '' : ' (mosquitto not installed)'}; work folder ${root}`);
+  say(
+    `fedline bench:transport: ${BIG === 'vgg19' ? 'VGG-19' : 'dense'} model of ${(bigParams / 1e6).toFixed(1)} M float32 parameters; chunks of ${CHUNK_BYTES / 1024} KiB, ${MAX_INFLIGHT} QoS 1 publishes in flight, end-to-end window ${WINDOW} chunks`,
+  );
+  say(
+    `machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; brokers: ${brokers.join(', ')}${mosquitto ? '' : ' (mosquitto not installed)'}; work folder ${root}`,
+  );
   const results: BenchResults = {};
   // A fresh broker for every run: retained models of an earlier run would count in the broker's memory.
   const withBroker = async <T>(name: string, tag: string, fn: (b: Broker) => Promise<T>): Promise<T> => {
@@ -207,7 +222,12 @@ async function main(): Promise<void> {
       plainAfter: await plainRun(broker, modelBytes),
     }));
     // (a) before and after (b), averaged: the machine's other load drifts.
-    const both = { mbps: (plain.mbps + plainAfter.mbps) / 2, seconds: (plain.seconds + plainAfter.seconds) / 2, cpu: plain.cpu, runs: [plain.mbps, plainAfter.mbps] };
+    const both = {
+      mbps: (plain.mbps + plainAfter.mbps) / 2,
+      seconds: (plain.seconds + plainAfter.seconds) / 2,
+      cpu: plain.cpu,
+      runs: [plain.mbps, plainAfter.mbps],
+    };
     results[name] = { plain: both, one };
     if (name === 'aedes' && args.only !== 'one') {
       say(`[${name}] 3 agents ...`);

@@ -32,7 +32,11 @@ const id = z.string().refine(isValidId, { message: 'must be 1-64 characters of A
 
 const accessUserSchema = z
   .strictObject({
-    username: z.string().min(1).max(256).refine((u) => !u.includes(':') && !/\s/.test(u), { message: 'must not contain ":" or spaces' }),
+    username: z
+      .string()
+      .min(1)
+      .max(256)
+      .refine((u) => !u.includes(':') && !/\s/.test(u), { message: 'must not contain ":" or spaces' }),
     role: z.enum(roles),
     /** agent, inspector, camera: the agent id these rights are about. Default: the user name (agent role). */
     agent: id.optional(),
@@ -40,13 +44,21 @@ const accessUserSchema = z
     read: z.array(filter).default([]),
     write: z.array(filter).default([]),
   })
-  .refine((u) => u.role === 'aggregator' || u.role === 'mes' || u.role === 'agent' || u.agent !== undefined, { message: 'inspector and camera users need "agent": the agent id they serve', path: ['agent'] })
-  .refine((u) => u.role !== 'agent' || isValidId(u.agent ?? u.username), { message: 'an agent user name is its agent id (1-64 characters of A-Z a-z 0-9 _ . -), or set "agent"', path: ['agent'] });
+  .refine((u) => u.role === 'aggregator' || u.role === 'mes' || u.role === 'agent' || u.agent !== undefined, {
+    message: 'inspector and camera users need "agent": the agent id they serve',
+    path: ['agent'],
+  })
+  .refine((u) => u.role !== 'agent' || isValidId(u.agent ?? u.username), {
+    message: 'an agent user name is its agent id (1-64 characters of A-Z a-z 0-9 _ . -), or set "agent"',
+    path: ['agent'],
+  });
 
 export const accessFileSchema = z
   .strictObject({
     /** The federation's topic root, e.g. "fl/usb-inspection" (as `topicRoot` / fl/<federation> in the services' configs). */
-    topicRoot: z.string().refine((r) => validFilter(r) && !r.includes('+') && !r.includes('#') && !r.startsWith('/') && !r.endsWith('/'), { message: 'must be a topic root without wildcards, e.g. "fl/usb-inspection"' }),
+    topicRoot: z.string().refine((r) => validFilter(r) && !r.includes('+') && !r.includes('#') && !r.startsWith('/') && !r.endsWith('/'), {
+      message: 'must be a topic root without wildcards, e.g. "fl/usb-inspection"',
+    }),
     users: z.array(accessUserSchema).min(1),
   })
   .refine((f) => new Set(f.users.map((u) => u.username)).size === f.users.length, { message: 'every username must appear once', path: ['users'] });

@@ -90,7 +90,10 @@ export function createAuthHooks(o: AuthOptions): AuthHooks {
       const rights = rightsOf.get(client);
       if (rights && mayPublish(rights, packet.topic)) return callback(null);
       count();
-      o.log.warn({ code: ErrorCodes.AUTH, client: client.id, username: rights?.username ?? null, topic: packet.topic }, 'publish refused: not allowed for this user');
+      o.log.warn(
+        { code: ErrorCodes.AUTH, client: client.id, username: rights?.username ?? null, topic: packet.topic },
+        'publish refused: not allowed for this user',
+      );
       callback(new FedlineError(ErrorCodes.AUTH, `publishing on ${packet.topic} is not allowed for ${rights?.username ?? 'this client'}`));
     },
 
@@ -98,7 +101,10 @@ export function createAuthHooks(o: AuthOptions): AuthHooks {
       const rights = client ? rightsOf.get(client) : undefined;
       if (rights && maySubscribe(rights, sub.topic)) return callback(null, sub);
       count();
-      o.log.warn({ code: ErrorCodes.AUTH, client: client?.id, username: rights?.username ?? null, topic: sub.topic }, 'subscription refused: not allowed for this user');
+      o.log.warn(
+        { code: ErrorCodes.AUTH, client: client?.id, username: rights?.username ?? null, topic: sub.topic },
+        'subscription refused: not allowed for this user',
+      );
       // A null subscription is a negative SUBACK (0x80) without dropping the connection.
       callback(null, null as never);
     },

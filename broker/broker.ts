@@ -99,7 +99,10 @@ export async function createBroker(options: BrokerOptions = {}): Promise<Running
   if (options.tls) {
     const t = options.tls;
     const requireCert = t.requireClientCert ?? false;
-    const server = createTlsServer({ cert: t.cert, key: t.key, ...(t.ca ? { ca: t.ca } : {}), requestCert: requireCert, rejectUnauthorized: requireCert, minVersion: 'TLSv1.2' }, accept);
+    const server = createTlsServer(
+      { cert: t.cert, key: t.key, ...(t.ca ? { ca: t.ca } : {}), requestCert: requireCert, rejectUnauthorized: requireCert, minVersion: 'TLSv1.2' },
+      accept,
+    );
     // A failed handshake (wrong CA, no certificate, plain MQTT on the TLS port) is the client's problem, not ours.
     server.on('tlsClientError', (err, socket) => log.warn({ err: err.message, remote: socket.remoteAddress }, 'TLS handshake refused'));
     servers.push(server);

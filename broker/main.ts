@@ -23,7 +23,8 @@ export function startBroker(config: Readonly<BrokerConfig>, logger: Logger): Pro
   if (config.auth) {
     const access = new AccessPolicy(loadConfigFile(accessFileSchema, config.auth.accessFile));
     const passwords = config.auth.passwordFile ? PasswordFile.load(config.auth.passwordFile) : null;
-    for (const u of passwords?.users() ?? []) if (!access.rights(u)) log.warn({ username: u }, `user "${u}" has a password but no role in ${config.auth.accessFile}: it cannot connect`);
+    for (const u of passwords?.users() ?? [])
+      if (!access.rights(u)) log.warn({ username: u }, `user "${u}" has a password but no role in ${config.auth.accessFile}: it cannot connect`);
     hooks = createAuthHooks({ access, passwords, identityFromCertificate: config.tls?.identityFromCertificate ?? false, log });
     log.info({ users: access.all().length, topicRoot: access.topicRoot }, 'authentication and access rules on');
   } else {

@@ -60,7 +60,11 @@ export class PasswordFile {
       const user = line.slice(0, colon);
       const hash = line.slice(colon + 1);
       if (!/^\$(7\$\d+|6)\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/.test(hash)) {
-        throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${where}: the password of "${user}" is not a $7$ (PBKDF2-SHA512) or $6$ (SHA-512) hash; hash it with \`fedline passwd\` or mosquitto_passwd`, { file: path });
+        throw new FedlineError(
+          ErrorCodes.CONFIG_INVALID,
+          `${where}: the password of "${user}" is not a $7$ (PBKDF2-SHA512) or $6$ (SHA-512) hash; hash it with \`fedline passwd\` or mosquitto_passwd`,
+          { file: path },
+        );
       }
       if (hashes.has(user)) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${where}: user "${user}" appears twice`, { file: path });
       hashes.set(user, hash);
@@ -99,7 +103,8 @@ export class PasswordFile {
 
 /** A password file's text with `username` set to `password` (added or replaced). */
 export function setPasswordLine(text: string, username: string, password: string, iterations = DEFAULT_PBKDF2_ITERATIONS): string {
-  if (!username || username.includes(':') || /\s/.test(username)) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `user name "${username}" must not be empty or contain ":" or spaces`);
+  if (!username || username.includes(':') || /\s/.test(username))
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `user name "${username}" must not be empty or contain ":" or spaces`);
   const line = `${username}:${hashPassword(password, iterations)}`;
   const lines = text.split(/\r?\n/).filter((l) => l.trim() !== '');
   const i = lines.findIndex((l) => l.slice(0, l.indexOf(':')) === username);

@@ -42,7 +42,8 @@ export async function runClassify(args: string[]): Promise<void> {
   if (!values.model) return fail('--model DIR is required');
   if (positionals.length === 0) return fail('give at least one image');
   if (!(backendPreferences as readonly string[]).includes(values.backend!)) return fail(`--backend must be one of ${backendPreferences.join(', ')}`);
-  if (values.normalization && !(normalizationModes as readonly string[]).includes(values.normalization)) return fail(`--normalization must be one of ${normalizationModes.join(', ')}`);
+  if (values.normalization && !(normalizationModes as readonly string[]).includes(values.normalization))
+    return fail(`--normalization must be one of ${normalizationModes.join(', ')}`);
   const runtime = await loadTf(values.backend as BackendPreference);
   const classifier = await openClassifier(runtime.tf, resolve(values.model), await createImageDecoder(), {
     ...(values.classes ? { classes: values.classes.split(',') } : {}),
@@ -51,12 +52,18 @@ export async function runClassify(args: string[]): Promise<void> {
   try {
     const results = await classifier.classify(positionals);
     if (values.json) {
-      process.stdout.write(JSON.stringify({ model: resolve(values.model), version: classifier.version, classes: classifier.classes, backend: runtime.backend, results }, null, 2) + '\n');
+      process.stdout.write(
+        JSON.stringify({ model: resolve(values.model), version: classifier.version, classes: classifier.classes, backend: runtime.backend, results }, null, 2) +
+          '\n',
+      );
     } else {
       const width = Math.max(...results.map((r) => r.path.length), 5);
       for (const r of results) {
         if (r.error) process.stdout.write(`${r.path.padEnd(width)}  ERROR  ${r.error}\n`);
-        else process.stdout.write(`${r.path.padEnd(width)}  ${r.class!.padEnd(Math.max(...classifier.classes.map((c) => c.length)))}  confidence ${r.confidence!.toFixed(3)}\n`);
+        else
+          process.stdout.write(
+            `${r.path.padEnd(width)}  ${r.class!.padEnd(Math.max(...classifier.classes.map((c) => c.length)))}  confidence ${r.confidence!.toFixed(3)}\n`,
+          );
       }
     }
     if (results.some((r) => r.error)) process.exitCode = 1;

@@ -13,7 +13,11 @@ Example: npx fedline experiment --config examples/experiment-paper.json`;
 export async function runExperimentCommand(args: string[]): Promise<void> {
   let values;
   try {
-    ({ values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, out: { type: 'string' }, mode: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true }));
+    ({ values } = parseArgs({
+      args,
+      options: { config: { type: 'string', short: 'c' }, out: { type: 'string' }, mode: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      strict: true,
+    }));
   } catch (err) {
     process.stderr.write(`fedline experiment: ${(err as Error).message}\n${USAGE}\n`);
     process.exitCode = 2;

@@ -47,7 +47,13 @@ export async function runModelInfo(args: string[]): Promise<void> {
         ? DEFAULT_HEADS[model]
         : { dense: values.head!.split(',').filter(Boolean).map(Number), dropout: Number(values.dropout ?? '0.5') };
   const { tf } = await loadTf('cpu');
-  const sizes = await federationSizes(tf, { architecture: model, inputShape: [size, size, 3], numClasses: Number(values.classes), width: Number(values.width), head });
+  const sizes = await federationSizes(tf, {
+    architecture: model,
+    inputShape: [size, size, 3],
+    numClasses: Number(values.classes),
+    width: Number(values.width),
+    head,
+  });
   if (values.json) {
     process.stdout.write(JSON.stringify({ model, inputSize: size, width: Number(values.width), head, ...sizes }, null, 2) + '\n');
     return;

@@ -65,7 +65,15 @@ export async function runPretrain(args: string[]): Promise<void> {
   }
   const spec = parseConfig(
     modelSpecSchema,
-    { architecture: values.model, width: Number(values.width), inputShape: [size, size, 3], classes, seed: Number(values.seed), normalization: values.normalization, ...(values['batch-norm'] ? { batchNorm: true } : {}) },
+    {
+      architecture: values.model,
+      width: Number(values.width),
+      inputShape: [size, size, 3],
+      classes,
+      seed: Number(values.seed),
+      normalization: values.normalization,
+      ...(values['batch-norm'] ? { batchNorm: true } : {}),
+    },
     'command line',
   );
   if (!(architectures as readonly string[]).includes(spec.architecture)) throw invalidOption(`unknown model ${spec.architecture}`);
@@ -80,5 +88,7 @@ export async function runPretrain(args: string[]): Promise<void> {
     out,
     onEpoch: (e, loss) => process.stdout.write(`epoch ${e + 1}: loss ${loss?.toFixed(4) ?? '-'}\n`),
   });
-  process.stdout.write(`accuracy on the held-out 20%: ${r.metrics.accuracy.toFixed(3)} (balanced ${r.metrics.balancedAccuracy.toFixed(3)}), ${(r.trainMs / 1000).toFixed(1)} s on ${r.backend}\nsaved: ${out} (use it as model.initFrom)\n`);
+  process.stdout.write(
+    `accuracy on the held-out 20%: ${r.metrics.accuracy.toFixed(3)} (balanced ${r.metrics.balancedAccuracy.toFixed(3)}), ${(r.trainMs / 1000).toFixed(1)} s on ${r.backend}\nsaved: ${out} (use it as model.initFrom)\n`,
+  );
 }

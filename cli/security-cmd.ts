@@ -25,7 +25,17 @@ async function readStdinLine(): Promise<string> {
 }
 
 export async function runPasswd(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { file: { type: 'string' }, user: { type: 'string' }, 'password-file': { type: 'string' }, iterations: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+  const { values } = parseArgs({
+    args,
+    options: {
+      file: { type: 'string' },
+      user: { type: 'string' },
+      'password-file': { type: 'string' },
+      iterations: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
   if (values.help || !values.file || !values.user) {
     process.stdout.write(PASSWD_USAGE + '\n');
     if (!values.help) process.exitCode = 2;

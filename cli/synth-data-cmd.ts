@@ -45,10 +45,15 @@ export async function runDataset(args: string[]): Promise<void> {
   if (unknown.length) throw invalidOption(`--parts: unknown part(s) ${unknown.join(', ')} (known: ${EXPERIMENT_PARTS.join(', ')})`);
   const started = Date.now();
   const result = await generateExperimentData({ out: resolve(values.out), seed, size, scale, parts });
-  const line = (counts: Record<string, number>) => Object.entries(counts).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`).join(', ');
+  const line = (counts: Record<string, number>) =>
+    Object.entries(counts)
+      .filter(([, v]) => v > 0)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ');
   for (const c of result.clients) process.stdout.write(`${c.name}: ${line(c.counts)}  -> ${c.dir}\n`);
   if (result.external) process.stdout.write(`external: ${line(result.external.counts)}  -> ${result.external.dir}\n`);
-  for (const p of result.probes) process.stdout.write(`probe ${p.name} (${p.client}'s product, ${p.defectOf}'s ${p.defect}): NOT_OKAY ${p.count}  -> ${p.dir}\n`);
+  for (const p of result.probes)
+    process.stdout.write(`probe ${p.name} (${p.client}'s product, ${p.defectOf}'s ${p.defect}): NOT_OKAY ${p.count}  -> ${p.dir}\n`);
   if (result.reference) process.stdout.write(`reference: ${line(result.reference.counts)}  -> ${result.reference.dir}\n`);
   process.stdout.write(`${result.files} images of ${size}x${size} px in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
 }

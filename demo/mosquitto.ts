@@ -158,7 +158,8 @@ async function waitForListener(port: number, proc: ChildProcess, stderr: () => s
   for (;;) {
     if (proc.exitCode !== null) throw new FedlineError(ErrorCodes.TRANSPORT, `mosquitto exited with ${proc.exitCode}: ${stderr()}`);
     if (await accepts(port)) return;
-    if (Date.now() > deadline) throw new FedlineError(ErrorCodes.TIMEOUT, `timed out after ${timeoutMs} ms waiting for mosquitto on port ${port} (stderr: ${stderr()})`);
+    if (Date.now() > deadline)
+      throw new FedlineError(ErrorCodes.TIMEOUT, `timed out after ${timeoutMs} ms waiting for mosquitto on port ${port} (stderr: ${stderr()})`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }

@@ -123,7 +123,6 @@ export async function startPlcSimulator(options: PlcSimOptions): Promise<Running
   return emitter;
 }
 
-
 /** Line<N>.State (String) and Line<N>.Idle (Boolean) of every line, under an object PLC, with their first values. */
 function addLineVariables(opcua: Opcua, server: InstanceType<Opcua['OPCUAServer']>, states: readonly string[]) {
   const addressSpace = server.engine.addressSpace!;
@@ -134,17 +133,37 @@ function addLineVariables(opcua: Opcua, server: InstanceType<Opcua['OPCUAServer'
   for (let i = 0; i < states.length; i++) {
     const name = `Line${i + 1}`;
     stateVars.push(
-      ns.addVariable({ componentOf: plc, nodeId: `s=${name}.State`, browseName: `${name}.State`, dataType: 'String', minimumSamplingInterval: 50, value: { dataType: opcua.DataType.String, value: states[i]! } }),
+      ns.addVariable({
+        componentOf: plc,
+        nodeId: `s=${name}.State`,
+        browseName: `${name}.State`,
+        dataType: 'String',
+        minimumSamplingInterval: 50,
+        value: { dataType: opcua.DataType.String, value: states[i]! },
+      }),
     );
     idleVars.push(
-      ns.addVariable({ componentOf: plc, nodeId: `s=${name}.Idle`, browseName: `${name}.Idle`, dataType: 'Boolean', minimumSamplingInterval: 50, value: { dataType: opcua.DataType.Boolean, value: states[i] === 'Idle' } }),
+      ns.addVariable({
+        componentOf: plc,
+        nodeId: `s=${name}.Idle`,
+        browseName: `${name}.Idle`,
+        dataType: 'Boolean',
+        minimumSamplingInterval: 50,
+        value: { dataType: opcua.DataType.Boolean, value: states[i] === 'Idle' },
+      }),
     );
   }
   return { stateVars, idleVars };
 }
 
 /** Each line walks through the cycle, starting (line-1) * offset into it; `apply` sets a line's state (0-based). */
-function runSchedule(schedule: readonly PlcPhase[], lineOffsetMs: number, states: readonly string[], apply: (line: number, state: string) => void, timers: Set<NodeJS.Timeout>): void {
+function runSchedule(
+  schedule: readonly PlcPhase[],
+  lineOffsetMs: number,
+  states: readonly string[],
+  apply: (line: number, state: string) => void,
+  timers: Set<NodeJS.Timeout>,
+): void {
   const cycleMs = schedule.reduce((s, p) => s + p.durationMs, 0);
   const started = Date.now();
   const runLine = (line: number) => {

@@ -24,7 +24,12 @@ export async function prepareData(options: DemoOptions, dirs: DemoDirs, say: Say
   );
   say(`generating ${PAPER_CLIENTS.length} clients' inspection images (${options.size}x${options.size} px, seed ${options.seed}) in ${dirs.data}`);
   const data = await generateDataset({ out: dirs.data, seed: options.seed, size: options.size, scale: options.scale });
-  for (const c of data.clients) say(`  ${c.name}: ${Object.entries(c.counts).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  for (const c of data.clients)
+    say(
+      `  ${c.name}: ${Object.entries(c.counts)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ')}`,
+    );
   if (options.pretrainEpochs > 0 && !options.initFrom) return pretrainDemoBase(options, dirs, say);
   return options.initFrom;
 }
@@ -34,16 +39,27 @@ async function pretrainDemoBase(options: DemoOptions, dirs: DemoDirs, say: Say):
   const baseDir = join(dirs.state, 'pretrained-base');
   await rm(refDir, { recursive: true, force: true });
   const ref = await generateReferenceDataset({ out: refDir, seed: options.seed + 1, size: options.size, scale: options.scale });
-  say(`pretraining a ${options.model} base on ${ref.files} reference images of other products (${options.pretrainEpochs} epochs, in this process) in ${refDir}`);
+  say(
+    `pretraining a ${options.model} base on ${ref.files} reference images of other products (${options.pretrainEpochs} epochs, in this process) in ${refDir}`,
+  );
   const { pretrainBase } = await import('../training/pretrain.js');
   const r = await pretrainBase({
     dataDir: refDir,
-    model: { architecture: options.model, width: options.width, inputShape: [options.size, options.size, 3], classes: [...INSPECTION_CLASSES], seed: options.seed, normalization: 'per-image' },
+    model: {
+      architecture: options.model,
+      width: options.width,
+      inputShape: [options.size, options.size, 3],
+      classes: [...INSPECTION_CLASSES],
+      seed: options.seed,
+      normalization: 'per-image',
+    },
     epochs: options.pretrainEpochs,
     batchSize: 32,
     learningRate: options.learningRate,
     out: baseDir,
   });
-  say(`pretrained base: accuracy ${r.metrics.accuracy.toFixed(3)} on held-out reference images, ${(r.trainMs / 1000).toFixed(1)} s (${r.backend}); the federation starts from it (${baseDir}), with a new seeded head`);
+  say(
+    `pretrained base: accuracy ${r.metrics.accuracy.toFixed(3)} on held-out reference images, ${(r.trainMs / 1000).toFixed(1)} s (${r.backend}); the federation starts from it (${baseDir}), with a new seeded head`,
+  );
   return baseDir;
 }

@@ -22,7 +22,10 @@ export class ProcessGroup {
 
   async start(name: string, args: string[], logFile: string, readyTimeoutMs = 60_000): Promise<{ child: Child; ready: Record<string, unknown> }> {
     const fd = openSync(logFile, 'a');
-    const proc = fork(CLI_PATH, args, { stdio: ['ignore', fd, fd, 'ipc'], env: { ...process.env, FEDLINE_LOG_LEVEL: process.env.FEDLINE_LOG_LEVEL ?? 'info' } });
+    const proc = fork(CLI_PATH, args, {
+      stdio: ['ignore', fd, fd, 'ipc'],
+      env: { ...process.env, FEDLINE_LOG_LEVEL: process.env.FEDLINE_LOG_LEVEL ?? 'info' },
+    });
     closeSync(fd);
     const exited = new Promise<number | null>((resolve) => proc.once('exit', (code, signal) => resolve(code ?? (signal ? 128 : null))));
     const child: Child = { name, proc, exited, logFile };

@@ -51,7 +51,13 @@ export class WindowTally {
  * Print what an MES would see of the federation (agents' state changes, rounds, models, alerts)
  * from the observer's subscriptions, and tally the agents' training windows (--trigger opcua).
  */
-export async function followProgress(observer: MqttTransport, topics: Topics, agents: readonly string[], trigger: 'always' | 'opcua', say: Say): Promise<WindowTally> {
+export async function followProgress(
+  observer: MqttTransport,
+  topics: Topics,
+  agents: readonly string[],
+  trigger: 'always' | 'opcua',
+  say: Say,
+): Promise<WindowTally> {
   const windows = new WindowTally();
   await followStatus(observer, topics, windows, say);
   await followEvents(observer, topics, agents, trigger === 'opcua' ? windows : null, say);
@@ -64,15 +70,29 @@ async function followStatus(observer: MqttTransport, topics: Topics, windows: Wi
   let lastProgressLine = 0;
   await observer.subscribe(topics.statusAll(), (m) => {
     try {
-      const s = JSON.parse(m.payload.toString('utf8')) as { agent: string; state: string; progress: number | null; detail: string | null; round: number | null };
+      const s = JSON.parse(m.payload.toString('utf8')) as {
+        agent: string;
+        state: string;
+        progress: number | null;
+        detail: string | null;
+        round: number | null;
+      };
       const prev = states.get(s.agent)?.split(' ')[0];
       windows.observe(s.agent, s.state, s.round, Date.now());
       const progress = s.progress !== null ? ` ${Math.round(s.progress * 100)}%` : '';
       states.set(s.agent, `${s.state}${progress}`);
       if (prev !== s.state && s.state !== 'offline') say(`  ${s.agent.padEnd(8)} ${s.state}${s.detail ? `: ${s.detail}` : ''}`);
-      if (Date.now() - lastProgressLine > 4000 && [...states.values()].some((v) => v.startsWith('training') || v.startsWith('uploading') || v.startsWith('downloading'))) {
+      if (
+        Date.now() - lastProgressLine > 4000 &&
+        [...states.values()].some((v) => v.startsWith('training') || v.startsWith('uploading') || v.startsWith('downloading'))
+      ) {
         lastProgressLine = Date.now();
-        say(`  progress: ${[...states.entries()].sort().map(([a, v]) => `${a} ${v}`).join(' | ')}`);
+        say(
+          `  progress: ${[...states.entries()]
+            .sort()
+            .map(([a, v]) => `${a} ${v}`)
+            .join(' | ')}`,
+        );
       }
     } catch {
       // not our business to validate here; the aggregator counts bad status messages

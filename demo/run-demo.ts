@@ -36,7 +36,13 @@ export async function runDemo(options: DemoOptions): Promise<number> {
     const topics = createTopics(defaultRoot(DEMO_FEDERATION));
     const { url, creds } = await startDemoBroker(group, dirs, topics, agents, say);
     // The observer sees what an MES would see.
-    observer = await MqttTransport.connect({ url, clientId: 'fedline-demo-observer', logger: silentLogger(), username: 'observer', password: creds.password('observer') });
+    observer = await MqttTransport.connect({
+      url,
+      clientId: 'fedline-demo-observer',
+      logger: silentLogger(),
+      username: 'observer',
+      password: creds.password('observer'),
+    });
     const windows = await followProgress(observer, topics, agents, options.trigger, say);
     const plcEndpoint = options.trigger === 'opcua' ? await startDemoPlc(group, dirs, options.plcSchedule, agents, say) : null;
     const aggregator = await startDemoFederation(group, { options, dirs, agents, url, creds, plcEndpoint }, say);
@@ -76,13 +82,16 @@ async function summarise(
   const { options, dirs, agents, windows } = run;
   const { out } = options;
   const code = await aggregator.exited;
-  if (code !== 0) throw new FedlineError(ErrorCodes.ABORTED, `the aggregator exited with code ${code}; see ${aggregator.logFile}`, { code, logFile: aggregator.logFile });
+  if (code !== 0)
+    throw new FedlineError(ErrorCodes.ABORTED, `the aggregator exited with code ${code}; see ${aggregator.logFile}`, { code, logFile: aggregator.logFile });
   const journal = JSON.parse(await readFile(join(dirs.state, 'aggregator', 'journal.json'), 'utf8')) as Journal;
   const summary = buildSummary(journal, options, join(dirs.state, 'aggregator', 'models'), run.durationMs());
   if (options.trigger === 'opcua') for (const r of summary.rounds) r.windows = windows.of(r.round, agents);
   await writeFile(join(out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
   process.stdout.write('\n' + renderTable(summary) + '\n');
   if (options.trigger === 'opcua') process.stdout.write('\n' + renderWindowTable(summary) + '\n');
-  process.stdout.write(`\nfinal global model v${summary.finalModel.version}: ${summary.finalModel.dir}\nsummary: ${join(out, 'summary.json')}   logs: ${dirs.logs}\n`);
+  process.stdout.write(
+    `\nfinal global model v${summary.finalModel.version}: ${summary.finalModel.dir}\nsummary: ${join(out, 'summary.json')}   logs: ${dirs.logs}\n`,
+  );
   process.stdout.write(`total time ${(summary.durationMs / 1000).toFixed(1)} s\n`);
 }

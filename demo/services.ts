@@ -11,7 +11,13 @@ import type { Child, ProcessGroup } from './process-group.js';
 export const DEMO_FEDERATION = 'demo';
 
 /** Credentials for this run (the broker refuses anonymous clients, as in a factory), then the broker on a free loopback port. */
-export async function startDemoBroker(group: ProcessGroup, dirs: DemoDirs, topics: Topics, agents: readonly string[], say: Say): Promise<{ url: string; creds: DemoCredentials }> {
+export async function startDemoBroker(
+  group: ProcessGroup,
+  dirs: DemoDirs,
+  topics: Topics,
+  agents: readonly string[],
+  say: Say,
+): Promise<{ url: string; creds: DemoCredentials }> {
   const creds = await writeDemoCredentials(dirs.config, topics.root, [
     { username: 'aggregator', role: 'aggregator', read: [], write: [] },
     ...agents.map((a) => ({ username: a, role: 'agent' as const, read: [], write: [] })),
@@ -31,11 +37,25 @@ export async function startDemoPlc(group: ProcessGroup, dirs: DemoDirs, plcSched
   const cycle = parsePlcSchedule(plcSchedule).reduce((t, p) => t + p.durationMs, 0);
   const { child: plc, ready } = await group.start(
     'plc-sim',
-    ['plc-sim', '--port', String(plcPort), '--lines', String(agents.length), '--schedule', plcSchedule, '--offset', String(cycle / agents.length / 1000), '--pki', join(dirs.state, 'plc-sim-pki')],
+    [
+      'plc-sim',
+      '--port',
+      String(plcPort),
+      '--lines',
+      String(agents.length),
+      '--schedule',
+      plcSchedule,
+      '--offset',
+      String(cycle / agents.length / 1000),
+      '--pki',
+      join(dirs.state, 'plc-sim-pki'),
+    ],
     join(dirs.logs, 'plc-sim.log'),
   );
   const endpoint = String(ready.endpoint);
-  say(`PLC simulator (OPC UA) on ${endpoint}: lines ${agents.map((a, i) => `Line${i + 1} -> ${a}`).join(', ')}; cycle ${plcSchedule} (s) [pid ${plc.proc.pid}]`);
+  say(
+    `PLC simulator (OPC UA) on ${endpoint}: lines ${agents.map((a, i) => `Line${i + 1} -> ${a}`).join(', ')}; cycle ${plcSchedule} (s) [pid ${plc.proc.pid}]`,
+  );
   plc.proc.on('message', (msg: { type?: string; line?: number; state?: string }) => {
     if (msg?.type === 'line-state') say(`  PLC Line${msg.line} (${agents[msg.line! - 1]}): ${msg.state}`);
   });
@@ -62,12 +82,26 @@ export async function startDemoFederation(group: ProcessGroup, setup: DemoFedera
   for (const [i, agent] of agents.entries()) {
     const file = join(dirs.config, `agent-${agent}.json`);
     const trigger = plcEndpoint
-      ? { type: 'opcua', endpoint: plcEndpoint, nodeId: `ns=1;s=Line${i + 1}.State`, when: { equals: 'Idle' }, samplingIntervalMs: 200, retryInitialDelayMs: 500 }
+      ? {
+          type: 'opcua',
+          endpoint: plcEndpoint,
+          nodeId: `ns=1;s=Line${i + 1}.State`,
+          when: { equals: 'Idle' },
+          samplingIntervalMs: 200,
+          retryInitialDelayMs: 500,
+        }
       : { type: 'always' };
     await writeFile(
       file,
       JSON.stringify(
-        { agentId: agent, federation: DEMO_FEDERATION, mqtt: { url, ...creds.login(agent) }, stateDir: join(dirs.state, agent), data: { dir: join(dirs.data, agent), testFraction: 0.2, splitSeed: setup.options.seed }, trigger },
+        {
+          agentId: agent,
+          federation: DEMO_FEDERATION,
+          mqtt: { url, ...creds.login(agent) },
+          stateDir: join(dirs.state, agent),
+          data: { dir: join(dirs.data, agent), testFraction: 0.2, splitSeed: setup.options.seed },
+          trigger,
+        },
         null,
         2,
       ),
@@ -88,7 +122,15 @@ function aggregatorConfigOf({ options, dirs, agents, url, creds }: DemoFederatio
     minClients: agents.length,
     roundDeadlineMs: 300_000,
     waitForAgentsMs: 60_000,
-    task: { epochs: options.epochs, batchSize: 16, learningRate: options.learningRate, learningRateDecay: 0.85, optimizer: 'adam', classWeighting: 'auto', federated: options.federate },
+    task: {
+      epochs: options.epochs,
+      batchSize: 16,
+      learningRate: options.learningRate,
+      learningRateDecay: 0.85,
+      optimizer: 'adam',
+      classWeighting: 'auto',
+      federated: options.federate,
+    },
     model: {
       architecture: options.model,
       width: options.width,

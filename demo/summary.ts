@@ -73,14 +73,23 @@ export function buildSummary(journal: Journal, options: DemoOptions, modelsDir: 
           sampleCounts: r.sampleCounts,
           globalAccuracy: pick(m, 'accuracy'),
           globalBalancedAccuracy: pick(m, 'balancedAccuracy'),
-          localAccuracy: Object.fromEntries(Object.entries(r.localMetrics).filter(([, v]) => v).map(([a, v]) => [a, v!.accuracy])),
+          localAccuracy: Object.fromEntries(
+            Object.entries(r.localMetrics)
+              .filter(([, v]) => v)
+              .map(([a, v]) => [a, v!.accuracy]),
+          ),
           bytesUp: r.bytesUp,
           bytesDown: r.bytesDown,
           durationMs: r.durationMs,
           trainMs: r.trainMs,
         };
       }),
-    finalModel: { version: finalVersion, dir: join(modelsDir, `v${finalVersion}`), accuracy: pick(finalEval, 'accuracy'), balancedAccuracy: pick(finalEval, 'balancedAccuracy') },
+    finalModel: {
+      version: finalVersion,
+      dir: join(modelsDir, `v${finalVersion}`),
+      accuracy: pick(finalEval, 'accuracy'),
+      balancedAccuracy: pick(finalEval, 'balancedAccuracy'),
+    },
   };
 }
 
@@ -113,10 +122,13 @@ export function renderWindowTable(summary: DemoSummary): string {
   for (const r of summary.rounds) {
     if (!r.windows) continue;
     lines.push(
-      [String(r.round).padStart(5), ...agents.map((a) => {
-        const w = r.windows![a]!;
-        return `${(w.waitedMs / 1000).toFixed(1).padStart(6)} / ${String(w.pauses).padStart(2)} / ${(w.pausedMs / 1000).toFixed(1).padStart(5)}`.padStart(32);
-      })].join('  '),
+      [
+        String(r.round).padStart(5),
+        ...agents.map((a) => {
+          const w = r.windows![a]!;
+          return `${(w.waitedMs / 1000).toFixed(1).padStart(6)} / ${String(w.pauses).padStart(2)} / ${(w.pausedMs / 1000).toFixed(1).padStart(5)}`.padStart(32);
+        }),
+      ].join('  '),
     );
   }
   return lines.join('\n');

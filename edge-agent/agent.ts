@@ -54,7 +54,6 @@ export interface RoundWorkResult {
 
 export { offlineStatus } from './agent-status.js';
 
-
 /**
  * The edge agent: follows the retained round announcement; for each round it is selected for it
  * fetches the base model, evaluates it on the local test split (reported at once), trains, and
@@ -153,7 +152,13 @@ export class EdgeAgent extends EventEmitter {
   private readonly onWindowProblem = (p: SourceProblem): void => {
     if (this.stopped) return;
     if (!p.recovered) this.counters.inc(p.code);
-    this.emitEvent('alert', { severity: p.recovered ? 'info' : 'warning', agent: this.config.agentId, code: p.code, message: p.message, ...(this.statusPublisher.current.round !== null ? { round: this.statusPublisher.current.round } : {}) });
+    this.emitEvent('alert', {
+      severity: p.recovered ? 'info' : 'warning',
+      agent: this.config.agentId,
+      code: p.code,
+      message: p.message,
+      ...(this.statusPublisher.current.round !== null ? { round: this.statusPublisher.current.round } : {}),
+    });
   };
 
   /** Resolves when the work on the current round (if any) has ended. */
@@ -175,7 +180,9 @@ export class EdgeAgent extends EventEmitter {
     if (ann.state === 'complete') {
       cur?.controller.abort(new FedlineError(ErrorCodes.ABORTED, 'federation complete'));
       this.log.info({ finalVersion: ann.base.version }, 'federation complete');
-      this.setStatus({ state: 'idle', round: null, progress: null, detail: `federation complete; final model version ${ann.base.version}` }, true).catch(() => undefined);
+      this.setStatus({ state: 'idle', round: null, progress: null, detail: `federation complete; final model version ${ann.base.version}` }, true).catch(
+        () => undefined,
+      );
       this.emit('complete', ann);
       return;
     }
@@ -225,7 +232,10 @@ export class EdgeAgent extends EventEmitter {
       const metricsBefore = await this.evaluateAndReport(trainer, model, round, downloadedBytes, log);
       if (ann.kind === 'evaluate') {
         this.finishedRounds.add(round);
-        await this.setStatus({ state: 'idle', round, progress: null, detail: `evaluated model version ${model.version}: accuracy ${metricsBefore.accuracy.toFixed(3)}` }, true);
+        await this.setStatus(
+          { state: 'idle', round, progress: null, detail: `evaluated model version ${model.version}: accuracy ${metricsBefore.accuracy.toFixed(3)}` },
+          true,
+        );
         return { round, outcome: 'evaluated' };
       }
       // 3. local training, unless this round's update was already made before a restart
@@ -250,7 +260,15 @@ export class EdgeAgent extends EventEmitter {
     await this.setStatus({ state: 'evaluating', round, progress: null, detail: `global model version ${model.version}` }, true);
     const metricsBefore = await trainer.evaluate(model);
     log.info({ version: model.version, accuracy: metricsBefore.accuracy }, 'global model evaluated on the local test split');
-    const report: EvalReportMsg = { v: PROTOCOL_VERSION, type: 'eval', round, agent: this.config.agentId, baseVersion: model.version, metrics: metricsBefore, downloadedBytes };
+    const report: EvalReportMsg = {
+      v: PROTOCOL_VERSION,
+      type: 'eval',
+      round,
+      agent: this.config.agentId,
+      baseVersion: model.version,
+      metrics: metricsBefore,
+      downloadedBytes,
+    };
     await this.transport.publish(this.topics.update(round, this.config.agentId), packMsg(report), { qos: 1 });
     return metricsBefore;
   }
@@ -261,14 +279,27 @@ export class EdgeAgent extends EventEmitter {
     const prior = await this.journal?.record(round);
     if (!prior || prior.baseVersion !== baseVersion || prior.state === 'pending') return null;
     this.finishedRounds.add(round);
-    log.info({ state: prior.state }, 'this round\'s update was already settled before a restart; not sending it again');
+    log.info({ state: prior.state }, "this round's update was already settled before a restart; not sending it again");
     await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} ${prior.state} (before restart)` }, true);
     return { round, outcome: prior.state };
   }
 
   /** Train, encode the update, and record it on disk before the first chunk leaves (a power cut from then on resumes the upload). */
-  private async makeUpdate(trainer: Trainer, model: GlobalModel, ann: RoundAnnouncement, metricsBefore: EvalMetrics, signal: AbortSignal, log: Logger): Promise<LocalUpdate> {
-    const deps = { agentId: this.config.agentId, window: this.window, log, setStatus: this.setStatus.bind(this), isTraining: () => this.statusPublisher.current.state === 'training' };
+  private async makeUpdate(
+    trainer: Trainer,
+    model: GlobalModel,
+    ann: RoundAnnouncement,
+    metricsBefore: EvalMetrics,
+    signal: AbortSignal,
+    log: Logger,
+  ): Promise<LocalUpdate> {
+    const deps = {
+      agentId: this.config.agentId,
+      window: this.window,
+      log,
+      setStatus: this.setStatus.bind(this),
+      isTraining: () => this.statusPublisher.current.state === 'training',
+    };
     const bundle = await trainLocalUpdate(deps, trainer, model, ann, metricsBefore, signal);
     const saved =
       (await this.journal?.savePending(ann.round, model.version, bundle).catch((err: Error) => {

@@ -13,7 +13,9 @@ export function checkModelSignature(verify: ModelVerifier | null, ref: ModelRef)
   if (verify && !verify(ref.version, ref.sha256, ref.signature)) {
     throw new FedlineError(
       ErrorCodes.MODEL_SIGNATURE,
-      ref.signature ? `model version ${ref.version} (sha256 ${ref.sha256.slice(0, 12)}…) has a signature that does not verify with the aggregator's public key; refusing it` : `model version ${ref.version} is not signed; refusing it (modelPublicKeyFile is set)`,
+      ref.signature
+        ? `model version ${ref.version} (sha256 ${ref.sha256.slice(0, 12)}…) has a signature that does not verify with the aggregator's public key; refusing it`
+        : `model version ${ref.version} is not signed; refusing it (modelPublicKeyFile is set)`,
     );
   }
 }
@@ -26,6 +28,7 @@ export function decodeBaseModel(bundle: Uint8Array, ref: ModelRef): GlobalModel 
   } catch (err) {
     throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `global model version ${ref.version} cannot be read: ${describeError(err).message}`);
   }
-  if (decoded.header.meta.version !== ref.version) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `bundle says version ${decoded.header.meta.version}, announced ${ref.version}`);
+  if (decoded.header.meta.version !== ref.version)
+    throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `bundle says version ${decoded.header.meta.version}, announced ${ref.version}`);
   return { version: ref.version, sha256: ref.sha256, meta: decoded.header.meta, tensors: bundleTensors(decoded) };
 }

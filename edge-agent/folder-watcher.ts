@@ -79,20 +79,23 @@ export class FolderWatcher {
   }
 
   private settle(name: string, previous: string | null): void {
-    const timer = setTimeout(async () => {
-      this.settling.delete(name);
-      if (this.stopped) return;
-      const s = await stat(join(this.o.dir, name)).catch(() => null);
-      if (!s || !s.isFile()) {
-        if (!s) this.handed.delete(name);
-        return;
-      }
-      const sig = `${s.size}:${s.mtimeMs}`;
-      if (this.handed.get(name) === sig) return;
-      if (sig !== previous) return this.settle(name, sig); // still changing: wait once more
-      this.handed.set(name, sig);
-      this.o.onFile(join(this.o.dir, name));
-    }, previous === null ? 0 : this.o.settleMs);
+    const timer = setTimeout(
+      async () => {
+        this.settling.delete(name);
+        if (this.stopped) return;
+        const s = await stat(join(this.o.dir, name)).catch(() => null);
+        if (!s || !s.isFile()) {
+          if (!s) this.handed.delete(name);
+          return;
+        }
+        const sig = `${s.size}:${s.mtimeMs}`;
+        if (this.handed.get(name) === sig) return;
+        if (sig !== previous) return this.settle(name, sig); // still changing: wait once more
+        this.handed.set(name, sig);
+        this.o.onFile(join(this.o.dir, name));
+      },
+      previous === null ? 0 : this.o.settleMs,
+    );
     this.settling.set(name, timer);
   }
 }

@@ -39,7 +39,9 @@ export async function startInspection(config: Readonly<InspectConfig>, logger: L
     maxModelBytes: config.maxModelBytes,
     maxQueuedImages: config.maxQueuedImages,
     log,
-    ...(verifyKey ? { verifyModel: (version: number, sha256: string, signature: string | null) => verifyModelSignature(verifyKey, version, sha256, signature) } : {}),
+    ...(verifyKey
+      ? { verifyModel: (version: number, sha256: string, signature: string | null) => verifyModelSignature(verifyKey, version, sha256, signature) }
+      : {}),
   });
   await service.start();
   return {

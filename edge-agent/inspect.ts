@@ -111,10 +111,18 @@ export class InspectionService extends EventEmitter {
     if (this.o.watch) {
       await mkdir(this.o.watch.dir, { recursive: true });
       if (this.o.watch.archiveDir) await mkdir(this.o.watch.archiveDir, { recursive: true });
-      this.watcher = new FolderWatcher({ ...this.o.watch, includeExisting: true, log: this.log, onFile: (path) => this.enqueue({ source: { kind: 'file', path }, bytes: null, receivedAt: Date.now() }) });
+      this.watcher = new FolderWatcher({
+        ...this.o.watch,
+        includeExisting: true,
+        log: this.log,
+        onFile: (path) => this.enqueue({ source: { kind: 'file', path }, bytes: null, receivedAt: Date.now() }),
+      });
       await this.watcher.start();
     }
-    this.log.info({ watch: this.o.watch?.dir ?? null, imagesTopic: this.o.imagesTopic ?? null, verdictTopic: this.o.verdictTopic }, 'inspection service started; waiting for the global model');
+    this.log.info(
+      { watch: this.o.watch?.dir ?? null, imagesTopic: this.o.imagesTopic ?? null, verdictTopic: this.o.verdictTopic },
+      'inspection service started; waiting for the global model',
+    );
   }
 
   async stop(): Promise<void> {
@@ -163,7 +171,10 @@ export class InspectionService extends EventEmitter {
     if (this.o.verifyModel && !this.o.verifyModel(manifest.version, manifest.sha256, manifest.signature)) {
       // A model nobody but the aggregator may publish: keep classifying with the current one.
       this.counters.inc(ErrorCodes.MODEL_SIGNATURE);
-      this.log.warn({ topic: m.topic, code: ErrorCodes.MODEL_SIGNATURE, version: manifest.version }, `model version ${manifest.version} is ${manifest.signature ? 'signed with another key' : 'not signed'}; refusing it`);
+      this.log.warn(
+        { topic: m.topic, code: ErrorCodes.MODEL_SIGNATURE, version: manifest.version },
+        `model version ${manifest.version} is ${manifest.signature ? 'signed with another key' : 'not signed'}; refusing it`,
+      );
       return;
     }
     const have = this.modelVersion ?? -1;
@@ -196,7 +207,10 @@ export class InspectionService extends EventEmitter {
           if (this.stopped) return;
           const { code, message } = describeError(err);
           this.counters.inc(code);
-          this.log.error({ code, version: target.version }, `could not load global model version ${target.version}: ${message}; keeping version ${this.modelVersion ?? 'none'}`);
+          this.log.error(
+            { code, version: target.version },
+            `could not load global model version ${target.version}: ${message}; keeping version ${this.modelVersion ?? 'none'}`,
+          );
           if (this.wanted === target) {
             // Try again after a pause, unless a newer version shows up meanwhile.
             await new Promise((r) => setTimeout(r, 5000).unref());
@@ -211,7 +225,11 @@ export class InspectionService extends EventEmitter {
   private async fetch(manifest: ModelManifest): Promise<Classifier> {
     let bundle = await this.o.cache.get(manifest.version, manifest.sha256);
     if (!bundle) {
-      bundle = await downloadModel(this.o.transport, this.o.topics, manifest, this.log, { maxModelBytes: this.o.maxModelBytes, stallMs: 30_000, signal: this.fetchAbort.signal });
+      bundle = await downloadModel(this.o.transport, this.o.topics, manifest, this.log, {
+        maxModelBytes: this.o.maxModelBytes,
+        stallMs: 30_000,
+        signal: this.fetchAbort.signal,
+      });
       await this.o.cache.put(manifest.version, manifest.sha256, bundle).catch((err: Error) => this.log.warn({ err: err.message }, 'could not cache the model'));
     }
     return this.o.classifierFor(bundle);

@@ -32,15 +32,29 @@ interface LocalUpdateDeps {
  * progress in the status) and its update, encoded chunk by chunk as it is read (f32/f16/q8,
  * optionally as a difference to the base).
  */
-export async function trainLocalUpdate(d: LocalUpdateDeps, trainer: Trainer, model: GlobalModel, ann: RoundAnnouncement, metricsBefore: EvalMetrics, signal: AbortSignal): Promise<BundleSource> {
+export async function trainLocalUpdate(
+  d: LocalUpdateDeps,
+  trainer: Trainer,
+  model: GlobalModel,
+  ann: RoundAnnouncement,
+  metricsBefore: EvalMetrics,
+  signal: AbortSignal,
+): Promise<BundleSource> {
   const { round } = ann;
   const { log } = d;
-  const federatedNames = resolveFederated(ann.task.federated, model.tensors.map((t) => t.name), model.meta.headTensors);
+  const federatedNames = resolveFederated(
+    ann.task.federated,
+    model.tensors.map((t) => t.name),
+    model.meta.headTensors,
+  );
   await d.setStatus({ state: 'training', round, progress: 0, detail: `${ann.task.epochs} epoch(s) on ${trainer.samples.train} images` }, true);
   const onProgress = (p: TrainProgress) => {
     if (!d.isTraining()) return;
     const progress = (p.epoch * p.batchesPerEpoch + p.batch) / (p.epochs * p.batchesPerEpoch);
-    d.setStatus({ progress, detail: `epoch ${p.epoch + 1}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}` }).catch(() => undefined);
+    d.setStatus({
+      progress,
+      detail: `epoch ${p.epoch + 1}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}`,
+    }).catch(() => undefined);
   };
   const result = d.window
     ? await d.window.train(trainer, model, ann.task, federatedNames, {
@@ -49,11 +63,16 @@ export async function trainLocalUpdate(d: LocalUpdateDeps, trainer: Trainer, mod
         onProgress,
         onPaused: (at, why) => {
           log.info({ epoch: at.epoch, batch: at.batch }, 'training paused at a batch boundary: the training window closed');
-          d.setStatus({ state: 'paused', detail: `paused before epoch ${at.epoch + 1}/${at.epochs}, batch ${at.batch + 1}/${at.batchesPerEpoch}: ${why}` }, true).catch(() => undefined);
+          d.setStatus(
+            { state: 'paused', detail: `paused before epoch ${at.epoch + 1}/${at.epochs}, batch ${at.batch + 1}/${at.batchesPerEpoch}: ${why}` },
+            true,
+          ).catch(() => undefined);
         },
         onResumed: (at) => {
           log.info({ epoch: at.epoch, batch: at.batch }, 'training resumed: the training window opened');
-          d.setStatus({ state: 'training', detail: `resumed at epoch ${at.epoch + 1}/${at.epochs}, batch ${at.batch + 1}/${at.batchesPerEpoch}` }, true).catch(() => undefined);
+          d.setStatus({ state: 'training', detail: `resumed at epoch ${at.epoch + 1}/${at.epochs}, batch ${at.batch + 1}/${at.batchesPerEpoch}` }, true).catch(
+            () => undefined,
+          );
         },
       })
     : await trainer.train(model, ann.task, federatedNames, { signal, onProgress });
@@ -71,5 +90,9 @@ export async function trainLocalUpdate(d: LocalUpdateDeps, trainer: Trainer, mod
     backend: trainer.backend,
     delta: ann.delta,
   };
-  return encodeUpdateSource(result.tensors.map(tensorValues), meta, { encoding: ann.encoding, delta: ann.delta, base: new Map(model.tensors.map((t) => [t.name, t.data])) });
+  return encodeUpdateSource(result.tensors.map(tensorValues), meta, {
+    encoding: ann.encoding,
+    delta: ann.delta,
+    base: new Map(model.tensors.map((t) => [t.name, t.data])),
+  });
 }

@@ -35,7 +35,12 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, 
   const topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
   const verifyKey = config.modelPublicKeyFile ? loadVerifyKey(config.modelPublicKeyFile) : null;
   const offline = encodeJson({ ...offlineStatus(config.agentId), ts: Date.now() });
-  const transport = await connectMqtt(config.mqtt, `fedline-agent-${config.agentId}`.slice(0, 128), logger, { topic: topics.status(config.agentId), payload: offline, qos: 1, retain: true });
+  const transport = await connectMqtt(config.mqtt, `fedline-agent-${config.agentId}`.slice(0, 128), logger, {
+    topic: topics.status(config.agentId),
+    payload: offline,
+    qos: 1,
+    retain: true,
+  });
   const log = logger.child({ agent: config.agentId });
   let agent: EdgeAgent | null = null;
   const gate = buildGate(config.trigger, {
@@ -52,7 +57,9 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, 
     transport,
     cache: new ModelCache(join(config.stateDir, 'models'), log),
     journal: new UpdateJournal(join(config.stateDir, 'uploads')),
-    ...(verifyKey ? { verifyModel: (version: number, sha256: string, signature: string | null) => verifyModelSignature(verifyKey, version, sha256, signature) } : {}),
+    ...(verifyKey
+      ? { verifyModel: (version: number, sha256: string, signature: string | null) => verifyModelSignature(verifyKey, version, sha256, signature) }
+      : {}),
     logger,
     trainerFor: async ({ classes, inputShape, normalization }) => {
       const runtime = await loadTf(config.training.backend, log);
@@ -67,10 +74,20 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, 
       });
       // Every problem is named; past a hundred lines the rest is counted (a folder of odd images should not flood the log).
       for (const problem of data.problems.slice(0, MAX_LOGGED_PROBLEMS)) log.warn({ module: 'data' }, problem);
-      if (data.problems.length > MAX_LOGGED_PROBLEMS) log.warn({ module: 'data', more: data.problems.length - MAX_LOGGED_PROBLEMS }, 'more image problems not listed');
+      if (data.problems.length > MAX_LOGGED_PROBLEMS)
+        log.warn({ module: 'data', more: data.problems.length - MAX_LOGGED_PROBLEMS }, 'more image problems not listed');
       const cached = data.train.cached + data.test.cached;
       log.info(
-        { train: data.counts.train, test: data.counts.test, classes, problems: data.problems.length, decoder: data.decoder, normalization, cached, streamed: data.train.count + data.test.count - cached },
+        {
+          train: data.counts.train,
+          test: data.counts.test,
+          classes,
+          problems: data.problems.length,
+          decoder: data.decoder,
+          normalization,
+          cached,
+          streamed: data.train.count + data.test.count - cached,
+        },
         'local images loaded',
       );
       const trainer = new TfjsTrainer(runtime, data, { shuffleSeed: config.training.shuffleSeed, augmentation: config.data.augmentation });

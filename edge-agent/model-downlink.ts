@@ -27,7 +27,13 @@ interface Assembly<T> {
 
 /** Fetch a global model into memory (small models, tests). See downloadModelToFile for large ones. */
 export function downloadModel(transport: Transport, topics: Topics, ref: ModelRef, log: Logger, options: DownloadOptions): Promise<Buffer> {
-  const r = new Reassembler({ total: ref.chunks, bundleBytes: ref.bytes, chunkBytes: ref.chunkBytes, sha256: ref.sha256, maxBundleBytes: options.maxModelBytes });
+  const r = new Reassembler({
+    total: ref.chunks,
+    bundleBytes: ref.bytes,
+    chunkBytes: ref.chunkBytes,
+    sha256: ref.sha256,
+    maxBundleBytes: options.maxModelBytes,
+  });
   return download(transport, topics, ref, log, options, { sink: r, finish: async () => r.finish(), abandon: () => undefined });
 }
 
@@ -37,7 +43,14 @@ export function downloadModel(transport: Transport, topics: Topics, ref: ModelRe
  * On any failure the file is deleted.
  */
 export function downloadModelToFile(transport: Transport, topics: Topics, ref: ModelRef, path: string, log: Logger, options: DownloadOptions): Promise<string> {
-  const r = new FileReassembler({ path, total: ref.chunks, bundleBytes: ref.bytes, chunkBytes: ref.chunkBytes, maxBundleBytes: options.maxModelBytes, syncEveryBytes: 0 });
+  const r = new FileReassembler({
+    path,
+    total: ref.chunks,
+    bundleBytes: ref.bytes,
+    chunkBytes: ref.chunkBytes,
+    maxBundleBytes: options.maxModelBytes,
+    syncEveryBytes: 0,
+  });
   return download(transport, topics, ref, log, options, { sink: r, finish: () => r.finish(ref.sha256), abandon: () => r.discard() });
 }
 
@@ -69,7 +82,10 @@ function download<T>(transport: Transport, topics: Topics, ref: ModelRef, log: L
       clearTimeout(stallTimer);
       stallTimer = setTimeout(async () => {
         if (settled) return;
-        log.warn({ version: ref.version, have: assembler.sink.receivedChunks, total: ref.chunks }, 'model download stalled; asking the broker for the retained chunks again');
+        log.warn(
+          { version: ref.version, have: assembler.sink.receivedChunks, total: ref.chunks },
+          'model download stalled; asking the broker for the retained chunks again',
+        );
         try {
           await transport.unsubscribe(filter, onChunk);
           await transport.subscribe(filter, onChunk);
@@ -88,7 +104,11 @@ function download<T>(transport: Transport, topics: Topics, ref: ModelRef, log: L
         if (!where || where.version !== msg.version || where.seq !== msg.seq || msg.version !== ref.version) {
           throw new FedlineError(ErrorCodes.MSG_TOPIC, `model chunk ${msg.version}/${msg.seq} arrived on ${m.topic}`);
         }
-        if (msg.sha256 !== ref.sha256) throw new FedlineError(ErrorCodes.CHUNK_MISMATCH, `model chunk ${msg.seq} is of a bundle with SHA-256 ${msg.sha256.slice(0, 12)}…, the round announced ${ref.sha256.slice(0, 12)}…`);
+        if (msg.sha256 !== ref.sha256)
+          throw new FedlineError(
+            ErrorCodes.CHUNK_MISMATCH,
+            `model chunk ${msg.seq} is of a bundle with SHA-256 ${msg.sha256.slice(0, 12)}…, the round announced ${ref.sha256.slice(0, 12)}…`,
+          );
         if (assembler.sink.accept(msg) === 'added') {
           armStall();
           options.onProgress?.(assembler.sink.receivedChunks, assembler.sink.total);

@@ -81,12 +81,17 @@ export class TrainingWindow {
   async train(trainer: Trainer, model: GlobalModel, task: TrainTask, federatedNames: readonly string[], o: WindowedTrainingOptions): Promise<TrainResult> {
     const missed = new AbortController();
     const signal = AbortSignal.any([o.signal, missed.signal]);
-    const session = new TrainingSession(trainer, model, task, federatedNames, { signal, ...(o.onProgress ? { onProgress: o.onProgress } : {}), now: () => this.clock.now() });
+    const session = new TrainingSession(trainer, model, task, federatedNames, {
+      signal,
+      ...(o.onProgress ? { onProgress: o.onProgress } : {}),
+      now: () => this.clock.now(),
+    });
     let deadlineTimer: unknown = null;
     const giveUpIfHopeless = () => {
       if (session.state !== 'paused' && session.state !== 'pausing') return;
       const plan = this.gate.plan(o.deadlineAt);
-      if (plan.action === 'give-up') missed.abort(new FedlineError(ErrorCodes.WINDOW_MISSED, `${plan.reason}; the paused training is dropped`, { deadlineAt: o.deadlineAt }));
+      if (plan.action === 'give-up')
+        missed.abort(new FedlineError(ErrorCodes.WINDOW_MISSED, `${plan.reason}; the paused training is dropped`, { deadlineAt: o.deadlineAt }));
     };
     const onChange = (snap: GateSnapshot) => {
       if (snap.open) session.resume();

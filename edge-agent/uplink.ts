@@ -62,7 +62,13 @@ const VERDICT = Symbol('verdict');
  * aggregator (ten agents sending at once) holds back the senders instead of filling the broker
  * (edge-agent/upload-credit.ts).
  */
-export async function sendUpdate(transport: Transport, topics: Topics, update: Uint8Array | BundleSource, log: Logger, options: UplinkOptions): Promise<UplinkResult> {
+export async function sendUpdate(
+  transport: Transport,
+  topics: Topics,
+  update: Uint8Array | BundleSource,
+  log: Logger,
+  options: UplinkOptions,
+): Promise<UplinkResult> {
   return new UpdateUpload(transport, topics, isBundleSource(update) ? update : memorySource(update), log, options).run();
 }
 
@@ -127,7 +133,11 @@ class UpdateUpload {
   private async firstPass(): Promise<{ finished: boolean; sha256: string }> {
     const known = this.options.sha256 ?? null;
     if (this.options.resume) {
-      if (known === null) throw new FedlineError(ErrorCodes.MODEL_STORE, 'resuming an upload needs its SHA-256 (from the update journal)', { round: this.round, upload: this.upload });
+      if (known === null)
+        throw new FedlineError(ErrorCodes.MODEL_STORE, 'resuming an upload needs its SHA-256 (from the update journal)', {
+          round: this.round,
+          upload: this.upload,
+        });
       return { finished: true, sha256: known };
     }
     const hash = known === null ? createHash('sha256') : undefined;
@@ -140,7 +150,9 @@ class UpdateUpload {
     const { round, agent, upload, total, bundleBytes, signal } = this;
     for (;;) {
       if (signal?.aborted) throw signal.reason ?? new FedlineError(ErrorCodes.ABORTED, 'upload aborted');
-      await this.transport.publish(this.updateTopic, packMsg({ v: PROTOCOL_VERSION, type: 'update-done', round, agent, upload, total, bundleBytes, sha256 }), { qos: 1 });
+      await this.transport.publish(this.updateTopic, packMsg({ v: PROTOCOL_VERSION, type: 'update-done', round, agent, upload, total, bundleBytes, sha256 }), {
+        qos: 1,
+      });
       const ack = await this.nextAck(this.options.ackTimeoutMs);
       if (!ack) {
         this.log.warn({ round, timeoutMs: this.options.ackTimeoutMs }, 'no verdict from the aggregator yet; asking again');
@@ -157,13 +169,22 @@ class UpdateUpload {
   }
 
   private result(ack: AckMsg, sha256: string): UplinkResult {
-    return { ack, sentBytes: this.sentBytes, resentChunks: this.resentChunks, sha256, upload: this.upload, creditWaits: this.credit.waits, creditTimeouts: this.credit.timeouts };
+    return {
+      ack,
+      sentBytes: this.sentBytes,
+      resentChunks: this.resentChunks,
+      sha256,
+      upload: this.upload,
+      creditWaits: this.credit.waits,
+      creditTimeouts: this.credit.timeouts,
+    };
   }
 
   private readonly onAck = (m: InboundMessage): void => {
     try {
       const ack = decodeMsgpack(m.payload, ackSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'ack' });
-      if (ack.round !== this.round || ack.agent !== this.agent) throw new FedlineError(ErrorCodes.MSG_TOPIC, `ack for round ${ack.round}/${ack.agent} on ${m.topic}`);
+      if (ack.round !== this.round || ack.agent !== this.agent)
+        throw new FedlineError(ErrorCodes.MSG_TOPIC, `ack for round ${ack.round}/${ack.agent} on ${m.topic}`);
       if (ack.upload !== null && ack.upload !== this.upload) return; // about an earlier upload
       if (ack.status === 'progress') {
         // The wire field `window` is the credit the aggregator grants this sender now.

@@ -46,7 +46,10 @@ export class UploadCredit {
       const left = this.timeoutMs - (Date.now() - started);
       if (left <= 0) {
         // Progress acks lost or an aggregator without flow control: go on; resends repair any loss.
-        this.log.warn({ round: this.round, index, stored: this.stored, credit: this.credit }, 'no progress from the aggregator; sending on without flow-control credit until it reports again');
+        this.log.warn(
+          { round: this.round, index, stored: this.stored, credit: this.credit },
+          'no progress from the aggregator; sending on without flow-control credit until it reports again',
+        );
         this.lost = true;
         this.timeouts++;
         return;

@@ -52,8 +52,12 @@ function armSettings(config: ExperimentConfig, name: ArmName): ArmSettings | nul
 }
 
 const progress = (say: (line: string) => void, label: string) => (r: RoundRecord) => {
-  const accs = Object.entries(r.baseMetrics).map(([k, v]) => `${k} ${v.accuracy.toFixed(3)}`).join(', ');
-  say(`  ${label} round ${r.round}: model v${r.baseVersion} before training: ${accs}; lr ${r.learningRate.toPrecision(3)}${Object.keys(r.trainMs).length ? `, ${(Math.max(...Object.values(r.trainMs)) / 1000).toFixed(1)} s training` : ''}`);
+  const accs = Object.entries(r.baseMetrics)
+    .map(([k, v]) => `${k} ${v.accuracy.toFixed(3)}`)
+    .join(', ');
+  say(
+    `  ${label} round ${r.round}: model v${r.baseVersion} before training: ${accs}; lr ${r.learningRate.toPrecision(3)}${Object.keys(r.trainMs).length ? `, ${(Math.max(...Object.values(r.trainMs)) / 1000).toFixed(1)} s training` : ''}`,
+  );
 };
 
 /** 1. centralized: one trainer on every site's training images pooled. */
@@ -162,7 +166,9 @@ export async function runFederatedArms(ctx: ArmContext): Promise<void> {
   for (const arm of federatedArms) {
     const settings = armSettings(ctx.config, arm.name);
     if (!settings) continue;
-    ctx.say(`${arm.name}: ${ctx.sites.length} sites, federate ${arm.federate}, ${arm.init} init, ${settings.rounds} rounds x ${settings.epochs} local epochs (${ctx.config.mode})`);
+    ctx.say(
+      `${arm.name}: ${ctx.sites.length} sites, federate ${arm.federate}, ${arm.init} init, ${settings.rounds} rounds x ${settings.epochs} local epochs (${ctx.config.mode})`,
+    );
     const run = ctx.config.mode === 'mqtt' ? await federatedOverMqtt(ctx, arm, settings) : await federatedInProcess(ctx, arm, settings);
     const trained = run.rounds.filter((r) => r.newVersion !== null);
     const up = trained.reduce((s, r) => s + r.bytesUp, 0);
@@ -180,7 +186,12 @@ export async function runFederatedArms(ctx: ArmContext): Promise<void> {
         reason: run.reason,
         roundsToTarget: roundsToTarget(run.rounds, run.finalMetrics, ctx.siteIds, ctx.config.targetAccuracy),
         targetSites: ctx.siteIds,
-        bytes: { upPerRound: trained.length ? up / trained.length : 0, downPerRound: trained.length ? down / trained.length : 0, total: up + down, imagesMoved: 0 },
+        bytes: {
+          upPerRound: trained.length ? up / trained.length : 0,
+          downPerRound: trained.length ? down / trained.length : 0,
+          total: up + down,
+          imagesMoved: 0,
+        },
         modelDir: run.modelDir,
       },
       run.final,
@@ -222,7 +233,13 @@ async function federatedOverMqtt(ctx: ArmContext, arm: FederatedArm, settings: A
     federate: arm.federate,
     model: arm.init === 'pretrained' ? ctx.initial.pretrainedSpec : ctx.spec,
     targetAccuracy: config.stopAtTarget ? config.targetAccuracy : null,
-    data: { testFraction: config.testFraction, splitSeed: config.splitSeed ?? config.seed, cacheMB: config.training.cacheMB, decoder: config.training.decoder, augmentation: config.training.augmentation },
+    data: {
+      testFraction: config.testFraction,
+      splitSeed: config.splitSeed ?? config.seed,
+      cacheMB: config.training.cacheMB,
+      decoder: config.training.decoder,
+      augmentation: config.training.augmentation,
+    },
     training: { backend: config.training.backend, shuffleSeed: config.training.shuffleSeed },
     chunkBytes: config.mqtt.chunkBytes,
     roundDeadlineMs: config.mqtt.roundDeadlineMs,

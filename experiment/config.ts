@@ -132,7 +132,11 @@ export const experimentConfigSchema = z.strictObject({
   mqtt: z
     .strictObject({
       /** Chunk size of models and updates, bytes. Default 262144. */
-      chunkBytes: z.number().int().min(1024).default(256 * 1024),
+      chunkBytes: z
+        .number()
+        .int()
+        .min(1024)
+        .default(256 * 1024),
       /** Deadline of each round, ms. Default 3600000. */
       roundDeadlineMs: posInt.default(3_600_000),
     })

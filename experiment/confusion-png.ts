@@ -65,7 +65,10 @@ type Rgb = readonly [number, number, number];
 
 class Raster {
   readonly png: PNG;
-  constructor(readonly width: number, readonly height: number) {
+  constructor(
+    readonly width: number,
+    readonly height: number,
+  ) {
     this.png = new PNG({ width, height });
     this.fill(0, 0, width, height, [255, 255, 255]);
   }
@@ -84,7 +87,8 @@ class Raster {
   text(s: string, x: number, y: number, scale: number, c: Rgb): void {
     [...s].forEach((ch, i) => {
       const g = glyph(ch);
-      for (let r = 0; r < 7; r++) for (let col = 0; col < 5; col++) if (g[r * 5 + col] === '#') this.fill(x + (i * 6 + col) * scale, y + r * scale, scale, scale, c);
+      for (let r = 0; r < 7; r++)
+        for (let col = 0; col < 5; col++) if (g[r * 5 + col] === '#') this.fill(x + (i * 6 + col) * scale, y + r * scale, scale, scale, c);
     });
   }
 }

@@ -46,7 +46,9 @@ export async function prepareDataLayout(config: ExperimentConfig, needPretrainin
     if (needPretraining && !referenceDir) parts.push('reference');
     const t0 = Date.now();
     const gen = await generateExperimentData({ out: dataDir, seed, size: config.data.size, scale: config.data.scale, parts });
-    say(`generated ${gen.files} images (${config.data.size}x${config.data.size} px, seed ${seed}, scale ${config.data.scale}) in ${dataDir} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+    say(
+      `generated ${gen.files} images (${config.data.size}x${config.data.size} px, seed ${seed}, scale ${config.data.scale}) in ${dataDir} (${((Date.now() - t0) / 1000).toFixed(1)} s)`,
+    );
     return {
       sites: gen.clients.map((c) => ({ id: c.name, dir: c.dir })),
       external: gen.external?.dir ?? null,
@@ -57,9 +59,16 @@ export async function prepareDataLayout(config: ExperimentConfig, needPretrainin
   }
   const d = config.data;
   const sites = Object.entries(d.sites).map(([id, dir]) => ({ id, dir }));
-  const probes = Object.entries(d.probes ?? {}).map(([id, dir]) => ({ id, dir, product: d.probeSites?.[id]?.product ?? null, defectOf: d.probeSites?.[id]?.defectOf ?? null }));
+  const probes = Object.entries(d.probes ?? {}).map(([id, dir]) => ({
+    id,
+    dir,
+    product: d.probeSites?.[id]?.product ?? null,
+    defectOf: d.probeSites?.[id]?.defectOf ?? null,
+  }));
   for (const p of probes) {
-    for (const s of [p.product, p.defectOf]) if (s !== null && !sites.some((x) => x.id === s)) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `probe ${p.id}: site "${s}" is not one of data.sites (${sites.map((x) => x.id).join(', ')})`);
+    for (const s of [p.product, p.defectOf])
+      if (s !== null && !sites.some((x) => x.id === s))
+        throw new FedlineError(ErrorCodes.CONFIG_INVALID, `probe ${p.id}: site "${s}" is not one of data.sites (${sites.map((x) => x.id).join(', ')})`);
   }
   return { sites, external: d.external ?? null, probes, classes: [...d.classes], referenceDir };
 }
@@ -67,7 +76,8 @@ export async function prepareDataLayout(config: ExperimentConfig, needPretrainin
 /** The class counted as a defect (configured, else NOT_OKAY when it is a class) and its index (-1: none). */
 export function defectClassOf(config: ExperimentConfig, classes: readonly string[]): { defectClass: string | null; defectIndex: number } {
   const defectClass = config.defectClass === undefined ? (classes.includes('NOT_OKAY') ? 'NOT_OKAY' : null) : config.defectClass;
-  if (defectClass !== null && !classes.includes(defectClass)) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `defectClass "${defectClass}" is not one of the classes (${classes.join(', ')})`);
+  if (defectClass !== null && !classes.includes(defectClass))
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `defectClass "${defectClass}" is not one of the classes (${classes.join(', ')})`);
   return { defectClass, defectIndex: defectClass === null ? -1 : classes.indexOf(defectClass) };
 }
 
@@ -121,7 +131,10 @@ export function dataSummary(layout: DataLayout, data: LoadedData): ExperimentRes
   const { siteData, externalSet, probeSets } = data;
   return {
     sites: Object.fromEntries(sites.map((s) => [s.id, { dir: s.dir, train: siteData.get(s.id)!.counts.train, test: siteData.get(s.id)!.counts.test }])),
-    external: externalSet && external ? { dir: external, count: externalSet.count, perClass: classes.map((_, c) => externalSet.labels.filter((l) => l === c).length) } : null,
+    external:
+      externalSet && external
+        ? { dir: external, count: externalSet.count, perClass: classes.map((_, c) => externalSet.labels.filter((l) => l === c).length) }
+        : null,
     probes: Object.fromEntries(probes.map((p) => [p.id, { dir: p.dir, count: probeSets.get(p.id)!.count, product: p.product, defectOf: p.defectOf }])),
   };
 }

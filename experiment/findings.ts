@@ -16,7 +16,10 @@ export function pooledRecall(metrics: readonly EvalMetrics[], cls: number): numb
 
 /** "Other clients' defects" for a site: the defect images of the other sites' test splits and the probes whose defect is not this site's own. */
 export function foreignDefectSets(site: string, sites: readonly Site[], probes: readonly Probe[]): string[] {
-  return [...sites.filter((s) => s.id !== site).map((s) => `site:${s.id}`), ...probes.filter((p) => p.defectOf !== null && p.defectOf !== site).map((p) => `probe:${p.id}`)];
+  return [
+    ...sites.filter((s) => s.id !== site).map((s) => `site:${s.id}`),
+    ...probes.filter((p) => p.defectOf !== null && p.defectOf !== site).map((p) => `probe:${p.id}`),
+  ];
 }
 
 /** The paper's qualitative findings, checked on these results. */
@@ -29,7 +32,11 @@ export function findings(models: readonly ModelResult[], sites: readonly Site[],
   if (fed && central) {
     const a = fed.eval['local-test']!.accuracy;
     const b = central.eval['local-test']!.accuracy;
-    out.push({ claim: 'federated (full fine-tune) is close to centralized on the local test splits (within 5 points)', holds: Math.abs(a - b) <= 0.05, detail: `federated-all ${pct(a)}, centralized ${pct(b)}` });
+    out.push({
+      claim: 'federated (full fine-tune) is close to centralized on the local test splits (within 5 points)',
+      holds: Math.abs(a - b) <= 0.05,
+      detail: `federated-all ${pct(a)}, centralized ${pct(b)}`,
+    });
   }
   const locals = models.filter((m) => m.arm === 'local-only');
   if (fed && locals.length > 0 && defectIndex >= 0) {
@@ -40,7 +47,8 @@ export function findings(models: readonly ModelResult[], sites: readonly Site[],
       return { site: l.site!, local: mine, fed: theirs, wins: mine !== null && theirs !== null && theirs > mine };
     });
     out.push({
-      claim: "federated beats every local-only model on other clients' defects (defect recall on the other sites' test splits and the probes with a foreign defect)",
+      claim:
+        "federated beats every local-only model on other clients' defects (defect recall on the other sites' test splits and the probes with a foreign defect)",
       holds: parts.every((p) => p.wins),
       detail: parts.map((p) => `${p.site}'s foreign defects: federated-all ${pct(p.fed)} vs local-only:${p.site} ${pct(p.local)}`).join('; '),
     });
@@ -49,7 +57,11 @@ export function findings(models: readonly ModelResult[], sites: readonly Site[],
   if (fed && head && fed.eval.external && head.eval.external) {
     const a = fed.eval.external.accuracy;
     const b = head.eval.external.accuracy;
-    out.push({ claim: 'full fine-tune beats head-only on the external set', holds: a > b, detail: `federated-all ${pct(a)}, federated-head ${pct(b)} (balanced ${pct(fed.eval.external.balancedAccuracy)} vs ${pct(head.eval.external.balancedAccuracy)})` });
+    out.push({
+      claim: 'full fine-tune beats head-only on the external set',
+      holds: a > b,
+      detail: `federated-all ${pct(a)}, federated-head ${pct(b)} (balanced ${pct(fed.eval.external.balancedAccuracy)} vs ${pct(head.eval.external.balancedAccuracy)})`,
+    });
   }
   const random = by('federated-random');
   if (fed && random) {

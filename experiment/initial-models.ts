@@ -30,15 +30,28 @@ export function needsPretraining(config: ExperimentConfig, pretrainedDir: string
 }
 
 /** Reuse the pretrained base in `pretrainedDir`, or train it on `referenceDir` and save it there. */
-export async function preparePretrained(config: ExperimentConfig, spec: ModelSpec, pretrainedDir: string | null, needPretraining: boolean, referenceDir: string | null, say: (line: string) => void): Promise<ExperimentResults['pretrained']> {
+export async function preparePretrained(
+  config: ExperimentConfig,
+  spec: ModelSpec,
+  pretrainedDir: string | null,
+  needPretraining: boolean,
+  referenceDir: string | null,
+  say: (line: string) => void,
+): Promise<ExperimentResults['pretrained']> {
   if (!config.pretrained || !pretrainedDir) return null;
   const infoFile = join(pretrainedDir, PRETRAIN_INFO_FILE);
   if (!needPretraining) {
     const info = existsSync(infoFile) ? (JSON.parse(await readFile(infoFile, 'utf8')) as Record<string, unknown>) : null;
-    say(`pretrained base: reusing ${pretrainedDir}${info ? ` (made ${String(info.createdAt)}, accuracy ${Number((info.metrics as EvalMetrics | undefined)?.accuracy ?? NaN).toFixed(3)} on held-out reference images)` : ''}`);
+    say(
+      `pretrained base: reusing ${pretrainedDir}${info ? ` (made ${String(info.createdAt)}, accuracy ${Number((info.metrics as EvalMetrics | undefined)?.accuracy ?? NaN).toFixed(3)} on held-out reference images)` : ''}`,
+    );
     return { dir: pretrainedDir, reused: true, info };
   }
-  if (!referenceDir) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `pretrained: ${pretrainedDir} has no model.json; give pretrained.data (reference images) to make one, or pretrained: null`);
+  if (!referenceDir)
+    throw new FedlineError(
+      ErrorCodes.CONFIG_INVALID,
+      `pretrained: ${pretrainedDir} has no model.json; give pretrained.data (reference images) to make one, or pretrained: null`,
+    );
   const epochs = config.pretrained.epochs;
   say(`pretrained base: training a ${spec.architecture} on the reference images in ${referenceDir} (${epochs} epochs)`);
   const r = await pretrainBase({

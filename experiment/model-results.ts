@@ -52,11 +52,24 @@ export class ModelResults {
       const e = evals[id];
       if (!e) continue;
       const file = join('confusion', `${safeName(m.id)}--${safeName(id)}.png`);
-      await writeFile(join(out, file), renderConfusionPng({ title: `${m.id} on ${id}`, subtitle: `${this.o.experimentName}: ${this.o.spec.architecture}, ${m.roundsRun} rounds x ${m.epochsPerRound} epochs`, classes: [...this.o.classes], confusion: e.confusion }));
+      await writeFile(
+        join(out, file),
+        renderConfusionPng({
+          title: `${m.id} on ${id}`,
+          subtitle: `${this.o.experimentName}: ${this.o.spec.architecture}, ${m.roundsRun} rounds x ${m.epochsPerRound} epochs`,
+          classes: [...this.o.classes],
+          confusion: e.confusion,
+        }),
+      );
       confusionPngs[id] = file;
     }
     const perEpoch = m.rounds.flatMap((r) => Object.values(r.trainMs).map((ms) => ms / m.epochsPerRound));
-    const result: ModelResult = { ...m, eval: evals, confusionPngs, msPerLocalEpoch: perEpoch.length ? perEpoch.reduce((a, b) => a + b, 0) / perEpoch.length : null };
+    const result: ModelResult = {
+      ...m,
+      eval: evals,
+      confusionPngs,
+      msPerLocalEpoch: perEpoch.length ? perEpoch.reduce((a, b) => a + b, 0) / perEpoch.length : null,
+    };
     this.models.push(result);
     const acc = (id: string) => (evals[id] ? evals[id]!.accuracy.toFixed(3) : '-');
     say(`  ${m.id}: local test ${acc('local-test')}, external ${acc('external')}, probes ${acc('probes')}, rounds to target ${m.roundsToTarget ?? '-'}`);

@@ -76,7 +76,11 @@ export async function runFederatedArmOverMqtt(o: MqttArmOptions): Promise<MqttAr
       await group.start(site.id, ['agent', '--config', file], join(dirs.logs, `${site.id}.log`));
     }
     const code = await aggregator.exited;
-    if (code !== 0) throw new FedlineError(ErrorCodes.PROCESS_EXIT, `the aggregator exited with code ${code}; see ${aggregator.logFile}`, { exitCode: code, logFile: aggregator.logFile });
+    if (code !== 0)
+      throw new FedlineError(ErrorCodes.PROCESS_EXIT, `the aggregator exited with code ${code}; see ${aggregator.logFile}`, {
+        exitCode: code,
+        logFile: aggregator.logFile,
+      });
     return await readArmResult(o, stateDir);
   } finally {
     await group.stopAll();
@@ -145,7 +149,12 @@ async function readArmResult(o: MqttArmOptions, stateDir: string): Promise<MqttA
   const store = new FsModelStore(join(stateDir, 'models'));
   const finalVersion = journal.finalVersion ?? journal.currentVersion;
   const decoded = decodeBundle<ModelMeta>(await store.readBundle(finalVersion), modelMetaSchema);
-  const final: GlobalModel = { version: finalVersion, sha256: (await store.get(finalVersion))?.sha256 ?? '', meta: decoded.header.meta, tensors: bundleTensors(decoded) };
+  const final: GlobalModel = {
+    version: finalVersion,
+    sha256: (await store.get(finalVersion))?.sha256 ?? '',
+    meta: decoded.header.meta,
+    tensors: bundleTensors(decoded),
+  };
   const train = journal.rounds.filter((r) => r.kind === 'train');
   const rounds: RoundRecord[] = train.map((r, i) => ({
     round: r.round,

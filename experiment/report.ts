@@ -8,7 +8,9 @@ const pct = (x: number | null | undefined) => (x === null || x === undefined || 
 const mb = (bytes: number) => (bytes / 1e6).toFixed(2);
 
 function table(header: string[], rows: string[][]): string {
-  return [`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+  return [`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join(
+    '\n',
+  );
 }
 
 function recall(m: EvalMetrics | undefined, cls: number): number | null {
@@ -38,7 +40,13 @@ interface ReportView {
 }
 
 export function renderReport(r: ExperimentResults, rel: (path: string) => string): string {
-  const v: ReportView = { r, defect: r.defectClass === null ? -1 : r.classes.indexOf(r.defectClass), sites: Object.keys(r.data.sites), probes: Object.keys(r.data.probes), hasExternal: r.data.external !== null };
+  const v: ReportView = {
+    r,
+    defect: r.defectClass === null ? -1 : r.classes.indexOf(r.defectClass),
+    sites: Object.keys(r.data.sites),
+    probes: Object.keys(r.data.probes),
+    hasExternal: r.data.external !== null,
+  };
   const lines: string[] = [];
   introSection(v, rel, lines);
   dataSection(v, lines);
@@ -57,7 +65,12 @@ function introSection({ r }: ReportView, rel: (path: string) => string, lines: s
     `Mode ${r.mode}, tfjs backend ${r.backend}, ${(r.durationMs / 60000).toFixed(1)} min, started ${r.startedAt}. Model ${c.model.architecture}` +
       `${c.model.architecture !== 'small-cnn' ? ` (width x${c.model.width}${c.model.batchNorm ? ', batch normalisation after every convolution, its moving statistics averaged by FedAvg like every weight' : ''})` : ''}, input ${c.model.inputShape.join('x')}, ${c.training.optimizer} lr ${c.training.learningRate} ` +
       `(x${c.training.learningRateDecay} per round), batch ${c.training.batchSize}, ${c.training.epochs} local epochs per round, ${c.rounds} rounds` +
-      ` (per-arm overrides: ${Object.entries(c.arms).filter(([, v]) => v && (v.rounds || v.epochs || v.learningRate)).map(([k, v]) => `${k} ${JSON.stringify(v)}`).join(', ') || 'none'}).` +
+      ` (per-arm overrides: ${
+        Object.entries(c.arms)
+          .filter(([, v]) => v && (v.rounds || v.epochs || v.learningRate))
+          .map(([k, v]) => `${k} ${JSON.stringify(v)}`)
+          .join(', ') || 'none'
+      }).` +
       ` Seeds: data ${c.data.source === 'synthetic' ? (c.data.seed ?? c.seed) : '-'}, split ${c.splitSeed ?? c.seed}, head init ${c.model.seed}, shuffle ${c.training.shuffleSeed}.`,
     '',
   );
@@ -81,7 +94,11 @@ function dataSection({ r, sites, probes }: ReportView, lines: string[]): void {
       [
         ...sites.map((s) => [s, r.data.sites[s]!.train.join(' / '), r.data.sites[s]!.test.join(' / ')]),
         ...(r.data.external ? [['external (never trained on)', '-', r.data.external.perClass.join(' / ')]] : []),
-        ...probes.map((p) => [`probe ${p}${r.data.probes[p]!.product ? ` (${r.data.probes[p]!.product}'s product, ${r.data.probes[p]!.defectOf}'s defect)` : ''}`, '-', String(r.data.probes[p]!.count)]),
+        ...probes.map((p) => [
+          `probe ${p}${r.data.probes[p]!.product ? ` (${r.data.probes[p]!.product}'s product, ${r.data.probes[p]!.defectOf}'s defect)` : ''}`,
+          '-',
+          String(r.data.probes[p]!.count),
+        ]),
       ],
     ),
     '',
@@ -107,7 +124,12 @@ function tableOneSection({ r, defect, probes, hasExternal }: ReportView, lines: 
     table(
       header,
       r.models.map((m) => {
-        const row = [`${m.id}${m.arm.startsWith('federated') ? ` (${m.init}, ${m.federate})` : ''}`, pct(m.eval['local-test']?.accuracy), pct(m.eval['local-test']?.balancedAccuracy), pct(recall(m.eval['local-test'], defect))];
+        const row = [
+          `${m.id}${m.arm.startsWith('federated') ? ` (${m.init}, ${m.federate})` : ''}`,
+          pct(m.eval['local-test']?.accuracy),
+          pct(m.eval['local-test']?.balancedAccuracy),
+          pct(recall(m.eval['local-test'], defect)),
+        ];
         if (hasExternal) row.push(pct(m.eval.external?.accuracy), pct(m.eval.external?.balancedAccuracy));
         if (probes.length) row.push(pct(recall(m.eval.probes, defect)));
         row.push(
@@ -125,13 +147,29 @@ function tableOneSection({ r, defect, probes, hasExternal }: ReportView, lines: 
 
 /** Each site's local test split, the cross-client probes and each site's foreign defects. */
 function perSiteSections({ r, defect, sites, probes }: ReportView, lines: string[]): void {
-  lines.push('## Accuracy on each site\'s local test split', '');
-  lines.push(table(['model', ...sites.map((s) => `${s} acc`), ...(defect >= 0 ? sites.map((s) => `${s} defect`) : [])], r.models.map((m) => [m.id, ...sites.map((s) => pct(m.eval[`site:${s}`]?.accuracy)), ...(defect >= 0 ? sites.map((s) => pct(recall(m.eval[`site:${s}`], defect))) : [])])), '');
+  lines.push("## Accuracy on each site's local test split", '');
+  lines.push(
+    table(
+      ['model', ...sites.map((s) => `${s} acc`), ...(defect >= 0 ? sites.map((s) => `${s} defect`) : [])],
+      r.models.map((m) => [
+        m.id,
+        ...sites.map((s) => pct(m.eval[`site:${s}`]?.accuracy)),
+        ...(defect >= 0 ? sites.map((s) => pct(recall(m.eval[`site:${s}`], defect))) : []),
+      ]),
+    ),
+    '',
+  );
 
   if (defect >= 0 && probes.length) {
     lines.push("## Other clients' defects", '');
     lines.push(`${r.defectClass} recall in % on each cross-client probe (a site's product with another site's defect, the paper's figures 13-14):`, '');
-    lines.push(table(['model', ...probes], r.models.map((m) => [m.id, ...probes.map((p) => pct(recall(m.eval[`probe:${p}`], defect)))])), '');
+    lines.push(
+      table(
+        ['model', ...probes],
+        r.models.map((m) => [m.id, ...probes.map((p) => pct(recall(m.eval[`probe:${p}`], defect)))]),
+      ),
+      '',
+    );
   }
   if (defect >= 0) {
     const siteList = sites.map((id) => ({ id, dir: r.data.sites[id]!.dir }));
@@ -143,7 +181,19 @@ function perSiteSections({ r, defect, sites, probes }: ReportView, lines: string
     lines.push(
       table(
         ['model', ...sites.map((s) => `foreign to ${s}`)],
-        r.models.map((m) => [m.id, ...sites.map((s) => pct(pooledRecall(foreignDefectSets(s, siteList, probeList).map((id) => m.eval[id]!).filter(Boolean), defect)))]),
+        r.models.map((m) => [
+          m.id,
+          ...sites.map((s) =>
+            pct(
+              pooledRecall(
+                foreignDefectSets(s, siteList, probeList)
+                  .map((id) => m.eval[id]!)
+                  .filter(Boolean),
+                defect,
+              ),
+            ),
+          ),
+        ]),
       ),
       '',
     );
@@ -153,16 +203,22 @@ function perSiteSections({ r, defect, sites, probes }: ReportView, lines: string
 /** Mean (min) accuracy over the judged sites after each round. */
 function learningCurvesSection({ r }: ReportView, lines: string[]): void {
   lines.push('## Learning curves', '');
-  lines.push('Mean (min) accuracy over the sites\' local test splits of the model after each round (round 0: the initial model); local-only models on their own site.', '');
+  lines.push(
+    "Mean (min) accuracy over the sites' local test splits of the model after each round (round 0: the initial model); local-only models on their own site.",
+    '',
+  );
   const curves = r.models.map((m) => ({ id: m.id, points: curve(m) }));
   const maxRound = Math.max(0, ...curves.flatMap((x) => x.points.map((p) => p.round)));
   lines.push(
     table(
       ['round', ...curves.map((x) => x.id)],
-      Array.from({ length: maxRound + 1 }, (_, k) => [String(k), ...curves.map((x) => {
-        const p = x.points.find((q) => q.round === k);
-        return p ? `${pct(p.mean)} (${pct(p.min)})` : '';
-      })]),
+      Array.from({ length: maxRound + 1 }, (_, k) => [
+        String(k),
+        ...curves.map((x) => {
+          const p = x.points.find((q) => q.round === k);
+          return p ? `${pct(p.mean)} (${pct(p.min)})` : '';
+        }),
+      ]),
     ),
     '',
   );
@@ -176,7 +232,13 @@ function closingSections({ r, sites }: ReportView, rel: (path: string) => string
 
   lines.push('## Confusion matrices', '');
   const setIds = ['local-test', ...sites.map((s) => `site:${s}`), 'external', 'probes'].filter((id) => r.models.some((m) => m.confusionPngs[id]));
-  lines.push(table(['model', ...setIds], r.models.map((m) => [m.id, ...setIds.map((id) => (m.confusionPngs[id] ? `[png](${m.confusionPngs[id]})` : '-'))])), '');
+  lines.push(
+    table(
+      ['model', ...setIds],
+      r.models.map((m) => [m.id, ...setIds.map((id) => (m.confusionPngs[id] ? `[png](${m.confusionPngs[id]})` : '-'))]),
+    ),
+    '',
+  );
   const fed = r.models.find((m) => m.id === 'federated-all');
   if (fed?.confusionPngs['local-test']) lines.push(`![federated-all on the local test splits](${fed.confusionPngs['local-test']})`, '');
 

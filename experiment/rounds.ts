@@ -74,7 +74,12 @@ export { meetsTarget };
  * "Rounds to target": the first round after which the model met the target on every
  * participant's test split (0: the initial model already did), or null.
  */
-export function roundsToTarget(rounds: readonly { round: number; baseMetrics: Record<string, EvalMetrics> }[], finalMetrics: Record<string, EvalMetrics>, ids: readonly string[], target: number | null): number | null {
+export function roundsToTarget(
+  rounds: readonly { round: number; baseMetrics: Record<string, EvalMetrics> }[],
+  finalMetrics: Record<string, EvalMetrics>,
+  ids: readonly string[],
+  target: number | null,
+): number | null {
   if (target === null) return null;
   for (const r of rounds) if (meetsTarget(r.baseMetrics, ids, target)) return r.round - 1;
   const last = rounds.at(-1);
@@ -102,7 +107,18 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
     const learningRate = scheduledLearningRate(o.task.learningRate, o.learningRateDecay, round - 1);
     const task: TrainTask = { ...o.task, learningRate, federated: o.federate };
     const modelBytes = o.federated ? bundleOf(global).byteLength : 0;
-    const record: RoundRecord = { round, baseVersion: global.version, newVersion: null, learningRate, baseMetrics: {}, localMetrics: {}, sampleCounts: {}, trainMs: {}, bytesUp: 0, bytesDown: 0 };
+    const record: RoundRecord = {
+      round,
+      baseVersion: global.version,
+      newVersion: null,
+      learningRate,
+      baseMetrics: {},
+      localMetrics: {},
+      sampleCounts: {},
+      trainMs: {},
+      bytesUp: 0,
+      bytesDown: 0,
+    };
     record.baseMetrics = await evaluate(global);
     record.bytesDown = modelBytes * participants.length;
     if (o.stopAtTarget && meetsTarget(record.baseMetrics, Object.keys(record.baseMetrics), o.targetAccuracy)) {

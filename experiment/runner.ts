@@ -52,7 +52,9 @@ export function resolveConfigPaths(c: ExperimentConfig, base: string): Experimen
           ...(c.data.probes ? { probes: Object.fromEntries(Object.entries(c.data.probes).map(([k, v]) => [k, abs(v)])) } : {}),
         }
       : c.data;
-  const pretrained = c.pretrained ? { ...c.pretrained, ...(c.pretrained.dir ? { dir: abs(c.pretrained.dir) } : {}), ...(c.pretrained.data ? { data: abs(c.pretrained.data) } : {}) } : null;
+  const pretrained = c.pretrained
+    ? { ...c.pretrained, ...(c.pretrained.dir ? { dir: abs(c.pretrained.dir) } : {}), ...(c.pretrained.data ? { data: abs(c.pretrained.data) } : {}) }
+    : null;
   return { ...c, out: abs(c.out), data, pretrained };
 }
 
@@ -103,7 +105,8 @@ export async function runExperiment(config: ExperimentConfig, say: (line: string
     spec,
     initial,
     imagesBytes: await trainingImageBytes(sites, data),
-    siteEvaluator: (model) => evaluateModel(tf, model, data.siteTests).then((m) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k.slice('site:'.length), v]))),
+    siteEvaluator: (model) =>
+      evaluateModel(tf, model, data.siteTests).then((m) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k.slice('site:'.length), v]))),
     results,
     say,
   };
@@ -129,6 +132,9 @@ export async function runExperiment(config: ExperimentConfig, say: (line: string
     findings: findings(models, sites, layout.probes, defectIndex),
   };
   await writeFile(join(out, 'results.json'), JSON.stringify(experiment, null, 2) + '\n');
-  await writeFile(join(out, 'report.md'), renderReport(experiment, (p) => relative(out, p) || '.'));
+  await writeFile(
+    join(out, 'report.md'),
+    renderReport(experiment, (p) => relative(out, p) || '.'),
+  );
   return experiment;
 }

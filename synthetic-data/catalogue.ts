@@ -41,9 +41,24 @@ export interface ClientSpec {
 }
 
 export const PAPER_CLIENTS: readonly ClientSpec[] = [
-  { name: 'client1', product: { name: 'silver-hexagon', shape: 'hexagon', color: [178, 180, 186] }, defect: 'sticker', counts: { OKAY: 110, NOT_OKAY: 60, HIDDEN: 40, EMPTY: 35 } },
-  { name: 'client2', product: { name: 'blue-rectangle', shape: 'rectangle', color: [40, 86, 196] }, defect: 'damaged', counts: { OKAY: 80, NOT_OKAY: 45, HIDDEN: 30, EMPTY: 30 } },
-  { name: 'client3', product: { name: 'red-rounded', shape: 'rounded', color: [196, 44, 40] }, defect: 'rust', counts: { OKAY: 140, NOT_OKAY: 55, HIDDEN: 45, EMPTY: 40 } },
+  {
+    name: 'client1',
+    product: { name: 'silver-hexagon', shape: 'hexagon', color: [178, 180, 186] },
+    defect: 'sticker',
+    counts: { OKAY: 110, NOT_OKAY: 60, HIDDEN: 40, EMPTY: 35 },
+  },
+  {
+    name: 'client2',
+    product: { name: 'blue-rectangle', shape: 'rectangle', color: [40, 86, 196] },
+    defect: 'damaged',
+    counts: { OKAY: 80, NOT_OKAY: 45, HIDDEN: 30, EMPTY: 30 },
+  },
+  {
+    name: 'client3',
+    product: { name: 'red-rounded', shape: 'rounded', color: [196, 44, 40] },
+    defect: 'rust',
+    counts: { OKAY: 140, NOT_OKAY: 55, HIDDEN: 45, EMPTY: 40 },
+  },
 ];
 
 /**
@@ -52,9 +67,24 @@ export const PAPER_CLIENTS: readonly ClientSpec[] = [
  * seen (the paper starts from ImageNet weights, which cannot be downloaded here).
  */
 export const REFERENCE_CLIENTS: readonly ClientSpec[] = [
-  { name: 'ref-green', product: { name: 'green-rectangle', shape: 'rectangle', color: [60, 150, 70] }, defect: 'sticker', counts: { OKAY: 120, NOT_OKAY: 80, HIDDEN: 50, EMPTY: 50 } },
-  { name: 'ref-black', product: { name: 'black-hexagon', shape: 'hexagon', color: [40, 40, 44] }, defect: 'damaged', counts: { OKAY: 120, NOT_OKAY: 80, HIDDEN: 50, EMPTY: 50 } },
-  { name: 'ref-white', product: { name: 'white-rounded', shape: 'rounded', color: [225, 225, 220] }, defect: 'rust', counts: { OKAY: 120, NOT_OKAY: 80, HIDDEN: 50, EMPTY: 50 } },
+  {
+    name: 'ref-green',
+    product: { name: 'green-rectangle', shape: 'rectangle', color: [60, 150, 70] },
+    defect: 'sticker',
+    counts: { OKAY: 120, NOT_OKAY: 80, HIDDEN: 50, EMPTY: 50 },
+  },
+  {
+    name: 'ref-black',
+    product: { name: 'black-hexagon', shape: 'hexagon', color: [40, 40, 44] },
+    defect: 'damaged',
+    counts: { OKAY: 120, NOT_OKAY: 80, HIDDEN: 50, EMPTY: 50 },
+  },
+  {
+    name: 'ref-white',
+    product: { name: 'white-rounded', shape: 'rounded', color: [225, 225, 220] },
+    defect: 'rust',
+    counts: { OKAY: 120, NOT_OKAY: 80, HIDDEN: 50, EMPTY: 50 },
+  },
 ];
 
 /** The paper's USB 3.0 external set: a product none of the clients makes (shape, colour, blue tongue), OKAY and HIDDEN only. */

@@ -91,7 +91,9 @@ export async function generateDataset(options: SynthOptions): Promise<SynthResul
 }
 
 /** One folder per class with the images of several generated clients pooled: `<out>/<CLASS>/<client>-<CLASS>-<n>.png`. */
-async function generatePooled(options: SynthOptions & { clients: readonly ClientSpec[] }): Promise<{ dir: string; files: number; counts: Record<string, number> }> {
+async function generatePooled(
+  options: SynthOptions & { clients: readonly ClientSpec[] },
+): Promise<{ dir: string; files: number; counts: Record<string, number> }> {
   const raw = join(options.out, '.per-product');
   await rm(raw, { recursive: true, force: true });
   const result = await generateDataset({ ...options, out: raw });
@@ -165,7 +167,11 @@ export async function generateExperimentData(options: ExperimentDataOptions): Pr
     out.files += r.files;
   }
   if (parts.has('external')) {
-    const r = await generateDataset({ ...common, out: options.out, clients: [{ name: 'external', product: EXTERNAL_PRODUCT, defect: 'sticker', counts: EXTERNAL_COUNTS }] });
+    const r = await generateDataset({
+      ...common,
+      out: options.out,
+      clients: [{ name: 'external', product: EXTERNAL_PRODUCT, defect: 'sticker', counts: EXTERNAL_COUNTS }],
+    });
     out.external = { dir: r.clients[0]!.dir, counts: r.clients[0]!.counts };
     out.files += r.files;
   }
@@ -180,7 +186,14 @@ export async function generateExperimentData(options: ExperimentDataOptions): Pr
       })),
     );
     const r = await generateDataset({ ...common, out: join(options.out, 'probes'), clients: specs });
-    out.probes = r.clients.map((c, i) => ({ name: c.name, client: PAPER_CLIENTS.find((p) => c.name.startsWith(`${p.name}-`))!.name, defect: specs[i]!.defect, defectOf: specs[i]!.defectOf, dir: c.dir, count: c.counts.NOT_OKAY! }));
+    out.probes = r.clients.map((c, i) => ({
+      name: c.name,
+      client: PAPER_CLIENTS.find((p) => c.name.startsWith(`${p.name}-`))!.name,
+      defect: specs[i]!.defect,
+      defectOf: specs[i]!.defectOf,
+      dir: c.dir,
+      count: c.counts.NOT_OKAY!,
+    }));
     out.files += r.files;
   }
   if (parts.has('reference')) {

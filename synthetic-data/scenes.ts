@@ -30,7 +30,6 @@ function bodyInside(shape: BodyShape): (u: number, v: number) => boolean {
   }
 }
 
-
 // The port: a metal shell sticking out at u in [0.5, 0.78], with a dark opening and a tongue.
 const SHELL = { u0: 0.48, u1: 0.8, v: 0.15 };
 const OPENING = { u0: 0.56, u1: 0.8, v: 0.1 };
@@ -119,11 +118,15 @@ function drawDefect(canvas: Canvas, pose: Pose, defect: DefectType, rng: Rng): v
       const ru = randRange(rng, 0.1, 0.15);
       const rv = randRange(rng, 0.08, 0.13);
       const tone = randRange(rng, 70, 110);
-      canvas.paint(pose, (u, v) => ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 <= 1, (u, v) => {
-        const d = ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2;
-        const k = 0.7 + 0.3 * d;
-        return [tone * k * 1.1, tone * k, tone * k * 0.8];
-      });
+      canvas.paint(
+        pose,
+        (u, v) => ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 <= 1,
+        (u, v) => {
+          const d = ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2;
+          const k = 0.7 + 0.3 * d;
+          return [tone * k * 1.1, tone * k, tone * k * 0.8];
+        },
+      );
       break;
     }
     case 'no-tongue':
@@ -133,7 +136,6 @@ function drawDefect(canvas: Canvas, pose: Pose, defect: DefectType, rng: Rng): v
       break;
   }
 }
-
 
 function drawClutter(canvas: Canvas, rng: Rng): void {
   const n = randInt(rng, 0, 4);
@@ -194,18 +196,26 @@ function drawWorkshopClutter(canvas: Canvas, rng: Rng): void {
     } else if (kind === 1) {
       // A screw: a round head with a slot and a threaded shaft.
       const metal = metalGray(rng);
-      canvas.paint(pose, (u, v) => u >= 0 && u <= 2.6 && Math.abs(v) <= 0.28, (u) => scale(metal, Math.floor(u * 6) % 2 === 0 ? 0.75 : 0.95));
+      canvas.paint(
+        pose,
+        (u, v) => u >= 0 && u <= 2.6 && Math.abs(v) <= 0.28,
+        (u) => scale(metal, Math.floor(u * 6) % 2 === 0 ? 0.75 : 0.95),
+      );
       canvas.paint(pose, (u, v) => u * u + v * v <= 0.36, metal);
       canvas.paint(pose, (u, v) => Math.abs(u) <= 0.08 && Math.abs(v) <= 0.5, scale(metal, 0.35));
     } else if (kind === 2) {
       // A hex nut with its hole.
       const metal = metalGray(rng);
-      canvas.paint(pose, (u, v) => {
-        const ang = Math.atan2(v, u);
-        const sector = Math.PI / 3;
-        const local = ((ang % sector) + sector) % sector - sector / 2;
-        return Math.hypot(u, v) * Math.cos(local) <= 0.8;
-      }, metal);
+      canvas.paint(
+        pose,
+        (u, v) => {
+          const ang = Math.atan2(v, u);
+          const sector = Math.PI / 3;
+          const local = (((ang % sector) + sector) % sector) - sector / 2;
+          return Math.hypot(u, v) * Math.cos(local) <= 0.8;
+        },
+        metal,
+      );
       canvas.paint(pose, (u, v) => u * u + v * v <= 0.16, scale(metal, 0.3));
     } else if (kind === 3) {
       // A washer: a flat ring.

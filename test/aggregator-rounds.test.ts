@@ -22,7 +22,17 @@ import { aggregatorConfig, tempDir } from './helpers.js';
 const topics = createTopics('fl/test');
 const classes = ['OKAY', 'NOT_OKAY', 'HIDDEN', 'EMPTY'];
 const initialModel = async () => {
-  const meta: ModelMeta = { kind: 'model', version: 0, round: 0, topology: { fake: true }, headTensors: ['head/b'], classes, inputShape: [16, 16, 3], normalization: 'unit', createdAt: 1 };
+  const meta: ModelMeta = {
+    kind: 'model',
+    version: 0,
+    round: 0,
+    topology: { fake: true },
+    headTensors: ['head/b'],
+    classes,
+    inputShape: [16, 16, 3],
+    normalization: 'unit',
+    createdAt: 1,
+  };
   return encodeBundle(
     [
       { name: 'w', shape: [3], dtype: 'float32', data: Float32Array.from([0, 0, 0]) },
@@ -38,16 +48,34 @@ function scriptedAgent(hub: MemoryHub, agent: string, value: number, samples: nu
   const seen = new Set<number>();
   const acks: string[] = [];
   const ready = (async () => {
-    await transport.publish(topics.status(agent), encodeJson({ v: 1, agent, state: 'idle', round: null, progress: null, detail: null, backend: null, samples: null, ts: 1 }), { retain: true });
+    await transport.publish(
+      topics.status(agent),
+      encodeJson({ v: 1, agent, state: 'idle', round: null, progress: null, detail: null, backend: null, samples: null, ts: 1 }),
+      { retain: true },
+    );
     await transport.subscribe(topics.round(), (m) => {
       const ann = decodeMsgpack(m.payload, roundAnnouncementSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'round' }) as RoundAnnouncement;
       if (ann.state !== 'open' || seen.has(ann.round) || !ann.selected.includes(agent)) return;
       seen.add(ann.round);
       if (behaviour === 'silent') return;
       const metrics = classificationMetrics([0, 1, 2, 3], [0, 1, 2, 3], 4);
-      void transport.publish(topics.update(ann.round, agent), packMsg({ v: 1, type: 'eval', round: ann.round, agent, baseVersion: ann.base.version, metrics, downloadedBytes: 0 }));
+      void transport.publish(
+        topics.update(ann.round, agent),
+        packMsg({ v: 1, type: 'eval', round: ann.round, agent, baseVersion: ann.base.version, metrics, downloadedBytes: 0 }),
+      );
       if (ann.kind !== 'train') return;
-      const meta: UpdateMeta = { kind: 'update', agent, round: ann.round, baseVersion: ann.base.version, sampleCount: samples, epochs: 1, metricsBefore: metrics, metricsAfter: metrics, trainMs: 1, backend: 'none' };
+      const meta: UpdateMeta = {
+        kind: 'update',
+        agent,
+        round: ann.round,
+        baseVersion: ann.base.version,
+        sampleCount: samples,
+        epochs: 1,
+        metricsBefore: metrics,
+        metricsAfter: metrics,
+        trainMs: 1,
+        backend: 'none',
+      };
       const bundle = encodeBundle(
         [
           { name: 'w', shape: [3], dtype: 'float32', data: Float32Array.from([value, value, value]) },
@@ -55,7 +83,13 @@ function scriptedAgent(hub: MemoryHub, agent: string, value: number, samples: nu
         ],
         meta,
       );
-      void sendUpdate(transport, topics, bundle, silentLogger(), { round: ann.round, agent, chunkBytes: ann.chunkBytes, maxInflight: 2, ackTimeoutMs: 2000 }).then((r) => acks.push(`${ann.round}:${r.ack.status}`));
+      void sendUpdate(transport, topics, bundle, silentLogger(), {
+        round: ann.round,
+        agent,
+        chunkBytes: ann.chunkBytes,
+        maxInflight: 2,
+        ackTimeoutMs: 2000,
+      }).then((r) => acks.push(`${ann.round}:${r.ack.status}`));
     });
   })();
   return { transport, acks, ready };
@@ -64,10 +98,24 @@ function scriptedAgent(hub: MemoryHub, agent: string, value: number, samples: nu
 function setup(minClients: number, deadlineMs: number) {
   const dir = tempDir('agg-rounds');
   const hub = new MemoryHub();
-  const config = aggregatorConfig({ url: 'mqtt://127.0.0.1:1', dir: dir.path, agents: ['a', 'b', 'c'], minClients, roundDeadlineMs: deadlineMs, waitForAgentsMs: 200, chunkBytes: 1024 });
+  const config = aggregatorConfig({
+    url: 'mqtt://127.0.0.1:1',
+    dir: dir.path,
+    agents: ['a', 'b', 'c'],
+    minClients,
+    roundDeadlineMs: deadlineMs,
+    waitForAgentsMs: 200,
+    chunkBytes: 1024,
+  });
   const aggregator = new Aggregator(
     { ...config, evaluateFinalModel: false },
-    { transport: hub.connect('aggregator'), store: new FsModelStore(join(dir.path, 'models')), spool: new UpdateSpool(join(dir.path, 'spool')), initialModel, logger: silentLogger() },
+    {
+      transport: hub.connect('aggregator'),
+      store: new FsModelStore(join(dir.path, 'models')),
+      spool: new UpdateSpool(join(dir.path, 'spool')),
+      initialModel,
+      logger: silentLogger(),
+    },
   );
   return { dir, hub, aggregator };
 }
@@ -110,8 +158,25 @@ test('too few updates at the deadline: the global model is kept and an alert say
 
     // The straggler finally sends its update for round 1, which is closed: refused with ROUND_CLOSED.
     const late = hub.connect('late-b');
-    const meta: UpdateMeta = { kind: 'update', agent: 'b', round: 1, baseVersion: 0, sampleCount: 5, epochs: 1, metricsBefore: null, metricsAfter: null, trainMs: 1, backend: 'none' };
-    const bundle = encodeBundle([{ name: 'w', shape: [3], dtype: 'float32', data: new Float32Array(3) }, { name: 'head/b', shape: [1], dtype: 'float32', data: new Float32Array(1) }], meta);
+    const meta: UpdateMeta = {
+      kind: 'update',
+      agent: 'b',
+      round: 1,
+      baseVersion: 0,
+      sampleCount: 5,
+      epochs: 1,
+      metricsBefore: null,
+      metricsAfter: null,
+      trainMs: 1,
+      backend: 'none',
+    };
+    const bundle = encodeBundle(
+      [
+        { name: 'w', shape: [3], dtype: 'float32', data: new Float32Array(3) },
+        { name: 'head/b', shape: [1], dtype: 'float32', data: new Float32Array(1) },
+      ],
+      meta,
+    );
     const before = aggregator.counters.get(ErrorCodes.ROUND_CLOSED);
     const sent = await sendUpdate(late, topics, bundle, silentLogger(), { round: 1, agent: 'b', chunkBytes: 1024, maxInflight: 2, ackTimeoutMs: 2000 });
     assert.equal(sent.ack.status, 'rejected');

@@ -29,13 +29,15 @@ test('auto backend: the best available; without the native packages it is WebAss
   assert.equal(runtime.native, false);
   const warning = lines.find((l) => l.level === 40 && String(l.msg).includes('WebAssembly'));
   assert.ok(warning, JSON.stringify(lines));
-  for (const hint of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node', 'TFJS_NODE_CDN_STORAGE', 'TFJS_NODE_BASE_URI']) assert.ok(String(warning.msg).includes(hint), hint);
+  for (const hint of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node', 'TFJS_NODE_CDN_STORAGE', 'TFJS_NODE_BASE_URI'])
+    assert.ok(String(warning.msg).includes(hint), hint);
   assert.equal(await loadTf('cpu'), runtime, 'one tfjs runtime per process');
 });
 
 test('training.backend accepts auto, tensorflow, wasm and cpu, nothing else', () => {
   const base = { agentId: 'a', federation: 'f', mqtt: { url: 'mqtt://127.0.0.1:1883' }, stateDir: '/tmp/x', data: { dir: '/tmp/d' } };
-  for (const backend of ['auto', 'tensorflow', 'wasm', 'cpu']) assert.equal(parseConfig(agentConfigSchema, { ...base, training: { backend } }, 't').training.backend, backend);
+  for (const backend of ['auto', 'tensorflow', 'wasm', 'cpu'])
+    assert.equal(parseConfig(agentConfigSchema, { ...base, training: { backend } }, 't').training.backend, backend);
   assert.throws(() => parseConfig(agentConfigSchema, { ...base, training: { backend: 'webgl' } }, 'agent.json'), /training\.backend/);
 });
 
@@ -44,7 +46,13 @@ test('the agent reports its backend in its status', { timeout: 120_000 }, async 
   const broker = await startAedes();
   try {
     const runtime = await loadTf('auto');
-    const fed = await startFederation({ url: broker.url, dir: dir.path, agents: ['site-a'], rounds: 1, agent: { training: { backend: 'auto', shuffleSeed: 1 } } });
+    const fed = await startFederation({
+      url: broker.url,
+      dir: dir.path,
+      agents: ['site-a'],
+      rounds: 1,
+      agent: { training: { backend: 'auto', shuffleSeed: 1 } },
+    });
     try {
       const seen: (string | null)[] = [];
       fed.agents[0]!.agent.on('state', (s: AgentStatus) => seen.push(s.backend));

@@ -19,7 +19,16 @@ const R = 'fl/test';
 export function connector(url: string, base: IClientOptions = {}): Connect {
   return (login, extra = {}) =>
     new Promise<MqttClient>((resolve, reject) => {
-      const c = mqtt.connect(url, { protocolVersion: 4, clean: true, reconnectPeriod: 0, connectTimeout: 5000, clientId: `sec-${Math.random().toString(36).slice(2, 10)}`, ...base, ...(login ?? {}), ...extra });
+      const c = mqtt.connect(url, {
+        protocolVersion: 4,
+        clean: true,
+        reconnectPeriod: 0,
+        connectTimeout: 5000,
+        clientId: `sec-${Math.random().toString(36).slice(2, 10)}`,
+        ...base,
+        ...(login ?? {}),
+        ...extra,
+      });
       c.once('connect', () => resolve(c));
       c.once('error', (err) => {
         c.end(true);
@@ -123,7 +132,10 @@ export async function securityScenario(connect: Connect, login: (user: string) =
     late.on('message', (t, p) => retained.push(`${t} ${p.toString()}`));
     await late.subscribeAsync(`${R}/model/latest`, { qos: 1 });
     await waitFor('the retained manifest', () => retained.length > 0, 5000);
-    assert.ok(retained.every((r) => r.includes('aggregator:')), `retained manifest comes from the aggregator: ${retained.join(', ')}`);
+    assert.ok(
+      retained.every((r) => r.includes('aggregator:')),
+      `retained manifest comes from the aggregator: ${retained.join(', ')}`,
+    );
     // What an agent may read: rounds, models, its own acks and the MES commands for training; not other agents' traffic.
     assert.equal(await canRead('site-a', `${R}/round`, `${R}/round`, 'aggregator'), true);
     assert.equal(await canRead('site-a', `${R}/model/+/+`, `${R}/model/4/1`, 'aggregator'), true);

@@ -67,7 +67,10 @@ test('broker config: anonymous access is off unless asked for, and every missing
   bad({ auth: { accessFile: 'a.json' } }, /"auth.passwordFile": required unless tls.identityFromCertificate/);
   bad({ allowAnonymous: true, auth: { accessFile: 'a', passwordFile: 'p' } }, /"allowAnonymous"/);
   bad({ auth: { accessFile: 'a', passwordFile: 'p' }, tls: { certFile: 'c', keyFile: 'k', requireClientCert: true } }, /"tls.caFile": required/);
-  bad({ auth: { accessFile: 'a' }, tls: { certFile: 'c', keyFile: 'k', identityFromCertificate: true } }, /"tls.identityFromCertificate": needs tls.requireClientCert/);
+  bad(
+    { auth: { accessFile: 'a' }, tls: { certFile: 'c', keyFile: 'k', identityFromCertificate: true } },
+    /"tls.identityFromCertificate": needs tls.requireClientCert/,
+  );
   bad({ allowAnonymous: true, plainListener: false }, /"plainListener"/);
   assert.equal(parseConfig(brokerConfigSchema, { allowAnonymous: true }, 'b').port, 1883);
 });
@@ -75,12 +78,19 @@ test('broker config: anonymous access is off unless asked for, and every missing
 test('embedded Aedes broker with the access file: every rule holds, anonymous and wrong logins are refused', { timeout: 90_000 }, async () => {
   const dir = tempDir('sec-aedes');
   const auth = writeAuthFiles(dir.path, testAccess(), ['intruder']);
-  const broker = await startBroker(parseConfig(brokerConfigSchema, { host: '127.0.0.1', port: 0, auth: { passwordFile: auth.passwordFile, accessFile: auth.accessFile } }, 'test broker'), silentLogger());
+  const broker = await startBroker(
+    parseConfig(brokerConfigSchema, { host: '127.0.0.1', port: 0, auth: { passwordFile: auth.passwordFile, accessFile: auth.accessFile } }, 'test broker'),
+    silentLogger(),
+  );
   try {
     const connect = connector(broker.url);
     assert.match(await refusedLogin(connect, null), /Not authori[sz]ed|Bad user ?name or password/i);
     assert.match(await refusedLogin(connect, { username: 'site-a', password: 'wrong' }), /Not authori[sz]ed|Bad user ?name or password/i);
-    assert.match(await refusedLogin(connect, { username: 'intruder', password: testPassword('intruder') }), /Not authori[sz]ed/i, 'a password without a role is refused');
+    assert.match(
+      await refusedLogin(connect, { username: 'intruder', password: testPassword('intruder') }),
+      /Not authori[sz]ed/i,
+      'a password without a role is refused',
+    );
     await securityScenario(connect, auth.credentials);
   } finally {
     await broker.close();
@@ -88,79 +98,98 @@ test('embedded Aedes broker with the access file: every rule holds, anonymous an
   }
 });
 
-test('Mosquitto with the repository mosquitto.conf and the ACL rendered from the same access file: every rule holds', { timeout: 90_000, skip: noMosquitto }, async () => {
-  const dir = tempDir('sec-mosquitto');
-  const broker = await startMosquitto(mosquitto!, dir.path, { extraUsers: ['intruder'] });
-  try {
-    const connect = connector(broker.url);
-    assert.match(await refusedLogin(connect, null), /Not authori[sz]ed|Bad user ?name or password/i);
-    assert.match(await refusedLogin(connect, { username: 'site-a', password: 'wrong' }), /Not authori[sz]ed|Bad user ?name or password/i);
-    // Mosquitto lets a user without ACL lines connect, but it can do nothing:
-    const intruder = await connect({ username: 'intruder', password: testPassword('intruder') });
-    const msgs: string[] = [];
-    intruder.on('message', (t) => msgs.push(t));
-    await intruder.subscribeAsync('fl/test/#', { qos: 1 });
-    const agg = await connect(broker.auth.credentials('aggregator'));
-    await agg.publishAsync('fl/test/round', 'r', { qos: 1 });
-    await new Promise((r) => setTimeout(r, 300));
-    assert.deepEqual(msgs, []);
-    intruder.end(true);
-    agg.end(true);
-    await securityScenario(connect, broker.auth.credentials);
-  } finally {
-    await broker.stop();
-    dir.cleanup();
-  }
-});
+test(
+  'Mosquitto with the repository mosquitto.conf and the ACL rendered from the same access file: every rule holds',
+  { timeout: 90_000, skip: noMosquitto },
+  async () => {
+    const dir = tempDir('sec-mosquitto');
+    const broker = await startMosquitto(mosquitto!, dir.path, { extraUsers: ['intruder'] });
+    try {
+      const connect = connector(broker.url);
+      assert.match(await refusedLogin(connect, null), /Not authori[sz]ed|Bad user ?name or password/i);
+      assert.match(await refusedLogin(connect, { username: 'site-a', password: 'wrong' }), /Not authori[sz]ed|Bad user ?name or password/i);
+      // Mosquitto lets a user without ACL lines connect, but it can do nothing:
+      const intruder = await connect({ username: 'intruder', password: testPassword('intruder') });
+      const msgs: string[] = [];
+      intruder.on('message', (t) => msgs.push(t));
+      await intruder.subscribeAsync('fl/test/#', { qos: 1 });
+      const agg = await connect(broker.auth.credentials('aggregator'));
+      await agg.publishAsync('fl/test/round', 'r', { qos: 1 });
+      await new Promise((r) => setTimeout(r, 300));
+      assert.deepEqual(msgs, []);
+      intruder.end(true);
+      agg.end(true);
+      await securityScenario(connect, broker.auth.credentials);
+    } finally {
+      await broker.stop();
+      dir.cleanup();
+    }
+  },
+);
 
-test('TLS with client certificates (CN = user name) on both brokers; no certificate, no connection', { timeout: 90_000, skip: opensslAvailable() ? false : 'openssl is not installed' }, async (t) => {
-  const dir = tempDir('sec-tls');
-  const pki = makeTestPki(dir.path, ['site-a', 'auditor', 'aggregator']);
-  const tlsClient = (name: string) => ({ ca: readFileSync(pki.ca), cert: readFileSync(pki.clients[name]!.cert), key: readFileSync(pki.clients[name]!.key) });
-  const check = async (url: string) => {
-    const connect = connector(url, { ca: readFileSync(pki.ca), rejectUnauthorized: true });
-    await refusedLogin(connect, { username: 'site-a', password: testPassword('site-a') }); // a password is not enough: a certificate is required
-    const auditor = await connect(null, tlsClient('auditor'));
-    const seen: string[] = [];
-    auditor.on('message', (topic) => seen.push(topic));
-    await auditor.subscribeAsync('fl/test/#', { qos: 1 });
-    const agent = await connect(null, tlsClient('site-a'));
-    await agent.publishAsync('fl/test/agent/site-a/status', 'ok', { qos: 1 });
-    agent.publish('fl/test/round', 'forged', { qos: 1, retain: true });
-    const agg = await connect(null, tlsClient('aggregator'));
-    await agg.publishAsync('fl/test/events/marker', 'm', { qos: 1 });
-    await new Promise((r) => setTimeout(r, 400));
-    assert.ok(seen.includes('fl/test/agent/site-a/status'), 'the certificate named site-a: its own status goes through');
-    assert.ok(!seen.includes('fl/test/round'), 'and the site-a rules apply');
-    for (const c of [auditor, agent, agg]) c.end(true);
-  };
-  try {
-    await t.test('embedded Aedes broker, TLS only', async () => {
-      const auth = writeAuthFiles(dir.path, testAccess());
-      const broker = await startBroker(
-        parseConfig(brokerConfigSchema, { host: '127.0.0.1', plainListener: false, auth: { accessFile: auth.accessFile }, tls: { port: 0, certFile: pki.server.cert, keyFile: pki.server.key, caFile: pki.ca, requireClientCert: true, identityFromCertificate: true } }, 'tls broker'),
-        silentLogger(),
-      );
-      try {
-        assert.equal(broker.url, broker.tlsUrl);
-        assert.match(broker.url, /^mqtts:/);
-        await check(broker.tlsUrl!);
-      } finally {
-        await broker.close();
-      }
-    });
-    await t.test('Mosquitto', { skip: noMosquitto }, async () => {
-      const broker = await startMosquitto(mosquitto!, dir.path, { tls: { cert: pki.server.cert, key: pki.server.key, ca: pki.ca, requireCertificate: true, identityAsUsername: true } });
-      try {
-        await check(broker.tlsUrl!);
-      } finally {
-        await broker.stop();
-      }
-    });
-  } finally {
-    dir.cleanup();
-  }
-});
+test(
+  'TLS with client certificates (CN = user name) on both brokers; no certificate, no connection',
+  { timeout: 90_000, skip: opensslAvailable() ? false : 'openssl is not installed' },
+  async (t) => {
+    const dir = tempDir('sec-tls');
+    const pki = makeTestPki(dir.path, ['site-a', 'auditor', 'aggregator']);
+    const tlsClient = (name: string) => ({ ca: readFileSync(pki.ca), cert: readFileSync(pki.clients[name]!.cert), key: readFileSync(pki.clients[name]!.key) });
+    const check = async (url: string) => {
+      const connect = connector(url, { ca: readFileSync(pki.ca), rejectUnauthorized: true });
+      await refusedLogin(connect, { username: 'site-a', password: testPassword('site-a') }); // a password is not enough: a certificate is required
+      const auditor = await connect(null, tlsClient('auditor'));
+      const seen: string[] = [];
+      auditor.on('message', (topic) => seen.push(topic));
+      await auditor.subscribeAsync('fl/test/#', { qos: 1 });
+      const agent = await connect(null, tlsClient('site-a'));
+      await agent.publishAsync('fl/test/agent/site-a/status', 'ok', { qos: 1 });
+      agent.publish('fl/test/round', 'forged', { qos: 1, retain: true });
+      const agg = await connect(null, tlsClient('aggregator'));
+      await agg.publishAsync('fl/test/events/marker', 'm', { qos: 1 });
+      await new Promise((r) => setTimeout(r, 400));
+      assert.ok(seen.includes('fl/test/agent/site-a/status'), 'the certificate named site-a: its own status goes through');
+      assert.ok(!seen.includes('fl/test/round'), 'and the site-a rules apply');
+      for (const c of [auditor, agent, agg]) c.end(true);
+    };
+    try {
+      await t.test('embedded Aedes broker, TLS only', async () => {
+        const auth = writeAuthFiles(dir.path, testAccess());
+        const broker = await startBroker(
+          parseConfig(
+            brokerConfigSchema,
+            {
+              host: '127.0.0.1',
+              plainListener: false,
+              auth: { accessFile: auth.accessFile },
+              tls: { port: 0, certFile: pki.server.cert, keyFile: pki.server.key, caFile: pki.ca, requireClientCert: true, identityFromCertificate: true },
+            },
+            'tls broker',
+          ),
+          silentLogger(),
+        );
+        try {
+          assert.equal(broker.url, broker.tlsUrl);
+          assert.match(broker.url, /^mqtts:/);
+          await check(broker.tlsUrl!);
+        } finally {
+          await broker.close();
+        }
+      });
+      await t.test('Mosquitto', { skip: noMosquitto }, async () => {
+        const broker = await startMosquitto(mosquitto!, dir.path, {
+          tls: { cert: pki.server.cert, key: pki.server.key, ca: pki.ca, requireCertificate: true, identityAsUsername: true },
+        });
+        try {
+          await check(broker.tlsUrl!);
+        } finally {
+          await broker.stop();
+        }
+      });
+    } finally {
+      dir.cleanup();
+    }
+  },
+);
 
 test('the shipped example Mosquitto ACL is exactly what `fedline acl` makes of the example access file', () => {
   const accessFile = join(REPO_ROOT, 'examples', 'access.json');

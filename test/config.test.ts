@@ -43,12 +43,22 @@ test('wrong values name the key', () => {
   assert.throws(() => loadConfigFile(agentConfigSchema, write('missing.json', { federation: 'usb' })), /"agentId"/);
   assert.throws(() => loadConfigFile(brokerConfigSchema, write('port.json', { port: 70000 })), /"port"/);
   assert.throws(
-    () => loadConfigFile(aggregatorConfigSchema, write('agg.json', { federation: 'usb', mqtt: { url: 'mqtt://h:1' }, stateDir: 's', agents: [], rounds: 1, task: {}, model: { classes: ['A', 'B'] } })),
+    () =>
+      loadConfigFile(
+        aggregatorConfigSchema,
+        write('agg.json', { federation: 'usb', mqtt: { url: 'mqtt://h:1' }, stateDir: 's', agents: [], rounds: 1, task: {}, model: { classes: ['A', 'B'] } }),
+      ),
     /"agents"/,
   );
 });
 
 test('unreadable and non-JSON files are reported with FL_CONFIG_READ / FL_CONFIG_PARSE', () => {
-  assert.throws(() => loadConfigFile(agentConfigSchema, join(dir, 'absent.json')), (e: unknown) => (e as FedlineError).code === ErrorCodes.CONFIG_READ && /absent\.json/.test((e as Error).message));
-  assert.throws(() => loadConfigFile(agentConfigSchema, write('bad.json', '{"agentId": ')), (e: unknown) => (e as FedlineError).code === ErrorCodes.CONFIG_PARSE && /bad\.json/.test((e as Error).message));
+  assert.throws(
+    () => loadConfigFile(agentConfigSchema, join(dir, 'absent.json')),
+    (e: unknown) => (e as FedlineError).code === ErrorCodes.CONFIG_READ && /absent\.json/.test((e as Error).message),
+  );
+  assert.throws(
+    () => loadConfigFile(agentConfigSchema, write('bad.json', '{"agentId": ')),
+    (e: unknown) => (e as FedlineError).code === ErrorCodes.CONFIG_PARSE && /bad\.json/.test((e as Error).message),
+  );
 });

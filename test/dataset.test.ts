@@ -42,7 +42,12 @@ test('the train/test split is stratified, seeded and identical on every run', ()
 test('folders that are not classes, stray files and unreadable images are reported with their paths; class indices follow the federation list', async () => {
   const dir = tempDir('dataset');
   try {
-    await generateDataset({ out: dir.path, seed: 1, size: 16, clients: [{ ...PAPER_CLIENTS[0]!, name: 'site', counts: { OKAY: 4, NOT_OKAY: 3, HIDDEN: 0, EMPTY: 2 } }] });
+    await generateDataset({
+      out: dir.path,
+      seed: 1,
+      size: 16,
+      clients: [{ ...PAPER_CLIENTS[0]!, name: 'site', counts: { OKAY: 4, NOT_OKAY: 3, HIDDEN: 0, EMPTY: 2 } }],
+    });
     const root = join(dir.path, 'site');
     mkdirSync(join(root, 'SCRATCHED'));
     writeFileSync(join(root, 'SCRATCHED', 'x.png'), 'not a png');
@@ -57,7 +62,11 @@ test('folders that are not classes, stray files and unreadable images are report
     assert.match(text, /OKAY\/broken\.png: unreadable image/);
     assert.match(text, /notes\.txt: not a \.png/);
     assert.match(text, /README: a file at the top level/);
-    assert.deepEqual(data.counts.train.map((n, i) => n + data.counts.test[i]!), [4, 3, 0, 2], 'the absent class keeps its index with zero images');
+    assert.deepEqual(
+      data.counts.train.map((n, i) => n + data.counts.test[i]!),
+      [4, 3, 0, 2],
+      'the absent class keeps its index with zero images',
+    );
     assert.equal(data.train.count + data.test.count, 9);
     assert.ok((await readAll(data.train)).every((v) => v >= 0 && v <= 1));
   } finally {
@@ -128,7 +137,10 @@ test('odd images (another size, gray, RGBA with alpha, 16-bit, JPEG) are used an
 test('caffe normalisation: BGR, 0..255 minus the ImageNet mean (Keras VGG weights); imagenet: (x - mean) / std', () => {
   const x = Float32Array.from([1, 0.5, 0]);
   normalizeInPlace(x, 1, 3, 'caffe');
-  assert.deepEqual([...x].map((v) => Math.round(v * 1000) / 1000), [0 - 103.939, 127.5 - 116.779, 255 - 123.68].map((v) => Math.round(v * 1000) / 1000));
+  assert.deepEqual(
+    [...x].map((v) => Math.round(v * 1000) / 1000),
+    [0 - 103.939, 127.5 - 116.779, 255 - 123.68].map((v) => Math.round(v * 1000) / 1000),
+  );
   const y = Float32Array.from([0.485, 0.456, 0.406 + 0.225]);
   normalizeInPlace(y, 1, 3, 'imagenet');
   assert.ok(Math.abs(y[0]!) < 1e-6 && Math.abs(y[1]!) < 1e-6 && Math.abs(y[2]! - 1) < 1e-5);

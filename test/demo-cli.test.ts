@@ -29,31 +29,35 @@ function runDemo(args: string[]) {
   return { child, exit, output: () => out, pids };
 }
 
-test('npm run demo: 3 agent processes, every round with all 3, final global accuracy >= 0.9 on every local test split, no process left', { timeout: 600_000 }, async () => {
-  const dir = tempDir('demo');
-  try {
-    const demo = runDemo(['--out', dir.path]);
-    const code = await demo.exit;
-    assert.equal(code, 0, demo.output());
-    const summary = JSON.parse(readFileSync(join(dir.path, 'summary.json'), 'utf8')) as DemoSummary;
-    assert.deepEqual(summary.agents, ['client1', 'client2', 'client3']);
-    assert.ok(summary.rounds.length >= 1);
-    for (const r of summary.rounds) {
-      assert.deepEqual(r.participants, ['client1', 'client2', 'client3'], `round ${r.round} participants`);
-      assert.ok(Object.values(r.sampleCounts).every((n) => n > 0));
-      assert.ok(r.bytesUp > 0 && r.bytesDown > 0 && (r.durationMs ?? 0) > 0);
+test(
+  'npm run demo: 3 agent processes, every round with all 3, final global accuracy >= 0.9 on every local test split, no process left',
+  { timeout: 600_000 },
+  async () => {
+    const dir = tempDir('demo');
+    try {
+      const demo = runDemo(['--out', dir.path]);
+      const code = await demo.exit;
+      assert.equal(code, 0, demo.output());
+      const summary = JSON.parse(readFileSync(join(dir.path, 'summary.json'), 'utf8')) as DemoSummary;
+      assert.deepEqual(summary.agents, ['client1', 'client2', 'client3']);
+      assert.ok(summary.rounds.length >= 1);
+      for (const r of summary.rounds) {
+        assert.deepEqual(r.participants, ['client1', 'client2', 'client3'], `round ${r.round} participants`);
+        assert.ok(Object.values(r.sampleCounts).every((n) => n > 0));
+        assert.ok(r.bytesUp > 0 && r.bytesDown > 0 && (r.durationMs ?? 0) > 0);
+      }
+      const final = summary.finalModel;
+      for (const agent of summary.agents) assert.ok(final.accuracy[agent]! >= 0.9, `final accuracy on ${agent}: ${final.accuracy[agent]}\n${demo.output()}`);
+      assert.ok(existsSync(join(final.dir, 'model.json')) && existsSync(join(final.dir, 'weights.bin')));
+      assert.match(demo.output(), /global model accuracy on each agent's local test split, per round/);
+      const pids = demo.pids();
+      assert.equal(pids.length, 5, 'broker, aggregator and 3 agents were separate processes');
+      await waitFor('every child process to end', () => pids.every((p) => !alive(p)), 10_000);
+    } finally {
+      dir.cleanup();
     }
-    const final = summary.finalModel;
-    for (const agent of summary.agents) assert.ok(final.accuracy[agent]! >= 0.9, `final accuracy on ${agent}: ${final.accuracy[agent]}\n${demo.output()}`);
-    assert.ok(existsSync(join(final.dir, 'model.json')) && existsSync(join(final.dir, 'weights.bin')));
-    assert.match(demo.output(), /global model accuracy on each agent's local test split, per round/);
-    const pids = demo.pids();
-    assert.equal(pids.length, 5, 'broker, aggregator and 3 agents were separate processes');
-    await waitFor('every child process to end', () => pids.every((p) => !alive(p)), 10_000);
-  } finally {
-    dir.cleanup();
-  }
-});
+  },
+);
 
 test('Ctrl-C on the demo ends it and every process it started', { timeout: 120_000 }, async () => {
   const dir = tempDir('demo-sigint');

@@ -10,7 +10,16 @@ import { decodeMsgpack, encodeJson, packMsg } from '../shared/protocol/wire-code
 import { fedAvg } from '../shared/fl/fedavg.js';
 import { silentLogger } from '../shared/util/logger.js';
 import { MemoryHub } from '../shared/transport/memory-transport.js';
-import { ackSchema, modelMetaSchema, roundAnnouncementSchema, SUPPORTED_VERSIONS, updateTopicMessageSchema, type ModelMeta, type RoundAnnouncement, type UpdateMeta } from '../shared/protocol/messages.js';
+import {
+  ackSchema,
+  modelMetaSchema,
+  roundAnnouncementSchema,
+  SUPPORTED_VERSIONS,
+  updateTopicMessageSchema,
+  type ModelMeta,
+  type RoundAnnouncement,
+  type UpdateMeta,
+} from '../shared/protocol/messages.js';
 import { mulberry32 } from '../shared/util/random.js';
 import { bundleTensors, decodeBundle, encodeBundle, type NamedTensor } from '../shared/bundle/tensor-bundle.js';
 import { createTopics } from '../shared/protocol/topics.js';
@@ -35,8 +44,23 @@ const SHAPES: [string, number[]][] = [
 
 function initialModel(): Promise<Uint8Array> {
   const rng = mulberry32(11);
-  const meta: ModelMeta = { kind: 'model', version: 0, round: 0, topology: { fake: true }, headTensors: ['head/kernel', 'head/b'], classes, inputShape: [16, 16, 3], normalization: 'unit', createdAt: 1 };
-  const tensors: NamedTensor[] = SHAPES.map(([name, shape]) => ({ name, shape, dtype: 'float32', data: Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rng() - 0.5) }));
+  const meta: ModelMeta = {
+    kind: 'model',
+    version: 0,
+    round: 0,
+    topology: { fake: true },
+    headTensors: ['head/kernel', 'head/b'],
+    classes,
+    inputShape: [16, 16, 3],
+    normalization: 'unit',
+    createdAt: 1,
+  };
+  const tensors: NamedTensor[] = SHAPES.map(([name, shape]) => ({
+    name,
+    shape,
+    dtype: 'float32',
+    data: Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rng() - 0.5),
+  }));
   return Promise.resolve(encodeBundle(tensors, meta));
 }
 
@@ -52,26 +76,72 @@ function scriptedAgent(hub: MemoryHub, agent: string, seed: number, samples: num
   const transport = hub.connect(`agent-${agent}`);
   const seen = new Set<number>();
   const ready = (async () => {
-    await transport.publish(topics.status(agent), encodeJson({ v: 1, agent, state: 'idle', round: null, progress: null, detail: null, backend: null, samples: null, ts: 1 }), { retain: true });
+    await transport.publish(
+      topics.status(agent),
+      encodeJson({ v: 1, agent, state: 'idle', round: null, progress: null, detail: null, backend: null, samples: null, ts: 1 }),
+      { retain: true },
+    );
     await transport.subscribe(topics.round(), (m) => {
       const ann = decodeMsgpack(m.payload, roundAnnouncementSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'round' }) as RoundAnnouncement;
       if (ann.state !== 'open' || seen.has(ann.round) || !ann.selected.includes(agent)) return;
       seen.add(ann.round);
       void (async () => {
-        const base = decodeBundle<ModelMeta>(await downloadModel(transport, topics, ann.base, silentLogger(), { maxModelBytes: 1 << 24, stallMs: 5000 }), modelMetaSchema);
-        const metrics = { samples: 4, loss: null, accuracy: 1, balancedAccuracy: 1, confusion: [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], precision: [1, 1, 1, 1], recall: [1, 1, 1, 1] };
-        await transport.publish(topics.update(ann.round, agent), packMsg({ v: 1, type: 'eval', round: ann.round, agent, baseVersion: ann.base.version, metrics, downloadedBytes: 0 }));
+        const base = decodeBundle<ModelMeta>(
+          await downloadModel(transport, topics, ann.base, silentLogger(), { maxModelBytes: 1 << 24, stallMs: 5000 }),
+          modelMetaSchema,
+        );
+        const metrics = {
+          samples: 4,
+          loss: null,
+          accuracy: 1,
+          balancedAccuracy: 1,
+          confusion: [
+            [1, 0, 0, 0],
+            [0, 1, 0, 0],
+            [0, 0, 1, 0],
+            [0, 0, 0, 1],
+          ],
+          precision: [1, 1, 1, 1],
+          recall: [1, 1, 1, 1],
+        };
+        await transport.publish(
+          topics.update(ann.round, agent),
+          packMsg({ v: 1, type: 'eval', round: ann.round, agent, baseVersion: ann.base.version, metrics, downloadedBytes: 0 }),
+        );
         if (ann.kind !== 'train') return;
         const rng = mulberry32(seed + ann.round);
         const federated = ann.task.federated === 'head' ? base.header.meta.headTensors : bundleTensors(base).map((t) => t.name);
         const trained = bundleTensors(base)
           .filter((t) => federated.includes(t.name))
           .map((t) => ({ ...t, data: t.data.map((v) => v + (rng() - 0.5) * 0.01) }));
-        const meta: UpdateMeta = { kind: 'update', agent, round: ann.round, baseVersion: ann.base.version, sampleCount: samples, epochs: 1, metricsBefore: null, metricsAfter: null, trainMs: 1, backend: 'none', delta: ann.delta };
-        const source = encodeUpdateSource(trained.map(tensorValues), meta, { encoding: ann.encoding, delta: ann.delta, base: new Map(bundleTensors(base).map((t) => [t.name, t.data])) });
+        const meta: UpdateMeta = {
+          kind: 'update',
+          agent,
+          round: ann.round,
+          baseVersion: ann.base.version,
+          sampleCount: samples,
+          epochs: 1,
+          metricsBefore: null,
+          metricsAfter: null,
+          trainMs: 1,
+          backend: 'none',
+          delta: ann.delta,
+        };
+        const source = encodeUpdateSource(trained.map(tensorValues), meta, {
+          encoding: ann.encoding,
+          delta: ann.delta,
+          base: new Map(bundleTensors(base).map((t) => [t.name, t.data])),
+        });
         const bytes = new Uint8Array(source.byteLength);
         source.read(0, bytes);
-        const result = await sendUpdate(transport, topics, source, silentLogger(), { round: ann.round, agent, chunkBytes: ann.chunkBytes, windowChunks: ann.windowChunks, maxInflight: 4, ackTimeoutMs: 10_000 });
+        const result = await sendUpdate(transport, topics, source, silentLogger(), {
+          round: ann.round,
+          agent,
+          chunkBytes: ann.chunkBytes,
+          windowChunks: ann.windowChunks,
+          maxInflight: 4,
+          ackTimeoutMs: 10_000,
+        });
         sent.push({ agent, samples, bytes, result });
       })();
     });
@@ -125,33 +195,42 @@ for (const [encoding, delta] of [
   ['q8', true],
   ['f32', true],
 ] as const) {
-  test(`${encoding}${delta ? ' + delta' : ''}: the round averages exactly what the encoded updates decode to, and they are that much smaller`, { timeout: 60_000 }, async () => {
-    const { dir, hub, aggregator, agents, store } = setup({ encoding, delta });
-    try {
-      const sent: Sent[] = [];
-      const peers = agents.map((a, i) => scriptedAgent(hub, a, 100 * i, 10 + 20 * i, sent));
-      await Promise.all(peers.map((p) => p.ready));
-      const result = await aggregator.run();
-      assert.equal(result.rounds[0]!.outcome, 'aggregate');
-      assert.equal(result.finalVersion, 1);
-      assert.ok(sent.every((s) => s.result.ack.status === 'accepted' && s.result.ack.sha256 === s.result.sha256));
-      const base = bundleTensors(decodeBundle(await store.readBundle(0)));
-      const expected = expectedModel(sent, base);
-      const got = bundleTensors(decodeBundle(await store.readBundle(1)));
-      for (const t of got) assert.deepEqual(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength), Buffer.from(expected.get(t.name)!.buffer), `${t.name} bit-identical`);
-      // Far from base + noise? No: within the codec error of the true average.
-      const f32Bytes = base.reduce((s, t) => s + t.data.length * 4, 0);
-      const payload = sent[0]!.bytes.byteLength - decodeBundle(sent[0]!.bytes).payloadStart;
-      const ratio = f32Bytes / payload;
-      if (encoding === 'f16') assert.ok(ratio > 1.99 && ratio <= 2, `f16 payload ratio ${ratio}`);
-      if (encoding === 'q8') assert.ok(ratio > 3.9, `q8 payload ratio ${ratio}`);
-      assert.equal(result.rounds[0]!.encoding, encoding);
-      assert.equal(result.rounds[0]!.delta, delta);
-    } finally {
-      await aggregator.stop();
-      dir.cleanup();
-    }
-  });
+  test(
+    `${encoding}${delta ? ' + delta' : ''}: the round averages exactly what the encoded updates decode to, and they are that much smaller`,
+    { timeout: 60_000 },
+    async () => {
+      const { dir, hub, aggregator, agents, store } = setup({ encoding, delta });
+      try {
+        const sent: Sent[] = [];
+        const peers = agents.map((a, i) => scriptedAgent(hub, a, 100 * i, 10 + 20 * i, sent));
+        await Promise.all(peers.map((p) => p.ready));
+        const result = await aggregator.run();
+        assert.equal(result.rounds[0]!.outcome, 'aggregate');
+        assert.equal(result.finalVersion, 1);
+        assert.ok(sent.every((s) => s.result.ack.status === 'accepted' && s.result.ack.sha256 === s.result.sha256));
+        const base = bundleTensors(decodeBundle(await store.readBundle(0)));
+        const expected = expectedModel(sent, base);
+        const got = bundleTensors(decodeBundle(await store.readBundle(1)));
+        for (const t of got)
+          assert.deepEqual(
+            Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength),
+            Buffer.from(expected.get(t.name)!.buffer),
+            `${t.name} bit-identical`,
+          );
+        // Far from base + noise? No: within the codec error of the true average.
+        const f32Bytes = base.reduce((s, t) => s + t.data.length * 4, 0);
+        const payload = sent[0]!.bytes.byteLength - decodeBundle(sent[0]!.bytes).payloadStart;
+        const ratio = f32Bytes / payload;
+        if (encoding === 'f16') assert.ok(ratio > 1.99 && ratio <= 2, `f16 payload ratio ${ratio}`);
+        if (encoding === 'q8') assert.ok(ratio > 3.9, `q8 payload ratio ${ratio}`);
+        assert.equal(result.rounds[0]!.encoding, encoding);
+        assert.equal(result.rounds[0]!.delta, delta);
+      } finally {
+        await aggregator.stop();
+        dir.cleanup();
+      }
+    },
+  );
 }
 
 test('federating the head only: frozen tensors stay bit for bit as in the base, the head is averaged', { timeout: 60_000 }, async () => {
@@ -185,7 +264,10 @@ test('flow control: an agent never has more than its window of chunks beyond wha
     const result = await aggregator.run();
     assert.equal(result.rounds[0]!.outcome, 'aggregate');
     assert.ok(sent.every((s) => s.result.ack.status === 'accepted'));
-    assert.ok(sent.some((s) => s.result.creditWaits > 0), 'the window was reached and the senders waited for progress acks');
+    assert.ok(
+      sent.some((s) => s.result.creditWaits > 0),
+      'the window was reached and the senders waited for progress acks',
+    );
     // Replay the broker's log: chunks published vs progress reported, per agent, in order.
     for (const agent of agents) {
       let published = 0;
@@ -232,7 +314,10 @@ test('flow control: when uploads end, the agents still sending get the larger wi
     const result = await aggregator.run();
     assert.equal(result.rounds[0]!.outcome, 'aggregate');
     assert.equal(sent.length, agentIds.length);
-    assert.ok(sent.some((s) => s.result.creditWaits > 0), 'the shared window was reached');
+    assert.ok(
+      sent.some((s) => s.result.creditWaits > 0),
+      'the shared window was reached',
+    );
     assert.deepEqual(
       sent.map((s) => [s.agent, s.result.creditTimeouts]),
       sent.map((s) => [s.agent, 0]),

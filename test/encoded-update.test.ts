@@ -9,7 +9,18 @@ import { decodeBundle, elementCount, encodeBundle, type NamedTensor } from '../s
 import { decodeValues } from '../shared/bundle/value-encodings.js';
 import { encodeUpdateSource, tensorValues } from '../shared/bundle/encoded-update.js';
 
-const meta: UpdateMeta = { kind: 'update', agent: 'site-a', round: 2, baseVersion: 1, sampleCount: 40, epochs: 1, metricsBefore: null, metricsAfter: null, trainMs: 5, backend: 'cpu' };
+const meta: UpdateMeta = {
+  kind: 'update',
+  agent: 'site-a',
+  round: 2,
+  baseVersion: 1,
+  sampleCount: 40,
+  epochs: 1,
+  metricsBefore: null,
+  metricsAfter: null,
+  trainMs: 5,
+  backend: 'cpu',
+};
 
 function tensors(seed: number, scale = 1): NamedTensor[] {
   const rng = mulberry32(seed);
@@ -20,7 +31,12 @@ function tensors(seed: number, scale = 1): NamedTensor[] {
     ['empty', [0, 3]],
     ['head/bias', [3]],
   ];
-  return shapes.map(([name, shape]) => ({ name, shape, dtype: 'float32' as const, data: Float32Array.from({ length: elementCount(shape) }, () => (rng() * 2 - 1) * scale) }));
+  return shapes.map(([name, shape]) => ({
+    name,
+    shape,
+    dtype: 'float32' as const,
+    data: Float32Array.from({ length: elementCount(shape) }, () => (rng() * 2 - 1) * scale),
+  }));
 }
 
 function readAll(source: { byteLength: number; read(o: number, out: Uint8Array): void | Promise<void> }, pieces: number[]): Uint8Array {
@@ -43,29 +59,35 @@ test('f32 without delta: the encoded source is byte for byte the bundle encodeBu
 
 test('property: any encoding, with or without delta: reading in pieces of any size gives the same bytes, and they decode within the codec bounds', () => {
   fc.assert(
-    fc.property(fc.constantFrom('f32', 'f16', 'q8'), fc.boolean(), fc.array(fc.integer({ min: 1, max: 700 }), { minLength: 1, maxLength: 8 }), fc.integer(), (encoding, delta, pieces, seed) => {
-      const trained = tensors(seed);
-      const base = new Map(tensors(seed + 1).map((t) => [t.name, t.data]));
-      const source = encodeUpdateSource(trained.map(tensorValues), { ...meta, delta }, { encoding, delta, base, block: 16 });
-      const whole = readAll(source, [source.byteLength]);
-      assert.deepEqual(readAll(source, pieces), whole);
-      // It is a well-formed update bundle the aggregator accepts...
-      const expect = { round: 2, agent: 'site-a', baseVersion: 1, tensors: trained, dtype: source.dtype, delta };
-      const decoded = verifyUpdate(whole, expect);
-      // ... and every value decodes back to the trained weight within the codec's bound.
-      for (const spec of decoded.header.tensors) {
-        const t = trained.find((x) => x.name === spec.name)!;
-        const values = new Float32Array(t.data.length);
-        decodeValues(spec.dtype, whole.subarray(decoded.payloadStart + spec.offset), values.length, values, spec.block);
-        const b = base.get(spec.name)!;
-        for (let i = 0; i < values.length; i++) {
-          const got = delta ? Math.fround(values[i]! + b[i]!) : values[i]!;
-          const range = delta ? 2 : 1;
-          const tol = encoding === 'f32' ? (delta ? 2 ** -22 : 0) : encoding === 'f16' ? range * 2 ** -11 + 2 ** -22 : range / 254 + 2 ** -22;
-          assert.ok(Math.abs(got - t.data[i]!) <= tol, `${encoding}${delta ? '+delta' : ''} ${spec.name}[${i}]: ${got} vs ${t.data[i]}`);
+    fc.property(
+      fc.constantFrom('f32', 'f16', 'q8'),
+      fc.boolean(),
+      fc.array(fc.integer({ min: 1, max: 700 }), { minLength: 1, maxLength: 8 }),
+      fc.integer(),
+      (encoding, delta, pieces, seed) => {
+        const trained = tensors(seed);
+        const base = new Map(tensors(seed + 1).map((t) => [t.name, t.data]));
+        const source = encodeUpdateSource(trained.map(tensorValues), { ...meta, delta }, { encoding, delta, base, block: 16 });
+        const whole = readAll(source, [source.byteLength]);
+        assert.deepEqual(readAll(source, pieces), whole);
+        // It is a well-formed update bundle the aggregator accepts...
+        const expect = { round: 2, agent: 'site-a', baseVersion: 1, tensors: trained, dtype: source.dtype, delta };
+        const decoded = verifyUpdate(whole, expect);
+        // ... and every value decodes back to the trained weight within the codec's bound.
+        for (const spec of decoded.header.tensors) {
+          const t = trained.find((x) => x.name === spec.name)!;
+          const values = new Float32Array(t.data.length);
+          decodeValues(spec.dtype, whole.subarray(decoded.payloadStart + spec.offset), values.length, values, spec.block);
+          const b = base.get(spec.name)!;
+          for (let i = 0; i < values.length; i++) {
+            const got = delta ? Math.fround(values[i]! + b[i]!) : values[i]!;
+            const range = delta ? 2 : 1;
+            const tol = encoding === 'f32' ? (delta ? 2 ** -22 : 0) : encoding === 'f16' ? range * 2 ** -11 + 2 ** -22 : range / 254 + 2 ** -22;
+            assert.ok(Math.abs(got - t.data[i]!) <= tol, `${encoding}${delta ? '+delta' : ''} ${spec.name}[${i}]: ${got} vs ${t.data[i]}`);
+          }
         }
-      }
-    }),
+      },
+    ),
     { numRuns: 60 },
   );
 });

@@ -45,5 +45,10 @@ test('the example three-site federation logs in: every service has a user with t
     assert.ok(passwords.verify(mqtt.username!, mqtt.password ?? mqttPassword(mqtt)!), `${file}: the password file accepts ${mqtt.username}'s password`);
   }
   for (const a of agg.agents) assert.equal(loadConfigFile(agentConfigSchema, join(dir, `agent-${a}.json`)).agentId, a, 'an agent logs in under its own id');
-  assert.ok(readFileSync(join(dir, 'passwd'), 'utf8').split('\n').every((l) => l === '' || /^[^:]+:\$7\$\d+\$/.test(l)), 'only hashes in the password file');
+  assert.ok(
+    readFileSync(join(dir, 'passwd'), 'utf8')
+      .split('\n')
+      .every((l) => l === '' || /^[^:]+:\$7\$\d+\$/.test(l)),
+    'only hashes in the password file',
+  );
 });

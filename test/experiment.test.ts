@@ -33,8 +33,15 @@ test('the experiment generator: one seed, identical files in every part; another
     await generateExperimentData({ ...opts, seed: 12, out: dirs[2]!.path });
     const [ha, hb, hc] = dirs.map((d) => treeHashes(d.path));
     assert.equal(ha!.size, a.files, 'the file count reported is the count written');
-    assert.ok(a.clients.length === 3 && a.external !== null && a.probes.length === 6 && a.reference !== null, 'clients, external set, six cross-client probes, reference images');
-    for (const part of ['client1/', 'external/', 'probes/', 'reference/']) assert.ok([...ha!.keys()].some((k) => k.startsWith(part)), `${part} written`);
+    assert.ok(
+      a.clients.length === 3 && a.external !== null && a.probes.length === 6 && a.reference !== null,
+      'clients, external set, six cross-client probes, reference images',
+    );
+    for (const part of ['client1/', 'external/', 'probes/', 'reference/'])
+      assert.ok(
+        [...ha!.keys()].some((k) => k.startsWith(part)),
+        `${part} written`,
+      );
     assert.deepEqual([...ha!.entries()].sort(), [...hb!.entries()].sort(), 'same seed, byte-identical files');
     const differing = [...ha!].filter(([k, v]) => hc!.get(k) !== v).length;
     assert.ok(differing > ha!.size / 2, `another seed changes most images (${differing} of ${ha!.size})`);
@@ -83,19 +90,27 @@ test('the generated classes are learnable: centralized training on all clients b
     const central = r.models.find((m) => m.id === 'centralized')!;
     const acc = central.eval['local-test']!.accuracy;
     assert.ok(acc > 0.9, `centralized accuracy on the pooled local test splits ${acc.toFixed(3)} > 0.9`);
-    assert.equal(central.eval['local-test']!.samples, Object.values(r.data.sites).reduce((s, x) => s + x.test.reduce((a, b) => a + b, 0), 0));
+    assert.equal(
+      central.eval['local-test']!.samples,
+      Object.values(r.data.sites).reduce((s, x) => s + x.test.reduce((a, b) => a + b, 0), 0),
+    );
     const report = readFileSync(join(dir.path, 'report.md'), 'utf8');
     assert.match(report, /\| centralized \|/);
     const json = JSON.parse(readFileSync(join(dir.path, 'results.json'), 'utf8')) as ExperimentResults;
     assert.equal(json.models[0]!.eval['local-test']!.accuracy, acc);
-    for (const png of Object.values(central.confusionPngs)) assert.deepEqual([...readFileSync(join(dir.path, png)).subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47], `${png} is a PNG`);
-    assert.ok(central.confusionPngs['local-test'] && central.confusionPngs.external && central.confusionPngs.probes, 'confusion matrices for the local tests, the external set and the probes');
+    for (const png of Object.values(central.confusionPngs))
+      assert.deepEqual([...readFileSync(join(dir.path, png)).subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47], `${png} is a PNG`);
+    assert.ok(
+      central.confusionPngs['local-test'] && central.confusionPngs.external && central.confusionPngs.probes,
+      'confusion matrices for the local tests, the external set and the probes',
+    );
   } finally {
     dir.cleanup();
   }
 });
 
-const loadFinal = async (modelDir: string) => bundleTensors(decodeBundle(await new FsModelStore(dirname(modelDir)).readBundle(Number(basename(modelDir).slice(1)))));
+const loadFinal = async (modelDir: string) =>
+  bundleTensors(decodeBundle(await new FsModelStore(dirname(modelDir)).readBundle(Number(basename(modelDir).slice(1)))));
 const bytesOf = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
 /** Runs one config in both modes and checks that every arm's final global weights are bit-identical. */
@@ -127,7 +142,8 @@ test('in-process and over MQTT (broker, aggregator and agent processes) give the
     const arms = { centralized: false, 'local-only': false, 'federated-all': {}, 'federated-head': {}, 'federated-random': false };
     const inProcess = await bothModesAgree(dir.path, { arms }, ['federated-all', 'federated-head'], 2);
     // Not two copies of an untouched init: head only leaves the convolutions as they were, all moves them.
-    const conv = async (id: string) => (await loadFinal(inProcess.models.find((x) => x.id === id)!.modelDir)).find((x) => x.name === 'block1_conv1/kernel')!.data;
+    const conv = async (id: string) =>
+      (await loadFinal(inProcess.models.find((x) => x.id === id)!.modelDir)).find((x) => x.name === 'block1_conv1/kernel')!.data;
     assert.notDeepEqual(await conv('federated-all'), await conv('federated-head'));
   } finally {
     dir.cleanup();
@@ -141,7 +157,10 @@ test('batch normalisation over MQTT: the moving statistics are averaged like eve
     const model = { architecture: 'vgg11', width: 0.125, batchNorm: true, inputShape: [32, 32, 3], seed: 5 };
     const r = await bothModesAgree(dir.path, { arms, model, rounds: 1, data: { source: 'synthetic', size: 32, scale: 0.15 } }, ['federated-all'], 1);
     const variance = (await loadFinal(r.models[0]!.modelDir)).find((t) => t.name === 'block1_conv1_bn/moving_variance')!;
-    assert.ok(variance.data.some((v) => Math.abs(v - 1) > 1e-3), 'the moving variance moved away from its init and travelled');
+    assert.ok(
+      variance.data.some((v) => Math.abs(v - 1) > 1e-3),
+      'the moving variance moved away from its init and travelled',
+    );
   } finally {
     dir.cleanup();
   }

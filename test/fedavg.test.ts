@@ -4,7 +4,14 @@ import fc from 'fast-check';
 import { allFinite, fedAvg, fedAvgStreamed, type TensorBlockReader, type WeightedTensors } from '../shared/fl/fedavg.js';
 import { mulberry32 } from '../shared/util/random.js';
 
-const input = (id: string, weight: number, w: number[], b: number[]): WeightedTensors => ({ id, weight, tensors: new Map([['w', Float32Array.from(w)], ['b', Float32Array.from(b)]]) });
+const input = (id: string, weight: number, w: number[], b: number[]): WeightedTensors => ({
+  id,
+  weight,
+  tensors: new Map([
+    ['w', Float32Array.from(w)],
+    ['b', Float32Array.from(b)],
+  ]),
+});
 
 test('FedAvg weights each client by its sample count (hand-computed)', () => {
   // Prepare: two clients, 100 and 300 samples.
@@ -20,7 +27,12 @@ test('FedAvg weights each client by its sample count (hand-computed)', () => {
 test('three clients, uneven counts: matches a float64 reference within 1e-6 and ignores input order', () => {
   const rng = mulberry32(7);
   const clients = ['site-c', 'site-a', 'site-b'].map((id, k) =>
-    input(id, [17, 250, 3][k]!, Array.from({ length: 1000 }, () => rng() * 20 - 10), Array.from({ length: 5 }, () => rng())),
+    input(
+      id,
+      [17, 250, 3][k]!,
+      Array.from({ length: 1000 }, () => rng() * 20 - 10),
+      Array.from({ length: 5 }, () => rng()),
+    ),
   );
   const out = fedAvg(clients, ['w', 'b']);
   const total = clients.reduce((s, c) => s + c.weight, 0);
@@ -39,20 +51,44 @@ test('three clients, uneven counts: matches a float64 reference within 1e-6 and 
 
 test('property: streamed FedAvg (block readers) equals in-memory FedAvg bit for bit, for any block size', async () => {
   await fc.assert(
-    fc.asyncProperty(fc.integer({ min: 1, max: 4 }), fc.integer({ min: 1, max: 3000 }), fc.integer({ min: 1, max: 700 }), fc.integer(), async (k, length, block, seed) => {
-      const rng = mulberry32(seed);
-      const clients = Array.from({ length: k }, (_, i) => input(`c${i}`, 1 + Math.floor(rng() * 500), Array.from({ length }, () => rng() * 2 - 1), [rng()]));
-      const expected = fedAvg(clients, ['w', 'b']);
-      const readers: TensorBlockReader[] = clients.map((c) => ({
-        id: c.id,
-        weight: c.weight,
-        read: async (name, start, out) => out.set(c.tensors.get(name)!.subarray(start, start + out.length)),
-      }));
-      const targets = new Map([['w', new Float32Array(length)], ['b', new Float32Array(1)]]);
-      await fedAvgStreamed(readers, [{ name: 'w', length }, { name: 'b', length: 1 }], (n, start, values) => targets.get(n)!.set(values, start), block);
-      assert.deepEqual(Buffer.from(targets.get('w')!.buffer), Buffer.from(expected.get('w')!.buffer));
-      assert.deepEqual(Buffer.from(targets.get('b')!.buffer), Buffer.from(expected.get('b')!.buffer));
-    }),
+    fc.asyncProperty(
+      fc.integer({ min: 1, max: 4 }),
+      fc.integer({ min: 1, max: 3000 }),
+      fc.integer({ min: 1, max: 700 }),
+      fc.integer(),
+      async (k, length, block, seed) => {
+        const rng = mulberry32(seed);
+        const clients = Array.from({ length: k }, (_, i) =>
+          input(
+            `c${i}`,
+            1 + Math.floor(rng() * 500),
+            Array.from({ length }, () => rng() * 2 - 1),
+            [rng()],
+          ),
+        );
+        const expected = fedAvg(clients, ['w', 'b']);
+        const readers: TensorBlockReader[] = clients.map((c) => ({
+          id: c.id,
+          weight: c.weight,
+          read: async (name, start, out) => out.set(c.tensors.get(name)!.subarray(start, start + out.length)),
+        }));
+        const targets = new Map([
+          ['w', new Float32Array(length)],
+          ['b', new Float32Array(1)],
+        ]);
+        await fedAvgStreamed(
+          readers,
+          [
+            { name: 'w', length },
+            { name: 'b', length: 1 },
+          ],
+          (n, start, values) => targets.get(n)!.set(values, start),
+          block,
+        );
+        assert.deepEqual(Buffer.from(targets.get('w')!.buffer), Buffer.from(expected.get('w')!.buffer));
+        assert.deepEqual(Buffer.from(targets.get('b')!.buffer), Buffer.from(expected.get('b')!.buffer));
+      },
+    ),
     { numRuns: 100 },
   );
 });
@@ -74,20 +110,38 @@ test('allFinite finds NaN and infinities anywhere', () => {
 
 test('property: the WebAssembly SIMD kernels and the JavaScript loop give the same bits as in-memory FedAvg, 1 to 11 clients', async () => {
   await fc.assert(
-    fc.asyncProperty(fc.integer({ min: 1, max: 11 }), fc.integer({ min: 1, max: 2000 }), fc.integer({ min: 1, max: 300 }), fc.integer(), fc.boolean(), async (k, length, block, seed, simd) => {
-      const rng = mulberry32(seed);
-      const clients = Array.from({ length: k }, (_, i) => input(`c${String(i).padStart(2, '0')}`, 1 + Math.floor(rng() * 500), Array.from({ length }, () => (rng() * 2 - 1) * 10 ** Math.floor(rng() * 6 - 3)), [rng()]));
-      const expected = fedAvg(clients, ['w', 'b']);
-      const readers: TensorBlockReader[] = clients.map((c) => ({ id: c.id, weight: c.weight, read: async (name, start, out) => out.set(c.tensors.get(name)!.subarray(start, start + out.length)) }));
-      const got = new Float32Array(length);
-      if (!simd) process.env.FEDLINE_NO_SIMD = '1';
-      try {
-        await fedAvgStreamed(readers, [{ name: 'w', length }], (_n, start, values) => got.set(values, start), block);
-      } finally {
-        delete process.env.FEDLINE_NO_SIMD;
-      }
-      assert.deepEqual(Buffer.from(got.buffer), Buffer.from(expected.get('w')!.buffer));
-    }),
+    fc.asyncProperty(
+      fc.integer({ min: 1, max: 11 }),
+      fc.integer({ min: 1, max: 2000 }),
+      fc.integer({ min: 1, max: 300 }),
+      fc.integer(),
+      fc.boolean(),
+      async (k, length, block, seed, simd) => {
+        const rng = mulberry32(seed);
+        const clients = Array.from({ length: k }, (_, i) =>
+          input(
+            `c${String(i).padStart(2, '0')}`,
+            1 + Math.floor(rng() * 500),
+            Array.from({ length }, () => (rng() * 2 - 1) * 10 ** Math.floor(rng() * 6 - 3)),
+            [rng()],
+          ),
+        );
+        const expected = fedAvg(clients, ['w', 'b']);
+        const readers: TensorBlockReader[] = clients.map((c) => ({
+          id: c.id,
+          weight: c.weight,
+          read: async (name, start, out) => out.set(c.tensors.get(name)!.subarray(start, start + out.length)),
+        }));
+        const got = new Float32Array(length);
+        if (!simd) process.env.FEDLINE_NO_SIMD = '1';
+        try {
+          await fedAvgStreamed(readers, [{ name: 'w', length }], (_n, start, values) => got.set(values, start), block);
+        } finally {
+          delete process.env.FEDLINE_NO_SIMD;
+        }
+        assert.deepEqual(Buffer.from(got.buffer), Buffer.from(expected.get('w')!.buffer));
+      },
+    ),
     { numRuns: 150 },
   );
 });

@@ -12,7 +12,11 @@ import { createTopics } from '../shared/protocol/topics.js';
 import type { FsModelStore } from '../aggregator/model-store.js';
 
 /** Listens to the update topics like any subscriber could, and reassembles what each agent sent. */
-export async function captureUpdates(url: string, root = 'fl/test', login: { username?: string; password?: string } = {}): Promise<{ updates: Map<string, DecodedBundle<UpdateMeta>>; close(): Promise<void> }> {
+export async function captureUpdates(
+  url: string,
+  root = 'fl/test',
+  login: { username?: string; password?: string } = {},
+): Promise<{ updates: Map<string, DecodedBundle<UpdateMeta>>; close(): Promise<void> }> {
   const topics = createTopics(root);
   const transport = await MqttTransport.connect({ url, clientId: `test-observer-${Math.random().toString(36).slice(2, 8)}`, logger: silentLogger(), ...login });
   const assemblers = new Map<string, { upload: string; r: Reassembler; sha256: string | null }>();
@@ -24,7 +28,8 @@ export async function captureUpdates(url: string, root = 'fl/test', login: { use
       const key = `${msg.round}/${msg.agent}`;
       let a = assemblers.get(key);
       if (msg.type === 'update-chunk') {
-        if (!a || a.upload !== msg.upload || !a.r.matches(msg)) assemblers.set(key, (a = { upload: msg.upload, r: Reassembler.fromChunk(msg, 1 << 30), sha256: null }));
+        if (!a || a.upload !== msg.upload || !a.r.matches(msg))
+          assemblers.set(key, (a = { upload: msg.upload, r: Reassembler.fromChunk(msg, 1 << 30), sha256: null }));
         a.r.accept(msg);
       } else if (a && a.upload === msg.upload) {
         a.sha256 = msg.sha256; // update-done carries the bundle's SHA-256
@@ -46,7 +51,11 @@ export async function assertFedAvgResult(store: FsModelStore, version: number, u
   assert.ok(stored, `version ${version} is stored`);
   const bundle = await store.readBundle(version);
   const global = new Map(bundleTensors(decodeBundle(bundle)).map((t) => [t.name, t.data]));
-  const inputs = updates.map((u) => ({ id: u.header.meta.agent, weight: u.header.meta.sampleCount, tensors: new Map(bundleTensors(u).map((t) => [t.name, t.data])) }));
+  const inputs = updates.map((u) => ({
+    id: u.header.meta.agent,
+    weight: u.header.meta.sampleCount,
+    tensors: new Map(bundleTensors(u).map((t) => [t.name, t.data])),
+  }));
   const names = [...inputs[0]!.tensors.keys()];
   const total = inputs.reduce((s, i) => s + i.weight, 0);
   let compared = 0;

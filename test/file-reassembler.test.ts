@@ -25,42 +25,48 @@ test('property: chunks in any order with duplicates land in the file as the bund
   try {
     let run = 0;
     await fc.assert(
-      fc.asyncProperty(fc.integer({ min: 1, max: 20_000 }), fc.integer({ min: 1, max: 3000 }), fc.integer(), fc.integer({ min: 0, max: 10 }), async (size, chunkBytes, seed, dups) => {
-        const bundle = randomBytes(size, seed);
-        const chunks = [...splitIntoChunks(bundle, chunkBytes)];
-        const rng = mulberry32(seed ^ 0x5bd1e995);
-        const delivery = [...chunks];
-        for (let i = 0; i < dups; i++) delivery.push(chunks[Math.floor(rng() * chunks.length)]!);
-        shuffleInPlace(delivery, rng);
-        const seen: Buffer[] = [];
-        let expectedOffset = 0;
-        const path = join(dir.path, `b${run++}.part`);
-        const r = new FileReassembler({
-          path,
-          total: chunks.length,
-          bundleBytes: size,
-          chunkBytes,
-          maxBundleBytes: 1 << 30,
-          syncEveryBytes: 4096,
-          onInOrder: (bytes, offset) => {
-            assert.equal(offset, expectedOffset, 'in order, each byte once');
-            expectedOffset += bytes.byteLength;
-            seen.push(Buffer.from(bytes));
-          },
-        });
-        let added = 0;
-        for (const c of delivery) {
-          if (!r.complete) assert.equal(r.digest, null);
-          if (r.accept(c) === 'added') added++;
-        }
-        assert.equal(added, chunks.length);
-        assert.ok(r.complete);
-        assert.deepEqual(r.missing(), []);
-        assert.equal(r.digest, sha256Hex(bundle));
-        assert.ok(Buffer.concat(seen).equals(bundle));
-        assert.equal(await r.finish(sha256Hex(bundle)), path);
-        assert.ok(readFileSync(path).equals(bundle));
-      }),
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 20_000 }),
+        fc.integer({ min: 1, max: 3000 }),
+        fc.integer(),
+        fc.integer({ min: 0, max: 10 }),
+        async (size, chunkBytes, seed, dups) => {
+          const bundle = randomBytes(size, seed);
+          const chunks = [...splitIntoChunks(bundle, chunkBytes)];
+          const rng = mulberry32(seed ^ 0x5bd1e995);
+          const delivery = [...chunks];
+          for (let i = 0; i < dups; i++) delivery.push(chunks[Math.floor(rng() * chunks.length)]!);
+          shuffleInPlace(delivery, rng);
+          const seen: Buffer[] = [];
+          let expectedOffset = 0;
+          const path = join(dir.path, `b${run++}.part`);
+          const r = new FileReassembler({
+            path,
+            total: chunks.length,
+            bundleBytes: size,
+            chunkBytes,
+            maxBundleBytes: 1 << 30,
+            syncEveryBytes: 4096,
+            onInOrder: (bytes, offset) => {
+              assert.equal(offset, expectedOffset, 'in order, each byte once');
+              expectedOffset += bytes.byteLength;
+              seen.push(Buffer.from(bytes));
+            },
+          });
+          let added = 0;
+          for (const c of delivery) {
+            if (!r.complete) assert.equal(r.digest, null);
+            if (r.accept(c) === 'added') added++;
+          }
+          assert.equal(added, chunks.length);
+          assert.ok(r.complete);
+          assert.deepEqual(r.missing(), []);
+          assert.equal(r.digest, sha256Hex(bundle));
+          assert.ok(Buffer.concat(seen).equals(bundle));
+          assert.equal(await r.finish(sha256Hex(bundle)), path);
+          assert.ok(readFileSync(path).equals(bundle));
+        },
+      ),
       { numRuns: 100 },
     );
   } finally {
@@ -76,7 +82,10 @@ test('a corrupted chunk is refused (CRC32) and stays missing; a wrong SHA-256 is
     const path = join(dir.path, 'x.part');
     const r = new FileReassembler({ path, total: chunks.length, bundleBytes: 5000, chunkBytes: 700, maxBundleBytes: 1 << 20 });
     const bad: Chunk = { ...chunks[3]!, data: Buffer.from(chunks[3]!.data).fill(9, 0, 1) };
-    assert.throws(() => r.accept(bad), (e: unknown) => e instanceof FedlineError && e.code === ErrorCodes.CHUNK_CRC);
+    assert.throws(
+      () => r.accept(bad),
+      (e: unknown) => e instanceof FedlineError && e.code === ErrorCodes.CHUNK_CRC,
+    );
     for (const c of chunks) if (c.seq !== 3) r.accept(c);
     assert.deepEqual(r.missing(), [3]);
     assert.equal(r.digest, null, 'no digest before the bundle is whole');
@@ -88,21 +97,42 @@ test('a corrupted chunk is refused (CRC32) and stays missing; a wrong SHA-256 is
     );
     r.discard();
     assert.equal(existsSync(path), false);
-    assert.throws(() => new FileReassembler({ path, total: 2, bundleBytes: 5000, chunkBytes: 700, maxBundleBytes: 1 << 20 }), (e: unknown) => (e as FedlineError).code === ErrorCodes.CHUNK_MISMATCH);
-    assert.throws(() => new FileReassembler({ path, total: 8, bundleBytes: 5000, chunkBytes: 700, maxBundleBytes: 4999 }), (e: unknown) => (e as FedlineError).code === ErrorCodes.MSG_OVERSIZE);
+    assert.throws(
+      () => new FileReassembler({ path, total: 2, bundleBytes: 5000, chunkBytes: 700, maxBundleBytes: 1 << 20 }),
+      (e: unknown) => (e as FedlineError).code === ErrorCodes.CHUNK_MISMATCH,
+    );
+    assert.throws(
+      () => new FileReassembler({ path, total: 8, bundleBytes: 5000, chunkBytes: 700, maxBundleBytes: 4999 }),
+      (e: unknown) => (e as FedlineError).code === ErrorCodes.MSG_OVERSIZE,
+    );
   } finally {
     dir.cleanup();
   }
 });
 
-const meta: UpdateMeta = { kind: 'update', agent: 'site-a', round: 4, baseVersion: 3, sampleCount: 50, epochs: 1, metricsBefore: null, metricsAfter: null, trainMs: 10, backend: 'cpu' };
+const meta: UpdateMeta = {
+  kind: 'update',
+  agent: 'site-a',
+  round: 4,
+  baseVersion: 3,
+  sampleCount: 50,
+  epochs: 1,
+  metricsBefore: null,
+  metricsAfter: null,
+  trainMs: 10,
+  backend: 'cpu',
+};
 const model = (k: number[], b: number[]): NamedTensor[] => [
   { name: 'k', shape: [2, 2], dtype: 'float32', data: Float32Array.from(k) },
   { name: 'b', shape: [2], dtype: 'float32', data: Float32Array.from(b) },
 ];
 const expect = { round: 4, agent: 'site-a', baseVersion: 3, tensors: model([0, 0, 0, 0], [0, 0]) };
 
-function streamVerify(bytes: Uint8Array, pieces: number[], e: typeof expect & { dtype?: 'float32' | 'float16' | 'q8'; delta?: boolean } = expect): FedlineError | null {
+function streamVerify(
+  bytes: Uint8Array,
+  pieces: number[],
+  e: typeof expect & { dtype?: 'float32' | 'float16' | 'q8'; delta?: boolean } = expect,
+): FedlineError | null {
   const v = new UpdateStreamVerifier(bytes.byteLength, e);
   let at = 0;
   let i = 0;

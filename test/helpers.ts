@@ -128,11 +128,4 @@ export function startAedes(): Promise<RunningBroker> {
 }
 
 // The local Mosquitto launcher and its auth files live in demo/mosquitto.ts (the benchmarks use them too).
-export {
-  mosquittoAvailable,
-  startMosquitto,
-  testAccess,
-  testPassword,
-  writeAuthFiles,
-  type AuthFiles,
-} from '../demo/mosquitto.js';
+export { mosquittoAvailable, startMosquitto, testAccess, testPassword, writeAuthFiles, type AuthFiles } from '../demo/mosquitto.js';

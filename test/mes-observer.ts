@@ -32,4 +32,3 @@ export async function mesObserver(url: string, credentials: Pick<MqttTransportOp
   const ofType = (type: string) => events.filter((e) => e.event.type === type).map((e) => e.event);
   return { transport: t, statuses, events, updates, invalid, of, ofType, last: (agent: string) => of(agent).at(-1), close: () => t.close() };
 }
-

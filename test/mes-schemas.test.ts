@@ -9,7 +9,11 @@ import { REPO_ROOT } from './helpers.js';
 
 const topicsDoc = readFileSync(join(REPO_ROOT, 'docs', 'topics.md'), 'utf8');
 const protocolDoc = readFileSync(join(REPO_ROOT, 'docs', 'protocol.md'), 'utf8');
-const examples = [...topicsDoc.matchAll(/```json ([\w:-]+)\n([\s\S]*?)\n```/g)].map((m) => ({ tag: m[1]!, text: m[2]!, value: JSON.parse(m[2]!) as Record<string, unknown> }));
+const examples = [...topicsDoc.matchAll(/```json ([\w:-]+)\n([\s\S]*?)\n```/g)].map((m) => ({
+  tag: m[1]!,
+  text: m[2]!,
+  value: JSON.parse(m[2]!) as Record<string, unknown>,
+}));
 
 test('docs/topics.md: every example payload satisfies its schema (strict for what fedline publishes)', () => {
   assert.ok(examples.length >= 15);
@@ -35,16 +39,33 @@ test('docs/topics.md: every example payload satisfies its schema (strict for wha
 
 test('docs/topics.md documents every event type and every command, with an example each', () => {
   for (const type of Object.keys(eventSchemas)) {
-    assert.ok(examples.some((e) => e.tag === `event:${type}`), `example of event ${type}`);
+    assert.ok(
+      examples.some((e) => e.tag === `event:${type}`),
+      `example of event ${type}`,
+    );
     assert.ok(topicsDoc.includes(`### ${type}`), `section for event ${type}`);
     assert.ok(protocolDoc.includes(`\`${type}\``), `docs/protocol.md names event ${type} too`);
   }
   for (const verb of commandVerbs) {
-    assert.ok(examples.some((e) => e.tag === `command:${verb}`), `example of command ${verb}`);
+    assert.ok(
+      examples.some((e) => e.tag === `command:${verb}`),
+      `example of command ${verb}`,
+    );
     assert.ok(topicsDoc.includes(`| \`${verb}\` |`), `table row for command ${verb}`);
   }
-  for (const tag of ['status', 'manifest', 'verdict', 'line-state']) assert.ok(examples.some((e) => e.tag === tag), `example of ${tag}`);
-  for (const topic of ['<root>/events/<type>', '<root>/events/<type>/<agent>', '<root>/cmd/<verb>', '<root>/agent/<agent>/status', '<root>/model/latest', '<root>/inspection/<agent>/verdict']) {
+  for (const tag of ['status', 'manifest', 'verdict', 'line-state'])
+    assert.ok(
+      examples.some((e) => e.tag === tag),
+      `example of ${tag}`,
+    );
+  for (const topic of [
+    '<root>/events/<type>',
+    '<root>/events/<type>/<agent>',
+    '<root>/cmd/<verb>',
+    '<root>/agent/<agent>/status',
+    '<root>/model/latest',
+    '<root>/inspection/<agent>/verdict',
+  ]) {
     assert.ok(topicsDoc.includes(`\`${topic}`), `topic ${topic} documented`);
   }
   for (const field of Object.keys(agentStatusSchema.shape)) assert.ok(topicsDoc.includes(`"${field}"`), `status field ${field} in the example`);

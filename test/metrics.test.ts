@@ -7,7 +7,11 @@ test('accuracy, balanced accuracy, per-class precision/recall and the confusion 
   const labels = [0, 0, 0, 0, 0, 0, 1, 1];
   const preds = [0, 0, 0, 0, 0, 0, 0, 1];
   const m = classificationMetrics(labels, preds, 3, 0.25);
-  assert.deepEqual(m.confusion, [[6, 0, 0], [1, 1, 0], [0, 0, 0]]);
+  assert.deepEqual(m.confusion, [
+    [6, 0, 0],
+    [1, 1, 0],
+    [0, 0, 0],
+  ]);
   assert.equal(m.accuracy, 7 / 8);
   assert.deepEqual(m.recall, [1, 0.5, null]);
   assert.deepEqual(m.precision, [6 / 7, 1, null]);

@@ -12,7 +12,17 @@ import { bundleTensors, decodeBundle, encodeBundle, sha256Hex, type NamedTensor 
 import { encodeUpdateSource, tensorValues } from '../shared/bundle/encoded-update.js';
 import { tempDir } from './helpers.js';
 
-const meta = (version: number): ModelMeta => ({ kind: 'model', version, round: version, topology: { t: 1 }, headTensors: ['head'], classes: ['A', 'B'], inputShape: [8, 8, 1], normalization: 'unit', createdAt: 5 });
+const meta = (version: number): ModelMeta => ({
+  kind: 'model',
+  version,
+  round: version,
+  topology: { t: 1 },
+  headTensors: ['head'],
+  classes: ['A', 'B'],
+  inputShape: [8, 8, 1],
+  normalization: 'unit',
+  createdAt: 5,
+});
 const model = (seed: number): NamedTensor[] => {
   const rng = mulberry32(seed);
   return [
@@ -48,7 +58,10 @@ test('a version written as a stream is byte for byte the bundle, readable as a s
     await store.verify(1);
     // A damaged weights file is found, never served.
     appendFileSync(join(store.dir(1), 'weights.bin'), Buffer.from([1]));
-    await assert.rejects(() => store.verify(1), (e: unknown) => e instanceof FedlineError && e.code === ErrorCodes.MODEL_STORE && /corrupt|cannot be read/.test(e.message));
+    await assert.rejects(
+      () => store.verify(1),
+      (e: unknown) => e instanceof FedlineError && e.code === ErrorCodes.MODEL_STORE && /corrupt|cannot be read/.test(e.message),
+    );
     // An incomplete or aborted version leaves nothing behind.
     const partial = await store.createVersion(meta(2), model(1));
     await partial.write(payload.subarray(0, 100));
@@ -98,20 +111,47 @@ test('after a restart the spool gives back verified updates and drops one whose 
     const spool = new UpdateSpool(dir.path);
     spool.ensureRound(3);
     for (const agent of ['a', 'b']) {
-      const m: UpdateMeta = { kind: 'update', agent, round: 3, baseVersion: 2, sampleCount: 9, epochs: 1, metricsBefore: null, metricsAfter: null, trainMs: 1, backend: 'x' };
+      const m: UpdateMeta = {
+        kind: 'update',
+        agent,
+        round: 3,
+        baseVersion: 2,
+        sampleCount: 9,
+        epochs: 1,
+        metricsBefore: null,
+        metricsAfter: null,
+        trainMs: 1,
+        backend: 'x',
+      };
       const source = encodeUpdateSource(model(agent === 'a' ? 2 : 3).map(tensorValues), m, { encoding: 'f16', delta: false });
       const bytes = Buffer.alloc(source.byteLength);
       source.read(0, bytes);
       const part = spool.partPath(3, agent, 'up1');
       writeFileSync(part, bytes);
-      const info: SpooledUpdate = { agent, upload: 'up1', sampleCount: 9, bytes: bytes.length, sha256: sha256Hex(bytes), metricsBefore: null, metricsAfter: null, trainMs: 1, delta: false, payloadStart: source.payloadStart, tensors: [...source.specs], acceptedAt: 1 };
+      const info: SpooledUpdate = {
+        agent,
+        upload: 'up1',
+        sampleCount: 9,
+        bytes: bytes.length,
+        sha256: sha256Hex(bytes),
+        metricsBefore: null,
+        metricsAfter: null,
+        trainMs: 1,
+        delta: false,
+        payloadStart: source.payloadStart,
+        tensors: [...source.specs],
+        acceptedAt: 1,
+      };
       await spool.commit(3, info, part);
     }
     writeFileSync(spool.partPath(3, 'c', 'half'), Buffer.alloc(10)); // an upload interrupted by the restart
     const bFile = join(dir.path, 'r3', 'b.flb');
     appendFileSync(bFile, Buffer.from([0]));
     const restored = await spool.list(3);
-    assert.deepEqual(restored.map((u) => u.agent), ['a']);
+    assert.deepEqual(
+      restored.map((u) => u.agent),
+      ['a'],
+    );
     assert.deepEqual(readdirSync(join(dir.path, 'r3')).sort(), ['a.flb', 'a.json', 'b.flb']);
     // and the f16 update reads back as float32 values within half precision
     const [reader] = await spool.openReaders(3, restored);

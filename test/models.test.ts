@@ -25,11 +25,24 @@ async function initial(spec: Parameters<typeof buildInitialBundle>[1]): Promise<
 test('vgg11/16/19: Keras layer names, conv count per block, width multiplier, custom head ending in the class count', async () => {
   const { tf } = await loadTf('cpu');
   for (const arch of ['vgg11', 'vgg16', 'vgg19'] as const) {
-    const model = buildModel(tf, { architecture: arch, inputShape: [32, 32, 3], numClasses: 5, seed: 1, width: 0.125, head: { dense: [24, 12], dropout: 0.3 } });
+    const model = buildModel(tf, {
+      architecture: arch,
+      inputShape: [32, 32, 3],
+      numClasses: 5,
+      seed: 1,
+      width: 0.125,
+      head: { dense: [24, 12], dropout: 0.3 },
+    });
     try {
       const convs = model.layers.filter((l) => /^block\d_conv\d$/.test(l.name));
-      assert.equal(convs.length, VGG_BLOCKS[arch].reduce((a, b) => a + b, 0), arch);
-      VGG_BLOCKS[arch].forEach((n, i) => assert.ok(model.layers.some((l) => l.name === `block${i + 1}_conv${n}`) && !model.layers.some((l) => l.name === `block${i + 1}_conv${n + 1}`)));
+      assert.equal(
+        convs.length,
+        VGG_BLOCKS[arch].reduce((a, b) => a + b, 0),
+        arch,
+      );
+      VGG_BLOCKS[arch].forEach((n, i) =>
+        assert.ok(model.layers.some((l) => l.name === `block${i + 1}_conv${n}`) && !model.layers.some((l) => l.name === `block${i + 1}_conv${n + 1}`)),
+      );
       // width 0.125: 64 -> 8 filters in block 1, 512 -> 64 in block 5
       assert.equal((convs[0]!.getWeights()[0]!.shape as number[])[3], 8);
       assert.equal((convs.at(-1)!.getWeights()[0]!.shape as number[])[3], 64);
@@ -44,7 +57,15 @@ test('vgg11/16/19: Keras layer names, conv count per block, width multiplier, cu
 });
 
 test('the seeded initial model is identical for one seed and differs for another', async () => {
-  const spec = { architecture: 'vgg11' as const, width: 0.125, inputShape: [32, 32, 3] as [number, number, 3], classes: CLASSES, seed: 7, normalization: undefined, initFrom: undefined };
+  const spec = {
+    architecture: 'vgg11' as const,
+    width: 0.125,
+    inputShape: [32, 32, 3] as [number, number, 3],
+    classes: CLASSES,
+    seed: 7,
+    normalization: undefined,
+    initFrom: undefined,
+  };
   const a = await initial(spec);
   const b = await initial(spec);
   const c = await initial({ ...spec, seed: 8 });
@@ -64,7 +85,14 @@ test("initFrom: base layers carry the pretrained file's weights (matched by name
     await saveLayersModelToDir(tf, pre, join(dir.path, 'base'));
     pre.dispose();
 
-    const spec = { architecture: 'vgg11' as const, width: 0.125, inputShape: [32, 32, 3] as [number, number, 3], classes: CLASSES, seed: 7, normalization: undefined };
+    const spec = {
+      architecture: 'vgg11' as const,
+      width: 0.125,
+      inputShape: [32, 32, 3] as [number, number, 3],
+      classes: CLASSES,
+      seed: 7,
+      normalization: undefined,
+    };
     const seeded = await initial({ ...spec, initFrom: undefined });
     const fromFile = await initial({ ...spec, initFrom: join(dir.path, 'base') });
     let base = 0;
@@ -88,7 +116,10 @@ test("initFrom: base layers carry the pretrained file's weights (matched by name
     assert.deepEqual(prefixed.get('block3_conv2/kernel')!.data, preWeights.get('block3_conv2/kernel'));
 
     // Another width: the shapes differ, and the error names the weight and both shapes.
-    await assert.rejects(initial({ ...spec, width: 0.25, initFrom: join(dir.path, 'base') }), /block1_conv1\/kernel is 3x3x3x8 in the file but 3x3x3x16 in the model/);
+    await assert.rejects(
+      initial({ ...spec, width: 0.25, initFrom: join(dir.path, 'base') }),
+      /block1_conv1\/kernel is 3x3x3x8 in the file but 3x3x3x16 in the model/,
+    );
     await assert.rejects(initial({ ...spec, initFrom: join(dir.path, 'missing') }), /cannot read the pretrained model/);
   } finally {
     dir.cleanup();
@@ -101,8 +132,14 @@ test('update bytes per round of the full-size VGG-19 at 224x224 (built, not trai
   const paper = await federationSizes(tf, { architecture: 'vgg19', inputShape: [224, 224, 3], numClasses: 4, head: PAPER_HEAD });
   assert.equal(paper.parameters.total, 139_586_628);
   assert.equal(paper.parameters.head, 119_562_244);
-  assert.ok(paper.updateBytes.all > paper.parameters.total * 4 && paper.updateBytes.all < paper.parameters.total * 4 + 64 * 1024, `all: ${paper.updateBytes.all}`);
-  assert.ok(paper.updateBytes.head > paper.parameters.head * 4 && paper.updateBytes.head < paper.parameters.head * 4 + 64 * 1024, `head: ${paper.updateBytes.head}`);
+  assert.ok(
+    paper.updateBytes.all > paper.parameters.total * 4 && paper.updateBytes.all < paper.parameters.total * 4 + 64 * 1024,
+    `all: ${paper.updateBytes.all}`,
+  );
+  assert.ok(
+    paper.updateBytes.head > paper.parameters.head * 4 && paper.updateBytes.head < paper.parameters.head * 4 + 64 * 1024,
+    `head: ${paper.updateBytes.head}`,
+  );
   // A 1024-unit head: about the paper's Process2 head (~26M parameters).
   const small = await federationSizes(tf, { architecture: 'vgg19', inputShape: [224, 224, 3], numClasses: 4, head: { dense: [1024], dropout: 0.5 } });
   assert.equal(small.parameters.head, 25_088 * 1024 + 1024 + 1024 * 4 + 4);
@@ -114,12 +151,23 @@ test('update bytes per round of the full-size VGG-19 at 224x224 (built, not trai
 
 test('batchNorm: conv (no bias) -> BN -> ReLU per convolution; its moving statistics are weights that travel; a frozen BN layer normalises with them in training too', async () => {
   const { tf } = await loadTf('cpu');
-  const m = buildModel(tf, { architecture: 'vgg11', inputShape: [32, 32, 3], numClasses: 4, seed: 3, width: 0.125, batchNorm: true, head: { dense: [8], dropout: 0 } });
+  const m = buildModel(tf, {
+    architecture: 'vgg11',
+    inputShape: [32, 32, 3],
+    numClasses: 4,
+    seed: 3,
+    width: 0.125,
+    batchNorm: true,
+    head: { dense: [8], dropout: 0 },
+  });
   try {
     const names = weightNames(m);
     assert.ok(names.includes('block1_conv1_bn/moving_mean') && names.includes('block1_conv1_bn/moving_variance') && names.includes('block1_conv1_bn/gamma'));
     assert.ok(!names.includes('block1_conv1/bias'), 'no conv bias before BN');
-    assert.equal(m.layers.filter((l) => l.getClassName() === 'BatchNormalization').length, VGG_BLOCKS.vgg11.reduce((a, b) => a + b, 0));
+    assert.equal(
+      m.layers.filter((l) => l.getClassName() === 'BatchNormalization').length,
+      VGG_BLOCKS.vgg11.reduce((a, b) => a + b, 0),
+    );
     const x = tf.randomNormal([4, 32, 32, 3], 2, 3, 'float32', 7);
     const inference = () => (m.predict(x) as import('@tensorflow/tfjs').Tensor).arraySync() as number[][];
     const trainingMode = () => (m.apply(x, { training: true }) as import('@tensorflow/tfjs').Tensor).arraySync() as number[][];

@@ -16,5 +16,6 @@ test('docs/protocol.md: its JSON examples satisfy the schemas', () => {
 
 test('docs/protocol.md: every error code and every round announcement field is documented', () => {
   for (const code of Object.values(ErrorCodes)) assert.ok(doc.includes(`\`${code}\``), `${code} is documented`);
-  for (const field of Object.keys(roundAnnouncementSchema.shape)) assert.ok(doc.includes(`| \`${field}\` |`), `round announcement field ${field} is documented`);
+  for (const field of Object.keys(roundAnnouncementSchema.shape))
+    assert.ok(doc.includes(`| \`${field}\` |`), `round announcement field ${field} is documented`);
 });

@@ -31,7 +31,8 @@ const AGENT_PY = join(REPO_ROOT, 'test', 'interop', 'fedline_agent.py');
 function pythonProblem(): string | false {
   const r = spawnSync(PYTHON, ['-c', 'import msgpack, paho.mqtt.client'], { encoding: 'utf8' });
   if (r.error) return `${PYTHON} is not there (${r.error.message})`;
-  if (r.status !== 0) return `${PYTHON} lacks msgpack or paho-mqtt (apt-get install python3-msgpack python3-paho-mqtt; .ci/run installs them): ${r.stderr.trim().split('\n').at(-1)}`;
+  if (r.status !== 0)
+    return `${PYTHON} lacks msgpack or paho-mqtt (apt-get install python3-msgpack python3-paho-mqtt; .ci/run installs them): ${r.stderr.trim().split('\n').at(-1)}`;
   return false;
 }
 const noPython = pythonProblem();
@@ -70,10 +71,14 @@ class PythonAgent {
   }
 
   async waitFor(event: string, timeoutMs = 30_000): Promise<LogLine> {
-    await waitFor(`python agent: ${event} (stderr: ${this.stderr.slice(-500)})`, () => {
-      if (this.proc.exitCode !== null) throw new Error(`python agent exited with ${this.proc.exitCode}: ${this.stderr.slice(-2000)}`);
-      return this.events(event).length > 0;
-    }, timeoutMs);
+    await waitFor(
+      `python agent: ${event} (stderr: ${this.stderr.slice(-500)})`,
+      () => {
+        if (this.proc.exitCode !== null) throw new Error(`python agent exited with ${this.proc.exitCode}: ${this.stderr.slice(-2000)}`);
+        return this.events(event).length > 0;
+      },
+      timeoutMs,
+    );
     return this.events(event)[0]!;
   }
 
@@ -104,7 +109,13 @@ interface Federation {
  * `site-b` or a second Python agent `site-c` (other seed and sample count), so that the average
  * is a real one.
  */
-async function startFederation(o: { encoding: UpdateEncoding; delta: boolean; withTsAgent: boolean; sign?: boolean; pythonArgs?: string[] }): Promise<Federation> {
+async function startFederation(o: {
+  encoding: UpdateEncoding;
+  delta: boolean;
+  withTsAgent: boolean;
+  sign?: boolean;
+  pythonArgs?: string[];
+}): Promise<Federation> {
   const undo: (() => Promise<void>)[] = [];
   const cleanup = async () => {
     for (const u of undo.reverse()) await u().catch(() => undefined);
@@ -119,7 +130,10 @@ async function startFederation(o: { encoding: UpdateEncoding; delta: boolean; wi
     const access = testAccess(agents);
     access.users.push({ ...access.users.find((u) => u.username === 'auditor')!, username: 'mes-auditor' });
     const auth = writeAuthFiles(dir, access);
-    const broker = await startBroker(parseConfig(brokerConfigSchema, { host: '127.0.0.1', port: 0, auth: { passwordFile: auth.passwordFile, accessFile: auth.accessFile } }, 'test broker'), silentLogger());
+    const broker = await startBroker(
+      parseConfig(brokerConfigSchema, { host: '127.0.0.1', port: 0, auth: { passwordFile: auth.passwordFile, accessFile: auth.accessFile } }, 'test broker'),
+      silentLogger(),
+    );
     undo.push(() => broker.close());
     const observer = await captureUpdates(broker.url, 'fl/test', auth.credentials('auditor'));
     undo.push(() => observer.close());
@@ -139,16 +153,35 @@ async function startFederation(o: { encoding: UpdateEncoding; delta: boolean; wi
     const fedOptions = { url: broker.url, dir, agents, rounds: 1, chunkBytes: o.withTsAgent ? 4096 : 1024, auth: auth.credentials };
     const { logger, lines } = captureLogger();
     const aggregator = await startAggregator(
-      aggregatorConfig({ ...fedOptions, aggregator: { encoding: o.encoding, delta: o.delta, windowChunks: o.withTsAgent ? 256 : WINDOW_CHUNKS, ...(signingKeyFile ? { signingKeyFile } : {}) } }),
+      aggregatorConfig({
+        ...fedOptions,
+        aggregator: { encoding: o.encoding, delta: o.delta, windowChunks: o.withTsAgent ? 256 : WINDOW_CHUNKS, ...(signingKeyFile ? { signingKeyFile } : {}) },
+      }),
       logger,
     );
     undo.push(() => aggregator.close());
     const pythons: PythonAgent[] = [];
-    for (const [agent, samples, seed] of o.withTsAgent ? [['site-a', 30, 5]] as const : [['site-a', 30, 5], ['site-c', 55, 9]] as const) {
+    for (const [agent, samples, seed] of o.withTsAgent
+      ? ([['site-a', 30, 5]] as const)
+      : ([
+          ['site-a', 30, 5],
+          ['site-c', 55, 9],
+        ] as const)) {
       const passwordFile = join(dir, `${agent}.password`);
       writeFileSync(passwordFile, testPassword(agent), { mode: 0o600 });
       const python = new PythonAgent([
-        '--url', broker.url, '--federation', 'test', '--agent', agent, '--password-file', passwordFile, '--samples', String(samples), '--seed', String(seed),
+        '--url',
+        broker.url,
+        '--federation',
+        'test',
+        '--agent',
+        agent,
+        '--password-file',
+        passwordFile,
+        '--samples',
+        String(samples),
+        '--seed',
+        String(seed),
         ...(publicKeyFile ? ['--model-public-key', publicKeyFile] : []),
         ...(agent === 'site-a' ? (o.pythonArgs ?? []) : []),
       ]);
@@ -158,7 +191,10 @@ async function startFederation(o: { encoding: UpdateEncoding; delta: boolean; wi
     for (const p of pythons) await p.waitFor('connected', 15_000);
     if (o.withTsAgent) {
       await tinyDataset(join(dir, 'data'), ['site-b']);
-      const ts = await startAgent(agentConfig({ ...fedOptions, ...(publicKeyFile ? { agent: { modelPublicKeyFile: publicKeyFile } } : {}) }, 'site-b'), silentLogger());
+      const ts = await startAgent(
+        agentConfig({ ...fedOptions, ...(publicKeyFile ? { agent: { modelPublicKeyFile: publicKeyFile } } : {}) }, 'site-b'),
+        silentLogger(),
+      );
       undo.push(() => ts.close());
     }
     return { aggregator, aggregatorLog: lines, observer, mes, python: pythons[0]!, pythons, cleanup };
@@ -211,7 +247,11 @@ async function assertFedAvg(fed: Federation, updates: DecodedBundle<UpdateMeta>[
   assert.ok(compared > 1000, `compared ${compared} weights`);
   // And the library's own FedAvg over the same decoded inputs gives the same bits.
   const lib = fedAvg(inputs, names);
-  for (const name of names) assert.ok(Buffer.from(lib.get(name)!.buffer).equals(Buffer.from(global.get(name)!.buffer, global.get(name)!.byteOffset, global.get(name)!.byteLength)), `${name}: bit-identical to fedAvg()`);
+  for (const name of names)
+    assert.ok(
+      Buffer.from(lib.get(name)!.buffer).equals(Buffer.from(global.get(name)!.buffer, global.get(name)!.byteOffset, global.get(name)!.byteLength)),
+      `${name}: bit-identical to fedAvg()`,
+    );
   return maxDiff;
 }
 
@@ -234,15 +274,22 @@ async function runAndCheck(t: { diagnostic(msg: string): void }, fed: Federation
   assert.equal(mine.header.meta.agent, 'site-a');
   assert.equal(mine.header.meta.sampleCount, 30);
   const dtype = { f32: 'float32', f16: 'float16', q8: 'q8' }[o.encoding];
-  assert.ok(mine.header.tensors.every((s) => s.dtype === dtype), `the Python agent's update is ${dtype}`);
+  assert.ok(
+    mine.header.tensors.every((s) => s.dtype === dtype),
+    `the Python agent's update is ${dtype}`,
+  );
   assert.equal(mine.header.meta.delta, o.delta);
   const maxDiff = await assertFedAvg(fed, updates);
   // What an MES sees of the Python agents: statuses and agent-state events as documented.
   assert.deepEqual(fed.mes.invalid, []);
   for (const p of ['site-a', 'site-c'].filter((a) => o.agents.includes(a))) {
     for (const st of fed.mes.of(p)) assert.ok(agentStatusSchema.safeParse(st).success, `status ${JSON.stringify(st)}`);
-    const states = fed.mes.ofType('agent-state').filter((e) => e.agent === p).map((e) => e.state);
-    for (const s of ['downloading', 'evaluating', 'training', 'uploading', 'idle']) assert.ok(states.includes(s), `${p} announced state ${s}: ${states.join(', ')}`);
+    const states = fed.mes
+      .ofType('agent-state')
+      .filter((e) => e.agent === p)
+      .map((e) => e.state);
+    for (const s of ['downloading', 'evaluating', 'training', 'uploading', 'idle'])
+      assert.ok(states.includes(s), `${p} announced state ${s}: ${states.join(', ')}`);
   }
   if (!o.agents.includes('site-b')) {
     // Only Python agents: their uploads were held to the aggregator's window.
@@ -250,7 +297,10 @@ async function runAndCheck(t: { diagnostic(msg: string): void }, fed: Federation
       const a = p.events('update-accepted')[0]!;
       assert.equal(a.window, WINDOW_CHUNKS);
       assert.ok((a.progressAcks as number) > 0, `progress acks: ${JSON.stringify(a)}`);
-      assert.ok((a.maxAhead as number) <= WINDOW_CHUNKS && (a.chunks as number) > WINDOW_CHUNKS, `at most ${WINDOW_CHUNKS} chunks beyond those stored: ${JSON.stringify(a)}`);
+      assert.ok(
+        (a.maxAhead as number) <= WINDOW_CHUNKS && (a.chunks as number) > WINDOW_CHUNKS,
+        `at most ${WINDOW_CHUNKS} chunks beyond those stored: ${JSON.stringify(a)}`,
+      );
     }
   }
   t.diagnostic(
@@ -261,63 +311,87 @@ async function runAndCheck(t: { diagnostic(msg: string): void }, fed: Federation
   return { result, accepted: accepted[0]! };
 }
 
-test('f32 next to a TypeScript agent: the Python update is accepted and averaged exactly; a dropped chunk is listed missing, resent and accepted', { skip: noPython, timeout: 120_000 }, async (t) => {
-  const fed = await startFederation({ encoding: 'f32', delta: false, withTsAgent: true, pythonArgs: ['--drop-chunk', '3'] });
-  t.after(() => fed.cleanup());
-  const { accepted } = await runAndCheck(t, fed, { encoding: 'f32', delta: false, agents: ['site-a', 'site-b'] });
-  // The repair path, from the agent's log: dropped, the aggregator's ack listed exactly it, resent, accepted.
-  assert.deepEqual(fed.python.events('chunk-dropped').map((l) => l.seq), [3]);
-  const incomplete = fed.python.events('ack-incomplete');
-  assert.ok(incomplete.length >= 1 && (incomplete[0]!.missing as number[]).join() === '3', `ack-incomplete: ${JSON.stringify(incomplete)}`);
-  assert.deepEqual(fed.python.events('chunks-resent')[0]!.seqs, [3]);
-  assert.equal(accepted.resentChunks, 1);
-  assert.equal(fed.aggregator.aggregator.counters.get('accepted-update'), 2);
-});
+test(
+  'f32 next to a TypeScript agent: the Python update is accepted and averaged exactly; a dropped chunk is listed missing, resent and accepted',
+  { skip: noPython, timeout: 120_000 },
+  async (t) => {
+    const fed = await startFederation({ encoding: 'f32', delta: false, withTsAgent: true, pythonArgs: ['--drop-chunk', '3'] });
+    t.after(() => fed.cleanup());
+    const { accepted } = await runAndCheck(t, fed, { encoding: 'f32', delta: false, agents: ['site-a', 'site-b'] });
+    // The repair path, from the agent's log: dropped, the aggregator's ack listed exactly it, resent, accepted.
+    assert.deepEqual(
+      fed.python.events('chunk-dropped').map((l) => l.seq),
+      [3],
+    );
+    const incomplete = fed.python.events('ack-incomplete');
+    assert.ok(incomplete.length >= 1 && (incomplete[0]!.missing as number[]).join() === '3', `ack-incomplete: ${JSON.stringify(incomplete)}`);
+    assert.deepEqual(fed.python.events('chunks-resent')[0]!.seqs, [3]);
+    assert.equal(accepted.resentChunks, 1);
+    assert.equal(fed.aggregator.aggregator.counters.get('accepted-update'), 2);
+  },
+);
 
-test('f16 + delta, signed models, two Python agents: both verify the Ed25519 signatures, their updates are accepted and averaged exactly', { skip: noPython, timeout: 120_000 }, async (t) => {
-  const fed = await startFederation({ encoding: 'f16', delta: true, withTsAgent: false, sign: true });
-  t.after(() => fed.cleanup());
-  await runAndCheck(t, fed, { encoding: 'f16', delta: true, agents: ['site-a', 'site-c'] });
-  for (const p of fed.pythons) assert.deepEqual(p.events('signature-verified').map((l) => l.version), [0, 1], 'base of the training round and of the evaluation round');
-});
+test(
+  'f16 + delta, signed models, two Python agents: both verify the Ed25519 signatures, their updates are accepted and averaged exactly',
+  { skip: noPython, timeout: 120_000 },
+  async (t) => {
+    const fed = await startFederation({ encoding: 'f16', delta: true, withTsAgent: false, sign: true });
+    t.after(() => fed.cleanup());
+    await runAndCheck(t, fed, { encoding: 'f16', delta: true, agents: ['site-a', 'site-c'] });
+    for (const p of fed.pythons)
+      assert.deepEqual(
+        p.events('signature-verified').map((l) => l.version),
+        [0, 1],
+        'base of the training round and of the evaluation round',
+      );
+  },
+);
 
-test('q8 + delta, two Python agents: accepted and averaged exactly; SIGKILL makes the aggregator see the killed one offline (last will)', { skip: noPython, timeout: 120_000 }, async (t) => {
-  const fed = await startFederation({ encoding: 'q8', delta: true, withTsAgent: false });
-  t.after(() => fed.cleanup());
-  await runAndCheck(t, fed, { encoding: 'q8', delta: true, agents: ['site-a', 'site-c'] });
-  const offline = () => fed.aggregatorLog.some((l) => l.msg === 'agent offline' && l.agent === 'site-a');
-  assert.ok(!offline(), 'online until killed');
-  const killedAt = Date.now();
-  await fed.python.stop('SIGKILL');
-  await waitFor('the aggregator to see site-a offline', offline, 10_000);
-  assert.ok(!fed.aggregatorLog.some((l) => l.msg === 'agent offline' && l.agent === 'site-c'), 'the other agent stays online');
-  // A clean stop (SIGTERM) suppresses the last will: the agent says offline itself, then exits 0.
-  await fed.pythons[1]!.stop('SIGTERM');
-  assert.equal(fed.pythons[1]!.exitCode, 0);
-  assert.equal(fed.pythons[1]!.events('stopped').length, 1);
-  await waitFor('the aggregator to see site-c offline', () => fed.aggregatorLog.some((l) => l.msg === 'agent offline' && l.agent === 'site-c'), 10_000);
-  t.diagnostic(`last will seen by the aggregator ${Date.now() - killedAt} ms after SIGKILL`);
-});
+test(
+  'q8 + delta, two Python agents: accepted and averaged exactly; SIGKILL makes the aggregator see the killed one offline (last will)',
+  { skip: noPython, timeout: 120_000 },
+  async (t) => {
+    const fed = await startFederation({ encoding: 'q8', delta: true, withTsAgent: false });
+    t.after(() => fed.cleanup());
+    await runAndCheck(t, fed, { encoding: 'q8', delta: true, agents: ['site-a', 'site-c'] });
+    const offline = () => fed.aggregatorLog.some((l) => l.msg === 'agent offline' && l.agent === 'site-a');
+    assert.ok(!offline(), 'online until killed');
+    const killedAt = Date.now();
+    await fed.python.stop('SIGKILL');
+    await waitFor('the aggregator to see site-a offline', offline, 10_000);
+    assert.ok(!fed.aggregatorLog.some((l) => l.msg === 'agent offline' && l.agent === 'site-c'), 'the other agent stays online');
+    // A clean stop (SIGTERM) suppresses the last will: the agent says offline itself, then exits 0.
+    await fed.pythons[1]!.stop('SIGTERM');
+    assert.equal(fed.pythons[1]!.exitCode, 0);
+    assert.equal(fed.pythons[1]!.events('stopped').length, 1);
+    await waitFor('the aggregator to see site-c offline', () => fed.aggregatorLog.some((l) => l.msg === 'agent offline' && l.agent === 'site-c'), 10_000);
+    t.diagnostic(`last will seen by the aggregator ${Date.now() - killedAt} ms after SIGKILL`);
+  },
+);
 
-test('the Python Ed25519 check (RFC 8032, no library) accepts the aggregator\'s signature and refuses it for another version or bundle', { skip: noPython }, () => {
-  const dir = tempDir('python-sig');
-  try {
-    const keys = generateSigningKeys();
-    const sha = 'ab'.repeat(32);
-    writeFileSync(join(dir.path, 'model.pub'), keys.publicPem);
-    const signature = signModel(createPrivateKey(keys.privatePem), 7, sha);
-    const script = [
-      'import sys',
-      `sys.path.insert(0, ${JSON.stringify(join(REPO_ROOT, 'test', 'interop'))})`,
-      'import fedline_agent as fa',
-      `k = fa.load_public_key(${JSON.stringify(join(dir.path, 'model.pub'))})`,
-      `print(fa.model_signature_ok(k, 7, "${sha}", "${signature}"), fa.model_signature_ok(k, 8, "${sha}", "${signature}"), fa.model_signature_ok(k, 7, "${'cd'.repeat(32)}", "${signature}"), fa.model_signature_ok(k, 7, "${sha}", None))`,
-    ].join('\n');
-    // -B: no __pycache__ beside the module in the source tree.
-    const r = spawnSync(PYTHON, ['-B', '-c', script], { encoding: 'utf8' });
-    assert.equal(r.status, 0, r.stderr);
-    assert.equal(r.stdout.trim(), 'True False False False');
-  } finally {
-    dir.cleanup();
-  }
-});
+test(
+  "the Python Ed25519 check (RFC 8032, no library) accepts the aggregator's signature and refuses it for another version or bundle",
+  { skip: noPython },
+  () => {
+    const dir = tempDir('python-sig');
+    try {
+      const keys = generateSigningKeys();
+      const sha = 'ab'.repeat(32);
+      writeFileSync(join(dir.path, 'model.pub'), keys.publicPem);
+      const signature = signModel(createPrivateKey(keys.privatePem), 7, sha);
+      const script = [
+        'import sys',
+        `sys.path.insert(0, ${JSON.stringify(join(REPO_ROOT, 'test', 'interop'))})`,
+        'import fedline_agent as fa',
+        `k = fa.load_public_key(${JSON.stringify(join(dir.path, 'model.pub'))})`,
+        `print(fa.model_signature_ok(k, 7, "${sha}", "${signature}"), fa.model_signature_ok(k, 8, "${sha}", "${signature}"), fa.model_signature_ok(k, 7, "${'cd'.repeat(32)}", "${signature}"), fa.model_signature_ok(k, 7, "${sha}", None))`,
+      ].join('\n');
+      // -B: no __pycache__ beside the module in the source tree.
+      const r = spawnSync(PYTHON, ['-B', '-c', script], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stdout.trim(), 'True False False False');
+    } finally {
+      dir.cleanup();
+    }
+  },
+);

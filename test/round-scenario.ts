@@ -32,7 +32,10 @@ async function checks(fed: Awaited<ReturnType<typeof startFederation>>, observer
   assert.deepEqual(Object.keys(evaluation!.baseMetrics).sort(), ['site-a', 'site-b'], 'both agents evaluated the new global model');
   const updates = ['site-a', 'site-b'].map((a) => observer.updates.get(`1/${a}`)!);
   assert.ok(updates.every(Boolean), 'the observer saw both updates');
-  assert.deepEqual(updates.map((u) => u.header.meta.sampleCount), [train!.sampleCounts['site-a'], train!.sampleCounts['site-b']]);
+  assert.deepEqual(
+    updates.map((u) => u.header.meta.sampleCount),
+    [train!.sampleCounts['site-a'], train!.sampleCounts['site-b']],
+  );
   await assertFedAvgResult(fed.aggregator.store, 1, updates, [join(dir, 'site-a'), join(dir, 'site-b')]);
 
   // The stored version is a tfjs layers model that tfjs itself opens.

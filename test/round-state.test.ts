@@ -3,7 +3,17 @@ import assert from 'node:assert/strict';
 import { RoundState, type AcceptedUpdate, type RoundPlan } from '../aggregator/round-state.js';
 import { classificationMetrics } from '../shared/fl/classification-metrics.js';
 
-const plan = (over: Partial<RoundPlan> = {}): RoundPlan => ({ round: 1, kind: 'train', baseVersion: 0, selected: ['b', 'a', 'c'], minClients: 2, deadlineAt: 1000, startedAt: 0, targetAccuracy: null, ...over });
+const plan = (over: Partial<RoundPlan> = {}): RoundPlan => ({
+  round: 1,
+  kind: 'train',
+  baseVersion: 0,
+  selected: ['b', 'a', 'c'],
+  minClients: 2,
+  deadlineAt: 1000,
+  startedAt: 0,
+  targetAccuracy: null,
+  ...over,
+});
 const update = (agent: string): AcceptedUpdate => ({ agent, sampleCount: 10, bytes: 100, sha256: 'x', metricsBefore: null, metricsAfter: null, trainMs: 1 });
 const metrics = (accuracy: number) => ({ ...classificationMetrics([0, 1], [0, 1], 2), accuracy });
 
@@ -16,7 +26,10 @@ test('a round waits until every selected agent answered, then aggregates', () =>
   s.recordFailure({ agent: 'c', code: 'FL_UPDATE_NONFINITE', reason: 'NaN' });
   const d = s.decide(10);
   assert.ok(d.close && d.outcome === 'aggregate');
-  assert.deepEqual(s.failureList().map((f) => f.agent), ['c']);
+  assert.deepEqual(
+    s.failureList().map((f) => f.agent),
+    ['c'],
+  );
 });
 
 test('at the deadline: aggregate with >= minClients, otherwise keep the global model', () => {
@@ -33,7 +46,7 @@ test('at the deadline: aggregate with >= minClients, otherwise keep the global m
   assert.ok(d2.close && d2.outcome === 'keep' && /1 of 3 updates accepted, 2 needed/.test(d2.reason));
 });
 
-test('target accuracy on every agent closes a training round early (the paper\'s stopping rule)', () => {
+test("target accuracy on every agent closes a training round early (the paper's stopping rule)", () => {
   const s = new RoundState(plan({ targetAccuracy: 0.9 }));
   s.recordEval('a', metrics(0.95));
   s.recordEval('b', metrics(0.91));

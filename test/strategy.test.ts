@@ -17,7 +17,16 @@ import { silentLogger } from '../shared/util/logger.js';
  * `strategy` field. No I/O: updates are in-memory block readers and new weights go to a sink.
  */
 
-const task = { epochs: 1, batchSize: 8, learningRate: 0.1, learningRateDecay: 0.5, optimizer: 'sgd', classWeighting: 'auto', sampling: 'shuffle', federated: 'all' } as const;
+const task = {
+  epochs: 1,
+  batchSize: 8,
+  learningRate: 0.1,
+  learningRateDecay: 0.5,
+  optimizer: 'sgd',
+  classWeighting: 'auto',
+  sampling: 'shuffle',
+  federated: 'all',
+} as const;
 
 /** An update (or the base model) whose tensor `w` holds `values`. */
 function reader(id: string, weight: number, values: number[]): TensorBlockReader {
@@ -178,5 +187,9 @@ test('the registry maps the config name to a strategy, screened unless both norm
   assert.equal(config.strategy, 'fedavg');
   assert.equal(screened.name, 'norm-screen(fedavg)');
   assert.equal(bare.name, 'fedavg');
-  assert.throws(unknown, (e: unknown) => e instanceof FedlineError && e.code === ErrorCodes.CONFIG_INVALID && /unknown aggregation strategy "fedprox"; known: fedavg/.test(e.message));
+  assert.throws(
+    unknown,
+    (e: unknown) =>
+      e instanceof FedlineError && e.code === ErrorCodes.CONFIG_INVALID && /unknown aggregation strategy "fedprox"; known: fedavg/.test(e.message),
+  );
 });

@@ -39,29 +39,52 @@ export function strictUnpack(buf: Uint8Array): unknown {
     const u16 = () => view.getUint16((pos += 2) - 2);
     const u32 = () => view.getUint32((pos += 4) - 4);
     switch (t) {
-      case 0xc0: return null;
-      case 0xc2: return false;
-      case 0xc3: return true;
-      case 0xc4: return bin(u8());
-      case 0xc5: return bin(u16());
-      case 0xc6: return bin(u32());
-      case 0xca: return view.getFloat32((pos += 4) - 4);
-      case 0xcb: return view.getFloat64((pos += 8) - 8);
-      case 0xcc: return u8();
-      case 0xcd: return u16();
-      case 0xce: return u32();
-      case 0xcf: return Number(view.getBigUint64((pos += 8) - 8));
-      case 0xd0: return view.getInt8((pos += 1) - 1);
-      case 0xd1: return view.getInt16((pos += 2) - 2);
-      case 0xd2: return view.getInt32((pos += 4) - 4);
-      case 0xd3: return Number(view.getBigInt64((pos += 8) - 8));
-      case 0xd9: return str(u8());
-      case 0xda: return str(u16());
-      case 0xdb: return str(u32());
-      case 0xdc: return arr(u16());
-      case 0xdd: return arr(u32());
-      case 0xde: return map(u16());
-      case 0xdf: return map(u32());
+      case 0xc0:
+        return null;
+      case 0xc2:
+        return false;
+      case 0xc3:
+        return true;
+      case 0xc4:
+        return bin(u8());
+      case 0xc5:
+        return bin(u16());
+      case 0xc6:
+        return bin(u32());
+      case 0xca:
+        return view.getFloat32((pos += 4) - 4);
+      case 0xcb:
+        return view.getFloat64((pos += 8) - 8);
+      case 0xcc:
+        return u8();
+      case 0xcd:
+        return u16();
+      case 0xce:
+        return u32();
+      case 0xcf:
+        return Number(view.getBigUint64((pos += 8) - 8));
+      case 0xd0:
+        return view.getInt8((pos += 1) - 1);
+      case 0xd1:
+        return view.getInt16((pos += 2) - 2);
+      case 0xd2:
+        return view.getInt32((pos += 4) - 4);
+      case 0xd3:
+        return Number(view.getBigInt64((pos += 8) - 8));
+      case 0xd9:
+        return str(u8());
+      case 0xda:
+        return str(u16());
+      case 0xdb:
+        return str(u32());
+      case 0xdc:
+        return arr(u16());
+      case 0xdd:
+        return arr(u32());
+      case 0xde:
+        return map(u16());
+      case 0xdf:
+        return map(u32());
       default:
         throw new Error(`non-standard or extension type 0x${t.toString(16)} at byte ${pos - 1}`);
     }

@@ -35,7 +35,16 @@ test('systemd units: one per service, dedicated user, restart on failure, state/
     assert.equal(one('ConfigurationDirectory'), 'fedline', u);
     assert.equal(one('StateDirectory'), `fedline/${name}`, u);
     assert.match(one('ExecStart')!, new RegExp(`main\\.js ${name} --config /etc/fedline/`), u);
-    for (const [k, v] of [['NoNewPrivileges', 'yes'], ['ProtectSystem', 'strict'], ['ProtectHome', 'yes'], ['PrivateTmp', 'yes'], ['RestrictSUIDSGID', 'yes'], ['CapabilityBoundingSet', ''], ['StandardOutput', 'journal'], ['UMask', '0077']]) {
+    for (const [k, v] of [
+      ['NoNewPrivileges', 'yes'],
+      ['ProtectSystem', 'strict'],
+      ['ProtectHome', 'yes'],
+      ['PrivateTmp', 'yes'],
+      ['RestrictSUIDSGID', 'yes'],
+      ['CapabilityBoundingSet', ''],
+      ['StandardOutput', 'journal'],
+      ['UMask', '0077'],
+    ]) {
       assert.equal(one(k), v, `${u}: ${k}=${v}`);
     }
     assert.equal(one('SyslogIdentifier'), `fedline-${name}`);
@@ -46,23 +55,27 @@ test('systemd units: one per service, dedicated user, restart on failure, state/
   assert.match(readFileSync(join(dir, 'fedline.sysusers.conf'), 'utf8'), /^u fedline - /m);
 });
 
-test('systemd-analyze verify accepts every unit without a warning', { skip: analyze ? false : 'systemd-analyze is not installed (systemd); the unit checks above still ran' }, () => {
-  const tmp = tempDir('systemd');
-  try {
-    // verify checks that ExecStart's program exists: where node is not /usr/bin/node, point it at this node.
-    const node = existsSync('/usr/bin/node') ? null : process.execPath;
-    const files = units.map((u) => {
-      const text = readFileSync(join(dir, u), 'utf8');
-      const file = join(tmp.path, u);
-      writeFileSync(file, node ? text.replace('ExecStart=/usr/bin/node ', `ExecStart=${node} `) : text);
-      return file;
-    });
-    const r = spawnSync('systemd-analyze', ['verify', '--man=no', ...files], { encoding: 'utf8' });
-    assert.equal(r.status, 0, r.stderr);
-    assert.equal(`${r.stdout}${r.stderr}`.trim(), '', 'no warnings');
-    const sysusers = spawnSync('systemd-sysusers', ['--dry-run', join(dir, 'fedline.sysusers.conf')], { encoding: 'utf8' });
-    if (!sysusers.error) assert.equal(sysusers.status, 0, sysusers.stderr);
-  } finally {
-    tmp.cleanup();
-  }
-});
+test(
+  'systemd-analyze verify accepts every unit without a warning',
+  { skip: analyze ? false : 'systemd-analyze is not installed (systemd); the unit checks above still ran' },
+  () => {
+    const tmp = tempDir('systemd');
+    try {
+      // verify checks that ExecStart's program exists: where node is not /usr/bin/node, point it at this node.
+      const node = existsSync('/usr/bin/node') ? null : process.execPath;
+      const files = units.map((u) => {
+        const text = readFileSync(join(dir, u), 'utf8');
+        const file = join(tmp.path, u);
+        writeFileSync(file, node ? text.replace('ExecStart=/usr/bin/node ', `ExecStart=${node} `) : text);
+        return file;
+      });
+      const r = spawnSync('systemd-analyze', ['verify', '--man=no', ...files], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(`${r.stdout}${r.stderr}`.trim(), '', 'no warnings');
+      const sysusers = spawnSync('systemd-sysusers', ['--dry-run', join(dir, 'fedline.sysusers.conf')], { encoding: 'utf8' });
+      if (!sysusers.error) assert.equal(sysusers.status, 0, sysusers.stderr);
+    } finally {
+      tmp.cleanup();
+    }
+  },
+);

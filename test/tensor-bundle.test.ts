@@ -16,18 +16,27 @@ test('bundles round-trip tensors and meta, with an 8-byte-aligned payload laid o
   assert.equal(decoded.payloadStart % 8, 0);
   assert.deepEqual(decoded.header.meta, { kind: 'model', note: 'ünïcode' });
   const back = bundleTensors(decoded);
-  assert.deepEqual(back.map((t) => [t.name, t.shape]), tensors.map((t) => [t.name, t.shape]));
+  assert.deepEqual(
+    back.map((t) => [t.name, t.shape]),
+    tensors.map((t) => [t.name, t.shape]),
+  );
   back.forEach((t, i) => assert.deepEqual([...t.data], [...tensors[i]!.data]));
   // tfjs' weights.bin is the float32 values back to back in manifest order: so is the payload.
   const payload = new Float32Array(bytes.buffer, bytes.byteOffset + decoded.payloadStart, (bytes.byteLength - decoded.payloadStart) / 4);
-  assert.deepEqual([...payload], tensors.flatMap((t) => [...t.data]));
+  assert.deepEqual(
+    [...payload],
+    tensors.flatMap((t) => [...t.data]),
+  );
   assert.equal(layoutTensors(tensors).payloadBytes, (18 + 3 + 1) * 4);
 });
 
 test('malformed bundles are refused with FL_BUNDLE_FORMAT and a reason', () => {
   const good = encodeBundle(tensors, null);
   const expectFormat = (bytes: Uint8Array, pattern: RegExp) =>
-    assert.throws(() => decodeBundle(bytes), (e: unknown) => e instanceof FedlineError && e.code === ErrorCodes.BUNDLE_FORMAT && pattern.test(e.message));
+    assert.throws(
+      () => decodeBundle(bytes),
+      (e: unknown) => e instanceof FedlineError && e.code === ErrorCodes.BUNDLE_FORMAT && pattern.test(e.message),
+    );
   expectFormat(Buffer.from('nope'), /magic/);
   const badMagic = Buffer.from(good);
   badMagic[0] = 0x58;

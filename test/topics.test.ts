@@ -11,7 +11,13 @@ test('topic builders and parsers agree', () => {
   assert.deepEqual(t.parseModelChunk(t.modelChunk(4, 17)), { version: 4, seq: 17 });
   assert.deepEqual(t.parseStatus(t.status('site-c')), { agent: 'site-c' });
   assert.deepEqual(t.parseCommand(t.command('pause')), { verb: 'pause' });
-  for (const bad of ['fl/usb/round/x/update/a', 'fl/usb/round/01/update/a', 'fl/other/round/1/update/a', 'fl/usb/round/1/update/a/b', 'fl/usb/round/1/update/$x']) {
+  for (const bad of [
+    'fl/usb/round/x/update/a',
+    'fl/usb/round/01/update/a',
+    'fl/other/round/1/update/a',
+    'fl/usb/round/1/update/a/b',
+    'fl/usb/round/1/update/$x',
+  ]) {
     assert.equal(t.parseUpdate(bad), null, bad);
   }
   assert.equal(t.parseModelChunk('fl/usb/model/latest'), null);

@@ -20,7 +20,15 @@ const TASK: TrainTask = { epochs: 2, batchSize: 8, learningRate: 0.003, optimize
 async function globalModel(architecture: 'small-cnn' | 'vgg11', size: number): Promise<GlobalModel> {
   const { tf } = await loadTf('auto');
   const d = decodeBundle<ModelMeta>(
-    await buildInitialBundle(tf, { architecture, width: 0.125, inputShape: [size, size, 3], classes: CLASSES, seed: 3, normalization: 'per-image', initFrom: undefined }),
+    await buildInitialBundle(tf, {
+      architecture,
+      width: 0.125,
+      inputShape: [size, size, 3],
+      classes: CLASSES,
+      seed: 3,
+      normalization: 'per-image',
+      initFrom: undefined,
+    }),
     modelMetaSchema,
   );
   return { version: 0, sha256: '', meta: d.header.meta, tensors: bundleTensors(d) };
@@ -41,13 +49,20 @@ test('federate head: only the head trains (the feature extractor stays as it was
     tf.tidy(() => {
       const x = tf.randomNormal([4, 32, 32, 3], 0, 1, 'float32', 1);
       const y = tf.oneHot(tf.tensor1d([0, 1, 2, 3], 'int32'), 4);
-      optimizer.minimize(() => tf.losses.softmaxCrossEntropy(y, m.apply(x, { training: true }) as import('@tensorflow/tfjs').Tensor2D) as import('@tensorflow/tfjs').Scalar, false, vars);
+      optimizer.minimize(
+        () => tf.losses.softmaxCrossEntropy(y, m.apply(x, { training: true }) as import('@tensorflow/tfjs').Tensor2D) as import('@tensorflow/tfjs').Scalar,
+        false,
+        vars,
+      );
     });
     optimizer.dispose();
     const after = weightNames(m);
     m.weights.forEach((w, i) => {
       const name = after[i]!;
-      const changed = w.read().dataSync().some((v, k) => v !== before.get(name)![k]);
+      const changed = w
+        .read()
+        .dataSync()
+        .some((v, k) => v !== before.get(name)![k]);
       if (name.endsWith('/kernel')) assert.equal(changed, head.has(name), `${name} ${head.has(name) ? 'trains' : 'is frozen'}`);
     });
   } finally {
@@ -56,10 +71,20 @@ test('federate head: only the head trains (the feature extractor stays as it was
   const dir = tempDir('trainer-head');
   try {
     await tinyDataset(dir.path, ['site'], 6, 32);
-    const data = await loadDataset({ dir: join(dir.path, 'site'), classes: CLASSES, inputShape: [32, 32, 3], testFraction: 0.25, splitSeed: 1, decoder: jsDecoder });
+    const data = await loadDataset({
+      dir: join(dir.path, 'site'),
+      classes: CLASSES,
+      inputShape: [32, 32, 3],
+      testFraction: 0.25,
+      splitSeed: 1,
+      decoder: jsDecoder,
+    });
     const trainer = new TfjsTrainer(runtime, data, { shuffleSeed: 1 });
     const result = await trainer.train(model, { ...TASK, epochs: 1, federated: 'head' }, [...head]);
-    assert.deepEqual(result.tensors.map((t) => t.name), model.meta.headTensors);
+    assert.deepEqual(
+      result.tensors.map((t) => t.name),
+      model.meta.headTensors,
+    );
   } finally {
     dir.cleanup();
   }
@@ -71,7 +96,8 @@ test('streaming from disk (no decoded-image cache) trains to exactly the same we
   try {
     await tinyDataset(dir.path, ['site'], 8, 16);
     const model = await globalModel('small-cnn', 16);
-    const load = (cacheBytes: number) => loadDataset({ dir: join(dir.path, 'site'), classes: CLASSES, inputShape: [16, 16, 3], testFraction: 0.25, splitSeed: 1, cacheBytes, decoder: jsDecoder });
+    const load = (cacheBytes: number) =>
+      loadDataset({ dir: join(dir.path, 'site'), classes: CLASSES, inputShape: [16, 16, 3], testFraction: 0.25, splitSeed: 1, cacheBytes, decoder: jsDecoder });
     const cachedData = await load(64 * 1024 * 1024);
     const streamedData = await load(0);
     assert.equal(cachedData.train.cached, cachedData.train.count);
@@ -98,7 +124,10 @@ test('balanced sampling draws every class about equally often, seeded; shuffle v
   assert.equal(counts[2], 0, 'an absent class is never drawn');
   assert.deepEqual(epochOrder(labels, 'balanced', mulberry32(1)), order, 'seeded');
   const shuffled = epochOrder(labels, 'shuffle', mulberry32(2));
-  assert.deepEqual([...shuffled].sort((x, y) => x - y), Array.from(labels, (_, i) => i));
+  assert.deepEqual(
+    [...shuffled].sort((x, y) => x - y),
+    Array.from(labels, (_, i) => i),
+  );
 });
 
 test('augmentation: flips mirror, a zero rotation is the identity, a 90-degree rotation turns a square image, values stay in [0, 1], seeded', () => {
@@ -107,17 +136,26 @@ test('augmentation: flips mirror, a zero rotation is the identity, a 90-degree r
   const img = Float32Array.from({ length: h * w }, (_, i) => i / 10);
   const f = img.slice();
   flipHorizontal(f, h, w, 1);
-  assert.deepEqual([...f.subarray(0, 3)].map((v) => Math.round(v * 10)), [2, 1, 0]);
+  assert.deepEqual(
+    [...f.subarray(0, 3)].map((v) => Math.round(v * 10)),
+    [2, 1, 0],
+  );
   flipHorizontal(f, h, w, 1);
   assert.deepEqual(f, img);
   flipVertical(f, h, w, 1);
-  assert.deepEqual([...f.subarray(0, 3)].map((v) => Math.round(v * 10)), [6, 7, 8]);
+  assert.deepEqual(
+    [...f.subarray(0, 3)].map((v) => Math.round(v * 10)),
+    [6, 7, 8],
+  );
   const r = img.slice();
   rotate(r, new Float32Array(9), h, w, 1, 0);
   assert.deepEqual(r, img);
   rotate(r, new Float32Array(9), h, w, 1, Math.PI / 2);
   // +90 degrees turns the image clockwise as displayed (rows go down): the left column becomes the top row.
-  assert.deepEqual([...r].map((v) => Math.round(v * 10)), [6, 3, 0, 7, 4, 1, 8, 5, 2]);
+  assert.deepEqual(
+    [...r].map((v) => Math.round(v * 10)),
+    [6, 3, 0, 7, 4, 1, 8, 5, 2],
+  );
   const batch = Float32Array.from({ length: 2 * 8 * 8 * 3 }, (_, i) => (i % 17) / 16);
   const opts = { flip: 'both' as const, brightness: 0.4, contrast: 0.5, rotationDeg: 15 };
   const a = batch.slice();

@@ -19,10 +19,22 @@ async function setup() {
   const dir = tempDir('session');
   await tinyDataset(join(dir.path, 'data'), ['site-a'], 14);
   const runtime = await loadTf('cpu');
-  const bundle = await buildInitialBundle(runtime.tf, { architecture: 'small-cnn', inputShape: [16, 16, 3], classes: [...INSPECTION_CLASSES], seed: 5, normalization: 'per-image' });
+  const bundle = await buildInitialBundle(runtime.tf, {
+    architecture: 'small-cnn',
+    inputShape: [16, 16, 3],
+    classes: [...INSPECTION_CLASSES],
+    seed: 5,
+    normalization: 'per-image',
+  });
   const decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);
   const model: GlobalModel = { version: 0, sha256: sha256Hex(bundle), meta: decoded.header.meta, tensors: bundleTensors(decoded) };
-  const data = await loadDataset({ dir: join(dir.path, 'data', 'site-a'), classes: INSPECTION_CLASSES, inputShape: [16, 16, 3], testFraction: 0.25, splitSeed: 1 });
+  const data = await loadDataset({
+    dir: join(dir.path, 'data', 'site-a'),
+    classes: INSPECTION_CLASSES,
+    inputShape: [16, 16, 3],
+    testFraction: 0.25,
+    splitSeed: 1,
+  });
   // A fresh trainer per run: same seed, same shuffles, so runs are comparable bit for bit.
   const trainer = () => new TfjsTrainer(runtime, data, 9);
   const names = model.tensors.map((t) => t.name);
@@ -47,7 +59,11 @@ test('a training session paused at a batch boundary and resumed ends with exactl
       },
     });
     const pausedAt = await new Promise<BatchBoundary>((resolve) => session.once('paused', resolve));
-    assert.deepEqual(pausedAt, { epoch: 0, epochs: 2, batch: 3, batchesPerEpoch: pausedAt.batchesPerEpoch }, 'held before the 4th batch, having kept the first 3');
+    assert.deepEqual(
+      pausedAt,
+      { epoch: 0, epochs: 2, batch: 3, batchesPerEpoch: pausedAt.batchesPerEpoch },
+      'held before the 4th batch, having kept the first 3',
+    );
     assert.equal(session.state, 'paused');
     // Held: no batch runs while paused.
     await new Promise((r) => setTimeout(r, 300));

@@ -59,8 +59,28 @@ test('JSON paths and MQTT payload values', () => {
 
 test('combining sources: all / any, unknown never counts as open', () => {
   const st = (state: SourceState['state']): SourceState => ({ state, detail: state, since: 0 });
-  const tree: GateNode = { kind: 'all', children: [{ kind: 'source', id: 'a' }, { kind: 'any', children: [{ kind: 'source', id: 'b' }, { kind: 'source', id: 'c' }] }] };
-  const run = (a: string, b: string, c: string) => decide(tree, new Map([['a', st(a as never)], ['b', st(b as never)], ['c', st(c as never)]]));
+  const tree: GateNode = {
+    kind: 'all',
+    children: [
+      { kind: 'source', id: 'a' },
+      {
+        kind: 'any',
+        children: [
+          { kind: 'source', id: 'b' },
+          { kind: 'source', id: 'c' },
+        ],
+      },
+    ],
+  };
+  const run = (a: string, b: string, c: string) =>
+    decide(
+      tree,
+      new Map([
+        ['a', st(a as never)],
+        ['b', st(b as never)],
+        ['c', st(c as never)],
+      ]),
+    );
   assert.deepEqual(run('open', 'open', 'closed'), { state: 'open', open: true, detail: 'a: open; b: open' });
   assert.equal(run('open', 'closed', 'closed').state, 'closed');
   assert.equal(run('open', 'unknown', 'closed').state, 'unknown');
@@ -94,15 +114,33 @@ test('window plan: run, wait until the deadline, or give up and say why', () => 
   assert.equal(late.action, 'give-up');
   assert.match((late as { reason: string }).reason, /opens at 2024-01-01T13:00:00.000Z, after the round's deadline 2024-01-01T12:00:00.000Z/);
   assert.match((planWindow({ now, deadlineAt, open: false, openNotBefore: Infinity }) as { reason: string }).reason, /never opens/);
-  assert.match((planWindow({ now: deadlineAt, deadlineAt, open: false, openNotBefore: null }) as { reason: string }).reason, /did not open before the round's deadline/);
+  assert.match(
+    (planWindow({ now: deadlineAt, deadlineAt, open: false, openNotBefore: null }) as { reason: string }).reason,
+    /did not open before the round's deadline/,
+  );
 });
 
 test('reconnect back-off grows exponentially to its cap, with bounded jitter', () => {
-  assert.equal(backoffDelayMs(0, 500, 30_000, () => 1), 500);
-  assert.equal(backoffDelayMs(0, 500, 30_000, () => 0), 250);
-  assert.equal(backoffDelayMs(3, 500, 30_000, () => 1), 4000);
-  assert.equal(backoffDelayMs(20, 500, 30_000, () => 1), 30_000);
-  assert.equal(backoffDelayMs(1000, 500, 30_000, () => 0.5), 22_500);
+  assert.equal(
+    backoffDelayMs(0, 500, 30_000, () => 1),
+    500,
+  );
+  assert.equal(
+    backoffDelayMs(0, 500, 30_000, () => 0),
+    250,
+  );
+  assert.equal(
+    backoffDelayMs(3, 500, 30_000, () => 1),
+    4000,
+  );
+  assert.equal(
+    backoffDelayMs(20, 500, 30_000, () => 1),
+    30_000,
+  );
+  assert.equal(
+    backoffDelayMs(1000, 500, 30_000, () => 0.5),
+    22_500,
+  );
   for (let a = 0; a < 12; a++) {
     const d = backoffDelayMs(a, 100, 5000);
     const cap = Math.min(5000, 100 * 2 ** a);
@@ -158,7 +196,13 @@ test('trigger config: trees validate, mistakes are named', () => {
     type: 'all',
     sources: [
       { type: 'opcua', endpoint: 'opc.tcp://plc:4840', nodeId: 'ns=1;s=Line1.State', when: { equals: 'Idle' } },
-      { type: 'any', sources: [{ type: 'schedule', windows: ['22:00-06:00'], timeZone: 'Europe/Berlin' }, { type: 'mqtt', topic: 'mes/line1', path: '$.state', when: { in: ['Idle'] } }] },
+      {
+        type: 'any',
+        sources: [
+          { type: 'schedule', windows: ['22:00-06:00'], timeZone: 'Europe/Berlin' },
+          { type: 'mqtt', topic: 'mes/line1', path: '$.state', when: { in: ['Idle'] } },
+        ],
+      },
     ],
   };
   const parsed = parseConfig(triggerSchema, ok, 'test') as { sources: { securityMode?: string; samplingIntervalMs?: number }[] };
@@ -170,8 +214,14 @@ test('trigger config: trees validate, mistakes are named', () => {
   bad({ type: 'schedule', windows: ['22:00-06:00'], timeZone: 'Mars/Olympus' }, /"timeZone": must be an IANA time zone/);
   bad({ type: 'mqtt', topic: 'mes/+/state', when: { equals: 1 } }, /"topic": must be a topic without wildcards/);
   bad({ type: 'opcua', endpoint: 'http://plc', nodeId: 'ns=1;s=x', when: { equals: 1 } }, /"endpoint"/);
-  bad({ type: 'opcua', endpoint: 'opc.tcp://plc:4840', nodeId: 'ns=1;s=x', when: { equals: 1 }, securityMode: 'Sign' }, /securityMode None goes with securityPolicy None/);
-  bad({ type: 'opcua', endpoint: 'opc.tcp://plc:4840', nodeId: 'ns=1;s=x', when: { equals: 1 }, user: { username: 'u' } }, /exactly one of password and passwordFile/);
+  bad(
+    { type: 'opcua', endpoint: 'opc.tcp://plc:4840', nodeId: 'ns=1;s=x', when: { equals: 1 }, securityMode: 'Sign' },
+    /securityMode None goes with securityPolicy None/,
+  );
+  bad(
+    { type: 'opcua', endpoint: 'opc.tcp://plc:4840', nodeId: 'ns=1;s=x', when: { equals: 1 }, user: { username: 'u' } },
+    /exactly one of password and passwordFile/,
+  );
   bad({ type: 'all', sources: [{ type: 'always', extra: 1 }] }, /"sources.0": unknown key|unknown key/);
   bad({ type: 'sometimes' }, /"type"/);
 });
@@ -197,7 +247,17 @@ test('gate on a fake clock: a schedule source ticks, changes are emitted, plans 
   const clock = new FakeClock(utc('2024-01-01T21:00:00'));
   const hand = new HandSource('plc');
   const sched = new ScheduleTriggerSource({ type: 'schedule', windows: ['22:00-23:00'], timeZone: 'UTC' }, clock);
-  const gate = new TriggerGate({ kind: 'any', children: [{ kind: 'source', id: 'plc' }, { kind: 'source', id: sched.id }] }, [hand, sched], clock);
+  const gate = new TriggerGate(
+    {
+      kind: 'any',
+      children: [
+        { kind: 'source', id: 'plc' },
+        { kind: 'source', id: sched.id },
+      ],
+    },
+    [hand, sched],
+    clock,
+  );
   const seen: string[] = [];
   gate.on('change', (s: { state: string }) => seen.push(s.state));
   await gate.start();
@@ -217,7 +277,17 @@ test('gate on a fake clock: a schedule source ticks, changes are emitted, plans 
   const clock2 = new FakeClock(utc('2024-01-01T08:00:00'));
   const hand2 = new HandSource('plc');
   const night = new ScheduleTriggerSource({ type: 'schedule', windows: ['22:00-06:00'], timeZone: 'UTC' }, clock2);
-  const gate2 = new TriggerGate({ kind: 'all', children: [{ kind: 'source', id: 'plc' }, { kind: 'source', id: night.id }] }, [hand2, night], clock2);
+  const gate2 = new TriggerGate(
+    {
+      kind: 'all',
+      children: [
+        { kind: 'source', id: 'plc' },
+        { kind: 'source', id: night.id },
+      ],
+    },
+    [hand2, night],
+    clock2,
+  );
   await gate2.start();
   hand2.set('open');
   assert.equal(gate2.openNotBefore(), utc('2024-01-01T22:00:00'));
@@ -246,7 +316,10 @@ test('training window acquire(): waits for the gate, gives up at the deadline or
   const missed = window.acquire(clock.now() + H, new AbortController().signal, () => undefined);
   await new Promise((r) => setImmediate(r));
   clock.advance(H + 5);
-  await assert.rejects(missed, (e: unknown) => e instanceof FedlineError && e.code === ErrorCodes.WINDOW_MISSED && /did not open before the round's deadline/.test(e.message));
+  await assert.rejects(
+    missed,
+    (e: unknown) => e instanceof FedlineError && e.code === ErrorCodes.WINDOW_MISSED && /did not open before the round's deadline/.test(e.message),
+  );
   // 3. the round ends while waiting: its reason comes out
   const ac = new AbortController();
   const aborted = window.acquire(clock.now() + H, ac.signal, () => undefined);

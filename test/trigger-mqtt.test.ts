@@ -26,7 +26,11 @@ test('MQTT trigger source: follows the MES line state (retained, JSON path), unk
     // The MES published the line state before the agent started: retained, so it is known at once.
     await mes.publish('mes/line1/state', encodeJson({ line: { state: 'Running', speed: 12 } }), { retain: true });
     const updates: SourceUpdate[] = [];
-    const source = new MqttTriggerSource({ type: 'mqtt', topic: 'mes/line1/state', path: '$.line.state', when: { equals: 'Idle' }, staleAfterMs: 800 }, agent, silentLogger());
+    const source = new MqttTriggerSource(
+      { type: 'mqtt', topic: 'mes/line1/state', path: '$.line.state', when: { equals: 'Idle' }, staleAfterMs: 800 },
+      agent,
+      silentLogger(),
+    );
     await source.start({ update: (u) => updates.push(u), problem: () => undefined });
     const last = () => updates.at(-1)!;
     await waitFor('the retained state', () => last().state === 'closed');
@@ -110,7 +114,10 @@ test('buildGate: operator commands always count (an implicit manual source, all-
   const mes = await connect(broker.url, 'mes');
   const agentConn = await connect(broker.url, 'agent');
   try {
-    const gate = buildGate({ type: 'mqtt', topic: 'mes/line2/state', when: { equals: 'Idle' } }, { transport: agentConn, topics, agentId: 'site-a', stateDir: dir.path, log: silentLogger() });
+    const gate = buildGate(
+      { type: 'mqtt', topic: 'mes/line2/state', when: { equals: 'Idle' } },
+      { transport: agentConn, topics, agentId: 'site-a', stateDir: dir.path, log: silentLogger() },
+    );
     await gate.start();
     assert.equal(gate.snapshot().state, 'unknown', 'no MES message yet: unknown, no training');
     await mes.publish('mes/line2/state', Buffer.from('Idle'));
@@ -122,7 +129,17 @@ test('buildGate: operator commands always count (an implicit manual source, all-
     await waitFor('open again', () => gate.open);
     await gate.stop();
     assert.throws(
-      () => buildGate({ type: 'any', sources: [{ type: 'manual', initially: 'open' }, { type: 'manual', initially: 'closed' }] }, { transport: agentConn, topics, agentId: 'a', stateDir: dir.path, log: silentLogger() }),
+      () =>
+        buildGate(
+          {
+            type: 'any',
+            sources: [
+              { type: 'manual', initially: 'open' },
+              { type: 'manual', initially: 'closed' },
+            ],
+          },
+          { transport: agentConn, topics, agentId: 'a', stateDir: dir.path, log: silentLogger() },
+        ),
       /at most one "manual" source/,
     );
   } finally {

@@ -19,7 +19,12 @@ const topics = createTopics('fl/test');
 function silentAggregator(hub: MemoryHub) {
   const t = hub.connect('aggregator');
   const seen = new Set<number>();
-  const ack = (a: Partial<AckMsg>) => t.publish(topics.ack(1, 'site-a'), packMsg({ v: 1, type: 'ack', round: 1, agent: 'site-a', upload: null, sha256: null, code: null, reason: null, missing: [], stored: 0, window: 0, ...a }), { qos: 1 });
+  const ack = (a: Partial<AckMsg>) =>
+    t.publish(
+      topics.ack(1, 'site-a'),
+      packMsg({ v: 1, type: 'ack', round: 1, agent: 'site-a', upload: null, sha256: null, code: null, reason: null, missing: [], stored: 0, window: 0, ...a }),
+      { qos: 1 },
+    );
   return t.subscribe(topics.update(1, 'site-a'), (m) => {
     const msg = decodeMsgpack(m.payload, updateTopicMessageSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'update' });
     if (msg.type === 'update-chunk') seen.add(msg.seq);
@@ -33,7 +38,14 @@ test('no progress acks: one credit timeout, then the upload goes on without wait
   const hub = new MemoryHub();
   await silentAggregator(hub);
   const agent = hub.connect('site-a');
-  const sent = await sendUpdate(agent, topics, new Uint8Array(40 * 64).fill(7), silentLogger(), { round: 1, agent: 'site-a', chunkBytes: 64, maxInflight: 2, ackTimeoutMs: 300, windowChunks: 4 });
+  const sent = await sendUpdate(agent, topics, new Uint8Array(40 * 64).fill(7), silentLogger(), {
+    round: 1,
+    agent: 'site-a',
+    chunkBytes: 64,
+    maxInflight: 2,
+    ackTimeoutMs: 300,
+    windowChunks: 4,
+  });
   assert.equal(sent.ack.status, 'accepted');
   assert.equal(sent.creditWaits, 1, 'one timed-out wait for credit, not one per chunk');
 });

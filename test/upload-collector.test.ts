@@ -37,12 +37,31 @@ const tensors = (v: number) => [{ name: 'w', shape: [64], dtype: 'float32' as co
 
 /** An update bundle of `agent` for round 1 on version 0 (64 floats: a few 64-byte chunks). */
 function update(agent: string): Buffer {
-  const meta: UpdateMeta = { kind: 'update', agent, round, baseVersion: 0, sampleCount: 10, epochs: 1, metricsBefore: null, metricsAfter: null, trainMs: 1, backend: 'none' };
+  const meta: UpdateMeta = {
+    kind: 'update',
+    agent,
+    round,
+    baseVersion: 0,
+    sampleCount: 10,
+    epochs: 1,
+    metricsBefore: null,
+    metricsAfter: null,
+    trainMs: 1,
+    backend: 'none',
+  };
   return encodeBundle(tensors(1), meta);
 }
 
 function chunks(agent: string, bundle: Buffer): UpdateChunkMsg[] {
-  return [...splitIntoChunks(bundle, 64)].map((c) => ({ v: 1, type: 'update-chunk', round, agent, upload: `${agent}-u1`, ...c, data: Uint8Array.from(c.data) }));
+  return [...splitIntoChunks(bundle, 64)].map((c) => ({
+    v: 1,
+    type: 'update-chunk',
+    round,
+    agent,
+    upload: `${agent}-u1`,
+    ...c,
+    data: Uint8Array.from(c.data),
+  }));
 }
 
 function setup(windowChunks: number) {
@@ -53,7 +72,16 @@ function setup(windowChunks: number) {
   const clock = new FakeClock(1_000);
   const base = decodeBundle(encodeBundle(tensors(0), { kind: 'model' })).header.tensors;
   const ctx = {
-    config: { chunkBytes: 64, windowChunks, maxUpdateBytes: 1 << 20, encoding: 'f32', delta: false, maxSamplesPerAgent: null, registeredSamples: {}, registeredSamplesTolerance: 0.1 },
+    config: {
+      chunkBytes: 64,
+      windowChunks,
+      maxUpdateBytes: 1 << 20,
+      encoding: 'f32',
+      delta: false,
+      maxSamplesPerAgent: null,
+      registeredSamples: {},
+      registeredSamplesTolerance: 0.1,
+    },
     topics: createTopics('fl/test'),
     spool,
     clock,
@@ -63,9 +91,25 @@ function setup(windowChunks: number) {
     reject: () => undefined,
     sendAck: (_round: number, agent: string, ack: AckFields) => acks.push({ agent, ...ack }),
   } as unknown as AggregatorContext;
-  const state = new RoundState({ round, kind: 'train', baseVersion: 0, selected: ['a', 'b'], minClients: 1, deadlineAt: 60_000, startedAt: 0, targetAccuracy: null });
+  const state = new RoundState({
+    round,
+    kind: 'train',
+    baseVersion: 0,
+    selected: ['a', 'b'],
+    minClients: 1,
+    deadlineAt: 60_000,
+    startedAt: 0,
+    targetAccuracy: null,
+  });
   const record = { acceptedAt: {} } as RoundRecord;
-  const collector = new UploadCollector({ ctx, state, record, base: { version: 0, tensors: base } as StoredModel, federatedNames: ['w'], onVerdict: () => undefined });
+  const collector = new UploadCollector({
+    ctx,
+    state,
+    record,
+    base: { version: 0, tensors: base } as StoredModel,
+    federatedNames: ['w'],
+    onVerdict: () => undefined,
+  });
   return { dir, acks, collector, state };
 }
 
@@ -81,7 +125,16 @@ test('when one upload ends, the upload still in progress is granted the larger c
 
     // Execute: a sends everything and asks for its verdict.
     for (const c of aChunks) collector.chunk(c, 'a');
-    collector.done({ v: 1, type: 'update-done', round, agent: 'a', upload: 'a-u1', total: aChunks.length, bundleBytes: a.byteLength, sha256: createHash('sha256').update(a).digest('hex') });
+    collector.done({
+      v: 1,
+      type: 'update-done',
+      round,
+      agent: 'a',
+      upload: 'a-u1',
+      total: aChunks.length,
+      bundleBytes: a.byteLength,
+      sha256: createHash('sha256').update(a).digest('hex'),
+    });
     await new Promise((resolve) => setTimeout(resolve, 200));
 
     // Assert: progress to a at a quarter of its 8-chunk share; b re-granted the whole 16 when a ended; a accepted.

@@ -79,21 +79,28 @@ test('f16: every half value decodes and re-encodes to itself (exact)', () => {
 
 test('property: q8 round trip is within max|x| / 254 of each block (plus float32 rounding), any block size', () => {
   fc.assert(
-    fc.property(fc.integer({ min: 1, max: 3000 }), fc.integer({ min: 1, max: 700 }), fc.integer(), fc.double({ min: 1e-6, max: 1e4, noNaN: true }), (count, block, seed, scale) => {
-      const rng = mulberry32(seed);
-      const x = Float32Array.from({ length: count }, () => (rng() * 2 - 1) * scale);
-      const bytes = new Uint8Array(encodedBytes('q8', count, block));
-      assert.equal(encodeQ8(x, block, bytes), bytes.length);
-      const y = new Float32Array(count);
-      decodeQ8(bytes, count, block, y);
-      for (let start = 0; start < count; start += block) {
-        let maxAbs = 0;
-        for (let i = start; i < Math.min(count, start + block); i++) maxAbs = Math.max(maxAbs, Math.abs(x[i]!));
-        const bound = (maxAbs / 254) * (1 + 1e-6) + maxAbs * 2 ** -23;
-        for (let i = start; i < Math.min(count, start + block); i++) assert.ok(Math.abs(x[i]! - y[i]!) <= bound, `value ${i}: ${x[i]} -> ${y[i]} (bound ${bound})`);
-      }
-      assert.ok(allFiniteQ8(bytes, count, block));
-    }),
+    fc.property(
+      fc.integer({ min: 1, max: 3000 }),
+      fc.integer({ min: 1, max: 700 }),
+      fc.integer(),
+      fc.double({ min: 1e-6, max: 1e4, noNaN: true }),
+      (count, block, seed, scale) => {
+        const rng = mulberry32(seed);
+        const x = Float32Array.from({ length: count }, () => (rng() * 2 - 1) * scale);
+        const bytes = new Uint8Array(encodedBytes('q8', count, block));
+        assert.equal(encodeQ8(x, block, bytes), bytes.length);
+        const y = new Float32Array(count);
+        decodeQ8(bytes, count, block, y);
+        for (let start = 0; start < count; start += block) {
+          let maxAbs = 0;
+          for (let i = start; i < Math.min(count, start + block); i++) maxAbs = Math.max(maxAbs, Math.abs(x[i]!));
+          const bound = (maxAbs / 254) * (1 + 1e-6) + maxAbs * 2 ** -23;
+          for (let i = start; i < Math.min(count, start + block); i++)
+            assert.ok(Math.abs(x[i]! - y[i]!) <= bound, `value ${i}: ${x[i]} -> ${y[i]} (bound ${bound})`);
+        }
+        assert.ok(allFiniteQ8(bytes, count, block));
+      },
+    ),
     { numRuns: 300 },
   );
 });

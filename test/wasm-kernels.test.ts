@@ -37,12 +37,24 @@ function convGrads(tf: Tf, c: Case, depthwise: boolean): Grads {
   const filterShape: [number, number, number, number] = [c.fh, c.fw, c.ci, depthwise ? c.co : c.co];
   return tf.tidy(() => {
     const x = tf.tensor4d(rand(c.b * c.h * c.w * c.ci, c.h * 100 + c.w), [c.b, c.h, c.w, c.ci]);
-    const f = tf.tensor4d(rand(filterShape.reduce((a, v) => a * v, 1), c.fh * 7 + c.co), filterShape);
+    const f = tf.tensor4d(
+      rand(
+        filterShape.reduce((a, v) => a * v, 1),
+        c.fh * 7 + c.co,
+      ),
+      filterShape,
+    );
     const forward = (xx: import('@tensorflow/tfjs').Tensor4D, ff: import('@tensorflow/tfjs').Tensor4D) =>
       depthwise ? tf.depthwiseConv2d(xx, ff, c.stride, c.pad) : tf.conv2d(xx, ff, c.stride, c.pad);
     const outShape = forward(x, f).shape;
     // A fixed random upstream gradient: loss = sum(conv(x, f) * r), so dL/dy = r.
-    const r = tf.tensor(rand(outShape.reduce((a, v) => a * v, 1), 99), outShape);
+    const r = tf.tensor(
+      rand(
+        outShape.reduce((a, v) => a * v, 1),
+        99,
+      ),
+      outShape,
+    );
     const [dx, dw] = tf.grads((xx, ff) => tf.sum(tf.mul(forward(xx as never, ff as never), r)))([x, f]);
     return { dx: dx!.dataSync() as Float32Array, dw: dw!.dataSync() as Float32Array };
   });
@@ -154,7 +166,11 @@ test('wasm training: tensor count, tfjs bytes and the WebAssembly heap stay flat
   const y = tf.oneHot(tf.tensor1d([0, 1, 2, 3, 0, 1, 2, 3], 'int32'), 4);
   const step = () =>
     tf.tidy(() => {
-      const loss = optimizer.minimize(() => tf.losses.softmaxCrossEntropy(y, model.apply(x, { training: true }) as import('@tensorflow/tfjs').Tensor2D) as import('@tensorflow/tfjs').Scalar, true, vars);
+      const loss = optimizer.minimize(
+        () => tf.losses.softmaxCrossEntropy(y, model.apply(x, { training: true }) as import('@tensorflow/tfjs').Tensor2D) as import('@tensorflow/tfjs').Scalar,
+        true,
+        vars,
+      );
       return loss!.dataSync()[0]!;
     });
   const losses: number[] = [];

@@ -16,7 +16,18 @@ import {
 import { strictUnpack } from './strict-msgpack.js';
 
 const SHA = 'a'.repeat(64);
-const metrics: EvalMetrics = { samples: 4, loss: 0.5, accuracy: 0.75, balancedAccuracy: 0.5, confusion: [[2, 1], [0, 1]], precision: [1, 0.5], recall: [2 / 3, 1] };
+const metrics: EvalMetrics = {
+  samples: 4,
+  loss: 0.5,
+  accuracy: 0.75,
+  balancedAccuracy: 0.5,
+  confusion: [
+    [2, 1],
+    [0, 1],
+  ],
+  precision: [1, 0.5],
+  recall: [2 / 3, 1],
+};
 const announcement: RoundAnnouncement = {
   v: 1,
   type: 'round',
@@ -41,12 +52,73 @@ const ctx = { topic: 'fl/usb/round', what: 'test message' };
 test('every msgpack message round-trips and is plain standard msgpack', () => {
   const messages = [
     [announcement, roundAnnouncementSchema],
-    [{ v: 1, type: 'model-chunk', version: 2, seq: 1, total: 4, bundleBytes: 1000, chunkBytes: 256, sha256: SHA, crc32: 0xdeadbeef, data: Buffer.from([1, 2, 3]) }, modelChunkSchema],
-    [{ v: 1, type: 'update-chunk', round: 3, agent: 'site-a', upload: 'c0ffee', seq: 0, total: 1, bundleBytes: 3, chunkBytes: 256, crc32: 7, data: Buffer.from([9, 8, 7]) }, updateTopicMessageSchema],
+    [
+      {
+        v: 1,
+        type: 'model-chunk',
+        version: 2,
+        seq: 1,
+        total: 4,
+        bundleBytes: 1000,
+        chunkBytes: 256,
+        sha256: SHA,
+        crc32: 0xdeadbeef,
+        data: Buffer.from([1, 2, 3]),
+      },
+      modelChunkSchema,
+    ],
+    [
+      {
+        v: 1,
+        type: 'update-chunk',
+        round: 3,
+        agent: 'site-a',
+        upload: 'c0ffee',
+        seq: 0,
+        total: 1,
+        bundleBytes: 3,
+        chunkBytes: 256,
+        crc32: 7,
+        data: Buffer.from([9, 8, 7]),
+      },
+      updateTopicMessageSchema,
+    ],
     [{ v: 1, type: 'update-done', round: 3, agent: 'site-a', upload: 'c0ffee', total: 1, bundleBytes: 3, sha256: SHA }, updateTopicMessageSchema],
     [{ v: 1, type: 'eval', round: 3, agent: 'site-a', baseVersion: 2, metrics, downloadedBytes: 1000 }, updateTopicMessageSchema],
-    [{ v: 1, type: 'ack', round: 3, agent: 'site-a', status: 'incomplete', upload: 'c0ffee', sha256: SHA, code: null, reason: null, missing: [1, 3], stored: 0, window: 0 } satisfies AckMsg, ackSchema],
-    [{ v: 1, type: 'ack', round: 3, agent: 'site-a', status: 'progress', upload: 'c0ffee', sha256: null, code: null, reason: null, missing: [], stored: 48, window: 32 } satisfies AckMsg, ackSchema],
+    [
+      {
+        v: 1,
+        type: 'ack',
+        round: 3,
+        agent: 'site-a',
+        status: 'incomplete',
+        upload: 'c0ffee',
+        sha256: SHA,
+        code: null,
+        reason: null,
+        missing: [1, 3],
+        stored: 0,
+        window: 0,
+      } satisfies AckMsg,
+      ackSchema,
+    ],
+    [
+      {
+        v: 1,
+        type: 'ack',
+        round: 3,
+        agent: 'site-a',
+        status: 'progress',
+        upload: 'c0ffee',
+        sha256: null,
+        code: null,
+        reason: null,
+        missing: [],
+        stored: 48,
+        window: 32,
+      } satisfies AckMsg,
+      ackSchema,
+    ],
   ] as const;
   for (const [msg, schema] of messages) {
     const bytes = packMsg(msg);
@@ -97,8 +169,21 @@ test('schema errors name the failing field', () => {
 });
 
 test('JSON status round-trips and invalid JSON is refused', () => {
-  const status = { v: 1, agent: 'site-a', state: 'training', round: 2, progress: 0.5, detail: 'epoch 1/2', backend: 'cpu', samples: { train: 10, test: 3 }, ts: 5 } as const;
+  const status = {
+    v: 1,
+    agent: 'site-a',
+    state: 'training',
+    round: 2,
+    progress: 0.5,
+    detail: 'epoch 1/2',
+    backend: 'cpu',
+    samples: { train: 10, test: 3 },
+    ts: 5,
+  } as const;
   assert.deepEqual(decodeJson(encodeJson(status), agentStatusSchema, SUPPORTED_VERSIONS, ctx), status);
-  assert.throws(() => decodeJson(Buffer.from('{"v":1,'), agentStatusSchema, SUPPORTED_VERSIONS, ctx), (e: unknown) => (e as FedlineError).code === ErrorCodes.MSG_DECODE);
+  assert.throws(
+    () => decodeJson(Buffer.from('{"v":1,'), agentStatusSchema, SUPPORTED_VERSIONS, ctx),
+    (e: unknown) => (e as FedlineError).code === ErrorCodes.MSG_DECODE,
+  );
   assert.throws(() => decodeJson(encodeJson({ ...status, state: 'dancing' }), agentStatusSchema, SUPPORTED_VERSIONS, ctx), /state/);
 });

@@ -103,7 +103,10 @@ export function loadTf(preference: BackendPreference = 'auto', log?: Logger): Pr
         }
       }
       if (preference === 'tensorflow') {
-        throw new FedlineError(ErrorCodes.BACKEND, `training.backend is "tensorflow" but neither ${NATIVE_PACKAGES.join(' nor ')} can be loaded; ${NATIVE_INSTALL_HINT}`);
+        throw new FedlineError(
+          ErrorCodes.BACKEND,
+          `training.backend is "tensorflow" but neither ${NATIVE_PACKAGES.join(' nor ')} can be loaded; ${NATIVE_INSTALL_HINT}`,
+        );
       }
     }
     const tf = (await import('@tensorflow/tfjs')) as Tf;

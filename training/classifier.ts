@@ -41,7 +41,12 @@ interface FedlineModelJson {
  * input shape and normalisation), or any tfjs layers model folder (model.json) with fedline's
  * metadata or with `classes` / `normalization` given by the caller.
  */
-export async function openClassifier(tf: Tf, dir: string, decoder: ImageDecoder, given: { classes?: string[]; normalization?: NormalizationMode } = {}): Promise<Classifier> {
+export async function openClassifier(
+  tf: Tf,
+  dir: string,
+  decoder: ImageDecoder,
+  given: { classes?: string[]; normalization?: NormalizationMode } = {},
+): Promise<Classifier> {
   let model: LayersModel;
   let meta: Pick<ModelMeta, 'classes' | 'inputShape' | 'normalization'> & { version: number | null };
   const header = await readFile(join(dir, 'header.bin')).catch(() => null);
@@ -56,7 +61,10 @@ export async function openClassifier(tf: Tf, dir: string, decoder: ImageDecoder,
     try {
       json = JSON.parse(await readFile(join(dir, 'model.json'), 'utf8')) as FedlineModelJson;
     } catch (err) {
-      throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${dir} is not a model folder (no header.bin + weights.bin, no readable model.json: ${(err as Error).message})`);
+      throw new FedlineError(
+        ErrorCodes.MODEL_INCOMPATIBLE,
+        `${dir} is not a model folder (no header.bin + weights.bin, no readable model.json: ${(err as Error).message})`,
+      );
     }
     model = await loadLayersModelFromDir(tf, dir);
     const f = json.userDefinedMetadata?.fedline ?? {};
@@ -65,7 +73,10 @@ export async function openClassifier(tf: Tf, dir: string, decoder: ImageDecoder,
     const normalization = given.normalization ?? (f.normalization as NormalizationMode | undefined);
     if (!classes) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${dir}/model.json does not name its classes: give them (--classes A,B,...)`);
     if (!normalization || !(normalizationModes as readonly string[]).includes(normalization)) {
-      throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${dir}/model.json does not say how to normalise its input: give it (--normalization ${normalizationModes.join('|')})`);
+      throw new FedlineError(
+        ErrorCodes.MODEL_INCOMPATIBLE,
+        `${dir}/model.json does not say how to normalise its input: give it (--normalization ${normalizationModes.join('|')})`,
+      );
     }
     meta = { classes, inputShape: shape, normalization, version: f.version ?? null };
   }
@@ -90,7 +101,12 @@ export async function openClassifier(tf: Tf, dir: string, decoder: ImageDecoder,
           const probs = tf.tidy(() => (model.predict(tf.tensor4d(x, [1, h, w, c])) as import('@tensorflow/tfjs').Tensor).dataSync() as Float32Array);
           let best = 0;
           for (let k = 1; k < probs.length; k++) if (probs[k]! > probs[best]!) best = k;
-          out.push({ path, class: meta.classes[best]!, confidence: probs[best]!, probabilities: Object.fromEntries(meta.classes.map((name, k) => [name, probs[k]!])) });
+          out.push({
+            path,
+            class: meta.classes[best]!,
+            confidence: probs[best]!,
+            probabilities: Object.fromEntries(meta.classes.map((name, k) => [name, probs[k]!])),
+          });
         } catch (err) {
           const message = (err as Error).message;
           out.push({ path, class: null, confidence: null, probabilities: {}, error: message.startsWith(path) ? message : `${path}: ${message}` });

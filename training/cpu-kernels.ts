@@ -18,7 +18,13 @@ import type { Tf } from './backend.js';
 type KernelArgs = {
   inputs: { x: TensorInfo; dy: TensorInfo };
   backend: { data: { get(id: unknown): { values: Float32Array } }; makeTensorInfo(shape: number[], dtype: string, values: Float32Array): TensorInfo };
-  attrs: { strides: number | [number, number]; pad: unknown; dataFormat: 'NHWC' | 'NCHW'; dimRoundingMode?: string; filterShape: [number, number, number, number] };
+  attrs: {
+    strides: number | [number, number];
+    pad: unknown;
+    dataFormat: 'NHWC' | 'NCHW';
+    dimRoundingMode?: string;
+    filterShape: [number, number, number, number];
+  };
 };
 type TensorInfo = { dataId: unknown; shape: number[]; dtype: string };
 
@@ -43,7 +49,21 @@ export function conv2dBackpropFilterNhwc(
     padLeft: number;
   },
 ): Float32Array {
-  const { batchSize, inHeight, inWidth, inChannels: ci, outHeight, outWidth, outChannels: co, filterHeight: fh, filterWidth: fw, strideHeight: sh, strideWidth: sw, padTop, padLeft } = info;
+  const {
+    batchSize,
+    inHeight,
+    inWidth,
+    inChannels: ci,
+    outHeight,
+    outWidth,
+    outChannels: co,
+    filterHeight: fh,
+    filterWidth: fw,
+    strideHeight: sh,
+    strideWidth: sw,
+    padTop,
+    padLeft,
+  } = info;
   const acc = new Float64Array(fh * fw * ci * co);
   for (let b = 0; b < batchSize; b++) {
     for (let oh = 0; oh < outHeight; oh++) {
@@ -104,14 +124,51 @@ export function poolGradGeometry(info: {
 export function maxPoolGradNhwc(
   x: Float32Array,
   dy: Float32Array,
-  info: { batchSize: number; inHeight: number; inWidth: number; channels: number; outHeight: number; outWidth: number; filterHeight: number; filterWidth: number; strideHeight: number; strideWidth: number; padTop: number; padLeft: number },
+  info: {
+    batchSize: number;
+    inHeight: number;
+    inWidth: number;
+    channels: number;
+    outHeight: number;
+    outWidth: number;
+    filterHeight: number;
+    filterWidth: number;
+    strideHeight: number;
+    strideWidth: number;
+    padTop: number;
+    padLeft: number;
+  },
   /** Where to write dx (zeroed here); a new array when absent. */
   out?: Float32Array,
   /** The forward pass's output (each window's maximum), when at hand: it speeds up the common 2x2 case. */
   pooled?: Float32Array,
 ): Float32Array {
-  const { batchSize, inHeight, inWidth, channels: ch, outHeight, outWidth, filterHeight: fh, filterWidth: fw, strideHeight: sh, strideWidth: sw, padTop, padLeft } = info;
-  if (pooled && pooled.length === dy.length && fh === 2 && fw === 2 && sh === 2 && sw === 2 && padTop === 0 && padLeft === 0 && inHeight === 2 * outHeight && inWidth === 2 * outWidth) {
+  const {
+    batchSize,
+    inHeight,
+    inWidth,
+    channels: ch,
+    outHeight,
+    outWidth,
+    filterHeight: fh,
+    filterWidth: fw,
+    strideHeight: sh,
+    strideWidth: sw,
+    padTop,
+    padLeft,
+  } = info;
+  if (
+    pooled &&
+    pooled.length === dy.length &&
+    fh === 2 &&
+    fw === 2 &&
+    sh === 2 &&
+    sw === 2 &&
+    padTop === 0 &&
+    padLeft === 0 &&
+    inHeight === 2 * outHeight &&
+    inWidth === 2 * outWidth
+  ) {
     return maxPoolGrad2x2(x, dy, pooled, batchSize, outHeight, outWidth, ch, out ?? new Float32Array(batchSize * inHeight * inWidth * ch));
   }
   const dx = out ? out.fill(0) : new Float32Array(batchSize * inHeight * inWidth * ch);
@@ -152,7 +209,16 @@ export function maxPoolGradNhwc(
  * (the window's maximum, one of its four values) instead of recomputing it: Math.max made this
  * loop 9x slower.
  */
-function maxPoolGrad2x2(x: Float32Array, dy: Float32Array, pooled: Float32Array, batchSize: number, outHeight: number, outWidth: number, ch: number, dx: Float32Array): Float32Array {
+function maxPoolGrad2x2(
+  x: Float32Array,
+  dy: Float32Array,
+  pooled: Float32Array,
+  batchSize: number,
+  outHeight: number,
+  outWidth: number,
+  ch: number,
+  dx: Float32Array,
+): Float32Array {
   const rowStride = 2 * outWidth * ch;
   let o = 0;
   for (let b = 0; b < batchSize; b++) {
@@ -232,12 +298,29 @@ export function installFastCpuKernels(tf: Tf): void {
   tf.registerKernel({
     kernelName: 'MaxPoolGrad',
     backendName: 'cpu',
-    kernelFunc: ((args: { inputs: { dy: TensorInfo; input: TensorInfo; output: TensorInfo }; backend: KernelArgs['backend']; attrs: { filterSize: number | [number, number]; strides: number | [number, number]; pad: unknown; dimRoundingMode?: string } }) => {
+    kernelFunc: ((args: {
+      inputs: { dy: TensorInfo; input: TensorInfo; output: TensorInfo };
+      backend: KernelArgs['backend'];
+      attrs: { filterSize: number | [number, number]; strides: number | [number, number]; pad: unknown; dimRoundingMode?: string };
+    }) => {
       const { inputs, backend, attrs } = args;
       const x = inputs.input;
-      const info = tf.backend_util.computePool2DInfo(x.shape as [number, number, number, number], attrs.filterSize, attrs.strides, 1, attrs.pad as never, attrs.dimRoundingMode as never);
+      const info = tf.backend_util.computePool2DInfo(
+        x.shape as [number, number, number, number],
+        attrs.filterSize,
+        attrs.strides,
+        1,
+        attrs.pad as never,
+        attrs.dimRoundingMode as never,
+      );
       if (info.dilationHeight !== 1 || info.dilationWidth !== 1) return originalPool.kernelFunc(args as never);
-      const values = maxPoolGradNhwc(backend.data.get(x.dataId).values, backend.data.get(inputs.dy.dataId).values, poolGradGeometry(info), undefined, inputs.output ? backend.data.get(inputs.output.dataId).values : undefined);
+      const values = maxPoolGradNhwc(
+        backend.data.get(x.dataId).values,
+        backend.data.get(inputs.dy.dataId).values,
+        poolGradGeometry(info),
+        undefined,
+        inputs.output ? backend.data.get(inputs.output.dataId).values : undefined,
+      );
       return backend.makeTensorInfo([...x.shape], 'float32', values);
     }) as never,
   });

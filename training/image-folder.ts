@@ -175,7 +175,8 @@ interface Decoded {
   source: SourceInfo;
 }
 
-const kindText = (s: SourceInfo) => `${s.channels === 1 ? 'gray' : s.channels === 2 ? 'gray+alpha' : s.channels === 4 ? (s.format === 'jpeg' ? 'CMYK' : 'RGBA') : 'RGB'}${s.bitDepth !== 8 ? ` ${s.bitDepth}-bit` : ''}`;
+const kindText = (s: SourceInfo) =>
+  `${s.channels === 1 ? 'gray' : s.channels === 2 ? 'gray+alpha' : s.channels === 4 ? (s.format === 'jpeg' ? 'CMYK' : 'RGBA') : 'RGB'}${s.bitDepth !== 8 ? ` ${s.bitDepth}-bit` : ''}`;
 
 /**
  * Images that differ from most of the site's images (size, channels, bit depth) are named, with
@@ -212,7 +213,13 @@ function oddImageReports(decoded: readonly Decoded[], shape: readonly [number, n
   return out;
 }
 
-async function decodeAll(files: readonly ImageFile[], shape: readonly [number, number, number], cache: ImageCache, problems: string[], all: Decoded[]): Promise<{ kept: ImageFile[]; pixels: (Uint8Array | null)[] }> {
+async function decodeAll(
+  files: readonly ImageFile[],
+  shape: readonly [number, number, number],
+  cache: ImageCache,
+  problems: string[],
+  all: Decoded[],
+): Promise<{ kept: ImageFile[]; pixels: (Uint8Array | null)[] }> {
   const [h, w, c] = shape;
   const kept: ImageFile[] = [];
   const pixels: (Uint8Array | null)[] = [];
@@ -245,7 +252,8 @@ async function decodeAll(files: readonly ImageFile[], shape: readonly [number, n
 
 export async function loadDataset(options: DatasetOptions): Promise<LocalDataset> {
   const { files, problems } = await listImageFiles(options.dir, options.classes);
-  if (files.length === 0) throw new FedlineError(ErrorCodes.DATA, `no images found under ${options.dir} (expected <dir>/<CLASS>/*.png with classes ${options.classes.join(', ')})`);
+  if (files.length === 0)
+    throw new FedlineError(ErrorCodes.DATA, `no images found under ${options.dir} (expected <dir>/<CLASS>/*.png with classes ${options.classes.join(', ')})`);
   const split = splitFiles(files, options.classes.length, options.testFraction, options.splitSeed);
   const cache = new ImageCache(options.cacheBytes ?? DEFAULT_CACHE_BYTES, options.decoder ?? (await createImageDecoder()));
   const all: Decoded[] = [];
@@ -255,7 +263,14 @@ export async function loadDataset(options: DatasetOptions): Promise<LocalDataset
   const trainSet = new FolderImageSet(train.kept, options.inputShape, cache, train.pixels);
   const testSet = new FolderImageSet(test.kept, options.inputShape, cache, test.pixels);
   const count = (set: ImageSet) => options.classes.map((_, i) => set.labels.filter((v) => v === i).length);
-  return { classes: options.classes, train: trainSet, test: testSet, counts: { train: count(trainSet), test: count(testSet) }, problems, decoder: cache.decoder.name };
+  return {
+    classes: options.classes,
+    train: trainSet,
+    test: testSet,
+    counts: { train: count(trainSet), test: count(testSet) },
+    problems,
+    decoder: cache.decoder.name,
+  };
 }
 
 /**
@@ -264,7 +279,8 @@ export async function loadDataset(options: DatasetOptions): Promise<LocalDataset
  */
 export async function loadImageSet(options: Omit<DatasetOptions, 'testFraction' | 'splitSeed'>): Promise<{ set: ImageSet; problems: string[] }> {
   const { files, problems } = await listImageFiles(options.dir, options.classes);
-  if (files.length === 0) throw new FedlineError(ErrorCodes.DATA, `no images found under ${options.dir} (expected <dir>/<CLASS>/*.png with classes ${options.classes.join(', ')})`);
+  if (files.length === 0)
+    throw new FedlineError(ErrorCodes.DATA, `no images found under ${options.dir} (expected <dir>/<CLASS>/*.png with classes ${options.classes.join(', ')})`);
   const cache = new ImageCache(options.cacheBytes ?? DEFAULT_CACHE_BYTES, options.decoder ?? (await createImageDecoder()));
   const all: Decoded[] = [];
   const decoded = await decodeAll(files, options.inputShape, cache, problems, all);
@@ -276,6 +292,9 @@ export async function loadImageSet(options: Omit<DatasetOptions, 'testFraction' 
 export async function readAll(set: ImageSet): Promise<Float32Array> {
   const [h, w, c] = set.shape;
   const out = new Float32Array(set.count * h * w * c);
-  await set.read(Array.from({ length: set.count }, (_, i) => i), out);
+  await set.read(
+    Array.from({ length: set.count }, (_, i) => i),
+    out,
+  );
   return out;
 }

@@ -76,7 +76,12 @@ export function decodeImage(bytes: Buffer, path: string): RgbaImage & { source: 
   if (format === 'jpeg') {
     const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: true, maxMemoryUsageInMB: 512 });
     const frame = jpegFrameInfo(bytes) ?? { channels: 3, bitDepth: 8 };
-    return { width: img.width, height: img.height, data: img.data, source: { format, width: img.width, height: img.height, channels: frame.channels, bitDepth: frame.bitDepth } };
+    return {
+      width: img.width,
+      height: img.height,
+      data: img.data,
+      source: { format, width: img.width, height: img.height, channels: frame.channels, bitDepth: frame.bitDepth },
+    };
   }
   throw new FedlineError(ErrorCodes.DATA, `${path}: not a PNG or JPEG file`);
 }
@@ -185,7 +190,10 @@ export const jsDecoder: ImageDecoder = {
   },
 };
 
-type SharpFn = (input: Buffer, options?: object) => {
+type SharpFn = (
+  input: Buffer,
+  options?: object,
+) => {
   metadata(): Promise<{ width?: number; height?: number; channels?: number; depth?: string }>;
   removeAlpha(): ReturnType<SharpFn>;
   toColourspace(space: string): ReturnType<SharpFn>;
@@ -211,12 +219,21 @@ export async function sharpDecoder(): Promise<ImageDecoder | null> {
       const meta = await sharp(bytes).metadata();
       if (!meta.width || !meta.height) throw new FedlineError(ErrorCodes.DATA, `${path}: empty image`);
       const depth = meta.depth === 'ushort' ? 16 : meta.depth === 'uchar' ? 8 : 8;
-      const source: SourceInfo = { format, width: meta.width, height: meta.height, channels: format === 'jpeg' ? (jpegFrameInfo(bytes)?.channels ?? meta.channels ?? 3) : (meta.channels ?? 3), bitDepth: depth };
+      const source: SourceInfo = {
+        format,
+        width: meta.width,
+        height: meta.height,
+        channels: format === 'jpeg' ? (jpegFrameInfo(bytes)?.channels ?? meta.channels ?? 3) : (meta.channels ?? 3),
+        bitDepth: depth,
+      };
       // 'linear' = bilinear, 'fill' = exact size (no crop), as the pure-JS decoder does.
-      let pipeline = sharp(bytes, { failOn: 'error' }).removeAlpha().toColourspace(channels === 1 ? 'b-w' : 'srgb');
+      let pipeline = sharp(bytes, { failOn: 'error' })
+        .removeAlpha()
+        .toColourspace(channels === 1 ? 'b-w' : 'srgb');
       pipeline = pipeline.resize(width, height, { fit: 'fill', kernel: 'linear' });
       const raw = await pipeline.raw().toBuffer();
-      if (raw.byteLength !== width * height * channels) throw new FedlineError(ErrorCodes.DATA, `${path}: decoded to ${raw.byteLength} bytes, expected ${width * height * channels}`);
+      if (raw.byteLength !== width * height * channels)
+        throw new FedlineError(ErrorCodes.DATA, `${path}: decoded to ${raw.byteLength} bytes, expected ${width * height * channels}`);
       return { pixels: new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength), source };
     },
   };
@@ -227,7 +244,8 @@ export async function createImageDecoder(preference: 'auto' | 'sharp' | 'js' = '
   if (preference === 'js') return jsDecoder;
   const sharp = await sharpDecoder();
   if (sharp) return sharp;
-  if (preference === 'sharp') throw new FedlineError(ErrorCodes.CONFIG_INVALID, 'data.decoder is "sharp" but the sharp package is not installed (npm install sharp)');
+  if (preference === 'sharp')
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, 'data.decoder is "sharp" but the sharp package is not installed (npm install sharp)');
   return jsDecoder;
 }
 

@@ -26,7 +26,8 @@ export async function extractModel(tf: Tf, model: LayersModel): Promise<ModelArt
       const buffer = Array.isArray(data) ? tf.io.concatenateArrayBuffers(data) : (data as ArrayBuffer);
       let offset = 0;
       const tensors: NamedTensor[] = specs.map((spec) => {
-        if (spec.dtype !== 'float32') throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `weight ${spec.name} has dtype ${spec.dtype}; only float32 weights are supported`);
+        if (spec.dtype !== 'float32')
+          throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `weight ${spec.name} has dtype ${spec.dtype}; only float32 weights are supported`);
         const count = spec.shape.reduce((a, b) => a * b, 1);
         const values = new Float32Array(buffer.slice(offset, offset + count * 4));
         offset += count * 4;
@@ -69,7 +70,8 @@ export function setWeightsByName(tf: Tf, model: LayersModel, values: ReadonlyMap
   const next = current.map((w, i) => {
     const v = values.get(names[i]!);
     if (!v) return w;
-    if (v.length !== w.size) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `weight ${names[i]} has ${w.size} values in the model but ${v.length} given`);
+    if (v.length !== w.size)
+      throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `weight ${names[i]} has ${w.size} values in the model but ${v.length} given`);
     return tf.tensor(v, w.shape, 'float32');
   });
   for (const name of values.keys()) if (!names.includes(name)) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `model has no weight named ${name}`);

@@ -31,7 +31,11 @@ export async function federationSizes(tf: Tf, options: Omit<BuildOptions, 'init'
     const names = weightNames(model);
     const tensors = model.weights.map((w, i) => ({ name: names[i]!, shape: [...w.shape] as number[], dtype: 'float32' as const }));
     const all = resolveFederated('all', names, []);
-    const head = resolveFederated('head', names, names.filter((n) => n.startsWith(HEAD_PREFIX)));
+    const head = resolveFederated(
+      'head',
+      names,
+      names.filter((n) => n.startsWith(HEAD_PREFIX)),
+    );
     const meta: UpdateMeta = {
       kind: 'update',
       agent: 'agent-with-a-long-name',

@@ -89,7 +89,15 @@ export function buildModel(tf: Tf, options: BuildOptions): LayersModel {
   const filters = (n: number) => Math.max(1, Math.round(n * width));
   const bn = options.batchNorm === true;
   const conv = (name: string, n: number, first: boolean): Layer[] => [
-    tf.layers.conv2d({ name, filters: filters(n), kernelSize: 3, padding: 'same', useBias: !bn, kernelInitializer: init(name), ...(first ? { inputShape: [...inputShape] } : {}) }),
+    tf.layers.conv2d({
+      name,
+      filters: filters(n),
+      kernelSize: 3,
+      padding: 'same',
+      useBias: !bn,
+      kernelInitializer: init(name),
+      ...(first ? { inputShape: [...inputShape] } : {}),
+    }),
     ...(bn ? [tf.layers.batchNormalization({ name: `${name}_bn`, axis: -1, momentum: 0.9 })] : []),
     tf.layers.reLU({ name: `${name}_relu` }),
   ];
@@ -104,7 +112,10 @@ export function buildModel(tf: Tf, options: BuildOptions): LayersModel {
     const blocks = VGG_BLOCKS[architecture];
     if (!blocks) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `unknown architecture "${String(architecture)}" (known: ${architectures.join(', ')})`);
     if (inputShape[0] < VGG_MIN_INPUT || inputShape[1] < VGG_MIN_INPUT) {
-      throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${architecture} needs inputs of at least ${VGG_MIN_INPUT}x${VGG_MIN_INPUT} px (five 2x2 poolings), got ${inputShape[0]}x${inputShape[1]}`);
+      throw new FedlineError(
+        ErrorCodes.CONFIG_INVALID,
+        `${architecture} needs inputs of at least ${VGG_MIN_INPUT}x${VGG_MIN_INPUT} px (five 2x2 poolings), got ${inputShape[0]}x${inputShape[1]}`,
+      );
     }
     blocks.forEach((convs, i) => {
       for (let j = 0; j < convs; j++) layers.push(...conv(`block${i + 1}_conv${j + 1}`, VGG_FILTERS[i]!, layers.length === 0));

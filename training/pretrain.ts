@@ -52,7 +52,15 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
   let lastEpoch = -1;
   const result = await trainer.train(
     model,
-    { epochs: o.epochs, batchSize: o.batchSize, learningRate: o.learningRate, optimizer: 'adam', classWeighting: 'auto', sampling: 'shuffle', federated: 'all' },
+    {
+      epochs: o.epochs,
+      batchSize: o.batchSize,
+      learningRate: o.learningRate,
+      optimizer: 'adam',
+      classWeighting: 'auto',
+      sampling: 'shuffle',
+      federated: 'all',
+    },
     model.tensors.map((t) => t.name),
     {
       onProgress: (p) => {

@@ -40,7 +40,11 @@ export async function readWeightsFromDir(dir: string): Promise<Map<string, { sha
   } catch (err) {
     throw new FedlineError(ErrorCodes.CONFIG_READ, `cannot read the pretrained model ${file}: ${(err as Error).message}`);
   }
-  if (!Array.isArray(modelJson.weightsManifest)) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${file} has no weightsManifest: not a tfjs layers model (convert it with tensorflowjs_converter --input_format keras)`);
+  if (!Array.isArray(modelJson.weightsManifest))
+    throw new FedlineError(
+      ErrorCodes.MODEL_INCOMPATIBLE,
+      `${file} has no weightsManifest: not a tfjs layers model (convert it with tensorflowjs_converter --input_format keras)`,
+    );
   const out = new Map<string, { shape: number[]; data: Float32Array }>();
   for (const group of modelJson.weightsManifest) {
     const parts = await Promise.all(
@@ -53,10 +57,13 @@ export async function readWeightsFromDir(dir: string): Promise<Map<string, { sha
     const bytes = Buffer.concat(parts);
     let offset = 0;
     for (const w of group.weights) {
-      if (w.quantization) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${file}: weight ${w.name} is quantized; convert the model without --quantize_* options`);
-      if (w.dtype !== 'float32') throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${file}: weight ${w.name} has dtype ${w.dtype}; only float32 weights can initialise a model`);
+      if (w.quantization)
+        throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${file}: weight ${w.name} is quantized; convert the model without --quantize_* options`);
+      if (w.dtype !== 'float32')
+        throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${file}: weight ${w.name} has dtype ${w.dtype}; only float32 weights can initialise a model`);
       const count = w.shape.reduce((a, b) => a * b, 1);
-      if (offset + count * 4 > bytes.byteLength) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${file}: the weight files end before weight ${w.name} (offset ${offset}, ${count * 4} bytes)`);
+      if (offset + count * 4 > bytes.byteLength)
+        throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${file}: the weight files end before weight ${w.name} (offset ${offset}, ${count * 4} bytes)`);
       // A copy: aligned, and independent of the (possibly huge) file buffer.
       const data = new Float32Array(count);
       new Uint8Array(data.buffer).set(bytes.subarray(offset, offset + count * 4));
@@ -95,11 +102,18 @@ export async function loadPretrainedWeights(tf: Tf, model: LayersModel, dir: str
       continue;
     }
     const missing = keys.filter((_, i) => !found[i]);
-    if (missing.length) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${dir}: layer ${layer.name} has only some of its weights in the file (missing ${missing.join(', ')})`);
+    if (missing.length)
+      throw new FedlineError(
+        ErrorCodes.MODEL_INCOMPATIBLE,
+        `${dir}: layer ${layer.name} has only some of its weights in the file (missing ${missing.join(', ')})`,
+      );
     const values = layer.weights.map((w, i) => {
       const f = found[i]!;
       if (f.shape.join('x') !== w.shape.join('x')) {
-        throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${dir}: weight ${keys[i]} is ${f.shape.join('x')} in the file but ${w.shape.join('x')} in the model (same architecture, width and input channels?)`);
+        throw new FedlineError(
+          ErrorCodes.MODEL_INCOMPATIBLE,
+          `${dir}: weight ${keys[i]} is ${f.shape.join('x')} in the file but ${w.shape.join('x')} in the model (same architecture, width and input channels?)`,
+        );
       }
       return tf.tensor(f.data, w.shape as number[], 'float32');
     });
@@ -110,7 +124,10 @@ export async function loadPretrainedWeights(tf: Tf, model: LayersModel, dir: str
   }
   report.unused = [...new Set([...byKey.entries()].filter(([k]) => !used.has(k)).map(([, v]) => v.layer))];
   if (report.loaded.length === 0) {
-    throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `${dir}: no layer of the model has a namesake in the file (file layers: ${[...new Set([...byKey.values()].map((v) => v.layer))].slice(0, 8).join(', ')}...; model layers: block1_conv1, ...)`);
+    throw new FedlineError(
+      ErrorCodes.MODEL_INCOMPATIBLE,
+      `${dir}: no layer of the model has a namesake in the file (file layers: ${[...new Set([...byKey.values()].map((v) => v.layer))].slice(0, 8).join(', ')}...; model layers: block1_conv1, ...)`,
+    );
   }
   return report;
 }

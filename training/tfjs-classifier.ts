@@ -50,7 +50,8 @@ export class TfjsClassifier implements Classifier {
   static async fromBundle(tf: Tf, bundle: Uint8Array): Promise<TfjsClassifier> {
     const decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);
     const meta = decoded.header.meta;
-    if (meta.inputShape.length !== 3 || (meta.inputShape[2] !== 1 && meta.inputShape[2] !== 3)) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `model input shape [${meta.inputShape.join(', ')}] is not [height, width, 1 or 3]`);
+    if (meta.inputShape.length !== 3 || (meta.inputShape[2] !== 1 && meta.inputShape[2] !== 3))
+      throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `model input shape [${meta.inputShape.join(', ')}] is not [height, width, 1 or 3]`);
     const model = await modelFromWeights(tf, meta.topology, bundleTensors(decoded));
     return new TfjsClassifier(tf, model, meta, sha256Hex(bundle));
   }
@@ -61,7 +62,9 @@ export class TfjsClassifier implements Classifier {
     if (img.width < 1 || img.height < 1) throw new FedlineError(ErrorCodes.DATA, `${name}: empty image`);
     resizeInto(img, w, h, c, this.input, 0);
     normalizeInPlace(this.input, 1, c, this.meta.normalization);
-    const probabilities = this.tf.tidy(() => Array.from((this.model.predict(this.tf.tensor4d(this.input, [1, h, w, c])) as import('@tensorflow/tfjs').Tensor).dataSync()));
+    const probabilities = this.tf.tidy(() =>
+      Array.from((this.model.predict(this.tf.tensor4d(this.input, [1, h, w, c])) as import('@tensorflow/tfjs').Tensor).dataSync()),
+    );
     let classIndex = 0;
     for (let i = 1; i < probabilities.length; i++) if (probabilities[i]! > probabilities[classIndex]!) classIndex = i;
     return { classIndex, probabilities };

@@ -36,7 +36,11 @@ export function lossClassWeights(labels: ArrayLike<number>, numClasses: number, 
  */
 export function epochOrder(labels: Int32Array, sampling: 'shuffle' | 'balanced', rng: Rng): number[] {
   const n = labels.length;
-  if (sampling === 'shuffle') return shuffleInPlace(Array.from({ length: n }, (_, i) => i), rng);
+  if (sampling === 'shuffle')
+    return shuffleInPlace(
+      Array.from({ length: n }, (_, i) => i),
+      rng,
+    );
   const byClass = new Map<number, number[]>();
   labels.forEach((l, i) => {
     const list = byClass.get(l) ?? [];
@@ -87,7 +91,10 @@ export async function evaluateOnSet(tf: Tf, model: LayersModel, set: ImageSet, n
   let lossSum = 0;
   for (let start = 0; start < set.count; start += EVAL_BATCH) {
     const n = Math.min(EVAL_BATCH, set.count - start);
-    await set.read(Array.from({ length: n }, (_, i) => start + i), x);
+    await set.read(
+      Array.from({ length: n }, (_, i) => start + i),
+      x,
+    );
     const batch = x.subarray(0, n * per);
     normalizeInPlace(batch, n, c, normalization);
     const [pred, loss] = tf.tidy(() => {
@@ -158,7 +165,11 @@ export class TfjsTrainer implements Trainer {
     const started = Date.now();
     const m = await this.load(model);
     const optimizer =
-      task.optimizer === 'adam' ? tf.train.adam(task.learningRate) : task.optimizer === 'momentum' ? tf.train.momentum(task.learningRate, 0.9) : tf.train.sgd(task.learningRate);
+      task.optimizer === 'adam'
+        ? tf.train.adam(task.learningRate)
+        : task.optimizer === 'momentum'
+          ? tf.train.momentum(task.learningRate, 0.9)
+          : tf.train.sgd(task.learningRate);
     try {
       const federated = new Set(federatedNames);
       freezeAllBut(m, federated);
@@ -219,7 +230,15 @@ export class TfjsTrainer implements Trainer {
   }
 
   /** One optimizer step on a batch of n images: the class-weighted cross-entropy averaged over the batch; returns the loss. */
-  private step(m: LayersModel, optimizer: Optimizer, vars: Variable[], classWeights: Tensor1D, batch: Float32Array, batchLabels: Int32Array, numClasses: number): number | null {
+  private step(
+    m: LayersModel,
+    optimizer: Optimizer,
+    vars: Variable[],
+    classWeights: Tensor1D,
+    batch: Float32Array,
+    batchLabels: Int32Array,
+    numClasses: number,
+  ): number | null {
     const tf = this.tf;
     const n = batchLabels.length;
     const [h, w, c] = this.data.train.shape;

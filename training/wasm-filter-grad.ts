@@ -13,7 +13,15 @@ const FILTER_GRAD_KERNEL_FLOATS = 256 * 1024;
 const UNFOLD_FLOATS = 16 * 1024 * 1024;
 
 /** dW via a forward convolution over the batch (see the file comment); depthwise sums the batch out at the end. */
-export function filterGrad(ops: WasmOps, be: WasmBackend, x: TensorInfo, dy: TensorInfo, filterShape: number[], attrs: Record<string, unknown>, depthwise: boolean): TensorInfo {
+export function filterGrad(
+  ops: WasmOps,
+  be: WasmBackend,
+  x: TensorInfo,
+  dy: TensorInfo,
+  filterShape: number[],
+  attrs: Record<string, unknown>,
+  depthwise: boolean,
+): TensorInfo {
   const info = ops.convInfo(x.shape, filterShape, attrs, depthwise);
   if (!depthwise && info.strideHeight === 1 && info.strideWidth === 1) {
     return filterGradStride1(ops, be, x, dy, info);
@@ -29,7 +37,18 @@ function padAfter(info: ConvInfo): { pb: number; pr: number } {
 
 /** Regular convolution, any stride: a forward convolution whose batch is Ci, whose input channels are the images and whose kernel is dy. */
 function filterGradStrided(ops: WasmOps, be: WasmBackend, x: TensorInfo, dy: TensorInfo, info: ConvInfo): TensorInfo {
-  const { batchSize: b, inHeight: h, inWidth: w, inChannels: ci, outHeight: oh, outWidth: ow, filterHeight: fh, filterWidth: fw, strideHeight: sh, strideWidth: sw } = info;
+  const {
+    batchSize: b,
+    inHeight: h,
+    inWidth: w,
+    inChannels: ci,
+    outHeight: oh,
+    outWidth: ow,
+    filterHeight: fh,
+    filterWidth: fw,
+    strideHeight: sh,
+    strideWidth: sw,
+  } = info;
   const pt = info.padInfo.top;
   const pl = info.padInfo.left;
   const { pb, pr } = padAfter(info);
@@ -48,7 +67,29 @@ function filterGradStrided(ops: WasmOps, be: WasmBackend, x: TensorInfo, dy: Ten
     if (xs !== x) release(be, xs, dys);
     let out: TensorInfo;
     try {
-      out = forwardConv(be, xT, dyT, { batch: ci, inHeight: h, inWidth: w, inChannels: n, outChannels: co, filterHeight: oh, filterWidth: ow, padTop: pt, padBottom: pb, padLeft: pl, padRight: pr, strideHeight: 1, strideWidth: 1, dilationHeight: sh, dilationWidth: sw }, false);
+      out = forwardConv(
+        be,
+        xT,
+        dyT,
+        {
+          batch: ci,
+          inHeight: h,
+          inWidth: w,
+          inChannels: n,
+          outChannels: co,
+          filterHeight: oh,
+          filterWidth: ow,
+          padTop: pt,
+          padBottom: pb,
+          padLeft: pl,
+          padRight: pr,
+          strideHeight: 1,
+          strideWidth: 1,
+          dilationHeight: sh,
+          dilationWidth: sw,
+        },
+        false,
+      );
     } finally {
       release(be, xT, dyT);
     }
@@ -76,7 +117,18 @@ function filterGradStrided(ops: WasmOps, be: WasmBackend, x: TensorInfo, dy: Ten
 
 /** Depthwise: the batch becomes part of the channel axis (channel b*C + c) and is summed out afterwards. */
 function filterGradDepthwise(ops: WasmOps, be: WasmBackend, x: TensorInfo, dy: TensorInfo, info: ConvInfo): TensorInfo {
-  const { batchSize: b, inHeight: h, inWidth: w, inChannels: ci, outHeight: oh, outWidth: ow, filterHeight: fh, filterWidth: fw, strideHeight: sh, strideWidth: sw } = info;
+  const {
+    batchSize: b,
+    inHeight: h,
+    inWidth: w,
+    inChannels: ci,
+    outHeight: oh,
+    outWidth: ow,
+    filterHeight: fh,
+    filterWidth: fw,
+    strideHeight: sh,
+    strideWidth: sw,
+  } = info;
   const pt = info.padInfo.top;
   const pl = info.padInfo.left;
   const { pb, pr } = padAfter(info);
@@ -87,7 +139,29 @@ function filterGradDepthwise(ops: WasmOps, be: WasmBackend, x: TensorInfo, dy: T
   const dyT = ops.transpose(be, dy5, [1, 2, 0, 3, 4]); // [OH, OW, B, C, M] = [OH, OW, B*C, M]
   let out: TensorInfo;
   try {
-    out = forwardConv(be, xT, dyT, { batch: 1, inHeight: h, inWidth: w, inChannels: b * ci, outChannels: b * ci * m, filterHeight: oh, filterWidth: ow, padTop: pt, padBottom: pb, padLeft: pl, padRight: pr, strideHeight: 1, strideWidth: 1, dilationHeight: sh, dilationWidth: sw }, true);
+    out = forwardConv(
+      be,
+      xT,
+      dyT,
+      {
+        batch: 1,
+        inHeight: h,
+        inWidth: w,
+        inChannels: b * ci,
+        outChannels: b * ci * m,
+        filterHeight: oh,
+        filterWidth: ow,
+        padTop: pt,
+        padBottom: pb,
+        padLeft: pl,
+        padRight: pr,
+        strideHeight: 1,
+        strideWidth: 1,
+        dilationHeight: sh,
+        dilationWidth: sw,
+      },
+      true,
+    );
   } finally {
     release(be, xT, dyT);
   }

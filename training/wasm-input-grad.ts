@@ -7,9 +7,28 @@ import { dilate, forwardConv, release, view, type ConvCall, type TensorInfo, typ
  */
 
 /** dx via a forward convolution of the dilated dy with the flipped, channel-swapped kernel; null: padding this cannot express. */
-export function inputGrad(ops: WasmOps, be: WasmBackend, dy: TensorInfo, filter: TensorInfo, inputShape: number[], attrs: Record<string, unknown>, depthwise: boolean): TensorInfo | null {
+export function inputGrad(
+  ops: WasmOps,
+  be: WasmBackend,
+  dy: TensorInfo,
+  filter: TensorInfo,
+  inputShape: number[],
+  attrs: Record<string, unknown>,
+  depthwise: boolean,
+): TensorInfo | null {
   const info = ops.convInfo(inputShape, filter.shape, attrs, depthwise);
-  const { batchSize: b, inHeight: h, inWidth: w, inChannels: ci, outHeight: oh, outWidth: ow, filterHeight: fh, filterWidth: fw, strideHeight: sh, strideWidth: sw } = info;
+  const {
+    batchSize: b,
+    inHeight: h,
+    inWidth: w,
+    inChannels: ci,
+    outHeight: oh,
+    outWidth: ow,
+    filterHeight: fh,
+    filterWidth: fw,
+    strideHeight: sh,
+    strideWidth: sw,
+  } = info;
   const co = info.outChannels;
   const pt = fh - 1 - info.padInfo.top;
   const pl = fw - 1 - info.padInfo.left;
@@ -20,7 +39,23 @@ export function inputGrad(ops: WasmOps, be: WasmBackend, dy: TensorInfo, filter:
   const dh = (oh - 1) * sh + 1;
   const dw = (ow - 1) * sw + 1;
   // The forward convolution over the dilated dy; channels are set per case below.
-  const conv: ConvCall = { batch: b, inHeight: dh, inWidth: dw, inChannels: co, outChannels: ci, filterHeight: fh, filterWidth: fw, padTop: pt, padBottom: pb, padLeft: pl, padRight: pr, strideHeight: 1, strideWidth: 1, dilationHeight: 1, dilationWidth: 1 };
+  const conv: ConvCall = {
+    batch: b,
+    inHeight: dh,
+    inWidth: dw,
+    inChannels: co,
+    outChannels: ci,
+    filterHeight: fh,
+    filterWidth: fw,
+    padTop: pt,
+    padBottom: pb,
+    padLeft: pl,
+    padRight: pr,
+    strideHeight: 1,
+    strideWidth: 1,
+    dilationHeight: 1,
+    dilationWidth: 1,
+  };
   try {
     if (!depthwise) return inputGradRegular(be, dyD, filter, conv);
     return inputGradDepthwise(be, dyD, filter, { ...conv, outChannels: co }, [b, h, w, ci]);

@@ -71,7 +71,11 @@ export function release(be: WasmBackend, ...infos: TensorInfo[]): void {
 
 /** A float32 view of a tensor's bytes on the wasm heap; take it after the last allocation (the heap may grow and move). */
 export function view(be: WasmBackend, t: TensorInfo): Float32Array {
-  return new Float32Array(be.wasm.HEAPU8.buffer, be.dataIdMap.get(t.dataId).memoryOffset, t.shape.reduce((a, b) => a * b, 1));
+  return new Float32Array(
+    be.wasm.HEAPU8.buffer,
+    be.dataIdMap.get(t.dataId).memoryOffset,
+    t.shape.reduce((a, b) => a * b, 1),
+  );
 }
 
 /** XNNPACK forward convolution (regular or depthwise) with explicit padding; returns a new NHWC tensor. */
@@ -136,7 +140,8 @@ export class WasmOps {
 
   private kernel(name: string): KernelFunc {
     const k = this.tf.getKernel(name, 'wasm');
-    if (!k) throw new FedlineError(ErrorCodes.BACKEND, `the wasm backend has no ${name} kernel (is @tensorflow/tfjs-backend-wasm 4.22 loaded?)`, { kernel: name });
+    if (!k)
+      throw new FedlineError(ErrorCodes.BACKEND, `the wasm backend has no ${name} kernel (is @tensorflow/tfjs-backend-wasm 4.22 loaded?)`, { kernel: name });
     return k.kernelFunc as unknown as KernelFunc;
   }
 
@@ -157,7 +162,8 @@ export class WasmOps {
       depthwise,
       dataFormat,
     );
-    if (info.dilationHeight !== 1 || info.dilationWidth !== 1) throw new FedlineError(ErrorCodes.BACKEND, 'convolution gradients with dilation > 1 are not supported (nor by tfjs itself)');
+    if (info.dilationHeight !== 1 || info.dilationWidth !== 1)
+      throw new FedlineError(ErrorCodes.BACKEND, 'convolution gradients with dilation > 1 are not supported (nor by tfjs itself)');
     return info;
   }
 }

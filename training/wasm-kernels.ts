@@ -56,15 +56,28 @@ export function installWasmTrainingKernels(tf: Tf): void {
     const { inputs, backend, attrs } = args;
     return inputGrad(ops, backend, inputs.dy!, inputs.filter!, attrs.inputShape as number[], attrs, false) ?? ops.stockBackpropInput(args);
   });
-  replace('DepthwiseConv2dNativeBackpropFilter', ({ inputs, backend, attrs }) => filterGrad(ops, backend, inputs.x!, inputs.dy!, attrs.filterShape as number[], attrs, true));
+  replace('DepthwiseConv2dNativeBackpropFilter', ({ inputs, backend, attrs }) =>
+    filterGrad(ops, backend, inputs.x!, inputs.dy!, attrs.filterShape as number[], attrs, true),
+  );
   replace('DepthwiseConv2dNativeBackpropInput', ({ inputs, backend, attrs }) => {
     const dx = inputGrad(ops, backend, inputs.dy!, inputs.filter!, attrs.inputShape as number[], attrs, true);
-    if (!dx) throw new FedlineError(ErrorCodes.BACKEND, 'depthwise convolution gradient: explicit padding larger than the filter is not supported on the wasm backend');
+    if (!dx)
+      throw new FedlineError(
+        ErrorCodes.BACKEND,
+        'depthwise convolution gradient: explicit padding larger than the filter is not supported on the wasm backend',
+      );
     return dx;
   });
   replace('MaxPoolGrad', ({ inputs, backend, attrs }) => {
     const x = inputs.input!;
-    const info = tf.backend_util.computePool2DInfo(x.shape as [number, number, number, number], attrs.filterSize as number, attrs.strides as number, 1, attrs.pad as 'same', attrs.dimRoundingMode as 'floor' | undefined);
+    const info = tf.backend_util.computePool2DInfo(
+      x.shape as [number, number, number, number],
+      attrs.filterSize as number,
+      attrs.strides as number,
+      1,
+      attrs.pad as 'same',
+      attrs.dimRoundingMode as 'floor' | undefined,
+    );
     const dx = backend.makeOutput([...x.shape], 'float32');
     maxPoolGradNhwc(
       view(backend, x),
@@ -81,7 +94,8 @@ export function installWasmTrainingKernels(tf: Tf): void {
     const a = inputs.a!;
     const b = inputs.b!;
     const batchOf = (t: TensorInfo) => t.shape.slice(0, -2).reduce((p, q) => p * q, 1);
-    if (a.dtype !== 'float32' || b.dtype !== 'float32' || batchOf(a) !== 1 || batchOf(b) !== 1 || a.shape.length < 2 || b.shape.length < 2) return ops.stockBatchMatMul(args);
+    if (a.dtype !== 'float32' || b.dtype !== 'float32' || batchOf(a) !== 1 || batchOf(b) !== 1 || a.shape.length < 2 || b.shape.length < 2)
+      return ops.stockBatchMatMul(args);
     const out = matMul2d(ops, backend, a, b, Boolean(attrs.transposeA), Boolean(attrs.transposeB));
     const rank = Math.max(a.shape.length, b.shape.length);
     return { ...out, shape: [...new Array<number>(rank - 2).fill(1), out.shape[1]!, out.shape[2]!] };
@@ -144,7 +158,8 @@ function matMul2d(ops: WasmOps, be: WasmBackend, a: TensorInfo, b: TensorInfo, t
     temps.push(r);
     return { ...r, shape: [1, rows, cols] };
   };
-  const gemm = (rows: TensorInfo, weights: TensorInfo) => ops.stockBatchMatMul({ inputs: { a: rows, b: weights }, backend: be, attrs: { transposeA: false, transposeB: false } });
+  const gemm = (rows: TensorInfo, weights: TensorInfo) =>
+    ops.stockBatchMatMul({ inputs: { a: rows, b: weights }, backend: be, attrs: { transposeA: false, transposeB: false } });
   try {
     if (direct <= swapped) return gemm(mat(a2, transposeA, m, k), mat(b2, transposeB, k, n));
     const outT = gemm(mat(b2, !transposeB, n, k), mat(a2, !transposeA, k, m)); // [1, N, M]

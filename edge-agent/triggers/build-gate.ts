@@ -81,7 +81,8 @@ export function buildGate(spec: TriggerSpec, deps: GateDeps): TriggerGate {
     return { kind: 'source', id };
   };
   const manuals = triggerLeaves(spec).filter((l) => l.type === 'manual').length;
-  if (manuals > 1) throw new FedlineError(ErrorCodes.CONFIG_INVALID, 'trigger: at most one "manual" source (all of them would follow the same pause/resume commands)');
+  if (manuals > 1)
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, 'trigger: at most one "manual" source (all of them would follow the same pause/resume commands)');
   let root = build(spec);
   if (manuals === 0) {
     const manual = manualFor('open');

@@ -15,14 +15,16 @@ let loading: Promise<Opcua> | null = null;
 export function loadOpcua(log: Logger): Promise<Opcua> {
   loading ??= (async () => {
     const debug = await import('node-opcua-debug');
-    const route = (level: 'debug' | 'warn') => (...args: unknown[]) => {
-      const text = args
-        .map((a) => (typeof a === 'string' ? a : a instanceof Error ? a.message : ''))
-        .filter(Boolean)
-        .join(' ')
-        .trim();
-      if (text) log[level]({ module: 'node-opcua' }, text);
-    };
+    const route =
+      (level: 'debug' | 'warn') =>
+      (...args: unknown[]) => {
+        const text = args
+          .map((a) => (typeof a === 'string' ? a : a instanceof Error ? a.message : ''))
+          .filter(Boolean)
+          .join(' ')
+          .trim();
+        if (text) log[level]({ module: 'node-opcua' }, text);
+      };
     // node-opcua's "warnings" are mostly advice (node flags, sampling intervals): debug level.
     debug.setWarningLogger(route('debug'));
     debug.setErrorLogger(route('debug'));

@@ -17,7 +17,8 @@ export function memorySource(bytes: Uint8Array): BundleSource {
   return {
     byteLength: bytes.byteLength,
     read(offset, out) {
-      if (offset < 0 || offset + out.byteLength > bytes.byteLength) throw new RangeError(`read of ${out.byteLength} bytes at ${offset} is outside ${bytes.byteLength} bytes`);
+      if (offset < 0 || offset + out.byteLength > bytes.byteLength)
+        throw new RangeError(`read of ${out.byteLength} bytes at ${offset} is outside ${bytes.byteLength} bytes`);
       out.set(bytes.subarray(offset, offset + out.byteLength));
     },
   };

@@ -47,10 +47,16 @@ export function* splitIntoChunks(bundle: Uint8Array, chunkBytes: number): Genera
 export function checkGeometry(g: ChunkGeometry, maxBundleBytes: number): void {
   const { total, bundleBytes, chunkBytes } = g;
   if (bundleBytes > maxBundleBytes) {
-    throw new FedlineError(ErrorCodes.MSG_OVERSIZE, `bundle of ${bundleBytes} bytes exceeds the limit of ${maxBundleBytes} bytes`, { bundleBytes, maxBundleBytes });
+    throw new FedlineError(ErrorCodes.MSG_OVERSIZE, `bundle of ${bundleBytes} bytes exceeds the limit of ${maxBundleBytes} bytes`, {
+      bundleBytes,
+      maxBundleBytes,
+    });
   }
   if (chunkCount(bundleBytes, chunkBytes) !== total) {
-    throw new FedlineError(ErrorCodes.CHUNK_MISMATCH, `chunk header is inconsistent: ${bundleBytes} bytes in chunks of ${chunkBytes} make ${chunkCount(bundleBytes, chunkBytes)} chunks, not ${total}`);
+    throw new FedlineError(
+      ErrorCodes.CHUNK_MISMATCH,
+      `chunk header is inconsistent: ${bundleBytes} bytes in chunks of ${chunkBytes} make ${chunkCount(bundleBytes, chunkBytes)} chunks, not ${total}`,
+    );
   }
 }
 
@@ -61,7 +67,11 @@ export function sameGeometry(a: ChunkGeometry, b: ChunkGeometry): boolean {
 /** Check one chunk against its bundle's geometry and its own CRC32. Throws a FedlineError naming what is wrong. */
 export function checkChunk(chunk: Chunk, g: ChunkGeometry): void {
   if (!sameGeometry(chunk, g)) {
-    throw new FedlineError(ErrorCodes.CHUNK_MISMATCH, `chunk ${chunk.seq} belongs to another bundle (${chunk.bundleBytes} bytes in ${chunk.total} chunks of ${chunk.chunkBytes}; expected ${g.bundleBytes} in ${g.total} of ${g.chunkBytes})`, { seq: chunk.seq });
+    throw new FedlineError(
+      ErrorCodes.CHUNK_MISMATCH,
+      `chunk ${chunk.seq} belongs to another bundle (${chunk.bundleBytes} bytes in ${chunk.total} chunks of ${chunk.chunkBytes}; expected ${g.bundleBytes} in ${g.total} of ${g.chunkBytes})`,
+      { seq: chunk.seq },
+    );
   }
   if (!Number.isInteger(chunk.seq) || chunk.seq < 0 || chunk.seq >= g.total) {
     throw new FedlineError(ErrorCodes.CHUNK_MISMATCH, `chunk seq ${chunk.seq} is outside 0..${g.total - 1}`, { seq: chunk.seq });
@@ -72,7 +82,9 @@ export function checkChunk(chunk: Chunk, g: ChunkGeometry): void {
   }
   const crc = crc32(chunk.data);
   if (crc !== chunk.crc32) {
-    throw new FedlineError(ErrorCodes.CHUNK_CRC, `chunk ${chunk.seq} fails its CRC32 (got ${crc.toString(16)}, header says ${chunk.crc32.toString(16)})`, { seq: chunk.seq });
+    throw new FedlineError(ErrorCodes.CHUNK_CRC, `chunk ${chunk.seq} fails its CRC32 (got ${crc.toString(16)}, header says ${chunk.crc32.toString(16)})`, {
+      seq: chunk.seq,
+    });
   }
 }
 

@@ -66,7 +66,9 @@ export function encodeUpdateSource(tensors: readonly TensorValues[], meta: unkno
       base = options.base?.get(spec.name) ?? null;
       if (!base) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `delta encoding needs the base model's tensor "${spec.name}"`, { tensor: spec.name });
       if (base.length !== elementCount(spec.shape)) {
-        throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `base tensor "${spec.name}" has ${base.length} values, the update ${elementCount(spec.shape)}`, { tensor: spec.name });
+        throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `base tensor "${spec.name}" has ${base.length} values, the update ${elementCount(spec.shape)}`, {
+          tensor: spec.name,
+        });
       }
     }
     const start = payloadStart + spec.offset;
@@ -116,7 +118,8 @@ export function encodeUpdateSource(tensors: readonly TensorValues[], meta: unkno
     payloadStart,
     dtype,
     read(offset: number, out: Uint8Array): void {
-      if (offset < 0 || offset + out.byteLength > byteLength) throw new RangeError(`read of ${out.byteLength} bytes at ${offset} is outside ${byteLength} bytes`);
+      if (offset < 0 || offset + out.byteLength > byteLength)
+        throw new RangeError(`read of ${out.byteLength} bytes at ${offset} is outside ${byteLength} bytes`);
       let pos = offset;
       const end = offset + out.byteLength;
       let p = 0;

@@ -115,12 +115,17 @@ export abstract class ChunkReassembly<S extends ReassemblySink = ReassemblySink>
   /** Throw unless every chunk is in and the bundle's SHA-256 is `expected`. */
   protected verify(expected: string | null): void {
     if (!this.complete || this.digestHex === null) {
-      throw new FedlineError(ErrorCodes.CHUNK_MISMATCH, `bundle is incomplete: ${this.total - this.received} of ${this.total} chunks missing`, { missing: this.missing(20) });
+      throw new FedlineError(ErrorCodes.CHUNK_MISMATCH, `bundle is incomplete: ${this.total - this.received} of ${this.total} chunks missing`, {
+        missing: this.missing(20),
+      });
     }
     // A caller without a SHA-256 to check against is a bug: an unchecked bundle must not be handed on.
     if (expected === null) throw new Error('reassembly needs the SHA-256 to check against');
     if (this.digestHex !== expected) {
-      throw new FedlineError(ErrorCodes.BUNDLE_SHA, `bundle SHA-256 mismatch: got ${this.digestHex}, announced ${expected}`, { actual: this.digestHex, expected });
+      throw new FedlineError(ErrorCodes.BUNDLE_SHA, `bundle SHA-256 mismatch: got ${this.digestHex}, announced ${expected}`, {
+        actual: this.digestHex,
+        expected,
+      });
     }
   }
 }

@@ -83,7 +83,10 @@ export function elementCount(shape: readonly number[]): number {
 const alignUp = (n: number, to: number): number => Math.ceil(n / to) * to;
 
 /** Lay out tensors without copying them yet: returns the specs and the payload size. */
-export function layoutTensors(tensors: readonly { name: string; shape: readonly number[]; dtype: TensorDtype; block?: number }[]): { specs: TensorSpec[]; payloadBytes: number } {
+export function layoutTensors(tensors: readonly { name: string; shape: readonly number[]; dtype: TensorDtype; block?: number }[]): {
+  specs: TensorSpec[];
+  payloadBytes: number;
+} {
   let offset = 0;
   const seen = new Set<string>();
   const specs = tensors.map((t) => {
@@ -173,7 +176,11 @@ export function bundlePrefixBytes(prefix: Uint8Array, bundleBytes: number): numb
  * Parse and check a bundle's header from its first bytes (at least bundlePrefixBytes of them) and
  * the bundle's total size; the payload need not be there. Every tensor must lie inside the payload.
  */
-export function decodeBundleHeader<M = unknown>(prefix: Uint8Array, bundleBytes: number, metaSchema?: z.ZodType<M>): { header: BundleHeader<M>; payloadStart: number } {
+export function decodeBundleHeader<M = unknown>(
+  prefix: Uint8Array,
+  bundleBytes: number,
+  metaSchema?: z.ZodType<M>,
+): { header: BundleHeader<M>; payloadStart: number } {
   if (prefix.byteLength < 8) throw new FedlineError(ErrorCodes.BUNDLE_FORMAT, 'not a fedline tensor bundle (shorter than 8 bytes)');
   const payloadStart = bundlePrefixBytes(prefix, bundleBytes);
   const headerBytes = new DataView(prefix.buffer, prefix.byteOffset, prefix.byteLength).getUint32(4, true);
@@ -197,7 +204,10 @@ export function decodeBundleHeader<M = unknown>(prefix: Uint8Array, bundleBytes:
       throw new FedlineError(ErrorCodes.BUNDLE_FORMAT, `tensor "${t.name}": ${t.bytes} bytes do not match ${t.dtype}[${t.shape.join(', ')}]`);
     }
     if (t.offset % 4 !== 0 || t.offset + t.bytes > payloadBytes) {
-      throw new FedlineError(ErrorCodes.BUNDLE_FORMAT, `tensor "${t.name}" at offset ${t.offset} (+${t.bytes}) lies outside the payload of ${payloadBytes} bytes`);
+      throw new FedlineError(
+        ErrorCodes.BUNDLE_FORMAT,
+        `tensor "${t.name}" at offset ${t.offset} (+${t.bytes}) lies outside the payload of ${payloadBytes} bytes`,
+      );
     }
   }
   let meta: M = parsed.data.meta as M;
@@ -219,7 +229,8 @@ export function decodeBundle<M = unknown>(bytes: Uint8Array, metaSchema?: z.ZodT
 
 /** A Float32Array over one float32 tensor of a decoded bundle (a view when aligned, else a copy). */
 function tensorData(bundle: DecodedBundle<unknown>, spec: TensorSpec): Float32Array {
-  if (spec.dtype !== 'float32') throw new FedlineError(ErrorCodes.BUNDLE_FORMAT, `tensor "${spec.name}" is ${spec.dtype}; decode it with shared/bundle/value-encodings.ts`);
+  if (spec.dtype !== 'float32')
+    throw new FedlineError(ErrorCodes.BUNDLE_FORMAT, `tensor "${spec.name}" is ${spec.dtype}; decode it with shared/bundle/value-encodings.ts`);
   const start = bundle.bytes.byteOffset + bundle.payloadStart + spec.offset;
   const count = spec.bytes / 4;
   if (start % 4 === 0) return new Float32Array(bundle.bytes.buffer, start, count);

@@ -230,7 +230,10 @@ export function decodeValues(dtype: ValueDtype, bytes: Uint8Array, count: number
     return;
   }
   if (dtype === 'float16') {
-    const halves = bytes.byteOffset % 2 === 0 ? new Uint16Array(bytes.buffer, bytes.byteOffset, count) : new Uint16Array(Uint8Array.from(bytes.subarray(0, count * 2)).buffer);
+    const halves =
+      bytes.byteOffset % 2 === 0
+        ? new Uint16Array(bytes.buffer, bytes.byteOffset, count)
+        : new Uint16Array(Uint8Array.from(bytes.subarray(0, count * 2)).buffer);
     decodeF16(halves, out);
     return;
   }

@@ -7,7 +7,10 @@ import { isValidId } from '../protocol/topics.js';
  * (unknown keys refused); relative paths are relative to the file (shared/config/service-config.ts loadConfigFile).
  */
 const id = z.string().refine(isValidId, { message: 'must be 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit' });
-const topic = z.string().min(1).refine((t) => !t.includes('+') && !t.includes('#'), { message: 'must be a topic without wildcards' });
+const topic = z
+  .string()
+  .min(1)
+  .refine((t) => !t.includes('+') && !t.includes('#'), { message: 'must be a topic without wildcards' });
 
 export const inspectConfigSchema = z
   .strictObject({
@@ -42,7 +45,11 @@ export const inspectConfigSchema = z
     /** tfjs backend, as for the agent. */
     backend: z.enum(['auto', 'tensorflow', 'cpu']).default('auto'),
     /** Largest global model accepted, bytes. Default 2 GiB. */
-    maxModelBytes: z.number().int().positive().default(2 * 1024 * 1024 * 1024),
+    maxModelBytes: z
+      .number()
+      .int()
+      .positive()
+      .default(2 * 1024 * 1024 * 1024),
     /** Ed25519 public key (PEM) of the aggregator: when set, only models it signed are used. */
     modelPublicKeyFile: z.string().min(1).optional(),
     /** Images waiting at most (an image beyond it is refused with an error verdict). Default 10000. */

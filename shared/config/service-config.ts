@@ -41,56 +41,67 @@ export const mqttConfigSchema = z.strictObject({
 });
 export type MqttConfig = z.infer<typeof mqttConfigSchema>;
 
-export const brokerConfigSchema = z.strictObject({
-  /** Address to listen on. Default 127.0.0.1 (loopback); use 0.0.0.0 to serve other machines. */
-  host: z.string().default('127.0.0.1'),
-  /** TCP port; 0 picks a free one (reported on start). Default 1883. */
-  port: z.number().int().min(0).max(65535).default(1883),
-  /** Longest client id accepted. Default 128 (Aedes' own default is 23). */
-  maxClientIdLength: posInt.default(128),
-  /** Messages queued per slow subscriber before the broker drops the client. Default 100000. */
-  queueLimit: posInt.default(100_000),
-  /** Seconds a CONNECT may take after the TCP connection opened. Default 30000 ms. */
-  connectTimeoutMs: posInt.default(30_000),
-  /**
-   * Let anyone connect and do anything. Default false: every client needs a login (a password or
-   * a client certificate) and a role in `auth.accessFile`. For a closed test network only.
-   */
-  allowAnonymous: z.boolean().default(false),
-  auth: z
-    .strictObject({
-      /** Mosquitto-format password file (`user:$7$...` lines from `fedline passwd` or mosquitto_passwd). */
-      passwordFile: path.optional(),
-      /** Roles per user (broker/access.ts); `fedline acl` renders the same rules for Mosquitto. */
-      accessFile: path,
-    })
-    .optional(),
-  /** The plain (unencrypted) listener on `port`. Default true; false serves TLS only. */
-  plainListener: z.boolean().default(true),
-  tls: z
-    .strictObject({
-      /** TLS (mqtts) port. Default 8883. */
-      port: z.number().int().min(0).max(65535).default(8883),
-      /** PEM server certificate (chain) and its key. */
-      certFile: path,
-      keyFile: path,
-      /** PEM CA bundle client certificates must chain to. */
-      caFile: path.optional(),
-      /** Refuse clients without a certificate signed by caFile. Default false. */
-      requireClientCert: z.boolean().default(false),
-      /** The client certificate's CN is the user name, no password (Mosquitto's use_identity_as_username). Default false. */
-      identityFromCertificate: z.boolean().default(false),
-    })
-    .optional(),
-  logLevel: z.string().optional(),
-}).superRefine((c, ctx) => {
-  if (!c.allowAnonymous && !c.auth) ctx.addIssue({ code: 'custom', path: ['auth'], message: 'required: anonymous access is off (give auth.accessFile and auth.passwordFile, or set allowAnonymous: true on a closed test network)' });
-  if (c.allowAnonymous && c.auth) ctx.addIssue({ code: 'custom', path: ['allowAnonymous'], message: 'allowAnonymous: true turns auth off; remove one of them' });
-  if (c.auth && !c.auth.passwordFile && !c.tls?.identityFromCertificate) ctx.addIssue({ code: 'custom', path: ['auth', 'passwordFile'], message: 'required unless tls.identityFromCertificate logs clients in by certificate' });
-  if (c.tls?.identityFromCertificate && !c.tls.requireClientCert) ctx.addIssue({ code: 'custom', path: ['tls', 'identityFromCertificate'], message: 'needs tls.requireClientCert: true' });
-  if (c.tls?.requireClientCert && !c.tls.caFile) ctx.addIssue({ code: 'custom', path: ['tls', 'caFile'], message: 'required with requireClientCert: the CA that signs client certificates' });
-  if (!c.plainListener && !c.tls) ctx.addIssue({ code: 'custom', path: ['plainListener'], message: 'false leaves no listener: configure tls' });
-});
+export const brokerConfigSchema = z
+  .strictObject({
+    /** Address to listen on. Default 127.0.0.1 (loopback); use 0.0.0.0 to serve other machines. */
+    host: z.string().default('127.0.0.1'),
+    /** TCP port; 0 picks a free one (reported on start). Default 1883. */
+    port: z.number().int().min(0).max(65535).default(1883),
+    /** Longest client id accepted. Default 128 (Aedes' own default is 23). */
+    maxClientIdLength: posInt.default(128),
+    /** Messages queued per slow subscriber before the broker drops the client. Default 100000. */
+    queueLimit: posInt.default(100_000),
+    /** Seconds a CONNECT may take after the TCP connection opened. Default 30000 ms. */
+    connectTimeoutMs: posInt.default(30_000),
+    /**
+     * Let anyone connect and do anything. Default false: every client needs a login (a password or
+     * a client certificate) and a role in `auth.accessFile`. For a closed test network only.
+     */
+    allowAnonymous: z.boolean().default(false),
+    auth: z
+      .strictObject({
+        /** Mosquitto-format password file (`user:$7$...` lines from `fedline passwd` or mosquitto_passwd). */
+        passwordFile: path.optional(),
+        /** Roles per user (broker/access.ts); `fedline acl` renders the same rules for Mosquitto. */
+        accessFile: path,
+      })
+      .optional(),
+    /** The plain (unencrypted) listener on `port`. Default true; false serves TLS only. */
+    plainListener: z.boolean().default(true),
+    tls: z
+      .strictObject({
+        /** TLS (mqtts) port. Default 8883. */
+        port: z.number().int().min(0).max(65535).default(8883),
+        /** PEM server certificate (chain) and its key. */
+        certFile: path,
+        keyFile: path,
+        /** PEM CA bundle client certificates must chain to. */
+        caFile: path.optional(),
+        /** Refuse clients without a certificate signed by caFile. Default false. */
+        requireClientCert: z.boolean().default(false),
+        /** The client certificate's CN is the user name, no password (Mosquitto's use_identity_as_username). Default false. */
+        identityFromCertificate: z.boolean().default(false),
+      })
+      .optional(),
+    logLevel: z.string().optional(),
+  })
+  .superRefine((c, ctx) => {
+    if (!c.allowAnonymous && !c.auth)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['auth'],
+        message: 'required: anonymous access is off (give auth.accessFile and auth.passwordFile, or set allowAnonymous: true on a closed test network)',
+      });
+    if (c.allowAnonymous && c.auth)
+      ctx.addIssue({ code: 'custom', path: ['allowAnonymous'], message: 'allowAnonymous: true turns auth off; remove one of them' });
+    if (c.auth && !c.auth.passwordFile && !c.tls?.identityFromCertificate)
+      ctx.addIssue({ code: 'custom', path: ['auth', 'passwordFile'], message: 'required unless tls.identityFromCertificate logs clients in by certificate' });
+    if (c.tls?.identityFromCertificate && !c.tls.requireClientCert)
+      ctx.addIssue({ code: 'custom', path: ['tls', 'identityFromCertificate'], message: 'needs tls.requireClientCert: true' });
+    if (c.tls?.requireClientCert && !c.tls.caFile)
+      ctx.addIssue({ code: 'custom', path: ['tls', 'caFile'], message: 'required with requireClientCert: the CA that signs client certificates' });
+    if (!c.plainListener && !c.tls) ctx.addIssue({ code: 'custom', path: ['plainListener'], message: 'false leaves no listener: configure tls' });
+  });
 export type BrokerConfig = z.infer<typeof brokerConfigSchema>;
 
 export const modelArchitectures = ['small-cnn', 'vgg11', 'vgg16', 'vgg19'] as const;
@@ -152,7 +163,12 @@ export const aggregatorConfigSchema = z.strictObject({
   /** Stop once the global model reaches this accuracy on every agent's local test split. */
   targetAccuracy: z.number().min(0).max(1).nullable().default(null),
   /** Chunk size for models and updates, bytes. Default 262144 (256 KiB, within EMQX's 1 MB packet limit). */
-  chunkBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(256 * 1024),
+  chunkBytes: z
+    .number()
+    .int()
+    .min(1024)
+    .max(64 * 1024 * 1024)
+    .default(256 * 1024),
   /** Largest update bundle accepted, bytes. Default 2 GiB. */
   maxUpdateBytes: posInt.default(2 * 1024 * 1024 * 1024),
   /** QoS 1 publishes in flight at once when sending the model. Default 32. */
@@ -167,7 +183,12 @@ export const aggregatorConfigSchema = z.strictObject({
    * of an agent's share). Bounds what the broker queues for this aggregator however many agents
    * send at once, on any broker. 0 disables it. Default 256 (64 MiB at the default chunk size).
    */
-  windowChunks: z.number().int().min(0).max(1 << 20).default(256),
+  windowChunks: z
+    .number()
+    .int()
+    .min(0)
+    .max(1 << 20)
+    .default(256),
   task: z.strictObject({
     epochs: posInt.default(1),
     batchSize: posInt.default(32),
@@ -303,7 +324,20 @@ export function parseConfig<S extends z.ZodType>(schema: S, raw: unknown, source
 }
 
 /** Keys whose values are file system paths, resolved against the config file's folder. */
-const PATH_KEYS = new Set(['stateDir', 'dir', 'initFrom', 'passwordFile', 'caFile', 'certFile', 'keyFile', 'pkiDir', 'accessFile', 'archiveDir', 'signingKeyFile', 'modelPublicKeyFile']);
+const PATH_KEYS = new Set([
+  'stateDir',
+  'dir',
+  'initFrom',
+  'passwordFile',
+  'caFile',
+  'certFile',
+  'keyFile',
+  'pkiDir',
+  'accessFile',
+  'archiveDir',
+  'signingKeyFile',
+  'modelPublicKeyFile',
+]);
 
 function resolvePaths(value: unknown, base: string): unknown {
   if (Array.isArray(value)) return value.map((v) => resolvePaths(v, base));

@@ -78,7 +78,10 @@ const manualSourceSchema = z.strictObject({
 const mqttSourceSchema = z.strictObject({
   type: z.literal('mqtt'),
   /** Topic the MES publishes the line state on (ideally retained), e.g. "mes/line1/state". No wildcards. */
-  topic: z.string().min(1).refine((t) => !t.includes('+') && !t.includes('#'), { message: 'must be a topic without wildcards' }),
+  topic: z
+    .string()
+    .min(1)
+    .refine((t) => !t.includes('+') && !t.includes('#'), { message: 'must be a topic without wildcards' }),
   /**
    * Where the value sits in a JSON payload: "$.line.state", "state", "lines[0].mode". Absent: the
    * whole payload (a JSON scalar, or the raw text when it is not JSON).
@@ -145,13 +148,7 @@ export type MqttSource = z.infer<typeof mqttSourceSchema>;
 export type OpcuaSource = z.infer<typeof opcuaSourceSchema>;
 
 export type TriggerSpec =
-  | AlwaysSource
-  | ScheduleSource
-  | ManualSource
-  | MqttSource
-  | OpcuaSource
-  | { type: 'all'; sources: TriggerSpec[] }
-  | { type: 'any'; sources: TriggerSpec[] };
+  AlwaysSource | ScheduleSource | ManualSource | MqttSource | OpcuaSource | { type: 'all'; sources: TriggerSpec[] } | { type: 'any'; sources: TriggerSpec[] };
 
 /** The whole trigger tree. `{"type": "always"}` (the default) trains as soon as a round asks. */
 export const triggerSchema: z.ZodType<TriggerSpec> = z.lazy(() =>

@@ -92,7 +92,26 @@ const F64X2_MUL = simd(0xf2);
 
 /** while (i < end) { body; i += 16 } with i and end locals (byte offsets of float32 values). */
 function loop16(i: number, end: number, body: number[]): number[] {
-  return [0x02, 0x40, 0x03, 0x40, ...localGet(i), ...localGet(end), ...I32_GE_U, 0x0d, 1, ...body, ...localGet(i), ...i32Const(16), ...I32_ADD, ...localSet(i), 0x0c, 0, 0x0b, 0x0b];
+  return [
+    0x02,
+    0x40,
+    0x03,
+    0x40,
+    ...localGet(i),
+    ...localGet(end),
+    ...I32_GE_U,
+    0x0d,
+    1,
+    ...body,
+    ...localGet(i),
+    ...i32Const(16),
+    ...I32_ADD,
+    ...localSet(i),
+    0x0c,
+    0,
+    0x0b,
+    0x0b,
+  ];
 }
 
 /**
@@ -118,7 +137,10 @@ function foldBody(k: number, init: boolean, final: boolean): number[] {
   const ZERO = firstLocal + 4; // locals start zeroed: +0.0 in both lanes
   const IV = firstLocal + 5;
   const WV = (j: number) => firstLocal + 6 + j;
-  const locals = vec([[...uleb(3), I32], [...uleb(3 + k), V128]]);
+  const locals = vec([
+    [...uleb(3), I32],
+    [...uleb(3 + k), V128],
+  ]);
   const code: number[] = [];
   for (let j = 0; j < k; j++) code.push(...localGet(W(j)), ...F64X2_SPLAT, ...localSet(WV(j)));
   code.push(...localGet(INV), ...F64X2_SPLAT, ...localSet(IV));
@@ -158,13 +180,31 @@ function finishBody(): number[] {
   const END = 5;
   const A = 6;
   const IV = 7;
-  const locals = vec([[...uleb(3), I32], [...uleb(1), V128]]);
+  const locals = vec([
+    [...uleb(3), I32],
+    [...uleb(1), V128],
+  ]);
   const code = [...localGet(INV), ...F64X2_SPLAT, ...localSet(IV), ...localGet(N), ...i32Const(2), ...I32_SHL, ...localSet(END)];
   const body = [
-    ...localGet(ACC), ...localGet(I), ...localGet(I), ...I32_ADD, ...I32_ADD, ...localSet(A),
-    ...localGet(OUT), ...localGet(I), ...I32_ADD,
-    ...localGet(A), ...v128Load(0), ...localGet(IV), ...F64X2_MUL, ...F32X4_DEMOTE,
-    ...localGet(A), ...v128Load(16), ...localGet(IV), ...F64X2_MUL, ...F32X4_DEMOTE,
+    ...localGet(ACC),
+    ...localGet(I),
+    ...localGet(I),
+    ...I32_ADD,
+    ...I32_ADD,
+    ...localSet(A),
+    ...localGet(OUT),
+    ...localGet(I),
+    ...I32_ADD,
+    ...localGet(A),
+    ...v128Load(0),
+    ...localGet(IV),
+    ...F64X2_MUL,
+    ...F32X4_DEMOTE,
+    ...localGet(A),
+    ...v128Load(16),
+    ...localGet(IV),
+    ...F64X2_MUL,
+    ...F32X4_DEMOTE,
     ...JOIN_LOW_HALVES,
     ...v128Store(0),
   ];
@@ -180,22 +220,43 @@ function nonfiniteBody(): number[] {
   const END = 3;
   const ACC = 4;
   const MASK = 5;
-  const locals = vec([[...uleb(2), I32], [...uleb(2), V128]]);
+  const locals = vec([
+    [...uleb(2), I32],
+    [...uleb(2), V128],
+  ]);
   const code = [...i32Const(0x7f800000), ...I32X4_SPLAT, ...localSet(MASK), ...localGet(N), ...i32Const(2), ...I32_SHL, ...localSet(END)];
   // exponent bits all ones: NaN or ±Infinity
-  const body = [...localGet(ACC), ...localGet(P), ...localGet(I), ...I32_ADD, ...v128Load(), ...localGet(MASK), ...V128_AND, ...localGet(MASK), ...I32X4_EQ, ...V128_OR, ...localSet(ACC)];
+  const body = [
+    ...localGet(ACC),
+    ...localGet(P),
+    ...localGet(I),
+    ...I32_ADD,
+    ...v128Load(),
+    ...localGet(MASK),
+    ...V128_AND,
+    ...localGet(MASK),
+    ...I32X4_EQ,
+    ...V128_OR,
+    ...localSet(ACC),
+  ];
   code.push(...loop16(I, END, body), ...localGet(ACC), ...V128_ANY_TRUE);
   return [...locals, ...code, 0x0b];
 }
 
 function moduleBytes(): Uint8Array {
-  const foldType = (k: number) => [0x60, ...vec([[I32], [I32], [I32], [F64], ...Array.from({ length: k }, () => [I32]), ...Array.from({ length: k }, () => [F64])]), 0];
+  const foldType = (k: number) => [
+    0x60,
+    ...vec([[I32], [I32], [I32], [F64], ...Array.from({ length: k }, () => [I32]), ...Array.from({ length: k }, () => [F64])]),
+    0,
+  ];
   const finishType = [0x60, ...vec([[I32], [I32], [I32], [F64]]), 0];
   const nonfiniteType = [0x60, ...vec([[I32], [I32]]), ...vec([[I32]])];
   // types: 0 finish, 1 nonfinite, 2.. one per fold width
   const types = section(1, vec([finishType, nonfiniteType, ...FOLD_WIDTHS.map(foldType)]));
   const imports = section(2, vec([[...str('env'), ...str('memory'), 0x02, 0x00, 0x01]]));
-  const folds = FOLD_WIDTHS.flatMap((k, t) => FOLD_MODES.map((mode) => ({ name: `fold${k}${mode}`, type: 2 + t, body: foldBody(k, mode.includes('i'), mode.includes('f')) })));
+  const folds = FOLD_WIDTHS.flatMap((k, t) =>
+    FOLD_MODES.map((mode) => ({ name: `fold${k}${mode}`, type: 2 + t, body: foldBody(k, mode.includes('i'), mode.includes('f')) })),
+  );
   const funcs = section(3, vec([[0], [1], ...folds.map((f) => [f.type])]));
   const exports = section(7, vec([[...str('finish'), 0x00, 0], [...str('nonfinite'), 0x00, 1], ...folds.map((f, i) => [...str(f.name), 0x00, 2 + i])]));
   const bodies = [finishBody(), nonfiniteBody(), ...folds.map((f) => f.body)].map((b) => [...uleb(b.length), ...b]);

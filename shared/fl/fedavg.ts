@@ -102,7 +102,18 @@ function fold2(acc: Float64Array, n: number, a: Float32Array, wa: number, b: Flo
 function fold3(acc: Float64Array, n: number, a: Float32Array, wa: number, b: Float32Array, wb: number, c: Float32Array, wc: number): void {
   for (let i = 0; i < n; i++) acc[i] = acc[i]! + wa * a[i]! + wb * b[i]! + wc * c[i]!;
 }
-function fold4(acc: Float64Array, n: number, a: Float32Array, wa: number, b: Float32Array, wb: number, c: Float32Array, wc: number, d: Float32Array, wd: number): void {
+function fold4(
+  acc: Float64Array,
+  n: number,
+  a: Float32Array,
+  wa: number,
+  b: Float32Array,
+  wb: number,
+  c: Float32Array,
+  wc: number,
+  d: Float32Array,
+  wd: number,
+): void {
   for (let i = 0; i < n; i++) acc[i] = acc[i]! + wa * a[i]! + wb * b[i]! + wc * c[i]! + wd * d[i]!;
 }
 
@@ -110,7 +121,8 @@ function fold4(acc: Float64Array, n: number, a: Float32Array, wa: number, b: Flo
 function foldBlock(acc: Float64Array, n: number, inputs: readonly Float32Array[], weights: readonly number[]): void {
   acc.fill(0, 0, n);
   let k = 0;
-  for (; k + 4 <= inputs.length; k += 4) fold4(acc, n, inputs[k]!, weights[k]!, inputs[k + 1]!, weights[k + 1]!, inputs[k + 2]!, weights[k + 2]!, inputs[k + 3]!, weights[k + 3]!);
+  for (; k + 4 <= inputs.length; k += 4)
+    fold4(acc, n, inputs[k]!, weights[k]!, inputs[k + 1]!, weights[k + 1]!, inputs[k + 2]!, weights[k + 2]!, inputs[k + 3]!, weights[k + 3]!);
   const left = inputs.length - k;
   if (left === 3) fold3(acc, n, inputs[k]!, weights[k]!, inputs[k + 1]!, weights[k + 1]!, inputs[k + 2]!, weights[k + 2]!);
   else if (left === 2) fold2(acc, n, inputs[k]!, weights[k]!, inputs[k + 1]!, weights[k + 1]!);
@@ -137,7 +149,8 @@ export async function fedAvgStreamed(
   }
   const weights = ordered.map((r) => r.weight);
   const blocks: { name: string; start: number; n: number }[] = [];
-  for (const { name, length } of tensors) for (let start = 0; start < length; start += blockElements) blocks.push({ name, start, n: Math.min(blockElements, length - start) });
+  for (const { name, length } of tensors)
+    for (let start = 0; start < length; start += blockElements) blocks.push({ name, start, n: Math.min(blockElements, length - start) });
   const maxN = blocks.reduce((m, b) => Math.max(m, b.n), 0);
   const folder = createFolder(maxN, ordered.length);
   const fetch = (i: number): Promise<void> => {
@@ -178,7 +191,12 @@ function createFolder(maxN: number, clients: number): Folder {
       average(n, set, weights, totalWeight) {
         for (let s0 = 0; s0 < n; s0 += f) {
           const m = Math.min(f, n - s0);
-          foldBlock(acc, m, inputs[set]!.map((x) => x.subarray(s0, s0 + m)), weights);
+          foldBlock(
+            acc,
+            m,
+            inputs[set]!.map((x) => x.subarray(s0, s0 + m)),
+            weights,
+          );
           finishAverage(acc, totalWeight, out.subarray(s0, s0 + m));
         }
         return out.subarray(0, n);
@@ -194,7 +212,7 @@ function createFolder(maxN: number, clients: number): Folder {
   // Clients folded in groups of 4, then 2, then 1: the first group starts the sums, the last one
   // finishes the average, so the accumulator is touched only between groups.
   const groups: { k: number; size: 1 | 2 | 4 }[] = [];
-  for (let k = 0; k < clients; ) {
+  for (let k = 0; k < clients;) {
     const size = clients - k >= 4 ? 4 : clients - k >= 2 ? 2 : 1;
     groups.push({ k, size });
     k += size;

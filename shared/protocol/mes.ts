@@ -178,7 +178,10 @@ export const verdictSchema = z.strictObject({
   type: z.literal('verdict'),
   station: id,
   agent: id,
-  source: z.union([z.strictObject({ kind: z.literal('file'), path: z.string() }), z.strictObject({ kind: z.literal('mqtt'), topic: z.string(), imageId: z.string().nullable() })]),
+  source: z.union([
+    z.strictObject({ kind: z.literal('file'), path: z.string() }),
+    z.strictObject({ kind: z.literal('mqtt'), topic: z.string(), imageId: z.string().nullable() }),
+  ]),
   class: z.string().nullable(),
   classIndex: uint.nullable(),
   confidence: z.number().min(0).max(1).nullable(),

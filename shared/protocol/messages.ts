@@ -239,7 +239,10 @@ export const agentStatusSchema = z.object({
   backend: z.string().nullable(),
   samples: z.object({ train: uint, test: uint }).nullable(),
   /** The training window (trigger gate): open, closed or unknown, and why. Absent from older agents. */
-  window: z.object({ state: z.enum(['open', 'closed', 'unknown']), detail: z.string() }).nullable().optional(),
+  window: z
+    .object({ state: z.enum(['open', 'closed', 'unknown']), detail: z.string() })
+    .nullable()
+    .optional(),
   ts: uint,
 });
 export type AgentStatus = z.infer<typeof agentStatusSchema>;

@@ -36,7 +36,8 @@ function loadKey<T extends KeyObject>(file: string, what: string, parse: (pem: s
   } catch (err) {
     throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${file} is not a PEM ${what}: ${(err as Error).message}`, { file });
   }
-  if (key.asymmetricKeyType !== 'ed25519') throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${file} holds a ${key.asymmetricKeyType} key; model signing uses Ed25519`, { file });
+  if (key.asymmetricKeyType !== 'ed25519')
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${file} holds a ${key.asymmetricKeyType} key; model signing uses Ed25519`, { file });
   return key;
 }
 
@@ -46,5 +47,8 @@ export const loadVerifyKey = (file: string): KeyObject => loadKey(file, 'Ed25519
 /** A new key pair as PEM (PKCS#8 private, SPKI public), for `fedline keygen`. */
 export function generateSigningKeys(): { privatePem: string; publicPem: string } {
   const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-  return { privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString() };
+  return {
+    privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+  };
 }

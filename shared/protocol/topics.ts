@@ -50,7 +50,9 @@ function parseNonNegativeInt(text: string | undefined): number | null {
 
 export function createTopics(root: string): Topics {
   if (!root || root.includes('+') || root.includes('#') || root.startsWith('/') || root.endsWith('/')) {
-    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `invalid topic root "${root}": it must be non-empty, without wildcards or leading/trailing "/"`, { root });
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `invalid topic root "${root}": it must be non-empty, without wildcards or leading/trailing "/"`, {
+      root,
+    });
   }
   const depth = root.split('/').length;
   const tail = (topic: string): string[] | null => {

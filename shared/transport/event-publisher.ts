@@ -16,10 +16,19 @@ export type EventSink = (type: EventType, payload: Record<string, unknown>) => v
  * broker's ACL lets an agent publish only its own. Publishing an event never throws into the
  * caller: a broker hiccup must not stop a round.
  */
-export function createEventPublisher(transport: Transport, topics: Topics, federation: string, log: Logger, local?: EventSink, sourceAgent?: string): EventSink {
+export function createEventPublisher(
+  transport: Transport,
+  topics: Topics,
+  federation: string,
+  log: Logger,
+  local?: EventSink,
+  sourceAgent?: string,
+): EventSink {
   return (type, payload) => {
     const event = { v: PROTOCOL_VERSION, type, federation, ts: Date.now(), ...payload };
     local?.(type, event);
-    transport.publish(topics.event(type, sourceAgent), encodeJson(event), { qos: 1 }).catch((err: Error) => log.warn({ err: err.message, type }, 'could not publish event'));
+    transport
+      .publish(topics.event(type, sourceAgent), encodeJson(event), { qos: 1 })
+      .catch((err: Error) => log.warn({ err: err.message, type }, 'could not publish event'));
   };
 }

@@ -79,11 +79,14 @@ export class MqttTransport implements Transport {
     const client = mqtt.connect(options.url, clientOptions);
     const transport = new MqttTransport(client, options);
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        cleanup();
-        client.end(true);
-        reject(new FedlineError(ErrorCodes.TRANSPORT, `could not connect to MQTT broker ${options.url} within ${options.connectTimeoutMs ?? 10_000} ms`));
-      }, (options.connectTimeoutMs ?? 10_000) + 500);
+      const timer = setTimeout(
+        () => {
+          cleanup();
+          client.end(true);
+          reject(new FedlineError(ErrorCodes.TRANSPORT, `could not connect to MQTT broker ${options.url} within ${options.connectTimeoutMs ?? 10_000} ms`));
+        },
+        (options.connectTimeoutMs ?? 10_000) + 500,
+      );
       const onConnect = () => {
         cleanup();
         resolve();

@@ -91,7 +91,11 @@ test('an agent killed right after its update was accepted does not send a second
     assert.equal(aggregator.aggregator.counters.get('accepted-update'), 2);
     // A second, different update would be refused as a duplicate (what happened before agents kept
     // a journal). A late evaluation report for the closed round may be refused, harmlessly.
-    assert.deepEqual(rejected.filter((r) => r === `site-a:${ErrorCodes.DUPLICATE_UPDATE}`), [], 'site-a sent no second, different update');
+    assert.deepEqual(
+      rejected.filter((r) => r === `site-a:${ErrorCodes.DUPLICATE_UPDATE}`),
+      [],
+      'site-a sent no second, different update',
+    );
   } finally {
     await procs.stopAll();
     await aggregator.close();

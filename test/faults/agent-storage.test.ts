@@ -10,7 +10,14 @@ import { silentLogger } from '../../shared/util/logger.js';
 import { agentConfig, aggregatorConfig, captureLogger, startAedes, tempDir, tinyDataset } from '../helpers.js';
 
 /** Fault 6: an agent's disk lets it down. It must say so and recover, never train on a bad model. */
-async function withFederation(prepare: (dir: string, sha256: string) => void, check: (r: { logs: Record<string, unknown>[]; agents: RunningAgent[]; result: Awaited<ReturnType<import('../../aggregator/aggregator.js').Aggregator['run']>> }) => void) {
+async function withFederation(
+  prepare: (dir: string, sha256: string) => void,
+  check: (r: {
+    logs: Record<string, unknown>[];
+    agents: RunningAgent[];
+    result: Awaited<ReturnType<import('../../aggregator/aggregator.js').Aggregator['run']>>;
+  }) => void,
+) {
   const dir = tempDir('fault-storage');
   const broker = await startAedes();
   const options = { url: broker.url, dir: dir.path, agents: ['site-a', 'site-b'], rounds: 1 };
@@ -45,7 +52,10 @@ test('a corrupted (or half-written) model in the agent cache is detected, delete
     ({ logs, agents, result }) => {
       assert.equal(result.rounds[0]!.outcome, 'aggregate');
       assert.deepEqual(result.rounds[0]!.participants, ['site-a', 'site-b']);
-      assert.ok(logs.some((l) => l.agent === 'site-a' && /cached model is corrupt/.test(String(l.msg))), 'the corruption was reported');
+      assert.ok(
+        logs.some((l) => l.agent === 'site-a' && /cached model is corrupt/.test(String(l.msg))),
+        'the corruption was reported',
+      );
       assert.ok(agents[0]!.agent.transferred.down > 0, 'site-a downloaded the model again');
     },
   );
@@ -53,21 +63,28 @@ test('a corrupted (or half-written) model in the agent cache is detected, delete
 
 const canMount = spawnSync('sh', ['-c', 'd=$(mktemp -d) && mount -t tmpfs -o size=16k tmpfs "$d" && umount "$d"']).status === 0;
 
-test('a full disk on the agent: it reports the error and keeps going from memory; no half-written model is ever used', { skip: canMount ? false : 'needs permission to mount a small tmpfs (root)', timeout: 120_000 }, async () => {
-  await withFederation(
-    (dir) => {
-      // site-a's state folder is a 16 KiB file system: the 45 KB model cannot be written to it.
-      mkdirSync(join(dir, 'site-a'), { recursive: true });
-      const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=16k', 'tmpfs', join(dir, 'site-a')]);
-      assert.equal(r.status, 0, String(r.stderr));
-    },
-    ({ logs, agents, result }) => {
-      assert.equal(result.rounds[0]!.outcome, 'aggregate');
-      assert.deepEqual(result.rounds[0]!.participants, ['site-a', 'site-b'], 'site-a trained and sent its update anyway');
-      assert.deepEqual(Object.keys(result.rounds[1]!.baseMetrics).sort(), ['site-a', 'site-b']);
-      const problems = logs.filter((l) => l.agent === 'site-a' && l.code === ErrorCodes.MODEL_STORE);
-      assert.ok(problems.some((l) => /ENOSPC/.test(String(l.msg))), `the full disk was reported: ${JSON.stringify(problems)}`);
-      assert.ok(agents[0]!.agent.counters.get(ErrorCodes.MODEL_STORE) >= 1);
-    },
-  );
-});
+test(
+  'a full disk on the agent: it reports the error and keeps going from memory; no half-written model is ever used',
+  { skip: canMount ? false : 'needs permission to mount a small tmpfs (root)', timeout: 120_000 },
+  async () => {
+    await withFederation(
+      (dir) => {
+        // site-a's state folder is a 16 KiB file system: the 45 KB model cannot be written to it.
+        mkdirSync(join(dir, 'site-a'), { recursive: true });
+        const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=16k', 'tmpfs', join(dir, 'site-a')]);
+        assert.equal(r.status, 0, String(r.stderr));
+      },
+      ({ logs, agents, result }) => {
+        assert.equal(result.rounds[0]!.outcome, 'aggregate');
+        assert.deepEqual(result.rounds[0]!.participants, ['site-a', 'site-b'], 'site-a trained and sent its update anyway');
+        assert.deepEqual(Object.keys(result.rounds[1]!.baseMetrics).sort(), ['site-a', 'site-b']);
+        const problems = logs.filter((l) => l.agent === 'site-a' && l.code === ErrorCodes.MODEL_STORE);
+        assert.ok(
+          problems.some((l) => /ENOSPC/.test(String(l.msg))),
+          `the full disk was reported: ${JSON.stringify(problems)}`,
+        );
+        assert.ok(agents[0]!.agent.counters.get(ErrorCodes.MODEL_STORE) >= 1);
+      },
+    );
+  },
+);

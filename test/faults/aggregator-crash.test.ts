@@ -45,7 +45,8 @@ async function runFederation(crash: boolean) {
   const agents: RunningAgent[] = [];
   try {
     let aggregator = await procs.start('aggregator', 'aggregator', aggFile);
-    for (const a of AGENTS) agents.push(await startAgent({ ...agentConfig({ ...options, url: a === 'site-c' ? slow.url : broker.url }, a), ackTimeoutMs: 1500 }, silentLogger()));
+    for (const a of AGENTS)
+      agents.push(await startAgent({ ...agentConfig({ ...options, url: a === 'site-c' ? slow.url : broker.url }, a), ackTimeoutMs: 1500 }, silentLogger()));
     if (crash) {
       await waitFor('two updates accepted', () => accepted.size >= 2, 90_000, 5);
       assert.ok(!accepted.has('site-c'), 'site-c is still uploading when the aggregator dies');
@@ -55,7 +56,9 @@ async function runFederation(crash: boolean) {
     }
     assert.equal(await aggregator.exited, 0, 'the aggregator finished the federation');
     const store = new FsModelStore(join(dir.path, 'aggregator', 'models'));
-    const journal = JSON.parse(readFileSync(join(dir.path, 'aggregator', 'journal.json'), 'utf8')) as { rounds: { round: number; participants: string[]; outcome: string }[] };
+    const journal = JSON.parse(readFileSync(join(dir.path, 'aggregator', 'journal.json'), 'utf8')) as {
+      rounds: { round: number; participants: string[]; outcome: string }[];
+    };
     return { weights: readFileSync(join(store.dir(1), 'weights.bin')), journal, chunksAfterRestart, acceptedBeforeCrash: [...accepted] };
   } finally {
     for (const a of agents) await a.close();
@@ -67,13 +70,17 @@ async function runFederation(crash: boolean) {
   }
 }
 
-test('an aggregator killed mid-round continues the round from its journal, asks no agent to resend what it verified, and produces a bit-identical model', { timeout: 240_000 }, async () => {
-  const reference = await runFederation(false);
-  const crashed = await runFederation(true);
-  assert.equal(crashed.journal.rounds[0]!.outcome, 'aggregate');
-  assert.deepEqual(crashed.journal.rounds[0]!.participants, AGENTS);
-  const verifiedBefore = crashed.acceptedBeforeCrash.filter((a) => a !== 'site-c');
-  assert.equal(verifiedBefore.length, 2);
-  for (const a of verifiedBefore) assert.equal(crashed.chunksAfterRestart.get(a) ?? 0, 0, `${a} sent no chunk after the restart`);
-  assert.ok(reference.weights.equals(crashed.weights), 'the global model is bit-identical to the uninterrupted run');
-});
+test(
+  'an aggregator killed mid-round continues the round from its journal, asks no agent to resend what it verified, and produces a bit-identical model',
+  { timeout: 240_000 },
+  async () => {
+    const reference = await runFederation(false);
+    const crashed = await runFederation(true);
+    assert.equal(crashed.journal.rounds[0]!.outcome, 'aggregate');
+    assert.deepEqual(crashed.journal.rounds[0]!.participants, AGENTS);
+    const verifiedBefore = crashed.acceptedBeforeCrash.filter((a) => a !== 'site-c');
+    assert.equal(verifiedBefore.length, 2);
+    for (const a of verifiedBefore) assert.equal(crashed.chunksAfterRestart.get(a) ?? 0, 0, `${a} sent no chunk after the restart`);
+    assert.ok(reference.weights.equals(crashed.weights), 'the global model is bit-identical to the uninterrupted run');
+  },
+);

@@ -54,13 +54,20 @@ async function attackScenario(url: string, auth: AuthFiles): Promise<void> {
 
     // 4. MES commands without the MES role: stop the federation as an agent. (Aedes closes the
     //    connection of a client that publishes outside its rights; Mosquitto drops the message.)
-    await Promise.race([c.publishAsync(root.command('stop'), encodeJson({ v: 1, requestId: 'evil-1', reason: 'attack' }), { qos: 1 }).catch(() => undefined), new Promise((r) => setTimeout(r, 2000))]);
+    await Promise.race([
+      c.publishAsync(root.command('stop'), encodeJson({ v: 1, requestId: 'evil-1', reason: 'attack' }), { qos: 1 }).catch(() => undefined),
+      new Promise((r) => setTimeout(r, 2000)),
+    ]);
 
     const result = await fed.aggregator.aggregator.run();
     assert.equal(result.rounds[0]!.outcome, 'aggregate', 'the federation was neither stopped nor paused');
     assert.deepEqual(result.rounds[0]!.participants, ['site-a', 'site-b'], "site-a's session survived the takeover attempts");
     assert.equal(siteAKicked, 0, 'the real site-a was never disconnected');
-    assert.deepEqual(seen.filter((t) => t.endsWith('/ack/site-a')), [], "site-b read none of site-a's acks");
+    assert.deepEqual(
+      seen.filter((t) => t.endsWith('/ack/site-a')),
+      [],
+      "site-b read none of site-a's acks",
+    );
   } finally {
     for (const c of opened) c.end(true);
     await fed.stop();
@@ -68,38 +75,58 @@ async function attackScenario(url: string, auth: AuthFiles): Promise<void> {
   }
 }
 
-test('auth attacks on the embedded Aedes broker: client-id takeover, wrong password, reading acks, commands without the MES role; refusals logged', { timeout: 120_000 }, async () => {
-  const dir = tempDir('auth-aedes');
-  const auth = writeAuthFiles(dir.path, testAccess());
-  const { logger, lines } = captureLogger();
-  const broker = await startBroker(parseConfig(brokerConfigSchema, { host: '127.0.0.1', port: 0, auth: { passwordFile: auth.passwordFile, accessFile: auth.accessFile } }, 'test broker'), logger);
-  try {
-    await attackScenario(broker.url, auth);
-    const refusals = lines.filter((l) => l.code === 'FL_AUTH');
-    assert.ok(refusals.some((l) => l.username === 'site-a' && /wrong user name or password/.test(String(l.msg))), 'the wrong password was logged');
-    assert.ok(refusals.some((l) => l.username === 'site-c' && l.topic === root.acksFor('site-a')), 'the subscription to site-a acks was logged');
-    assert.ok(refusals.some((l) => l.username === 'site-c' && l.topic === root.command('stop')), 'the command without the MES role was logged');
-    // The takeover attempts got sessions of their own user, not site-a's.
-    assert.ok(lines.some((l) => l.requestedClientId === 'fedline-agent-site-a' && l.client === 'site-c'));
-    assert.ok(lines.some((l) => l.requestedClientId === 'site-a' && l.client === 'site-c'));
-  } finally {
-    await broker.close();
-    dir.cleanup();
-  }
-});
+test(
+  'auth attacks on the embedded Aedes broker: client-id takeover, wrong password, reading acks, commands without the MES role; refusals logged',
+  { timeout: 120_000 },
+  async () => {
+    const dir = tempDir('auth-aedes');
+    const auth = writeAuthFiles(dir.path, testAccess());
+    const { logger, lines } = captureLogger();
+    const broker = await startBroker(
+      parseConfig(brokerConfigSchema, { host: '127.0.0.1', port: 0, auth: { passwordFile: auth.passwordFile, accessFile: auth.accessFile } }, 'test broker'),
+      logger,
+    );
+    try {
+      await attackScenario(broker.url, auth);
+      const refusals = lines.filter((l) => l.code === 'FL_AUTH');
+      assert.ok(
+        refusals.some((l) => l.username === 'site-a' && /wrong user name or password/.test(String(l.msg))),
+        'the wrong password was logged',
+      );
+      assert.ok(
+        refusals.some((l) => l.username === 'site-c' && l.topic === root.acksFor('site-a')),
+        'the subscription to site-a acks was logged',
+      );
+      assert.ok(
+        refusals.some((l) => l.username === 'site-c' && l.topic === root.command('stop')),
+        'the command without the MES role was logged',
+      );
+      // The takeover attempts got sessions of their own user, not site-a's.
+      assert.ok(lines.some((l) => l.requestedClientId === 'fedline-agent-site-a' && l.client === 'site-c'));
+      assert.ok(lines.some((l) => l.requestedClientId === 'site-a' && l.client === 'site-c'));
+    } finally {
+      await broker.close();
+      dir.cleanup();
+    }
+  },
+);
 
 const bin = mosquittoAvailable();
-test('auth attacks on Mosquitto with the repository mosquitto.conf: the same attacks fail', { skip: bin ? false : 'mosquitto is not installed', timeout: 120_000 }, async () => {
-  const dir = tempDir('auth-mosquitto');
-  const mosq = await startMosquitto(bin!, dir.path);
-  let log = '';
-  mosq.proc.stderr?.on('data', (d: Buffer) => (log += d.toString()));
-  try {
-    await attackScenario(mosq.url, mosq.auth);
-    // Mosquitto logs refused logins itself; refused publishes and subscriptions only at its debug level.
-    assert.match(log, /not authori[sz]ed/i);
-  } finally {
-    await mosq.stop();
-    dir.cleanup();
-  }
-});
+test(
+  'auth attacks on Mosquitto with the repository mosquitto.conf: the same attacks fail',
+  { skip: bin ? false : 'mosquitto is not installed', timeout: 120_000 },
+  async () => {
+    const dir = tempDir('auth-mosquitto');
+    const mosq = await startMosquitto(bin!, dir.path);
+    let log = '';
+    mosq.proc.stderr?.on('data', (d: Buffer) => (log += d.toString()));
+    try {
+      await attackScenario(mosq.url, mosq.auth);
+      // Mosquitto logs refused logins itself; refused publishes and subscriptions only at its debug level.
+      assert.match(log, /not authori[sz]ed/i);
+    } finally {
+      await mosq.stop();
+      dir.cleanup();
+    }
+  },
+);

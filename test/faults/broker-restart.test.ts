@@ -22,12 +22,25 @@ interface Broker {
 async function brokerScenario(broker: Broker, dir: string, restart: boolean): Promise<Buffer> {
   const proxy = await TcpProxy.start(broker.port);
   proxy.uploadBytesPerSec = 12_000;
-  const fed = await startFederation({ url: proxy.url, dir, agents: ['site-a', 'site-b'], rounds: 1, chunkBytes: 1024, agent: { ackTimeoutMs: 1500 } as never, ...(broker.auth ? { auth: broker.auth } : {}) });
+  const fed = await startFederation({
+    url: proxy.url,
+    dir,
+    agents: ['site-a', 'site-b'],
+    rounds: 1,
+    chunkBytes: 1024,
+    agent: { ackTimeoutMs: 1500 } as never,
+    ...(broker.auth ? { auth: broker.auth } : {}),
+  });
   try {
     const run = fed.aggregator.aggregator.run();
     if (restart) {
       // Restart while the agents are uploading (both evaluated the base model and started training).
-      await waitFor('both agents to report their evaluation', () => Object.keys(fed.aggregator.aggregator.history()[0]?.baseMetrics ?? {}).length === 2, 60_000, 20);
+      await waitFor(
+        'both agents to report their evaluation',
+        () => Object.keys(fed.aggregator.aggregator.history()[0]?.baseMetrics ?? {}).length === 2,
+        60_000,
+        20,
+      );
       await new Promise((r) => setTimeout(r, 1500));
       await broker.restart();
     }
@@ -76,26 +89,30 @@ test('the embedded Aedes broker (its own process, no persistence) restarts mid-r
 });
 
 const bin = mosquittoAvailable();
-test('Mosquitto with persistence is killed and restarted mid-round: the round completes', { skip: bin ? false : 'mosquitto is not installed', timeout: 180_000 }, async () => {
-  const dir = tempDir('fault-broker-mosquitto');
-  let mosq = await startMosquitto(bin!, dir.path);
-  const port = mosq.port;
-  try {
-    await brokerRestartScenario(
-      {
-        url: mosq.url,
-        port,
-        auth: mosq.auth.credentials,
-        restart: async () => {
-          await mosq.kill();
-          mosq = await startMosquitto(bin!, dir.path, { port });
+test(
+  'Mosquitto with persistence is killed and restarted mid-round: the round completes',
+  { skip: bin ? false : 'mosquitto is not installed', timeout: 180_000 },
+  async () => {
+    const dir = tempDir('fault-broker-mosquitto');
+    let mosq = await startMosquitto(bin!, dir.path);
+    const port = mosq.port;
+    try {
+      await brokerRestartScenario(
+        {
+          url: mosq.url,
+          port,
+          auth: mosq.auth.credentials,
+          restart: async () => {
+            await mosq.kill();
+            mosq = await startMosquitto(bin!, dir.path, { port });
+          },
+          stop: () => mosq.stop(),
         },
-        stop: () => mosq.stop(),
-      },
-      dir.path,
-    );
-  } finally {
-    await mosq.stop();
-    dir.cleanup();
-  }
-});
+        dir.path,
+      );
+    } finally {
+      await mosq.stop();
+      dir.cleanup();
+    }
+  },
+);

@@ -61,7 +61,10 @@ test('links cut mid-download and mid-upload: the round completes and only missin
     // Only missing chunks went again: far fewer chunk messages than two full uploads.
     const total = Math.ceil(updates[0]!.bytes.byteLength / 1024);
     for (const [agent, n] of chunkMsgs) assert.ok(n < total * 1.5, `${agent}: ${n} chunk messages for a ${total}-chunk update`);
-    assert.ok(lines.some((l) => /reconnect|connection lost/i.test(String(l.msg))), 'the disconnect was logged');
+    assert.ok(
+      lines.some((l) => /reconnect|connection lost/i.test(String(l.msg))),
+      'the disconnect was logged',
+    );
   } finally {
     await fed.stop();
     await watcher.close();

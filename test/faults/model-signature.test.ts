@@ -36,7 +36,10 @@ test('Ed25519 model signatures: valid verifies; another version, another hash, a
     assert.equal(verifyModelSignature(pub, 3, sha, 'zz'), false);
     writeFileSync(join(dir.path, 'rsa'), generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ type: 'spki', format: 'pem' }));
     assert.throws(() => loadVerifyKey(join(dir.path, 'rsa')), /rsa key; model signing uses Ed25519/);
-    assert.throws(() => loadVerifyKey(join(dir.path, 'absent')), (e: unknown) => (e as { code: string }).code === ErrorCodes.CONFIG_READ);
+    assert.throws(
+      () => loadVerifyKey(join(dir.path, 'absent')),
+      (e: unknown) => (e as { code: string }).code === ErrorCodes.CONFIG_READ,
+    );
   } finally {
     dir.cleanup();
   }
@@ -63,7 +66,8 @@ test('agents use models signed by the aggregator and refuse a tampered or unsign
   });
   await rogue.subscribe(`${topics.event('alert')}/#`, (m) => alerts.push(JSON.parse(m.payload.toString()) as Record<string, unknown>));
   try {
-    for (const a of options.agents) agents.push(await startAgent({ ...agentConfig(options, a), modelPublicKeyFile: join(dir.path, 'model-signing.pub') }, silentLogger()));
+    for (const a of options.agents)
+      agents.push(await startAgent({ ...agentConfig(options, a), modelPublicKeyFile: join(dir.path, 'model-signing.pub') }, silentLogger()));
     const result = await aggregator.aggregator.run();
     assert.deepEqual(result.rounds[0]!.participants, ['site-a', 'site-b'], 'signed models are accepted');
 
@@ -75,7 +79,13 @@ test('agents use models signed by the aggregator and refuse a tampered or unsign
       { ...real.header.meta, version: 7 },
     );
     const fakeSha = sha256Hex(fakeBundle);
-    await publishChunks(rogue, fakeBundle, (seq) => topics.modelChunk(7, seq), (c) => ({ v: 1, type: 'model-chunk', version: 7, sha256: fakeSha, ...c }), { chunkBytes: 4096, maxInflight: 8, retain: true });
+    await publishChunks(
+      rogue,
+      fakeBundle,
+      (seq) => topics.modelChunk(7, seq),
+      (c) => ({ v: 1, type: 'model-chunk', version: 7, sha256: fakeSha, ...c }),
+      { chunkBytes: 4096, maxInflight: 8, retain: true },
+    );
     const downBefore = agents.map((a) => a.agent.transferred.down);
     const attacker = generateKeyPairSync('ed25519');
     for (const [round, signature] of [
@@ -83,13 +93,30 @@ test('agents use models signed by the aggregator and refuse a tampered or unsign
       [51, null],
     ] as const) {
       const fake: RoundAnnouncement = {
-        v: 1, type: 'round', federation: 'test', round, state: 'open', kind: 'train',
+        v: 1,
+        type: 'round',
+        federation: 'test',
+        round,
+        state: 'open',
+        kind: 'train',
         base: { version: 7, sha256: fakeSha, bytes: fakeBundle.byteLength, chunks: chunkCount(fakeBundle.byteLength, 4096), chunkBytes: 4096, signature },
         task: { epochs: 1, batchSize: 8, learningRate: 0.01, optimizer: 'adam', classWeighting: 'auto', federated: 'all' },
-        classes: real.header.meta.classes, selected: ['site-a', 'site-b'], minClients: 1, deadlineAt: Date.now() + 60_000, chunkBytes: 4096, encoding: 'f32', delta: false, windowChunks: 0, issuedAt: Date.now(),
+        classes: real.header.meta.classes,
+        selected: ['site-a', 'site-b'],
+        minClients: 1,
+        deadlineAt: Date.now() + 60_000,
+        chunkBytes: 4096,
+        encoding: 'f32',
+        delta: false,
+        windowChunks: 0,
+        issuedAt: Date.now(),
       };
       await rogue.publish(topics.round(), packMsg(fake), { retain: true });
-      await waitFor(`both agents to refuse the model of round ${round}`, () => ['site-a', 'site-b'].every((a) => statuses.get(a)?.round === round && statuses.get(a)?.state === 'error'), 20_000);
+      await waitFor(
+        `both agents to refuse the model of round ${round}`,
+        () => ['site-a', 'site-b'].every((a) => statuses.get(a)?.round === round && statuses.get(a)?.state === 'error'),
+        20_000,
+      );
       for (const a of ['site-a', 'site-b']) assert.match(String(statuses.get(a)!.detail), signature ? /does not verify/ : /not signed/);
     }
     agents.forEach((a, i) => {

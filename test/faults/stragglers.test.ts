@@ -55,37 +55,58 @@ async function federation(minClients: number, rounds: number) {
   };
 }
 
-test('a straggler: the round closes at its deadline with the others (minClients met), and the straggler joins the next round', { timeout: 120_000 }, async () => {
-  const f = await federation(2, 2);
-  try {
-    const result = await f.aggregator.aggregator.run();
-    const [r1, r2] = result.rounds;
-    assert.equal(r1!.outcome, 'aggregate');
-    assert.deepEqual(r1!.participants, ['site-a', 'site-b']);
-    assert.match(r1!.reason!, /deadline passed: 2 of 3/);
-    assert.equal(r2!.outcome, 'aggregate');
-    assert.deepEqual(r2!.participants, AGENTS, 'the straggler dropped its stale work and took part in round 2');
-    assert.equal(r2!.baseVersion, 1);
-
-    // A late update for round 1 (from a copy of the straggler that missed the close) is refused cleanly.
-    const topics = createTopics('fl/test');
-    const late = await MqttTransport.connect({ url: f.broker.url, clientId: 'late-site-c', logger: silentLogger() });
+test(
+  'a straggler: the round closes at its deadline with the others (minClients met), and the straggler joins the next round',
+  { timeout: 120_000 },
+  async () => {
+    const f = await federation(2, 2);
     try {
-      const base = decodeBundle(await f.aggregator.store.readBundle(0));
-      const meta: UpdateMeta = { kind: 'update', agent: 'site-c', round: 1, baseVersion: 0, sampleCount: 9, epochs: 1, metricsBefore: null, metricsAfter: null, trainMs: 1, backend: 'cpu' };
-      const before = f.aggregator.aggregator.counters.get(ErrorCodes.ROUND_CLOSED);
-      const sent = await sendUpdate(late, topics, encodeBundle(bundleTensors(base), meta), silentLogger(), { round: 1, agent: 'site-c', chunkBytes: 4096, maxInflight: 4, ackTimeoutMs: 3000 });
-      assert.equal(sent.ack.status, 'rejected');
-      assert.equal(sent.ack.code, ErrorCodes.ROUND_CLOSED);
-      assert.ok(f.aggregator.aggregator.counters.get(ErrorCodes.ROUND_CLOSED) > before);
-      assert.deepEqual(await f.aggregator.store.versions(), [0, 1, 2], 'no model came of it');
+      const result = await f.aggregator.aggregator.run();
+      const [r1, r2] = result.rounds;
+      assert.equal(r1!.outcome, 'aggregate');
+      assert.deepEqual(r1!.participants, ['site-a', 'site-b']);
+      assert.match(r1!.reason!, /deadline passed: 2 of 3/);
+      assert.equal(r2!.outcome, 'aggregate');
+      assert.deepEqual(r2!.participants, AGENTS, 'the straggler dropped its stale work and took part in round 2');
+      assert.equal(r2!.baseVersion, 1);
+
+      // A late update for round 1 (from a copy of the straggler that missed the close) is refused cleanly.
+      const topics = createTopics('fl/test');
+      const late = await MqttTransport.connect({ url: f.broker.url, clientId: 'late-site-c', logger: silentLogger() });
+      try {
+        const base = decodeBundle(await f.aggregator.store.readBundle(0));
+        const meta: UpdateMeta = {
+          kind: 'update',
+          agent: 'site-c',
+          round: 1,
+          baseVersion: 0,
+          sampleCount: 9,
+          epochs: 1,
+          metricsBefore: null,
+          metricsAfter: null,
+          trainMs: 1,
+          backend: 'cpu',
+        };
+        const before = f.aggregator.aggregator.counters.get(ErrorCodes.ROUND_CLOSED);
+        const sent = await sendUpdate(late, topics, encodeBundle(bundleTensors(base), meta), silentLogger(), {
+          round: 1,
+          agent: 'site-c',
+          chunkBytes: 4096,
+          maxInflight: 4,
+          ackTimeoutMs: 3000,
+        });
+        assert.equal(sent.ack.status, 'rejected');
+        assert.equal(sent.ack.code, ErrorCodes.ROUND_CLOSED);
+        assert.ok(f.aggregator.aggregator.counters.get(ErrorCodes.ROUND_CLOSED) > before);
+        assert.deepEqual(await f.aggregator.store.versions(), [0, 1, 2], 'no model came of it');
+      } finally {
+        await late.close();
+      }
     } finally {
-      await late.close();
+      await f.close();
     }
-  } finally {
-    await f.close();
-  }
-});
+  },
+);
 
 test('a straggler with minClients not met: the global model is kept, an alert says so, the federation goes on', { timeout: 120_000 }, async () => {
   const f = await federation(3, 2);

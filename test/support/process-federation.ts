@@ -34,7 +34,12 @@ export class ProcessFederation {
   }
 
   /** Start `fedline <command> --config <file>` and wait until it says it is ready. */
-  async start(name: string, command: 'broker' | 'aggregator' | 'agent', configFile: string, readyTimeoutMs = 60_000): Promise<ServiceProcess & { ready: Record<string, unknown> }> {
+  async start(
+    name: string,
+    command: 'broker' | 'aggregator' | 'agent',
+    configFile: string,
+    readyTimeoutMs = 60_000,
+  ): Promise<ServiceProcess & { ready: Record<string, unknown> }> {
     const fd = openSync(join(this.dir, 'logs', `${name}.log`), 'a');
     const proc = fork(CLI, [command, '--config', configFile], { stdio: ['ignore', fd, fd, 'ipc'] });
     closeSync(fd);

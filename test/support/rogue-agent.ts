@@ -2,7 +2,15 @@ import { downloadModel } from '../../edge-agent/model-downlink.js';
 import { sendUpdate } from '../../edge-agent/uplink.js';
 import { decodeMsgpack, encodeJson } from '../../shared/protocol/wire-codec.js';
 import { silentLogger } from '../../shared/util/logger.js';
-import { modelMetaSchema, roundAnnouncementSchema, SUPPORTED_VERSIONS, type AckMsg, type ModelMeta, type RoundAnnouncement, type UpdateMeta } from '../../shared/protocol/messages.js';
+import {
+  modelMetaSchema,
+  roundAnnouncementSchema,
+  SUPPORTED_VERSIONS,
+  type AckMsg,
+  type ModelMeta,
+  type RoundAnnouncement,
+  type UpdateMeta,
+} from '../../shared/protocol/messages.js';
 import { MqttTransport } from '../../shared/transport/mqtt-transport.js';
 import { bundleTensors, decodeBundle, encodeBundle, type NamedTensor } from '../../shared/bundle/tensor-bundle.js';
 import { createTopics } from '../../shared/protocol/topics.js';
@@ -26,11 +34,31 @@ export async function startRogueAgent(url: string, agent: string, forge: Forgery
     if (ann.state !== 'open' || ann.kind !== 'train' || seen.has(ann.round) || !ann.selected.includes(agent)) return;
     seen.add(ann.round);
     (async () => {
-      const base = decodeBundle<ModelMeta>(await downloadModel(transport, topics, ann.base, silentLogger(), { maxModelBytes: 1 << 30, stallMs: 10_000 }), modelMetaSchema);
+      const base = decodeBundle<ModelMeta>(
+        await downloadModel(transport, topics, ann.base, silentLogger(), { maxModelBytes: 1 << 30, stallMs: 10_000 }),
+        modelMetaSchema,
+      );
       const forged = forge(bundleTensors(base), ann);
       if (!forged) return;
-      const meta: UpdateMeta = { kind: 'update', agent, round: ann.round, baseVersion: ann.base.version, sampleCount: forged.sampleCount, epochs: 1, metricsBefore: null, metricsAfter: null, trainMs: 1, backend: 'rogue' };
-      const sent = await sendUpdate(transport, topics, encodeBundle(forged.tensors, meta), silentLogger(), { round: ann.round, agent, chunkBytes: ann.chunkBytes, maxInflight: 4, ackTimeoutMs: 5000 });
+      const meta: UpdateMeta = {
+        kind: 'update',
+        agent,
+        round: ann.round,
+        baseVersion: ann.base.version,
+        sampleCount: forged.sampleCount,
+        epochs: 1,
+        metricsBefore: null,
+        metricsAfter: null,
+        trainMs: 1,
+        backend: 'rogue',
+      };
+      const sent = await sendUpdate(transport, topics, encodeBundle(forged.tensors, meta), silentLogger(), {
+        round: ann.round,
+        agent,
+        chunkBytes: ann.chunkBytes,
+        maxInflight: 4,
+        ackTimeoutMs: 5000,
+      });
       acks.push(sent.ack);
     })().catch((err) => errors.push(err));
   });

@@ -54,10 +54,13 @@ export class TcpProxy {
         }
         // A slow uplink: hold the client until this packet "took" its time on the wire.
         client.pause();
-        setTimeout(() => {
-          if (!upstream.destroyed) upstream.write(d);
-          client.resume();
-        }, (1000 * d.length) / p.uploadBytesPerSec);
+        setTimeout(
+          () => {
+            if (!upstream.destroyed) upstream.write(d);
+            client.resume();
+          },
+          (1000 * d.length) / p.uploadBytesPerSec,
+        );
       });
       upstream.on('data', (d: Buffer) => {
         p.bytesToClients += d.length;

@@ -74,7 +74,10 @@ export class ManualTriggerSource implements TriggerSource {
   private report(): void {
     const s = this.state;
     const who = [s.by ? `by ${s.by}` : null, s.reason ? `(${s.reason})` : null].filter(Boolean).join(' ');
-    const detail = s.at === 0 ? `${s.open ? 'open' : 'closed'} (initial state; send ${this.o.topics.command(s.open ? 'pause' : 'resume')} to change)` : `${s.open ? 'resumed' : 'paused'} by command${who ? ` ${who}` : ''} at ${new Date(s.at).toISOString()}`;
+    const detail =
+      s.at === 0
+        ? `${s.open ? 'open' : 'closed'} (initial state; send ${this.o.topics.command(s.open ? 'pause' : 'resume')} to change)`
+        : `${s.open ? 'resumed' : 'paused'} by command${who ? ` ${who}` : ''} at ${new Date(s.at).toISOString()}`;
     this.callbacks?.update({ state: s.open ? 'open' : 'closed', detail });
   }
 

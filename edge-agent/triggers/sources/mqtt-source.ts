@@ -68,7 +68,14 @@ export class MqttTriggerSource implements TriggerSource {
     }
     const got = extractPayloadValue(m.payload, this.keys);
     if ('error' in got) {
-      if (this.onReject) this.onReject(new FedlineError(ErrorCodes.MSG_SCHEMA, `MES line-state message on ${m.topic} not understood (path ${this.spec.path ?? '(whole payload)'}): ${got.error}`), m.topic);
+      if (this.onReject)
+        this.onReject(
+          new FedlineError(
+            ErrorCodes.MSG_SCHEMA,
+            `MES line-state message on ${m.topic} not understood (path ${this.spec.path ?? '(whole payload)'}): ${got.error}`,
+          ),
+          m.topic,
+        );
       else this.log.warn({ topic: m.topic, path: this.spec.path }, `MES line-state message not understood: ${got.error}`);
       this.callbacks.update({ state: 'unknown', detail: `${m.topic}: ${got.error}` });
       return;

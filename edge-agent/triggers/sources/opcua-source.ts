@@ -29,9 +29,11 @@ type DataValueLike = { value: { value: unknown }; statusCode: { name: string; is
 const RESCAN_TIMEOUT_MS = 5000;
 
 /** Messages of faults that retrying cannot fix without someone changing a certificate, a login or the security settings. */
-const SECURITY_HINT = /BadSecurity|BadIdentityToken|BadUserAccessDenied|BadCertificate|BadNoValidCertificates|user token policy|certificate (is )?(untrusted|rejected|invalid)|has been rejected/i;
+const SECURITY_HINT =
+  /BadSecurity|BadIdentityToken|BadUserAccessDenied|BadCertificate|BadNoValidCertificates|user token policy|certificate (is )?(untrusted|rejected|invalid)|has been rejected/i;
 /** Faults of the network path, checked first ("fail to connect ... to collect server's certificate" is one). */
-const UNREACHABLE_HINT = /Fail to connect|cannot be established|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|timed out|socket has been disconnected/i;
+const UNREACHABLE_HINT =
+  /Fail to connect|cannot be established|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|timed out|socket has been disconnected/i;
 
 /**
  * An OPC UA variable read through a subscription (node-opcua), e.g. `ns=1;s=Line1.State ==
@@ -155,7 +157,11 @@ export class OpcuaTriggerSource implements TriggerSource {
     if (isFedlineError(err, ErrorCodes.OPCUA_NODE_MISSING)) return { code: err.code, message: err.message };
     const message = err instanceof Error ? err.message : String(err);
     const first = message.split('\n')[0]!.trim();
-    if (!UNREACHABLE_HINT.test(message) && SECURITY_HINT.test(message)) return { code: ErrorCodes.OPCUA_SECURITY, message: `${this.spec.endpoint} refused the connection or session (security mode ${this.spec.securityMode}, policy ${this.spec.securityPolicy}): ${first}` };
+    if (!UNREACHABLE_HINT.test(message) && SECURITY_HINT.test(message))
+      return {
+        code: ErrorCodes.OPCUA_SECURITY,
+        message: `${this.spec.endpoint} refused the connection or session (security mode ${this.spec.securityMode}, policy ${this.spec.securityPolicy}): ${first}`,
+      };
     return { code: ErrorCodes.OPCUA_UNREACHABLE, message: `cannot reach OPC UA server ${this.spec.endpoint}: ${first}` };
   }
 
@@ -211,7 +217,11 @@ export class OpcuaTriggerSource implements TriggerSource {
     };
     try {
       await withTimeout(client.connect(spec.endpoint), spec.connectTimeoutMs, `connecting to ${spec.endpoint}`);
-      const session = await withTimeout<import('node-opcua').ClientSession>(client.createSession(this.identity(opcua)), spec.connectTimeoutMs, 'creating the OPC UA session');
+      const session = await withTimeout<import('node-opcua').ClientSession>(
+        client.createSession(this.identity(opcua)),
+        spec.connectTimeoutMs,
+        'creating the OPC UA session',
+      );
       session.on('session_closed', onLost('session closed'));
       const first = (await session.read({ nodeId: spec.nodeId, attributeId: opcua.AttributeIds.Value })) as unknown as DataValueLike;
       if (/^BadNodeId(Unknown|Invalid)$/.test(first.statusCode.name)) {
@@ -261,6 +271,9 @@ export class OpcuaTriggerSource implements TriggerSource {
       return;
     }
     const holds = conditionHolds(this.spec.when, value);
-    this.callbacks.update({ state: holds ? 'open' : 'closed', detail: `${this.spec.nodeId} = ${JSON.stringify(value)} (needs ${describeCondition(this.spec.when)})` });
+    this.callbacks.update({
+      state: holds ? 'open' : 'closed',
+      detail: `${this.spec.nodeId} = ${JSON.stringify(value)} (needs ${describeCondition(this.spec.when)})`,
+    });
   }
 }
