@@ -7,7 +7,7 @@ import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
  * Initial weights from a pretrained TensorFlow.js layers model on disk (model.json + weight files),
- * for example Keras' VGG19 ImageNet weights converted with tensorflowjs_converter (see README).
+ * for example Keras' VGG19 ImageNet weights converted with tensorflowjs_converter (see docs/training.md).
  * Weights are matched by layer name and weight name (`block1_conv1/kernel`), read straight from
  * the weights manifest: the file's topology is not needed, so a Keras model whose topology tfjs
  * cannot rebuild still lends its weights. The classifier head (`head_*` layers) always keeps its
