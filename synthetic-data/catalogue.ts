@@ -14,7 +14,6 @@ export type BodyShape = 'hexagon' | 'rectangle' | 'rounded' | 'wedge';
  * no-tongue: a starting model learns port anomalies in general, never the clients' ones).
  */
 export type DefectType = 'sticker' | 'damaged' | 'rust' | 'crack' | 'dirt' | 'no-tongue';
-export const CLIENT_DEFECTS: readonly DefectType[] = ['sticker', 'damaged', 'rust'];
 
 export interface ProductSpec {
   name: string;

@@ -31,7 +31,6 @@ import { renderSample } from './scenes.js';
 
 // What the data set is made of (catalogue.ts) and how one image is drawn (scenes.ts), importable from here as before.
 export {
-  CLIENT_DEFECTS,
   EXTERNAL_COUNTS,
   EXTERNAL_PRODUCT,
   INSPECTION_CLASSES,

@@ -63,24 +63,6 @@ export function weightNames(model: LayersModel): string[] {
   return model.weights.map((w) => (w as unknown as { originalName?: string }).originalName ?? w.name);
 }
 
-/** Overwrite the named weights of a model in place; throws on an unknown name or a shape mismatch. */
-export function setWeightsByName(tf: Tf, model: LayersModel, values: ReadonlyMap<string, Float32Array>): void {
-  const names = weightNames(model);
-  const current = model.getWeights();
-  const next = current.map((w, i) => {
-    const v = values.get(names[i]!);
-    if (!v) return w;
-    if (v.length !== w.size)
-      throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `weight ${names[i]} has ${w.size} values in the model but ${v.length} given`);
-    return tf.tensor(v, w.shape, 'float32');
-  });
-  for (const name of values.keys()) if (!names.includes(name)) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `model has no weight named ${name}`);
-  model.setWeights(next);
-  next.forEach((t, i) => {
-    if (t !== current[i]) t.dispose();
-  });
-}
-
 /** Open a tfjs layers model folder (model.json + weight files) without tfjs-node's file:// handler. */
 export async function loadLayersModelFromDir(tf: Tf, dir: string): Promise<LayersModel> {
   const modelJson = JSON.parse(await readFile(join(dir, 'model.json'), 'utf8')) as {

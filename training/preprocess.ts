@@ -1,4 +1,4 @@
-import { normalizationModes, type NormalizationMode } from '../shared/protocol/messages.js';
+import type { NormalizationMode } from '../shared/protocol/messages.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 /**
@@ -10,7 +10,6 @@ import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
  *   imagenet   (x - mean) / std per channel with the ImageNet statistics (torch-style pretrained weights)
  *   caffe      BGR order, 0..255, minus the ImageNet mean (how Keras' VGG16/VGG19 weights were trained)
  */
-export const normalizations = normalizationModes;
 export type Normalization = NormalizationMode;
 
 const IMAGENET_MEAN = [0.485, 0.456, 0.406];
