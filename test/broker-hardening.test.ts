@@ -8,9 +8,11 @@ import { mayPublishRetained, rightsFor } from '../broker/access.js';
 import { LoginThrottle, TaskLimiter } from '../broker/login-throttle.js';
 import { PacketGuard } from '../broker/packet-guard.js';
 import { hashPassword } from '../broker/passwords.js';
-import { freePort, tempDir, testAccess, testPassword, waitFor, writeAuthFiles } from './helpers.js';
+import { freePort, mosquittoAvailable, startMosquitto, tempDir, testAccess, testPassword, waitFor, writeAuthFiles } from './helpers.js';
 import { ProcessFederation } from './support/process-federation.js';
 import { connectPacket, oversizedConnect, rawLogin, remainingLength, rssMb } from './support/raw-mqtt.js';
+
+const mosquitto = mosquittoAvailable();
 
 /**
  * Broker hardening (issue 12): clients that never log in cannot grow the broker, password guessing
@@ -129,6 +131,28 @@ const median = (xs: number[]) => {
   return s[Math.floor(s.length / 2)]!;
 };
 
+/** Four clients announce 200 MB CONNECTs and stream them; the broker's RSS (MB) before, at its peak and after. */
+async function oversizeAttack(pid: number, port: number, closed: () => boolean): Promise<void> {
+  const before = rssMb(pid);
+  let peak = before;
+  const poll = setInterval(() => (peak = Math.max(peak, rssMb(pid))), 10);
+  const attacks = await Promise.all([0, 1, 2, 3].map(() => oversizedConnect(port, 200 * 1024 * 1024)));
+  await waitFor('the broker to close the four connections', closed, 30_000);
+  await new Promise((r) => setTimeout(r, 500));
+  clearInterval(poll);
+  const after = rssMb(pid);
+  console.log(
+    `# broker RSS: before ${before.toFixed(1)} MB, peak during the attack ${peak.toFixed(1)} MB (+${(peak - before).toFixed(1)}), ` +
+      `after ${after.toFixed(1)} MB (+${(after - before).toFixed(1)}); bytes each attacker got in before the broker closed it: ${attacks.map((a) => a.sent).join(', ')}`,
+  );
+  for (const a of attacks) {
+    assert.ok(a.closedByBroker, 'the broker closed the connection');
+    assert.ok(a.sent < 50 * 1024 * 1024, `closed early: ${a.sent} bytes sent`);
+  }
+  assert.ok(peak - before < 50, `peak RSS +${(peak - before).toFixed(1)} MB`);
+  assert.ok(after - before < 50, `RSS after close +${(after - before).toFixed(1)} MB`);
+}
+
 test(
   'four unfinished 200 MB CONNECTs from clients that never log in: the broker (its own process) stays within +50 MB of RSS and serves on',
   { timeout: 180_000 },
@@ -139,24 +163,7 @@ test(
       // Warm up: one honest client connects and publishes, so that the baseline holds what serving costs.
       const honest = await connect(b.url, b.auth.credentials('site-a'));
       await honest.publishAsync('fl/test/agent/site-a/status', 'warm', { qos: 1 });
-      const before = rssMb(b.pid);
-      let peak = before;
-      const poll = setInterval(() => (peak = Math.max(peak, rssMb(b.pid))), 10);
-      const attacks = await Promise.all([0, 1, 2, 3].map(() => oversizedConnect(b.port, 200 * 1024 * 1024)));
-      await waitFor('the four refusals in the log', () => (b.log().match(/FL_MSG_OVERSIZE/g) ?? []).length >= 4, 30_000);
-      await new Promise((r) => setTimeout(r, 500));
-      clearInterval(poll);
-      const after = rssMb(b.pid);
-      console.log(
-        `# broker RSS: before ${before.toFixed(1)} MB, peak during the attack ${peak.toFixed(1)} MB (+${(peak - before).toFixed(1)}), ` +
-          `after ${after.toFixed(1)} MB (+${(after - before).toFixed(1)}); bytes each attacker got in before the broker closed it: ${attacks.map((a) => a.sent).join(', ')}`,
-      );
-      for (const a of attacks) {
-        assert.ok(a.closedByBroker, 'the broker closed the connection');
-        assert.ok(a.sent < 50 * 1024 * 1024, `closed early: ${a.sent} bytes sent`);
-      }
-      assert.ok(peak - before < 50, `peak RSS +${(peak - before).toFixed(1)} MB`);
-      assert.ok(after - before < 50, `RSS after close +${(after - before).toFixed(1)} MB`);
+      await oversizeAttack(b.pid, b.port, () => (b.log().match(/FL_MSG_OVERSIZE/g) ?? []).length >= 4);
       assert.match(b.log(), /announced a \d+-byte packet, above the 65536-byte limit before login/);
       // The honest client was not disturbed, and new logins work.
       await honest.publishAsync('fl/test/agent/site-a/status', 'still here', { qos: 1 });
@@ -165,6 +172,25 @@ test(
       honest.end(true);
     } finally {
       await b.procs.stopAll();
+      dir.cleanup();
+    }
+  },
+);
+
+test(
+  'the same attack on Mosquitto with the repository mosquitto.conf: max_packet_size keeps it within +50 MB',
+  { skip: mosquitto ? false : 'mosquitto is not installed', timeout: 180_000 },
+  async () => {
+    const dir = tempDir('harden-size-mosq');
+    const mosq = await startMosquitto(mosquitto!, dir.path);
+    try {
+      const honest = await connect(mosq.url, mosq.auth.credentials('site-a'));
+      await honest.publishAsync('fl/test/agent/site-a/status', 'warm', { qos: 1 });
+      await oversizeAttack(mosq.proc.pid!, mosq.port, () => true);
+      await honest.publishAsync('fl/test/agent/site-a/status', 'still here', { qos: 1 });
+      honest.end(true);
+    } finally {
+      await mosq.stop();
       dir.cleanup();
     }
   },
