@@ -184,8 +184,12 @@ export const aggregatorConfigSchema = z.strictObject({
     .min(1024)
     .max(64 * 1024 * 1024)
     .default(256 * 1024),
-  /** Largest update bundle accepted, bytes. Default 2 GiB. */
-  maxUpdateBytes: posInt.default(2 * 1024 * 1024 * 1024),
+  /**
+   * Largest update bundle accepted, bytes. Default: derived from the round's model (its federated
+   * tensors in the round's encoding plus header slack, aggregator/verify-update.ts
+   * derivedMaxUpdateBytes); a value set here can only lower that bound.
+   */
+  maxUpdateBytes: posInt.optional(),
   /** QoS 1 publishes in flight at once when sending the model. Default 32. */
   maxInflight: posInt.default(32),
   /** How agents encode their updates (announced per round): f32 (exact), f16 (half the bytes), q8 (blockwise 8-bit, ~4x fewer). Default f32. */
