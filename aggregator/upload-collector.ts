@@ -7,6 +7,7 @@ import { sampleLimit } from './robustness.js';
 import type { RoundRecord } from './round-journal.js';
 import type { RoundState } from './round-state.js';
 import { UpdateReceiver } from './update-receiver.js';
+import { derivedMaxUpdateBytes } from './verify-update.js';
 import type { SpooledUpdate } from './update-spool.js';
 
 const MAX_MISSING_LISTED = 4096;
@@ -159,6 +160,8 @@ export class UploadCollector {
       this.receivers.delete(agent);
     }
     const { config } = ctx;
+    const tensors = base.tensors.filter((t) => federatedNames.includes(t.name));
+    const dtype = dtypeOf(config.encoding);
     const next = new UpdateReceiver({
       agent,
       upload,
@@ -166,13 +169,14 @@ export class UploadCollector {
       total: msg.total,
       bundleBytes: msg.bundleBytes,
       chunkBytes: msg.chunkBytes,
-      maxBundleBytes: config.maxUpdateBytes,
+      // The model bounds the update; maxUpdateBytes, when set, can only lower that bound.
+      maxBundleBytes: Math.min(derivedMaxUpdateBytes(tensors, dtype), config.maxUpdateBytes ?? Infinity),
       expect: {
         round,
         agent,
         baseVersion: base.version,
-        tensors: base.tensors.filter((t) => federatedNames.includes(t.name)),
-        dtype: dtypeOf(config.encoding),
+        tensors,
+        dtype,
         delta: config.delta,
         maxSamples: sampleLimit(agent, {
           maxSamplesPerAgent: config.maxSamplesPerAgent,

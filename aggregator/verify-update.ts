@@ -3,7 +3,7 @@ import { allFinite } from '../shared/fl/fedavg.js';
 import { simdKernels, type SimdKernels } from '../shared/fl/fedavg-simd.js';
 import { updateMetaSchema, type UpdateMeta } from '../shared/protocol/messages.js';
 import { bundlePrefixBytes, decodeBundleHeader, elementCount, type BundleHeader, type DecodedBundle, type TensorSpec } from '../shared/bundle/tensor-bundle.js';
-import type { ValueDtype } from '../shared/bundle/value-encodings.js';
+import { encodedBytes, type ValueDtype } from '../shared/bundle/value-encodings.js';
 
 type DecodedUpdateMeta = ReturnType<typeof updateMetaSchema.parse>;
 
@@ -19,6 +19,21 @@ export interface UpdateExpectation {
   delta?: boolean;
   /** Most samples this agent may claim (its registered count or the federation's cap); null: no limit. */
   maxSamples?: number | null;
+}
+
+/** Bytes an update's header may take above its tensors: tensor specs and the update's meta (metrics) need far less. */
+export const UPDATE_HEADER_SLACK_BYTES = 1024 * 1024;
+
+/**
+ * The largest update bundle the round's model allows: its federated tensors in the round's value
+ * encoding (q8 at its most expensive, one scale per value), 4-byte alignment per tensor, and the
+ * header slack. An upload that declares more is refused at its first chunk (FL_MSG_OVERSIZE)
+ * before anything is spooled: a 94 KB model cannot be answered with a 2 GiB declaration.
+ */
+export function derivedMaxUpdateBytes(tensors: readonly Pick<TensorSpec, 'shape'>[], dtype: ValueDtype = 'float32'): number {
+  let payload = 0;
+  for (const t of tensors) payload += Math.ceil(encodedBytes(dtype, elementCount(t.shape), 1) / 4) * 4;
+  return 8 + UPDATE_HEADER_SLACK_BYTES + 256 * tensors.length + payload;
 }
 
 /**

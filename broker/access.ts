@@ -9,16 +9,29 @@ import { isValidId, topicMatches } from '../shared/protocol/topics.js';
  *
  * Roles (R = subscribe/receive, W = publish), under the federation's topic root:
  *   aggregator  W round, model/#, round/+/ack/+, events/+     R round/+/update/+, agent/+/status, cmd/+, model/latest
- *   agent (id)  W round/+/update/<id>, agent/<id>/status, events/+/<id>
+ *   agent (id)  W round/+/update/<id>, agent/<id>/status, events/{agent-state,alert,command-result}/<id>
  *               R round, model/#, round/+/ack/<id>, cmd/pause, cmd/resume
  *   mes         W cmd/+                                       R events/#, agent/+/status, model/latest, inspection/+/verdict
  *   inspector   W inspection/<id>/verdict                     R model/#, inspection/<id>/images/#      (the inspection service of agent <id>)
  *   camera      W inspection/<id>/images/#                    (a camera feeding agent <id>'s inspection service)
  * plus, per user, extra `read` / `write` topic filters (e.g. the MES line-state topic an agent's
  * trigger reads, which the MES user writes). Everything else is refused, `$SYS` included.
+ *
+ * Retained publishes only where the protocol keeps state (docs/topics.md, "retained"): the
+ * aggregator's round and model/# (chunks, manifest), an agent's own status (also its last will),
+ * and the user's extra `write` filters (the MES line state is best retained). A retained event,
+ * ack, update or command is refused: a forged retained `model-published` event would otherwise be
+ * served to every new subscriber. (Embedded broker only: Mosquitto's ACL cannot tell retained
+ * publishes apart; see docs/how-it-works.md, "Broker hardening".)
  */
 
 export const roles = ['aggregator', 'agent', 'mes', 'inspector', 'camera'] as const;
+
+/**
+ * The event types an agent sends (docs/topics.md), each on `events/<type>/<agent>`: only these, so
+ * that an agent cannot dress up as the aggregator's events (a forged `model-published`), on either broker.
+ */
+export const AGENT_EVENT_TYPES = ['agent-state', 'alert', 'command-result'] as const;
 export type Role = (typeof roles)[number];
 
 function validFilter(f: string): boolean {
@@ -73,6 +86,8 @@ export interface UserRights {
   read: string[];
   /** Topic filters the user may publish on. */
   write: string[];
+  /** Of those, the filters it may publish retained messages on. */
+  retain: string[];
 }
 
 export function rightsFor(user: AccessUser, root: string): UserRights {
@@ -80,14 +95,17 @@ export function rightsFor(user: AccessUser, root: string): UserRights {
   const a = user.agent ?? user.username;
   let read: string[] = [];
   let write: string[] = [];
+  let retain: string[] = [];
   switch (user.role) {
     case 'aggregator':
       write = [r('round'), r('model/#'), r('round/+/ack/+'), r('events/+')];
       read = [r('round/+/update/+'), r('agent/+/status'), r('cmd/+'), r('model/latest')];
+      retain = [r('round'), r('model/#')];
       break;
     case 'agent':
-      write = [r(`round/+/update/${a}`), r(`agent/${a}/status`), r(`events/+/${a}`)];
+      write = [r(`round/+/update/${a}`), r(`agent/${a}/status`), ...AGENT_EVENT_TYPES.map((t) => r(`events/${t}/${a}`))];
       read = [r('round'), r('model/#'), r(`round/+/ack/${a}`), r('cmd/pause'), r('cmd/resume')];
+      retain = [r(`agent/${a}/status`)];
       break;
     case 'mes':
       write = [r('cmd/+')];
@@ -102,7 +120,13 @@ export function rightsFor(user: AccessUser, root: string): UserRights {
       break;
   }
   const uniq = (xs: string[]) => [...new Set(xs)];
-  return { username: user.username, role: user.role, read: uniq([...read, ...user.read]), write: uniq([...write, ...user.write]) };
+  return {
+    username: user.username,
+    role: user.role,
+    read: uniq([...read, ...user.read]),
+    write: uniq([...write, ...user.write]),
+    retain: uniq([...retain, ...user.write]),
+  };
 }
 
 /**
@@ -125,6 +149,11 @@ export function filterCovers(rule: string, sub: string): boolean {
 export function mayPublish(rights: UserRights, topic: string): boolean {
   if (topic.startsWith('$')) return false;
   return rights.write.some((w) => topicMatches(w, topic));
+}
+
+/** mayPublish, and for a retained message also a topic where the protocol keeps retained state. */
+export function mayPublishRetained(rights: UserRights, topic: string): boolean {
+  return mayPublish(rights, topic) && rights.retain.some((w) => topicMatches(w, topic));
 }
 
 export function maySubscribe(rights: UserRights, sub: string): boolean {

@@ -1,8 +1,11 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import { Aedes, type AedesOptions } from 'aedes';
+import { ErrorCodes } from '../shared/protocol/errors.js';
+import type { Counters } from '../shared/util/counters.js';
 import type { Logger } from '../shared/util/logger.js';
 import { silentLogger } from '../shared/util/logger.js';
+import { DEFAULT_PACKET_LIMITS, PacketGuard, type PacketLimits } from './packet-guard.js';
 
 export interface BrokerOptions {
   /** Address to listen on. Default 127.0.0.1. */
@@ -15,7 +18,13 @@ export interface BrokerOptions {
   queueLimit?: number;
   /** ms a client may take to send CONNECT. Default 30000. */
   connectTimeoutMs?: number;
+  /**
+   * Packet sizes, checked from each fixed header before the packet is buffered: a connection that
+   * exceeds them is closed. Default DEFAULT_PACKET_LIMITS (64 MiB; 64 KiB before the login).
+   */
+  packetLimits?: PacketLimits;
   logger?: Logger;
+  counters?: Counters;
   /** Security hooks (authentication, ACL); safe defaults when absent: everything allowed. */
   hooks?: Pick<AedesOptions, 'authenticate' | 'authorizePublish' | 'authorizeSubscribe' | 'authorizeForward' | 'preConnect'>;
   /** The plain TCP listener on `port`. Default true; false with `tls` serves TLS only. */
@@ -48,6 +57,40 @@ export interface RunningBroker {
   close(): Promise<void>;
 }
 
+type Authenticate = NonNullable<AedesOptions['authenticate']>;
+const guards = new WeakMap<object, PacketGuard>();
+
+/** The authenticate hook, telling the connection's packet guard when a login is accepted. Without a hook: everyone may log in. */
+function markLogins(authenticate: Authenticate | undefined): Authenticate {
+  const inner: Authenticate = authenticate ?? ((_client, _user, _password, callback) => callback(null, true));
+  return (client, username, password, callback) =>
+    inner(client, username, password, (err, ok) => {
+      if (!err && ok) guards.get(client.conn)?.loginAccepted();
+      callback(err, ok);
+    });
+}
+
+/**
+ * Watch the bytes Aedes reads from `socket` and close it as soon as a packet header announces
+ * more than the limits allow. Aedes reads on 'readable', so this 'data' listener sees each chunk
+ * as Aedes reads it, before it reaches the parser, and does not change the stream's flow.
+ */
+function guardPackets(socket: Socket, guard: PacketGuard, log: Logger, counters: Counters | undefined): void {
+  guards.set(socket, guard);
+  const onData = (chunk: Buffer) => {
+    const violation = guard.feed(chunk);
+    if (violation === null) return;
+    socket.off('data', onData);
+    counters?.inc(ErrorCodes.MSG_OVERSIZE);
+    log.warn(
+      { code: ErrorCodes.MSG_OVERSIZE, remote: socket.remoteAddress, client: (socket as { client?: { id?: string } }).client?.id },
+      `connection closed: the client ${violation}`,
+    );
+    socket.destroy();
+  };
+  socket.on('data', onData);
+}
+
 /**
  * The embedded Aedes broker (MQTT 3.1.1) on a plain TCP listener. Client errors are logged as
  * events; a misbehaving client never takes the broker down.
@@ -59,6 +102,7 @@ export async function createBroker(options: BrokerOptions = {}): Promise<Running
     queueLimit: options.queueLimit ?? 100_000,
     connectTimeout: options.connectTimeoutMs ?? 30_000,
     ...options.hooks,
+    authenticate: markLogins(options.hooks?.authenticate),
   });
   aedes.on('clientError', (client, err) => log.warn({ client: client?.id, err: err.message }, 'client error'));
   aedes.on('connectionError', (client, err) => log.warn({ client: client?.id, err: err.message }, 'connection error'));
@@ -66,12 +110,14 @@ export async function createBroker(options: BrokerOptions = {}): Promise<Running
   aedes.on('clientDisconnect', (client) => log.debug({ client: client.id }, 'client disconnected'));
 
   const sockets = new Set<Socket>();
+  const limits = options.packetLimits ?? DEFAULT_PACKET_LIMITS;
   const accept = (socket: Socket | TLSSocket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     // Large chunks: disable Nagle so acks and small control messages are not delayed.
     socket.setNoDelay(true);
     aedes.handle(socket);
+    guardPackets(socket, new PacketGuard(limits), log, options.counters);
   };
   const host = options.host ?? '127.0.0.1';
   const listen = async (server: Server, port: number, what: string): Promise<number> => {

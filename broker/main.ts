@@ -25,7 +25,13 @@ export function startBroker(config: Readonly<BrokerConfig>, logger: Logger): Pro
     const passwords = config.auth.passwordFile ? PasswordFile.load(config.auth.passwordFile) : null;
     for (const u of passwords?.users() ?? [])
       if (!access.rights(u)) log.warn({ username: u }, `user "${u}" has a password but no role in ${config.auth.accessFile}: it cannot connect`);
-    hooks = createAuthHooks({ access, passwords, identityFromCertificate: config.tls?.identityFromCertificate ?? false, log });
+    hooks = createAuthHooks({
+      access,
+      passwords,
+      identityFromCertificate: config.tls?.identityFromCertificate ?? false,
+      loginThrottle: config.loginThrottle,
+      log,
+    });
     log.info({ users: access.all().length, topicRoot: access.topicRoot }, 'authentication and access rules on');
   } else {
     log.warn('allowAnonymous: true: any client may connect and publish anything (closed test networks only)');
@@ -45,6 +51,7 @@ export function startBroker(config: Readonly<BrokerConfig>, logger: Logger): Pro
     maxClientIdLength: config.maxClientIdLength,
     queueLimit: config.queueLimit,
     connectTimeoutMs: config.connectTimeoutMs,
+    packetLimits: { maxPacketBytes: config.maxPacketBytes, maxBytesBeforeLogin: config.maxBytesBeforeLogin },
     logger: log,
     plain: config.plainListener,
     ...(tls ? { tls } : {}),

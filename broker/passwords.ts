@@ -1,4 +1,4 @@
-import { createHash, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, pbkdf2, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
@@ -20,24 +20,47 @@ export function hashPassword(password: string, iterations = DEFAULT_PBKDF2_ITERA
   return `$7$${iterations}$${salt.toString('base64')}$${hash.toString('base64')}`;
 }
 
-/** True when `password` matches the stored hash; constant time in the hash comparison. */
-export function verifyPassword(password: string, stored: string): boolean {
+/** A stored hash taken apart: what to compute from the password, and what it must equal. */
+type ParsedHash = { kind: 'pbkdf2'; iterations: number; salt: Buffer; expected: Buffer } | { kind: 'sha512'; salt: Buffer; expected: Buffer } | null;
+
+function parseHash(stored: string): ParsedHash {
   const parts = stored.split('$');
-  let expected: Buffer;
-  let actual: Buffer;
   if (parts.length === 5 && parts[1] === '7') {
     const iterations = Number(parts[2]);
-    if (!Number.isInteger(iterations) || iterations < 1 || iterations > 10_000_000) return false;
-    expected = Buffer.from(parts[4]!, 'base64');
-    actual = pbkdf2Sync(password, Buffer.from(parts[3]!, 'base64'), iterations, expected.length || 64, 'sha512');
-  } else if (parts.length === 4 && parts[1] === '6') {
-    expected = Buffer.from(parts[3]!, 'base64');
-    actual = createHash('sha512').update(password).update(Buffer.from(parts[2]!, 'base64')).digest();
-  } else {
-    return false;
+    if (!Number.isInteger(iterations) || iterations < 1 || iterations > 10_000_000) return null;
+    return { kind: 'pbkdf2', iterations, salt: Buffer.from(parts[3]!, 'base64'), expected: Buffer.from(parts[4]!, 'base64') };
   }
+  if (parts.length === 4 && parts[1] === '6') return { kind: 'sha512', salt: Buffer.from(parts[2]!, 'base64'), expected: Buffer.from(parts[3]!, 'base64') };
+  return null;
+}
+
+function sameHash(expected: Buffer, actual: Buffer): boolean {
   return expected.length === actual.length && expected.length > 0 && timingSafeEqual(expected, actual);
 }
+
+/** True when `password` matches the stored hash; constant time in the hash comparison. Blocks the thread: tools only. */
+export function verifyPassword(password: string, stored: string): boolean {
+  const h = parseHash(stored);
+  if (!h) return false;
+  const actual =
+    h.kind === 'pbkdf2'
+      ? pbkdf2Sync(password, h.salt, h.iterations, h.expected.length || 64, 'sha512')
+      : createHash('sha512').update(password).update(h.salt).digest();
+  return sameHash(h.expected, actual);
+}
+
+/** verifyPassword with PBKDF2 on libuv's thread pool: the broker's event loop keeps serving while it runs. */
+export function verifyPasswordAsync(password: string, stored: string): Promise<boolean> {
+  const h = parseHash(stored);
+  if (!h) return Promise.resolve(false);
+  if (h.kind === 'sha512') return Promise.resolve(sameHash(h.expected, createHash('sha512').update(password).update(h.salt).digest()));
+  return new Promise((resolve) =>
+    pbkdf2(password, h.salt, h.iterations, h.expected.length || 64, 'sha512', (err, actual) => resolve(!err && sameHash(h.expected, actual))),
+  );
+}
+
+/** A hash no password matches, checked for unknown users so that they cost as much as known ones. */
+const UNKNOWN_USER_HASH = `$7$${DEFAULT_PBKDF2_ITERATIONS}$AAAAAAAAAAAAAAAA$${Buffer.alloc(64).toString('base64')}`;
 
 export class PasswordFile {
   private readonly hashes: Map<string, string>;
@@ -91,13 +114,13 @@ export class PasswordFile {
   }
 
   verify(username: string, password: string): boolean {
-    const hash = this.hashes.get(username);
-    if (!hash) {
-      // Same work for an unknown user, so that timing does not tell which user names exist.
-      verifyPassword(password, `$7$${DEFAULT_PBKDF2_ITERATIONS}$AAAAAAAAAAAAAAAA$AAAA`);
-      return false;
-    }
-    return verifyPassword(password, hash);
+    // Same work for an unknown user, so that timing does not tell which user names exist.
+    return verifyPassword(password, this.hashes.get(username) ?? UNKNOWN_USER_HASH) && this.hashes.has(username);
+  }
+
+  /** verify() off the event loop (PBKDF2 on the thread pool): what the broker uses. */
+  async verifyAsync(username: string, password: string): Promise<boolean> {
+    return (await verifyPasswordAsync(password, this.hashes.get(username) ?? UNKNOWN_USER_HASH)) && this.hashes.has(username);
   }
 }
 

@@ -1,7 +1,8 @@
-import { writeFile } from 'node:fs/promises';
+import { chmod, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { INSPECTION_CLASSES } from '../synthetic-data/generate.js';
 import { freeTcpPort } from '../shared/util/free-port.js';
+import { generateSigningKeys } from '../shared/protocol/model-signature.js';
 import type { Topics } from '../shared/protocol/topics.js';
 import { writeDemoCredentials, type DemoCredentials } from './credentials.js';
 import type { DemoDirs, DemoOptions, Say } from './demo-options.js';
@@ -72,13 +73,25 @@ export interface DemoFederationSetup {
   plcEndpoint: string | null;
 }
 
+/** A model signing key pair for this run (as `fedline keygen`): the aggregator signs every version, the agents refuse anything else. */
+async function writeDemoSigningKeys(dirs: DemoDirs): Promise<{ signingKeyFile: string; modelPublicKeyFile: string }> {
+  const { privatePem, publicPem } = generateSigningKeys();
+  const signingKeyFile = join(dirs.config, 'model-signing.key');
+  const modelPublicKeyFile = join(dirs.config, 'model-signing.pub');
+  await writeFile(signingKeyFile, privatePem, { mode: 0o600 });
+  await chmod(signingKeyFile, 0o600);
+  await writeFile(modelPublicKeyFile, publicPem);
+  return { signingKeyFile, modelPublicKeyFile };
+}
+
 /** The aggregator and the agents, each its own process with a config file written here. Returns the aggregator. */
 export async function startDemoFederation(group: ProcessGroup, setup: DemoFederationSetup, say: Say): Promise<Child> {
   const { dirs, agents, url, creds, plcEndpoint } = setup;
+  const keys = await writeDemoSigningKeys(dirs);
   const aggregatorConfig = join(dirs.config, 'aggregator.json');
-  await writeFile(aggregatorConfig, JSON.stringify(aggregatorConfigOf(setup), null, 2));
+  await writeFile(aggregatorConfig, JSON.stringify({ ...aggregatorConfigOf(setup), signingKeyFile: keys.signingKeyFile }, null, 2));
   const { child: aggregator } = await group.start('aggregator', ['aggregator', '--config', aggregatorConfig], join(dirs.logs, 'aggregator.log'));
-  say(`aggregator started [pid ${aggregator.proc.pid}]`);
+  say(`aggregator started, signing every model version [pid ${aggregator.proc.pid}]`);
   for (const [i, agent] of agents.entries()) {
     const file = join(dirs.config, `agent-${agent}.json`);
     const trigger = plcEndpoint
@@ -100,6 +113,7 @@ export async function startDemoFederation(group: ProcessGroup, setup: DemoFedera
           mqtt: { url, ...creds.login(agent) },
           stateDir: join(dirs.state, agent),
           data: { dir: join(dirs.data, agent), testFraction: 0.2, splitSeed: setup.options.seed },
+          modelPublicKeyFile: keys.modelPublicKeyFile,
           trigger,
         },
         null,

@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import { EventEmitter } from 'node:events';
 import { decodeMsgpack, packMsg } from '../shared/protocol/wire-codec.js';
 import type { AgentConfig } from '../shared/config/service-config.js';
@@ -18,7 +19,7 @@ import {
 import { createTopics, defaultRoot, type Topics } from '../shared/protocol/topics.js';
 import type { InboundMessage, Transport } from '../shared/transport/transport.js';
 import { AgentStatusPublisher, type StatusPatch } from './agent-status.js';
-import { checkModelSignature, decodeBaseModel, type ModelVerifier } from './base-model.js';
+import { checkModelSignature, decodeBaseModel, VerifiedBaseFloor, type ModelVerifier } from './base-model.js';
 import { trainLocalUpdate, type LocalUpdate } from './local-update.js';
 import type { ModelCache } from './model-cache.js';
 import { fetchModelBundle } from './model-fetch.js';
@@ -68,6 +69,8 @@ export class EdgeAgent extends EventEmitter {
   private readonly trainerFor: AgentDeps['trainerFor'];
   private readonly journal: UpdateJournal | null;
   private readonly verifyModel: ModelVerifier | null;
+  /** With signatures on: the newest verified base; older rounds are replays. */
+  private readonly baseFloor: VerifiedBaseFloor | null;
   private readonly log: Logger;
   private readonly topics: Topics;
   private readonly emitEvent: EventSink;
@@ -88,6 +91,7 @@ export class EdgeAgent extends EventEmitter {
     this.trainerFor = deps.trainerFor;
     this.journal = deps.journal ?? null;
     this.verifyModel = deps.verifyModel ?? null;
+    this.baseFloor = this.verifyModel ? new VerifiedBaseFloor(config.stateDir ? join(config.stateDir, 'verified-base.json') : null) : null;
     this.log = deps.logger.child({ module: 'agent', agent: config.agentId });
     this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
     this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, undefined, config.agentId);
@@ -368,6 +372,7 @@ export class EdgeAgent extends EventEmitter {
   private async fetchModel(ann: RoundAnnouncement, signal: AbortSignal): Promise<{ model: GlobalModel; downloadedBytes: number }> {
     const ref = ann.base;
     checkModelSignature(this.verifyModel, ref);
+    this.baseFloor?.check(ref);
     // Downloaded straight into the cache (checked as it arrives), then read once for training.
     const { bundle, downloadedBytes } = await fetchModelBundle(this.transport, this.topics, this.cache, ref, this.log, {
       maxModelBytes: this.config.maxModelBytes,
@@ -378,7 +383,9 @@ export class EdgeAgent extends EventEmitter {
       onStorageProblem: (message) => this.storageProblem(message),
     });
     this.bytes.down += downloadedBytes;
-    return { model: decodeBaseModel(bundle, ref), downloadedBytes };
+    const model = decodeBaseModel(bundle, ref);
+    this.baseFloor?.verified(ref.version);
+    return { model, downloadedBytes };
   }
 
   private async ensureTrainer(meta: ModelMeta, ann: RoundAnnouncement): Promise<Trainer> {

@@ -1,3 +1,4 @@
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { modelMetaSchema, type ModelMeta, type RoundAnnouncement } from '../shared/protocol/messages.js';
 import { bundleTensors, decodeBundle, type DecodedBundle } from '../shared/bundle/tensor-bundle.js';
@@ -17,6 +18,58 @@ export function checkModelSignature(verify: ModelVerifier | null, ref: ModelRef)
         ? `model version ${ref.version} (sha256 ${ref.sha256.slice(0, 12)}…) has a signature that does not verify with the aggregator's public key; refusing it`
         : `model version ${ref.version} is not signed; refusing it (modelPublicKeyFile is set)`,
     );
+  }
+}
+
+/**
+ * The newest base model version this agent has verified (signature and bundle), kept in a file of
+ * its state folder so that a restart remembers it. A round based on an older version is refused
+ * (FL_MODEL_SIGNATURE): a genuinely signed old model, replayed, is still old. The aggregator only
+ * ever moves forward (a rollback of the released model is a release decision, not an older round
+ * base). A federation started afresh (versions from 0 again) needs the file removed.
+ */
+export class VerifiedBaseFloor {
+  private highest: number | null = null;
+  private readonly file: string | null;
+
+  /** `file`: where to remember the version (null: in memory only). */
+  constructor(file: string | null) {
+    this.file = file;
+    if (!file) return;
+    try {
+      const saved = JSON.parse(readFileSync(file, 'utf8')) as { version?: unknown };
+      if (Number.isInteger(saved.version) && (saved.version as number) >= 0) this.highest = saved.version as number;
+    } catch {
+      // none yet (or unreadable: the next verified model writes it again)
+    }
+  }
+
+  get version(): number | null {
+    return this.highest;
+  }
+
+  /** Before the download: refuse a base older than one already verified. */
+  check(ref: ModelRef): void {
+    if (this.highest !== null && ref.version < this.highest) {
+      throw new FedlineError(
+        ErrorCodes.MODEL_SIGNATURE,
+        `the round's base model version ${ref.version} is older than version ${this.highest}, already verified here: a replayed old model; refusing it`,
+        { version: ref.version, verified: this.highest },
+      );
+    }
+  }
+
+  /** The base `version` passed every check: remember it (atomically, in the file). */
+  verified(version: number): void {
+    if (this.highest !== null && version <= this.highest) return;
+    this.highest = version;
+    if (!this.file) return;
+    try {
+      writeFileSync(`${this.file}.tmp`, JSON.stringify({ version }) + '\n');
+      renameSync(`${this.file}.tmp`, this.file);
+    } catch {
+      // kept in memory; the file is a best effort across restarts
+    }
   }
 }
 

@@ -7,6 +7,7 @@ import { PasswordFile } from '../broker/passwords.js';
 import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile, mqttPassword } from '../shared/config/service-config.js';
 import { loadExperimentConfig } from '../experiment/runner.js';
 import { inspectConfigSchema } from '../shared/config/inspect-config.js';
+import { loadSigningKey, loadVerifyKey, signModel, verifyModelSignature } from '../shared/protocol/model-signature.js';
 import { REPO_ROOT } from './helpers.js';
 
 const dir = join(REPO_ROOT, 'examples');
@@ -51,4 +52,19 @@ test('the example three-site federation logs in: every service has a user with t
       .every((l) => l === '' || /^[^:]+:\$7\$\d+\$/.test(l)),
     'only hashes in the password file',
   );
+});
+
+test('signing is on in the examples: the aggregator signs every model version and every agent and the inspection service verify with its public key', () => {
+  const agg = loadConfigFile(aggregatorConfigSchema, join(dir, 'aggregator.json'));
+  assert.ok(agg.signingKeyFile, 'aggregator.json signs');
+  const signature = signModel(loadSigningKey(agg.signingKeyFile), 3, 'ab'.repeat(32));
+  const verifiers = [
+    ...agg.agents.map((a) => loadConfigFile(agentConfigSchema, join(dir, `agent-${a}.json`)).modelPublicKeyFile),
+    loadConfigFile(inspectConfigSchema, join(dir, 'inspect-site-a.json')).modelPublicKeyFile,
+  ];
+  for (const file of verifiers) {
+    assert.ok(file, 'every agent and the inspection service verify');
+    assert.ok(verifyModelSignature(loadVerifyKey(file), 3, 'ab'.repeat(32), signature));
+    assert.ok(!verifyModelSignature(loadVerifyKey(file), 4, 'ab'.repeat(32), signature), 'the signature binds the version');
+  }
 });

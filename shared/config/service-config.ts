@@ -53,6 +53,21 @@ export const brokerConfigSchema = z
     queueLimit: posInt.default(100_000),
     /** Seconds a CONNECT may take after the TCP connection opened. Default 30000 ms. */
     connectTimeoutMs: posInt.default(30_000),
+    /** Largest MQTT packet a logged-in client may send; a bigger one closes its connection. Default 64 MiB (as mosquitto.conf's max_packet_size). */
+    maxPacketBytes: posInt.default(64 * 1024 * 1024),
+    /**
+     * Bytes a client may send before its login is accepted (its CONNECT, will included): checked from
+     * the packet header before anything is buffered, so clients that never log in cannot grow the broker. Default 65536.
+     */
+    maxBytesBeforeLogin: posInt.min(1024).default(65_536),
+    /**
+     * Failed logins slowed per client address: after `freeFailures` wrong passwords, the address is
+     * shut out for `baseDelayMs`, doubled at each further failure up to `maxDelayMs` (its logins are
+     * refused without a password check meanwhile). Defaults 5, 1000, 60000.
+     */
+    loginThrottle: z
+      .strictObject({ freeFailures: z.number().int().min(0).default(5), baseDelayMs: posInt.default(1000), maxDelayMs: posInt.default(60_000) })
+      .default({ freeFailures: 5, baseDelayMs: 1000, maxDelayMs: 60_000 }),
     /**
      * Let anyone connect and do anything. Default false: every client needs a login (a password or
      * a client certificate) and a role in `auth.accessFile`. For a closed test network only.
@@ -169,8 +184,12 @@ export const aggregatorConfigSchema = z.strictObject({
     .min(1024)
     .max(64 * 1024 * 1024)
     .default(256 * 1024),
-  /** Largest update bundle accepted, bytes. Default 2 GiB. */
-  maxUpdateBytes: posInt.default(2 * 1024 * 1024 * 1024),
+  /**
+   * Largest update bundle accepted, bytes. Default: derived from the round's model (its federated
+   * tensors in the round's encoding plus header slack, aggregator/verify-update.ts
+   * derivedMaxUpdateBytes); a value set here can only lower that bound.
+   */
+  maxUpdateBytes: posInt.optional(),
   /** QoS 1 publishes in flight at once when sending the model. Default 32. */
   maxInflight: posInt.default(32),
   /** How agents encode their updates (announced per round): f32 (exact), f16 (half the bytes), q8 (blockwise 8-bit, ~4x fewer). Default f32. */
