@@ -26,7 +26,9 @@ function reader(id: string, weight: number, values: Record<string, Float32Array>
 
 function randomClients(count: number, seed: number, scale = 1): Record<string, Float32Array>[] {
   const rng = mulberry32(seed);
-  return Array.from({ length: count }, () => Object.fromEntries(tensors.map((t) => [t.name, Float32Array.from({ length: t.length }, () => (rng() - 0.5) * scale)])));
+  return Array.from({ length: count }, () =>
+    Object.fromEntries(tensors.map((t) => [t.name, Float32Array.from({ length: t.length }, () => (rng() - 0.5) * scale)])),
+  );
 }
 
 /** Runs `f` with a sink collecting whole tensors. */
@@ -79,7 +81,11 @@ test('coordinate-wise trimmed mean matches a float64 reference, streamed in bloc
     out,
     reference(clients, (s) => (s[1]! + s[2]! + s[3]!) / 3),
   );
-  for (const t of tensors) assert.ok(out[t.name]!.every((v) => Math.abs(v) < 0.5), 'the outlier never reaches the result');
+  for (const t of tensors)
+    assert.ok(
+      out[t.name]!.every((v) => Math.abs(v) < 0.5),
+      'the outlier never reaches the result',
+    );
 });
 
 test('coordinate-wise median matches a float64 reference for odd and even counts', async () => {
@@ -146,7 +152,10 @@ test('norm-clipped FedAvg: each change scaled to at most the median change, then
   const expected = Object.fromEntries(
     tensors.map((t) => [
       t.name,
-      Float64Array.from({ length: t.length }, (_, i) => base[t.name]![i]! + deltas.reduce((s, d, k) => s + (weights[k]! / total) * scales[k]! * d[t.name]![i]!, 0)),
+      Float64Array.from(
+        { length: t.length },
+        (_, i) => base[t.name]![i]! + deltas.reduce((s, d, k) => s + (weights[k]! / total) * scales[k]! * d[t.name]![i]!, 0),
+      ),
     ]),
   );
   for (const t of tensors) {

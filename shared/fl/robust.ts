@@ -177,7 +177,8 @@ export async function clippedFedAvgStreamed(
   const kept = scaled.reduce((s, r) => s + r.weight, 0);
   // The base goes last in the sorted order (its id sorts after any agent id), read like a client.
   const baseWeight = Math.max(0, total - kept);
-  const inputs = baseWeight > 0 ? [...scaled, { id: '\uffffbase', weight: baseWeight, read: (n: string, s: number, o: Float32Array) => base.read(n, s, o) }] : scaled;
+  const inputs =
+    baseWeight > 0 ? [...scaled, { id: '\uffffbase', weight: baseWeight, read: (n: string, s: number, o: Float32Array) => base.read(n, s, o) }] : scaled;
   if (!(inputs.reduce((s, r) => s + r.weight, 0) > 0)) throw new RangeError('FedAvg weights must be finite, non-negative and sum to more than zero');
   await fedAvgStreamed(inputs, tensors, sink);
   return { ...clip, norms };

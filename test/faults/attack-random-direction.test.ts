@@ -16,7 +16,10 @@ for (const strategy of STRATEGIES) {
 
     // Assert
     // Refused by the norm screen, or kept with its claim clipped: never averaged at full weight unnoticed.
-    assert.ok(r.alerts.some((a) => a === `FL_SAMPLES_CLIPPED:${ATTACKER}` || a === `FL_UPDATE_NORM:${ATTACKER}`), 'the attack raised an alert');
+    assert.ok(
+      r.alerts.some((a) => a === `FL_SAMPLES_CLIPPED:${ATTACKER}` || a === `FL_UPDATE_NORM:${ATTACKER}`),
+      'the attack raised an alert',
+    );
     if (isBounded('random-direction', strategy)) {
       assert.ok(r.maxDrop <= MAX_DROP, `an honest site lost ${r.maxDrop.toFixed(3)} accuracy (bound ${MAX_DROP}): ${describeResult(r)}`);
     }

@@ -1,4 +1,4 @@
-import { appendFileSync, renameSync } from 'node:fs';
+import { appendFileSync, mkdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { startAgent, type RunningAgent } from '../../edge-agent/main.js';
@@ -77,6 +77,7 @@ async function flippedLabelData(dir: string): Promise<void> {
   await tinyDataset(join(dir, 'flip-src'), [ATTACKER], PER_CLASS);
   const src = join(dir, 'flip-src', ATTACKER);
   const dst = join(dir, 'data', ATTACKER);
+  mkdirSync(join(dir, 'data'), { recursive: true });
   renameSync(src, dst);
   INSPECTION_CLASSES.forEach((c) => renameSync(join(dst, c), join(dst, `tmp-${c}`)));
   INSPECTION_CLASSES.forEach((c, i) => renameSync(join(dst, `tmp-${c}`), join(dst, INSPECTION_CLASSES[(i + 1) % INSPECTION_CLASSES.length]!)));
@@ -119,8 +120,10 @@ export async function runAttack(attack: AttackName, strategy: StrategyName): Pro
     if (rogue && rogue.errors.length) throw rogue.errors[0] as Error;
     const attackRound = result.rounds.find((r) => r.round === ATTACK_ROUND)!;
     const evalRound = result.rounds.find((r) => r.kind === 'evaluate' && r.baseVersion === attackRound.newVersion);
-    if (!evalRound) throw new Error(`no evaluation of round ${ATTACK_ROUND}'s candidate: ${JSON.stringify(result.rounds.map((r) => [r.round, r.kind, r.outcome]))}`);
-    if (process.env.FEDLINE_ATTACK_DEBUG) console.log(JSON.stringify(result.rounds.map((r) => [r.round, r.kind, r.selected, r.startedAt - started, r.closedAt! - r.startedAt, r.reason])));
+    if (!evalRound)
+      throw new Error(`no evaluation of round ${ATTACK_ROUND}'s candidate: ${JSON.stringify(result.rounds.map((r) => [r.round, r.kind, r.outcome]))}`);
+    if (process.env.FEDLINE_ATTACK_DEBUG)
+      console.log(JSON.stringify(result.rounds.map((r) => [r.round, r.kind, r.selected, r.startedAt - started, r.closedAt! - r.startedAt, r.reason])));
     const before = Object.fromEntries(HONEST.map((a) => [a, attackRound.baseMetrics[a]!.accuracy]));
     const candidate = Object.fromEntries(HONEST.map((a) => [a, evalRound.baseMetrics[a]!.accuracy]));
     const out: AttackResult = {
