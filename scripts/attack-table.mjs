@@ -4,7 +4,7 @@
 // docs/reliability.md: per attack and strategy, the honest sites' accuracy on the model before the
 // attack round and on the attack round's candidate, and the largest drop.
 // usage: node scripts/attack-table.mjs [--json FILE] [ATTACK ...]   (after `npm run build`)
-//   ATTACK: sign-flip, random-direction, flipped-labels, free-rider (default: all four)
+//   ATTACK: none (the baseline), sign-flip, random-direction, flipped-labels, free-rider (default: all)
 //   --json FILE: the runs as JSON lines; runs already in FILE are kept (a later run of the same
 //   attack and strategy replaces them), so one attack can be rerun into an existing table
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -34,7 +34,7 @@ const results = [...earlier.filter((e) => !fresh.some((f) => f.attack === e.atta
 writeFileSync(jsonFile, results.map((r) => JSON.stringify(r)).join('\n') + '\n');
 console.log(`runs: ${jsonFile}`);
 
-const attacks = ['sign-flip', 'random-direction', 'flipped-labels', 'free-rider'];
+const attacks = ['none', 'sign-flip', 'random-direction', 'flipped-labels', 'free-rider'];
 const strategies = ['fedavg', 'fedavg-clipped', 'trimmed-mean', 'median'];
 const mean = (m) => Object.values(m).reduce((s, v) => s + v, 0) / Object.values(m).length;
 const cell = (r) =>

@@ -18,7 +18,8 @@ import { startRogueAgent, type Forgery } from './rogue-agent.js';
 
 export const STRATEGIES = ['fedavg', 'fedavg-clipped', 'trimmed-mean', 'median'] as const;
 export type StrategyName = (typeof STRATEGIES)[number];
-export const ATTACKS = ['sign-flip', 'random-direction', 'flipped-labels', 'free-rider'] as const;
+/** `none`: the baseline, round 3 with the honest sites only. */
+export const ATTACKS = ['none', 'sign-flip', 'random-direction', 'flipped-labels', 'free-rider'] as const;
 export type AttackName = (typeof ATTACKS)[number];
 
 export const HONEST = ['site-a', 'site-b', 'site-c'];
@@ -54,15 +55,15 @@ function lastStep(base: NamedTensor[], previous: NamedTensor[] | null): NamedTen
 const norm = (ts: NamedTensor[]) => Math.sqrt(ts.reduce((s, t) => s + t.data.reduce((q, v) => q + v * v, 0), 0));
 
 /** The forged updates (flipped labels is a real agent, not a forgery). */
-export const forgeries: Record<Exclude<AttackName, 'flipped-labels'>, Forgery> = {
+export const forgeries: Record<Exclude<AttackName, 'flipped-labels' | 'none'>, Forgery> = {
   // Three times the last global step, backwards, claiming a million images.
   'sign-flip': (base, _ann, previous) => {
     const step = lastStep(base, previous ?? null);
     return { tensors: scaled(base, (v, i, t) => v - 3 * step[t]!.data[i]!), sampleCount: 1_000_000 };
   },
-  // A random direction 5x as long as the last step (within the norm screen's 10x), claiming a million images.
+  // A random direction 9x as long as the last step (an honest change is at least as long as the average step, so within the norm screen's 10x), claiming a million images.
   'random-direction': (base, _ann, previous) => {
-    const length = 5 * norm(lastStep(base, previous ?? null));
+    const length = 9 * norm(lastStep(base, previous ?? null));
     const rng = mulberry32(99);
     const dir = scaled(base, () => rng() - 0.5);
     const k = length / norm(dir);
@@ -100,7 +101,7 @@ export async function runAttack(attack: AttackName, strategy: StrategyName): Pro
     aggregator: { strategy, task: { epochs: 2, batchSize: 8, learningRate: 0.002, optimizer: 'adam', federated: 'all' } } as never,
   };
   const rogue =
-    attack === 'flipped-labels'
+    attack === 'flipped-labels' || attack === 'none'
       ? null
       : await startRogueAgent(broker.url, ATTACKER, forgeries[attack], 'fl/test', { joinAtRound: ATTACK_ROUND, leaveAfterVerdict: true });
   let flipper: RunningAgent | null = null;
