@@ -68,3 +68,46 @@ export function sampleLimit(
   if (options.maxSamplesPerAgent === null) return fromRegistry;
   return Math.min(fromRegistry, options.maxSamplesPerAgent);
 }
+
+/** Default `maxSampleClaimRatio`: a claim counts for at most 3x the median claim of the round's other updates. */
+export const DEFAULT_SAMPLE_CLAIM_RATIO = 3;
+
+export interface SampleClip {
+  agent: string;
+  claimed: number;
+  /** The count the aggregation uses: min(claimed, limit). */
+  used: number;
+  /** The bound applied (null: none applied, e.g. the only update of the round). */
+  limit: number | null;
+  /** Where the bound comes from. */
+  basis: 'registered' | 'median' | null;
+  clipped: boolean;
+}
+
+/**
+ * Bounds each accepted update's sample count before it weighs in FedAvg, pure logic. A site with a
+ * registered count (registeredSamples, or maxSamplesPerAgent) was already refused at arrival above
+ * it; every other site's claim is clipped to `ratio` x the median claim of the round's *other*
+ * updates (leave-one-out, so a liar cannot raise its own bound; the sites with a registered count
+ * count with their claims, which are bounded). With a single update, or ratio null, nothing is clipped.
+ *
+ * Why 3 by default: sites of one factory differ in size, but rarely by more than a few times; a
+ * clipped honest site is not refused, it only weighs a little less. A liar claiming 1e6 samples
+ * among sites of ~100 weighs at most 3 / (3 + others) instead of 99.99%.
+ */
+export function clipSampleClaims(
+  claims: ReadonlyMap<string, number>,
+  options: { ratio: number | null; registeredSamples: Readonly<Record<string, number>>; maxSamplesPerAgent: number | null },
+): SampleClip[] {
+  const entries = [...claims.entries()].sort(([a], [b]) => a.localeCompare(b));
+  return entries.map(([agent, claimed]) => {
+    if (Object.hasOwn(options.registeredSamples, agent) || options.maxSamplesPerAgent !== null) {
+      return { agent, claimed, used: claimed, limit: null, basis: 'registered', clipped: false };
+    }
+    const others = entries.filter(([a]) => a !== agent).map(([, n]) => n);
+    if (options.ratio === null || others.length === 0) return { agent, claimed, used: claimed, limit: null, basis: null, clipped: false };
+    const limit = Math.max(1, Math.floor(options.ratio * median(others)));
+    const used = Math.min(claimed, limit);
+    return { agent, claimed, used, limit, basis: 'median', clipped: used < claimed };
+  });
+}

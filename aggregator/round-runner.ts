@@ -8,6 +8,7 @@ import type { ModelPublisher } from './model-publisher.js';
 import type { StoredModel } from './model-store.js';
 import { aggregateRound } from './round-aggregation.js';
 import type { RoundJournal, RoundRecord } from './round-journal.js';
+import { clipSampleCounts } from './sample-clip.js';
 import { RoundState, type CloseDecision, type RoundKind, type RoundOutcome } from './round-state.js';
 import type { AgentPresence } from './status-handler.js';
 import type { Strategy } from './strategy.js';
@@ -212,7 +213,7 @@ export class RoundRunner {
     const { ctx, journal, publisher, strategy } = this.d;
     const { state, record } = active;
     const roundNo = state.plan.round;
-    const accepted = state.acceptedUpdates() as SpooledUpdate[];
+    const accepted = clipSampleCounts(ctx, roundNo, state.acceptedUpdates() as SpooledUpdate[]);
     const started = ctx.clock.now();
     try {
       const result = await aggregateRound(ctx, strategy, active, accepted);

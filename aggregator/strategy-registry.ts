@@ -1,15 +1,21 @@
 import type { AggregatorConfig } from '../shared/config/service-config.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { Logger } from '../shared/util/logger.js';
+import { ClippedFedAvg } from './fedavg-clipped-strategy.js';
 import { FedAvg } from './fedavg-strategy.js';
+import { Median } from './median-strategy.js';
 import { NormScreen } from './norm-screen.js';
 import type { Strategy } from './strategy.js';
+import { TrimmedMean } from './trimmed-mean-strategy.js';
 
-export type StrategyConfig = Pick<AggregatorConfig, 'strategy' | 'task' | 'maxUpdateNormRatio' | 'maxUpdateNorm'>;
+export type StrategyConfig = Pick<AggregatorConfig, 'strategy' | 'trimFraction' | 'task' | 'maxUpdateNormRatio' | 'maxUpdateNorm'>;
 
 /** Strategies by the name the aggregator config's `strategy` field gives. Add a strategy here. */
-const strategies: Readonly<Record<string, (config: Readonly<StrategyConfig>) => Strategy>> = {
+const strategies: Readonly<Record<string, (config: Readonly<StrategyConfig>, log: Logger) => Strategy>> = {
   fedavg: (config) => new FedAvg(config.task),
+  'fedavg-clipped': (config, log) => new ClippedFedAvg(config.task, log),
+  'trimmed-mean': (config, log) => new TrimmedMean(config.task, config.trimFraction, log),
+  median: (config) => new Median(config.task),
 };
 
 /**
@@ -21,7 +27,7 @@ export function createStrategy(config: Readonly<StrategyConfig>, log: Logger): S
   if (!factory) {
     throw new FedlineError(ErrorCodes.CONFIG_INVALID, `unknown aggregation strategy "${config.strategy}"; known: ${Object.keys(strategies).join(', ')}`);
   }
-  const strategy = factory(config);
+  const strategy = factory(config, log);
   const { maxUpdateNormRatio, maxUpdateNorm } = config;
   if (maxUpdateNormRatio === null && maxUpdateNorm === null) return strategy;
   return new NormScreen(strategy, { maxNormRatio: maxUpdateNormRatio, maxNorm: maxUpdateNorm, log });

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { open, readFile } from 'node:fs/promises';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +7,9 @@ import { parseArgs } from 'node:util';
 import { ModelBuilder } from '../aggregator/model-builder.js';
 import { FsModelStore } from '../aggregator/model-store.js';
 import { UpdateSpool, type SpooledUpdate } from '../aggregator/update-spool.js';
+import { createStrategy } from '../aggregator/strategy-registry.js';
+import { aggregatorConfigSchema, parseConfig } from '../shared/config/service-config.js';
+import { silentLogger } from '../shared/util/logger.js';
 import { fedAvgStreamed } from '../shared/fl/fedavg.js';
 import type { UpdateMeta } from '../shared/protocol/messages.js';
 import { elementCount } from '../shared/bundle/tensor-bundle.js';
@@ -25,11 +28,22 @@ import { denseShapes, memoryOf, parameterCount, syntheticTensors, vgg19Shapes, w
  *   - a float64 reference (normalised weights, clients in reverse order): within 1e-6; and the
  *     file path's model must be bit-identical to the in-memory result.
  *
+ *   - each aggregation strategy (fedavg, fedavg-clipped, trimmed-mean, median; aggregator/strategy-registry.ts)
+ *     on the aggregator's path, side by side: MB/s of update data aggregated and the process's
+ *     peak RSS during that strategy alone (VmHWM reset through /proc/self/clear_refs before each).
+ *
  * Memory: the in-memory part holds the 10 updates (5.6 GB) plus one model-sized buffer; it is
  * freed before the file part, which holds blocks only (the files sit in the page cache).
- *
- *   --updates N (10)   --params N (VGG-19: 139586628)   --dir DIR (a temp folder)   --repeat N (2)
  */
+const usage = `usage: node --expose-gc dist/bench/aggregate.js [options]   (npm run bench:aggregate -- [options])
+  --updates N        updates to aggregate (10)
+  --params N         parameters per update, in dense layers (default: VGG-19's 139586628)
+  --dir DIR          folder for the spool and model files (default: a temp folder, removed at the end)
+  --repeat N         runs of each FedAvg measurement; the best counts (2)
+  --strategies LIST  strategies compared side by side, comma-separated (fedavg,fedavg-clipped,trimmed-mean,median; "" for none)
+  --strategies-only  skip the roofline and float64 parts: only the strategies' table
+  --json FILE        also write the strategies' figures to FILE
+  --help             this text`;
 
 const { values: args } = parseArgs({
   options: {
@@ -37,8 +51,16 @@ const { values: args } = parseArgs({
     params: { type: 'string' },
     dir: { type: 'string' },
     repeat: { type: 'string', default: '2' },
+    strategies: { type: 'string', default: 'fedavg,fedavg-clipped,trimmed-mean,median' },
+    'strategies-only': { type: 'boolean', default: false },
+    json: { type: 'string' },
+    help: { type: 'boolean', default: false },
   },
 });
+if (args.help) {
+  process.stdout.write(usage + '\n');
+  process.exit(0);
+}
 const K = Number(args.updates);
 const shapes = args.params ? denseShapes(Number(args.params)) : vgg19Shapes();
 const params = parameterCount(shapes);
@@ -121,9 +143,15 @@ async function main(): Promise<void> {
     rows.push(r);
     return r.seconds;
   };
+  const names = args.strategies.split(',').filter((x) => x.length > 0);
+  if (args['strategies-only']) {
+    await compareStrategies(names, inputBytes);
+    return;
+  }
   const memory = await inMemory(tensors, row, payloadBytes);
   const fileSha = await aggregatorPath(tensors, row);
   report(rows, inputBytes, memory, fileSha);
+  await compareStrategies(names, inputBytes);
 }
 
 /** The arithmetic against the memory-bandwidth roofline, the updates held in memory; and the float64 reference. */
@@ -243,6 +271,69 @@ async function aggregatorPath(tensors: Tensors, row: (what: string) => number[])
   }
   const weights = await readFile(join(store.dir(version), 'weights.bin'));
   return createHash('sha256').update(weights).digest('hex');
+}
+
+/** Resets the process's peak RSS (VmHWM) where Linux allows it; false when it could not. */
+function resetPeakRss(): boolean {
+  try {
+    writeFileSync('/proc/self/clear_refs', '5');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Every strategy over the same spooled updates, as the aggregator runs it (norm screen off: the strategy alone). */
+async function compareStrategies(names: readonly string[], inputBytes: number): Promise<void> {
+  if (names.length === 0) return;
+  const store = new FsModelStore(join(root, 'strategy-models'));
+  const spool = new UpdateSpool(join(root, 'strategy-spool'));
+  await writeSyntheticModel(store, shapes, 0);
+  const infos = await writeUpdates(spool);
+  const config = parseConfig(
+    aggregatorConfigSchema,
+    { federation: 'bench', mqtt: { url: 'mqtt://127.0.0.1:1' }, stateDir: root, agents: ['a'], rounds: 1, task: {}, model: { classes: ['A', 'B'] } },
+    'bench aggregator config',
+  );
+  const results: { strategy: string; seconds: number; mbPerSecond: number; peakRssMiB: number; rssBeforeMiB: number }[] = [];
+  for (const name of names) {
+    const strategy = createStrategy({ ...config, strategy: name, maxUpdateNormRatio: null, maxUpdateNorm: null }, silentLogger());
+    const seconds: number[] = [];
+    let peak = 0;
+    let before = 0;
+    for (let r = 0; r < repeat; r++) {
+      const readers = await spool.openReaders(1, infos);
+      const base = await store.openTensorReader(0);
+      (globalThis as { gc?: () => void }).gc?.();
+      before = memoryOf('self')?.rssMiB ?? NaN;
+      const reset = resetPeakRss();
+      const t = performance.now();
+      const out = await strategy.aggregate({
+        round: 1,
+        federated: shapes,
+        results: readers,
+        failures: [],
+        base,
+        minClients: 1,
+        output: () => undefined,
+      });
+      seconds.push((performance.now() - t) / 1000);
+      if (out.kind !== 'weights') throw new Error(`${name} kept the model: ${out.reason}`);
+      peak = Math.max(peak, reset ? (memoryOf('self')?.peakMiB ?? NaN) : NaN);
+      await Promise.all([...readers, base].map((x) => x.close()));
+    }
+    results.push({ strategy: name, seconds: best(seconds), mbPerSecond: inputBytes / 1e6 / best(seconds), peakRssMiB: peak, rssBeforeMiB: before });
+  }
+  say('');
+  say(`strategies on the aggregator path (${K} spooled updates, ${(inputBytes / 1e6).toFixed(0)} MB in all; best of ${repeat}; norm screen off):`);
+  say(`${'strategy'.padEnd(16)} ${'best s'.padStart(8)} ${'MB/s'.padStart(8)} ${'peak RSS MiB'.padStart(13)} ${'RSS before'.padStart(11)}`);
+  for (const r of results) {
+    say(
+      `${r.strategy.padEnd(16)} ${r.seconds.toFixed(2).padStart(8)} ${r.mbPerSecond.toFixed(0).padStart(8)} ${r.peakRssMiB.toFixed(0).padStart(13)} ${r.rssBeforeMiB.toFixed(0).padStart(11)}`,
+    );
+  }
+  say('peak RSS: VmHWM reset before each run (the spool files sit in the page cache, not in RSS); it stays near RSS before whatever the model size: O(blocks)');
+  if (args.json) writeFileSync(args.json, JSON.stringify({ updates: K, params, inputBytes, results }, null, 2) + '\n');
 }
 
 function report(rows: Row[], inputBytes: number, memory: Awaited<ReturnType<typeof inMemory>>, fileSha: string): void {

@@ -57,6 +57,8 @@ export interface FederationOptions {
   /** Agents the aggregator knows besides those started here (e.g. a rogue test client). */
   extraMembers?: string[];
   rounds?: number;
+  /** Images per class and site (tinyDataset's perClass). Default 6. */
+  dataPerClass?: number;
   minClients?: number;
   roundDeadlineMs?: number;
   waitForAgentsMs?: number;
@@ -109,7 +111,7 @@ export function agentConfig(o: FederationOptions, agentId: string): AgentConfig 
 /** Aggregator and agents in this process, talking MQTT to `url`. */
 export async function startFederation(o: FederationOptions): Promise<{ aggregator: RunningAggregator; agents: RunningAgent[]; stop(): Promise<void> }> {
   const logger = o.logger ?? pino({ level: 'silent' });
-  await tinyDataset(join(o.dir, 'data'), o.agents);
+  await tinyDataset(join(o.dir, 'data'), o.agents, o.dataPerClass);
   const aggregator = await startAggregator(aggregatorConfig(o), logger);
   const agents: RunningAgent[] = [];
   for (const a of o.agents) agents.push(await startAgent(agentConfig(o, a), logger));

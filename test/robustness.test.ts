@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { sampleLimit, screenUpdateNorms } from '../aggregator/robustness.js';
+import { clipSampleClaims, DEFAULT_SAMPLE_CLAIM_RATIO, sampleLimit, screenUpdateNorms } from '../aggregator/robustness.js';
 
 test('norm screening: an outlier is refused against the median of the others (leave-one-out)', () => {
   const v = screenUpdateNorms(
@@ -92,4 +92,36 @@ test('sample limits: registered count with tolerance, global cap, both, neither'
   assert.equal(sampleLimit('b', base), null);
   assert.equal(sampleLimit('a', { ...base, maxSamplesPerAgent: 50 }), 50);
   assert.equal(sampleLimit('b', { ...base, maxSamplesPerAgent: 50 }), 50);
+});
+
+test('sample claims: clipped to ratio x the median claim of the others unless the site has a registered count', () => {
+  // Prepare: three honest sites of ~100 images and a liar claiming a million; site-b is registered.
+  const claims = new Map([
+    ['site-a', 90],
+    ['site-b', 120],
+    ['site-c', 100],
+    ['evil', 1_000_000],
+  ]);
+
+  // Execute
+  const clips = clipSampleClaims(claims, { ratio: 3, registeredSamples: { 'site-b': 110 }, maxSamplesPerAgent: null });
+  const off = clipSampleClaims(claims, { ratio: null, registeredSamples: {}, maxSamplesPerAgent: null });
+  const alone = clipSampleClaims(new Map([['evil', 1_000_000]]), { ratio: 3, registeredSamples: {}, maxSamplesPerAgent: null });
+
+  // Assert: the liar weighs 3 x median(90, 120, 100) = 300; honest claims stay within theirs (3 x 120 with the liar among the others).
+  assert.deepEqual(
+    clips.map((c) => [c.agent, c.used, c.limit, c.basis, c.clipped]),
+    [
+      ['evil', 300, 300, 'median', true],
+      ['site-a', 90, 360, 'median', false],
+      ['site-b', 120, null, 'registered', false],
+      ['site-c', 100, 360, 'median', false],
+    ],
+  );
+  assert.equal(DEFAULT_SAMPLE_CLAIM_RATIO, 3);
+  assert.ok(off.every((c) => !c.clipped && c.used === c.claimed));
+  assert.deepEqual(
+    alone.map((c) => [c.used, c.clipped]),
+    [[1_000_000, false]],
+  );
 });

@@ -226,17 +226,27 @@ export const aggregatorConfigSchema = z.strictObject({
   model: modelSpecSchema,
   /**
    * Aggregation strategy by name (aggregator/strategy-registry.ts): fedavg (sample-weighted mean,
-   * McMahan et al. 2017) is the only one so far. Whatever the strategy, updates are first screened
-   * by maxUpdateNormRatio / maxUpdateNorm. An unknown name stops the aggregator at start-up
-   * (FL_CONFIG_INVALID). Default fedavg.
+   * McMahan et al. 2017), fedavg-clipped (FedAvg with each update's change clipped to the round's
+   * median change), trimmed-mean (coordinate-wise, trimFraction cut from each end) or median
+   * (coordinate-wise); the last two ignore sample counts. Whatever the strategy, updates are first
+   * screened by maxUpdateNormRatio / maxUpdateNorm. An unknown name stops the aggregator at
+   * start-up (FL_CONFIG_INVALID). Default fedavg.
    */
   strategy: z.string().min(1).max(64).default('fedavg'),
+  /** trimmed-mean: share of the updates cut from each end, per weight (ceil(fraction x updates), at most (updates - 1) / 2). Default 0.2. */
+  trimFraction: z.number().min(0).lt(0.5).default(0.2),
   /** Refuse an update that changes the model more than this many times the median change of the round's other updates (L2). null disables. Default 10. */
   maxUpdateNormRatio: z.number().gt(1).nullable().default(10),
   /** Refuse an update that changes the model by more than this L2 norm. null (default) disables. */
   maxUpdateNorm: z.number().positive().nullable().default(null),
   /** Refuse an update claiming more training samples than this. null (default): no cap. */
   maxSamplesPerAgent: posInt.nullable().default(null),
+  /**
+   * Sites without a registered count (registeredSamples, maxSamplesPerAgent): a claim weighs at most
+   * this many times the median claim of the round's other updates (the update is kept, its weight
+   * clipped, an `FL_SAMPLES_CLIPPED` alert raised). null disables. Default 3.
+   */
+  maxSampleClaimRatio: z.number().min(1).nullable().default(3),
   /** Sample counts the sites registered; an update claiming more than registered x (1 + registeredSamplesTolerance) is refused. */
   registeredSamples: z.record(z.string(), posInt).default({}),
   /** Growth allowed over a registered sample count (new images since registration). Default 0.1. */

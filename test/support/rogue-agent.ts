@@ -15,30 +15,53 @@ import { MqttTransport } from '../../shared/transport/mqtt-transport.js';
 import { bundleTensors, decodeBundle, encodeBundle, type NamedTensor } from '../../shared/bundle/tensor-bundle.js';
 import { createTopics } from '../../shared/protocol/topics.js';
 
-export type Forgery = (base: NamedTensor[], ann: RoundAnnouncement) => { tensors: NamedTensor[]; sampleCount: number } | null;
+/** `previous`: the global model before `base` (the last one this rogue saw announced), with `joinAtRound` only. */
+export type Forgery = (base: NamedTensor[], ann: RoundAnnouncement, previous?: NamedTensor[] | null) => { tensors: NamedTensor[]; sampleCount: number } | null;
+
+export interface RogueOptions {
+  /**
+   * Stay offline (not selected) before this round: the rogue says it is idle when the round before
+   * opens, downloading that round's base model, which `forge` then gets as `previous`.
+   */
+  joinAtRound?: number;
+  /** Go offline right after the first verdict on an update (so that later rounds do not wait for it). */
+  leaveAfterVerdict?: boolean;
+}
 
 /**
  * A member of the federation that behaves like an agent on the wire (status, downloads, chunked
  * uploads) but sends whatever update `forge` makes for each round: the hostile-input tests' attacker.
  */
-export async function startRogueAgent(url: string, agent: string, forge: Forgery, root = 'fl/test') {
+export async function startRogueAgent(url: string, agent: string, forge: Forgery, root = 'fl/test', options: RogueOptions = {}) {
   const topics = createTopics(root);
   const transport = await MqttTransport.connect({ url, clientId: `rogue-${agent}`, logger: silentLogger() });
   const acks: AckMsg[] = [];
   const errors: unknown[] = [];
   const seen = new Set<number>();
   const status = (state: string) => encodeJson({ v: 1, agent, state, round: null, progress: null, detail: null, backend: null, samples: null, ts: Date.now() });
-  await transport.publish(topics.status(agent), status('idle'), { retain: true });
+  const joinAt = options.joinAtRound ?? 1;
+  let previous: NamedTensor[] | null = null;
+  const fetchBase = async (ann: RoundAnnouncement) =>
+    bundleTensors(
+      decodeBundle<ModelMeta>(await downloadModel(transport, topics, ann.base, silentLogger(), { maxModelBytes: 1 << 30, stallMs: 10_000 }), modelMetaSchema),
+    );
+  await transport.publish(topics.status(agent), status(joinAt <= 1 ? 'idle' : 'offline'), { retain: true });
   await transport.subscribe(topics.round(), (m) => {
     const ann = decodeMsgpack(m.payload, roundAnnouncementSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'round' }) as RoundAnnouncement;
+    if (ann.state === 'open' && ann.round === joinAt - 1 && !seen.has(ann.round)) {
+      seen.add(ann.round);
+      fetchBase(ann)
+        .then(async (t) => {
+          previous = t;
+          await transport.publish(topics.status(agent), status('idle'), { retain: true });
+        })
+        .catch((err) => errors.push(err));
+      return;
+    }
     if (ann.state !== 'open' || ann.kind !== 'train' || seen.has(ann.round) || !ann.selected.includes(agent)) return;
     seen.add(ann.round);
     (async () => {
-      const base = decodeBundle<ModelMeta>(
-        await downloadModel(transport, topics, ann.base, silentLogger(), { maxModelBytes: 1 << 30, stallMs: 10_000 }),
-        modelMetaSchema,
-      );
-      const forged = forge(bundleTensors(base), ann);
+      const forged = forge(await fetchBase(ann), ann, previous);
       if (!forged) return;
       const meta: UpdateMeta = {
         kind: 'update',
@@ -60,6 +83,7 @@ export async function startRogueAgent(url: string, agent: string, forge: Forgery
         ackTimeoutMs: 5000,
       });
       acks.push(sent.ack);
+      if (options.leaveAfterVerdict) await transport.publish(topics.status(agent), status('offline'), { retain: true });
     })().catch((err) => errors.push(err));
   });
   return {

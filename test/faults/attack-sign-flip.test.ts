@@ -1,0 +1,24 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ATTACKER, describeResult, isBounded, MAX_DROP, runAttack, STRATEGIES } from '../support/attack-scenario.js';
+
+/**
+ * Three honest sites and one attacker with a legitimate login: sign flip (3x the last step backwards, 1e6 samples claimed).
+ * For every strategy, the honest sites' accuracy on the attack round's candidate, against the model
+ * before it (test/support/attack-scenario.ts). `npm run bench:attacks` turns these runs into the
+ * table of docs/reliability.md.
+ */
+for (const strategy of STRATEGIES) {
+  test(`sign flip (3x the last step backwards, 1e6 samples claimed) against ${strategy}`, { timeout: 180_000 }, async () => {
+    // Prepare + Execute: two honest rounds, the attack in round 3, an evaluation round.
+    const r = await runAttack('sign-flip', strategy);
+    console.log(describeResult(r));
+
+    // Assert
+    // The claim of a million samples weighs as 3x the median of the honest claims, with an alert.
+    assert.ok(r.alerts.includes(`FL_SAMPLES_CLIPPED:${ATTACKER}`), 'the inflated claim was clipped and alerted');
+    if (isBounded('sign-flip', strategy)) {
+      assert.ok(r.maxDrop <= MAX_DROP, `an honest site lost ${r.maxDrop.toFixed(3)} accuracy (bound ${MAX_DROP}): ${describeResult(r)}`);
+    }
+  });
+}
