@@ -7,6 +7,7 @@ import { PasswordFile } from '../broker/passwords.js';
 import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile, mqttPassword } from '../shared/config/service-config.js';
 import { loadExperimentConfig } from '../experiment/runner.js';
 import { inspectConfigSchema } from '../shared/config/inspect-config.js';
+import { dashboardConfigSchema } from '../dashboard/dashboard-config.js';
 import { REPO_ROOT } from './helpers.js';
 
 const dir = join(REPO_ROOT, 'examples');
@@ -24,7 +25,9 @@ test('every example config in examples/ is valid', () => {
           ? inspectConfigSchema
           : f.startsWith('access')
             ? accessFileSchema
-            : brokerConfigSchema;
+            : f.startsWith('dashboard')
+              ? dashboardConfigSchema
+              : brokerConfigSchema;
     assert.doesNotThrow(() => loadConfigFile(schema, join(dir, f)), f);
   }
   const agg = loadConfigFile(aggregatorConfigSchema, join(dir, 'aggregator.json'));
@@ -39,6 +42,7 @@ test('the example three-site federation logs in: every service has a user with t
   const logins: [string, { username?: string; password?: string; passwordFile?: string }, string][] = [['aggregator.json', agg.mqtt, 'aggregator']];
   for (const a of agg.agents) logins.push([`agent-${a}.json`, loadConfigFile(agentConfigSchema, join(dir, `agent-${a}.json`)).mqtt, 'agent']);
   logins.push(['inspect-site-a.json', loadConfigFile(inspectConfigSchema, join(dir, 'inspect-site-a.json')).mqtt, 'inspector']);
+  logins.push(['dashboard.json', loadConfigFile(dashboardConfigSchema, join(dir, 'dashboard.json')).mqtt, 'dashboard']);
   for (const [file, mqtt, role] of logins) {
     assert.ok(mqtt.username, `${file} has an MQTT user`);
     assert.equal(access.rights(mqtt.username!)?.role, role, `${file}: ${mqtt.username} is a ${role}`);
