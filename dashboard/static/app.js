@@ -22,7 +22,7 @@ const pill = (text, cls = text) => el('span', { class: `pill ${cls}` }, text);
 const pct = (x) => (x === null || x === undefined ? '–' : x.toFixed(3));
 const mb = (bytes) => (bytes === null || bytes === undefined ? '–' : `${(bytes / 1e6).toFixed(2)} MB`);
 const secs = (ms) => (ms === null || ms === undefined ? '–' : `${(ms / 1000).toFixed(1)} s`);
-const clock = (ts) => new Date(ts).toLocaleTimeString();
+const clock = (ts) => new Date(ts).toLocaleTimeString([], { hour12: false });
 
 function ago(ts) {
   const s = Math.max(0, Math.round((Date.now() - ts) / 1000));
