@@ -28,7 +28,12 @@ export const dashboardConfigSchema = z.strictObject({
    */
   operators: z.strictObject({ passwordFile: z.string().min(1) }).optional(),
   /** Minutes a login lasts without a request. Default 480 (a shift). */
-  sessionIdleMinutes: z.number().int().positive().max(7 * 24 * 60).default(480),
+  sessionIdleMinutes: z
+    .number()
+    .int()
+    .positive()
+    .max(7 * 24 * 60)
+    .default(480),
   /** The defect class (its index in the model's classes, and a name for the charts): its recall is the "defect recall" chart. */
   defectClass: z.strictObject({ index: z.number().int().nonnegative(), name: z.string().min(1) }).default({ index: 1, name: 'NOT_OKAY' }),
   logLevel: z.string().optional(),

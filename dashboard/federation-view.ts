@@ -192,7 +192,8 @@ export class FederationView {
 
   snapshot(): DashboardSnapshot {
     const sites: Record<string, SitePoint[]> = {};
-    for (const [site, points] of [...this.sites].sort(([a], [b]) => a.localeCompare(b))) sites[site] = [...points.values()].sort((a, b) => a.version - b.version);
+    for (const [site, points] of [...this.sites].sort(([a], [b]) => a.localeCompare(b)))
+      sites[site] = [...points.values()].sort((a, b) => a.version - b.version);
     return {
       federation: this.federation,
       federationState: this.federationState,
@@ -316,7 +317,12 @@ export class FederationView {
     let points = this.sites.get(site);
     if (!points) this.sites.set(site, (points = new Map()));
     const recall = m.recall?.[this.defectClass.index];
-    points.set(version, { version, accuracy: m.accuracy, balancedAccuracy: m.balancedAccuracy ?? m.accuracy, defectRecall: typeof recall === 'number' ? recall : null });
+    points.set(version, {
+      version,
+      accuracy: m.accuracy,
+      balancedAccuracy: m.balancedAccuracy ?? m.accuracy,
+      defectRecall: typeof recall === 'number' ? recall : null,
+    });
   }
 
   private onAlert(e: Record<string, unknown>): void {

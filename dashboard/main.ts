@@ -112,7 +112,9 @@ async function follow(transport: MqttTransport, topics: Topics, view: Federation
   );
   await transport.subscribe(
     topics.modelLatest(),
-    guarded('model manifest', (topic, payload) => view.onManifest(decodeJson(payload, modelManifestSchema, [PROTOCOL_VERSION], { topic, what: 'model manifest' }), Date.now())),
+    guarded('model manifest', (topic, payload) =>
+      view.onManifest(decodeJson(payload, modelManifestSchema, [PROTOCOL_VERSION], { topic, what: 'model manifest' }), Date.now()),
+    ),
   );
   await transport.subscribe(
     topics.eventsAll(),

@@ -47,7 +47,10 @@ export class OperatorPasswords {
       actual = await pbkdf2Async(password, Buffer.from(parts[3]!, 'base64'), iterations, expected.length || 64, 'sha512');
     } else {
       expected = Buffer.from(parts[3] ?? '', 'base64');
-      actual = createHash('sha512').update(password).update(Buffer.from(parts[2] ?? '', 'base64')).digest();
+      actual = createHash('sha512')
+        .update(password)
+        .update(Buffer.from(parts[2] ?? '', 'base64'))
+        .digest();
     }
     return stored !== undefined && expected.length === actual.length && expected.length > 0 && timingSafeEqual(expected, actual);
   }

@@ -159,7 +159,12 @@ export async function startDemoDashboard(group: ProcessGroup, dirs: DemoDirs, ur
   const operators = join(dirs.config, 'dashboard-operators.passwd');
   await writeFile(operators, `operator:${hashPassword(operatorPassword)}\n`, { mode: 0o600 });
   const file = join(dirs.config, 'dashboard.json');
-  const config = { federation: DEMO_FEDERATION, mqtt: { url, ...creds.login('dashboard') }, http: { host: '127.0.0.1', port: 0 }, operators: { passwordFile: operators } };
+  const config = {
+    federation: DEMO_FEDERATION,
+    mqtt: { url, ...creds.login('dashboard') },
+    http: { host: '127.0.0.1', port: 0 },
+    operators: { passwordFile: operators },
+  };
   await writeFile(file, JSON.stringify(config, null, 2));
   const { child, ready } = await group.start('dashboard', ['dashboard', '--config', file], join(dirs.logs, 'dashboard.log'));
   const address = String(ready.url);

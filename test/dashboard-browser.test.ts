@@ -82,7 +82,11 @@ test(
 
       // 1. The agents appear with their state and backend, from their retained status.
       for (const a of agents) await page.locator(`#agents tr[data-agent="${a}"]`).waitFor({ timeout: 60_000 });
-      await waitFor('both agents show their backend', async () => (await page.locator('#agents tbody td:nth-child(5)', { hasText: /^cpu$/ }).count()) === 2, 60_000);
+      await waitFor(
+        'both agents show their backend',
+        async () => (await page.locator('#agents tbody td:nth-child(5)', { hasText: /^cpu$/ }).count()) === 2,
+        60_000,
+      );
       await shot(page, '1-agents');
 
       // 2. Rounds complete: the timeline gains rows, each chart gains a point per site and model version.

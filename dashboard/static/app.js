@@ -69,7 +69,12 @@ function renderAgents(v) {
 
 function renderCharts(v) {
   const sites = Object.keys(v.sites);
-  const series = (key) => sites.map((s, i) => ({ name: s, color: SITE_COLORS[i % SITE_COLORS.length], points: v.sites[s].filter((p) => p[key] !== null).map((p) => ({ x: p.version, y: p[key] })) }));
+  const series = (key) =>
+    sites.map((s, i) => ({
+      name: s,
+      color: SITE_COLORS[i % SITE_COLORS.length],
+      points: v.sites[s].filter((p) => p[key] !== null).map((p) => ({ x: p.version, y: p[key] })),
+    }));
   lineChart($('chart-accuracy'), series('accuracy'), 'accuracy');
   lineChart($('chart-balanced'), series('balancedAccuracy'), 'balanced accuracy');
   lineChart($('chart-recall'), series('defectRecall'), 'defect recall');
@@ -86,9 +91,14 @@ function renderCharts(v) {
 function siteChips(r) {
   return Object.entries(r.agents).map(([agent, a]) => {
     const parts = [];
-    if (a.waitedMs > 0 || a.states.includes('waiting-window')) parts.push(el('span', { class: 'chip waited', title: `waited ${secs(a.waitedMs)} for the training window` }, `${agent} waited ${secs(a.waitedMs)}`));
-    if (a.pausedMs > 0 || a.states.includes('paused')) parts.push(el('span', { class: 'chip paused', title: `paused ${secs(a.pausedMs)}` }, `${agent} paused ${secs(a.pausedMs)}`));
-    const label = a.result === 'trained' ? `${agent} ${a.trainMs !== null ? secs(a.trainMs) : ''}` : `${agent} ${a.result === 'open' ? (a.states.at(-1) ?? 'selected') : a.result}`;
+    if (a.waitedMs > 0 || a.states.includes('waiting-window'))
+      parts.push(el('span', { class: 'chip waited', title: `waited ${secs(a.waitedMs)} for the training window` }, `${agent} waited ${secs(a.waitedMs)}`));
+    if (a.pausedMs > 0 || a.states.includes('paused'))
+      parts.push(el('span', { class: 'chip paused', title: `paused ${secs(a.pausedMs)}` }, `${agent} paused ${secs(a.pausedMs)}`));
+    const label =
+      a.result === 'trained'
+        ? `${agent} ${a.trainMs !== null ? secs(a.trainMs) : ''}`
+        : `${agent} ${a.result === 'open' ? (a.states.at(-1) ?? 'selected') : a.result}`;
     parts.push(el('span', { class: `chip ${a.result}` }, label.trim()));
     return el('span', {}, ...parts);
   });
@@ -105,7 +115,12 @@ function renderRounds(v) {
         'tr',
         { 'data-round': r.round },
         el('td', { class: 'num' }, el('strong', {}, r.round), ' ', el('span', { class: 'muted' }, r.kind)),
-        el('td', {}, r.outcome ? pill(r.outcome, r.outcome === 'keep' ? 'paused' : 'complete') : pill('running'), r.reason ? el('span', { class: 'detail', title: r.reason }, r.reason) : null),
+        el(
+          'td',
+          {},
+          r.outcome ? pill(r.outcome, r.outcome === 'keep' ? 'paused' : 'complete') : pill('running'),
+          r.reason ? el('span', { class: 'detail', title: r.reason }, r.reason) : null,
+        ),
         el('td', {}, model),
         el('td', {}, ...siteChips(r)),
         el('td', { class: 'num' }, r.durationMs !== null ? bar : null, r.durationMs !== null ? secs(r.durationMs) : `since ${clock(r.startedAt)}`),
@@ -139,7 +154,13 @@ function renderModels(v) {
         el('td', { class: 'num' }, m.round),
         el('td', { class: 'num' }, pct(q.accuracy)),
         el('td', { class: 'num' }, pct(q.recall)),
-        el('td', {}, Object.entries(m.contributors).map(([a, n]) => `${a} ${n}`).join(', ') || '–'),
+        el(
+          'td',
+          {},
+          Object.entries(m.contributors)
+            .map(([a, n]) => `${a} ${n}`)
+            .join(', ') || '–',
+        ),
         el('td', { title: m.sha256 ?? '' }, el('code', {}, m.sha256 ? `${m.sha256.slice(0, 12)}…` : '–')),
         el('td', {}, m.signature ? el('span', { title: m.signature }, '✔ signed') : el('span', { class: 'muted' }, m.sha256 ? 'unsigned' : '–')),
         ops,
@@ -151,7 +172,17 @@ function renderModels(v) {
 
 function renderLogs(v) {
   $('alerts').replaceChildren(
-    ...v.alerts.map((a) => el('li', {}, el('span', { class: 'time' }, clock(a.ts)), el('span', { class: `sev-${a.severity}` }, a.code), ' ', a.agent ? `${a.agent}: ` : '', a.message)),
+    ...v.alerts.map((a) =>
+      el(
+        'li',
+        {},
+        el('span', { class: 'time' }, clock(a.ts)),
+        el('span', { class: `sev-${a.severity}` }, a.code),
+        ' ',
+        a.agent ? `${a.agent}: ` : '',
+        a.message,
+      ),
+    ),
   );
   if (!v.alerts.length) $('alerts').append(el('li', { class: 'muted' }, 'none'));
   $('commands').replaceChildren(
