@@ -39,8 +39,8 @@ export interface RoundAgentView {
   waitedMs: number;
   pausedMs: number;
   trainMs: number | null;
-  /** trained (its update was aggregated), failed (update rejected), missing (selected, no update). */
-  result: 'trained' | 'failed' | 'missing' | 'open';
+  /** trained (its update was aggregated), evaluated (an evaluate round measured the model on it), failed (update rejected), missing (selected, nothing came). */
+  result: 'trained' | 'evaluated' | 'failed' | 'missing' | 'open';
 }
 
 export interface RoundView {
@@ -290,7 +290,9 @@ export class FederationView {
     for (const a of r.selected) {
       const v = (agents[a] ??= { states: [], waitedMs: 0, pausedMs: 0, trainMs: null, result: 'open' });
       v.trainMs = r.trainMs[a] ?? null;
-      v.result = r.participants.includes(a) ? 'trained' : failed.has(a) ? 'failed' : 'missing';
+      if (r.participants.includes(a)) v.result = 'trained';
+      else if (failed.has(a)) v.result = 'failed';
+      else v.result = r.kind === 'evaluate' && r.baseMetrics[a] ? 'evaluated' : 'missing';
     }
     this.rounds.set(r.round, {
       round: r.round,

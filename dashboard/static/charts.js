@@ -23,13 +23,14 @@ export function lineChart(svg, series, yLabel) {
   const ys = series.flatMap((s) => s.points.map((p) => p.y));
   const xMin = xs.length ? Math.min(...xs) : 0;
   const xMax = xs.length ? Math.max(...xs, xMin + 1) : 1;
-  // The y axis starts at a round tenth below the lowest value, so small gains stay visible.
-  const yMin = ys.length ? Math.max(0, Math.floor(Math.min(...ys) * 10 - 0.5) / 10) : 0;
+  // The y axis starts at a round step below the lowest value, so small gains stay visible.
+  const low = ys.length ? Math.min(...ys) : 0;
+  const yStep = 1 - low > 0.5 ? 0.2 : 0.1;
+  const yMin = Math.max(0, Math.floor((low - 0.02) / yStep) * yStep);
   const yMax = 1;
   const px = (x) => pad.l + ((x - xMin) / (xMax - xMin)) * (W - pad.l - pad.r);
   const py = (y) => H - pad.b - ((y - yMin) / (yMax - yMin)) * (H - pad.t - pad.b);
-  for (let i = 0; i <= 4; i++) {
-    const y = yMin + ((yMax - yMin) * i) / 4;
+  for (let y = yMin; y <= yMax + 1e-9; y += yStep) {
     svg.append(svgEl('line', { class: 'grid', x1: pad.l, x2: W - pad.r, y1: py(y), y2: py(y) }));
     svg.append(svgEl('text', { x: pad.l - 4, y: py(y) + 3, 'text-anchor': 'end' }, y.toFixed(2)));
   }
