@@ -173,7 +173,13 @@ class ApiHandlers {
       if (body.version !== undefined && body.version !== '') command.version = version;
       if (verb === 'release' && command.version === undefined) return this.refuse(res, 400, 'release needs the version to release');
     }
-    const requestId = await this.o.sendCommand(verb as OperatorVerb, command, s.user);
+    let requestId: string;
+    try {
+      requestId = await this.o.sendCommand(verb as OperatorVerb, command, s.user);
+    } catch (err) {
+      this.o.log.warn({ user: s.user, verb, err: (err as Error).message }, 'operator command not sent');
+      return json(res, 504, { error: (err as Error).message });
+    }
     this.o.log.info({ user: s.user, verb, requestId, ...command }, 'operator command sent');
     this.push();
     json(res, 202, { requestId });

@@ -77,9 +77,33 @@ export async function startDashboard(config: Readonly<DashboardConfig>, logger: 
   };
 }
 
+/** How long the broker may take to acknowledge a command before the operator is told. */
+const COMMAND_ACK_TIMEOUT_MS = 10_000;
+
 async function sendCommand(transport: MqttTransport, topics: Topics, verb: string, body: Record<string, unknown>, user: string): Promise<string> {
   const requestId = `dashboard-${randomBytes(6).toString('hex')}`;
-  await transport.publish(topics.command(verb), encodeJson({ v: PROTOCOL_VERSION, requestId, by: `${user}@dashboard`, ...body }), { qos: 1 });
+  const published = transport.publish(topics.command(verb), encodeJson({ v: PROTOCOL_VERSION, requestId, by: `${user}@dashboard`, ...body }), { qos: 1 });
+  let timer: NodeJS.Timeout | undefined;
+  // A broker that refuses the publish (the dashboard's user lacks "operator": true) drops the
+  // connection instead of answering: the operator gets an error, not a request that hangs.
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new FedlineError(
+            ErrorCodes.AUTH,
+            `the broker did not take the ${verb} command within ${COMMAND_ACK_TIMEOUT_MS / 1000} s: is the dashboard's MQTT user an operator ("operator": true in the access file)?`,
+          ),
+        ),
+      COMMAND_ACK_TIMEOUT_MS,
+    );
+  });
+  published.catch(() => undefined); // settled later, after the timeout: not an unhandled rejection
+  try {
+    await Promise.race([published, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
   return requestId;
 }
 

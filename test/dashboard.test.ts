@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { accessFileSchema, mayPublish, maySubscribe, rightsFor } from '../broker/access.js';
@@ -10,7 +11,13 @@ import { OperatorPasswords } from '../dashboard/operator-passwords.js';
 import type { AgentState, AgentStatus } from '../shared/protocol/messages.js';
 import { Counters } from '../shared/util/counters.js';
 import { silentLogger } from '../shared/util/logger.js';
-import { tempDir, waitFor } from './helpers.js';
+import { startBroker } from '../broker/main.js';
+import { dashboardConfigSchema } from '../dashboard/dashboard-config.js';
+import { startDashboard } from '../dashboard/main.js';
+import { brokerConfigSchema, parseConfig } from '../shared/config/service-config.js';
+import { parseDemoArgs } from '../cli/demo-cmd.js';
+import { REPO_ROOT, tempDir, testAccess, waitFor, writeAuthFiles } from './helpers.js';
+import { mesObserver } from './mes-observer.js';
 
 const metrics = (accuracy: number, defectRecall: number) => ({
   samples: 8,
@@ -203,4 +210,67 @@ test('dashboard web server: page and assets with a strict CSP; login with back-o
     await http.close();
     dir.cleanup();
   }
+});
+
+test('a dashboard whose MQTT user is not an operator: the broker refuses its commands and the operator is told so', { timeout: 60_000 }, async () => {
+  const dir = tempDir('dashboard-readonly');
+  const base = testAccess(['site-a']);
+  const access = accessFileSchema.parse({ ...base, users: [...base.users, { username: 'dashboard', role: 'dashboard' }] });
+  const auth = writeAuthFiles(dir.path, access);
+  const broker = await startBroker(
+    parseConfig(brokerConfigSchema, { host: '127.0.0.1', port: 0, auth: { passwordFile: auth.passwordFile, accessFile: auth.accessFile } }, 'test broker'),
+    silentLogger(),
+  );
+  const operators = join(dir.path, 'operators.passwd');
+  writeFileSync(operators, `shift-lead:${hashPassword('right', 1000)}\n`);
+  const dashboard = await startDashboard(
+    parseConfig(
+      dashboardConfigSchema,
+      {
+        federation: 'test',
+        mqtt: { url: broker.url, reconnectPeriodMs: 200, ...auth.credentials('dashboard') },
+        http: { port: 0 },
+        operators: { passwordFile: operators },
+      },
+      'test dashboard',
+    ),
+    silentLogger(),
+  );
+  const mes = await mesObserver(broker.url, auth.credentials('auditor'));
+  const commands: string[] = [];
+  await mes.transport.subscribe('fl/test/cmd/+', (m) => commands.push(m.topic));
+  try {
+    const url = (p: string) => new URL(p, dashboard.url).href;
+    const login = await fetch(url('/api/login'), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ username: 'shift-lead', password: 'right' }),
+    });
+    const { csrf } = (await login.json()) as { csrf: string };
+    const headers = { 'content-type': 'application/json', cookie: login.headers.get('set-cookie')!.split(';')[0]!, 'x-csrf-token': csrf };
+    const res = await fetch(url('/api/command/pause'), { method: 'POST', headers, body: '{}' });
+    assert.equal(res.status, 504);
+    assert.match(((await res.json()) as { error: string }).error, /"operator": true/);
+    assert.deepEqual(commands, [], 'nothing reached the command topic');
+    // The dashboard goes on following the federation.
+    await waitFor('the dashboard connected again', () => dashboard.transport.connected, 30_000);
+    assert.equal((await fetch(url('/api/state'))).status, 200);
+  } finally {
+    await dashboard.close();
+    await mes.close();
+    await broker.close();
+    dir.cleanup();
+  }
+});
+
+test('fedline dashboard --help answers with its usage; without --config it says what is missing; demo takes --dashboard', () => {
+  const cli = join(REPO_ROOT, 'dist/cli/main.js');
+  const help = spawnSync(process.execPath, [cli, 'dashboard', '--help'], { encoding: 'utf8' });
+  assert.equal(help.status, 0);
+  assert.match(help.stdout, /--config FILE/);
+  const bare = spawnSync(process.execPath, [cli, 'dashboard'], { encoding: 'utf8' });
+  assert.equal(bare.status, 2);
+  assert.match(bare.stderr, /--config FILE is required/);
+  assert.equal(parseDemoArgs(['--dashboard']).dashboard, true);
+  assert.equal(parseDemoArgs([]).dashboard, false);
 });
