@@ -20,7 +20,7 @@ const root = dirname(fileURLToPath(import.meta.url));
 const LAYERS = [
   ['shared'],
   ['training'],
-  ['broker', 'aggregator', 'edge-agent'],
+  ['broker', 'aggregator', 'edge-agent', 'dashboard'],
   ['synthetic-data'],
   ['demo'],
   ['experiment'],
@@ -112,6 +112,15 @@ export default defineConfig(
     files: ['**/*.js', '**/*.mjs'],
     extends: [js.configs.recommended],
     languageOptions: { globals: { process: 'readonly', console: 'readonly', URL: 'readonly' } },
+  },
+  {
+    // The dashboard's page scripts run in the browser, as ES modules (the browser globals they use,
+    // listed by hand: `globals` is not a dependency of this repository).
+    files: ['dashboard/static/**/*.js'],
+    languageOptions: {
+      sourceType: 'module',
+      globals: { document: 'readonly', window: 'readonly', fetch: 'readonly', EventSource: 'readonly', Node: 'readonly', setInterval: 'readonly' },
+    },
   },
 
   // The layer rules. no-restricted-paths resolves every import (static and `await import()`) to a

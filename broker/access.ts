@@ -14,6 +14,7 @@ import { isValidId, topicMatches } from '../shared/protocol/topics.js';
  *   mes         W cmd/+                                       R events/#, agent/+/status, model/latest, inspection/+/verdict
  *   inspector   W inspection/<id>/verdict                     R model/#, inspection/<id>/images/#      (the inspection service of agent <id>)
  *   camera      W inspection/<id>/images/#                    (a camera feeding agent <id>'s inspection service)
+ *   dashboard   W cmd/+ (only with "operator": true)          R events/#, agent/+/status, model/latest   (`fedline dashboard`)
  * plus, per user, extra `read` / `write` topic filters (e.g. the MES line-state topic an agent's
  * trigger reads, which the MES user writes). Everything else is refused, `$SYS` included.
  *
@@ -25,7 +26,7 @@ import { isValidId, topicMatches } from '../shared/protocol/topics.js';
  * publishes apart; see docs/how-it-works.md, "Broker hardening".)
  */
 
-export const roles = ['aggregator', 'agent', 'mes', 'inspector', 'camera'] as const;
+export const roles = ['aggregator', 'agent', 'mes', 'inspector', 'camera', 'dashboard'] as const;
 
 /**
  * The event types an agent sends (docs/topics.md), each on `events/<type>/<agent>`: only these, so
@@ -56,15 +57,18 @@ const accessUserSchema = z
     /** Extra topic filters this user may subscribe to / publish on. */
     read: z.array(filter).default([]),
     write: z.array(filter).default([]),
+    /** dashboard: may send the MES commands (cmd/+) for its logged-in operators. Default false: a read-only view. */
+    operator: z.boolean().optional(),
   })
-  .refine((u) => u.role === 'aggregator' || u.role === 'mes' || u.role === 'agent' || u.agent !== undefined, {
+  .refine((u) => u.role === 'aggregator' || u.role === 'mes' || u.role === 'agent' || u.role === 'dashboard' || u.agent !== undefined, {
     message: 'inspector and camera users need "agent": the agent id they serve',
     path: ['agent'],
   })
   .refine((u) => u.role !== 'agent' || isValidId(u.agent ?? u.username), {
     message: 'an agent user name is its agent id (1-64 characters of A-Z a-z 0-9 _ . -), or set "agent"',
     path: ['agent'],
-  });
+  })
+  .refine((u) => u.operator === undefined || u.role === 'dashboard', { message: 'only a dashboard user takes "operator"', path: ['operator'] });
 
 export const accessFileSchema = z
   .strictObject({
@@ -117,6 +121,11 @@ export function rightsFor(user: AccessUser, root: string): UserRights {
       break;
     case 'camera':
       write = [r(`inspection/${a}/images/#`)];
+      break;
+    case 'dashboard':
+      // What an MES reads of the federation's progress (no verdicts); commands only for an operator dashboard.
+      write = user.operator ? [r('cmd/+')] : [];
+      read = [r('events/#'), r('agent/+/status'), r('model/latest')];
       break;
   }
   const uniq = (xs: string[]) => [...new Set(xs)];

@@ -27,6 +27,7 @@ export function parseDemoArgs(args: string[]): DemoOptions {
       'pretrain-epochs': { type: 'string' },
       encoding: { type: 'string', default: 'f32' },
       delta: { type: 'boolean', default: false },
+      dashboard: { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -66,6 +67,7 @@ export function parseDemoArgs(args: string[]): DemoOptions {
     pretrainEpochs: int('pretrain-epochs', values['pretrain-epochs'] ?? (vgg && !values['init-from'] ? '15' : '0'), 0, 100),
     encoding,
     delta: values.delta ?? false,
+    dashboard: values.dashboard ?? false,
   };
 }
 

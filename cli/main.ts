@@ -17,10 +17,12 @@ commands:
                 --init-from DIR  --pretrain-epochs N (VGG: 15)  --learning-rate X
                 --trigger opcua  agents train only in the idle windows of a simulated PLC
                 --encoding f32|f16|q8 (f32)  --delta (updates as differences to the base model)
+                --dashboard  also serve the dashboard (a free loopback port) and print its address
   broker      run the embedded MQTT broker (Aedes)          --config FILE [--port N]
   aggregator  run the aggregator                            --config FILE
   agent       run an edge agent                             --config FILE
   inspect     classify new images with the latest global model, publish verdicts   --config FILE
+  dashboard   a web page following the federation live, operator actions   --config FILE [--port N]
   plc-sim     a simulated PLC (OPC UA server), line state Running/Idle on a schedule (--help)
   passwd      add a user to a broker password file          --file FILE --user NAME (password on stdin)
   acl         render an access file as a Mosquitto acl_file --access FILE [--out FILE]
@@ -55,6 +57,10 @@ async function main(argv: string[]): Promise<void> {
     }
     case 'inspect':
       return runInspect(rest);
+    case 'dashboard': {
+      const { runDashboard } = await import('./dashboard-cmd.js');
+      return runDashboard(rest);
+    }
     case 'plc-sim': {
       const { runPlcSim } = await import('./plc-sim-cmd.js');
       return runPlcSim(rest);

@@ -10,7 +10,7 @@ import type { DemoDirs, DemoOptions, Say } from './demo-options.js';
 import { prepareData, prepareFolders } from './prepare-data.js';
 import { ProcessGroup, type Child } from './process-group.js';
 import { followProgress, type WindowTally } from './progress.js';
-import { DEMO_FEDERATION, startDemoBroker, startDemoFederation, startDemoPlc } from './services.js';
+import { DEMO_FEDERATION, startDemoBroker, startDemoDashboard, startDemoFederation, startDemoPlc } from './services.js';
 import { buildSummary, renderTable, renderWindowTable } from './summary.js';
 
 export type { DemoOptions } from './demo-options.js';
@@ -44,9 +44,14 @@ export async function runDemo(options: DemoOptions): Promise<number> {
       password: creds.password('observer'),
     });
     const windows = await followProgress(observer, topics, agents, options.trigger, say);
+    const dashboard = options.dashboard ? await startDemoDashboard(group, dirs, url, creds, say) : null;
     const plcEndpoint = options.trigger === 'opcua' ? await startDemoPlc(group, dirs, options.plcSchedule, agents, say) : null;
     const aggregator = await startDemoFederation(group, { options, dirs, agents, url, creds, plcEndpoint }, say);
     await summarise(aggregator, { options, dirs, agents, windows, durationMs: () => Date.now() - t0 });
+    if (dashboard) {
+      say(`federation complete; the dashboard stays up on ${dashboard} until Ctrl-C`);
+      await new Promise<never>(() => undefined); // Ctrl-C (stopGroupOnSignal) ends the demo
+    }
     return 0;
   } catch (err) {
     say(`demo failed: ${(err as Error).message}`);

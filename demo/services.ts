@@ -1,6 +1,8 @@
+import { randomBytes } from 'node:crypto';
 import { chmod, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { INSPECTION_CLASSES } from '../synthetic-data/generate.js';
+import { hashPassword } from '../broker/passwords.js';
 import { freeTcpPort } from '../shared/util/free-port.js';
 import { generateSigningKeys } from '../shared/protocol/model-signature.js';
 import type { Topics } from '../shared/protocol/topics.js';
@@ -23,6 +25,7 @@ export async function startDemoBroker(
     { username: 'aggregator', role: 'aggregator', read: [], write: [] },
     ...agents.map((a) => ({ username: a, role: 'agent' as const, read: [], write: [] })),
     { username: 'observer', role: 'mes', read: [], write: [] },
+    { username: 'dashboard', role: 'dashboard', operator: true, read: [], write: [] },
   ]);
   const brokerConfig = join(dirs.config, 'broker.json');
   await writeFile(brokerConfig, JSON.stringify({ host: '127.0.0.1', port: 0, auth: creds.auth }, null, 2));
@@ -159,4 +162,26 @@ function aggregatorConfigOf({ options, dirs, agents, url, creds }: DemoFederatio
     evaluateFinalModel: true,
     exitWhenComplete: true,
   };
+}
+
+/**
+ * With --dashboard: `fedline dashboard` as one more process, on a free loopback port, logged in to
+ * the broker as `dashboard` (role dashboard, operator), with one operator login made for this run.
+ */
+export async function startDemoDashboard(group: ProcessGroup, dirs: DemoDirs, url: string, creds: DemoCredentials, say: Say): Promise<string> {
+  const operatorPassword = randomBytes(9).toString('base64url');
+  const operators = join(dirs.config, 'dashboard-operators.passwd');
+  await writeFile(operators, `operator:${hashPassword(operatorPassword)}\n`, { mode: 0o600 });
+  const file = join(dirs.config, 'dashboard.json');
+  const config = {
+    federation: DEMO_FEDERATION,
+    mqtt: { url, ...creds.login('dashboard') },
+    http: { host: '127.0.0.1', port: 0 },
+    operators: { passwordFile: operators },
+  };
+  await writeFile(file, JSON.stringify(config, null, 2));
+  const { child, ready } = await group.start('dashboard', ['dashboard', '--config', file], join(dirs.logs, 'dashboard.log'));
+  const address = String(ready.url);
+  say(`dashboard on ${address}  (operator login: operator / ${operatorPassword}) [pid ${child.proc.pid}]`);
+  return address;
 }

@@ -8,6 +8,7 @@ import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConf
 import { loadExperimentConfig } from '../experiment/runner.js';
 import { inspectConfigSchema } from '../shared/config/inspect-config.js';
 import { loadSigningKey, loadVerifyKey, signModel, verifyModelSignature } from '../shared/protocol/model-signature.js';
+import { dashboardConfigSchema } from '../dashboard/dashboard-config.js';
 import { REPO_ROOT } from './helpers.js';
 
 const dir = join(REPO_ROOT, 'examples');
@@ -25,7 +26,9 @@ test('every example config in examples/ is valid', () => {
           ? inspectConfigSchema
           : f.startsWith('access')
             ? accessFileSchema
-            : brokerConfigSchema;
+            : f.startsWith('dashboard')
+              ? dashboardConfigSchema
+              : brokerConfigSchema;
     assert.doesNotThrow(() => loadConfigFile(schema, join(dir, f)), f);
   }
   const agg = loadConfigFile(aggregatorConfigSchema, join(dir, 'aggregator.json'));
@@ -40,6 +43,7 @@ test('the example three-site federation logs in: every service has a user with t
   const logins: [string, { username?: string; password?: string; passwordFile?: string }, string][] = [['aggregator.json', agg.mqtt, 'aggregator']];
   for (const a of agg.agents) logins.push([`agent-${a}.json`, loadConfigFile(agentConfigSchema, join(dir, `agent-${a}.json`)).mqtt, 'agent']);
   logins.push(['inspect-site-a.json', loadConfigFile(inspectConfigSchema, join(dir, 'inspect-site-a.json')).mqtt, 'inspector']);
+  logins.push(['dashboard.json', loadConfigFile(dashboardConfigSchema, join(dir, 'dashboard.json')).mqtt, 'dashboard']);
   for (const [file, mqtt, role] of logins) {
     assert.ok(mqtt.username, `${file} has an MQTT user`);
     assert.equal(access.rights(mqtt.username!)?.role, role, `${file}: ${mqtt.username} is a ${role}`);
