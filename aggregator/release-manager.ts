@@ -63,7 +63,7 @@ export class ReleaseManager {
       const versions = await store.versions();
       for (const v of versions) {
         const m = data.versions[v] ? null : await store.get(v);
-        if (m) addCandidate(data, m, clock.now());
+        if (m) addCandidate(data, this.entryOf(m), clock.now());
       }
       if (data.released === null && versions.length > 0)
         release(data, versions[0]!, 'initial', `version ${versions[0]}, the common start, counts as released`, clock.now());
@@ -71,6 +71,10 @@ export class ReleaseManager {
       this.loaded = true;
       log.info({ released: data.released, releaseSeq: data.releaseSeq, mode: this.ctx.config.release.mode }, 'model registry loaded');
     });
+  }
+
+  private entryOf(m: StoredModel): { version: number; round: number; sha256: string; signature: string | null } {
+    return { version: m.version, round: m.round, sha256: m.sha256, signature: this.publisher.modelRef(m).signature };
   }
 
   /** Publish the released version (its chunks and the retained manifest); also after a reconnect. */
@@ -81,7 +85,7 @@ export class ReleaseManager {
   /** A new version was stored: a candidate. */
   onNewVersion(model: StoredModel): Promise<void> {
     return this.serial(async () => {
-      addCandidate(this.registry.data, model, this.ctx.clock.now());
+      addCandidate(this.registry.data, this.entryOf(model), this.ctx.clock.now());
       await this.registry.save();
     });
   }

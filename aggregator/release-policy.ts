@@ -88,6 +88,8 @@ export interface VersionEntry {
   stage: ModelStage;
   round: number;
   sha256: string;
+  /** The aggregator's Ed25519 signature of the version (shared/protocol/model-signature.ts signModel); null when signing is off. */
+  signature: string | null;
   /** When the stage last changed, epoch ms. */
   stageAt: number;
   gates: GateReport | null;
@@ -125,8 +127,8 @@ function note(data: RegistryData, e: HistoryEntry): void {
 }
 
 /** A new stored version: a candidate (nothing changes when it is known already). */
-export function addCandidate(data: RegistryData, v: { version: number; round: number; sha256: string }, now: number): void {
-  data.versions[v.version] ??= { stage: 'candidate', round: v.round, sha256: v.sha256, stageAt: now, gates: null };
+export function addCandidate(data: RegistryData, v: { version: number; round: number; sha256: string; signature: string | null }, now: number): void {
+  data.versions[v.version] ??= { stage: 'candidate', round: v.round, sha256: v.sha256, signature: v.signature, stageAt: now, gates: null };
 }
 
 /** The gates' verdict on a candidate: validated or rejected. Returns false when the version is no candidate (decided before). */
