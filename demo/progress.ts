@@ -123,7 +123,7 @@ async function followEvents(observer: MqttTransport, topics: Topics, agents: rea
 }
 
 /** One line per release event: the version, the sites' balanced accuracy, and why. */
-export function releaseLine(e: Record<string, unknown>): string {
+function releaseLine(e: Record<string, unknown>): string {
   const sites = Object.entries((e.sites ?? {}) as Record<string, { balancedAccuracy: number }>)
     .map(([a, m]) => `${a} ${m.balancedAccuracy.toFixed(3)}`)
     .join(', ');
