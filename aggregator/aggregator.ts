@@ -155,9 +155,9 @@ export class Aggregator extends EventEmitter {
     // Connected already: every later 'connect' is a reconnect.
     transport.on('connect', () => {
       if (this.stopped) return;
-      void this.publisher.republishRetained(runner.global).then(() =>
-        this.release.publish().catch((err) => ctx.log.warn({ err: describeError(err).message }, 'could not republish the released model')),
-      );
+      void this.publisher
+        .republishRetained(runner.global)
+        .then(() => this.release.publish().catch((err) => ctx.log.warn({ err: describeError(err).message }, 'could not republish the released model')));
     });
     await this.commands.start();
 

@@ -7,7 +7,15 @@ import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/erro
 import type { EventSink } from '../shared/transport/event-publisher.js';
 import { writeJsonAtomic } from '../shared/util/fs-atomic.js';
 import type { Logger } from '../shared/util/logger.js';
-import { commandSchema, commandVerbs, modelCommandVerbs, type Command, type ControlVerb, type FederationRunState, type ModelCommandVerb } from '../shared/protocol/mes.js';
+import {
+  commandSchema,
+  commandVerbs,
+  modelCommandVerbs,
+  type Command,
+  type ControlVerb,
+  type FederationRunState,
+  type ModelCommandVerb,
+} from '../shared/protocol/mes.js';
 import { modelManifestSchema, SUPPORTED_VERSIONS, type ModelManifest } from '../shared/protocol/messages.js';
 import type { Topics } from '../shared/protocol/topics.js';
 import type { InboundMessage, Transport } from '../shared/transport/transport.js';

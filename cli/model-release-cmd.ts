@@ -21,7 +21,7 @@ import { silentLogger } from '../shared/util/logger.js';
 export async function runModels(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { state: { type: 'string' }, json: { type: 'boolean', default: false } }, strict: true });
   if (!values.state) {
-    process.stderr.write('usage: fedline models --state DIR [--json]   (DIR: the aggregator\'s stateDir)\n');
+    process.stderr.write("usage: fedline models --state DIR [--json]   (DIR: the aggregator's stateDir)\n");
     process.exitCode = 2;
     return;
   }
@@ -111,7 +111,13 @@ export async function runModelCommand(verb: 'release' | 'rollback', args: string
         const e = JSON.parse(m.payload.toString('utf8')) as { requestId?: string; status: string; detail: string };
         if (e.requestId === requestId) settle(e);
       });
-      const body = { v: 1, requestId, by: values.by ?? 'fedline-cli', ...(values.reason ? { reason: values.reason } : {}), ...(version !== undefined ? { version } : {}) };
+      const body = {
+        v: 1,
+        requestId,
+        by: values.by ?? 'fedline-cli',
+        ...(values.reason ? { reason: values.reason } : {}),
+        ...(version !== undefined ? { version } : {}),
+      };
       await transport.publish(topics.command(verb), encodeJson(body), { qos: 1 });
       const result = await answer;
       process.stdout.write(`${verb}: ${result.status}: ${result.detail}\n`);

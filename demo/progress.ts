@@ -114,7 +114,8 @@ async function followEvents(observer: MqttTransport, topics: Topics, agents: rea
         );
         if (windows) say(`  training windows in round ${r.round}: ${windows.describe(r.round, agents, Date.now())}`);
       } else if (e.type === 'model-published') say(`model v${e.version} published (${mb(Number(e.bytes))} MB, sha256 ${String(e.sha256).slice(0, 12)}…)`);
-      else if (e.type === 'model-validated' || e.type === 'model-rejected' || e.type === 'model-released' || e.type === 'model-rolled-back') say(releaseLine(e));
+      else if (e.type === 'model-validated' || e.type === 'model-rejected' || e.type === 'model-released' || e.type === 'model-rolled-back')
+        say(releaseLine(e));
       else if (e.type === 'alert') say(`ALERT ${e.code}: ${e.message}`);
     } catch {
       // ignore

@@ -131,7 +131,9 @@ export class InspectionService extends EventEmitter {
     }
     this.log.info(
       { watch: this.o.watch?.dir ?? null, imagesTopic: this.o.imagesTopic ?? null, verdictTopic: this.o.verdictTopic },
-      this.o.pinned ? `inspection service started; pinned to model version ${this.o.pinned.version}` : 'inspection service started; following the released model',
+      this.o.pinned
+        ? `inspection service started; pinned to model version ${this.o.pinned.version}`
+        : 'inspection service started; following the released model',
     );
   }
 
@@ -196,7 +198,8 @@ export class InspectionService extends EventEmitter {
     this.releaseSeq = releaseSeq;
     const pin = this.o.pinned;
     if (pin && (version !== pin.version || sha256 !== pin.sha256)) {
-      if (this.pinNoted !== releaseSeq) this.log.info({ pinned: pin.version, released: version, releaseSeq }, `pinned to model version ${pin.version}; not switching`);
+      if (this.pinNoted !== releaseSeq)
+        this.log.info({ pinned: pin.version, released: version, releaseSeq }, `pinned to model version ${pin.version}; not switching`);
       this.pinNoted = releaseSeq;
       return;
     }
@@ -278,7 +281,10 @@ export class InspectionService extends EventEmitter {
     const classifier = await this.o.classifierFor(bundle);
     if (classifier.sha256 !== manifest.sha256 || classifier.version !== manifest.version) {
       classifier.dispose();
-      throw new FedlineError(ErrorCodes.MODEL_STORE, `the bundle of version ${manifest.version} is version ${classifier.version} (${classifier.sha256.slice(0, 12)})`);
+      throw new FedlineError(
+        ErrorCodes.MODEL_STORE,
+        `the bundle of version ${manifest.version} is version ${classifier.version} (${classifier.sha256.slice(0, 12)})`,
+      );
     }
     return classifier;
   }
@@ -294,7 +300,13 @@ export class InspectionService extends EventEmitter {
         this.nextRelease = null;
         old?.dispose();
         this.log.info(
-          { version: this.current.version, sha256: this.current.sha256, previous: old?.version ?? null, releaseSeq: release?.releaseSeq ?? null, sites: release?.sites ?? null },
+          {
+            version: this.current.version,
+            sha256: this.current.sha256,
+            previous: old?.version ?? null,
+            releaseSeq: release?.releaseSeq ?? null,
+            sites: release?.sites ?? null,
+          },
           `classifying with model version ${this.current.version}${this.o.pinned ? ' (pinned)' : ''}`,
         );
         this.emit('model', this.current);

@@ -145,7 +145,9 @@ test(
     let released: ReleasedManifest | null = null;
     await mes.transport.subscribe(topics.modelReleased(), (m) => (released = releasedManifestSchema.parse(JSON.parse(m.payload.toString()))));
     const cli = (...args: string[]) =>
-      run(process.execPath, [CLI, ...args], { encoding: 'utf8' }).catch((e: { code: number; stdout: string; stderr: string }) => e as unknown as { stdout: string });
+      run(process.execPath, [CLI, ...args], { encoding: 'utf8' }).catch(
+        (e: { code: number; stdout: string; stderr: string }) => e as unknown as { stdout: string },
+      );
     try {
       const follower = await inspect('follower');
       const done = fed.aggregator.aggregator.run();
