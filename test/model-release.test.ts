@@ -216,6 +216,10 @@ test(
       const old = { ...v0 };
       await mes.transport.publish(topics.modelReleased(), encodeJson(old), { retain: false });
       await waitFor('replay refused', () => follower.service.counters.get('FL_MODEL_SIGNATURE') === 1);
+      // A forged release (not signed by the aggregator's key) is refused too.
+      await mes.transport.publish(topics.modelReleased(), encodeJson({ ...v0, version: 1, releaseSeq: 99, signature: null }), { retain: false });
+      await waitFor('forgery refused', () => follower.service.counters.get('FL_MODEL_SIGNATURE') === 2);
+      assert.equal(follower.service.modelVersion, 0);
       assert.equal(pinned.service.modelVersion, 0);
       assert.equal(switches(pinned.lines).length, 1);
       assert.ok(pinned.lines.some((l) => /pinned to model version 0; not switching/.test(String(l.msg))));
@@ -278,6 +282,51 @@ test('auto release: with no gate failing, each evaluated candidate is released a
   } finally {
     await service.stop();
     await transport.close();
+    await fed.stop();
+    await mes.close();
+    await broker.close();
+    dir.cleanup();
+  }
+});
+
+test('approve mode: a validated candidate waits for the operator; the release survives an aggregator restart', { timeout: 240_000 }, async () => {
+  const dir = tempDir('release-approve');
+  const broker = await startAedes();
+  const mes = await mesObserver(broker.url);
+  const o = {
+    url: broker.url,
+    dir: dir.path,
+    agents: ['site-a'],
+    rounds: 1,
+    aggregator: { release: { ...defaults, mode: 'approve' as const, maxRegression: null } },
+  };
+  let fed = await startFederation(o);
+  const releasedOn = async () => {
+    const t = await MqttTransport.connect({ url: broker.url, clientId: `probe-${Math.random()}`, logger: silentLogger() });
+    let got: ReleasedManifest | null = null;
+    await t.subscribe(topics.modelReleased(), (m) => (got = releasedManifestSchema.parse(JSON.parse(m.payload.toString()))));
+    await waitFor('retained released manifest', () => got !== null);
+    await t.close();
+    return got! as ReleasedManifest;
+  };
+  try {
+    await fed.aggregator.aggregator.run();
+    await waitFor('v1 validated', () => mes.ofType('model-validated').length === 1);
+    assert.deepEqual([mes.ofType('model-validated')[0]!.version, mes.ofType('model-validated')[0]!.mode], [1, 'approve']);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(mes.ofType('model-released').length, 0, 'approve: no release without the operator');
+    assert.equal((await releasedOn()).version, 0);
+    await mes.transport.publish(topics.command('release'), encodeJson({ v: 1, requestId: 'ok1', by: 'qa', version: 1 }));
+    await waitFor('released', () => mes.ofType('model-released').length === 1);
+    assert.deepEqual([(await releasedOn()).version, (await releasedOn()).releaseSeq], [1, 2]);
+    // Restart: the registry keeps the release; the retained manifest is published again as it was.
+    await fed.stop();
+    fed = await startFederation(o);
+    await fed.aggregator.aggregator.run();
+    const after = await releasedOn();
+    assert.deepEqual([after.version, after.releaseSeq, after.by], [1, 2, 'qa']);
+    assert.deepEqual(mes.invalid, []);
+  } finally {
     await fed.stop();
     await mes.close();
     await broker.close();
