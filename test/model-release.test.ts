@@ -188,6 +188,8 @@ test(
       assert.ok(listed.versions.every((v) => v.signature !== null));
       assert.match((await cli('models', '--state', join(dir.path, 'aggregator'))).stdout, /v2 +2 {2}rejected .*failed: site-a minBalancedAccuracy/);
 
+      const usage = (await cli('release', '--url', broker.url, '--federation', 'test')) as { code?: number; stderr?: string };
+      assert.equal(usage.code, 2, 'release without a version: usage error');
       // An operator releases v2 with `fedline release` (MES command over MQTT): inspect switches and logs it.
       const out = await cli('release', '2', '--url', broker.url, '--federation', 'test', '--by', 'qa-lead', '--reason', 'audit passed');
       assert.match(out.stdout, /release: accepted: version 2 released \(its gates failed; released by the operator\); was 0/);
