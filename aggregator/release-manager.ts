@@ -54,7 +54,7 @@ export class ReleaseManager {
     return next;
   }
 
-  /** Load the registry and register the stored versions; the first stored version (0, the common start) counts as released. */
+  /** Load the registry and register the stored versions; without a registry the current version (0 in a new federation) counts as released. */
   load(): Promise<void> {
     return this.serial(async () => {
       const { store, clock, log } = this.ctx;
@@ -65,8 +65,17 @@ export class ReleaseManager {
         const m = data.versions[v] ? null : await store.get(v);
         if (m) addCandidate(data, this.entryOf(m), clock.now());
       }
-      if (data.released === null && versions.length > 0)
-        release(data, versions[0]!, 'initial', `version ${versions[0]}, the common start, counts as released`, clock.now());
+      // A new federation: version 0, the common start. A state folder from before the registry: the
+      // latest version, which its lines were running (they followed model/latest then).
+      const first = versions.at(-1);
+      if (data.released === null && first !== undefined)
+        release(
+          data,
+          first,
+          'initial',
+          first === 0 ? 'version 0, the common start, counts as released' : `the latest version when the registry was created`,
+          clock.now(),
+        );
       await this.registry.save();
       this.loaded = true;
       log.info({ released: data.released, releaseSeq: data.releaseSeq, mode: this.ctx.config.release.mode }, 'model registry loaded');
