@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { systemClock, type Clock, deferred } from '../shared/util/async.js';
 import { createEventPublisher } from '../shared/transport/event-publisher.js';
+import { describeError } from '../shared/protocol/errors.js';
 import type { Logger } from '../shared/util/logger.js';
 import { Counters } from '../shared/util/counters.js';
 import { createTopics, defaultRoot } from '../shared/protocol/topics.js';
@@ -10,6 +11,7 @@ import { loadGlobalModel } from './load-global-model.js';
 import { MesCommands } from './mes-commands.js';
 import { ModelPublisher, type ModelSigner } from './model-publisher.js';
 import type { ModelStore } from './model-store.js';
+import { ReleaseManager, type ReleaseSigner } from './release-manager.js';
 import { RoundJournal, type RoundRecord } from './round-journal.js';
 import { RoundRunner } from './round-runner.js';
 import { AgentPresence } from './status-handler.js';
@@ -29,6 +31,8 @@ export interface AggregatorDeps {
   initialModel: () => Promise<Uint8Array>;
   /** Signs a model (version, SHA-256) for the agents to verify; absent: models go unsigned. */
   signModel?: ModelSigner;
+  /** Signs the released manifest (`<root>/model/released`); absent: it goes unsigned. */
+  signRelease?: ReleaseSigner;
   /** Default: the one the config's `strategy` names (aggregator/strategy-registry.ts). */
   strategy?: Strategy;
   logger: Logger;
@@ -54,7 +58,8 @@ const STOP_WAIT_MS = 10_000;
  *   strategy   strategy.ts (the seam), fedavg-strategy.ts, norm-screen.ts, strategy-registry.ts
  *   models     model-publisher.ts (retained model and announcements), load-global-model.ts
  *   state      round-journal.ts (journal.json, history.jsonl), update-spool.ts, model-store.ts
- *   MES        mes-commands.ts (start, pause, resume, stop, model-manifest)
+ *   release    release-manager.ts (candidates, gates, released model), release-policy.ts, model-registry.ts
+ *   MES        mes-commands.ts (start, pause, resume, stop, model-manifest, release, rollback)
  */
 export class Aggregator extends EventEmitter {
   readonly counters = new Counters();
@@ -65,6 +70,7 @@ export class Aggregator extends EventEmitter {
   private readonly publisher: ModelPublisher;
   private readonly runner: RoundRunner;
   private readonly commands: MesCommands;
+  private readonly release: ReleaseManager;
   private readonly onUpdateMessage: ReturnType<typeof createUpdateInbound>;
   private stopped = false;
   private readonly stopSignal = deferred<void>();
@@ -96,6 +102,7 @@ export class Aggregator extends EventEmitter {
     this.presence = new AgentPresence(ctx);
     this.publisher = new ModelPublisher(ctx, deps.signModel ?? null);
     this.stopSignal.promise.catch(() => undefined);
+    this.release = new ReleaseManager(ctx, this.publisher, deps.signRelease ?? null);
     this.commands = new MesCommands({
       transport,
       topics,
@@ -105,6 +112,7 @@ export class Aggregator extends EventEmitter {
       counters: this.counters,
       autoStart: config.autoStart,
       onStop: (reason) => this.runner.closeOpenRound(reason),
+      onModelCommand: (verb, command) => this.release.command(verb, command),
     });
     this.runner = new RoundRunner({
       ctx,
@@ -112,6 +120,7 @@ export class Aggregator extends EventEmitter {
       presence: this.presence,
       commands: this.commands,
       publisher: this.publisher,
+      release: this.release,
       strategy: deps.strategy ?? createStrategy(config, log),
       stopSignal: this.stopSignal.promise,
       isStopped: () => this.stopped,
@@ -144,12 +153,19 @@ export class Aggregator extends EventEmitter {
     await transport.subscribe(topics.statusAll(), this.presence.onStatus);
     await transport.subscribe(topics.updatesAll(), this.onUpdateMessage);
     // Connected already: every later 'connect' is a reconnect.
-    transport.on('connect', () => void (this.stopped ? undefined : this.publisher.republishRetained(runner.global)));
+    transport.on('connect', () => {
+      if (this.stopped) return;
+      void this.publisher
+        .republishRetained(runner.global)
+        .then(() => this.release.publish().catch((err) => ctx.log.warn({ err: describeError(err).message }, 'could not republish the released model')));
+    });
     await this.commands.start();
 
     runner.global = await loadGlobalModel(ctx, this.initialModel);
     journal.data.currentVersion = runner.global.version;
+    await this.release.load();
     await this.publisher.publishModel(runner.global);
+    await this.release.publish();
 
     let reason = `${config.rounds} rounds done`;
     const noteOutcome = (outcome: string) => {

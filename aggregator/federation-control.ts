@@ -1,4 +1,4 @@
-import type { CommandVerb, FederationRunState } from '../shared/protocol/mes.js';
+import type { ControlVerb, FederationRunState } from '../shared/protocol/mes.js';
 
 /**
  * How the aggregator runs the federation, as decided by MES commands; pure (no I/O):
@@ -33,7 +33,7 @@ export class FederationControl {
     this.value = 'complete';
   }
 
-  apply(verb: CommandVerb): ControlResult {
+  apply(verb: ControlVerb): ControlResult {
     const from = this.value;
     const ok = (to: FederationRunState, detail: string): ControlResult => {
       this.value = to;

@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import type { AggregatorConfig } from '../shared/config/service-config.js';
 import type { Logger } from '../shared/util/logger.js';
 import { connectMqtt } from '../shared/transport/mqtt-connect.js';
-import { loadSigningKey, signModel } from '../shared/protocol/model-signature.js';
+import { loadSigningKey, signModel, signRelease } from '../shared/protocol/model-signature.js';
 import type { MqttTransport } from '../shared/transport/mqtt-transport.js';
 import { Aggregator } from './aggregator.js';
 import { FsModelStore } from './model-store.js';
@@ -26,7 +26,12 @@ export async function startAggregator(config: Readonly<AggregatorConfig>, logger
     store,
     spool,
     logger,
-    ...(signingKey ? { signModel: (version: number, sha256: string) => signModel(signingKey, version, sha256) } : {}),
+    ...(signingKey
+      ? {
+          signModel: (version: number, sha256: string) => signModel(signingKey, version, sha256),
+          signRelease: (releaseSeq: number, version: number, sha256: string) => signRelease(signingKey, releaseSeq, version, sha256),
+        }
+      : {}),
     initialModel: () => initialModelBundle(config, logger),
   });
   return {

@@ -7,7 +7,15 @@ import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/erro
 import type { EventSink } from '../shared/transport/event-publisher.js';
 import { writeJsonAtomic } from '../shared/util/fs-atomic.js';
 import type { Logger } from '../shared/util/logger.js';
-import { commandSchema, commandVerbs, type Command, type CommandVerb, type FederationRunState } from '../shared/protocol/mes.js';
+import {
+  commandSchema,
+  commandVerbs,
+  modelCommandVerbs,
+  type Command,
+  type ControlVerb,
+  type FederationRunState,
+  type ModelCommandVerb,
+} from '../shared/protocol/mes.js';
 import { modelManifestSchema, SUPPORTED_VERSIONS, type ModelManifest } from '../shared/protocol/messages.js';
 import type { Topics } from '../shared/protocol/topics.js';
 import type { InboundMessage, Transport } from '../shared/transport/transport.js';
@@ -24,13 +32,16 @@ export interface MesCommandsOptions {
   autoStart: boolean;
   /** `stop`: close the open round, if any, without aggregation. */
   onStop: (reason: string) => void;
+  /** `release` / `rollback`: the model registry's answer (aggregator/release-manager.ts). */
+  onModelCommand: (verb: ModelCommandVerb, command: Command) => Promise<{ status: 'accepted' | 'rejected'; detail: string }>;
 }
 
 /**
  * The aggregator's side of the MES commands on `<root>/cmd/<verb>` (JSON, shared/protocol/mes.ts):
  * start, pause, resume, stop change how rounds run (FederationControl, kept in
  * <stateDir>/control.json across restarts); model-manifest answers with the current global
- * model's manifest as a `model-manifest` event. Every command gets a `command-result` event.
+ * model's manifest as a `model-manifest` event; release and rollback change the released model
+ * (aggregator/release-manager.ts), whatever the run state. Every command gets a `command-result` event.
  * The broker's ACL decides who may send commands; malformed, retained or unknown commands are
  * logged, counted and answered `rejected`.
  */
@@ -120,7 +131,11 @@ export class MesCommands {
       if (!m.retain) this.result(verb, command?.requestId ?? null, 'rejected', message);
       return;
     }
-    const v = verb as CommandVerb;
+    if ((modelCommandVerbs as readonly string[]).includes(verb)) {
+      this.modelCommand(verb as ModelCommandVerb, command);
+      return;
+    }
+    const v = verb as ControlVerb;
     const outcome = this.control.apply(v);
     this.o.log.info(
       { verb: v, by: command.by, reason: command.reason, requestId: command.requestId, status: outcome.status, state: outcome.to },
@@ -141,6 +156,21 @@ export class MesCommands {
     }
     this.result(v, command.requestId ?? null, outcome.status, outcome.detail);
   };
+
+  private modelCommand(verb: ModelCommandVerb, command: Command): void {
+    const requestId = command.requestId ?? null;
+    this.o
+      .onModelCommand(verb, command)
+      .catch((err) => ({ status: 'rejected' as const, detail: `${verb} failed: ${describeError(err).message}` }))
+      .then((outcome) => {
+        if (outcome.status === 'rejected') this.o.counters.inc(ErrorCodes.COMMAND);
+        this.o.log.info(
+          { verb, by: command.by, reason: command.reason, requestId, version: command.version ?? null, status: outcome.status },
+          `MES command ${verb}: ${outcome.detail}`,
+        );
+        this.result(verb, requestId, outcome.status, outcome.detail);
+      });
+  }
 
   private result(verb: string, requestId: string | null, status: 'accepted' | 'rejected', detail: string): void {
     this.o.emitEvent('command-result', { verb, requestId, status, detail, by: 'aggregator', federationState: this.control.state });

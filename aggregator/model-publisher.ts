@@ -23,24 +23,14 @@ export class ModelPublisher {
     this.signModel = signModel;
   }
 
+  /** A version besides the latest whose retained chunks stay on the broker: the released one (aggregator/release-manager.ts). */
+  keepChunksOf: () => number | null = () => null;
+
   /** Publish a model version (chunks, then the manifest), clear older versions' chunks; `announce`: tell the MES (model-published). */
   async publishModel(model: StoredModel, announce = true): Promise<void> {
-    const { transport, topics, config, store, clock, log } = this.ctx;
-    // Chunks are read from the store's files as they go out: no in-memory copy of the model.
-    const bundle = await store.openBundle(model.version);
+    const { transport, topics, store, clock, log } = this.ctx;
     const started = clock.now();
-    const { chunkBytes, maxInflight } = config;
-    try {
-      await publishChunks(
-        transport,
-        bundle,
-        (seq) => topics.modelChunk(model.version, seq),
-        (chunk) => ({ v: PROTOCOL_VERSION, type: 'model-chunk', version: model.version, sha256: model.sha256, ...chunk }),
-        { chunkBytes, maxInflight, retain: true },
-      );
-    } finally {
-      await bundle.close();
-    }
+    await this.publishChunksOf(model);
     const manifest = this.manifest(model);
     await transport.publish(topics.modelLatest(), encodeJson(manifest), { qos: 1, retain: true });
     await this.clearOlderThan(model.version);
@@ -56,6 +46,24 @@ export class ModelPublisher {
       metrics: model.updateMetrics,
       modelDir: store.dir(model.version),
     });
+  }
+
+  /** A version's retained chunks, read from the store's files as they go out: no in-memory copy of the model. */
+  async publishChunksOf(model: StoredModel): Promise<void> {
+    const { transport, topics, config, store } = this.ctx;
+    const bundle = await store.openBundle(model.version);
+    const { chunkBytes, maxInflight } = config;
+    try {
+      await publishChunks(
+        transport,
+        bundle,
+        (seq) => topics.modelChunk(model.version, seq),
+        (chunk) => ({ v: PROTOCOL_VERSION, type: 'model-chunk', version: model.version, sha256: model.sha256, ...chunk }),
+        { chunkBytes, maxInflight, retain: true },
+      );
+    } finally {
+      await bundle.close();
+    }
   }
 
   /** Publish a round announcement (retained): agents joining later read it. */
@@ -112,13 +120,16 @@ export class ModelPublisher {
 
   /** Old versions' retained chunks are cleared (an empty retained payload deletes it, MQTT 3.1.1 §3.3.1.3). */
   private async clearOlderThan(version: number): Promise<void> {
+    const keep = this.keepChunksOf();
+    for (const v of await this.ctx.store.versions()) if (v < version && v !== keep) await this.clearChunksOf(v);
+  }
+
+  /** Delete a version's retained chunks. */
+  async clearChunksOf(version: number): Promise<void> {
     const { transport, topics, store, config } = this.ctx;
-    for (const v of await store.versions()) {
-      if (v >= version) continue;
-      const old = await store.get(v);
-      if (!old) continue;
-      const n = chunkCount(old.bytes, config.chunkBytes);
-      for (let seq = 0; seq < n; seq++) await transport.publish(topics.modelChunk(v, seq), Buffer.alloc(0), { qos: 1, retain: true });
-    }
+    const old = await store.get(version);
+    if (!old) return;
+    const n = chunkCount(old.bytes, config.chunkBytes);
+    for (let seq = 0; seq < n; seq++) await transport.publish(topics.modelChunk(version, seq), Buffer.alloc(0), { qos: 1, retain: true });
   }
 }

@@ -7,6 +7,7 @@ import type { MesCommands } from './mes-commands.js';
 import type { ModelPublisher } from './model-publisher.js';
 import type { StoredModel } from './model-store.js';
 import { aggregateRound } from './round-aggregation.js';
+import type { ReleaseManager } from './release-manager.js';
 import type { RoundJournal, RoundRecord } from './round-journal.js';
 import { clipSampleCounts } from './sample-clip.js';
 import { RoundState, type CloseDecision, type RoundKind, type RoundOutcome } from './round-state.js';
@@ -21,6 +22,8 @@ export interface RoundRunnerDeps {
   presence: AgentPresence;
   commands: MesCommands;
   publisher: ModelPublisher;
+  /** Model release: new versions are candidates, decided on when the sites have evaluated them. */
+  release: ReleaseManager;
   strategy: Strategy;
   /** Settles when the aggregator stops. */
   stopSignal: Promise<void>;
@@ -80,6 +83,8 @@ export class RoundRunner {
     if (!decision.close) throw new FedlineError(ErrorCodes.ABORTED, `round ${roundNo} ended without a decision to close it`);
     await this.d.publisher.announce(this.announcement(active, task, 'closed'));
     this.recordClose(active, decision);
+    // The round's base was evaluated by the sites at its start: the release gates decide on it.
+    await this.d.release.onBaseEvaluated(active.base, record.baseMetrics);
     if (decision.outcome === 'aggregate' && !this.d.isStopped()) await this.aggregate(active);
     else if (decision.outcome === 'keep') {
       ctx.emitEvent('alert', { severity: 'warning', code: 'FL_ROUND_KEPT', message: `round ${roundNo}: ${decision.reason}` });
@@ -220,6 +225,7 @@ export class RoundRunner {
       this.recordRefused(active, result.output.refused ?? []);
       if (result.stored) {
         await publisher.publishModel(result.stored);
+        await this.d.release.onNewVersion(result.stored);
         record.modelPublishedAt = ctx.clock.now();
         record.newVersion = result.stored.version;
         this.global = result.stored;

@@ -21,7 +21,7 @@ commands:
   broker      run the embedded MQTT broker (Aedes)          --config FILE [--port N]
   aggregator  run the aggregator                            --config FILE
   agent       run an edge agent                             --config FILE
-  inspect     classify new images with the latest global model, publish verdicts   --config FILE
+  inspect     classify new images with the released global model, publish verdicts   --config FILE
   dashboard   a web page following the federation live, operator actions   --config FILE [--port N]
   plc-sim     a simulated PLC (OPC UA server), line state Running/Idle on a schedule (--help)
   passwd      add a user to a broker password file          --file FILE --user NAME (password on stdin)
@@ -34,6 +34,10 @@ commands:
   experiment  the paper's comparison: centralized, local-only, federated all/head/random init;
               report.md, results.json, confusion matrices     --config FILE [--out DIR] [--mode in-process|mqtt]
   keygen      an Ed25519 key pair for signing global models --out DIR
+  models      stored model versions: stage, sites' metrics, signature   --state DIR [--json]
+  release     release a model version to the lines (MES command over MQTT)   VERSION --url URL --federation NAME
+              [--username mes --password-file FILE] [--by NAME] [--reason TEXT]
+  rollback    go back to the version released before (or VERSION)  [VERSION] (options as release)
 
 Example configs are in examples/. Logs are JSON lines on stdout; set FEDLINE_LOG_LEVEL=debug for more.`;
 
@@ -60,6 +64,15 @@ async function main(argv: string[]): Promise<void> {
     case 'dashboard': {
       const { runDashboard } = await import('./dashboard-cmd.js');
       return runDashboard(rest);
+    }
+    case 'models': {
+      const { runModels } = await import('./model-release-cmd.js');
+      return runModels(rest);
+    }
+    case 'release':
+    case 'rollback': {
+      const { runModelCommand } = await import('./model-release-cmd.js');
+      return runModelCommand(command, rest);
     }
     case 'plc-sim': {
       const { runPlcSim } = await import('./plc-sim-cmd.js');

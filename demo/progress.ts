@@ -114,9 +114,32 @@ async function followEvents(observer: MqttTransport, topics: Topics, agents: rea
         );
         if (windows) say(`  training windows in round ${r.round}: ${windows.describe(r.round, agents, Date.now())}`);
       } else if (e.type === 'model-published') say(`model v${e.version} published (${mb(Number(e.bytes))} MB, sha256 ${String(e.sha256).slice(0, 12)}…)`);
+      else if (e.type === 'model-validated' || e.type === 'model-rejected' || e.type === 'model-released' || e.type === 'model-rolled-back')
+        say(releaseLine(e));
       else if (e.type === 'alert') say(`ALERT ${e.code}: ${e.message}`);
     } catch {
       // ignore
     }
   });
+}
+
+/** One line per release event: the version, the sites' balanced accuracy, and why. */
+function releaseLine(e: Record<string, unknown>): string {
+  const sites = Object.entries((e.sites ?? {}) as Record<string, { balancedAccuracy: number }>)
+    .map(([a, m]) => `${a} ${m.balancedAccuracy.toFixed(3)}`)
+    .join(', ');
+  const failures = ((e.failures ?? []) as { agent: string | null; gate: string; value: number; limit: number }[])
+    .map((f) => `${f.agent ?? 'sites'} ${f.gate} ${f.value.toFixed(3)} (limit ${f.limit})`)
+    .join('; ');
+  const against = e.against !== null && e.against !== undefined ? ` vs released v${e.against}` : '';
+  switch (e.type) {
+    case 'model-validated':
+      return `model v${e.version} validated${against} (${sites})${e.mode === 'approve' ? '; waiting for an operator release' : ''}`;
+    case 'model-rejected':
+      return `model v${e.version} rejected${against}: ${failures}`;
+    case 'model-released':
+      return `model v${e.version} released by ${e.by} (was v${e.previous ?? '-'}; ${sites || 'no site metrics'})`;
+    default:
+      return `model rolled back from v${e.from} to v${e.version} by ${e.by}${e.reason ? ` (${e.reason})` : ''}`;
+  }
 }

@@ -8,7 +8,7 @@ import { createTopics, defaultRoot } from '../shared/protocol/topics.js';
 import { InspectionService } from './inspect.js';
 import { ModelCache } from './model-cache.js';
 import { TfjsClassifier } from '../training/tfjs-classifier.js';
-import { loadVerifyKey, verifyModelSignature } from '../shared/protocol/model-signature.js';
+import { loadVerifyKey, verifyReleaseSignature } from '../shared/protocol/model-signature.js';
 
 export interface RunningInspection {
   service: InspectionService;
@@ -39,8 +39,12 @@ export async function startInspection(config: Readonly<InspectConfig>, logger: L
     maxModelBytes: config.maxModelBytes,
     maxQueuedImages: config.maxQueuedImages,
     log,
+    ...(config.pinnedModel ? { pinned: config.pinnedModel } : {}),
     ...(verifyKey
-      ? { verifyModel: (version: number, sha256: string, signature: string | null) => verifyModelSignature(verifyKey, version, sha256, signature) }
+      ? {
+          verifyRelease: (releaseSeq: number, version: number, sha256: string, signature: string | null) =>
+            verifyReleaseSignature(verifyKey, releaseSeq, version, sha256, signature),
+        }
       : {}),
   });
   await service.start();

@@ -3,9 +3,10 @@ import { mkdir, readFile, rename } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { decodeJson, encodeJson } from '../shared/protocol/wire-codec.js';
 import { Counters } from '../shared/util/counters.js';
-import { describeError, ErrorCodes } from '../shared/protocol/errors.js';
+import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { Logger } from '../shared/util/logger.js';
-import { modelManifestSchema, PROTOCOL_VERSION, SUPPORTED_VERSIONS, type ModelManifest } from '../shared/protocol/messages.js';
+import { PROTOCOL_VERSION, SUPPORTED_VERSIONS } from '../shared/protocol/messages.js';
+import { releasedManifestSchema, type ReleasedManifest } from '../shared/protocol/mes.js';
 import type { Topics } from '../shared/protocol/topics.js';
 import type { InboundMessage, Transport } from '../shared/transport/transport.js';
 import { FolderWatcher } from './folder-watcher.js';
@@ -50,8 +51,10 @@ export interface InspectionOptions {
   maxModelBytes: number;
   maxQueuedImages: number;
   log: Logger;
-  /** Checks the aggregator's signature of a model (version, SHA-256); absent: models are not checked. */
-  verifyModel?: (version: number, sha256: string, signature: string | null) => boolean;
+  /** Checks the aggregator's signature of the released manifest (release sequence number, version, SHA-256); absent: not checked. */
+  verifyRelease?: (releaseSeq: number, version: number, sha256: string, signature: string | null) => boolean;
+  /** Run this version only (config `pinnedModel`): from the model cache, or downloaded when it is the released one. */
+  pinned?: { version: number; sha256: string };
 }
 
 interface QueuedImage {
@@ -62,12 +65,14 @@ interface QueuedImage {
 }
 
 /**
- * The inspection service: classifies every new image (folder and/or MQTT) with the latest
- * global model and publishes a verdict. It follows `<root>/model/latest` (retained manifest),
- * downloads each new version from its retained chunks in the background while the current model
- * keeps classifying, and swaps between two images: no image is dropped or held back by an update,
- * and every verdict names the model version that produced it. Images that come before the first
- * model wait in the queue.
+ * The inspection service: classifies every new image (folder and/or MQTT) with the released
+ * global model and publishes a verdict. It follows `<root>/model/released` (the retained, signed
+ * manifest of the version the lines run; never `model/latest`, so a candidate never runs),
+ * downloads each newly released version (newer after a release, older after a rollback) from its
+ * retained chunks in the background while the current model keeps classifying, and swaps between
+ * two images: no image is dropped or held back by an update, and every verdict names the model
+ * version that produced it. A pinned service runs its one version and never switches. Images that
+ * come before the first model wait in the queue.
  *
  * Events: `verdict` (Verdict), `model` (Classifier now in use).
  */
@@ -82,8 +87,12 @@ export class InspectionService extends EventEmitter {
   private loop: Promise<void> = Promise.resolve();
   private watcher: FolderWatcher | null = null;
   private stopped = false;
-  /** The newest manifest seen and the version being fetched. */
-  private wanted: ModelManifest | null = null;
+  /** The release to switch to (being fetched), and the one whose classifier waits in `next`. */
+  private wanted: ReleasedManifest | null = null;
+  private nextRelease: ReleasedManifest | null = null;
+  /** The highest release sequence number seen: an older release replayed is refused. */
+  private releaseSeq = -1;
+  private pinNoted = -1;
   private fetching = false;
   private fetchAbort = new AbortController();
 
@@ -103,7 +112,8 @@ export class InspectionService extends EventEmitter {
 
   async start(): Promise<void> {
     this.loop = this.run();
-    await this.o.transport.subscribe(this.o.topics.modelLatest(), this.onManifest);
+    if (this.o.pinned) await this.loadPinnedFromCache(this.o.pinned);
+    await this.o.transport.subscribe(this.o.topics.modelReleased(), this.onManifest);
     if (this.o.imagesTopic) {
       // "a/#" matches "a" itself and "a/<imageId>" (MQTT 3.1.1 §4.7.1.2).
       await this.o.transport.subscribe(`${this.o.imagesTopic}/#`, this.onImageMessage);
@@ -121,7 +131,9 @@ export class InspectionService extends EventEmitter {
     }
     this.log.info(
       { watch: this.o.watch?.dir ?? null, imagesTopic: this.o.imagesTopic ?? null, verdictTopic: this.o.verdictTopic },
-      'inspection service started; waiting for the global model',
+      this.o.pinned
+        ? `inspection service started; pinned to model version ${this.o.pinned.version}`
+        : 'inspection service started; following the released model',
     );
   }
 
@@ -129,7 +141,7 @@ export class InspectionService extends EventEmitter {
     this.stopped = true;
     this.fetchAbort.abort();
     await this.watcher?.stop();
-    await this.o.transport.unsubscribe(this.o.topics.modelLatest(), this.onManifest).catch(() => undefined);
+    await this.o.transport.unsubscribe(this.o.topics.modelReleased(), this.onManifest).catch(() => undefined);
     if (this.o.imagesTopic) await this.o.transport.unsubscribe(`${this.o.imagesTopic}/#`, this.onImageMessage).catch(() => undefined);
     this.wake?.();
     await this.loop;
@@ -159,60 +171,93 @@ export class InspectionService extends EventEmitter {
 
   private readonly onManifest = (m: InboundMessage): void => {
     if (m.payload.byteLength === 0) return;
-    let manifest: ModelManifest;
+    let manifest: ReleasedManifest;
     try {
-      manifest = decodeJson(m.payload, modelManifestSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'model manifest' });
+      manifest = decodeJson(m.payload, releasedManifestSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'released model manifest' });
     } catch (err) {
       const { code, message } = describeError(err);
       this.counters.inc(code);
       this.log.warn({ topic: m.topic, code }, message);
       return;
     }
-    if (this.o.verifyModel && !this.o.verifyModel(manifest.version, manifest.sha256, manifest.signature)) {
-      // A model nobody but the aggregator may publish: keep classifying with the current one.
+    const { version, sha256, releaseSeq, signature } = manifest;
+    if (this.o.verifyRelease && !this.o.verifyRelease(releaseSeq, version, sha256, signature)) {
+      // Only the aggregator's key makes a release: keep classifying with the current model.
       this.counters.inc(ErrorCodes.MODEL_SIGNATURE);
       this.log.warn(
-        { topic: m.topic, code: ErrorCodes.MODEL_SIGNATURE, version: manifest.version },
-        `model version ${manifest.version} is ${manifest.signature ? 'signed with another key' : 'not signed'}; refusing it`,
+        { topic: m.topic, code: ErrorCodes.MODEL_SIGNATURE, version, releaseSeq },
+        `release of model version ${version} is ${signature ? 'signed with another key' : 'not signed'}; refusing it`,
       );
       return;
     }
-    const have = this.modelVersion ?? -1;
-    if (manifest.version <= have || (this.wanted && manifest.version <= this.wanted.version)) return;
+    if (releaseSeq < this.releaseSeq) {
+      this.counters.inc(ErrorCodes.MODEL_SIGNATURE);
+      this.log.warn({ code: ErrorCodes.MODEL_SIGNATURE, version, releaseSeq, seen: this.releaseSeq }, 'an older release replayed; refusing it');
+      return;
+    }
+    this.releaseSeq = releaseSeq;
+    const pin = this.o.pinned;
+    if (pin && (version !== pin.version || sha256 !== pin.sha256)) {
+      if (this.pinNoted !== releaseSeq)
+        this.log.info({ pinned: pin.version, released: version, releaseSeq }, `pinned to model version ${pin.version}; not switching`);
+      this.pinNoted = releaseSeq;
+      return;
+    }
+    if (version === this.modelVersion) {
+      this.wanted = null; // a release of the version in use (a rollback during a download): nothing to switch to
+      return;
+    }
+    if (version === this.wanted?.version) return;
     this.wanted = manifest;
-    this.log.info({ version: manifest.version, bytes: manifest.bytes }, 'new global model announced');
+    this.log.info({ version, releaseSeq, bytes: manifest.bytes, previous: this.modelVersion }, `model version ${version} released`);
     if (!this.fetching) this.fetchLoop().catch((err: Error) => this.log.error({ err: err.message }, 'model update loop failed'));
   };
 
-  /** Fetch the newest wanted model, again and again while newer ones are announced. */
+  /** A pinned version found in the model cache runs at once (it may no longer be on the broker). */
+  private async loadPinnedFromCache(pin: { version: number; sha256: string }): Promise<void> {
+    const bundle = await this.o.cache.get(pin.version, pin.sha256);
+    if (!bundle) {
+      this.log.info({ pinned: pin.version }, `pinned model version ${pin.version} is not cached; waiting for it to be released`);
+      return;
+    }
+    this.setNext(await this.o.classifierFor(bundle), null);
+  }
+
+  private setNext(classifier: Classifier, release: ReleasedManifest | null): void {
+    // Swapped in by the classification loop between two images.
+    this.next?.dispose();
+    this.next = classifier;
+    this.nextRelease = release;
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  /** Fetch the wanted release, again while another one is announced. */
   private async fetchLoop(): Promise<void> {
     this.fetching = true;
     try {
-      while (!this.stopped && this.wanted && this.wanted.version > (this.modelVersion ?? -1)) {
+      while (!this.stopped && this.wanted && this.wanted.version !== this.modelVersion) {
         const target = this.wanted;
         try {
           const classifier = await this.fetch(target);
-          if (this.stopped) {
+          if (this.stopped || this.wanted !== target) {
+            // Stopped, or another release (a rollback) came while this one downloaded.
             classifier.dispose();
-            return;
+            continue;
           }
-          // Swapped in by the classification loop between two images.
-          this.next?.dispose();
-          this.next = classifier;
-          this.log.info({ version: classifier.version }, 'global model ready; switching at the next image');
-          const w = this.wake;
-          this.wake = null;
-          w?.();
+          this.setNext(classifier, target);
+          this.log.info({ version: classifier.version }, 'released model ready; switching at the next image');
         } catch (err) {
           if (this.stopped) return;
           const { code, message } = describeError(err);
           this.counters.inc(code);
           this.log.error(
             { code, version: target.version },
-            `could not load global model version ${target.version}: ${message}; keeping version ${this.modelVersion ?? 'none'}`,
+            `could not load model version ${target.version}: ${message}; keeping version ${this.modelVersion ?? 'none'}`,
           );
           if (this.wanted === target) {
-            // Try again after a pause, unless a newer version shows up meanwhile.
+            // Try again after a pause, unless another release shows up meanwhile.
             await new Promise((r) => setTimeout(r, 5000).unref());
           }
         }
@@ -222,17 +267,26 @@ export class InspectionService extends EventEmitter {
     }
   }
 
-  private async fetch(manifest: ModelManifest): Promise<Classifier> {
+  private async fetch(manifest: ReleasedManifest): Promise<Classifier> {
     let bundle = await this.o.cache.get(manifest.version, manifest.sha256);
     if (!bundle) {
-      bundle = await downloadModel(this.o.transport, this.o.topics, manifest, this.log, {
+      const { version, sha256, bytes, chunks, chunkBytes } = manifest;
+      bundle = await downloadModel(this.o.transport, this.o.topics, { version, sha256, bytes, chunks, chunkBytes, signature: null }, this.log, {
         maxModelBytes: this.o.maxModelBytes,
         stallMs: 30_000,
         signal: this.fetchAbort.signal,
       });
       await this.o.cache.put(manifest.version, manifest.sha256, bundle).catch((err: Error) => this.log.warn({ err: err.message }, 'could not cache the model'));
     }
-    return this.o.classifierFor(bundle);
+    const classifier = await this.o.classifierFor(bundle);
+    if (classifier.sha256 !== manifest.sha256 || classifier.version !== manifest.version) {
+      classifier.dispose();
+      throw new FedlineError(
+        ErrorCodes.MODEL_STORE,
+        `the bundle of version ${manifest.version} is version ${classifier.version} (${classifier.sha256.slice(0, 12)})`,
+      );
+    }
+    return classifier;
   }
 
   private async run(): Promise<void> {
@@ -240,10 +294,21 @@ export class InspectionService extends EventEmitter {
       if (this.stopped) return;
       if (this.next) {
         const old = this.current;
+        const release = this.nextRelease;
         this.current = this.next;
         this.next = null;
+        this.nextRelease = null;
         old?.dispose();
-        this.log.info({ version: this.current.version, previous: old?.version ?? null }, 'classifying with the new global model');
+        this.log.info(
+          {
+            version: this.current.version,
+            sha256: this.current.sha256,
+            previous: old?.version ?? null,
+            releaseSeq: release?.releaseSeq ?? null,
+            sites: release?.sites ?? null,
+          },
+          `classifying with model version ${this.current.version}${this.o.pinned ? ' (pinned)' : ''}`,
+        );
         this.emit('model', this.current);
       }
       const item = this.current ? this.queue.shift() : undefined;

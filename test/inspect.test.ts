@@ -13,8 +13,8 @@ import { publishChunks } from '../shared/bundle/chunk-publisher.js';
 import { chunkCount } from '../shared/bundle/chunking.js';
 import { encodeJson } from '../shared/protocol/wire-codec.js';
 import { silentLogger } from '../shared/util/logger.js';
-import { verdictSchema } from '../shared/protocol/mes.js';
-import { modelMetaSchema, type ModelManifest, type ModelMeta } from '../shared/protocol/messages.js';
+import { releasedManifestSchema, verdictSchema, type ReleasedManifest } from '../shared/protocol/mes.js';
+import { modelMetaSchema, type ModelMeta } from '../shared/protocol/messages.js';
 import { MqttTransport } from '../shared/transport/mqtt-transport.js';
 import { bundleTensors, decodeBundle, encodeBundle, sha256Hex } from '../shared/bundle/tensor-bundle.js';
 import { loadTf } from '../training/backend.js';
@@ -36,7 +36,9 @@ async function modelBundle(version: number, seed: number): Promise<Buffer> {
   return encodeBundle(bundleTensors(b), { ...b.header.meta, version, round: version });
 }
 
-/** Publish a global model the way the aggregator does: retained chunks, then the retained manifest. */
+let releaseSeq = 0;
+
+/** Release a global model the way the aggregator does: retained chunks, then the retained released manifest. */
 async function publishModel(t: MqttTransport, tp: Topics, bundle: Buffer, chunkBytes = 8192): Promise<void> {
   const meta = decodeBundle<ModelMeta>(bundle, modelMetaSchema).header.meta;
   const sha256 = sha256Hex(bundle);
@@ -47,7 +49,7 @@ async function publishModel(t: MqttTransport, tp: Topics, bundle: Buffer, chunkB
     (c) => ({ v: 1, type: 'model-chunk', version: meta.version, sha256, ...c }),
     { chunkBytes, maxInflight: 16, retain: true },
   );
-  const manifest: ModelManifest = {
+  const manifest: ReleasedManifest = {
     v: 1,
     federation: 'test',
     version: meta.version,
@@ -56,11 +58,16 @@ async function publishModel(t: MqttTransport, tp: Topics, bundle: Buffer, chunkB
     bytes: bundle.byteLength,
     chunks: chunkCount(bundle.byteLength, chunkBytes),
     chunkBytes,
-    signature: null,
     createdAt: Date.now(),
-    metrics: {},
+    stage: 'released',
+    releaseSeq: ++releaseSeq,
+    releasedAt: Date.now(),
+    by: 'test',
+    sites: {},
+    signature: null,
   };
-  await t.publish(tp.modelLatest(), encodeJson(manifest), { retain: true });
+  assert.ok(releasedManifestSchema.safeParse(manifest).success);
+  await t.publish(tp.modelReleased(), encodeJson(manifest), { retain: true });
 }
 
 /** Drop an image into the watched folder the recommended way: temporary name, then rename. */
@@ -70,7 +77,7 @@ function drop(src: string, dir: string, name: string): void {
 }
 
 test(
-  'inspection service: verdicts from the latest global model, hot swap to a new version without dropping an image, preprocessing as in training',
+  'inspection service: verdicts from the released global model, hot swap to a new version without dropping an image, preprocessing as in training',
   { timeout: 120_000 },
   async () => {
     const dir = tempDir('inspect');

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { conditionHolds, extractPayloadValue, parseJsonPath } from '../edge-agent/triggers/condition.js';
-import { commandSchema, commandVerbs, eventSchemas, verdictSchema } from '../shared/protocol/mes.js';
+import { commandSchema, commandVerbs, eventSchemas, releasedManifestSchema, verdictSchema } from '../shared/protocol/mes.js';
 import { agentStatusSchema, modelManifestSchema } from '../shared/protocol/messages.js';
 import { REPO_ROOT } from './helpers.js';
 
@@ -25,6 +25,7 @@ test('docs/topics.md: every example payload satisfies its schema (strict for wha
     else if (kind === 'status') schema = agentStatusSchema;
     else if (kind === 'manifest') schema = modelManifestSchema;
     else if (kind === 'verdict') schema = verdictSchema;
+    else if (kind === 'released') schema = releasedManifestSchema;
     else if (kind === 'line-state') continue;
     assert.ok(schema, `a schema for example "${e.tag}"`);
     const r = schema.safeParse(e.value);
@@ -53,7 +54,7 @@ test('docs/topics.md documents every event type and every command, with an examp
     );
     assert.ok(topicsDoc.includes(`| \`${verb}\` |`), `table row for command ${verb}`);
   }
-  for (const tag of ['status', 'manifest', 'verdict', 'line-state'])
+  for (const tag of ['status', 'manifest', 'released', 'verdict', 'line-state'])
     assert.ok(
       examples.some((e) => e.tag === tag),
       `example of ${tag}`,
@@ -64,6 +65,7 @@ test('docs/topics.md documents every event type and every command, with an examp
     '<root>/cmd/<verb>',
     '<root>/agent/<agent>/status',
     '<root>/model/latest',
+    '<root>/model/released',
     '<root>/inspection/<agent>/verdict',
   ]) {
     assert.ok(topicsDoc.includes(`\`${topic}`), `topic ${topic} documented`);

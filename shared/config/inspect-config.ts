@@ -50,8 +50,19 @@ export const inspectConfigSchema = z
       .int()
       .positive()
       .default(2 * 1024 * 1024 * 1024),
-    /** Ed25519 public key (PEM) of the aggregator: when set, only models it signed are used. */
+    /** Ed25519 public key (PEM) of the aggregator: when set, only releases it signed are used. */
     modelPublicKeyFile: z.string().min(1).optional(),
+    /**
+     * Run this model version only, never switching (a line qualified on one version). The SHA-256
+     * (from `fedline models`) names the exact bundle. It is taken from the model cache, or downloaded
+     * when the aggregator releases it. Default: follow the released version.
+     */
+    pinnedModel: z
+      .strictObject({
+        version: z.number().int().nonnegative(),
+        sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be a lowercase hex SHA-256'),
+      })
+      .optional(),
     /** Images waiting at most (an image beyond it is refused with an error verdict). Default 10000. */
     maxQueuedImages: z.number().int().positive().default(10_000),
     logLevel: z.string().optional(),

@@ -255,6 +255,28 @@ export const aggregatorConfigSchema = z.strictObject({
   signingKeyFile: path.optional(),
   /** After the last round, run an evaluation-only round so the final model's accuracy is known. Default true. */
   evaluateFinalModel: z.boolean().default(true),
+  /**
+   * Model release (aggregator/release-policy.ts): every aggregated version is a candidate; the
+   * production lines (`fedline inspect`) run the released one. A candidate is checked when the
+   * sites evaluate it on their local test splits (at the start of the next round, or in the final
+   * evaluation round). Version 0 counts as released at the start.
+   */
+  release: z
+    .strictObject({
+      /** auto: release when every gate passes; approve: a passing candidate waits for the operator's `release` command. Default auto. */
+      mode: z.enum(['auto', 'approve']).default('auto'),
+      /** Every site's balanced accuracy on the candidate at least this. null (default): no minimum. */
+      minBalancedAccuracy: z.number().min(0).max(1).nullable().default(null),
+      /** Every site's recall of the defect classes (pooled) at least this. null (default): no minimum. */
+      minDefectRecall: z.number().min(0).max(1).nullable().default(null),
+      /** No site's balanced accuracy may drop by more than this against the released version. null disables. Default 0.02. */
+      maxRegression: z.number().min(0).max(1).nullable().default(0.02),
+      /** The classes that are defects, for minDefectRecall. Default ["NOT_OKAY"]. */
+      defectClasses: z.array(z.string().min(1)).min(1).default(['NOT_OKAY']),
+      /** Site evaluations a candidate needs before it is decided on. Default 1. */
+      minSites: posInt.default(1),
+    })
+    .prefault({}),
   /** Start rounds at launch (default true), or wait for the MES's `<root>/cmd/start`. */
   autoStart: z.boolean().default(true),
   /** Exit the process when the federation completes (demo, batch jobs). Default false: keep serving the model. */

@@ -94,6 +94,98 @@ export const modelPublishedEventSchema = z.strictObject({
   modelDir: z.string(),
 });
 
+/** A site's evaluation of a model version as the release gates see it (aggregator/release-policy.ts). */
+export const siteReleaseMetricsSchema = z.strictObject({
+  accuracy: z.number().min(0).max(1),
+  balancedAccuracy: z.number().min(0).max(1),
+  /** Recall of the defect classes pooled (release.defectClasses); null when the site's test split has none. */
+  defectRecall: z.number().min(0).max(1).nullable(),
+  /** The released version's balanced accuracy on this site minus this version's; null when there is nothing to compare. */
+  regression: z.number().min(-1).max(1).nullable(),
+});
+
+export const modelStages = ['candidate', 'validated', 'rejected', 'released', 'superseded', 'rolled-back'] as const;
+export type ModelStage = (typeof modelStages)[number];
+
+/** A gate a site's evaluation failed. */
+export const gateFailureSchema = z.strictObject({
+  agent: id.nullable(),
+  gate: z.enum(['minBalancedAccuracy', 'minDefectRecall', 'maxRegression', 'minSites']),
+  value: z.number(),
+  limit: z.number(),
+});
+
+const gateFields = {
+  version: uint,
+  round: uint,
+  sha256: sha256Hex,
+  /** The released version the candidate was compared with (regression gate). */
+  against: uint.nullable(),
+  sites: z.record(z.string(), siteReleaseMetricsSchema),
+};
+
+export const modelValidatedEventSchema = z.strictObject({
+  ...envelope('model-validated'),
+  ...gateFields,
+  /** auto: a model-released event follows; approve: it waits for a `release` command. */
+  mode: z.enum(['auto', 'approve']),
+});
+
+export const modelRejectedEventSchema = z.strictObject({
+  ...envelope('model-rejected'),
+  ...gateFields,
+  failures: z.array(gateFailureSchema).min(1),
+});
+
+const releaseFields = {
+  version: uint,
+  round: uint,
+  sha256: sha256Hex,
+  /** Counts every change of the released version; the signed manifest carries it (replay protection). */
+  releaseSeq: uint,
+  /** `policy` (auto release), or the command's `by`. */
+  by: z.string(),
+  reason: z.string().nullable(),
+  sites: z.record(z.string(), siteReleaseMetricsSchema),
+};
+
+export const modelReleasedEventSchema = z.strictObject({
+  ...envelope('model-released'),
+  ...releaseFields,
+  /** The version released before. */
+  previous: uint.nullable(),
+});
+
+export const modelRolledBackEventSchema = z.strictObject({
+  ...envelope('model-rolled-back'),
+  ...releaseFields,
+  /** The version rolled back from (now stage rolled-back). */
+  from: uint,
+});
+
+/** `<root>/model/released`, retained, JSON: the version the production lines run, signed (shared/protocol/model-signature.ts signRelease). */
+export const releasedManifestSchema = z.strictObject({
+  v: z.literal(PROTOCOL_VERSION),
+  federation: id,
+  version: uint,
+  round: uint,
+  sha256: sha256Hex,
+  bytes: uint.min(1),
+  chunks: uint.min(1),
+  chunkBytes: uint.min(1),
+  createdAt: uint,
+  stage: z.literal('released'),
+  releaseSeq: uint,
+  releasedAt: uint,
+  by: z.string(),
+  sites: z.record(z.string(), siteReleaseMetricsSchema),
+  signature: z
+    .string()
+    .regex(/^[0-9a-f]{128}$/)
+    .nullable(),
+});
+export type ReleasedManifest = z.infer<typeof releasedManifestSchema>;
+
 export const agentStateEventSchema = z.strictObject({
   ...envelope('agent-state'),
   agent: id,
@@ -120,8 +212,12 @@ export const federationCompletedEventSchema = z.strictObject({
   modelDir: z.string(),
 });
 
-export const commandVerbs = ['start', 'pause', 'resume', 'stop', 'model-manifest'] as const;
+export const commandVerbs = ['start', 'pause', 'resume', 'stop', 'model-manifest', 'release', 'rollback'] as const;
 export type CommandVerb = (typeof commandVerbs)[number];
+/** Commands on the model registry (aggregator/release-manager.ts); the others drive the federation's run state. */
+export const modelCommandVerbs = ['release', 'rollback'] as const;
+export type ModelCommandVerb = (typeof modelCommandVerbs)[number];
+export type ControlVerb = Exclude<CommandVerb, ModelCommandVerb>;
 
 /** The federation as the aggregator runs it: rounds go on, no new round starts, or rounds stopped. */
 export const federationRunStates = ['running', 'paused', 'stopped', 'complete'] as const;
@@ -151,6 +247,10 @@ export const eventSchemas = {
   'round-started': roundStartedEventSchema,
   'round-completed': roundCompletedEventSchema,
   'model-published': modelPublishedEventSchema,
+  'model-validated': modelValidatedEventSchema,
+  'model-rejected': modelRejectedEventSchema,
+  'model-released': modelReleasedEventSchema,
+  'model-rolled-back': modelRolledBackEventSchema,
   'agent-state': agentStateEventSchema,
   alert: alertEventSchema,
   'federation-completed': federationCompletedEventSchema,
@@ -169,6 +269,8 @@ export const commandSchema = z.object({
   reason: z.string().max(1000).optional(),
   /** pause / resume only: the agents it is meant for (default: all). */
   agents: z.array(id).min(1).optional(),
+  /** release (required) / rollback (optional: default the version released before): the model version. */
+  version: uint.optional(),
 });
 export type Command = z.infer<typeof commandSchema>;
 

@@ -23,6 +23,26 @@ export function verifyModelSignature(publicKey: KeyObject, version: number, sha2
   return verify(null, signedText(version, sha256), publicKey, Buffer.from(signatureHex, 'hex'));
 }
 
+/**
+ * The released version (`<root>/model/released`) is signed with the same key over its release
+ * sequence number, version, SHA-256 and stage, so that neither a candidate's signature (above) nor
+ * an older release can be passed off as the current release:
+ *
+ *     "fedline-release-v1:" + releaseSeq + ":" + version + ":" + sha256 + ":released"
+ */
+function releaseText(releaseSeq: number, version: number, sha256: string): Buffer {
+  return Buffer.from(`fedline-release-v1:${releaseSeq}:${version}:${sha256}:released`, 'utf8');
+}
+
+export function signRelease(privateKey: KeyObject, releaseSeq: number, version: number, sha256: string): string {
+  return sign(null, releaseText(releaseSeq, version, sha256), privateKey).toString('hex');
+}
+
+export function verifyReleaseSignature(publicKey: KeyObject, releaseSeq: number, version: number, sha256: string, signatureHex: string | null): boolean {
+  if (!signatureHex || !/^[0-9a-f]{128}$/.test(signatureHex)) return false;
+  return verify(null, releaseText(releaseSeq, version, sha256), publicKey, Buffer.from(signatureHex, 'hex'));
+}
+
 function loadKey<T extends KeyObject>(file: string, what: string, parse: (pem: string) => T): T {
   let pem: string;
   try {

@@ -25,6 +25,8 @@ export interface Topics {
   modelChunk(version: number, seq: number): string;
   modelChunks(version: number): string;
   modelLatest(): string;
+  /** The released version's manifest (retained, JSON): what the production lines run. */
+  modelReleased(): string;
   update(round: number, agent: string): string;
   updatesAll(): string;
   ack(round: number, agent: string): string;
@@ -65,6 +67,7 @@ export function createTopics(root: string): Topics {
     modelChunk: (version: number, seq: number) => `${root}/model/${version}/${seq}`,
     modelChunks: (version: number) => `${root}/model/${version}/+`,
     modelLatest: () => `${root}/model/latest`,
+    modelReleased: () => `${root}/model/released`,
     update: (round: number, agent: string) => `${root}/round/${round}/update/${agent}`,
     updatesAll: () => `${root}/round/+/update/+`,
     ack: (round: number, agent: string) => `${root}/round/${round}/ack/${agent}`,
