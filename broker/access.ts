@@ -11,10 +11,10 @@ import { isValidId, topicMatches } from '../shared/protocol/topics.js';
  *   aggregator  W round, model/#, round/+/ack/+, events/+     R round/+/update/+, agent/+/status, cmd/+, model/latest
  *   agent (id)  W round/+/update/<id>, agent/<id>/status, events/{agent-state,alert,command-result}/<id>
  *               R round, model/#, round/+/ack/<id>, cmd/pause, cmd/resume
- *   mes         W cmd/+                                       R events/#, agent/+/status, model/latest, inspection/+/verdict
+ *   mes         W cmd/+                                       R events/#, agent/+/status, model/latest, model/released, inspection/+/verdict
  *   inspector   W inspection/<id>/verdict                     R model/#, inspection/<id>/images/#      (the inspection service of agent <id>)
  *   camera      W inspection/<id>/images/#                    (a camera feeding agent <id>'s inspection service)
- *   dashboard   W cmd/+ (only with "operator": true)          R events/#, agent/+/status, model/latest   (`fedline dashboard`)
+ *   dashboard   W cmd/+ (only with "operator": true)          R events/#, agent/+/status, model/latest, model/released   (`fedline dashboard`)
  * plus, per user, extra `read` / `write` topic filters (e.g. the MES line-state topic an agent's
  * trigger reads, which the MES user writes). Everything else is refused, `$SYS` included.
  *
@@ -113,7 +113,7 @@ export function rightsFor(user: AccessUser, root: string): UserRights {
       break;
     case 'mes':
       write = [r('cmd/+')];
-      read = [r('events/#'), r('agent/+/status'), r('model/latest'), r('inspection/+/verdict')];
+      read = [r('events/#'), r('agent/+/status'), r('model/latest'), r('model/released'), r('inspection/+/verdict')];
       break;
     case 'inspector':
       write = [r(`inspection/${a}/verdict`)];
@@ -125,7 +125,7 @@ export function rightsFor(user: AccessUser, root: string): UserRights {
     case 'dashboard':
       // What an MES reads of the federation's progress (no verdicts); commands only for an operator dashboard.
       write = user.operator ? [r('cmd/+')] : [];
-      read = [r('events/#'), r('agent/+/status'), r('model/latest')];
+      read = [r('events/#'), r('agent/+/status'), r('model/latest'), r('model/released')];
       break;
   }
   const uniq = (xs: string[]) => [...new Set(xs)];
