@@ -243,20 +243,17 @@ export class FederationView {
   private onRelease(type: string, version: number, e: Record<string, unknown>): void {
     this.releaseManagement = true;
     const m = this.model(version, typeof e.round === 'number' ? e.round : 0, e.ts as number);
-    m.stage = RELEASE_EVENTS[type]!;
     m.stageDetail = typeof e.reason === 'string' ? e.reason : typeof e.detail === 'string' ? e.detail : null;
-    if (type === 'model-released') {
+    // model-rolled-back names the version released again (`version`) and the one rolled back (`from`);
+    // model-released names the new released version (shared/protocol/mes.ts).
+    if (type === 'model-released' || type === 'model-rolled-back') {
       for (const other of this.models.values()) if (other !== m && other.stage === 'released') other.stage = 'superseded';
+      m.stage = 'released';
       this.releasedVersion = version;
+      if (type === 'model-rolled-back' && typeof e.from === 'number') this.model(e.from, 0, e.ts as number).stage = 'rolled-back';
+      return;
     }
-    if (type === 'model-rolled-back') {
-      // The version rolled back to (when the event names it) is released again.
-      const to = typeof e.toVersion === 'number' ? e.toVersion : null;
-      if (to !== null) {
-        this.model(to, 0, e.ts as number).stage = 'released';
-        this.releasedVersion = to;
-      }
-    }
+    m.stage = RELEASE_EVENTS[type]!;
   }
 
   private onRoundStarted(e: RoundRecord, now: number): void {
