@@ -80,7 +80,16 @@ async function rogueRound(rogue: MqttTransport, annPayload: Buffer): Promise<voi
   await rogue.publish(update, packMsg({ ...head, seq: 0, crc32: crc32(data), data }));
   await rogue.publish(
     update,
-    packMsg({ v: 1, type: 'update-done', round: ann.round, agent: 'site-c', upload: 'strict1', total, bundleBytes: finiteBundle.byteLength, sha256: 'c'.repeat(64) }),
+    packMsg({
+      v: 1,
+      type: 'update-done',
+      round: ann.round,
+      agent: 'site-c',
+      upload: 'strict1',
+      total,
+      bundleBytes: finiteBundle.byteLength,
+      sha256: 'c'.repeat(64),
+    }),
   );
   await waitFor('the incomplete ack', () => acks.includes('incomplete'));
   // The whole update, full of NaN: rejected.
@@ -104,9 +113,13 @@ test(
     await observer.subscribe('fl/test/#', (m) => seen.push({ topic: m.topic, payload: Buffer.from(m.payload) }));
     const rogue = await MqttTransport.connect({ url: broker.url, clientId: 'wire-strict-site-c', logger: silentLogger() });
     // A status without `samples` (optional in the docs): the aggregator must still count site-c as online and select it.
-    await rogue.publish(topics.status('site-c'), encodeJson({ v: 1, agent: 'site-c', state: 'idle', round: null, progress: null, detail: null, backend: null, ts: Date.now() }), {
-      retain: true,
-    });
+    await rogue.publish(
+      topics.status('site-c'),
+      encodeJson({ v: 1, agent: 'site-c', state: 'idle', round: null, progress: null, detail: null, backend: null, ts: Date.now() }),
+      {
+        retain: true,
+      },
+    );
     const fed = await startFederation({
       url: broker.url,
       dir: dir.path,
@@ -128,8 +141,22 @@ test(
     await rogue.subscribe(topics.round(), (m) => {
       const a = strictUnpack(m.payload) as { state: string; round: number; kind: string; selected: string[]; base: { version: number } };
       if (a.state !== 'open' || a.kind !== 'evaluate' || !a.selected.includes('site-c')) return;
-      const metrics = { samples: 2, loss: 1, accuracy: 0.5, balancedAccuracy: 0.5, confusion: [[1, 0], [1, 0]], precision: [0.5, null], recall: [1, 0] };
-      void rogue.publish(topics.update(a.round, 'site-c'), packMsg({ v: 1, type: 'eval', round: a.round, agent: 'site-c', baseVersion: a.base.version, metrics, downloadedBytes: 0 }));
+      const metrics = {
+        samples: 2,
+        loss: 1,
+        accuracy: 0.5,
+        balancedAccuracy: 0.5,
+        confusion: [
+          [1, 0],
+          [1, 0],
+        ],
+        precision: [0.5, null],
+        recall: [1, 0],
+      };
+      void rogue.publish(
+        topics.update(a.round, 'site-c'),
+        packMsg({ v: 1, type: 'eval', round: a.round, agent: 'site-c', baseVersion: a.base.version, metrics, downloadedBytes: 0 }),
+      );
     });
     try {
       await observer.publish(topics.command('resume'), encodeJson({ v: 1, requestId: 'strict-2', by: 'wire-strict' }));
@@ -180,8 +207,16 @@ function checkAll(seen: Seen[]): void {
         updateChunks.push({ key: m.upload, seq: m.seq, total: m.total, data: m.data });
       } else check(m.type, m, m.type === 'eval' ? spec.evalReport : spec.updateDone);
     } else if (rel[0] === 'round' && rel[2] === 'ack') {
-      const a = strictUnpack(payload, { tagFloats: true }) as { status: string };
+      const a = strictUnpack(payload, { tagFloats: true }) as { status: string; code: unknown; sha256: unknown; missing: unknown[]; stored: number };
       check(`ack ${a.status}`, a, spec.ack);
+      // Nullability per status, as the table in docs/protocol.md (Ack) has it.
+      const ok = {
+        accepted: a.code === null && typeof a.sha256 === 'string',
+        rejected: typeof a.code === 'string',
+        incomplete: a.code === null && a.missing.length > 0,
+        progress: a.code === null && a.sha256 === null && a.stored > 0,
+      }[a.status];
+      if (!ok) problems.push(`ack ${a.status} breaks the documented nullability: ${JSON.stringify(a)}`);
     } else if (rel[0] === 'agent') {
       check('agent status', JSON.parse(payload.toString()), spec.agentStatus, true);
     } else if (rel[0] === 'events') {
@@ -214,7 +249,10 @@ function checkAll(seen: Seen[]): void {
     ...Object.keys(eventSchemas).map((t) => `event ${t}`),
   ];
   for (const k of expected) assert.ok(kinds.has(k), `a "${k}" was seen (seen: ${[...kinds].sort().join(', ')})`);
-  assert.ok([...kinds].some((k) => k.startsWith('update bundle header')), 'an update bundle was reassembled');
+  assert.ok(
+    [...kinds].some((k) => k.startsWith('update bundle header')),
+    'an update bundle was reassembled',
+  );
 }
 
 test('msgpack: times above 2^32 are ints (uint64/int64), documented float fields are float64 also when whole, other ints stay ints', () => {
@@ -248,8 +286,18 @@ test('FLOAT_FIELDS names exactly the fields docs/protocol.md types as float in m
     if (t.t === 'oneOf') t.of.forEach((o) => walk(o, key));
     if (t.t === 'map') for (const [k, f] of Object.entries(t.fields)) walk(f, k);
   };
-  for (const t of [spec.roundAnnouncement, spec.modelChunk, spec.updateChunk, spec.updateDone, spec.evalReport, spec.ack, spec.modelBundleHeader, spec.updateBundleHeader]) walk(t, null);
+  for (const t of [
+    spec.roundAnnouncement,
+    spec.modelChunk,
+    spec.updateChunk,
+    spec.updateDone,
+    spec.evalReport,
+    spec.ack,
+    spec.modelBundleHeader,
+    spec.updateBundleHeader,
+  ])
+    walk(t, null);
   assert.deepEqual([...floats].sort(), [...FLOAT_FIELDS].sort());
   const doc = readFileSync(`${REPO_ROOT}docs/protocol.md`, 'utf8');
-  for (const f of FLOAT_FIELDS) assert.match(doc, new RegExp(`\`${f}\`[^\\n]*float`), `docs/protocol.md types ${f} as float`);
+  for (const f of FLOAT_FIELDS) assert.match(doc, new RegExp(`\`${f}\`[^.;]{0,120}float`), `docs/protocol.md types ${f} as float`);
 });
