@@ -301,3 +301,33 @@ test('FLOAT_FIELDS names exactly the fields docs/protocol.md types as float in m
   const doc = readFileSync(`${REPO_ROOT}docs/protocol.md`, 'utf8');
   for (const f of FLOAT_FIELDS) assert.match(doc, new RegExp(`\`${f}\`[^.;]{0,120}float`), `docs/protocol.md types ${f} as float`);
 });
+
+test('msgpack writer: every length form of str, bin, array and map round-trips through an independent decoder', () => {
+  const many = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${i}`, i]));
+  const value = {
+    short: 'ascii',
+    accents: 'é'.repeat(40),
+    str8: 'x'.repeat(200),
+    str16: 'y'.repeat(70_000),
+    bin8: Buffer.alloc(10, 1),
+    bin16: Buffer.alloc(300, 2),
+    bin32: Buffer.alloc(100_000, 3),
+    arr16: Array.from({ length: 20 }, (_, i) => i - 10),
+    map16: many(20),
+    ints: [-(2 ** 31), -(2 ** 15), -200, -33, -32, 0, 127, 128, 255, 256, 65_536, 2 ** 32, Number.MAX_SAFE_INTEGER, -Number.MAX_SAFE_INTEGER],
+    floats: [0.5, -1.25, Number.MAX_VALUE, 2 ** 60],
+  };
+  for (let i = 0; i < 3; i++) {
+    // twice in a row: the writer's scratch buffer must not leak into the next message
+    const decoded = strictUnpack(packMsg(value)) as Record<string, unknown>;
+    assert.deepEqual(
+      {
+        ...decoded,
+        bin8: Buffer.from(decoded.bin8 as Uint8Array),
+        bin16: Buffer.from(decoded.bin16 as Uint8Array),
+        bin32: Buffer.from(decoded.bin32 as Uint8Array),
+      },
+      value,
+    );
+  }
+});

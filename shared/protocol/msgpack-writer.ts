@@ -26,15 +26,18 @@ export const FLOAT_FIELDS: ReadonlySet<string> = new Set(['learningRate', 'loss'
 
 const TWO_32 = 0x1_0000_0000;
 
+/** Messages are written here and copied out; a larger one gets a buffer of its own. */
+const scratch: Buffer = Buffer.allocUnsafeSlow(64 * 1024);
+
 class Writer {
   buf: Buffer;
   pos = 0;
-  constructor(size: number) {
-    this.buf = Buffer.allocUnsafe(size);
+  constructor(buf: Buffer) {
+    this.buf = buf;
   }
   ensure(n: number): void {
     if (this.pos + n <= this.buf.length) return;
-    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + n));
+    const next = Buffer.allocUnsafeSlow(Math.max(this.buf.length * 2, this.pos + n + 1024));
     this.buf.copy(next, 0, 0, this.pos);
     this.buf = next;
   }
@@ -126,10 +129,26 @@ class Writer {
     }
   }
   str(s: string): void {
+    if (s.length < 32 && this.ascii(s)) return;
     const n = Buffer.byteLength(s, 'utf8');
     this.header(n, 0xa0, 32, 0xd9, 0xda, 0xdb);
     this.ensure(n);
     this.pos += this.buf.write(s, this.pos, 'utf8');
+  }
+  /** A short ASCII string as a fixstr, written byte by byte (faster than Buffer.write for map keys); false when it is not ASCII. */
+  ascii(s: string): boolean {
+    const n = s.length;
+    this.ensure(n + 1);
+    const b = this.buf;
+    const p = this.pos + 1;
+    for (let i = 0; i < n; i++) {
+      const c = s.charCodeAt(i);
+      if (c >= 0x80) return false;
+      b[p + i] = c;
+    }
+    b[this.pos] = 0xa0 | n;
+    this.pos = p + n;
+    return true;
   }
   bin(data: Uint8Array): void {
     const n = data.byteLength;
@@ -187,7 +206,13 @@ function writeMap(w: Writer, map: Record<string, unknown>): void {
 
 /** Encode a value as standard msgpack (see the file comment for the type rules). */
 export function writeMsgpack(value: unknown): Buffer {
-  const w = new Writer(256);
+  const w = new Writer(scratch);
   write(w, value, false);
-  return w.buf.subarray(0, w.pos);
+  if (w.buf !== scratch) {
+    // The message outgrew the scratch buffer: hand the grown buffer out as it is (no copy).
+    return w.buf.subarray(0, w.pos);
+  }
+  const out = Buffer.allocUnsafe(w.pos);
+  w.buf.copy(out, 0, 0, w.pos);
+  return out;
 }
