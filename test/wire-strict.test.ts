@@ -1,5 +1,4 @@
 import { test } from 'node:test';
-import { pino } from 'pino';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
@@ -128,7 +127,6 @@ test(
       minClients: 2,
       waitForAgentsMs: 5000,
       aggregator: { windowChunks: 16 },
-      ...(process.env.WS_DEBUG ? { logger: pino({ level: 'info' }, pino.destination(2)) } : {}),
     });
     let attack: Promise<void> | null = null;
     await rogue.subscribe(topics.round(), (m) => {
