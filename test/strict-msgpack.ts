@@ -4,7 +4,20 @@
  * map) and throws on extension types. Tests decode fedline's messages with it to prove that a
  * Python or C peer with any msgpack library can read them.
  */
-export function strictUnpack(buf: Uint8Array): unknown {
+/** A msgpack float as `strictUnpack(buf, { tagFloats: true })` returns it: which width, and its value. */
+export class WireFloat {
+  constructor(
+    readonly value: number,
+    readonly bits: 32 | 64,
+  ) {}
+}
+
+/**
+ * Decode one msgpack value. With `tagFloats`, floats come back as WireFloat and integers as plain
+ * numbers, so a test can tell `1` from `1.0` (a msgpack library in Python or C does).
+ */
+export function strictUnpack(buf: Uint8Array, options: { tagFloats?: boolean } = {}): unknown {
+  const float = (value: number, bits: 32 | 64) => (options.tagFloats ? new WireFloat(value, bits) : value);
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   let pos = 0;
   const str = (n: number) => {
@@ -52,9 +65,9 @@ export function strictUnpack(buf: Uint8Array): unknown {
       case 0xc6:
         return bin(u32());
       case 0xca:
-        return view.getFloat32((pos += 4) - 4);
+        return float(view.getFloat32((pos += 4) - 4), 32);
       case 0xcb:
-        return view.getFloat64((pos += 8) - 8);
+        return float(view.getFloat64((pos += 8) - 8), 64);
       case 0xcc:
         return u8();
       case 0xcd:

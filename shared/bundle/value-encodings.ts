@@ -8,7 +8,9 @@
  *        Error: |x - dec(enc(x))| <= max(|x| * 2^-11, 2^-25) for |x| <= 65504.
  *   q8   blockwise 8-bit: the values are cut into blocks of `block` values (the last one may be
  *        shorter); each block is stored as its scale s = max|x| / 127 (float32, little-endian)
- *        followed by one int8 q = round(x / s) per value; decoded x' = q * s.
+ *        followed by one int8 q = round(x * (1 / s)) per value (binary64 arithmetic, ties towards
+ *        +infinity as Math.round, clamped to ±127; an all-zero block has s = 0 and q = 0); decoded
+ *        x' = q * s. docs/protocol.md states the rules bit-exactly; test/wire-vectors checks them.
  *        Error: |x - x'| <= s / 2 (+ float32 rounding of the product), i.e. max|x|_block / 254.
  *        A NaN or ±Infinity makes the block's scale non-finite, which the finite check catches.
  *

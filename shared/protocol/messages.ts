@@ -237,7 +237,8 @@ export const agentStatusSchema = z.object({
   progress: z.number().min(0).max(1).nullable(),
   detail: z.string().nullable(),
   backend: z.string().nullable(),
-  samples: z.object({ train: uint, test: uint }).nullable(),
+  /** Local training and test images; nil until the agent has read its data. Optional: a status without it (a last will set before the data was read) is still valid. */
+  samples: z.object({ train: uint, test: uint }).nullable().default(null),
   /** The training window (trigger gate): open, closed or unknown, and why. Absent from older agents. */
   window: z
     .object({ state: z.enum(['open', 'closed', 'unknown']), detail: z.string() })

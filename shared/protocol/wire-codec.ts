@@ -1,6 +1,7 @@
-import { C1, Packr } from 'msgpackr';
+import { C1, Unpackr } from 'msgpackr';
 import { z } from 'zod';
 import { ErrorCodes, FedlineError } from './errors.js';
+import { writeMsgpack } from './msgpack-writer.js';
 
 /**
  * The wire codec: protocol messages to and from bytes. msgpack for the round announcement, chunks,
@@ -12,23 +13,24 @@ import { ErrorCodes, FedlineError } from './errors.js';
 /**
  * Standard msgpack only (maps, arrays, bin, numbers, strings, nil, booleans): no msgpackr records,
  * no extension types, no timestamps, so that an agent or MES written in Python or C can decode
- * every message with any msgpack library (DESIGN.md, Protocol).
+ * every message with any msgpack library (docs/protocol.md). Encoding: msgpack-writer.ts (integers
+ * as ints also above 2^32, the documented float fields as float64 also when whole). Decoding is
+ * lenient where another client may differ: an int where a float is documented is accepted (`1` for
+ * 1.0), and so are int64 / uint64 and float32.
  */
-const packr = new Packr({
+const unpackr = new Unpackr({
   useRecords: false,
   moreTypes: false,
   mapsAsObjects: true,
-  encodeUndefinedAsNil: false,
   int64AsType: 'number',
-  useTimestamp32: false,
 });
 
 export function packMsg(value: unknown): Buffer {
-  return packr.pack(value);
+  return writeMsgpack(value);
 }
 
 export function unpackMsg(payload: Uint8Array): unknown {
-  const value = packr.unpack(payload);
+  const value = unpackr.unpack(payload);
   // 0xc1 is "never used" in the msgpack spec; msgpackr returns a marker object for it.
   if (value === C1) throw new FedlineError(ErrorCodes.MSG_DECODE, 'byte 0xc1 is not valid msgpack');
   return value;
