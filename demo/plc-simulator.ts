@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadOpcua, type Opcua } from '../edge-agent/triggers/opcua-runtime.js';
+import { loadOpcua, pemToDer, type Opcua } from '../edge-agent/triggers/opcua-runtime.js';
 import { silentLogger, type Logger } from '../shared/util/logger.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
@@ -59,6 +60,8 @@ export interface RunningPlcSim extends EventEmitter {
   /** Delete a line's State variable from the address space (a PLC program download without it); restoreState() adds it back. */
   deleteState(line: number): void;
   restoreState(line: number): void;
+  /** Trust a client's application certificate (a PEM file), as a person registers it in a PLC's configuration. */
+  trustClientCertificate(pemFile: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -84,15 +87,16 @@ export async function startPlcSimulator(options: PlcSimOptions): Promise<Running
   const users = options.users ?? [];
   const states: string[] = Array.from({ length: lines }, () => options.initialState ?? schedule[0]?.state ?? 'Running');
 
+  const serverCertificateManager = new opcua.OPCUACertificateManager({
+    rootFolder: join(options.pkiDir, 'server'),
+    automaticallyAcceptUnknownCertificate: options.trustUnknownClients ?? true,
+  });
   const server = new opcua.OPCUAServer({
     port,
     hostname: host,
     alternateHostname: [host],
     buildInfo: { productName: 'fedline PLC simulator', manufacturerName: 'fedline' },
-    serverCertificateManager: new opcua.OPCUACertificateManager({
-      rootFolder: join(options.pkiDir, 'server'),
-      automaticallyAcceptUnknownCertificate: options.trustUnknownClients ?? true,
-    }),
+    serverCertificateManager,
     userCertificateManager: new opcua.OPCUACertificateManager({ rootFolder: join(options.pkiDir, 'users'), automaticallyAcceptUnknownCertificate: true }),
     securityModes: [opcua.MessageSecurityMode.None, opcua.MessageSecurityMode.Sign, opcua.MessageSecurityMode.SignAndEncrypt],
     securityPolicies: [opcua.SecurityPolicy.None, opcua.SecurityPolicy.Basic256Sha256],
@@ -138,6 +142,10 @@ export async function startPlcSimulator(options: PlcSimOptions): Promise<Running
     restoreState: (line: number) => {
       stateVars[line - 1] = addStateVariable(opcua, server, line - 1, states[line - 1]!);
       log.info({ line }, 'line state variable added back');
+    },
+    trustClientCertificate: async (pemFile: string) => {
+      await serverCertificateManager.trustCertificate(pemToDer(readFileSync(pemFile, 'utf8'), pemFile));
+      log.info({ pemFile }, 'client certificate trusted');
     },
     close: () => {
       closing ??= (async () => {

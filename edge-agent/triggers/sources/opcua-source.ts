@@ -299,7 +299,8 @@ export class OpcuaTriggerSource implements TriggerSource {
     const value = toScalar(raw);
     const type = `${opcua.DataType[dv.value.dataType] ?? `DataType ${dv.value.dataType}`}${dv.value.arrayType ? '[]' : ''}`;
     this.problems.resolve(ErrorCodes.OPCUA_BAD_STATUS, `${nodeId} reports a Good value again: ${JSON.stringify(value ?? raw)} (${type})`);
-    if (value === null && raw !== null && raw !== undefined) return this.neverSatisfied(`${nodeId} = ${shortJson(raw)} (${type}) is not a string, number or boolean`);
+    if (value === null && raw !== null && raw !== undefined)
+      return this.neverSatisfied(`${nodeId} = ${shortJson(raw)} (${type}) is not a string, number or boolean`);
     if (value === null) {
       this.callbacks.update({ state: 'unknown', detail: `${nodeId}: value ${JSON.stringify(raw)} is not a string, number or boolean` });
       return;
