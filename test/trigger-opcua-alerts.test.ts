@@ -167,7 +167,7 @@ test(
   },
 );
 
-test('the agent refusing the PLC certificate names the file it put in rejected/; moving that file to trusted/certs/ works', { timeout: 90_000 }, async () => {
+test('the agent refusing the PLC certificate names the file it put in rejected/; moving that file to trusted/certs/ works', { timeout: 150_000 }, async () => {
   const dir = tempDir('opcua-agent-refuses');
   const port = await freeTcpPort();
   const sim = await startPlcSimulator({ port, pkiDir: join(dir.path, 'sim-pki'), initialState: 'Idle' });
@@ -190,7 +190,10 @@ test('the agent refusing the PLC certificate names the file it put in rejected/;
     assert.ok(file!.startsWith(join(pkiDir, 'rejected') + '/') && existsSync(file!), `the named file is in rejected/: ${file}`);
     // Doing what the message says lets the agent in.
     renameSync(file!, join(trusted!, file!.slice(file!.lastIndexOf('/') + 1)));
-    await waitFor('trusted now', () => o.last().state === 'open', 45_000);
+    await waitFor('trusted now', () => o.last().state === 'open', 90_000).catch((err: Error) => {
+      const folders = ['rejected', join('trusted', 'certs')].map((f) => `${f}: ${readdirSync(join(pkiDir, f)).join(', ')}`).join('; ');
+      throw new Error(`${err.message}; problems: ${JSON.stringify(o.problems)}; last update: ${JSON.stringify(o.last())}; ${folders}`);
+    });
     assert.deepEqual(pairs(o.problems), [
       [ErrorCodes.OPCUA_SECURITY, false],
       [ErrorCodes.OPCUA_SECURITY, true],
