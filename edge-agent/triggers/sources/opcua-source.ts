@@ -9,7 +9,7 @@ import { conditionCanHold, conditionHolds, describeCondition, toScalar } from '.
 import { loadOpcua, pemToDer, type Opcua } from '../opcua-runtime.js';
 import { ProblemSet } from '../problem-set.js';
 import type { SourceCallbacks, TriggerSource } from '../source.js';
-import { classifyOpcuaFailure, type Failure } from './opcua-faults.js';
+import { classifyOpcuaFailure, findCertificateFile, firstCertificate, type Failure } from './opcua-faults.js';
 
 export interface OpcuaSourceOptions {
   spec: OpcuaSpec;
@@ -193,6 +193,18 @@ export class OpcuaTriggerSource implements TriggerSource {
       const [certificate] = args;
       if (status !== 'Good') this.refusedServerCertificate = Array.isArray(certificate) ? certificate[0]! : certificate;
       return status;
+    };
+    // A person may move the refused certificate to trusted/certs/ while a retry is being refused
+    // (the store's index follows the folders with a delay): node-opcua would then move it back to
+    // rejected/ and undo that decision for good. A certificate found in trusted/certs/ stays there.
+    const reject = manager.rejectCertificate.bind(manager);
+    manager.rejectCertificate = async (chain: Parameters<typeof reject>[0]) => {
+      const der = firstCertificate(Array.isArray(chain) ? chain[0]! : chain);
+      if (findCertificateFile(join(this.pkiDir, 'trusted', 'certs'), der)) {
+        this.log.info({ pkiDir: this.pkiDir }, 'the PLC certificate was moved to trusted/certs/: it stays there');
+        return;
+      }
+      await reject(chain);
     };
     this.certificateManager = manager;
     return manager;
