@@ -17,7 +17,7 @@ options:
   --pki DIR             server certificate store (./.fedline-plc-sim/pki)
   --user NAME:PASSWORD  require this login (repeatable); anonymous is then refused
 
-variables: ns=1;s=Line<N>.State (String), ns=1;s=Line<N>.Idle (Boolean)`;
+variables: ns=1;s=Line<N>.State (String), ns=1;s=Line<N>.Idle (Boolean), ns=1;s=Line<N>.StateCode (Int32: 4 Idle, 6 Running)`;
 
 /** `fedline plc-sim ...` */
 export async function runPlcSim(args: string[]): Promise<void> {

@@ -86,7 +86,7 @@ export async function runPretrain(args: string[]): Promise<void> {
     batchSize: Number(values.batch),
     learningRate: Number(values['learning-rate']),
     out,
-    onEpoch: (e, loss) => process.stdout.write(`epoch ${e + 1}: loss ${loss?.toFixed(4) ?? '-'}\n`),
+    onEpoch: (e, loss) => process.stdout.write(`epoch ${e}: loss ${loss?.toFixed(4) ?? '-'}\n`),
   });
   process.stdout.write(
     `accuracy on the held-out 20%: ${r.metrics.accuracy.toFixed(3)} (balanced ${r.metrics.balancedAccuracy.toFixed(3)}), ${(r.trainMs / 1000).toFixed(1)} s on ${r.backend}\nsaved: ${out} (use it as model.initFrom)\n`,

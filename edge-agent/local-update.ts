@@ -50,10 +50,10 @@ export async function trainLocalUpdate(
   await d.setStatus({ state: 'training', round, progress: 0, detail: `${ann.task.epochs} epoch(s) on ${trainer.samples.train} images` }, true);
   const onProgress = (p: TrainProgress) => {
     if (!d.isTraining()) return;
-    const progress = (p.epoch * p.batchesPerEpoch + p.batch) / (p.epochs * p.batchesPerEpoch);
+    const progress = ((p.epoch - 1) * p.batchesPerEpoch + p.batch) / (p.epochs * p.batchesPerEpoch);
     d.setStatus({
       progress,
-      detail: `epoch ${p.epoch + 1}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}`,
+      detail: `epoch ${p.epoch}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}`,
     }).catch(() => undefined);
   };
   const result = d.window
@@ -63,14 +63,13 @@ export async function trainLocalUpdate(
         onProgress,
         onPaused: (at, why) => {
           log.info({ epoch: at.epoch, batch: at.batch }, 'training paused at a batch boundary: the training window closed');
-          d.setStatus(
-            { state: 'paused', detail: `paused before epoch ${at.epoch + 1}/${at.epochs}, batch ${at.batch + 1}/${at.batchesPerEpoch}: ${why}` },
-            true,
-          ).catch(() => undefined);
+          d.setStatus({ state: 'paused', detail: `paused before epoch ${at.epoch}/${at.epochs}, batch ${at.batch}/${at.batchesPerEpoch}: ${why}` }, true).catch(
+            () => undefined,
+          );
         },
         onResumed: (at) => {
           log.info({ epoch: at.epoch, batch: at.batch }, 'training resumed: the training window opened');
-          d.setStatus({ state: 'training', detail: `resumed at epoch ${at.epoch + 1}/${at.epochs}, batch ${at.batch + 1}/${at.batchesPerEpoch}` }, true).catch(
+          d.setStatus({ state: 'training', detail: `resumed at epoch ${at.epoch}/${at.epochs}, batch ${at.batch}/${at.batchesPerEpoch}` }, true).catch(
             () => undefined,
           );
         },

@@ -62,7 +62,7 @@ export async function preparePretrained(
     learningRate: config.pretrained.learningRate,
     init: config.pretrained.init,
     out: pretrainedDir,
-    onEpoch: (e, loss) => say(`  pretrain epoch ${e + 1}/${epochs}: loss ${loss?.toFixed(4) ?? '-'}`),
+    onEpoch: (e, loss) => say(`  pretrain epoch ${e}/${epochs}: loss ${loss?.toFixed(4) ?? '-'}`),
   });
   const info = JSON.parse(await readFile(infoFile, 'utf8')) as Record<string, unknown>;
   say(`pretrained base: accuracy ${r.metrics.accuracy.toFixed(3)} on held-out reference images, ${(r.trainMs / 1000).toFixed(1)} s; saved in ${pretrainedDir}`);

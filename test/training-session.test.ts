@@ -61,8 +61,8 @@ test('a training session paused at a batch boundary and resumed ends with exactl
     const pausedAt = await new Promise<BatchBoundary>((resolve) => session.once('paused', resolve));
     assert.deepEqual(
       pausedAt,
-      { epoch: 0, epochs: 2, batch: 3, batchesPerEpoch: pausedAt.batchesPerEpoch },
-      'held before the 4th batch, having kept the first 3',
+      { epoch: 1, epochs: 2, batch: 4, batchesPerEpoch: pausedAt.batchesPerEpoch },
+      'held before the 4th batch of the 1st epoch (numbered from 1), having kept the first 3',
     );
     assert.equal(session.state, 'paused');
     // Held: no batch runs while paused.
@@ -100,7 +100,7 @@ test('a paused session ends with the abort reason when its round closes; nothing
     const session = new TrainingSession(trainer(), model, task, names, { signal: ac.signal });
     session.pause();
     const at = await new Promise<BatchBoundary>((resolve) => session.once('paused', resolve));
-    assert.equal(at.batch, 0, 'paused before the first batch');
+    assert.deepEqual([at.epoch, at.batch], [1, 1], 'paused before the first batch, epoch 1 batch 1');
     ac.abort(new FedlineError(ErrorCodes.ROUND_CLOSED, 'round 4 closed'));
     await assert.rejects(session.result, (e: unknown) => e instanceof FedlineError && e.code === ErrorCodes.ROUND_CLOSED);
     assert.equal(session.state, 'failed');

@@ -3,10 +3,11 @@ import assert from 'node:assert/strict';
 import { TrainingWindow } from '../edge-agent/training-window.js';
 import { backoffDelayMs } from '../edge-agent/triggers/backoff.js';
 import { decide, openNotBefore, type GateNode, type SourceState } from '../edge-agent/triggers/combine.js';
-import { conditionHolds, describeCondition, extractPayloadValue, parseJsonPath } from '../edge-agent/triggers/condition.js';
+import { conditionCanHold, conditionHolds, describeCondition, extractPayloadValue, parseJsonPath } from '../edge-agent/triggers/condition.js';
 import { TriggerGate } from '../edge-agent/triggers/gate.js';
+import { ProblemSet } from '../edge-agent/triggers/problem-set.js';
 import { Schedule } from '../edge-agent/triggers/schedule.js';
-import type { SourceCallbacks, TriggerSource } from '../edge-agent/triggers/source.js';
+import type { SourceCallbacks, SourceProblem, TriggerSource } from '../edge-agent/triggers/source.js';
 import { ScheduleTriggerSource } from '../edge-agent/triggers/sources/schedule-source.js';
 import { planWindow } from '../edge-agent/triggers/window-plan.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
@@ -37,6 +38,45 @@ test('conditions: equals / notEquals / in / notIn / range, with strict but sensi
   assert.ok(!conditionSchema.safeParse({ range: {} }).success);
   assert.ok(!conditionSchema.safeParse({ range: { min: 3, max: 1 } }).success);
   assert.ok(!conditionSchema.safeParse({ like: 'Idle' }).success);
+});
+
+test('a value whose type can never satisfy the condition is told apart from one that does not satisfy it now', () => {
+  // numbers (an Int32 line state)
+  assert.ok(!conditionCanHold({ equals: 'Idle' }, 4), 'an Int32 never equals "Idle"');
+  assert.ok(!conditionCanHold({ in: ['Idle', 'Maintenance'] }, 6));
+  assert.ok(!conditionCanHold({ equals: true }, 1));
+  assert.ok(conditionCanHold({ equals: 4 }, 6) && conditionCanHold({ equals: '4' }, 6) && conditionCanHold({ in: ['Idle', '4'] }, 6));
+  assert.ok(conditionCanHold({ notEquals: 'Running' }, 6) && conditionCanHold({ range: { min: 0, max: 5 } }, 6));
+  // strings can be anything, "4" and "true" included
+  for (const c of [{ equals: 4 }, { equals: true }, { equals: 'Idle' }, { range: { max: 3 } }, { notIn: ['a'] }]) assert.ok(conditionCanHold(c, 'Running'));
+  // booleans have two values: both are tried
+  assert.ok(!conditionCanHold({ equals: 'Idle' }, false) && !conditionCanHold({ range: { min: 0 } }, true) && !conditionCanHold({ equals: 1 }, true));
+  assert.ok(conditionCanHold({ equals: true }, false) && conditionCanHold({ equals: 'true' }, false) && conditionCanHold({ notEquals: true }, true));
+  assert.ok(!conditionCanHold({ notIn: [true, false] }, true));
+});
+
+test('open alerts: one per code, reported once, each closed by its own recovery', () => {
+  const seen: SourceProblem[] = [];
+  const set = new ProblemSet('opcua x', (p) => seen.push(p));
+  assert.ok(set.raise(ErrorCodes.OPCUA_SESSION_LOST, 'lost'));
+  assert.ok(!set.raise(ErrorCodes.OPCUA_SESSION_LOST, 'lost again'), 'once per code while open');
+  assert.ok(set.raise(ErrorCodes.OPCUA_UNREACHABLE, 'unreachable'));
+  assert.ok(set.raise(ErrorCodes.OPCUA_BAD_STATUS, 'bad'));
+  assert.ok(!set.resolve(ErrorCodes.OPCUA_SECURITY, 'never opened'), 'nothing to close');
+  set.resolveAll([ErrorCodes.OPCUA_UNREACHABLE, ErrorCodes.OPCUA_SESSION_LOST, ErrorCodes.OPCUA_SECURITY], (c) => `works again (${c})`);
+  assert.deepEqual(set.codes, [ErrorCodes.OPCUA_BAD_STATUS], 'a node fault stays open until a Good value');
+  assert.deepEqual(
+    seen.map((p) => [p.code, p.recovered, p.message]),
+    [
+      [ErrorCodes.OPCUA_SESSION_LOST, false, 'lost'],
+      [ErrorCodes.OPCUA_UNREACHABLE, false, 'unreachable'],
+      [ErrorCodes.OPCUA_BAD_STATUS, false, 'bad'],
+      [ErrorCodes.OPCUA_SESSION_LOST, true, `works again (${ErrorCodes.OPCUA_SESSION_LOST})`],
+      [ErrorCodes.OPCUA_UNREACHABLE, true, `works again (${ErrorCodes.OPCUA_UNREACHABLE})`],
+    ],
+  );
+  assert.ok(set.raise(ErrorCodes.OPCUA_SESSION_LOST, 'lost once more'), 'a closed code can open again');
+  assert.ok(seen.every((p) => p.source === 'opcua x'));
 });
 
 test('JSON paths and MQTT payload values', () => {

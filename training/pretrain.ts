@@ -27,6 +27,7 @@ export interface PretrainOptions {
   /** Where the tfjs layers model folder goes (usable as `model.initFrom`). */
   out: string;
   backend?: BackendPreference;
+  /** After each epoch, numbered from 1. */
   onEpoch?: (epoch: number, loss: number | null) => void;
 }
 

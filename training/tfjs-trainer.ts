@@ -200,7 +200,8 @@ export class TfjsTrainer implements Trainer {
         for (let epoch = 0; epoch < task.epochs; epoch++) {
           const order = epochOrder(set.labels, sampling, rng);
           for (let b = 0; b < batchesPerEpoch; b++) {
-            if (options.atBatchBoundary) await options.atBatchBoundary({ epoch, epochs: task.epochs, batch: b, batchesPerEpoch });
+            // Positions are numbered from 1, as people read them (logs, status, events): before batch b+1 of epoch epoch+1.
+            if (options.atBatchBoundary) await options.atBatchBoundary({ epoch: epoch + 1, epochs: task.epochs, batch: b + 1, batchesPerEpoch });
             if (options.signal?.aborted) throw new FedlineError(ErrorCodes.ABORTED, 'training stopped', { reason: String(options.signal.reason) });
             const start = b * task.batchSize;
             const n = Math.min(task.batchSize, set.count - start);
@@ -212,7 +213,7 @@ export class TfjsTrainer implements Trainer {
             normalizeInPlace(batch, n, c, model.meta.normalization);
             for (const d of dropouts) d.seed = deriveSeed(roundSeed, `dropout:${d.name}:${epoch}:${b}`);
             const lossValue = this.step(m, optimizer, vars, classWeights, batch, yb.subarray(0, n), numClasses);
-            options.onProgress?.({ epoch, epochs: task.epochs, batch: b + 1, batchesPerEpoch, loss: lossValue });
+            options.onProgress?.({ epoch: epoch + 1, epochs: task.epochs, batch: b + 1, batchesPerEpoch, loss: lossValue });
             // Yield to the event loop between batches: MQTT keepalives, status, stop requests.
             await new Promise((resolve) => setImmediate(resolve));
           }

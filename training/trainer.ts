@@ -12,6 +12,7 @@ export interface GlobalModel {
   tensors: NamedTensor[];
 }
 
+/** After a batch: `batch` of `batchesPerEpoch` done in `epoch` of `epochs` (both numbered from 1, as logs, status and events show them). */
 export interface TrainProgress {
   epoch: number;
   epochs: number;
@@ -20,7 +21,7 @@ export interface TrainProgress {
   loss: number | null;
 }
 
-/** Where training stands between two batches: `batch` is the index of the next batch of `epoch` (both from 0). */
+/** Where training stands between two batches: before `batch` of `epoch` (both numbered from 1: epoch 1, batch 1 is the start). */
 export interface BatchBoundary {
   epoch: number;
   epochs: number;

@@ -49,6 +49,27 @@ export function conditionHolds(c: Condition, value: Scalar): boolean {
   return (min === undefined || n >= min) && (max === undefined || n <= max);
 }
 
+/** Can some value of `type` equal `expected` (see sameValue)? */
+function typeCanEqual(type: 'string' | 'number', expected: Scalar): boolean {
+  if (type === 'string') return true; // "3", "true" and "Idle" are all strings
+  if (typeof expected === 'number') return true;
+  return typeof expected === 'string' && expected.trim() !== '' && Number.isFinite(Number(expected));
+}
+
+/**
+ * Can any value of the same type as `sample` ever satisfy `c`? False for a variable whose type
+ * rules the condition out for good: a number against `equals: "Idle"`, a boolean against a range.
+ * Strings and numbers have endless values (any `!=`, `not in` or range can hold); booleans have two, both are tried.
+ */
+export function conditionCanHold(c: Condition, sample: Scalar): boolean {
+  if (typeof sample === 'boolean') return conditionHolds(c, true) || conditionHolds(c, false);
+  const type = typeof sample === 'string' ? 'string' : 'number';
+  if (c.equals !== undefined) return typeCanEqual(type, c.equals);
+  if (c.in !== undefined) return c.in.some((e) => typeCanEqual(type, e));
+  // `!=`, `not in`, and a range (numbers, and numeric strings; the config ensures min <= max).
+  return true;
+}
+
 /**
  * Reduce a decoded value (OPC UA variant value, JSON value) to a scalar the conditions understand:
  * strings, finite numbers, booleans; an OPC UA LocalizedText gives its text. Anything else

@@ -48,6 +48,10 @@ export const ErrorCodes = {
   OPCUA_NODE_MISSING: 'FL_OPCUA_NODE_MISSING',
   OPCUA_SESSION_LOST: 'FL_OPCUA_SESSION_LOST',
   OPCUA_SECURITY: 'FL_OPCUA_SECURITY',
+  /** The line-state variable reports a status other than Good (a sensor or PLC fault). */
+  OPCUA_BAD_STATUS: 'FL_OPCUA_BAD_STATUS',
+  /** The line-state variable's type can never satisfy the trigger's `when` (an Int32 against `equals: "Idle"`). */
+  OPCUA_VALUE_TYPE: 'FL_OPCUA_VALUE_TYPE',
   // MES commands and broker security
   COMMAND: 'FL_COMMAND',
   AUTH: 'FL_AUTH',
