@@ -50,6 +50,7 @@ async function publishModel(t: MqttTransport, tp: Topics, bundle: Buffer, chunkB
   const manifest: ModelManifest = {
     v: 1,
     federation: 'test',
+    runId: 'inspect-test',
     version: meta.version,
     round: meta.round,
     sha256,
