@@ -11,7 +11,7 @@ import type { RoundJournal, RoundRecord } from './round-journal.js';
 import { RoundState, type CloseDecision, type RoundKind, type RoundOutcome } from './round-state.js';
 import type { AgentPresence } from './status-handler.js';
 import type { Strategy } from './strategy.js';
-import { creditChunksPerSender } from './upload-collector.js';
+import { creditChunksPerSender, recordRefusal } from './upload-collector.js';
 import type { SpooledUpdate } from './update-spool.js';
 
 export interface RoundRunnerDeps {
@@ -249,7 +249,9 @@ export class RoundRunner {
     const round = state.plan.round;
     for (const f of refused) {
       ctx.counters.inc(f.code);
+      const upload = (state.acceptedUpdate(f.agent) as SpooledUpdate | undefined)?.upload ?? null;
       state.recordFailureAfterAcceptance(f);
+      recordRefusal(record, { agent: f.agent, upload, code: f.code, reason: f.reason, at: ctx.clock.now() }, ctx);
       ctx.log.warn({ round, agent: f.agent, code: f.code }, `update of ${f.agent} refused: ${f.reason}`);
       ctx.emitEvent('alert', { severity: 'warning', code: f.code, agent: f.agent, round, message: `update of ${f.agent} refused: ${f.reason}` });
     }
@@ -328,6 +330,7 @@ function newRecord(state: RoundState, now: number): RoundRecord {
     baseMetrics: {},
     localMetrics: {},
     failures: [],
+    refusals: [],
     trainMs: {},
     bytesUp: 0,
     bytesDown: 0,
