@@ -48,7 +48,13 @@ export function createUpdateInbound(deps: UpdateInboundDeps): (m: InboundMessage
       if (told.size >= TOLD_MAX) told.clear();
       told.add(key);
     }
-    ctx.sendAck(msg.round, msg.agent, { status: 'rejected', upload: msg.upload, sha256: msg.type === 'update-done' ? msg.sha256 : null, code, reason: message });
+    ctx.sendAck(msg.round, msg.agent, {
+      status: 'rejected',
+      upload: msg.upload,
+      sha256: msg.type === 'update-done' ? msg.sha256 : null,
+      code,
+      reason: message,
+    });
   };
   const steps: readonly Step<UpdateMessage>[] = [
     {

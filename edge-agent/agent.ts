@@ -196,7 +196,8 @@ export class EdgeAgent extends EventEmitter {
       return;
     }
     if (ann.state === 'closed') {
-      if (cur && cur.runId === ann.runId && cur.round === ann.round) cur.controller.abort(new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${ann.round} closed`));
+      if (cur && cur.runId === ann.runId && cur.round === ann.round)
+        cur.controller.abort(new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${ann.round} closed`));
       this.finishedRounds.add(roundKey(ann));
       return;
     }

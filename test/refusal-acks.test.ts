@@ -96,7 +96,9 @@ test(
     // Each event once: no agent reports the same state twice in a row, every round starts and completes once.
     await waitFor('the last events', () => observer.ofType('federation-completed').length === 1, 10_000);
     for (const agent of ['site-a', 'site-b']) {
-      const states = observer.events.filter((e) => e.event.type === 'agent-state' && e.event.agent === agent).map((e) => `${String(e.event.round)}:${String(e.event.state)}`);
+      const states = observer.events
+        .filter((e) => e.event.type === 'agent-state' && e.event.agent === agent)
+        .map((e) => `${String(e.event.round)}:${String(e.event.state)}`);
       for (let i = 1; i < states.length; i++) assert.notEqual(states[i], states[i - 1], `${agent} reported ${states[i]} twice: ${states.join(' ')}`);
       assert.deepEqual(
         states.filter((s) => s.startsWith('1:')),
