@@ -1,4 +1,5 @@
 import { chunkCount } from '../shared/bundle/chunking.js';
+import { describeError } from '../shared/protocol/errors.js';
 import { roundAnnouncementSchema, SUPPORTED_VERSIONS } from '../shared/protocol/messages.js';
 import { decodeMsgpack } from '../shared/protocol/wire-codec.js';
 import type { InboundMessage } from '../shared/transport/transport.js';
@@ -44,8 +45,19 @@ export async function clearStaleRetained(ctx: AggregatorContext, runId: string, 
     const chunk = topics.parseModelChunk(m.topic);
     if (chunk && (chunk.version !== global.version || chunk.seq >= keepChunks)) stale.add(m.topic);
   };
-  const filters = [topics.round(), `${topics.root}/model/#`];
-  for (const f of filters) await transport.subscribe(f, onRetained);
+  const filters: string[] = [];
+  for (const f of [topics.round(), `${topics.root}/model/#`]) {
+    try {
+      await transport.subscribe(f, onRetained);
+      filters.push(f);
+    } catch (err) {
+      // An ACL made before the aggregator read its own retained topics: go on without the cleanup.
+      log.warn(
+        { filter: f, err: describeError(err).message },
+        "cannot read retained messages to clear an earlier run's; regenerate the broker ACL (`fedline acl`)",
+      );
+    }
+  }
   last = clock.now();
   try {
     while (clock.now() - last < SCAN_QUIET_MS && clock.now() - started < SCAN_MAX_MS) {
