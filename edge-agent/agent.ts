@@ -24,6 +24,7 @@ import type { ModelCache } from './model-cache.js';
 import { fetchModelBundle } from './model-fetch.js';
 import type { GlobalModel, Trainer } from '../training/trainer.js';
 import type { UpdateJournal } from './update-journal.js';
+import { RunRounds } from './run-rounds.js';
 import { TrainingWindow } from './training-window.js';
 import type { GateSnapshot, TriggerGate } from './triggers/gate.js';
 import type { SourceProblem } from './triggers/source.js';
@@ -75,10 +76,8 @@ export class EdgeAgent extends EventEmitter {
   private readonly window: TrainingWindow | null;
   private trainer: Trainer | null = null;
   private current: { runId: string; round: number; controller: AbortController; done: Promise<RoundWorkResult> } | null = null;
-  /** Rounds this agent is done with, as roundKey(runId, round). */
-  private readonly finishedRounds = new Set<string>();
-  /** The run of the newest announcement followed so far, and when it was issued. */
-  private newestRun: { runId: string; issuedAt: number } | null = null;
+  /** Rounds this agent is done with, keyed by (runId, round). */
+  private readonly finishedRounds = new RunRounds();
   private readonly statusPublisher: AgentStatusPublisher;
   private stopped = false;
   private bytes = { up: 0, down: 0 };
@@ -179,7 +178,7 @@ export class EdgeAgent extends EventEmitter {
       this.reject(err, m.topic);
       return;
     }
-    if (this.isEarlierRun(ann)) {
+    if (this.finishedRounds.isEarlierRun(ann)) {
       this.log.info({ runId: ann.runId, round: ann.round, state: ann.state }, 'announcement of an earlier federation run ignored');
       return;
     }
@@ -198,11 +197,11 @@ export class EdgeAgent extends EventEmitter {
     if (ann.state === 'closed') {
       if (cur && cur.runId === ann.runId && cur.round === ann.round)
         cur.controller.abort(new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${ann.round} closed`));
-      this.finishedRounds.add(roundKey(ann));
+      this.finishedRounds.finish(ann);
       return;
     }
     if (cur && cur.runId === ann.runId && cur.round === ann.round) return; // the same announcement again (retained, reconnect)
-    if (this.finishedRounds.has(roundKey(ann))) return;
+    if (this.finishedRounds.isFinished(ann)) return;
     if (cur) cur.controller.abort(new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${ann.round} replaces round ${cur.round}`));
     if (!ann.selected.includes(this.config.agentId)) {
       this.log.info({ round: ann.round }, 'not selected for this round');
@@ -223,18 +222,6 @@ export class EdgeAgent extends EventEmitter {
       });
   };
 
-  /**
-   * Rounds are keyed by (runId, round): a federation restarted with fresh state counts rounds from 1
-   * again. An announcement of another run issued before the newest one followed so far belongs to
-   * an earlier run (a stale retained message): never acted on.
-   */
-  private isEarlierRun(ann: RoundAnnouncement): boolean {
-    const newest = this.newestRun;
-    if (newest && newest.runId !== ann.runId && ann.issuedAt < newest.issuedAt) return true;
-    if (!newest || ann.issuedAt >= newest.issuedAt) this.newestRun = { runId: ann.runId, issuedAt: ann.issuedAt };
-    return false;
-  }
-
   private async work(ann: RoundAnnouncement, signal: AbortSignal): Promise<RoundWorkResult> {
     const round = ann.round;
     const log = this.log.child({ round });
@@ -253,7 +240,7 @@ export class EdgeAgent extends EventEmitter {
       // 2. evaluate the global model first, and report it at once (the seed paper's workflow)
       const metricsBefore = await this.evaluateAndReport(trainer, model, round, downloadedBytes, log);
       if (ann.kind === 'evaluate') {
-        this.finishedRounds.add(roundKey(ann));
+        this.finishedRounds.finish(ann);
         await this.setStatus(
           { state: 'idle', round, progress: null, detail: `evaluated model version ${model.version}: accuracy ${metricsBefore.accuracy.toFixed(3)}` },
           true,
@@ -302,7 +289,7 @@ export class EdgeAgent extends EventEmitter {
     const prior = await this.journal?.record(round);
     // A record of the same round number of another federation run is not about this round.
     if (!prior || prior.baseVersion !== baseVersion || prior.state === 'pending' || (prior.runId ?? ann.runId) !== ann.runId) return null;
-    this.finishedRounds.add(roundKey(ann));
+    this.finishedRounds.finish(ann);
     log.info({ state: prior.state }, "this round's update was already settled before a restart; not sending it again");
     await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} ${prior.state} (before restart)` }, true);
     return { round, outcome: prior.state };
@@ -352,7 +339,7 @@ export class EdgeAgent extends EventEmitter {
       onReject: (err, topic) => this.reject(err, topic),
     }).finally(() => update.resumedFrom?.close());
     this.bytes.up += sent.sentBytes;
-    this.finishedRounds.add(roundKey(ann));
+    this.finishedRounds.finish(ann);
     await this.journal?.settle(round, sent.ack.status === 'accepted' ? 'accepted' : 'rejected', sent.ack.reason).catch(() => undefined);
     if (sent.ack.status === 'accepted') {
       log.info({ bytes: bundle.byteLength, resent: sent.resentChunks }, 'update accepted by the aggregator');
@@ -373,7 +360,7 @@ export class EdgeAgent extends EventEmitter {
       // Reported, not waited on for ever: the MES learns why this box sent nothing.
       log.warn({ code }, message);
       this.counters.inc(code);
-      this.finishedRounds.add(roundKey(ann));
+      this.finishedRounds.finish(ann);
       this.emitEvent('alert', { severity: 'warning', agent: this.config.agentId, round, code, message: `round ${round}: ${message}` });
       await this.setStatus({ state: 'idle', round, progress: null, detail: `round ${round} skipped: ${message}` }, true).catch(() => undefined);
       return { round, outcome: 'skipped', detail: message };
@@ -450,9 +437,4 @@ export class EdgeAgent extends EventEmitter {
     this.counters.inc(code);
     this.log.warn({ topic, code }, message);
   }
-}
-
-/** A round's identity: its federation run and its number. */
-function roundKey(ann: Pick<RoundAnnouncement, 'runId' | 'round'>): string {
-  return `${ann.runId}/${ann.round}`;
 }
