@@ -54,7 +54,20 @@ test(
       send(r, chunkMsg(r, 'site-a', 'damaged', { chunkBytes: ann.chunkBytes, bundleBytes: 3 * ann.chunkBytes, seq: 1, badCrc: true }));
       for (let seq = 0; seq < 3; seq++) send(r + 50, chunkMsg(r + 50, 'site-a', 'late', { chunkBytes: ann.chunkBytes, bundleBytes: 3 * ann.chunkBytes, seq }));
     });
-    const fed = await startFederation({ url: broker.url, dir: dir.path, agents: ['site-a', 'site-b'], rounds: 1 });
+    // site-x is a member, online and selected, but never answers: the round closes at its deadline,
+    // not when site-a's refused attempt and site-b's update happen to be in before site-a's real one.
+    const xStatus = { v: 1, agent: 'site-x', state: 'idle', round: null, progress: null, detail: null, backend: null, samples: null, ts: Date.now() };
+    await rogue.publish(topics.status('site-x'), encodeJson(xStatus), { retain: true });
+    const fed = await startFederation({
+      url: broker.url,
+      dir: dir.path,
+      agents: ['site-a', 'site-b'],
+      extraMembers: ['site-x'],
+      minClients: 2,
+      rounds: 1,
+      roundDeadlineMs: 40_000,
+      aggregator: { evaluateFinalModel: false },
+    });
     t.after(async () => {
       await fed.stop();
       await rogue.close();
@@ -66,11 +79,12 @@ test(
     const [train] = result.rounds;
     assert.ok(poked, 'the rogue chunks went out while round 1 was open');
     assert.equal(train!.outcome, 'aggregate');
-    assert.deepEqual(train!.participants, ['site-a', 'site-b'], "site-a's real update was accepted after its refused attempts");
+    assert.deepEqual(train!.participants, ['site-a', 'site-b'], "site-a's real update was accepted after its refused attempt");
     assert.deepEqual(train!.failures, []);
 
     // Acked with their codes, each refused upload once.
-    const about = (upload: string) => acks.filter((a) => a.upload === upload);
+    // (Flow-control progress acks aside: the damaged upload is still in progress when others end.)
+    const about = (upload: string) => acks.filter((a) => a.upload === upload && a.status !== 'progress');
     await waitFor('the refusal acks', () => about('wrong-size').length > 0 && about('damaged').length > 0 && about('late').length > 0, 10_000);
     assert.deepEqual(
       about('wrong-size').map((a) => [a.status, a.code]),
@@ -108,11 +122,11 @@ test(
     }
     assert.deepEqual(
       observer.ofType('round-started').map((e) => e.round),
-      [1, 2],
+      [1],
     );
     assert.deepEqual(
       observer.ofType('round-completed').map((e) => e.round),
-      [1, 2],
+      [1],
     );
     assert.deepEqual(observer.invalid, []);
   },
