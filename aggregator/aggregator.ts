@@ -13,6 +13,7 @@ import { ModelPublisher, type ModelSigner } from './model-publisher.js';
 import type { ModelStore } from './model-store.js';
 import { ReleaseManager, type ReleaseSigner } from './release-manager.js';
 import { RoundJournal, type RoundRecord } from './round-journal.js';
+import { clearStaleRetained } from './retained-cleanup.js';
 import { RoundRunner } from './round-runner.js';
 import { AgentPresence } from './status-handler.js';
 import type { Strategy } from './strategy.js';
@@ -100,7 +101,7 @@ export class Aggregator extends EventEmitter {
     this.initialModel = deps.initialModel;
     this.journal = new RoundJournal(config.federation, config.stateDir, log);
     this.presence = new AgentPresence(ctx);
-    this.publisher = new ModelPublisher(ctx, deps.signModel ?? null);
+    this.publisher = new ModelPublisher(ctx, deps.signModel ?? null, () => this.journal.data.runId);
     this.stopSignal.promise.catch(() => undefined);
     this.release = new ReleaseManager(ctx, this.publisher, deps.signRelease ?? null);
     this.commands = new MesCommands({
@@ -164,6 +165,8 @@ export class Aggregator extends EventEmitter {
     runner.global = await loadGlobalModel(ctx, this.initialModel);
     journal.data.currentVersion = runner.global.version;
     await this.release.load();
+    // An earlier run's retained announcement and model chunks must not reach this run's agents.
+    await clearStaleRetained(ctx, journal.data.runId, runner.global);
     await this.publisher.publishModel(runner.global);
     await this.release.publish();
 

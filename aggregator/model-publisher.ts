@@ -16,11 +16,14 @@ export type ModelSigner = (version: number, sha256: string) => string;
 export class ModelPublisher {
   private readonly ctx: AggregatorContext;
   private readonly signModel: ModelSigner | null;
+  /** The federation run's identity (the journal's, once loaded). */
+  private readonly runId: () => string;
   private lastAnnouncement: RoundAnnouncement | null = null;
 
-  constructor(ctx: AggregatorContext, signModel: ModelSigner | null) {
+  constructor(ctx: AggregatorContext, signModel: ModelSigner | null, runId: () => string) {
     this.ctx = ctx;
     this.signModel = signModel;
+    this.runId = runId;
   }
 
   /** A version besides the latest whose retained chunks stay on the broker: the released one (aggregator/release-manager.ts). */
@@ -106,6 +109,7 @@ export class ModelPublisher {
     return {
       v: PROTOCOL_VERSION,
       federation,
+      runId: this.runId(),
       version: model.version,
       round: model.round,
       sha256: model.sha256,

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { appendFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { z } from 'zod';
@@ -14,6 +15,11 @@ export type RoundRecord = z.infer<typeof roundRecordSchema>;
 
 export interface Journal {
   federation: string;
+  /**
+   * This federation run's identity (protocol `runId`): made when the aggregator starts with fresh
+   * state, kept here so that a restarted aggregator continues the same run.
+   */
+  runId: string;
   currentVersion: number;
   complete: boolean;
   finalVersion: number | null;
@@ -42,7 +48,7 @@ export class RoundJournal {
   constructor(federation: string, stateDir: string, log: Logger) {
     this.stateDir = stateDir;
     this.log = log;
-    this.data = { federation, currentVersion: 0, complete: false, finalVersion: null, trainRoundsDone: 0, rounds: [] };
+    this.data = { federation, runId: newRunId(), currentVersion: 0, complete: false, finalVersion: null, trainRoundsDone: 0, rounds: [] };
   }
 
   get path(): string {
@@ -57,6 +63,8 @@ export class RoundJournal {
       if (j.federation !== this.data.federation) throw new FedlineError(ErrorCodes.MODEL_STORE, `journal belongs to federation ${j.federation}`);
       // Journals written before trainRoundsDone existed: count what they hold.
       j.trainRoundsDone ??= j.rounds.filter((r) => r.kind === 'train' && r.outcome !== null).length;
+      // Journals written before run identities existed: this run gets one now (saved with the next round).
+      j.runId ??= this.data.runId;
       this.data = j;
       this.log.info({ rounds: j.rounds.length, complete: j.complete }, 'journal loaded');
     } catch (err) {
@@ -86,4 +94,9 @@ export class RoundJournal {
   flushed(): Promise<void> {
     return this.chain;
   }
+}
+
+/** A fresh run identity: 16 random lowercase hex digits. */
+function newRunId(): string {
+  return randomBytes(8).toString('hex');
 }

@@ -13,7 +13,7 @@ import { clipSampleCounts } from './sample-clip.js';
 import { RoundState, type CloseDecision, type RoundKind, type RoundOutcome } from './round-state.js';
 import type { AgentPresence } from './status-handler.js';
 import type { Strategy } from './strategy.js';
-import { creditChunksPerSender } from './upload-collector.js';
+import { creditChunksPerSender, recordRefusal } from './upload-collector.js';
 import type { SpooledUpdate } from './update-spool.js';
 
 export interface RoundRunnerDeps {
@@ -114,6 +114,7 @@ export class RoundRunner {
       v: PROTOCOL_VERSION,
       type: 'round',
       federation: config.federation,
+      runId: this.d.journal.data.runId,
       round,
       state: 'complete',
       kind,
@@ -255,7 +256,9 @@ export class RoundRunner {
     const round = state.plan.round;
     for (const f of refused) {
       ctx.counters.inc(f.code);
+      const upload = (state.acceptedUpdate(f.agent) as SpooledUpdate | undefined)?.upload ?? null;
       state.recordFailureAfterAcceptance(f);
+      recordRefusal(record, { agent: f.agent, upload, code: f.code, reason: f.reason, at: ctx.clock.now() }, ctx);
       ctx.log.warn({ round, agent: f.agent, code: f.code }, `update of ${f.agent} refused: ${f.reason}`);
       ctx.emitEvent('alert', { severity: 'warning', code: f.code, agent: f.agent, round, message: `update of ${f.agent} refused: ${f.reason}` });
     }
@@ -296,6 +299,7 @@ export class RoundRunner {
       v: PROTOCOL_VERSION,
       type: 'round',
       federation: config.federation,
+      runId: this.d.journal.data.runId,
       round: plan.round,
       state,
       kind: plan.kind,
@@ -333,6 +337,7 @@ function newRecord(state: RoundState, now: number): RoundRecord {
     baseMetrics: {},
     localMetrics: {},
     failures: [],
+    refusals: [],
     trainMs: {},
     bytesUp: 0,
     bytesDown: 0,

@@ -22,6 +22,7 @@ export class AgentPresence {
   private readonly ctx: AggregatorContext;
   private readonly online = new Set<string>();
   private readonly changed = new EventEmitter();
+  private readonly watched = new WeakSet<Promise<void>>();
   private readonly steps: readonly Step<StatusMessage>[] = [
     {
       name: 'parse-topic',
@@ -57,21 +58,31 @@ export class AgentPresence {
     return this.online.has(agent);
   }
 
-  /** Settles when an agent comes or goes, after `ms`, or when `stop` settles, whichever is first. */
+  /**
+   * Settles when an agent comes or goes, after `ms`, or when `stop` settles, whichever is first.
+   * Called every second while an agent is offline: each call removes what it added (its listeners
+   * and timer), and `stop` gets one reaction however often it is waited on.
+   */
   waitForChange(ms: number, stop: Promise<void>): Promise<void> {
     const { clock } = this.ctx;
+    this.watchStop(stop);
     return new Promise<void>((resolve) => {
-      const onChange = () => {
+      const finish = () => {
         clock.clearTimeout(timer);
+        this.changed.off('change', finish);
+        this.changed.off('stop', finish);
         resolve();
       };
-      const timer = clock.setTimeout(() => {
-        this.changed.off('change', onChange);
-        resolve();
-      }, ms);
-      this.changed.once('change', onChange);
-      void stop.then(resolve);
+      const timer = clock.setTimeout(finish, ms);
+      this.changed.on('change', finish);
+      this.changed.on('stop', finish);
     });
+  }
+
+  private watchStop(stop: Promise<void>): void {
+    if (this.watched.has(stop)) return;
+    this.watched.add(stop);
+    void stop.then(() => this.changed.emit('stop'));
   }
 
   private track(status: AgentStatus): void {

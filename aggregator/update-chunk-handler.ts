@@ -6,7 +6,7 @@ import type { SpooledUpdate } from './update-spool.js';
 
 /**
  * A chunk of an agent's update: counted in the round's traffic; once an update of the agent is
- * accepted, its late chunks are duplicates and a second upload is refused; otherwise the upload
+ * accepted, its late chunks are duplicates and a second upload is refused (acked once); otherwise the upload
  * collector takes it.
  */
 export function handleUpdateChunk(ctx: AggregatorContext, active: ActiveRound, msg: UpdateChunkMsg, topic: string): void {
@@ -18,7 +18,13 @@ export function handleUpdateChunk(ctx: AggregatorContext, active: ActiveRound, m
       ctx.counters.inc('duplicate-chunk');
       return;
     }
-    throw new FedlineError(ErrorCodes.DUPLICATE_UPDATE, `agent "${msg.agent}" already delivered an update for round ${msg.round}; a second one is refused`);
+    active.uploads.refuseExtraUpload(
+      msg.agent,
+      msg.upload,
+      new FedlineError(ErrorCodes.DUPLICATE_UPDATE, `agent "${msg.agent}" already delivered an update for round ${msg.round}; a second one is refused`),
+      topic,
+    );
+    return;
   }
   active.uploads.chunk(msg, topic);
 }

@@ -10,6 +10,9 @@ import type { RoundJournal } from './round-journal.js';
 import { handleUpdateChunk } from './update-chunk-handler.js';
 import { handleUpdateDone } from './update-done-handler.js';
 
+/** Uploads whose chunks were refused before a round took them (closed, not selected), remembered so that each is told once. */
+const TOLD_MAX = 4096;
+
 /** A message on `<root>/round/<n>/update/<agent>` as the steps learn about it. */
 interface UpdateMessage {
   m: InboundMessage;
@@ -32,12 +35,26 @@ export interface UpdateInboundDeps {
  */
 export function createUpdateInbound(deps: UpdateInboundDeps): (m: InboundMessage) => void {
   const { ctx } = deps;
-  // A straggler waiting for a verdict is told once per update-done, so that it stops waiting.
+  // A straggler is told with its code, so that it stops sending instead of waiting for a verdict:
+  // once per update-done, and once per upload for its chunks (not an ack for every chunk).
+  const told = new Set<string>();
   const tellSender = (u: UpdateMessage, err: unknown): void => {
     const msg = u.msg!;
-    if (msg.type !== 'update-done') return;
+    if (msg.type === 'eval') return;
     const { code, message } = describeError(err);
-    ctx.sendAck(msg.round, msg.agent, { status: 'rejected', upload: msg.upload, sha256: msg.sha256, code, reason: message });
+    if (msg.type === 'update-chunk') {
+      const key = `${msg.round}/${msg.agent}/${msg.upload}/${code}`;
+      if (told.has(key)) return;
+      if (told.size >= TOLD_MAX) told.clear();
+      told.add(key);
+    }
+    ctx.sendAck(msg.round, msg.agent, {
+      status: 'rejected',
+      upload: msg.upload,
+      sha256: msg.type === 'update-done' ? msg.sha256 : null,
+      code,
+      reason: message,
+    });
   };
   const steps: readonly Step<UpdateMessage>[] = [
     {

@@ -1,5 +1,5 @@
 import { dtypeOf } from '../shared/bundle/value-encodings.js';
-import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import { describeError, ErrorCodes, FedlineError, isFedlineError } from '../shared/protocol/errors.js';
 import type { UpdateChunkMsg, UpdateDoneMsg } from '../shared/protocol/messages.js';
 import type { AggregatorContext } from './aggregator-context.js';
 import type { StoredModel } from './model-store.js';
@@ -23,6 +23,18 @@ const MIN_CREDIT_CHUNKS = 8;
 export function creditChunksPerSender(windowChunks: number, senders: number): number {
   if (windowChunks <= 0) return 0;
   return Math.max(MIN_CREDIT_CHUNKS, Math.floor(windowChunks / Math.max(1, senders)));
+}
+
+/** Refused attempts a round record keeps (a hostile agent must not grow the journal without bound); later ones are logged only. */
+const MAX_REFUSALS_RECORDED = 200;
+
+export type Refusal = NonNullable<RoundRecord['refusals']>[number];
+
+/** Keep a refused attempt in the round record: every one, also when a later attempt of the agent is accepted. */
+export function recordRefusal(record: RoundRecord, refusal: Refusal, ctx: Pick<AggregatorContext, 'log'>): void {
+  record.refusals ??= [];
+  if (record.refusals.length < MAX_REFUSALS_RECORDED) record.refusals.push(refusal);
+  else ctx.log.warn({ round: record.round, agent: refusal.agent, code: refusal.code }, 'refusal not kept in the round record: its list is full');
 }
 
 interface RefusedUpload {
@@ -56,6 +68,8 @@ export class UploadCollector {
   private readonly verifying = new Map<string, string>();
   /** The last refused upload of each agent: its chunks and update-done get the same verdict. */
   private readonly refused = new Map<string, RefusedUpload>();
+  /** Extra uploads (agent/upload) of agents already accepted, refused once each. */
+  private readonly extraRefused = new Set<string>();
 
   constructor(o: UploadCollectorOptions) {
     this.o = o;
@@ -74,11 +88,19 @@ export class UploadCollector {
       return;
     }
     if (msg.chunkBytes !== ctx.config.chunkBytes) {
-      throw new FedlineError(ErrorCodes.CHUNK_MISMATCH, `chunks of ${msg.chunkBytes} bytes; the round asks for ${ctx.config.chunkBytes}`);
+      const err = new FedlineError(ErrorCodes.CHUNK_MISMATCH, `chunks of ${msg.chunkBytes} bytes; the round asks for ${ctx.config.chunkBytes}`);
+      this.refuse(agent, upload, null, err, topic);
+      return;
     }
-    const r = this.receiverFor(msg);
-    if (r.accept(msg) === 'duplicate') ctx.counters.inc('duplicate-chunk');
-    else ctx.counters.inc('update-chunk');
+    let r: UpdateReceiver;
+    try {
+      r = this.receiverFor(msg);
+    } catch (err) {
+      // The upload's geometry cannot be taken (too big, total and size disagree).
+      this.refuse(agent, upload, null, err, topic);
+      return;
+    }
+    if (!this.take(r, msg, topic)) return;
     if (r.failure) {
       // The header or a value is already known to be bad: refuse now, the agent stops sending.
       this.receivers.delete(agent);
@@ -93,6 +115,32 @@ export class UploadCollector {
       if (stored !== null) ctx.sendAck(this.o.state.plan.round, agent, { status: 'progress', upload, stored, window: credit });
     }
     if (r.ready) this.startFinish(r, topic);
+  }
+
+  /**
+   * Store a chunk. A damaged one (CRC) is refused alone: the agent is told at once which chunk to
+   * send again (`incomplete` with the code), the upload goes on. A malformed one (seq or length
+   * wrong for the upload) refuses the upload. Returns false when the chunk was not stored.
+   */
+  private take(r: UpdateReceiver, msg: UpdateChunkMsg, topic: string): boolean {
+    const { ctx, state } = this.o;
+    try {
+      if (r.accept(msg) === 'duplicate') ctx.counters.inc('duplicate-chunk');
+      else ctx.counters.inc('update-chunk');
+      return true;
+    } catch (err) {
+      if (isFedlineError(err, ErrorCodes.CHUNK_CRC)) {
+        const { code, message } = describeError(err);
+        ctx.reject(err, topic, msg.agent);
+        ctx.sendAck(state.plan.round, msg.agent, { status: 'incomplete', upload: msg.upload, code, reason: message, missing: [msg.seq] });
+        return false;
+      }
+      this.receivers.delete(r.agent);
+      r.discard();
+      this.refuse(r.agent, r.upload, null, err, topic);
+      this.regrantCredit();
+      return false;
+    }
   }
 
   /** update-done of an agent that has no accepted update this round yet: finish the upload or say what is missing. */
@@ -116,6 +164,23 @@ export class UploadCollector {
       return;
     }
     ctx.sendAck(round, agent, { status: 'incomplete', upload, sha256, missing: Array.from({ length: Math.min(msg.total, MAX_MISSING_LISTED) }, (_, i) => i) });
+  }
+
+  /**
+   * Another upload of an agent whose update is already accepted: refused, kept in the round record
+   * and acked `rejected` once per upload (its other chunks are dropped quietly).
+   */
+  refuseExtraUpload(agent: string, upload: string, err: unknown, topic: string): void {
+    const { ctx, state, record } = this.o;
+    if (this.extraRefused.has(`${agent}/${upload}`)) {
+      ctx.counters.inc('chunk-of-refused-update');
+      return;
+    }
+    this.extraRefused.add(`${agent}/${upload}`);
+    const { code, message } = describeError(err);
+    ctx.reject(err, topic, agent);
+    recordRefusal(record, { agent, upload, code, reason: message, at: ctx.clock.now() }, ctx);
+    ctx.sendAck(state.plan.round, agent, { status: 'rejected', upload, code, reason: message });
   }
 
   /** The round closed: uploads still arriving are dropped (their part files removed). */
@@ -248,6 +313,7 @@ export class UploadCollector {
     if (state.closed) return;
     this.refused.set(agent, { upload, sha256, code, reason: message });
     state.recordFailure({ agent, code, reason: message });
+    recordRefusal(this.o.record, { agent, upload, code, reason: message, at: ctx.clock.now() }, ctx);
     ctx.emitEvent('alert', { severity: 'warning', code, agent, round, message: `update of ${agent} rejected: ${message}` });
     ctx.sendAck(round, agent, { status: 'rejected', upload, sha256, code, reason: message });
     this.o.onVerdict();

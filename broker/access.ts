@@ -8,7 +8,7 @@ import { isValidId, topicMatches } from '../shared/protocol/topics.js';
  * acl_file (renderMosquittoAcl, below). Pure: no I/O.
  *
  * Roles (R = subscribe/receive, W = publish), under the federation's topic root:
- *   aggregator  W round, model/#, round/+/ack/+, events/+     R round/+/update/+, agent/+/status, cmd/+, model/latest
+ *   aggregator  W round, model/#, round/+/ack/+, events/+     R round/+/update/+, agent/+/status, cmd/+, round, model/# (its own retained state)
  *   agent (id)  W round/+/update/<id>, agent/<id>/status, events/{agent-state,alert,command-result}/<id>
  *               R round, model/#, round/+/ack/<id>, cmd/pause, cmd/resume
  *   mes         W cmd/+                                       R events/#, agent/+/status, model/latest, model/released, inspection/+/verdict
@@ -103,7 +103,7 @@ export function rightsFor(user: AccessUser, root: string): UserRights {
   switch (user.role) {
     case 'aggregator':
       write = [r('round'), r('model/#'), r('round/+/ack/+'), r('events/+')];
-      read = [r('round/+/update/+'), r('agent/+/status'), r('cmd/+'), r('model/latest')];
+      read = [r('round/+/update/+'), r('agent/+/status'), r('cmd/+'), r('round'), r('model/#')];
       retain = [r('round'), r('model/#')];
       break;
     case 'agent':

@@ -35,12 +35,16 @@ export class AgentStatusPublisher {
 
   async set(patch: StatusPatch, force = false): Promise<void> {
     const prevState = this.status.state;
-    this.status = { ...this.status, ...patch, ts: Date.now() };
+    const status: AgentStatus = { ...this.status, ...patch, ts: Date.now() };
+    this.status = status;
+    // Decided now, on this patch's own before and after: another set() may change the status while
+    // this one is being published, and each state change must be reported once, with its own status.
+    const changed = status.state !== prevState;
     // Progress updates are throttled; state changes always go out.
     const now = Date.now();
     if (!force && patch.state === undefined && now - this.lastStatusAt < PROGRESS_THROTTLE_MS) return;
     this.lastStatusAt = now;
-    await this.transport.publish(this.topic, encodeJson(this.status), { qos: 1, retain: true });
-    if (this.status.state !== prevState) this.onStateChange(this.status);
+    await this.transport.publish(this.topic, encodeJson(status), { qos: 1, retain: true });
+    if (changed) this.onStateChange(status);
   }
 }

@@ -25,6 +25,7 @@ import type { ModelCache } from './model-cache.js';
 import { fetchModelBundle } from './model-fetch.js';
 import type { GlobalModel, Trainer } from '../training/trainer.js';
 import type { UpdateJournal } from './update-journal.js';
+import { RunRounds } from './run-rounds.js';
 import { TrainingWindow } from './training-window.js';
 import type { GateSnapshot, TriggerGate } from './triggers/gate.js';
 import type { SourceProblem } from './triggers/source.js';
@@ -77,8 +78,9 @@ export class EdgeAgent extends EventEmitter {
   private readonly gate: TriggerGate | null;
   private readonly window: TrainingWindow | null;
   private trainer: Trainer | null = null;
-  private current: { round: number; controller: AbortController; done: Promise<RoundWorkResult> } | null = null;
-  private readonly finishedRounds = new Set<number>();
+  private current: { runId: string; round: number; controller: AbortController; done: Promise<RoundWorkResult> } | null = null;
+  /** Rounds this agent is done with, keyed by (runId, round). */
+  private readonly finishedRounds = new RunRounds();
   private readonly statusPublisher: AgentStatusPublisher;
   private stopped = false;
   private bytes = { up: 0, down: 0 };
@@ -180,8 +182,14 @@ export class EdgeAgent extends EventEmitter {
       this.reject(err, m.topic);
       return;
     }
+    if (this.finishedRounds.isEarlierRun(ann)) {
+      this.log.info({ runId: ann.runId, round: ann.round, state: ann.state }, 'announcement of an earlier federation run ignored');
+      return;
+    }
     const cur = this.current;
+    const sameRun = !cur || cur.runId === ann.runId;
     if (ann.state === 'complete') {
+      if (!sameRun) return; // another run's end does not end this run's work
       cur?.controller.abort(new FedlineError(ErrorCodes.ABORTED, 'federation complete'));
       this.log.info({ finalVersion: ann.base.version }, 'federation complete');
       this.setStatus({ state: 'idle', round: null, progress: null, detail: `federation complete; final model version ${ann.base.version}` }, true).catch(
@@ -191,12 +199,13 @@ export class EdgeAgent extends EventEmitter {
       return;
     }
     if (ann.state === 'closed') {
-      if (cur && cur.round === ann.round) cur.controller.abort(new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${ann.round} closed`));
-      this.finishedRounds.add(ann.round);
+      if (cur && cur.runId === ann.runId && cur.round === ann.round)
+        cur.controller.abort(new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${ann.round} closed`));
+      this.finishedRounds.finish(ann);
       return;
     }
-    if (cur && cur.round === ann.round) return; // the same announcement again (retained, reconnect)
-    if (this.finishedRounds.has(ann.round)) return;
+    if (cur && cur.runId === ann.runId && cur.round === ann.round) return; // the same announcement again (retained, reconnect)
+    if (this.finishedRounds.isFinished(ann)) return;
     if (cur) cur.controller.abort(new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${ann.round} replaces round ${cur.round}`));
     if (!ann.selected.includes(this.config.agentId)) {
       this.log.info({ round: ann.round }, 'not selected for this round');
@@ -206,7 +215,7 @@ export class EdgeAgent extends EventEmitter {
     const controller = new AbortController();
     const previous = cur?.done.catch(() => undefined) ?? Promise.resolve();
     const done = previous.then(() => this.work(ann, controller.signal));
-    const entry = { round: ann.round, controller, done };
+    const entry = { runId: ann.runId, round: ann.round, controller, done };
     this.current = entry;
     done
       .then((result) => {
@@ -235,7 +244,7 @@ export class EdgeAgent extends EventEmitter {
       // 2. evaluate the global model first, and report it at once (the seed paper's workflow)
       const metricsBefore = await this.evaluateAndReport(trainer, model, round, downloadedBytes, log);
       if (ann.kind === 'evaluate') {
-        this.finishedRounds.add(round);
+        this.finishedRounds.finish(ann);
         await this.setStatus(
           { state: 'idle', round, progress: null, detail: `evaluated model version ${model.version}: accuracy ${metricsBefore.accuracy.toFixed(3)}` },
           true,
@@ -243,9 +252,9 @@ export class EdgeAgent extends EventEmitter {
         return { round, outcome: 'evaluated' };
       }
       // 3. local training, unless this round's update was already made before a restart
-      const settled = await this.settledBeforeRestart(round, model.version, log);
+      const settled = await this.settledBeforeRestart(ann, model.version, log);
       if (settled) return settled;
-      const pending = (await this.journal?.pendingUpload(round, model.version)) ?? null;
+      const pending = (await this.journal?.pendingUpload(round, model.version, ann.runId)) ?? null;
       let update: LocalUpdate;
       if (pending) {
         log.info({ bytes: pending.source.byteLength }, 'resuming the upload of an update made before a restart');
@@ -256,7 +265,7 @@ export class EdgeAgent extends EventEmitter {
       // 4. send the update
       return await this.upload(ann, update, signal, log);
     } catch (err) {
-      return this.roundFailed(err, round, signal, log);
+      return this.roundFailed(err, ann, signal, log);
     }
   }
 
@@ -278,11 +287,13 @@ export class EdgeAgent extends EventEmitter {
   }
 
   /** The round's update was accepted or rejected before a restart (the journal says so): not sent again. */
-  private async settledBeforeRestart(round: number, baseVersion: number, log: Logger): Promise<RoundWorkResult | null> {
+  private async settledBeforeRestart(ann: RoundAnnouncement, baseVersion: number, log: Logger): Promise<RoundWorkResult | null> {
+    const { round } = ann;
     await this.journal?.pruneBefore(round).catch(() => undefined);
     const prior = await this.journal?.record(round);
-    if (!prior || prior.baseVersion !== baseVersion || prior.state === 'pending') return null;
-    this.finishedRounds.add(round);
+    // A record of the same round number of another federation run is not about this round.
+    if (!prior || prior.baseVersion !== baseVersion || prior.state === 'pending' || (prior.runId ?? ann.runId) !== ann.runId) return null;
+    this.finishedRounds.finish(ann);
     log.info({ state: prior.state }, "this round's update was already settled before a restart; not sending it again");
     await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} ${prior.state} (before restart)` }, true);
     return { round, outcome: prior.state };
@@ -306,7 +317,7 @@ export class EdgeAgent extends EventEmitter {
     };
     const bundle = await trainLocalUpdate(deps, trainer, model, ann, metricsBefore, signal);
     const saved =
-      (await this.journal?.savePending(ann.round, model.version, bundle).catch((err: Error) => {
+      (await this.journal?.savePending(ann.round, model.version, bundle, ann.runId).catch((err: Error) => {
         this.storageProblem(`could not record the update of round ${ann.round} on disk (${err.message}); a restart would train again`);
         return null;
       })) ?? null;
@@ -332,7 +343,7 @@ export class EdgeAgent extends EventEmitter {
       onReject: (err, topic) => this.reject(err, topic),
     }).finally(() => update.resumedFrom?.close());
     this.bytes.up += sent.sentBytes;
-    this.finishedRounds.add(round);
+    this.finishedRounds.finish(ann);
     await this.journal?.settle(round, sent.ack.status === 'accepted' ? 'accepted' : 'rejected', sent.ack.reason).catch(() => undefined);
     if (sent.ack.status === 'accepted') {
       log.info({ bytes: bundle.byteLength, resent: sent.resentChunks }, 'update accepted by the aggregator');
@@ -346,13 +357,14 @@ export class EdgeAgent extends EventEmitter {
   }
 
   /** The round's work ended by an error: a missed training window (skipped), an abort, or a failure. */
-  private async roundFailed(err: unknown, round: number, signal: AbortSignal, log: Logger): Promise<RoundWorkResult> {
+  private async roundFailed(err: unknown, ann: RoundAnnouncement, signal: AbortSignal, log: Logger): Promise<RoundWorkResult> {
+    const { round } = ann;
     const { code, message } = describeError(err);
     if (isFedlineError(err, ErrorCodes.WINDOW_MISSED) && !signal.aborted) {
       // Reported, not waited on for ever: the MES learns why this box sent nothing.
       log.warn({ code }, message);
       this.counters.inc(code);
-      this.finishedRounds.add(round);
+      this.finishedRounds.finish(ann);
       this.emitEvent('alert', { severity: 'warning', agent: this.config.agentId, round, code, message: `round ${round}: ${message}` });
       await this.setStatus({ state: 'idle', round, progress: null, detail: `round ${round} skipped: ${message}` }, true).catch(() => undefined);
       return { round, outcome: 'skipped', detail: message };

@@ -19,6 +19,8 @@ export type UploadState = 'pending' | 'accepted' | 'rejected';
 
 export interface UploadRecord {
   round: number;
+  /** The federation run of the round (protocol `runId`); absent in records of older agents. */
+  runId?: string;
   baseVersion: number;
   sha256: string;
   /** The upload id the chunks carry (protocol: update-chunk `upload`). */
@@ -50,9 +52,10 @@ export class UpdateJournal {
    * The saved bundle of a pending upload, if it is intact (its SHA-256 matches the record), as a
    * file source (close it when done) with its SHA-256 and upload id.
    */
-  async pendingUpload(round: number, baseVersion: number): Promise<{ source: FileBundleSource; sha256: string; upload: string } | null> {
+  async pendingUpload(round: number, baseVersion: number, runId?: string): Promise<{ source: FileBundleSource; sha256: string; upload: string } | null> {
     const rec = await this.record(round);
     if (!rec || rec.state !== 'pending' || rec.baseVersion !== baseVersion) return null;
+    if (runId !== undefined && rec.runId !== undefined && rec.runId !== runId) return null;
     const path = this.paths(round).bundle;
     try {
       const { size } = await stat(path);
@@ -86,7 +89,7 @@ export class UpdateJournal {
    * Write an update to disk (streamed from its source, hashed on the way, fsynced, renamed into
    * place) before any chunk leaves, and record it as pending under a fresh upload id.
    */
-  async savePending(round: number, baseVersion: number, bundle: Uint8Array | BundleSource): Promise<{ sha256: string; upload: string }> {
+  async savePending(round: number, baseVersion: number, bundle: Uint8Array | BundleSource, runId?: string): Promise<{ sha256: string; upload: string }> {
     await mkdir(this.dir, { recursive: true });
     const p = this.paths(round);
     const source = isBundleSource(bundle) ? bundle : memorySource(bundle);
@@ -111,7 +114,7 @@ export class UpdateJournal {
     await rename(tmp, p.bundle);
     await fsyncDir(this.dir);
     const saved = { sha256: hash.digest('hex'), upload: randomBytes(8).toString('hex') };
-    await writeJsonAtomic(p.record, { round, baseVersion, ...saved, state: 'pending' } satisfies UploadRecord);
+    await writeJsonAtomic(p.record, { round, ...(runId !== undefined ? { runId } : {}), baseVersion, ...saved, state: 'pending' } satisfies UploadRecord);
     return saved;
   }
 

@@ -32,6 +32,7 @@ const announcement: RoundAnnouncement = {
   v: 1,
   type: 'round',
   federation: 'usb',
+  runId: '3f9a0c2e7b14d568',
   round: 3,
   state: 'open',
   kind: 'train',

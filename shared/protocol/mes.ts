@@ -59,6 +59,11 @@ export const roundRecordSchema = z.strictObject({
   /** Each agent's local model after training, on its local test split. */
   localMetrics: z.record(z.string(), evalMetricsSchema.nullable()),
   failures: z.array(z.strictObject({ agent: id, code: z.string(), reason: z.string() })),
+  /** Every refused attempt (upload or update), in order, also those of agents whose later attempt was accepted; absent in records of older aggregators. */
+  refusals: z
+    .array(z.strictObject({ agent: id, upload: z.string().nullable(), code: z.string(), reason: z.string(), at: uint }))
+    .max(200)
+    .optional(),
   trainMs: z.record(z.string(), uint),
   bytesUp: uint,
   bytesDown: uint,

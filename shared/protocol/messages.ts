@@ -15,6 +15,11 @@ const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'must be a lowercase hex SH
 const uint = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 const posInt = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
 const bytes = z.instanceof(Uint8Array);
+/**
+ * A federation run's identity: made by the aggregator when it starts with fresh state, kept in its
+ * journal (a restarted aggregator continues the same run). Agents key rounds by (runId, round).
+ */
+export const runIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1-64 characters of A-Z a-z 0-9 _ -');
 
 /** Classification metrics of one model on one data split (see shared/fl/classification-metrics.ts). */
 export const evalMetricsSchema = z.object({
@@ -69,6 +74,8 @@ export const roundAnnouncementSchema = z.object({
   v: z.literal(PROTOCOL_VERSION),
   type: z.literal('round'),
   federation: id,
+  /** The federation run this announcement belongs to (see runIdSchema). */
+  runId: runIdSchema,
   round: uint,
   /** open: work on it; closed: stop, results are no longer accepted; complete: the federation is done. */
   state: z.enum(['open', 'closed', 'complete']),
@@ -252,6 +259,8 @@ export type AgentStatus = z.infer<typeof agentStatusSchema>;
 export const modelManifestSchema = z.object({
   v: z.literal(PROTOCOL_VERSION),
   federation: id,
+  /** The federation run that published this model (see runIdSchema). */
+  runId: runIdSchema,
   version: uint,
   round: uint,
   sha256: sha256Hex,

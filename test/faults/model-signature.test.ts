@@ -96,6 +96,7 @@ test('agents use models signed by the aggregator and refuse a tampered or unsign
         v: 1,
         type: 'round',
         federation: 'test',
+        runId: 'rogue-run',
         round,
         state: 'open',
         kind: 'train',

@@ -279,7 +279,7 @@ class Agent:
         self.public_key = load_public_key(args.model_public_key) if args.model_public_key else None
         self.inbox = queue.Queue()  # (topic, payload) from paho's network thread
         self.latest = None  # the newest round announcement
-        self.done_rounds = set()
+        self.done_rounds = set()  # (runId, round): round numbers start at 1 again in a new run
         self.status = {"v": PROTOCOL_VERSION, "agent": self.agent, "state": "starting", "round": None, "progress": None,
                        "detail": None, "backend": "python", "samples": {"train": args.samples, "test": 0}, "ts": now_ms()}
         self.pubacks = set()
@@ -393,11 +393,17 @@ class Agent:
         except Exception as err:  # a bad message is logged and dropped, never fatal
             log("rejected", topic=self.t_round(), reason=str(err))
             return
+        # Rounds belong to a federation run (runId); an announcement of another run issued before
+        # the newest one followed so far is an earlier run's stale retained message: ignored.
+        newest = self.latest
+        if newest is not None and ann["runId"] != newest["runId"] and ann["issuedAt"] < newest["issuedAt"]:
+            log("earlier-run-ignored", runId=ann["runId"], round=ann["round"], state=ann["state"])
+            return
         self.latest = ann
 
-    def check_current(self, rnd):
+    def check_current(self, run_id, rnd):
         ann = self.latest
-        if ann is None or ann["round"] != rnd or ann["state"] != "open":
+        if ann is None or ann["runId"] != run_id or ann["round"] != rnd or ann["state"] != "open":
             raise RoundAbort(f"round {rnd} is no longer open")
 
     # ---- main loop
@@ -423,7 +429,7 @@ class Agent:
             log("federation-complete", finalVersion=ann["base"]["version"])
             self.set_status(state="idle", round=None, progress=None, detail=f"federation complete; final model version {ann['base']['version']}")
             return
-        if ann["state"] != "open" or rnd in self.done_rounds:
+        if ann["state"] != "open" or (ann["runId"], rnd) in self.done_rounds:
             return
         if self.agent not in ann["selected"]:
             log("not-selected", round=rnd)
@@ -431,7 +437,7 @@ class Agent:
         log("round", round=rnd, kind=ann["kind"], encoding=ann["encoding"], delta=ann.get("delta", False), baseVersion=ann["base"]["version"])
         try:
             self.work(ann)
-            self.done_rounds.add(rnd)
+            self.done_rounds.add((ann["runId"], rnd))
         except RoundAbort as err:
             log("round-aborted", round=rnd, reason=str(err))
             self.set_status(state="idle", round=rnd, progress=None, detail=f"stopped: {err}")
@@ -447,7 +453,7 @@ class Agent:
                 raise ValueError(f"FL_MODEL_SIGNATURE: model version {ref['version']} is unsigned or its signature does not verify")
             log("signature-verified", version=ref["version"])
         self.set_status(state="downloading", round=rnd, progress=0, detail=f"model version {ref['version']}")
-        bundle = self.download_model(rnd, ref)
+        bundle = self.download_model(ann["runId"], rnd, ref)
         header, tensors = read_bundle(bundle)
         meta = header["meta"]
         if meta.get("version") != ref["version"]:
@@ -485,7 +491,7 @@ class Agent:
         else:
             self.set_status(state="idle", round=rnd, progress=None, detail=f"update rejected: {ack.get('reason')}")
 
-    def download_model(self, rnd, ref):
+    def download_model(self, run_id, rnd, ref):
         """The base model's retained chunks, each CRC-checked, then the whole bundle's SHA-256."""
         started = time.monotonic()
         total, size, chunk_bytes = ref["chunks"], ref["bytes"], ref["chunkBytes"]
@@ -495,7 +501,7 @@ class Agent:
         last_new = time.monotonic()
         try:
             while len(have) < total:
-                self.check_current(rnd)
+                self.check_current(run_id, rnd)
                 if time.monotonic() - last_new > self.args.stall_s:
                     # Ask the broker for the retained chunks again; only missing ones are kept.
                     log("download-stalled", have=len(have), total=total)
@@ -546,7 +552,7 @@ class Upload:
 
     def __init__(self, agent, ann, update):
         self.agent, self.update = agent, update
-        self.round, self.chunk_bytes = ann["round"], ann["chunkBytes"]
+        self.run_id, self.round, self.chunk_bytes = ann["runId"], ann["round"], ann["chunkBytes"]
         self.total = max(1, math.ceil(len(update) / self.chunk_bytes))
         self.id = secrets.token_hex(8)
         self.sha256 = hashlib.sha256(update).hexdigest()
@@ -562,7 +568,7 @@ class Upload:
         started = time.monotonic()
         self.send_pass(range(self.total), first=True)
         while self.verdict is None:
-            self.agent.check_current(self.round)
+            self.agent.check_current(self.run_id, self.round)
             done = {"v": PROTOCOL_VERSION, "type": "update-done", "round": self.round, "agent": self.agent.agent, "upload": self.id,
                     "total": self.total, "bundleBytes": len(self.update), "sha256": self.sha256}
             self.agent.wait_puback(self.agent.publish(self.topic, pack(done)))
@@ -594,7 +600,7 @@ class Upload:
     def send_pass(self, seqs, first):
         inflight = []
         for index, seq in enumerate(seqs):
-            self.agent.check_current(self.round)
+            self.agent.check_current(self.run_id, self.round)
             while not self.agent.inbox.empty():
                 self.take_ack(0)
             if self.verdict is not None:
