@@ -37,7 +37,7 @@ function clashes(keys: readonly string[], bound: Bindings): string[] {
 
 /** Children whose bindings repeat a key of their parent's are rebuilt from the root with the merged bindings. */
 function uniqueKeys(root: Logger): Logger {
-  const plainChild = root.child as (this: Logger, bindings: Bindings, options?: ChildLoggerOptions) => Logger;
+  const plainChild = root.child as unknown as (this: Logger, bindings: Bindings, options?: ChildLoggerOptions) => Logger;
   const rootKeys = Object.keys(root.bindings());
   root.child = function child(this: Logger, bindings: Bindings, childOptions?: ChildLoggerOptions) {
     const bound = this.bindings();
