@@ -47,7 +47,7 @@ function uniqueKeys(root: Logger): Logger {
     const rebuilt = plainChild.call(root, merged, childOptions);
     rebuilt.level = childOptions?.level ?? this.level;
     return rebuilt;
-  } as Logger['child'];
+  } as unknown as Logger['child'];
   return root;
 }
 
