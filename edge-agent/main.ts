@@ -1,4 +1,6 @@
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { AgentConfig } from '../shared/config/service-config.js';
 import { withTimeout } from '../shared/util/async.js';
 import { encodeJson } from '../shared/protocol/wire-codec.js';
@@ -31,7 +33,23 @@ export interface AgentWiringOptions {
   wrapTrainer?: (trainer: Trainer) => Trainer;
 }
 
+/** The agent's image folder must exist when it starts: a round should not be the first to find out. */
+export function checkDataDir(dir: string): void {
+  let isDir = false;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch (err) {
+    throw new FedlineError(
+      ErrorCodes.DATA,
+      `data.dir ${dir} does not exist (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): create it with one folder per class, or fix data.dir in the agent config`,
+      { dir },
+    );
+  }
+  if (!isDir) throw new FedlineError(ErrorCodes.DATA, `data.dir ${dir} is not a folder: fix data.dir in the agent config`, { dir });
+}
+
 export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, wiring: AgentWiringOptions = {}): Promise<RunningAgent> {
+  checkDataDir(config.data.dir);
   const topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
   const verifyKey = config.modelPublicKeyFile ? loadVerifyKey(config.modelPublicKeyFile) : null;
   const offline = encodeJson({ ...offlineStatus(config.agentId), ts: Date.now() });

@@ -125,3 +125,25 @@ test('a config that cannot be read or is invalid: exit code 3 with the file name
     dir.cleanup();
   }
 });
+
+test('an agent whose data folder is missing stops at start: exit code 3, FL_DATA, the folder named', async () => {
+  const dir = tempDir('cli-data');
+  try {
+    const config = join(dir.path, 'agent.json');
+    writeFileSync(
+      config,
+      JSON.stringify({ agentId: 'site-x', federation: 'f', mqtt: { url: 'mqtt://127.0.0.1:9' }, stateDir: './state', data: { dir: './no-such-images' } }),
+    );
+    const r = await fedline(['agent', '--config', config]);
+    assert.equal(r.code, ExitCodes.CONFIG, r.err);
+    assert.match(r.err, /data\.dir .*no-such-images does not exist/);
+    const fatalLine = r.out
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .find((l) => l.msg === 'fatal error');
+    assert.equal(fatalLine?.code, 'FL_DATA');
+  } finally {
+    dir.cleanup();
+  }
+});
