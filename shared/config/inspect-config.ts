@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { mqttConfigSchema } from './service-config.js';
+import { backendPreferences, mqttConfigSchema } from './service-config.js';
 import { isValidId } from '../protocol/topics.js';
 
 /**
@@ -42,8 +42,8 @@ export const inspectConfigSchema = z
     images: z.strictObject({ topic: topic.optional() }).optional(),
     /** Where verdicts go (JSON, QoS 1). Default <root>/inspection/<agentId>/verdict. */
     verdictTopic: topic.optional(),
-    /** tfjs backend, as for the agent. */
-    backend: z.enum(['auto', 'tensorflow', 'cpu']).default('auto'),
+    /** tfjs backend, the agent's choices (training.backend): auto, tensorflow, wasm, cpu. */
+    backend: z.enum(backendPreferences).default('auto'),
     /** Largest global model accepted, bytes. Default 2 GiB. */
     maxModelBytes: z
       .number()
