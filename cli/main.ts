@@ -125,7 +125,7 @@ async function runBroker(args: string[]): Promise<void> {
     const { startBroker } = await import('../broker/main.js');
     const broker = await startBroker(config, log);
     onShutdown(log, () => broker.close());
-    notifyReady({ url: broker.url, port: broker.port, host: broker.host, tlsUrl: broker.tlsUrl });
+    notifyReady({ url: broker.url, port: broker.port, host: broker.host, tlsUrl: broker.tlsUrl, metricsUrl: broker.metrics?.url ?? null });
   } catch (err) {
     fatal(log, err);
   }
@@ -140,7 +140,7 @@ async function runAggregator(args: string[]): Promise<void> {
     const { startAggregator } = await import('../aggregator/main.js');
     const running = await startAggregator(config, log);
     onShutdown(log, () => running.close());
-    notifyReady({ federation: config.federation });
+    notifyReady({ federation: config.federation, metricsUrl: running.metrics?.url ?? null });
     const result = await running.aggregator.run();
     log.info({ finalVersion: result.finalVersion, reason: result.reason, modelDir: running.store.dir(result.finalVersion) }, 'federation finished');
     if (config.exitWhenComplete) {
@@ -161,7 +161,7 @@ async function runAgent(args: string[]): Promise<void> {
     const { startAgent } = await import('../edge-agent/main.js');
     const running = await startAgent(config, log);
     onShutdown(log, () => running.close());
-    notifyReady({ agent: config.agentId });
+    notifyReady({ agent: config.agentId, metricsUrl: running.metrics?.url ?? null });
   } catch (err) {
     fatal(log, err);
   }
@@ -176,7 +176,7 @@ async function runInspect(args: string[]): Promise<void> {
     const { startInspection } = await import('../edge-agent/inspect-main.js');
     const running = await startInspection(config, log);
     onShutdown(log, () => running.close());
-    notifyReady({ agent: config.agentId, verdictTopic: running.verdictTopic });
+    notifyReady({ agent: config.agentId, verdictTopic: running.verdictTopic, metricsUrl: running.metrics?.url ?? null });
   } catch (err) {
     fatal(log, err);
   }

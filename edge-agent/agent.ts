@@ -10,6 +10,7 @@ import {
   roundAnnouncementSchema,
   SUPPORTED_VERSIONS,
   type AgentState,
+  type AgentStatus,
   type EvalMetrics,
   type EvalReportMsg,
   type ModelMeta,
@@ -105,6 +106,11 @@ export class EdgeAgent extends EventEmitter {
 
   get state(): AgentState {
     return this.statusPublisher.current.state;
+  }
+
+  /** The status last set (what `<root>/agent/<id>/status` carries, progress included). */
+  get status(): AgentStatus {
+    return this.statusPublisher.current;
   }
 
   /** Bytes of model downloaded and update chunks sent so far. */

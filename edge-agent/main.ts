@@ -18,12 +18,16 @@ import { TfjsTrainer } from '../training/tfjs-trainer.js';
 import type { Trainer } from '../training/trainer.js';
 import { UpdateJournal } from './update-journal.js';
 import { buildGate } from './triggers/build-gate.js';
+import { createMetricsRegistry, startMetricsServer, type MetricsServer } from '../shared/observability/metrics-server.js';
+import { registerAgentMetrics } from './agent-metrics.js';
 
 const MAX_LOGGED_PROBLEMS = 100;
 
 export interface RunningAgent {
   agent: EdgeAgent;
   transport: MqttTransport;
+  /** /metrics and /healthz, when the config has `metrics`. */
+  metrics: MetricsServer | null;
   close(): Promise<void>;
 }
 
@@ -114,10 +118,19 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, 
   });
   await agent.start();
   const started = agent;
+  let metrics: MetricsServer | null = null;
+  if (config.metrics) {
+    const registry = createMetricsRegistry('agent');
+    registerAgentMetrics(registry, started, () => started.status);
+    const health = () => ({ ok: transport.connected && started.state !== 'error', state: started.state, mqtt: transport.connected });
+    metrics = await startMetricsServer(config.metrics, registry, health, log);
+  }
   return {
     agent: started,
     transport,
+    metrics,
     async close() {
+      await metrics?.close();
       await started.stop();
       // A clean DISCONNECT suppresses the last will (MQTT 3.1.1 §3.14.4), so say offline ourselves.
       if (transport.connected) {

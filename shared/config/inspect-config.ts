@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { backendPreferences, mqttConfigSchema } from './service-config.js';
+import { backendPreferences, metricsConfigSchema, mqttConfigSchema } from './service-config.js';
 import { isValidId } from '../protocol/topics.js';
 
 /**
@@ -54,6 +54,7 @@ export const inspectConfigSchema = z
     modelPublicKeyFile: z.string().min(1).optional(),
     /** Images waiting at most (an image beyond it is refused with an error verdict). Default 10000. */
     maxQueuedImages: z.number().int().positive().default(10_000),
+    metrics: metricsConfigSchema.optional(),
     logLevel: z.string().optional(),
   })
   .refine((c) => c.watch !== undefined || c.images !== undefined, { message: 'give "watch" (a folder), "images" (an MQTT topic) or both', path: ['watch'] });
