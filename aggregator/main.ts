@@ -7,11 +7,15 @@ import type { MqttTransport } from '../shared/transport/mqtt-transport.js';
 import { Aggregator } from './aggregator.js';
 import { FsModelStore } from './model-store.js';
 import { UpdateSpool } from './update-spool.js';
+import { createMetricsRegistry, startMetricsServer, type MetricsServer } from '../shared/observability/metrics-server.js';
+import { registerAggregatorMetrics } from './metrics.js';
 
 export interface RunningAggregator {
   aggregator: Aggregator;
   transport: MqttTransport;
   store: FsModelStore;
+  /** /metrics and /healthz, when the config has `metrics`. */
+  metrics: MetricsServer | null;
   close(): Promise<void>;
 }
 
@@ -34,11 +38,19 @@ export async function startAggregator(config: Readonly<AggregatorConfig>, logger
       : {}),
     initialModel: () => initialModelBundle(config, logger),
   });
+  let metrics: MetricsServer | null = null;
+  if (config.metrics) {
+    const registry = createMetricsRegistry('aggregator');
+    registerAggregatorMetrics(registry, aggregator as unknown as Parameters<typeof registerAggregatorMetrics>[1]);
+    metrics = await startMetricsServer(config.metrics, registry, () => ({ ok: transport.connected, mqtt: transport.connected }), logger);
+  }
   return {
     aggregator,
     transport,
     store,
+    metrics,
     async close() {
+      await metrics?.close();
       await aggregator.stop();
       await transport.close();
     },

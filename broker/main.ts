@@ -7,6 +7,8 @@ import { AccessPolicy, accessFileSchema } from './access.js';
 import { createAuthHooks } from './auth-hooks.js';
 import { createBroker, type RunningBroker } from './broker.js';
 import { PasswordFile } from './passwords.js';
+import { createMetricsRegistry, startMetricsServer, type MetricsServer } from '../shared/observability/metrics-server.js';
+import { registerBrokerMetrics } from './metrics.js';
 
 function readPem(file: string, what: string): Buffer {
   try {
@@ -17,7 +19,7 @@ function readPem(file: string, what: string): Buffer {
 }
 
 /** Wire a validated broker config to the embedded Aedes broker: listeners, TLS, logins and access rules. */
-export function startBroker(config: Readonly<BrokerConfig>, logger: Logger): Promise<RunningBroker> {
+export async function startBroker(config: Readonly<BrokerConfig>, logger: Logger): Promise<RunningBroker & { metrics: MetricsServer | null }> {
   const log = logger.child({ module: 'broker' });
   let hooks;
   if (config.auth) {
@@ -45,7 +47,7 @@ export function startBroker(config: Readonly<BrokerConfig>, logger: Logger): Pro
         requireClientCert: config.tls.requireClientCert,
       }
     : undefined;
-  return createBroker({
+  const broker = await createBroker({
     host: config.host,
     port: config.port,
     maxClientIdLength: config.maxClientIdLength,
@@ -57,4 +59,21 @@ export function startBroker(config: Readonly<BrokerConfig>, logger: Logger): Pro
     ...(tls ? { tls } : {}),
     ...(hooks ? { hooks } : {}),
   });
+  if (!config.metrics) return { ...broker, metrics: null };
+  const registry = createMetricsRegistry('broker');
+  registerBrokerMetrics(registry, broker);
+  const metrics = await startMetricsServer(config.metrics, registry, () => ({ ok: true, clients: broker.connectedClients() }), log).catch(
+    async (err: unknown) => {
+      await broker.close();
+      throw err;
+    },
+  );
+  return {
+    ...broker,
+    metrics,
+    async close() {
+      await metrics.close();
+      await broker.close();
+    },
+  };
 }

@@ -1,13 +1,12 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { UsageError } from './option-checks.js';
 import { openClassifier } from '../training/classifier.js';
 import { createImageDecoder } from '../training/images.js';
 import { backendPreferences, type BackendPreference } from '../shared/config/service-config.js';
 import { normalizationModes, type NormalizationMode } from '../shared/protocol/messages.js';
 import { loadTf } from '../training/backend.js';
-
-const USAGE = `usage: fedline classify --model DIR [--json] [--backend ${backendPreferences.join('|')}] [--classes A,B,..] [--normalization MODE] IMAGE...
-  DIR: a model store version (e.g. <stateDir>/models/v12) or a tfjs layers model folder`;
+import { CLASSIFY_USAGE as USAGE } from './usage.js';
 
 /**
  * `fedline classify --model DIR IMAGE...`: the predicted class and its confidence for each image
@@ -30,9 +29,7 @@ export async function runClassify(args: string[]): Promise<void> {
       strict: true,
     });
   } catch (err) {
-    process.stderr.write(`fedline classify: ${(err as Error).message}\n${USAGE}\n`);
-    process.exitCode = 2;
-    return;
+    throw new UsageError((err as Error).message); // cli/main.ts prints it with the valid options (exit code 2)
   }
   const { values, positionals } = parsed;
   const fail = (msg: string) => {

@@ -5,17 +5,9 @@ import { dashboardConfigSchema } from '../dashboard/dashboard-config.js';
 import { fatal, notifyReady, onShutdown } from './lifecycle.js';
 import { intOption } from './option-checks.js';
 
-export const DASHBOARD_USAGE = `fedline dashboard: a web page that follows a federation live through the broker
+import { DASHBOARD_USAGE } from './usage.js';
 
-usage: fedline dashboard --config FILE [--port N] [--host ADDR]
-
-options:
-  --config FILE   dashboard config (examples/dashboard.json): federation, mqtt login (role dashboard),
-                  http.host / http.port, operators.passwordFile (operator logins; absent: read-only)
-  --port N        serve on this port instead of http.port (0 picks a free one)
-  --host ADDR     serve on this address instead of http.host (default 127.0.0.1, loopback only)
-
-The page, its script and styles ship with fedline: no internet needed. See docs/dashboard.md.`;
+export { DASHBOARD_USAGE };
 
 /** `fedline dashboard --config FILE` */
 export async function runDashboard(args: string[]): Promise<void> {

@@ -4,7 +4,7 @@ import { updateEncodings, type UpdateEncoding } from '../shared/bundle/value-enc
 import { architectures, VGG_MIN_INPUT, type Architecture } from '../training/models.js';
 import type { DemoOptions } from '../demo/demo-options.js';
 import { parsePlcSchedule } from '../demo/plc-simulator.js';
-import { intOption as int, invalidOption as invalid } from './option-checks.js';
+import { intOption as int, invalidOption as invalid, UsageError } from './option-checks.js';
 
 /** The demo's command line (usage in cli/main.ts) as DemoOptions; throws a FedlineError naming the bad option. */
 export function parseDemoArgs(args: string[]): DemoOptions {
@@ -77,8 +77,8 @@ export async function runDemoCommand(args: string[]): Promise<number> {
   try {
     options = parseDemoArgs(args);
   } catch (err) {
-    process.stderr.write(`fedline demo: ${(err as Error).message}\n`);
-    return 2;
+    // Every mistake on the demo's command line is a usage error: cli/main.ts prints it with the valid options (exit code 2).
+    throw err instanceof UsageError ? err : new UsageError((err as Error).message);
   }
   const { runDemo } = await import('../demo/run-demo.js');
   return runDemo(options);

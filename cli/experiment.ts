@@ -1,13 +1,9 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { UsageError } from './option-checks.js';
 import { loadExperimentConfig, runExperiment } from '../experiment/runner.js';
 
-const USAGE = `usage: fedline experiment --config FILE [--out DIR] [--mode in-process|mqtt]
-
-Runs the seed paper's comparison (centralized, local-only per site, federated full fine-tune,
-federated head only, federated from a random init) on one set of splits and seeds, and writes
-report.md, results.json and confusion-matrix PNGs under the config's "out" (or --out).
-Example: npx fedline experiment --config examples/experiment-paper.json`;
+import { EXPERIMENT_USAGE as USAGE } from './usage.js';
 
 /** \`fedline experiment\`: wires the command line to experiment/runner.ts. */
 export async function runExperimentCommand(args: string[]): Promise<void> {
@@ -19,9 +15,7 @@ export async function runExperimentCommand(args: string[]): Promise<void> {
       strict: true,
     }));
   } catch (err) {
-    process.stderr.write(`fedline experiment: ${(err as Error).message}\n${USAGE}\n`);
-    process.exitCode = 2;
-    return;
+    throw new UsageError((err as Error).message); // cli/main.ts prints it with the valid options (exit code 2)
   }
   if (values.help) {
     process.stdout.write(USAGE + '\n');

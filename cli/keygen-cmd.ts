@@ -2,12 +2,13 @@ import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { generateSigningKeys } from '../shared/protocol/model-signature.js';
+import { KEYGEN_USAGE } from './usage.js';
 
 /** `fedline keygen --out DIR`: an Ed25519 key pair for signing global models. */
 export function runKeygen(args: string[]): void {
   const { values } = parseArgs({ args, options: { out: { type: 'string' }, force: { type: 'boolean', default: false } }, strict: true });
   if (!values.out) {
-    process.stderr.write('usage: fedline keygen --out DIR [--force]\n');
+    process.stderr.write(`fedline keygen: --out DIR is required\n\n${KEYGEN_USAGE}\n`);
     process.exitCode = 2;
     return;
   }

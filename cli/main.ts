@@ -4,45 +4,47 @@ import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConf
 import { inspectConfigSchema } from '../shared/config/inspect-config.js';
 import { createLogger } from '../shared/util/logger.js';
 import { fatal, notifyReady, onShutdown } from './lifecycle.js';
+import { intOption, invalidOption, isUsageError } from './option-checks.js';
+import { COMMAND_USAGE, ExitCodes, MAIN_USAGE, optionsIn } from './usage.js';
+import { readFileSync } from 'node:fs';
 
-const USAGE = `fedline: federated learning for factory quality inspection over MQTT
+const HELP = new Set(['--help', '-h']);
 
-usage: fedline <command> [options]
+/** The package's version (package.json next to dist/). */
+export function fedlineVersion(): string {
+  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+}
 
-commands:
-  demo        run a whole federation on this machine: embedded broker, aggregator and 3 agents
-              as separate processes on generated images
-                --rounds N (12)  --out DIR (./demo-out)  --seed N (42)  --epochs N (2)  --size PX (32)
-                --model small-cnn|vgg11|vgg16|vgg19 (small-cnn)  --federate all|head (all)  --width X
-                --init-from DIR  --pretrain-epochs N (VGG: 15)  --learning-rate X
-                --trigger opcua  agents train only in the idle windows of a simulated PLC
-                --encoding f32|f16|q8 (f32)  --delta (updates as differences to the base model)
-                --dashboard  also serve the dashboard (a free loopback port) and print its address
-  broker      run the embedded MQTT broker (Aedes)          --config FILE [--port N]
-  aggregator  run the aggregator                            --config FILE
-  agent       run an edge agent                             --config FILE
-  inspect     classify new images with the released global model, publish verdicts   --config FILE
-  dashboard   a web page following the federation live, operator actions   --config FILE [--port N]
-  plc-sim     a simulated PLC (OPC UA server), line state Running/Idle on a schedule (--help)
-  passwd      add a user to a broker password file          --file FILE --user NAME (password on stdin)
-  acl         render an access file as a Mosquitto acl_file --access FILE [--out FILE]
-  classify    classify images with a stored model           --model DIR [--json] IMAGE...
-  model-info  parameters and update bytes per round         [--model vgg19] [--size 224] [--head paper] [--json]
-  pretrain    train a starting model on reference images    --data DIR --classes A,B,.. --out DIR [--model vgg11]
-  dataset synth  write generated USB-inspection images      --out DIR [--seed N] [--size PX] [--scale X]
-              (the 3 clients, an external set, cross-client probes, reference images for pretrain)
-  experiment  the paper's comparison: centralized, local-only, federated all/head/random init;
-              report.md, results.json, confusion matrices     --config FILE [--out DIR] [--mode in-process|mqtt]
-  keygen      an Ed25519 key pair for signing global models --out DIR
-  models      stored model versions: stage, sites' metrics, signature   --state DIR [--json]
-  release     release a model version to the lines (MES command over MQTT)   VERSION --url URL --federation NAME
-              [--username mes --password-file FILE] [--by NAME] [--reason TEXT]
-  rollback    go back to the version released before (or VERSION)  [VERSION] (options as release)
-
-Example configs are in examples/. Logs are JSON lines on stdout; set FEDLINE_LOG_LEVEL=debug for more.`;
+/** A command-line mistake: the message, the valid options and the command's usage on stderr; exit code 2. */
+function usageFailure(command: string, err: unknown): void {
+  const usage = COMMAND_USAGE[command] ?? MAIN_USAGE;
+  const valid = optionsIn(usage);
+  const message = (err as Error).message.replace(/\. To specify a positional argument starting with a '-'.*$/s, '');
+  process.stderr.write(`fedline ${command}: ${message}\n${valid.length ? `valid options: ${valid.join(' ')}\n` : ''}\n${usage}\n`);
+  process.exitCode = ExitCodes.USAGE;
+}
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
+  if (command === '--version' || command === '-V' || command === 'version') {
+    process.stdout.write(`fedline ${fedlineVersion()}\n`);
+    return;
+  }
+  // `fedline <command> --help` (or -h), before anything else: the usage comes from cli/usage.ts, loading nothing heavy.
+  const usage = command === undefined ? undefined : COMMAND_USAGE[command];
+  if (usage !== undefined && rest.some((a) => HELP.has(a))) {
+    process.stdout.write(usage + '\n');
+    return;
+  }
+  try {
+    await dispatch(command, rest);
+  } catch (err) {
+    if (command !== undefined && isUsageError(err)) return usageFailure(command, err);
+    throw err;
+  }
+}
+
+async function dispatch(command: string | undefined, rest: string[]): Promise<void> {
   switch (command) {
     case 'broker':
       return runBroker(rest);
@@ -110,35 +112,33 @@ async function main(argv: string[]): Promise<void> {
     case 'help':
     case '--help':
     case '-h':
-      process.stdout.write(USAGE + '\n');
+      process.stdout.write(MAIN_USAGE + '\n');
       return;
     default:
-      process.stderr.write(`fedline: unknown command "${command}"\n\n${USAGE}\n`);
-      process.exitCode = 2;
+      process.stderr.write(`fedline: unknown command "${command}"\n\n${MAIN_USAGE}\n`);
+      process.exitCode = ExitCodes.USAGE;
   }
 }
 
 function configArg(args: string[], extra: Record<string, { type: 'string' }> = {}): { config: string; values: Record<string, string | undefined> } {
-  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, ...extra }, strict: true });
-  if (!values.config) {
-    process.stderr.write('fedline: --config FILE is required (see examples/)\n');
-    process.exit(2);
-  }
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' }, ...extra }, strict: true });
+  if (!values.config) throw invalidOption('--config FILE is required (examples/ has one for each service)');
   return { config: values.config, values: values as Record<string, string | undefined> };
 }
 
 async function runBroker(args: string[]): Promise<void> {
   const { config: file, values } = configArg(args, { port: { type: 'string' } });
+  const port = values.port !== undefined ? intOption('port', values.port, 0, 65535) : undefined;
   let log = createLogger({ name: 'broker' });
   try {
     const loaded = loadConfigFile(brokerConfigSchema, file);
-    const config = values.port !== undefined ? { ...loaded, port: Number(values.port) } : loaded;
+    const config = port !== undefined ? { ...loaded, port } : loaded;
     log = createLogger({ name: 'broker', ...(config.logLevel ? { level: config.logLevel } : {}) });
     // Each service's modules load only when its command runs: `fedline aggregator` never loads training/.
     const { startBroker } = await import('../broker/main.js');
     const broker = await startBroker(config, log);
     onShutdown(log, () => broker.close());
-    notifyReady({ url: broker.url, port: broker.port, host: broker.host, tlsUrl: broker.tlsUrl });
+    notifyReady({ url: broker.url, port: broker.port, host: broker.host, tlsUrl: broker.tlsUrl, metricsUrl: broker.metrics?.url ?? null });
   } catch (err) {
     fatal(log, err);
   }
@@ -153,7 +153,7 @@ async function runAggregator(args: string[]): Promise<void> {
     const { startAggregator } = await import('../aggregator/main.js');
     const running = await startAggregator(config, log);
     onShutdown(log, () => running.close());
-    notifyReady({ federation: config.federation });
+    notifyReady({ federation: config.federation, metricsUrl: running.metrics?.url ?? null });
     const result = await running.aggregator.run();
     log.info({ finalVersion: result.finalVersion, reason: result.reason, modelDir: running.store.dir(result.finalVersion) }, 'federation finished');
     if (config.exitWhenComplete) {
@@ -174,7 +174,7 @@ async function runAgent(args: string[]): Promise<void> {
     const { startAgent } = await import('../edge-agent/main.js');
     const running = await startAgent(config, log);
     onShutdown(log, () => running.close());
-    notifyReady({ agent: config.agentId });
+    notifyReady({ agent: config.agentId, metricsUrl: running.metrics?.url ?? null });
   } catch (err) {
     fatal(log, err);
   }
@@ -189,7 +189,7 @@ async function runInspect(args: string[]): Promise<void> {
     const { startInspection } = await import('../edge-agent/inspect-main.js');
     const running = await startInspection(config, log);
     onShutdown(log, () => running.close());
-    notifyReady({ agent: config.agentId, verdictTopic: running.verdictTopic });
+    notifyReady({ agent: config.agentId, verdictTopic: running.verdictTopic, metricsUrl: running.metrics?.url ?? null });
   } catch (err) {
     fatal(log, err);
   }
@@ -197,5 +197,5 @@ async function runInspect(args: string[]): Promise<void> {
 
 main(process.argv.slice(2)).catch((err: Error) => {
   process.stderr.write(`fedline: ${err.message}\n`);
-  process.exit(1);
+  process.exit(ExitCodes.FAILURE);
 });

@@ -1,9 +1,8 @@
 import { parseArgs } from 'node:util';
+import { UsageError } from './option-checks.js';
 import { loadTf } from '../training/backend.js';
 import { federationSizes } from '../training/model-size.js';
 import { architectures, DEFAULT_HEADS, PAPER_HEAD, type Architecture, type HeadSpec } from '../training/models.js';
-
-const USAGE = `usage: fedline model-info [--model vgg19] [--size 224] [--width 1] [--head 4096,4096|paper|default] [--dropout 0.5] [--classes 4] [--json]`;
 
 const mb = (b: number) => `${(b / 1e6).toFixed(1)} MB`;
 
@@ -29,9 +28,7 @@ export async function runModelInfo(args: string[]): Promise<void> {
       strict: true,
     }));
   } catch (err) {
-    process.stderr.write(`fedline model-info: ${(err as Error).message}\n${USAGE}\n`);
-    process.exitCode = 2;
-    return;
+    throw new UsageError((err as Error).message); // cli/main.ts prints it with the valid options (exit code 2)
   }
   const model = values.model as Architecture;
   if (!(architectures as readonly string[]).includes(model)) {

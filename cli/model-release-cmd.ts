@@ -10,6 +10,7 @@ import { createTopics, defaultRoot } from '../shared/protocol/topics.js';
 import { encodeJson } from '../shared/protocol/wire-codec.js';
 import { connectMqtt } from '../shared/transport/mqtt-connect.js';
 import { silentLogger } from '../shared/util/logger.js';
+import { MODELS_USAGE, RELEASE_USAGE, ROLLBACK_USAGE } from './usage.js';
 
 /**
  * `fedline models --state DIR`: every stored version with its stage, the sites' metrics and its
@@ -21,7 +22,7 @@ import { silentLogger } from '../shared/util/logger.js';
 export async function runModels(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { state: { type: 'string' }, json: { type: 'boolean', default: false } }, strict: true });
   if (!values.state) {
-    process.stderr.write("usage: fedline models --state DIR [--json]   (DIR: the aggregator's stateDir)\n");
+    process.stderr.write(`fedline models: --state DIR is required\n\n${MODELS_USAGE}\n`);
     process.exitCode = 2;
     return;
   }
@@ -73,16 +74,14 @@ const connectionOptions = {
   'timeout-ms': { type: 'string' },
 } as const;
 
-const RELEASE_USAGE = `usage: fedline release VERSION   --url mqtt://HOST:PORT --federation NAME [--username mes --password-file FILE]
-       fedline rollback [VERSION] (same options)            [--ca-file FILE] [--topic-root ROOT] [--by NAME] [--reason TEXT] [--timeout-ms 30000]
-`;
-
 export async function runModelCommand(verb: 'release' | 'rollback', args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({ args, options: connectionOptions, allowPositionals: true, strict: true });
   const version = positionals[0] !== undefined ? Number(positionals[0]) : undefined;
   const badVersion = version !== undefined && !(Number.isInteger(version) && version >= 0);
   if (!values.url || !values.federation || positionals.length > 1 || badVersion || (verb === 'release' && version === undefined)) {
-    process.stderr.write(RELEASE_USAGE);
+    process.stderr.write(
+      `fedline ${verb}: ${verb === 'release' ? 'VERSION, ' : ''}--url and --federation are required\n\n${verb === 'release' ? RELEASE_USAGE : ROLLBACK_USAGE}\n`,
+    );
     process.exitCode = 2;
     return;
   }

@@ -4,20 +4,10 @@ import { freeTcpPort } from '../shared/util/free-port.js';
 import { createLogger } from '../shared/util/logger.js';
 import { parsePlcSchedule, startPlcSimulator, type LineStateChange } from '../demo/plc-simulator.js';
 import { fatal, notifyReady, onShutdown } from './lifecycle.js';
-import { intOption as int, invalidOption } from './option-checks.js';
+import { intOption as int, invalidOption, isUsageError } from './option-checks.js';
+import { PLC_SIM_USAGE } from './usage.js';
 
-export const PLC_SIM_USAGE = `fedline plc-sim: a simulated PLC (OPC UA server) whose line state alternates on a schedule
-
-options:
-  --port N              TCP port (4840; 0 picks a free one)
-  --host ADDR           address to listen on (127.0.0.1)
-  --lines N             lines Line1..LineN (1)
-  --schedule SPEC       the cycle, STATE:SECONDS,...  (Running:20,Idle:10)
-  --offset SECONDS      line N starts (N-1) * offset seconds later in the cycle (0)
-  --pki DIR             server certificate store (./.fedline-plc-sim/pki)
-  --user NAME:PASSWORD  require this login (repeatable); anonymous is then refused
-
-variables: ns=1;s=Line<N>.State (String), ns=1;s=Line<N>.Idle (Boolean), ns=1;s=Line<N>.StateCode (Int32: 4 Idle, 6 Running)`;
+export { PLC_SIM_USAGE } from './usage.js';
 
 /** `fedline plc-sim ...` */
 export async function runPlcSim(args: string[]): Promise<void> {
@@ -64,6 +54,7 @@ export async function runPlcSim(args: string[]): Promise<void> {
     onShutdown(log, () => sim.close());
     notifyReady({ endpoint: sim.endpoint, port: sim.port, lines: Number(values.lines) });
   } catch (err) {
+    if (isUsageError(err)) throw err; // cli/main.ts prints it with the usage (exit code 2)
     fatal(log, err);
   }
 }

@@ -5,18 +5,7 @@ import { architectures } from '../training/models.js';
 import { pretrainBase } from '../training/pretrain.js';
 import { invalidOption } from './option-checks.js';
 
-const USAGE = `usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --out DIR [--model small-cnn|vgg11|vgg16|vgg19]
-                        [--size PX] [--width X] [--epochs N] [--batch N] [--learning-rate X] [--seed N] [--normalization MODE]
-                        [--init he|seeded] [--batch-norm]
-
-  --init   the kernels before pretraining: he (He-normal, the default: a VGG-19 without batch
-           normalisation trains from scratch) or seeded (Glorot, the federation's own seeded init)
-  --batch-norm  batch normalisation after every convolution (model.batchNorm: the experiment's
-           model must then set it too)
-
-  --synth  generate the reference images (other products, other defects, other objects; never the
-           experiment's clients, their defects or its external product) in OUT-reference/ and
-           train on them: the stand-in for ImageNet weights that \`fedline experiment\` reuses`;
+import { PRETRAIN_USAGE as USAGE } from './usage.js';
 
 /** \`fedline pretrain\`: a starting model from a folder of reference images, for \`model.initFrom\`. */
 export async function runPretrain(args: string[]): Promise<void> {

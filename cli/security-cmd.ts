@@ -5,17 +5,9 @@ import { DEFAULT_PBKDF2_ITERATIONS, PasswordFile, setPasswordLine } from '../bro
 import { loadConfigFile } from '../shared/config/service-config.js';
 import { invalidOption } from './option-checks.js';
 
-export const PASSWD_USAGE = `fedline passwd: add or change a user in a broker password file (Mosquitto's format, $7$ PBKDF2-SHA512)
+import { ACL_USAGE, PASSWD_USAGE } from './usage.js';
 
-usage: fedline passwd --file FILE --user NAME [--password-file F] [--iterations N]
-  The password is read from --password-file, or from the first line of standard input
-  (printf '%s\\n' "$PW" | fedline passwd ...). The file is created (mode 0600) if needed.
-  The same file works for the embedded broker (auth.passwordFile) and Mosquitto (password_file).`;
-
-export const ACL_USAGE = `fedline acl: render an access file (roles per user) as a Mosquitto acl_file
-
-usage: fedline acl --access ACCESS.json [--out FILE]
-  Both brokers then enforce the same rules: the embedded broker reads ACCESS.json itself.`;
+export { ACL_USAGE, PASSWD_USAGE };
 
 async function readStdinLine(): Promise<string> {
   if (process.stdin.isTTY) throw invalidOption('give the password on standard input (not a terminal) or with --password-file');
@@ -36,11 +28,11 @@ export async function runPasswd(args: string[]): Promise<void> {
     },
     strict: true,
   });
-  if (values.help || !values.file || !values.user) {
+  if (values.help) {
     process.stdout.write(PASSWD_USAGE + '\n');
-    if (!values.help) process.exitCode = 2;
     return;
   }
+  if (!values.file || !values.user) throw invalidOption('--file FILE and --user NAME are required');
   const iterations = values.iterations ? Number(values.iterations) : DEFAULT_PBKDF2_ITERATIONS;
   if (!Number.isInteger(iterations) || iterations < 1000) throw invalidOption(`--iterations must be an integer >= 1000, got "${values.iterations}"`);
   const password = values['password-file'] ? readFileSync(values['password-file'], 'utf8').split(/\r?\n/)[0]! : await readStdinLine();
@@ -54,11 +46,11 @@ export async function runPasswd(args: string[]): Promise<void> {
 
 export async function runAcl(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { access: { type: 'string' }, out: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true });
-  if (values.help || !values.access) {
+  if (values.help) {
     process.stdout.write(ACL_USAGE + '\n');
-    if (!values.help) process.exitCode = 2;
     return;
   }
+  if (!values.access) throw invalidOption('--access ACCESS.json is required');
   const policy = new AccessPolicy(loadConfigFile(accessFileSchema, values.access));
   const text = renderMosquittoAcl(policy, values.access);
   if (values.out) writeFileSync(values.out, text);

@@ -3,12 +3,7 @@ import { resolve } from 'node:path';
 import { EXPERIMENT_PARTS, generateExperimentData, type ExperimentPart } from '../synthetic-data/generate.js';
 import { invalidOption } from './option-checks.js';
 
-const USAGE = `usage: fedline dataset synth --out DIR [--seed N] [--size PX] [--scale X] [--parts clients,external,probes,reference]
-
-  DIR/client1..3/<CLASS>/       each client's product and defect (an agent's data.dir)
-  DIR/external/{OKAY,HIDDEN}/   a fourth product (USB 3.0), never trained on
-  DIR/probes/<client>-<defect>/ a client's product with another client's defect (NOT_OKAY)
-  DIR/reference/<CLASS>/        other products, defects and objects: for \`fedline pretrain\``;
+import { DATASET_USAGE as USAGE } from './usage.js';
 
 /** `fedline dataset synth`: the experiment's generated data set (synthetic-data/generate.ts generateExperimentData). */
 export async function runDataset(args: string[]): Promise<void> {

@@ -140,7 +140,7 @@ function mosquittoConf(port: number, dir: string, auth: AuthFiles): string {
     .split('\n')
     .map((line) => {
       if (/^\s*listener\s+\d+/.test(line)) return `listener ${port} 127.0.0.1`;
-      if (/^\s*persistence_location\s/.test(line)) return `persistence_location ${dir}/`;
+      if (/^\s*#?persistence_location\s/.test(line)) return `persistence_location ${dir}/`; // commented out in the repository file (Debian sets it)
       if (/^\s*log_dest\s/.test(line)) return 'log_dest stderr';
       if (/^\s*password_file\s/.test(line)) return `password_file ${auth.passwordFile}`;
       if (/^\s*acl_file\s/.test(line)) return `acl_file ${auth.aclFile}`;

@@ -11,6 +11,7 @@ import {
   roundAnnouncementSchema,
   SUPPORTED_VERSIONS,
   type AgentState,
+  type AgentStatus,
   type EvalMetrics,
   type EvalReportMsg,
   type ModelMeta,
@@ -111,6 +112,11 @@ export class EdgeAgent extends EventEmitter {
 
   get state(): AgentState {
     return this.statusPublisher.current.state;
+  }
+
+  /** The status last set (what `<root>/agent/<id>/status` carries, progress included). */
+  get status(): AgentStatus {
+    return this.statusPublisher.current;
   }
 
   /** Bytes of model downloaded and update chunks sent so far. */

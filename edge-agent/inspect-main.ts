@@ -6,6 +6,8 @@ import type { MqttTransport } from '../shared/transport/mqtt-transport.js';
 import { loadTf } from '../training/backend.js';
 import { createTopics, defaultRoot } from '../shared/protocol/topics.js';
 import { InspectionService } from './inspect.js';
+import { createMetricsRegistry, startMetricsServer, type MetricsServer } from '../shared/observability/metrics-server.js';
+import { registerInspectMetrics } from './inspect-metrics.js';
 import { ModelCache } from './model-cache.js';
 import { TfjsClassifier } from '../training/tfjs-classifier.js';
 import { loadVerifyKey, verifyReleaseSignature } from '../shared/protocol/model-signature.js';
@@ -14,6 +16,8 @@ export interface RunningInspection {
   service: InspectionService;
   transport: MqttTransport;
   verdictTopic: string;
+  /** /metrics and /healthz, when the config has `metrics`. */
+  metrics: MetricsServer | null;
   close(): Promise<void>;
 }
 
@@ -48,11 +52,20 @@ export async function startInspection(config: Readonly<InspectConfig>, logger: L
       : {}),
   });
   await service.start();
+  let metrics: MetricsServer | null = null;
+  if (config.metrics) {
+    const registry = createMetricsRegistry('inspect');
+    registerInspectMetrics(registry, service);
+    const health = () => ({ ok: transport.connected, mqtt: transport.connected, modelVersion: service.modelVersion });
+    metrics = await startMetricsServer(config.metrics, registry, health, log);
+  }
   return {
     service,
     transport,
     verdictTopic,
+    metrics,
     async close() {
+      await metrics?.close();
       await service.stop();
       await transport.close();
     },

@@ -363,6 +363,11 @@ export class InspectionService extends EventEmitter {
 
   private publish(v: Verdict): void {
     this.emit('verdict', v);
+    // One line per verdict, for a station without an MQTT subscriber (journald, Loki).
+    const source = v.source.kind === 'file' ? v.source.path : v.source.imageId ? `${v.source.topic}/${v.source.imageId}` : v.source.topic;
+    if (v.error === null)
+      this.log.info({ source, class: v.class, confidence: Number(v.confidence!.toFixed(4)), modelVersion: v.modelVersion }, `verdict: ${v.class}`);
+    else this.log.info({ source, class: null, error: v.error, modelVersion: v.modelVersion }, 'verdict: not classified');
     this.o.transport.publish(this.o.verdictTopic, encodeJson(v), { qos: 1 }).catch((err: Error) => {
       this.counters.inc(ErrorCodes.TRANSPORT);
       this.log.warn({ err: err.message, source: v.source }, 'could not publish a verdict');

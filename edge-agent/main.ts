@@ -1,4 +1,6 @@
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { AgentConfig } from '../shared/config/service-config.js';
 import { withTimeout } from '../shared/util/async.js';
 import { encodeJson } from '../shared/protocol/wire-codec.js';
@@ -16,12 +18,16 @@ import { TfjsTrainer } from '../training/tfjs-trainer.js';
 import type { Trainer } from '../training/trainer.js';
 import { UpdateJournal } from './update-journal.js';
 import { buildGate } from './triggers/build-gate.js';
+import { createMetricsRegistry, startMetricsServer, type MetricsServer } from '../shared/observability/metrics-server.js';
+import { registerAgentMetrics } from './agent-metrics.js';
 
 const MAX_LOGGED_PROBLEMS = 100;
 
 export interface RunningAgent {
   agent: EdgeAgent;
   transport: MqttTransport;
+  /** /metrics and /healthz, when the config has `metrics`. */
+  metrics: MetricsServer | null;
   close(): Promise<void>;
 }
 
@@ -31,7 +37,23 @@ export interface AgentWiringOptions {
   wrapTrainer?: (trainer: Trainer) => Trainer;
 }
 
+/** The agent's image folder must exist when it starts: a round should not be the first to find out. */
+export function checkDataDir(dir: string): void {
+  let isDir = false;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch (err) {
+    throw new FedlineError(
+      ErrorCodes.DATA,
+      `data.dir ${dir} does not exist (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): create it with one folder per class, or fix data.dir in the agent config`,
+      { dir },
+    );
+  }
+  if (!isDir) throw new FedlineError(ErrorCodes.DATA, `data.dir ${dir} is not a folder: fix data.dir in the agent config`, { dir });
+}
+
 export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, wiring: AgentWiringOptions = {}): Promise<RunningAgent> {
+  checkDataDir(config.data.dir);
   const topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
   const verifyKey = config.modelPublicKeyFile ? loadVerifyKey(config.modelPublicKeyFile) : null;
   const offline = encodeJson({ ...offlineStatus(config.agentId), ts: Date.now() });
@@ -96,10 +118,19 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, 
   });
   await agent.start();
   const started = agent;
+  let metrics: MetricsServer | null = null;
+  if (config.metrics) {
+    const registry = createMetricsRegistry('agent');
+    registerAgentMetrics(registry, started, () => started.status);
+    const health = () => ({ ok: transport.connected && started.state !== 'error', state: started.state, mqtt: transport.connected });
+    metrics = await startMetricsServer(config.metrics, registry, health, log);
+  }
   return {
     agent: started,
     transport,
+    metrics,
     async close() {
+      await metrics?.close();
       await started.stop();
       // A clean DISCONNECT suppresses the last will (MQTT 3.1.1 §3.14.4), so say offline ourselves.
       if (transport.connected) {

@@ -1,99 +1,15 @@
-import { PNG } from 'pngjs';
+import { GREY, INK, Raster, textHeight, textWidth, type Rgb } from './raster.js';
 
 /**
  * A confusion matrix as a PNG (pngjs, no fonts or downloads): rows are the true classes, columns
  * the predicted ones; each cell shows its count and its share of the row, blue on the diagonal
- * (right), red off it (wrong), darker for a larger share. Text uses a built-in 5x7 pixel font.
+ * (right), red off it (wrong), darker for a larger share. With a good class (OKAY), the cells
+ * that matter on a line are named: ESCAPE (a defect passed as good) and OVERKILL (a good part
+ * rejected), with their totals under the matrix. Text uses the repository's 5x8 pixel font
+ * (experiment/font5x8.ts, all of printable ASCII).
  */
 
-// 5x7 glyphs, one string of 7 rows of 5 bits each ('#' = ink).
-const GLYPHS: Record<string, string> = {
-  A: '.###.#...##...#######...##...##...#',
-  B: '####.#...##...#####.#...##...#####.',
-  C: '.###.#...##....#....#....#...#.###.',
-  D: '####.#...##...##...##...##...#####.',
-  E: '######....#....####.#....#....#####',
-  F: '######....#....####.#....#....#....',
-  G: '.###.#...##....#.####...##...#.####',
-  H: '#...##...##...#######...##...##...#',
-  I: '.###...#....#....#....#....#...###.',
-  J: '..###...#....#....#....##..#..##...',
-  K: '#...##..#.#.#..##...#.#..#..#.#...#',
-  L: '#....#....#....#....#....#....#####',
-  M: '#...###.###.#.##...##...##...##...#',
-  N: '#...###..##.#.##..###...##...##...#',
-  O: '.###.#...##...##...##...##...#.###.',
-  P: '####.#...##...#####.#....#....#....',
-  Q: '.###.#...##...##...##.#.##..#..##.#',
-  R: '####.#...##...#####.#.#..#..#.#...#',
-  S: '.####' + '#....' + '#....' + '.###.' + '....#' + '....#' + '####.',
-  T: '#####..#....#....#....#....#....#..',
-  U: '#...##...##...##...##...##...#.###.',
-  V: '#...##...##...##...##...#.#.#...#..',
-  W: '#...##...##...##.#.##.#.##.#.#.#.#.',
-  X: '#...##...#.#.#...#...#.#.#...##...#',
-  Y: '#...##...#.#.#...#....#....#....#..',
-  Z: '#####....#...#...#...#...#....#####',
-  '0': '.###.#...##..###.#.###..##...#.###.',
-  '1': '..#...##....#....#....#....#...###.',
-  '2': '.###.#...#....#...#...#...#...#####',
-  '3': '#####' + '...#.' + '..#..' + '...#.' + '....#' + '#...#' + '.###.',
-  '4': '...#...##..#.#.#..#.#####...#....#.',
-  '5': '######....####.....#....##...#.###.',
-  '6': '..##..#...#....####.#...##...#.###.',
-  '7': '#####....#...#...#...#....#....#...',
-  '8': '.###.#...##...#.###.#...##...#.###.',
-  '9': '.###.#...##...#.####....#...#..##..',
-  '-': '...............#####...............',
-  _: '..............................#####',
-  '.': '.........................##....##..',
-  ':': '.....##...##.........##...##.......',
-  '/': '.....#...#...#...#...#.............',
-  '%': '##...##..#...#...#...#...#..##...##',
-  '(': '...#...#...#....#....#.....#.....#.',
-  ')': '.#.....#.....#....#....#...#...#...',
-  '+': '.......#....#..#####..#....#.......',
-  '=': '..........#####.....#####..........',
-  ' ': '...................................',
-};
-
-function glyph(ch: string): string {
-  return GLYPHS[ch] ?? GLYPHS[ch.toUpperCase()] ?? GLYPHS['.']!;
-}
-
-type Rgb = readonly [number, number, number];
-
-class Raster {
-  readonly png: PNG;
-  constructor(
-    readonly width: number,
-    readonly height: number,
-  ) {
-    this.png = new PNG({ width, height });
-    this.fill(0, 0, width, height, [255, 255, 255]);
-  }
-  fill(x0: number, y0: number, w: number, h: number, c: Rgb): void {
-    for (let y = Math.max(0, y0); y < Math.min(this.height, y0 + h); y++) {
-      for (let x = Math.max(0, x0); x < Math.min(this.width, x0 + w); x++) {
-        const o = (y * this.width + x) * 4;
-        this.png.data[o] = c[0];
-        this.png.data[o + 1] = c[1];
-        this.png.data[o + 2] = c[2];
-        this.png.data[o + 3] = 255;
-      }
-    }
-  }
-  /** Text with its top-left corner at (x, y); `scale` pixels per font pixel. */
-  text(s: string, x: number, y: number, scale: number, c: Rgb): void {
-    [...s].forEach((ch, i) => {
-      const g = glyph(ch);
-      for (let r = 0; r < 7; r++)
-        for (let col = 0; col < 5; col++) if (g[r * 5 + col] === '#') this.fill(x + (i * 6 + col) * scale, y + r * scale, scale, scale, c);
-    });
-  }
-}
-
-export const textWidth = (s: string, scale: number) => s.length * 6 * scale - scale;
+export { textWidth };
 
 export interface ConfusionImageOptions {
   title: string;
@@ -101,27 +17,49 @@ export interface ConfusionImageOptions {
   classes: readonly string[];
   /** confusion[true][predicted] counts. */
   confusion: readonly (readonly number[])[];
+  /** The class of good parts; default OKAY when the classes have it. null: no escape/overkill marks. */
+  goodClass?: string | null;
+}
+
+/** Escapes (a defect predicted good) and overkill (a good part predicted as anything else), from a confusion matrix. */
+export function escapesAndOverkill(
+  confusion: readonly (readonly number[])[],
+  good: number,
+): { escapes: number; overkill: number; defects: number; goods: number } {
+  let escapes = 0;
+  let defects = 0;
+  confusion.forEach((row, i) => {
+    if (i === good) return;
+    escapes += row[good] ?? 0;
+    defects += row.reduce((s, v) => s + v, 0);
+  });
+  const goodRow = confusion[good] ?? [];
+  const goods = goodRow.reduce((s, v) => s + v, 0);
+  return { escapes, overkill: goods - (goodRow[good] ?? 0), defects, goods };
 }
 
 /** The PNG file bytes. Rows without samples are drawn empty. */
 export function renderConfusionPng(o: ConfusionImageOptions): Buffer {
   const k = o.classes.length;
+  const goodName = o.goodClass === undefined ? (o.classes.includes('OKAY') ? 'OKAY' : null) : o.goodClass;
+  const good = goodName === null ? -1 : o.classes.indexOf(goodName);
   const scale = 2;
   const pad = 12;
   const labelW = Math.max(textWidth('TRUE \\ PRED', scale), ...o.classes.map((c) => textWidth(c, scale))) + pad;
   const cellW = Math.max(90, ...o.classes.map((c) => textWidth(c, scale) + 10));
-  const cellH = 52;
+  const cellH = good >= 0 ? 62 : 52;
   const titleH = 7 * scale * 2 + 3 * pad + (o.subtitle ? 7 * scale + 6 : 0);
   const headH = 7 * scale + pad;
   const width = pad + labelW + k * cellW + pad;
-  const height = titleH + headH + k * cellH + pad + 7 * scale + pad;
-  const img = new Raster(Math.max(width, textWidth(o.title, scale) + 2 * pad, o.subtitle ? textWidth(o.subtitle, scale) + 2 * pad : 0), height);
-  const ink: Rgb = [20, 20, 20];
+  const height = titleH + headH + k * cellH + pad + (good >= 0 ? 3 : 1) * (7 * scale + pad);
+  const footW = good >= 0 ? textWidth(`escapes 00000 of 00000 defects (100.0%): a defect passed as ${goodName}`, scale) + 2 * pad : 0;
+  const img = new Raster(Math.max(width, footW, textWidth(o.title, scale) + 2 * pad, o.subtitle ? textWidth(o.subtitle, scale) + 2 * pad : 0), height);
+  const ink = INK;
   img.text(o.title, pad, pad, scale, ink);
-  if (o.subtitle) img.text(o.subtitle, pad, pad + 7 * scale + 6, scale, [90, 90, 90]);
+  if (o.subtitle) img.text(o.subtitle, pad, pad + 7 * scale + 6, scale, GREY);
   const top = titleH;
   const left = pad + labelW;
-  img.text('TRUE \\ PRED', pad, top, scale, [90, 90, 90]);
+  img.text('TRUE \\ PRED', pad, top, scale, GREY);
   o.classes.forEach((c, j) => img.text(c, left + j * cellW + Math.floor((cellW - textWidth(c, scale)) / 2), top, scale, ink));
   const gridTop = top + headH;
   for (let i = 0; i < k; i++) {
@@ -142,10 +80,32 @@ export function renderConfusionPng(o: ConfusionImageOptions): Buffer {
       const pct = total > 0 ? `${Math.round(share * 100)}%` : '-';
       img.text(count, x + Math.floor((cellW - textWidth(count, scale)) / 2), y + 8, scale, fg);
       img.text(pct, x + Math.floor((cellW - textWidth(pct, scale)) / 2), y + 8 + 7 * scale + 6, scale, fg);
+      const mark = good < 0 || i === j ? null : j === good ? 'ESCAPE' : i === good ? 'OVERKILL' : null;
+      if (mark && n > 0) img.text(mark, x + Math.floor((cellW - textWidth(mark, 1)) / 2), y + cellH - 11, 1, fg);
     }
   }
   const totalN = o.confusion.reduce((s, r) => s + r.reduce((a, b) => a + b, 0), 0);
   const correct = o.confusion.reduce((s, r, i) => s + (r[i] ?? 0), 0);
-  img.text(`N ${totalN}  ACCURACY ${totalN ? ((100 * correct) / totalN).toFixed(1) : '-'}%`, pad, gridTop + k * cellH + pad, scale, ink);
-  return PNG.sync.write(img.png);
+  const foot = gridTop + k * cellH + pad;
+  img.text(`N ${totalN}, accuracy ${totalN ? ((100 * correct) / totalN).toFixed(1) : '-'}%`, pad, foot, scale, ink);
+  if (good >= 0) {
+    const e = escapesAndOverkill(o.confusion, good);
+    const share = (n: number, of: number) => (of ? `${((100 * n) / of).toFixed(1)}%` : '-');
+    const line = textHeight(scale) + pad;
+    img.text(
+      `escapes ${e.escapes} of ${e.defects} defects (${share(e.escapes, e.defects)}): a defect passed as ${goodName}`,
+      pad,
+      foot + line,
+      scale,
+      [202, 44, 44],
+    );
+    img.text(
+      `overkill ${e.overkill} of ${e.goods} good parts (${share(e.overkill, e.goods)}): a good part rejected`,
+      pad,
+      foot + 2 * line,
+      scale,
+      [160, 90, 0],
+    );
+  }
+  return img.encode();
 }

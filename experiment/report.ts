@@ -1,6 +1,7 @@
 import type { EvalMetrics } from '../shared/protocol/messages.js';
 import type { ExperimentResults, ModelResult } from './results.js';
 import { foreignDefectSets, pooledRecall } from './findings.js';
+import type { ReportPictures } from './report-pictures.js';
 
 /** report.md from results.json's content: Table-I-style comparison, per-site and probe tables, learning curves, findings, confusion matrices. */
 
@@ -37,15 +38,18 @@ interface ReportView {
   sites: string[];
   probes: string[];
   hasExternal: boolean;
+  /** The PNG charts written next to report.md (experiment/report-pictures.ts), when there are any. */
+  pictures: ReportPictures | null;
 }
 
-export function renderReport(r: ExperimentResults, rel: (path: string) => string): string {
+export function renderReport(r: ExperimentResults, rel: (path: string) => string, pictures: ReportPictures | null = null): string {
   const v: ReportView = {
     r,
     defect: r.defectClass === null ? -1 : r.classes.indexOf(r.defectClass),
     sites: Object.keys(r.data.sites),
     probes: Object.keys(r.data.probes),
     hasExternal: r.data.external !== null,
+    pictures,
   };
   const lines: string[] = [];
   introSection(v, rel, lines);
@@ -146,8 +150,10 @@ function tableOneSection({ r, defect, probes, hasExternal }: ReportView, lines: 
 }
 
 /** Each site's local test split, the cross-client probes and each site's foreign defects. */
-function perSiteSections({ r, defect, sites, probes }: ReportView, lines: string[]): void {
+function perSiteSections({ r, defect, sites, probes, pictures }: ReportView, lines: string[]): void {
   lines.push("## Accuracy on each site's local test split", '');
+  if (pictures) lines.push(`![accuracy on each site's local test split](${pictures.perSiteAccuracy})`, '');
+  if (pictures?.perSiteDefectRecall) lines.push(`![${r.defectClass} recall on each site's local test split](${pictures.perSiteDefectRecall})`, '');
   lines.push(
     table(
       ['model', ...sites.map((s) => `${s} acc`), ...(defect >= 0 ? sites.map((s) => `${s} defect`) : [])],
@@ -201,8 +207,9 @@ function perSiteSections({ r, defect, sites, probes }: ReportView, lines: string
 }
 
 /** Mean (min) accuracy over the judged sites after each round. */
-function learningCurvesSection({ r }: ReportView, lines: string[]): void {
+function learningCurvesSection({ r, pictures }: ReportView, lines: string[]): void {
   lines.push('## Learning curves', '');
+  if (pictures) lines.push(`![learning curves](${pictures.learningCurves})`, '');
   lines.push(
     "Mean (min) accuracy over the sites' local test splits of the model after each round (round 0: the initial model); local-only models on their own site.",
     '',

@@ -13,6 +13,7 @@ import { findings } from './findings.js';
 import { buildInitialModels, needsPretraining, preparePretrained, pretrainedDirOf } from './initial-models.js';
 import { ModelResults } from './model-results.js';
 import { renderReport } from './report.js';
+import { writeReportPictures } from './report-pictures.js';
 import type { ExperimentResults } from './results.js';
 import { evaluateModel } from './sets.js';
 
@@ -132,9 +133,10 @@ export async function runExperiment(config: ExperimentConfig, say: (line: string
     findings: findings(models, sites, layout.probes, defectIndex),
   };
   await writeFile(join(out, 'results.json'), JSON.stringify(experiment, null, 2) + '\n');
+  const pictures = await writeReportPictures(experiment, out);
   await writeFile(
     join(out, 'report.md'),
-    renderReport(experiment, (p) => relative(out, p) || '.'),
+    renderReport(experiment, (p) => relative(out, p) || '.', pictures),
   );
   return experiment;
 }

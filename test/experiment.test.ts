@@ -96,6 +96,10 @@ test('the generated classes are learnable: centralized training on all clients b
     );
     const report = readFileSync(join(dir.path, 'report.md'), 'utf8');
     assert.match(report, /\| centralized \|/);
+    for (const png of ['learning-curves.png', 'per-site-accuracy.png']) {
+      assert.ok(report.includes(`](${png})`), `report.md shows ${png}`);
+      assert.deepEqual([...readFileSync(join(dir.path, png)).subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47], `${png} is a PNG`);
+    }
     const json = JSON.parse(readFileSync(join(dir.path, 'results.json'), 'utf8')) as ExperimentResults;
     assert.equal(json.models[0]!.eval['local-test']!.accuracy, acc);
     for (const png of Object.values(central.confusionPngs))

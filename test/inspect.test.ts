@@ -200,7 +200,7 @@ test(
   },
 );
 
-test('`fedline inspect --config` runs as a process: a dropped image gets a verdict', { timeout: 60_000 }, async () => {
+test('`fedline inspect --config` runs as a process on the wasm backend: a dropped image gets a verdict, logged', { timeout: 60_000 }, async () => {
   const dir = tempDir('inspect-cli');
   const broker = await startAedes();
   const aggregator = await MqttTransport.connect({ url: broker.url, clientId: 'agg', logger: silentLogger() });
@@ -211,7 +211,7 @@ test('`fedline inspect --config` runs as a process: a dropped image gets a verdi
     const config = join(dir.path, 'inspect.json');
     writeFileSync(
       config,
-      JSON.stringify({ agentId: 'site-a', federation: 'test', mqtt: { url: broker.url }, stateDir: 'state', watch: { dir: 'incoming' }, backend: 'cpu' }),
+      JSON.stringify({ agentId: 'site-a', federation: 'test', mqtt: { url: broker.url }, stateDir: 'state', watch: { dir: 'incoming' }, backend: 'wasm' }),
     );
     const verdicts: Verdict[] = [];
     await aggregator.subscribe('fl/test/inspection/site-a/verdict', (m) => verdicts.push(JSON.parse(m.payload.toString()) as Verdict));
@@ -224,6 +224,20 @@ test('`fedline inspect --config` runs as a process: a dropped image gets a verdi
     assert.equal(verdicts[0]!.modelVersion, 0);
     assert.ok(INSPECTION_CLASSES.includes(verdicts[0]!.class as never));
     assert.ok(existsSync(join(dir.path, 'state', 'models')), 'model cache under the configured stateDir');
+    const logLines = () =>
+      readFileSync(join(dir.path, 'logs', 'inspect.log'), 'utf8')
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+    await waitFor('the verdict in the log', () => logLines().some((l) => typeof l.msg === 'string' && l.msg.startsWith('verdict: ')), 10_000);
+    const logged = logLines().find((l) => typeof l.msg === 'string' && l.msg.startsWith('verdict: '))!;
+    assert.equal(logged.class, verdicts[0]!.class);
+    assert.equal(logged.modelVersion, 0);
+    assert.match(String(logged.source), /part-1\.png$/);
+    assert.ok(
+      logLines().some((l) => l.backend === 'wasm' || (typeof l.msg === 'string' && /wasm/.test(l.msg))),
+      'the wasm backend was used',
+    );
   } finally {
     await group.stopAll();
     await aggregator.close();

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { mqttConfigSchema } from './service-config.js';
+import { backendPreferences, metricsConfigSchema, mqttConfigSchema } from './service-config.js';
 import { isValidId } from '../protocol/topics.js';
 
 /**
@@ -42,8 +42,8 @@ export const inspectConfigSchema = z
     images: z.strictObject({ topic: topic.optional() }).optional(),
     /** Where verdicts go (JSON, QoS 1). Default <root>/inspection/<agentId>/verdict. */
     verdictTopic: topic.optional(),
-    /** tfjs backend, as for the agent. */
-    backend: z.enum(['auto', 'tensorflow', 'cpu']).default('auto'),
+    /** tfjs backend, the agent's choices (training.backend): auto, tensorflow, wasm, cpu. */
+    backend: z.enum(backendPreferences).default('auto'),
     /** Largest global model accepted, bytes. Default 2 GiB. */
     maxModelBytes: z
       .number()
@@ -65,6 +65,7 @@ export const inspectConfigSchema = z
       .optional(),
     /** Images waiting at most (an image beyond it is refused with an error verdict). Default 10000. */
     maxQueuedImages: z.number().int().positive().default(10_000),
+    metrics: metricsConfigSchema.optional(),
     logLevel: z.string().optional(),
   })
   .refine((c) => c.watch !== undefined || c.images !== undefined, { message: 'give "watch" (a folder), "images" (an MQTT topic) or both', path: ['watch'] });

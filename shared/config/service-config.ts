@@ -41,6 +41,17 @@ export const mqttConfigSchema = z.strictObject({
 });
 export type MqttConfig = z.infer<typeof mqttConfigSchema>;
 
+/**
+ * Prometheus metrics and a health check over HTTP (shared/observability/metrics-server.ts,
+ * docs/metrics.md): off unless given; loopback unless `host` says otherwise.
+ */
+export const metricsConfigSchema = z.strictObject({
+  /** TCP port of /metrics and /healthz; 0 picks a free one. */
+  port: z.number().int().min(0).max(65535),
+  /** Address to listen on. Default 127.0.0.1. */
+  host: z.string().min(1).default('127.0.0.1'),
+});
+
 export const brokerConfigSchema = z
   .strictObject({
     /** Address to listen on. Default 127.0.0.1 (loopback); use 0.0.0.0 to serve other machines. */
@@ -98,6 +109,7 @@ export const brokerConfigSchema = z
         identityFromCertificate: z.boolean().default(false),
       })
       .optional(),
+    metrics: metricsConfigSchema.optional(),
     logLevel: z.string().optional(),
   })
   .superRefine((c, ctx) => {
@@ -281,6 +293,7 @@ export const aggregatorConfigSchema = z.strictObject({
   autoStart: z.boolean().default(true),
   /** Exit the process when the federation completes (demo, batch jobs). Default false: keep serving the model. */
   exitWhenComplete: z.boolean().default(false),
+  metrics: metricsConfigSchema.optional(),
   logLevel: z.string().optional(),
 });
 export type AggregatorConfig = z.infer<typeof aggregatorConfigSchema>;
@@ -338,6 +351,7 @@ export const agentConfigSchema = z.strictObject({
   maxInflight: posInt.default(16),
   /** How long to wait for the aggregator's verdict after sending, before asking again, ms. Default 15000. */
   ackTimeoutMs: posInt.default(15_000),
+  metrics: metricsConfigSchema.optional(),
   logLevel: z.string().optional(),
 });
 export type AgentConfig = z.infer<typeof agentConfigSchema>;
