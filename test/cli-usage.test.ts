@@ -36,6 +36,10 @@ const COMMANDS = [
   ['dataset', 'synth'],
   ['experiment'],
   ['keygen'],
+  ['dashboard'],
+  ['models'],
+  ['release'],
+  ['rollback'],
 ];
 
 test('every command and subcommand answers --help and -h on stdout with exit code 0', async () => {

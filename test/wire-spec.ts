@@ -104,6 +104,7 @@ export const roundAnnouncement = map({
   v,
   type: str,
   federation: str,
+  runId: str,
   round: int,
   state: str,
   kind: str,
@@ -199,6 +200,7 @@ export const agentStatus = map({
 export const modelManifest = map({
   v,
   federation: str,
+  runId: str,
   version: int,
   round: int,
   sha256: str,
