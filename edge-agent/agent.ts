@@ -390,7 +390,7 @@ export class EdgeAgent extends EventEmitter {
   private async fetchModel(ann: RoundAnnouncement, signal: AbortSignal): Promise<{ model: GlobalModel; downloadedBytes: number }> {
     const ref = ann.base;
     checkModelSignature(this.verifyModel, ref);
-    this.baseFloor?.check(ref);
+    this.baseFloor?.check(ref, ann.runId);
     // Downloaded straight into the cache (checked as it arrives), then read once for training.
     const { bundle, downloadedBytes } = await fetchModelBundle(this.transport, this.topics, this.cache, ref, this.log, {
       maxModelBytes: this.config.maxModelBytes,
@@ -402,7 +402,7 @@ export class EdgeAgent extends EventEmitter {
     });
     this.bytes.down += downloadedBytes;
     const model = decodeBaseModel(bundle, ref);
-    this.baseFloor?.verified(ref.version);
+    this.baseFloor?.verified(ref.version, ann.runId);
     return { model, downloadedBytes };
   }
 

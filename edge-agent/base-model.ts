@@ -30,15 +30,18 @@ export function checkModelSignature(verify: ModelVerifier | null, ref: ModelRef)
  */
 export class VerifiedBaseFloor {
   private highest: number | null = null;
+  /** The federation run (`runId`) the floor belongs to: a new run starts again from version 0. */
+  private runId: string | null = null;
   private readonly file: string | null;
 
-  /** `file`: where to remember the version (null: in memory only). */
+  /** `file`: where to remember the run and version (null: in memory only). */
   constructor(file: string | null) {
     this.file = file;
     if (!file) return;
     try {
-      const saved = JSON.parse(readFileSync(file, 'utf8')) as { version?: unknown };
+      const saved = JSON.parse(readFileSync(file, 'utf8')) as { version?: unknown; runId?: unknown };
       if (Number.isInteger(saved.version) && (saved.version as number) >= 0) this.highest = saved.version as number;
+      if (typeof saved.runId === 'string') this.runId = saved.runId;
     } catch {
       // none yet (or unreadable: the next verified model writes it again)
     }
@@ -48,9 +51,13 @@ export class VerifiedBaseFloor {
     return this.highest;
   }
 
-  /** Before the download: refuse a base older than one already verified. */
-  check(ref: ModelRef): void {
-    if (this.highest !== null && ref.version < this.highest) {
+  /**
+   * Before the download: refuse a base older than one already verified in the same run. Another
+   * run (a fresh aggregator state, versions from 0 again) has its own floor: agents already ignore
+   * announcements of an older run (edge-agent/run-rounds.ts), so only the current run's order counts.
+   */
+  check(ref: ModelRef, runId: string): void {
+    if (this.highest !== null && this.runId === runId && ref.version < this.highest) {
       throw new FedlineError(
         ErrorCodes.MODEL_SIGNATURE,
         `the round's base model version ${ref.version} is older than version ${this.highest}, already verified here: a replayed old model; refusing it`,
@@ -59,13 +66,14 @@ export class VerifiedBaseFloor {
     }
   }
 
-  /** The base `version` passed every check: remember it (atomically, in the file). */
-  verified(version: number): void {
-    if (this.highest !== null && version <= this.highest) return;
+  /** The base `version` of run `runId` passed every check: remember it (atomically, in the file). */
+  verified(version: number, runId: string): void {
+    if (this.runId === runId && this.highest !== null && version <= this.highest) return;
     this.highest = version;
+    this.runId = runId;
     if (!this.file) return;
     try {
-      writeFileSync(`${this.file}.tmp`, JSON.stringify({ version }) + '\n');
+      writeFileSync(`${this.file}.tmp`, JSON.stringify({ runId, version }) + '\n');
       renameSync(`${this.file}.tmp`, this.file);
     } catch {
       // kept in memory; the file is a best effort across restarts

@@ -18,14 +18,21 @@ test('verified base floor: an older base is refused, the newest is remembered ac
   try {
     const file = join(dir.path, 'verified-base.json');
     const floor = new VerifiedBaseFloor(file);
-    floor.check(ref(0));
-    floor.verified(3);
-    floor.verified(2);
+    floor.check(ref(0), 'run-1');
+    floor.verified(3, 'run-1');
+    floor.verified(2, 'run-1');
     assert.equal(floor.version, 3);
-    floor.check(ref(3));
-    floor.check(ref(4));
-    assert.throws(() => floor.check(ref(2)), /version 2 is older than version 3, already verified here: a replayed old model/);
+    floor.check(ref(3), 'run-1');
+    floor.check(ref(4), 'run-1');
+    assert.throws(() => floor.check(ref(2), 'run-1'), /version 2 is older than version 3, already verified here: a replayed old model/);
     assert.equal(new VerifiedBaseFloor(file).version, 3, 'remembered by a restarted agent');
+    assert.throws(() => new VerifiedBaseFloor(file).check(ref(2), 'run-1'), /replayed old model/, 'and its run with it');
+    // A new federation run (fresh aggregator state) counts versions from 0 again: its own floor.
+    floor.check(ref(0), 'run-2');
+    floor.verified(0, 'run-2');
+    assert.equal(floor.version, 0);
+    floor.verified(1, 'run-2');
+    assert.throws(() => floor.check(ref(0), 'run-2'), /version 0 is older than version 1/, 'the new run has a floor of its own');
     writeFileSync(file, 'garbage');
     assert.equal(new VerifiedBaseFloor(file).version, null);
   } finally {

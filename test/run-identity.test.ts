@@ -7,6 +7,7 @@ import { startAgent, type RunningAgent } from '../edge-agent/main.js';
 import type { RoundWorkResult } from '../edge-agent/agent.js';
 import { modelChunkSchema, modelManifestSchema, roundAnnouncementSchema, SUPPORTED_VERSIONS, type RoundAnnouncement } from '../shared/protocol/messages.js';
 import { decodeJson, decodeMsgpack } from '../shared/protocol/wire-codec.js';
+import { releasedManifestSchema } from '../shared/protocol/mes.js';
 import { MqttTransport } from '../shared/transport/mqtt-transport.js';
 import { silentLogger } from '../shared/util/logger.js';
 import { agentConfig, aggregatorConfig, captureLogger, mosquittoAvailable, startAedes, startMosquitto, tempDir, tinyDataset, waitFor } from './helpers.js';
@@ -103,17 +104,24 @@ async function secondRunScenario(url: string, dir: string, auth: Auth): Promise<
       for (const c of lateCompletes) assert.equal(c.ann.runId, run2Id, `${c.agent} acted on run 2's complete only`);
 
       // Nothing of run 1 is left retained: the announcement and the manifest are run 2's, and every
-      // model chunk is one of run 2's current version (none beyond its `total` of 4096-byte chunks).
+      // model chunk is one of run 2's current version or of the version its lines run (the released
+      // one keeps its chunks retained), none beyond their `total` of 4096-byte chunks.
       const retained = await retainedUnderRoot(url, auth);
       const ctx = { topic: '', what: 'retained' };
       const manifest = decodeJson(retained.get(`${ROOT}/model/latest`)!, modelManifestSchema, SUPPORTED_VERSIONS, ctx);
       assert.equal(manifest.runId, run2Id);
+      const releasedPayload = retained.get(`${ROOT}/model/released`);
+      const released = releasedPayload ? releasedManifestSchema.parse(JSON.parse(Buffer.from(releasedPayload).toString('utf8'))) : null;
+      const kept = new Map([[manifest.version, manifest]]);
+      if (released) kept.set(released.version, { ...manifest, version: released.version, sha256: released.sha256, chunks: released.chunks });
       const chunkTopics = [...retained.keys()].filter((t) => /\/model\/\d+\/\d+$/.test(t));
-      assert.equal(chunkTopics.length, manifest.chunks, `retained chunks: ${chunkTopics.join(' ')}`);
+      const expected = [...kept.values()].reduce((n, m) => n + m.chunks, 0);
+      assert.equal(chunkTopics.length, expected, `retained chunks: ${chunkTopics.join(' ')}`);
       for (const topic of chunkTopics) {
         const chunk = decodeMsgpack(retained.get(topic)!, modelChunkSchema, SUPPORTED_VERSIONS, ctx);
-        assert.equal(chunk.version, manifest.version, topic);
-        assert.equal(chunk.sha256, manifest.sha256, topic);
+        const of = kept.get(chunk.version);
+        assert.ok(of, `${topic}: version ${chunk.version} is neither the current nor the released one`);
+        assert.equal(chunk.sha256, of.sha256, topic);
         assert.equal(chunk.chunkBytes, 4096, topic);
       }
       return durations;
