@@ -51,6 +51,8 @@ test(
     let sim = await startPlcSimulator({ port, pkiDir: join(dir.path, 'sim-pki'), initialState: 'Idle' });
     const mes = await mesObserver(broker.url);
     const o: FederationOptions = { url: broker.url, dir: dir.path, agents: ['site-a'], rounds: 1 };
+    // No round runs here, but an agent refuses to start without its image folder.
+    await tinyDataset(join(dir.path, 'data'), o.agents);
     const agent = await startAgent(parseConfig(agentConfigSchema, { ...agentConfig(o, 'site-a'), trigger: trigger(sim) }, 'site-a'), silentLogger());
     const alerts = () => mes.ofType('alert') as unknown as Alert[];
     try {
