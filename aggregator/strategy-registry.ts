@@ -27,6 +27,9 @@ const strategies: Readonly<Record<string, (config: Readonly<StrategyConfig>, log
   fedyogi: (config) => new ServerOptimizer('fedyogi', config),
 };
 
+/** The names the `strategy` field accepts. */
+export const strategyNames: readonly string[] = Object.keys(strategies);
+
 /**
  * The configured strategy, wrapped in the update-norm screen unless both of its limits are off
  * (maxUpdateNormRatio and maxUpdateNorm null). Throws FL_CONFIG_INVALID for an unknown name.
