@@ -167,7 +167,13 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
     if (results.length === 1 && !o.federated) {
       next = new Map(results[0]!.r.tensors.map((t) => [t.name, t.data]));
     } else if (strategy) {
-      next = await aggregateWith(strategy, global, federatedNames, round, results.map(({ id, r }) => ({ id, weight: r.sampleCount, tensors: r.tensors })));
+      next = await aggregateWith(
+        strategy,
+        global,
+        federatedNames,
+        round,
+        results.map(({ id, r }) => ({ id, weight: r.sampleCount, tensors: r.tensors })),
+      );
     } else {
       next = fedAvg(
         results.map(({ id, r }) => ({ id, weight: r.sampleCount, tensors: new Map(r.tensors.map((t) => [t.name, t.data])) })),

@@ -46,7 +46,11 @@ test('experiment: strategy per federated arm (fedadam, fedprox), in-process and 
   try {
     // Prepare: two federated arms with a strategy each, and the same arms with plain FedAvg.
     const off = { centralized: false, 'local-only': false, 'federated-random': false };
-    const arms = { ...off, 'federated-all': { strategy: 'fedadam', serverOptimizer: { learningRate: 0.003 } }, 'federated-head': { strategy: 'fedprox', proxMu: 1 } };
+    const arms = {
+      ...off,
+      'federated-all': { strategy: 'fedadam', serverOptimizer: { learningRate: 0.003 } },
+      'federated-head': { strategy: 'fedprox', proxMu: 1 },
+    };
     const plainArms = { ...off, 'federated-all': {}, 'federated-head': {} };
 
     // Execute

@@ -56,7 +56,14 @@ test('FedProx: mu = 0 trains bit-identically to a task without proxMu; mu > 0 en
   try {
     await tinyDataset(dir.path, ['site'], 8, 16);
     const model = await globalModel();
-    const data = await loadDataset({ dir: join(dir.path, 'site'), classes: CLASSES, inputShape: [16, 16, 3], testFraction: 0.25, splitSeed: 1, decoder: jsDecoder });
+    const data = await loadDataset({
+      dir: join(dir.path, 'site'),
+      classes: CLASSES,
+      inputShape: [16, 16, 3],
+      testFraction: 0.25,
+      splitSeed: 1,
+      decoder: jsDecoder,
+    });
     const names = model.tensors.map((t) => t.name);
     const train = (task: TrainTask) => new TfjsTrainer(runtime, data, { shuffleSeed: 5 }).train(model, task, names);
 

@@ -48,7 +48,12 @@ function flat(model: Model): Float64Array {
 }
 
 /** float64 reference of one round of Algorithm 2 (FedAvgM: m = β m + Δ, x += η m). */
-function referenceRound(p: ServerOptimizerParams, x: Float64Array, clients: { weight: number; model: Model }[], s: { m: Float64Array; v: Float64Array }): Float64Array {
+function referenceRound(
+  p: ServerOptimizerParams,
+  x: Float64Array,
+  clients: { weight: number; model: Model }[],
+  s: { m: Float64Array; v: Float64Array },
+): Float64Array {
   const n = clients.reduce((a, c) => a + c.weight, 0);
   const flats = clients.map((c) => flat(c.model));
   return x.map((xi, i) => {
@@ -100,7 +105,8 @@ for (const kind of ['fedavgm', 'fedadam', 'fedyogi'] as const) {
       ref = referenceRound(p, ref, clients, refState);
       // Assert: within float32 rounding of the reference, and the model moved.
       const got = flat(next);
-      for (let i = 0; i < total; i++) assert.ok(Math.abs(got[i]! - ref[i]!) <= 2e-6 * Math.max(1, Math.abs(ref[i]!)), `round ${round} [${i}]: ${got[i]} vs ${ref[i]}`);
+      for (let i = 0; i < total; i++)
+        assert.ok(Math.abs(got[i]! - ref[i]!) <= 2e-6 * Math.max(1, Math.abs(ref[i]!)), `round ${round} [${i}]: ${got[i]} vs ${ref[i]}`);
       assert.ok(
         got.some((g, i) => g !== flat(x)[i]),
         'the model moved',
@@ -177,6 +183,11 @@ test('registry: serverOptimizer defaults are the paper’s, fedprox announces pr
   assert.deepEqual(config.serverOptimizer, { learningRate: null, beta1: 0.9, beta2: 0.99, tau: 1e-3 });
   const round = createStrategy(config, silentLogger()).configureRound({ round: 1, kind: 'train', available: ['a'], trainRoundsBefore: 0 });
   assert.equal(round.task.proxMu, 0.1);
-  const plain = createStrategy({ ...config, strategy: 'fedavg' }, silentLogger()).configureRound({ round: 1, kind: 'train', available: ['a'], trainRoundsBefore: 0 });
+  const plain = createStrategy({ ...config, strategy: 'fedavg' }, silentLogger()).configureRound({
+    round: 1,
+    kind: 'train',
+    available: ['a'],
+    trainRoundsBefore: 0,
+  });
   assert.equal(plain.task.proxMu, undefined);
 });
