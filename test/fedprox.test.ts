@@ -71,16 +71,16 @@ test('FedProx: mu = 0 trains bit-identically to a task without proxMu; mu > 0 en
     const plain = await train(TASK);
     const zero = await train({ ...TASK, proxMu: 0 });
     const tensorsBefore = runtime.tf.memory().numTensors;
-    const pulled = await train({ ...TASK, proxMu: 5 });
+    const pulled = await train({ ...TASK, proxMu: 20 });
 
     // Assert
     plain.tensors.forEach((t, i) => assert.deepEqual(zero.tensors[i]!.data, t.data, t.name));
     assert.equal(runtime.tf.memory().numTensors, tensorsBefore, 'the anchors are disposed');
     const dPlain = drift(model, plain.tensors);
     const dPulled = drift(model, pulled.tensors);
-    t.diagnostic(`||w - w_global|| after ${TASK.epochs} local epochs: mu 0 ${dPlain.toFixed(4)}, mu 5 ${dPulled.toFixed(4)}`);
+    t.diagnostic(`||w - w_global|| after ${TASK.epochs} local epochs: mu 0 ${dPlain.toFixed(4)}, mu 20 ${dPulled.toFixed(4)}`);
     assert.ok(dPlain > 0, 'plain training moved the model');
-    assert.ok(dPulled < 0.9 * dPlain, `mu = 5 drift ${dPulled} is not clearly below plain ${dPlain}`);
+    assert.ok(dPulled < 0.75 * dPlain, `mu = 20 drift ${dPulled} is not clearly below plain ${dPlain}`);
   } finally {
     dir.cleanup();
   }
