@@ -189,7 +189,6 @@ test('the registry maps the config name to a strategy, screened unless both norm
   assert.equal(bare.name, 'fedavg');
   assert.throws(
     unknown,
-    (e: unknown) =>
-      e instanceof FedlineError && e.code === ErrorCodes.CONFIG_INVALID && /unknown aggregation strategy "fedsgd"; known: fedavg/.test(e.message),
+    (e: unknown) => e instanceof FedlineError && e.code === ErrorCodes.CONFIG_INVALID && /unknown aggregation strategy "fedsgd"; known: fedavg/.test(e.message),
   );
 });
