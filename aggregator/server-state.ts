@@ -23,18 +23,21 @@ interface Layout {
   tensors: readonly { name: string; length: number }[];
 }
 
+/** Byte offset of each slot's tensor, by `${slot}\0${name}\0${length}` (a tensor whose size changed has no state). */
 function offsets(layout: Layout, dataStart: number): Map<string, number> {
   const total = layout.tensors.reduce((s, t) => s + t.length, 0);
   const map = new Map<string, number>();
   layout.slots.forEach((slot, k) => {
     let at = dataStart + k * total * 4;
     for (const t of layout.tensors) {
-      map.set(`${slot}\u0000${t.name}`, at);
+      map.set(key(slot, t.name, t.length), at);
       at += t.length * 4;
     }
   });
   return map;
 }
+
+const key = (slot: string, name: string, length: number) => `${slot}\u0000${name}\u0000${length}`;
 
 async function readFully(fh: FileHandle, target: Buffer, position: number, what: string): Promise<void> {
   let done = 0;
@@ -70,6 +73,7 @@ export class ServerStateFiles {
     lead.writeUInt32LE(header.byteLength);
     await out.write(Buffer.concat([lead, header]), 0, 4 + header.byteLength, 0);
     const at = offsets(layout, 4 + header.byteLength);
+    const lengths = new Map(layout.tensors.map((t) => [t.name, t.length]));
     let closed = false;
     let committed = false;
     const close = async () => {
@@ -80,14 +84,14 @@ export class ServerStateFiles {
     return {
       read: prev
         ? async (slot, name, start, target) => {
-            const pos = prev.at.get(`${slot}\u0000${name}`);
+            const pos = prev.at.get(key(slot, name, lengths.get(name) ?? -1));
             if (pos === undefined) return false; // not federated when the base was made: start this tensor afresh
             await readFully(prev.fh, Buffer.from(target.buffer, target.byteOffset, target.byteLength), pos + start * 4, `v${base}`);
             return true;
           }
         : null,
       write: async (slot, name, start, values) => {
-        const pos = at.get(`${slot}\u0000${name}`);
+        const pos = at.get(key(slot, name, lengths.get(name) ?? -1));
         if (pos === undefined) throw new RangeError(`no state slot ${slot} for ${name}`);
         await out.write(Buffer.from(values.buffer, values.byteOffset, values.byteLength), 0, values.byteLength, pos + start * 4);
       },
