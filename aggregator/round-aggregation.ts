@@ -47,6 +47,7 @@ export async function aggregateRound(
       results: readers,
       failures: state.failureList(),
       base: baseReader,
+      versions: { base: base.version, next: version },
       minClients: config.minClients,
       output: builder.sink,
     });

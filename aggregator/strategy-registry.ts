@@ -5,10 +5,15 @@ import { ClippedFedAvg } from './fedavg-clipped-strategy.js';
 import { FedAvg } from './fedavg-strategy.js';
 import { Median } from './median-strategy.js';
 import { NormScreen } from './norm-screen.js';
+import { FedProx } from './fedprox-strategy.js';
+import { ServerOptimizer } from './server-optimizer-strategy.js';
 import type { Strategy } from './strategy.js';
 import { TrimmedMean } from './trimmed-mean-strategy.js';
 
-export type StrategyConfig = Pick<AggregatorConfig, 'strategy' | 'trimFraction' | 'task' | 'maxUpdateNormRatio' | 'maxUpdateNorm'>;
+export type StrategyConfig = Pick<
+  AggregatorConfig,
+  'strategy' | 'trimFraction' | 'task' | 'maxUpdateNormRatio' | 'maxUpdateNorm' | 'stateDir' | 'serverOptimizer' | 'proxMu'
+>;
 
 /** Strategies by the name the aggregator config's `strategy` field gives. Add a strategy here. */
 const strategies: Readonly<Record<string, (config: Readonly<StrategyConfig>, log: Logger) => Strategy>> = {
@@ -16,7 +21,14 @@ const strategies: Readonly<Record<string, (config: Readonly<StrategyConfig>, log
   'fedavg-clipped': (config, log) => new ClippedFedAvg(config.task, log),
   'trimmed-mean': (config, log) => new TrimmedMean(config.task, config.trimFraction, log),
   median: (config) => new Median(config.task),
+  fedprox: (config) => new FedProx(config.task, config.proxMu),
+  fedavgm: (config) => new ServerOptimizer('fedavgm', config),
+  fedadam: (config) => new ServerOptimizer('fedadam', config),
+  fedyogi: (config) => new ServerOptimizer('fedyogi', config),
 };
+
+/** The names the `strategy` field accepts. */
+export const strategyNames: readonly string[] = Object.keys(strategies);
 
 /**
  * The configured strategy, wrapped in the update-norm screen unless both of its limits are off

@@ -49,6 +49,8 @@ export interface StrategyInput {
   failures: readonly Failure[];
   /** The round's base model (the current global model), for strategies that look at each update's change. */
   base: TensorBlockReader;
+  /** The base's model version and the one being made: strategies with server state (server-optimizer-strategy.ts) key their state files by them. */
+  versions?: { base: number; next: number };
   /** Fewer results than this: keep the global model. */
   minClients: number;
   /** Where new weights go: every federated tensor, in the order of `federated`, blocks ascending. */

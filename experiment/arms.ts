@@ -3,14 +3,14 @@ import type { TfRuntime } from '../training/backend.js';
 import type { LocalDataset } from '../training/image-folder.js';
 import { TfjsTrainer, type TrainerOptions } from '../training/tfjs-trainer.js';
 import type { GlobalModel } from '../training/trainer.js';
-import type { ModelSpec } from '../shared/config/service-config.js';
+import { serverOptimizerSchema, type ModelSpec } from '../shared/config/service-config.js';
 import type { EvalMetrics, TrainTask } from '../shared/protocol/messages.js';
 import type { ArmName, ExperimentConfig } from './config.js';
 import type { InitialModels } from './initial-models.js';
 import { saveModel, type ModelResults } from './model-results.js';
 import { runFederatedArmOverMqtt } from './mqtt-arm.js';
 import type { Site } from './results.js';
-import { roundsToTarget, runRounds, type Participant, type RoundRecord } from './rounds.js';
+import { roundsToTarget, runRounds, type ArmStrategy, type Participant, type RoundRecord } from './rounds.js';
 
 /**
  * The arms of the comparison: centralized (every site's training images pooled), local-only (each
@@ -43,12 +43,22 @@ interface ArmSettings {
   rounds: number;
   epochs: number;
   learningRate: number;
+  strategy: ArmStrategy;
 }
 
 function armSettings(config: ExperimentConfig, name: ArmName): ArmSettings | null {
   const a = config.arms[name];
   if (a === false) return null;
-  return { rounds: a.rounds ?? config.rounds, epochs: a.epochs ?? config.training.epochs, learningRate: a.learningRate ?? config.training.learningRate };
+  return {
+    rounds: a.rounds ?? config.rounds,
+    epochs: a.epochs ?? config.training.epochs,
+    learningRate: a.learningRate ?? config.training.learningRate,
+    strategy: {
+      strategy: a.strategy ?? 'fedavg',
+      proxMu: a.proxMu ?? 0.01,
+      serverOptimizer: a.serverOptimizer ?? serverOptimizerSchema.parse({}),
+    },
+  };
 }
 
 const progress = (say: (line: string) => void, label: string) => (r: RoundRecord) => {
@@ -213,6 +223,7 @@ async function federatedInProcess(ctx: ArmContext, arm: FederatedArm, settings: 
     federate: arm.federate,
     participants,
     federated: true,
+    strategy: { ...settings.strategy, stateDir: join(config.out, 'arms', arm.name, 'server-state') },
     targetAccuracy: config.targetAccuracy,
     stopAtTarget: config.stopAtTarget,
     onRound: progress(ctx.say, arm.name),
@@ -231,6 +242,7 @@ async function federatedOverMqtt(ctx: ArmContext, arm: FederatedArm, settings: A
     task: federatedTask(ctx, settings),
     learningRateDecay: config.training.learningRateDecay,
     federate: arm.federate,
+    strategy: settings.strategy,
     model: arm.init === 'pretrained' ? ctx.initial.pretrainedSpec : ctx.spec,
     targetAccuracy: config.stopAtTarget ? config.targetAccuracy : null,
     data: {

@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { agentConfigSchema, backendPreferences, modelSpecSchema } from '../shared/config/service-config.js';
+import { agentConfigSchema, backendPreferences, modelSpecSchema, serverOptimizerSchema } from '../shared/config/service-config.js';
+import { strategyNames } from '../aggregator/strategy-registry.js';
 import { isValidId } from '../shared/protocol/topics.js';
 
 /**
@@ -53,6 +54,18 @@ const armSchema = z.union([
     /** Local epochs per round (default: training.epochs). */
     epochs: posInt.optional(),
     learningRate: z.number().positive().optional(),
+    /**
+     * Federated arms: the aggregation strategy, as the aggregator's `strategy` (fedavg, fedprox, fedavgm,
+     * fedadam, fedyogi, the robust ones). Default fedavg. Ignored by centralized and local-only.
+     */
+    strategy: z
+      .string()
+      .refine((n) => strategyNames.includes(n), { message: `must be one of ${strategyNames.join(', ')}` })
+      .optional(),
+    /** fedprox: the proximal weight mu, as the aggregator's `proxMu`. Default 0.01. */
+    proxMu: z.number().min(0).optional(),
+    /** fedavgm, fedadam, fedyogi: as the aggregator's `serverOptimizer` (default: the paper's values). */
+    serverOptimizer: serverOptimizerSchema.optional(),
   }),
 ]);
 

@@ -6,6 +6,7 @@ import { FsModelStore } from '../aggregator/model-store.js';
 import { writeDemoCredentials } from '../demo/credentials.js';
 import { ProcessGroup } from '../demo/process-group.js';
 import type { GlobalModel } from '../training/trainer.js';
+import type { ArmStrategy } from './rounds.js';
 import type { ModelSpec } from '../shared/config/service-config.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { modelMetaSchema, type EvalMetrics, type ModelMeta, type TrainTask } from '../shared/protocol/messages.js';
@@ -29,6 +30,8 @@ export interface MqttArmOptions {
   task: Omit<TrainTask, 'federated'>;
   learningRateDecay: number;
   federate: 'all' | 'head';
+  /** The aggregator's strategy and its options (default fedavg). */
+  strategy?: ArmStrategy;
   model: ModelSpec;
   targetAccuracy: number | null;
   data: { testFraction: number; splitSeed: number; cacheMB: number; decoder: 'auto' | 'sharp' | 'js'; augmentation: Record<string, unknown> };
@@ -107,6 +110,7 @@ async function writeAggregatorConfig(o: MqttArmOptions, dirs: ArmDirs, url: stri
         targetAccuracy: o.targetAccuracy,
         chunkBytes: o.chunkBytes,
         task: { ...o.task, learningRateDecay: o.learningRateDecay, federated: o.federate },
+        ...(o.strategy ?? {}),
         model: o.model,
         evaluateFinalModel: true,
         // The sites are the experiment's own generated or given folders; the in-process arms do

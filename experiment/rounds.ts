@@ -3,7 +3,12 @@ import type { GlobalModel, Trainer } from '../training/trainer.js';
 import { fedAvg } from '../shared/fl/fedavg.js';
 import { resolveFederated } from '../shared/fl/federated-set.js';
 import type { EvalMetrics, ModelMeta, TrainTask, UpdateMeta } from '../shared/protocol/messages.js';
-import { encodeBundle } from '../shared/bundle/tensor-bundle.js';
+import { elementCount, encodeBundle } from '../shared/bundle/tensor-bundle.js';
+import type { AggregatorConfig } from '../shared/config/service-config.js';
+import type { TensorBlockReader } from '../shared/fl/fedavg.js';
+import { createStrategy } from '../aggregator/strategy-registry.js';
+import type { Strategy } from '../aggregator/strategy.js';
+import { silentLogger } from '../shared/util/logger.js';
 
 /**
  * The experiment's training loop, in one process: rounds of local training and (with several
@@ -41,6 +46,9 @@ export interface RoundRecord {
   bytesDown: number;
 }
 
+/** A federated arm's strategy, as the aggregator config names and tunes it. */
+export type ArmStrategy = Pick<AggregatorConfig, 'strategy' | 'proxMu' | 'serverOptimizer'>;
+
 export interface RoundLoopOptions {
   initial: GlobalModel;
   rounds: number;
@@ -50,6 +58,8 @@ export interface RoundLoopOptions {
   participants: readonly Participant[];
   /** true: participants are agents (FedAvg, bytes counted); false: one trainer, no network. */
   federated: boolean;
+  /** Federated: the aggregator's strategy (default fedavg); server optimizers keep their state in stateDir. */
+  strategy?: ArmStrategy & { stateDir: string };
   targetAccuracy: number | null;
   stopAtTarget: boolean;
   /**
@@ -103,9 +113,11 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
   let finalMetrics: Record<string, EvalMetrics> | null = null;
   const names = global.tensors.map((t) => t.name);
   const federatedNames = resolveFederated(o.federate, names, global.meta.headTensors);
+  const strategy = o.federated && o.strategy ? armStrategy(o) : null;
   for (let round = 1; round <= o.rounds; round++) {
     const learningRate = scheduledLearningRate(o.task.learningRate, o.learningRateDecay, round - 1);
-    const task: TrainTask = { ...o.task, learningRate, federated: o.federate };
+    const proxMu = strategy?.configureRound({ round, kind: 'train', available: participants.map((p) => p.id), trainRoundsBefore: round - 1 }).task.proxMu;
+    const task: TrainTask = { ...o.task, learningRate, ...(proxMu === undefined ? {} : { proxMu }), federated: o.federate };
     const modelBytes = o.federated ? bundleOf(global).byteLength : 0;
     const record: RoundRecord = {
       round,
@@ -154,6 +166,14 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
     let next: Map<string, Float32Array>;
     if (results.length === 1 && !o.federated) {
       next = new Map(results[0]!.r.tensors.map((t) => [t.name, t.data]));
+    } else if (strategy) {
+      next = await aggregateWith(
+        strategy,
+        global,
+        federatedNames,
+        round,
+        results.map(({ id, r }) => ({ id, weight: r.sampleCount, tensors: r.tensors })),
+      );
     } else {
       next = fedAvg(
         results.map(({ id, r }) => ({ id, weight: r.sampleCount, tensors: new Map(r.tensors.map((t) => [t.name, t.data])) })),
@@ -168,4 +188,47 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
   }
   finalMetrics ??= await evaluate(global);
   return { rounds: records, final: global, finalMetrics, reason };
+}
+
+/** The arm's strategy from the registry, as the aggregator builds it (no norm screen: every simulated site is honest). */
+function armStrategy(o: RoundLoopOptions): Strategy {
+  const { task } = o;
+  return createStrategy(
+    {
+      ...o.strategy!,
+      trimFraction: 0.2,
+      maxUpdateNormRatio: null,
+      maxUpdateNorm: null,
+      task: { ...task, learningRateDecay: o.learningRateDecay, sampling: task.sampling ?? 'shuffle', federated: o.federate },
+    },
+    silentLogger(),
+  );
+}
+
+function memoryReader(id: string, weight: number, tensors: readonly { name: string; data: Float32Array }[]): TensorBlockReader {
+  const byName = new Map(tensors.map((t) => [t.name, t.data]));
+  return { id, weight, read: async (name, start, out) => out.set(byName.get(name)!.subarray(start, start + out.length)) };
+}
+
+/** One round's aggregation through the strategy, as the aggregator runs it (base and new version numbers key a server optimizer's state). */
+async function aggregateWith(
+  strategy: Strategy,
+  global: GlobalModel,
+  federatedNames: readonly string[],
+  round: number,
+  results: readonly { id: string; weight: number; tensors: readonly { name: string; data: Float32Array }[] }[],
+): Promise<Map<string, Float32Array>> {
+  const federated = global.tensors.filter((t) => federatedNames.includes(t.name));
+  const next = new Map(federated.map((t) => [t.name, new Float32Array(elementCount(t.shape))]));
+  const out = await strategy.aggregate({
+    round,
+    federated,
+    results: results.map((r) => memoryReader(r.id, r.weight, r.tensors)),
+    failures: [],
+    base: memoryReader('base', 1, global.tensors),
+    versions: { base: global.version, next: global.version + 1 },
+    minClients: 1,
+    output: (name, start, values) => next.get(name)!.set(values, start),
+  });
+  return out.kind === 'weights' ? next : new Map(federated.map((t) => [t.name, t.data]));
 }

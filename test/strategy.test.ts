@@ -181,7 +181,7 @@ test('the registry maps the config name to a strategy, screened unless both norm
   // Execute
   const screened = createStrategy(config, silentLogger());
   const bare = createStrategy({ ...config, maxUpdateNormRatio: null, maxUpdateNorm: null }, silentLogger());
-  const unknown = () => createStrategy({ ...config, strategy: 'fedprox' }, silentLogger());
+  const unknown = () => createStrategy({ ...config, strategy: 'fedsgd' }, silentLogger());
 
   // Assert
   assert.equal(config.strategy, 'fedavg');
@@ -189,7 +189,6 @@ test('the registry maps the config name to a strategy, screened unless both norm
   assert.equal(bare.name, 'fedavg');
   assert.throws(
     unknown,
-    (e: unknown) =>
-      e instanceof FedlineError && e.code === ErrorCodes.CONFIG_INVALID && /unknown aggregation strategy "fedprox"; known: fedavg/.test(e.message),
+    (e: unknown) => e instanceof FedlineError && e.code === ErrorCodes.CONFIG_INVALID && /unknown aggregation strategy "fedsgd"; known: fedavg/.test(e.message),
   );
 });

@@ -116,6 +116,7 @@ export const roundAnnouncement = map({
     optimizer: str,
     classWeighting: str,
     sampling: opt(str),
+    proxMu: opt(float),
     federated: oneOf(str, arr(str)),
   }),
   classes: arr(str),

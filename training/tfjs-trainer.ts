@@ -1,4 +1,4 @@
-import type { Optimizer, Tensor1D, Variable } from '@tensorflow/tfjs';
+import type { Optimizer, Tensor, Tensor1D, Variable } from '@tensorflow/tfjs';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { EvalMetrics, NormalizationMode, TrainTask } from '../shared/protocol/messages.js';
 import { classificationMetrics } from '../shared/fl/classification-metrics.js';
@@ -109,6 +109,12 @@ export async function evaluateOnSet(tf: Tf, model: LayersModel, set: ImageSet, n
   return classificationMetrics(set.labels, predictions, numClasses, set.count ? lossSum / set.count : null);
 }
 
+/** FedProx's proximal term: its weight and the global model's value of each training variable. */
+interface Prox {
+  mu: number;
+  anchors: Tensor[];
+}
+
 export interface TrainerOptions {
   /** Seed of the per-epoch order and of the augmentation. */
   shuffleSeed: number;
@@ -170,6 +176,7 @@ export class TfjsTrainer implements Trainer {
         : task.optimizer === 'momentum'
           ? tf.train.momentum(task.learningRate, 0.9)
           : tf.train.sgd(task.learningRate);
+    let prox: Prox | null = null;
     try {
       const federated = new Set(federatedNames);
       freezeAllBut(m, federated);
@@ -182,6 +189,9 @@ export class TfjsTrainer implements Trainer {
       const classWeights = tf.tensor1d(lossClassWeights(set.labels, numClasses, weighting));
       // The variables that train: those of trainable layers (frozen layers' weights stay put).
       const vars = m.trainableWeights.map((w) => (w as unknown as { val: import('@tensorflow/tfjs').Variable }).val);
+      // FedProx: the global model's values of the variables that train, for the proximal term (none when mu is 0).
+      const mu = task.proxMu ?? 0;
+      prox = mu > 0 ? { mu, anchors: vars.map((v) => tf.keep(v.clone())) } : null;
       const [h, w, c] = set.shape;
       const per = h * w * c;
       const batchesPerEpoch = Math.ceil(set.count / task.batchSize);
@@ -212,7 +222,7 @@ export class TfjsTrainer implements Trainer {
             if (augmenting) augmentBatch(batch, n, set.shape, this.options.augmentation, augRng);
             normalizeInPlace(batch, n, c, model.meta.normalization);
             for (const d of dropouts) d.seed = deriveSeed(roundSeed, `dropout:${d.name}:${epoch}:${b}`);
-            const lossValue = this.step(m, optimizer, vars, classWeights, batch, yb.subarray(0, n), numClasses);
+            const lossValue = this.step(m, optimizer, vars, classWeights, batch, yb.subarray(0, n), numClasses, prox);
             options.onProgress?.({ epoch: epoch + 1, epochs: task.epochs, batch: b + 1, batchesPerEpoch, loss: lossValue });
             // Yield to the event loop between batches: MQTT keepalives, status, stop requests.
             await new Promise((resolve) => setImmediate(resolve));
@@ -225,6 +235,7 @@ export class TfjsTrainer implements Trainer {
       const { tensors } = await extractModel(tf, m);
       return { tensors: tensors.filter((t) => federated.has(t.name)), sampleCount: set.count, metricsAfter, trainMs: Date.now() - started };
     } finally {
+      prox?.anchors.forEach((a) => a.dispose());
       optimizer.dispose();
       m.dispose();
     }
@@ -239,6 +250,7 @@ export class TfjsTrainer implements Trainer {
     batch: Float32Array,
     batchLabels: Int32Array,
     numClasses: number,
+    prox: Prox | null = null,
   ): number | null {
     const tf = this.tf;
     const n = batchLabels.length;
@@ -254,7 +266,11 @@ export class TfjsTrainer implements Trainer {
           const probs = m.apply(x, { training: true }) as import('@tensorflow/tfjs').Tensor2D;
           // Cross-entropy per sample, weighted by its class weight, averaged over the batch.
           const ce = tf.neg(tf.sum(tf.mul(y, tf.log(tf.clipByValue(probs, 1e-7, 1))), -1));
-          return tf.div(tf.sum(tf.mul(ce, sampleWeights)), tf.sum(sampleWeights)) as import('@tensorflow/tfjs').Scalar;
+          const loss = tf.div(tf.sum(tf.mul(ce, sampleWeights)), tf.sum(sampleWeights)) as import('@tensorflow/tfjs').Scalar;
+          if (!prox) return loss;
+          // FedProx: + mu/2 ||w - w_global||², whose gradient adds mu (w - w_global) to each variable's.
+          const sq = vars.map((v, i) => tf.sum(tf.square(tf.sub(v, prox.anchors[i]!))));
+          return tf.add(loss, tf.mul(prox.mu / 2, tf.addN(sq))) as import('@tensorflow/tfjs').Scalar;
         },
         true,
         vars,

@@ -133,6 +133,14 @@ export type BrokerConfig = z.infer<typeof brokerConfigSchema>;
 
 export const modelArchitectures = ['small-cnn', 'vgg11', 'vgg16', 'vgg19'] as const;
 
+/** The server optimizers' parameters (aggregator `serverOptimizer`, experiment arms): see the aggregator's field. */
+export const serverOptimizerSchema = z.strictObject({
+  learningRate: z.number().positive().nullable().default(null),
+  beta1: z.number().min(0).lt(1).default(0.9),
+  beta2: z.number().min(0).lt(1).default(0.99),
+  tau: z.number().positive().default(1e-3),
+});
+
 export const modelSpecSchema = z.strictObject({
   /** Model builder name (see training/models.ts): small-cnn, or the paper's vgg11 / vgg16 / vgg19. */
   architecture: z.enum(modelArchitectures).default('small-cnn'),
@@ -240,11 +248,20 @@ export const aggregatorConfigSchema = z.strictObject({
    * Aggregation strategy by name (aggregator/strategy-registry.ts): fedavg (sample-weighted mean,
    * McMahan et al. 2017), fedavg-clipped (FedAvg with each update's change clipped to the round's
    * median change), trimmed-mean (coordinate-wise, trimFraction cut from each end) or median
-   * (coordinate-wise); the last two ignore sample counts. Whatever the strategy, updates are first
+   * (coordinate-wise); the last two ignore sample counts; fedprox (FedAvg with proxMu in the task),
+   * fedavgm, fedadam, fedyogi (server optimizers, serverOptimizer). Whatever the strategy, updates are first
    * screened by maxUpdateNormRatio / maxUpdateNorm. An unknown name stops the aggregator at
    * start-up (FL_CONFIG_INVALID). Default fedavg.
    */
   strategy: z.string().min(1).max(64).default('fedavg'),
+  /**
+   * fedavgm, fedadam, fedyogi (Reddi et al. 2021, Algorithm 2): the server's optimizer on the round's
+   * pseudo-gradient (FedAvg of the updates minus the base). learningRate η: null = the kind's default
+   * (fedavgm 1, fedadam/fedyogi 0.01); beta1 (fedavgm's momentum) 0.9, beta2 0.99, tau 1e-3 as in the paper.
+   */
+  serverOptimizer: serverOptimizerSchema.prefault({}),
+  /** fedprox (Li et al. 2020): the proximal weight mu announced in each round's task (mu/2 ||w - w_global||² in the local loss). Default 0.01. */
+  proxMu: z.number().min(0).default(0.01),
   /** trimmed-mean: share of the updates cut from each end, per weight (ceil(fraction x updates), at most (updates - 1) / 2). Default 0.2. */
   trimFraction: z.number().min(0).lt(0.5).default(0.2),
   /** Refuse an update that changes the model more than this many times the median change of the round's other updates (L2). null disables. Default 10. */

@@ -51,6 +51,11 @@ const trainTaskSchema = z.object({
    * Optional on the wire; absent means shuffle.
    */
   sampling: z.enum(['shuffle', 'balanced']).optional(),
+  /**
+   * FedProx (Li et al. 2020): weight mu of the proximal term mu/2 ||w - w_global||² added to the local
+   * loss over the federated tensors. Optional on the wire; absent or 0 means plain local training.
+   */
+  proxMu: z.number().min(0).finite().optional(),
   /** Which tensors train and travel: all of them, the classifier head, or an explicit list. */
   federated: federatedSetSchema,
 });

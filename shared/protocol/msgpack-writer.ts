@@ -22,7 +22,7 @@
  * the update bundle's `metricsBefore` / `metricsAfter`). test/wire-strict checks the list against
  * the message schemas.
  */
-export const FLOAT_FIELDS: ReadonlySet<string> = new Set(['learningRate', 'loss', 'accuracy', 'balancedAccuracy', 'precision', 'recall']);
+export const FLOAT_FIELDS: ReadonlySet<string> = new Set(['learningRate', 'proxMu', 'loss', 'accuracy', 'balancedAccuracy', 'precision', 'recall']);
 
 const TWO_32 = 0x1_0000_0000;
 
