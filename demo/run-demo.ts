@@ -1,6 +1,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Journal } from '../aggregator/aggregator.js';
+import { readRegistry } from '../aggregator/model-registry.js';
 import { PAPER_CLIENTS } from '../synthetic-data/generate.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { silentLogger } from '../shared/util/logger.js';
@@ -11,7 +12,7 @@ import { prepareData, prepareFolders } from './prepare-data.js';
 import { ProcessGroup, type Child } from './process-group.js';
 import { followProgress, type WindowTally } from './progress.js';
 import { DEMO_FEDERATION, startDemoBroker, startDemoDashboard, startDemoFederation, startDemoPlc } from './services.js';
-import { buildSummary, renderTable, renderWindowTable } from './summary.js';
+import { buildSummary, renderFinalModels, renderTable, renderWindowTable } from './summary.js';
 
 export type { DemoOptions } from './demo-options.js';
 // bench/encodings.ts and the tests import these from here.
@@ -90,13 +91,12 @@ async function summarise(
   if (code !== 0)
     throw new FedlineError(ErrorCodes.ABORTED, `the aggregator exited with code ${code}; see ${aggregator.logFile}`, { code, logFile: aggregator.logFile });
   const journal = JSON.parse(await readFile(join(dirs.state, 'aggregator', 'journal.json'), 'utf8')) as Journal;
-  const summary = buildSummary(journal, options, join(dirs.state, 'aggregator', 'models'), run.durationMs());
+  const registry = await readRegistry(join(dirs.state, 'aggregator'));
+  const summary = buildSummary(journal, options, join(dirs.state, 'aggregator', 'models'), run.durationMs(), registry?.released ?? null);
   if (options.trigger === 'opcua') for (const r of summary.rounds) r.windows = windows.of(r.round, agents);
   await writeFile(join(out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
   process.stdout.write('\n' + renderTable(summary) + '\n');
   if (options.trigger === 'opcua') process.stdout.write('\n' + renderWindowTable(summary) + '\n');
-  process.stdout.write(
-    `\nfinal global model v${summary.finalModel.version}: ${summary.finalModel.dir}\nsummary: ${join(out, 'summary.json')}   logs: ${dirs.logs}\n`,
-  );
+  process.stdout.write(`\n${renderFinalModels(summary)}\nsummary: ${join(out, 'summary.json')}   logs: ${dirs.logs}\n`);
   process.stdout.write(`total time ${(summary.durationMs / 1000).toFixed(1)} s\n`);
 }

@@ -39,11 +39,26 @@ export interface DemoSummary {
     /** --trigger opcua: per agent, time spent waiting for its training window and paused in this round. */
     windows?: Record<string, WindowStats>;
   }[];
-  finalModel: { version: number; dir: string; accuracy: Record<string, number>; balancedAccuracy: Record<string, number> };
+  /** The last aggregated version (a candidate until the release gates pass it). */
+  finalModel: ModelSummary;
+  /** The version the production lines run (`<root>/model/released`, aggregator/release-manager.ts); null without a model registry. */
+  releasedVersion: number | null;
+  releasedModel: ModelSummary | null;
 }
 
-/** Per round: the model it ends with, evaluated by each agent at the start of the next round (or the final evaluation round). */
-export function buildSummary(journal: Journal, options: DemoOptions, modelsDir: string, durationMs: number): DemoSummary {
+export interface ModelSummary {
+  version: number;
+  dir: string;
+  /** Its evaluation on each agent's local test split. */
+  accuracy: Record<string, number>;
+  balancedAccuracy: Record<string, number>;
+}
+
+/**
+ * Per round: the model it ends with, evaluated by each agent at the start of the next round (or the
+ * final evaluation round). `released`: the registry's released version (aggregator/model-registry.ts).
+ */
+export function buildSummary(journal: Journal, options: DemoOptions, modelsDir: string, durationMs: number, released: number | null = null): DemoSummary {
   const evalOf = (version: number) => {
     const r = journal.rounds.find((x) => x.baseVersion === version && Object.keys(x.baseMetrics).length > 0);
     return r?.baseMetrics ?? {};
@@ -51,7 +66,10 @@ export function buildSummary(journal: Journal, options: DemoOptions, modelsDir: 
   const pick = (m: Record<string, { accuracy: number; balancedAccuracy: number }>, key: 'accuracy' | 'balancedAccuracy') =>
     Object.fromEntries(Object.entries(m).map(([a, v]) => [a, v[key]]));
   const finalVersion = journal.finalVersion ?? journal.currentVersion;
-  const finalEval = evalOf(finalVersion);
+  const modelOf = (version: number): ModelSummary => {
+    const m = evalOf(version);
+    return { version, dir: join(modelsDir, `v${version}`), accuracy: pick(m, 'accuracy'), balancedAccuracy: pick(m, 'balancedAccuracy') };
+  };
   const agents = [...new Set(journal.rounds.flatMap((r) => r.selected))].sort();
   return {
     federation: journal.federation,
@@ -84,13 +102,25 @@ export function buildSummary(journal: Journal, options: DemoOptions, modelsDir: 
           trainMs: r.trainMs,
         };
       }),
-    finalModel: {
-      version: finalVersion,
-      dir: join(modelsDir, `v${finalVersion}`),
-      accuracy: pick(finalEval, 'accuracy'),
-      balancedAccuracy: pick(finalEval, 'balancedAccuracy'),
-    },
+    finalModel: modelOf(finalVersion),
+    releasedVersion: released,
+    releasedModel: released === null ? null : modelOf(released),
   };
+}
+
+/** The closing lines: the final candidate and the released version (what the lines run), each with its folder. */
+export function renderFinalModels(summary: DemoSummary): string {
+  const f = summary.finalModel;
+  const r = summary.releasedModel;
+  const mean = (m: Record<string, number>) => {
+    const v = Object.values(m);
+    return v.length ? (v.reduce((s, x) => s + x, 0) / v.length).toFixed(3) : '-';
+  };
+  const lines = [`final candidate v${f.version} (mean accuracy ${mean(f.accuracy)}): ${f.dir}`];
+  if (!r) lines.push('released version: none (no model registry)');
+  else if (r.version === f.version) lines.push(`released version v${r.version}: the final candidate passed the release gates`);
+  else lines.push(`released version v${r.version} (mean accuracy ${mean(r.accuracy)}; the lines run it, v${f.version} was not released): ${r.dir}`);
+  return lines.join('\n');
 }
 
 export function renderTable(summary: DemoSummary): string {

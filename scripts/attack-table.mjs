@@ -2,7 +2,8 @@
 // `npm run bench:attacks`: runs the attack tests of the fault suite (test/faults/attack-*.test.ts:
 // three honest sites, one attacker, each aggregation strategy) and prints the table of
 // docs/reliability.md: per attack and strategy, the honest sites' accuracy on the model before the
-// attack round and on the attack round's candidate, and the largest drop.
+// attack round and on the attack round's candidate, and the largest drop; then the release gates'
+// verdict, and the released version before and after with its balanced accuracy (default policy).
 // usage: node scripts/attack-table.mjs [--json FILE] [ATTACK ...]   (after `npm run build`)
 //   ATTACK: none (the baseline), sign-flip, random-direction, flipped-labels, free-rider (default: all)
 //   --json FILE: the runs as JSON lines; runs already in FILE are kept (a later run of the same
@@ -37,14 +38,29 @@ console.log(`runs: ${jsonFile}`);
 const attacks = ['none', 'sign-flip', 'random-direction', 'flipped-labels', 'free-rider'];
 const strategies = ['fedavg', 'fedavg-clipped', 'trimmed-mean', 'median'];
 const mean = (m) => Object.values(m).reduce((s, v) => s + v, 0) / Object.values(m).length;
+const worst = (d) => `${d > 0 ? '-' : '+'}${Math.abs(d).toFixed(2)}`;
 const cell = (r) =>
-  r ? `${mean(r.before).toFixed(2)} -> ${mean(r.candidate).toFixed(2)} (worst site ${r.maxDrop > 0 ? '-' : '+'}${Math.abs(r.maxDrop).toFixed(2)})` : 'not run';
-console.log('');
-console.log(`| attack | ${strategies.join(' | ')} |`);
-console.log(`|---|${strategies.map(() => '---').join('|')}|`);
-for (const a of attacks) {
-  console.log(`| ${a} | ${strategies.map((s) => cell(results.find((r) => r.attack === a && r.strategy === s))).join(' | ')} |`);
-}
-console.log('');
-console.log("cells: mean honest accuracy on the model before the attack round -> on its candidate (the worst honest site's change)");
+  r
+    ? `${mean(r.before).toFixed(2)} -> ${mean(r.candidate).toFixed(2)} (worst site ${worst(r.maxDrop)})` +
+      (r.released ? `; ${r.verdict === 'released' ? 'released' : 'rejected'}, lines on v${r.releasedAfter}: ${mean(r.released).toFixed(2)}` : '')
+    : 'not run';
+const releasedCell = (r) =>
+  r?.releasedBalanced
+    ? `v${r.releasedBefore} -> v${r.releasedAfter}: ${mean(r.releasedBeforeBalanced).toFixed(2)} -> ${mean(r.releasedBalanced).toFixed(2)} (worst site ${worst(r.releasedMaxDrop)})`
+    : 'not run';
+const table = (title, f) => {
+  console.log('');
+  console.log(`| ${title} | ${strategies.join(' | ')} |`);
+  console.log(`|---|${strategies.map(() => '---').join('|')}|`);
+  for (const a of attacks) console.log(`| ${a} | ${strategies.map((s) => f(results.find((r) => r.attack === a && r.strategy === s))).join(' | ')} |`);
+  console.log('');
+};
+table('attack: accuracy', cell);
+console.log(
+  "cells: mean honest accuracy on the model before the attack round -> on its candidate (the worst honest site's change); the release gates' verdict on the candidate, the version the lines run after it and its mean honest accuracy",
+);
+table('attack: released, balanced accuracy', releasedCell);
+console.log(
+  "cells: the released version before the candidate was decided on -> after, the honest sites' mean balanced accuracy on each (what the regression gate compares) and the worst honest site's change",
+);
 process.exit(run.status ?? 1);

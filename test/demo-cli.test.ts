@@ -50,6 +50,12 @@ test(
       for (const agent of summary.agents) assert.ok(final.accuracy[agent]! >= 0.9, `final accuracy on ${agent}: ${final.accuracy[agent]}\n${demo.output()}`);
       assert.ok(existsSync(join(final.dir, 'model.json')) && existsSync(join(final.dir, 'weights.bin')));
       assert.match(demo.output(), /global model accuracy on each agent's local test split, per round/);
+      // The closing lines name the final candidate and the released version (the one the lines run), with its folder.
+      const released = summary.releasedModel;
+      assert.ok(released && summary.releasedVersion === released.version && released.version <= final.version, JSON.stringify(summary.releasedVersion));
+      assert.ok(existsSync(join(released.dir, 'model.json')), released.dir);
+      assert.match(demo.output(), new RegExp(`final candidate v${final.version} `));
+      assert.match(demo.output(), new RegExp(`released version v${released.version}\\b`));
       const pids = demo.pids();
       assert.equal(pids.length, 5, 'broker, aggregator and 3 agents were separate processes');
       await waitFor('every child process to end', () => pids.every((p) => !alive(p)), 10_000);

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ATTACKER, describeResult, isBounded, MAX_DROP, runAttack, STRATEGIES } from '../support/attack-scenario.js';
+import { assertReleasedWithinGate, ATTACKER, describeResult, isBounded, MAX_DROP, runAttack, STRATEGIES } from '../support/attack-scenario.js';
 
 /**
  * Three honest sites and one attacker with a legitimate login: a free rider sending back the global model.
@@ -19,5 +19,8 @@ for (const strategy of STRATEGIES) {
     if (isBounded('free-rider', strategy)) {
       assert.ok(r.maxDrop <= MAX_DROP, `an honest site lost ${r.maxDrop.toFixed(3)} accuracy (bound ${MAX_DROP}): ${describeResult(r)}`);
     }
+    // The released model (default release policy: auto, maxRegression 0.02): on no honest site does it lose more
+    // balanced accuracy than the regression gate, whatever the candidate did.
+    assertReleasedWithinGate(r);
   });
 }

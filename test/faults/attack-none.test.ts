@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { describeResult, HONEST, MAX_DROP, runAttack, STRATEGIES } from '../support/attack-scenario.js';
+import { assertReleasedWithinGate, describeResult, HONEST, MAX_DROP, runAttack, STRATEGIES } from '../support/attack-scenario.js';
 
 /**
  * The baseline of the attack tests (test/support/attack-scenario.ts): the same three honest sites
@@ -17,5 +17,8 @@ for (const strategy of STRATEGIES) {
     assert.deepEqual(r.participants, HONEST);
     assert.deepEqual(r.alerts, []);
     assert.ok(r.maxDrop <= MAX_DROP, describeResult(r));
+    // The released model (default release policy: auto, maxRegression 0.02): on no honest site does it lose more
+    // balanced accuracy than the regression gate, whatever the candidate did.
+    assertReleasedWithinGate(r);
   });
 }

@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { appendFileSync, mkdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -5,7 +6,7 @@ import { startAgent, type RunningAgent } from '../../edge-agent/main.js';
 import type { NamedTensor } from '../../shared/bundle/tensor-bundle.js';
 import { mulberry32 } from '../../shared/util/random.js';
 import { INSPECTION_CLASSES } from '../../synthetic-data/generate.js';
-import { agentConfig, startAedes, startFederation, tempDir, tinyDataset, type FederationOptions } from '../helpers.js';
+import { agentConfig, aggregatorConfig, startAedes, startFederation, tempDir, tinyDataset, type FederationOptions } from '../helpers.js';
 import { startRogueAgent, type Forgery } from './rogue-agent.js';
 
 /**
@@ -36,6 +37,21 @@ export interface AttackResult {
   candidate: Record<string, number>;
   /** The largest drop over the honest sites (negative: every site gained). */
   maxDrop: number;
+  /** The release gates' verdict on the attack round's candidate (default policy: auto, maxRegression 0.02). */
+  verdict: 'released' | 'rejected' | 'undecided';
+  /** The version released when the candidate was decided on (the one the lines ran during the attack), and after. */
+  releasedBefore: number;
+  releasedAfter: number;
+  /** Honest sites' accuracy and balanced accuracy (what the regression gate compares) on the released version after the attack round. */
+  released: Record<string, number>;
+  releasedBalanced: Record<string, number>;
+  /** Honest sites' balanced accuracy on the version released before, and on the candidate. */
+  releasedBeforeBalanced: Record<string, number>;
+  candidateBalanced: Record<string, number>;
+  /** The largest drop of an honest site's balanced accuracy from the released version before to the one after. */
+  releasedMaxDrop: number;
+  /** The aggregator's release.maxRegression (the default policy: 0.02). */
+  regressionGate: number;
   /** Alerts of the attack round: code per agent. */
   alerts: string[];
   /** Agents whose updates went into the candidate. */
@@ -109,8 +125,17 @@ export async function runAttack(attack: AttackName, strategy: StrategyName): Pro
   if (attack === 'flipped-labels') await flippedLabelData(dir.path);
   const fed = await startFederation(options);
   const alerts: string[] = [];
+  // The released version over the run (version 0 counts as released at the start), and the gates' verdicts.
+  let releasedNow = 0;
+  let releasedAtEval: number | null = null;
+  const verdicts = new Map<number, 'released' | 'rejected'>();
   fed.aggregator.aggregator.on('event', (e: Record<string, unknown>) => {
     if (e.type === 'alert' && e.round === ATTACK_ROUND) alerts.push(`${String(e.code)}:${String(e.agent)}`);
+    if (e.type === 'model-released' || e.type === 'model-rolled-back') releasedNow = e.version as number;
+    if (e.type === 'model-released') verdicts.set(e.version as number, 'released');
+    if (e.type === 'model-rejected') verdicts.set(e.version as number, 'rejected');
+    // The evaluation round decides on the candidate: the version released when it starts is the one before.
+    if (e.type === 'round-started' && (e.round as number) > ATTACK_ROUND && releasedAtEval === null) releasedAtEval = releasedNow;
     // The label-flipping site is a real agent; it comes online while the round before the attack runs.
     if (attack === 'flipped-labels' && e.type === 'round-started' && e.round === ATTACK_ROUND - 1 && !flipperStart) {
       flipperStart = startAgent(agentConfig(options, ATTACKER), pino({ level: 'silent' })).then((a) => void (flipper = a));
@@ -127,12 +152,31 @@ export async function runAttack(attack: AttackName, strategy: StrategyName): Pro
       console.log(JSON.stringify(result.rounds.map((r) => [r.round, r.kind, r.selected, r.startedAt - started, r.closedAt! - r.startedAt, r.reason])));
     const before = Object.fromEntries(HONEST.map((a) => [a, attackRound.baseMetrics[a]!.accuracy]));
     const candidate = Object.fromEntries(HONEST.map((a) => [a, evalRound.baseMetrics[a]!.accuracy]));
+    // Each site's evaluation of a version: the last round that started from it (what the store keeps and the gates compare).
+    const metricsOf = (version: number, key: 'accuracy' | 'balancedAccuracy'): Record<string, number> => {
+      const r = result.rounds.filter((x) => x.baseVersion === version && HONEST.every((a) => x.baseMetrics[a])).at(-1);
+      if (!r) throw new Error(`no honest evaluation of version ${version}`);
+      return Object.fromEntries(HONEST.map((a) => [a, r.baseMetrics[a]![key]]));
+    };
+    const releasedBefore = releasedAtEval ?? releasedNow;
+    const releasedAfter = releasedNow;
+    const releasedBeforeBalanced = metricsOf(releasedBefore, 'balancedAccuracy');
+    const releasedBalanced = metricsOf(releasedAfter, 'balancedAccuracy');
     const out: AttackResult = {
       attack,
       strategy,
       before,
       candidate,
       maxDrop: Math.max(...HONEST.map((a) => before[a]! - candidate[a]!)),
+      verdict: attackRound.newVersion === null ? 'undecided' : (verdicts.get(attackRound.newVersion) ?? 'undecided'),
+      releasedBefore,
+      releasedAfter,
+      released: metricsOf(releasedAfter, 'accuracy'),
+      releasedBalanced,
+      releasedBeforeBalanced,
+      candidateBalanced: Object.fromEntries(HONEST.map((a) => [a, evalRound.baseMetrics[a]!.balancedAccuracy])),
+      releasedMaxDrop: Math.max(...HONEST.map((a) => releasedBeforeBalanced[a]! - releasedBalanced[a]!)),
+      regressionGate: aggregatorConfig(options).release.maxRegression!,
       alerts,
       participants: attackRound.participants,
       seconds: (Date.now() - started) / 1000,
@@ -159,7 +203,31 @@ export function isBounded(attack: AttackName, strategy: StrategyName): boolean {
   return !(strategy === 'fedavg' && FEDAVG_UNBOUNDED.includes(attack));
 }
 
+/**
+ * The gates compare balanced accuracies rounded to 4 decimals (release-policy.ts): the released
+ * model's drop may exceed the gate by that rounding, no more. No other tolerance is needed: every
+ * honest site evaluates every version, so no site escapes the comparison.
+ */
+export const GATE_ROUNDING = 0.00005;
+
+/** The released model on every honest site never loses more balanced accuracy than the regression gate allows. */
+export function assertReleasedWithinGate(r: AttackResult): void {
+  const ok = (value: boolean, message: string): void => assert.ok(value, message);
+  ok(r.regressionGate === 0.02, `the scenario runs the default release policy (maxRegression 0.02), got ${r.regressionGate}`);
+  ok(r.verdict !== 'undecided', `the gates decided on the attack round's candidate: ${describeResult(r)}`);
+  for (const a of HONEST) {
+    const drop = r.releasedBeforeBalanced[a]! - r.releasedBalanced[a]!;
+    ok(
+      drop <= r.regressionGate + GATE_ROUNDING,
+      `${a}: the released model lost ${drop.toFixed(4)} balanced accuracy (gate ${r.regressionGate}): ${describeResult(r)}`,
+    );
+  }
+  // A candidate is released only when no honest site regressed beyond the gate against the released version.
+  if (r.verdict === 'released') ok(r.releasedAfter !== r.releasedBefore, 'a released candidate is the released version after the round');
+  else ok(r.releasedAfter === r.releasedBefore, `a rejected candidate leaves version ${r.releasedBefore} released, got ${r.releasedAfter}`);
+}
+
 export function describeResult(r: AttackResult): string {
   const f = (m: Record<string, number>) => HONEST.map((a) => m[a]!.toFixed(2)).join(' / ');
-  return `${r.attack} vs ${r.strategy}: honest accuracy ${f(r.before)} -> ${f(r.candidate)} (largest drop ${r.maxDrop.toFixed(3)}); participants ${r.participants.join(', ')}; alerts ${r.alerts.join(', ') || 'none'}; ${r.seconds.toFixed(1)} s`;
+  return `${r.attack} vs ${r.strategy}: honest accuracy ${f(r.before)} -> ${f(r.candidate)} (largest drop ${r.maxDrop.toFixed(3)}); candidate ${r.verdict}, released v${r.releasedBefore} -> v${r.releasedAfter}, balanced ${f(r.releasedBeforeBalanced)} -> ${f(r.releasedBalanced)}; participants ${r.participants.join(', ')}; alerts ${r.alerts.join(', ') || 'none'}; ${r.seconds.toFixed(1)} s`;
 }
