@@ -54,6 +54,7 @@ export function startBroker(config: Readonly<BrokerConfig>, logger: Logger): Pro
     packetLimits: { maxPacketBytes: config.maxPacketBytes, maxBytesBeforeLogin: config.maxBytesBeforeLogin },
     logger: log,
     plain: config.plainListener,
+    ...(config.cluster ? { cluster: { redisUrl: config.cluster.redisUrl, nodeId: config.cluster.nodeId } } : {}),
     ...(tls ? { tls } : {}),
     ...(hooks ? { hooks } : {}),
   });

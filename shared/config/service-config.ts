@@ -21,9 +21,16 @@ export const backendPreferences = ['auto', 'tensorflow', 'wasm', 'cpu'] as const
 export type BackendPreference = (typeof backendPreferences)[number];
 const path = z.string().min(1);
 
+const mqttUrl = z.string().regex(/^mqtts?:\/\/[^\s/]+(:\d+)?\/?$/, 'must look like mqtt://host:port or mqtts://host:port');
+
 export const mqttConfigSchema = z.strictObject({
   /** mqtt://host:port or mqtts://host:port (TLS). */
-  url: z.string().regex(/^mqtts?:\/\/[^\s/]+(:\d+)?\/?$/, 'must look like mqtt://host:port or mqtts://host:port'),
+  url: mqttUrl,
+  /**
+   * The other nodes of a broker cluster (`fedline broker` with `cluster`), tried in turn after `url`
+   * when the connection is lost or cannot be made; each switch is logged. Same credentials and TLS files for all.
+   */
+  urls: z.array(mqttUrl).max(16).optional(),
   username: z.string().optional(),
   /** Inline password; prefer passwordFile on real deployments. */
   password: z.string().optional(),
@@ -96,6 +103,19 @@ export const brokerConfigSchema = z
         requireClientCert: z.boolean().default(false),
         /** The client certificate's CN is the user name, no password (Mosquitto's use_identity_as_username). Default false. */
         identityFromCertificate: z.boolean().default(false),
+      })
+      .optional(),
+    /**
+     * Run as one node of a broker cluster: the nodes share subscriptions, retained messages (models,
+     * round announcements) and every published message through Redis (mqemitter-redis,
+     * aedes-persistence-redis). Clients list every node in their `mqtt.urls` and fail over.
+     */
+    cluster: z
+      .strictObject({
+        /** redis://[user:password@]host:port[/db] of the Redis all nodes use. */
+        redisUrl: z.string().regex(/^redis:\/\/[^\s/]+(\/\d+)?$/, 'must look like redis://host:port or redis://host:port/db'),
+        /** This node's id, unique among the nodes. */
+        nodeId: id,
       })
       .optional(),
     logLevel: z.string().optional(),
