@@ -1,4 +1,5 @@
 import { createRequire } from 'node:module';
+import { Readable } from 'node:stream';
 import mqemitterRedis from 'mqemitter-redis';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
@@ -45,12 +46,30 @@ export function redisOptions(redisUrl: string): { host: string; port: number; us
   };
 }
 
+/** Methods whose results Aedes 1.x pipes: aedes-persistence-redis 11 returns async generators from them, Aedes wants streams. */
+const STREAMING = new Set(['createRetainedStream', 'createRetainedStreamCombi', 'outgoingStream', 'streamWill', 'getClientList']);
+
+function asStreams(persistence: RedisPersistence): RedisPersistence {
+  return new Proxy(persistence, {
+    get(target, key) {
+      const value = Reflect.get(target, key, target) as unknown;
+      if (typeof value !== 'function') return value;
+      const bound = (value as (...args: unknown[]) => unknown).bind(target);
+      if (!STREAMING.has(String(key))) return bound;
+      return (...args: unknown[]) => {
+        const result = bound(...args) as { pipe?: unknown } & AsyncIterable<unknown>;
+        return typeof result?.pipe === 'function' ? result : Readable.from(result);
+      };
+    },
+  });
+}
+
 /** The Redis-backed message emitter and persistence for one node of a broker cluster. */
 export function clusterParts(options: ClusterOptions): ClusterParts {
   const redis = redisOptions(options.redisUrl);
   const mq = mqemitterRedis({ ...redis });
   const Persistence = require('aedes-persistence-redis/asyncPersistence.js') as PersistenceCtor;
-  const persistence = new Persistence({ ...redis });
+  const persistence = asStreams(new Persistence({ ...redis }));
   let closed: Promise<void> | null = null;
   return {
     mq,
