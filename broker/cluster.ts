@@ -36,7 +36,8 @@ export function redisOptions(redisUrl: string): { host: string; port: number; us
   }
   if (url.protocol !== 'redis:') throw new FedlineError(ErrorCodes.CONFIG_INVALID, `cluster.redisUrl must start with redis:// (got ${url.protocol})`);
   const db = url.pathname.length > 1 ? Number(url.pathname.slice(1)) : 0;
-  if (!Number.isInteger(db) || db < 0) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `cluster.redisUrl: the database ${url.pathname.slice(1)} is not a number`);
+  if (!Number.isInteger(db) || db < 0)
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `cluster.redisUrl: the database ${url.pathname.slice(1)} is not a number`);
   return {
     host: url.hostname.replace(/^\[|\]$/g, ''),
     port: url.port ? Number(url.port) : 6379,

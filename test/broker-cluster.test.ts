@@ -28,11 +28,16 @@ async function retainedTopics(url: string, filter: string, settleMs = 1500): Pro
   await client.subscribeAsync(filter, { qos: 1 });
   // Retained messages are sent right after the SUBACK; wait until none came for a while.
   let seen = -1;
-  await waitFor('retained messages to stop arriving', () => {
-    const done = seen === topics.length;
-    seen = topics.length;
-    return done;
-  }, 30_000, settleMs);
+  await waitFor(
+    'retained messages to stop arriving',
+    () => {
+      const done = seen === topics.length;
+      seen = topics.length;
+      return done;
+    },
+    30_000,
+    settleMs,
+  );
   await client.endAsync();
   return topics;
 }
@@ -64,7 +69,11 @@ test('agents on two cluster nodes take part in one round; retained announcement 
       const result = await aggregator.aggregator.run();
       assert.equal(result.rounds[0]!.outcome, 'aggregate');
       assert.deepEqual([...result.rounds[0]!.participants].sort(), ['site-a', 'site-b', 'site-c'], 'the agents on node B sent their updates through node A');
-      assert.deepEqual(Object.keys(result.rounds[1]!.baseMetrics).sort(), ['site-a', 'site-b', 'site-c'], 'the agents on node B loaded the new model from node A');
+      assert.deepEqual(
+        Object.keys(result.rounds[1]!.baseMetrics).sort(),
+        ['site-a', 'site-b', 'site-c'],
+        'the agents on node B loaded the new model from node A',
+      );
       // A newcomer on node B gets what the aggregator retained on node A: the round announcement, manifest and model chunks.
       const retained = await retainedTopics(b.url, 'fl/test/#');
       assert.ok(retained.includes('fl/test/round'), 'the round announcement is retained on node B');
@@ -81,59 +90,64 @@ test('agents on two cluster nodes take part in one round; retained announcement 
   }
 });
 
-test('a cluster node is killed while an agent uploads through it: the agent moves to node A and the round completes, only missing chunks resent', { skip, timeout: 240_000 }, async () => {
-  const dir = tempDir('cluster-kill');
-  const redis = await startRedis();
-  const procs = new ProcessFederation(dir.path);
-  let nodeA: RunningBroker | null = null;
-  let proxy: TcpProxy | null = null;
-  const agents: RunningAgent[] = [];
-  try {
-    nodeA = await clusterNode(redis.url, 'node-a');
-    const portB = await freePort();
-    const configB = procs.writeConfig('node-b', { host: '127.0.0.1', port: portB, allowAnonymous: true, cluster: { redisUrl: redis.url, nodeId: 'node-b' } });
-    await procs.start('node-b', 'broker', configB);
-    // A slow uplink in front of node B, so that site-b is still uploading when node B dies.
-    proxy = await TcpProxy.start(portB);
-    proxy.uploadBytesPerSec = 12_000;
-    const o: FederationOptions = { url: nodeA.url, dir: dir.path, agents: ['site-a', 'site-b'], rounds: 1, chunkBytes: 1024 };
-    await tinyDataset(join(dir.path, 'data'), o.agents);
-    const { logger, lines } = captureLogger('info');
-    const aggregator = await startAggregator(aggregatorConfig(o), logger.child({ svc: 'aggregator' }));
+test(
+  'a cluster node is killed while an agent uploads through it: the agent moves to node A and the round completes, only missing chunks resent',
+  { skip, timeout: 240_000 },
+  async () => {
+    const dir = tempDir('cluster-kill');
+    const redis = await startRedis();
+    const procs = new ProcessFederation(dir.path);
+    let nodeA: RunningBroker | null = null;
+    let proxy: TcpProxy | null = null;
+    const agents: RunningAgent[] = [];
     try {
-      agents.push(await startAgent(agentConfig(o, 'site-a'), logger.child({ svc: 'site-a' })));
-      const b = agentConfig(o, 'site-b');
-      agents.push(await startAgent({ ...b, mqtt: { ...b.mqtt, url: proxy.url, urls: [nodeA.url] } }, logger.child({ svc: 'site-b' })));
-      const run = aggregator.aggregator.run();
-      const counters = aggregator.aggregator.counters;
-      // site-a is done quickly over loopback; site-b's chunks trickle in through the proxy.
-      await waitFor('site-b to be part-way through its upload', () => proxy!.bytesFromClients > 40_000 && counters.get('update-chunk') > 0, 120_000, 20);
-      const storedAtKill = counters.get('update-chunk');
-      await procs.kill('node-b');
-      const result = await run;
-      assert.equal(result.rounds[0]!.outcome, 'aggregate');
-      assert.deepEqual([...result.rounds[0]!.participants].sort(), ['site-a', 'site-b']);
-      const switched = lines.find((l) => l.svc === 'site-b' && String(l.msg).startsWith('MQTT: switched to broker'));
-      assert.ok(switched, 'site-b logged its switch to node A');
-      assert.equal(switched.to, nodeA.url);
-      const accepted = (svc: string) => lines.find((l) => l.svc === svc && l.msg === 'update accepted by the aggregator') as { resent: number } | undefined;
-      assert.equal(accepted('site-a')?.resent, 0, 'site-a (on the surviving node) resent nothing');
-      const stored = counters.get('update-chunk');
-      const resentB = accepted('site-b')!.resent;
-      // Nothing lost: every chunk stored once; nothing resent beyond what the aggregator lacked when node B died.
-      assert.ok(resentB <= stored - storedAtKill, `site-b resent ${resentB} chunks; ${stored - storedAtKill} were missing when node B died`);
-      process.stdout.write(
-        `# cluster kill: chunks stored ${stored} (at the kill ${storedAtKill}), site-b resent ${resentB}, duplicates ${counters.get('duplicate-chunk')}\n`,
-      );
+      nodeA = await clusterNode(redis.url, 'node-a');
+      const portB = await freePort();
+      const configB = procs.writeConfig('node-b', { host: '127.0.0.1', port: portB, allowAnonymous: true, cluster: { redisUrl: redis.url, nodeId: 'node-b' } });
+      await procs.start('node-b', 'broker', configB);
+      // A slow uplink in front of node B, so that site-b is still uploading when node B dies.
+      proxy = await TcpProxy.start(portB);
+      proxy.uploadBytesPerSec = 12_000;
+      const o: FederationOptions = { url: nodeA.url, dir: dir.path, agents: ['site-a', 'site-b'], rounds: 1, chunkBytes: 1024 };
+      await tinyDataset(join(dir.path, 'data'), o.agents);
+      const { logger, lines } = captureLogger('info');
+      const aggregator = await startAggregator(aggregatorConfig(o), logger.child({ svc: 'aggregator' }));
+      try {
+        agents.push(await startAgent(agentConfig(o, 'site-a'), logger.child({ svc: 'site-a' })));
+        const b = agentConfig(o, 'site-b');
+        agents.push(await startAgent({ ...b, mqtt: { ...b.mqtt, url: proxy.url, urls: [nodeA.url] } }, logger.child({ svc: 'site-b' })));
+        const run = aggregator.aggregator.run();
+        const counters = aggregator.aggregator.counters;
+        // site-a is done quickly over loopback; site-b's chunks trickle in through the proxy.
+        await waitFor('site-b to be part-way through its upload', () => proxy!.bytesFromClients > 40_000 && counters.get('update-chunk') > 0, 120_000, 20);
+        const storedAtKill = counters.get('update-chunk');
+        await procs.kill('node-b');
+        const result = await run;
+        assert.equal(result.rounds[0]!.outcome, 'aggregate');
+        assert.deepEqual([...result.rounds[0]!.participants].sort(), ['site-a', 'site-b']);
+        const switched = lines.find((l) => l.svc === 'site-b' && String(l.msg).startsWith('MQTT: switched to broker'));
+        assert.ok(switched, 'site-b logged its switch to node A');
+        assert.equal(switched.to, nodeA.url);
+        const accepted = (svc: string) => lines.find((l) => l.svc === svc && l.msg === 'update accepted by the aggregator') as { resent: number } | undefined;
+        assert.equal(accepted('site-a')?.resent, 0, 'site-a (on the surviving node) resent nothing');
+        const stored = counters.get('update-chunk');
+        const resentB = accepted('site-b')!.resent;
+        assert.ok(stored > storedAtKill, 'site-b was still uploading when node B died');
+        // Nothing lost: every chunk stored once; nothing resent beyond what the aggregator lacked when node B died.
+        assert.ok(resentB <= stored - storedAtKill, `site-b resent ${resentB} chunks; ${stored - storedAtKill} were missing when node B died`);
+        process.stdout.write(
+          `# cluster kill: chunks stored ${stored} (at the kill ${storedAtKill}), site-b resent ${resentB}, duplicates ${counters.get('duplicate-chunk')}\n`,
+        );
+      } finally {
+        for (const ag of agents) await ag.close().catch(() => undefined);
+        await aggregator.close().catch(() => undefined);
+      }
     } finally {
-      for (const ag of agents) await ag.close().catch(() => undefined);
-      await aggregator.close().catch(() => undefined);
+      await proxy?.close();
+      await procs.stopAll();
+      await nodeA?.close();
+      await redis.stop();
+      dir.cleanup();
     }
-  } finally {
-    await proxy?.close();
-    await procs.stopAll();
-    await nodeA?.close();
-    await redis.stop();
-    dir.cleanup();
-  }
-});
+  },
+);
