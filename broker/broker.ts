@@ -5,7 +5,7 @@ import { ErrorCodes } from '../shared/protocol/errors.js';
 import type { Counters } from '../shared/util/counters.js';
 import type { Logger } from '../shared/util/logger.js';
 import { silentLogger } from '../shared/util/logger.js';
-import { clusterParts, type ClusterOptions } from './cluster.js';
+import { openCluster, type ClusterOptions } from './cluster.js';
 import { DEFAULT_PACKET_LIMITS, PacketGuard, type PacketLimits } from './packet-guard.js';
 
 export interface BrokerOptions {
@@ -100,7 +100,7 @@ function guardPackets(socket: Socket, guard: PacketGuard, log: Logger, counters:
  */
 export async function createBroker(options: BrokerOptions = {}): Promise<RunningBroker> {
   const log = options.logger ?? silentLogger();
-  const cluster = options.cluster ? clusterParts(options.cluster) : null;
+  const cluster = options.cluster ? await openCluster(options.cluster, log) : null;
   const aedes = await Aedes.createBroker({
     ...(cluster ? { id: options.cluster!.nodeId, mq: cluster.mq, persistence: cluster.persistence } : {}),
     maxClientsIdLength: options.maxClientIdLength ?? 128,

@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import { Readable } from 'node:stream';
 import mqemitterRedis from 'mqemitter-redis';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
+import type { Logger } from '../shared/util/logger.js';
 
 /** What several broker nodes share: Redis carries the messages between them (mqemitter-redis), the subscriptions and retained messages (aedes-persistence-redis). */
 export interface ClusterOptions {
@@ -9,6 +10,8 @@ export interface ClusterOptions {
   redisUrl: string;
   /** This node's id, unique in the cluster (Aedes' broker id). */
   nodeId: string;
+  /** How long a starting node waits for Redis, ms. Default 10000. */
+  connectTimeoutMs?: number;
 }
 
 /** The async Redis persistence Aedes 1.x calls (the package's default export is the callback wrapper for Aedes 0.x). */
@@ -65,13 +68,64 @@ function asStreams(persistence: RedisPersistence): RedisPersistence {
   });
 }
 
-/** The Redis-backed message emitter and persistence for one node of a broker cluster. */
-export function clusterParts(options: ClusterOptions): ClusterParts {
+type StateEvents = { state: { on(e: string, f: (arg?: unknown) => void): void; off(e: string, f: (arg?: unknown) => void): void } };
+
+/** Resolve once both Redis connections of the emitter are up; reject after `ms`. */
+function redisReady(mq: StateEvents, ms: number, redisUrl: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const up = new Set<string>();
+    const timer = setTimeout(() => {
+      done();
+      reject(new FedlineError(ErrorCodes.TRANSPORT, `cannot reach Redis at ${redisUrl} within ${ms} ms (cluster.redisUrl)`));
+    }, ms);
+    const on = (name: string) => () => {
+      up.add(name);
+      if (up.size === 2) {
+        done();
+        resolve();
+      }
+    };
+    const sub = on('sub');
+    const pub = on('pub');
+    const done = () => {
+      clearTimeout(timer);
+      mq.state.off('subConnect', sub);
+      mq.state.off('pubConnect', pub);
+    };
+    mq.state.on('subConnect', sub);
+    mq.state.on('pubConnect', pub);
+  });
+}
+
+/**
+ * The Redis-backed message emitter and persistence for one node of a broker cluster, once Redis
+ * answers. A Redis that goes away later is logged (each change, not each retry) while its client
+ * reconnects; the node does not crash.
+ */
+export async function openCluster(options: ClusterOptions, log: Logger): Promise<ClusterParts> {
   const redis = redisOptions(options.redisUrl);
   const mq = mqemitterRedis({ ...redis });
+  const state = (mq as unknown as StateEvents).state;
+  let down = false;
+  state.on('error', (err) => {
+    if (!down) log.error({ err: (err as Error).message, redisUrl: options.redisUrl }, 'cluster: Redis connection lost; reconnecting');
+    down = true;
+  });
+  state.on('pubConnect', () => {
+    if (down) log.info({ redisUrl: options.redisUrl }, 'cluster: Redis connection back');
+    down = false;
+  });
+  try {
+    await redisReady(mq as unknown as StateEvents, options.connectTimeoutMs ?? 10_000, options.redisUrl);
+  } catch (err) {
+    // Its callback never comes while Redis is unreachable: close and go.
+    mq.close(() => undefined);
+    throw err;
+  }
   const Persistence = require('aedes-persistence-redis/asyncPersistence.js') as PersistenceCtor;
   const persistence = asStreams(new Persistence({ ...redis }));
   let closed: Promise<void> | null = null;
+  log.info({ nodeId: options.nodeId, redisUrl: options.redisUrl }, 'cluster node: sharing subscriptions and retained messages through Redis');
   return {
     mq,
     persistence,

@@ -5,7 +5,7 @@ import mqtt from 'mqtt';
 import { createBroker, type RunningBroker } from '../broker/broker.js';
 import { startAggregator } from '../aggregator/main.js';
 import { startAgent, type RunningAgent } from '../edge-agent/main.js';
-import { parseConfig, brokerConfigSchema } from '../shared/config/service-config.js';
+import { parseConfig, brokerConfigSchema, mqttConfigSchema } from '../shared/config/service-config.js';
 import { agentConfig, aggregatorConfig, captureLogger, freePort, tempDir, tinyDataset, waitFor, type FederationOptions } from './helpers.js';
 import { ProcessFederation } from './support/process-federation.js';
 import { TcpProxy } from './support/tcp-proxy.js';
@@ -47,6 +47,17 @@ test('the broker config takes a cluster block, validated', () => {
   assert.equal(ok.cluster?.nodeId, 'node-a');
   assert.throws(() => parseConfig(brokerConfigSchema, { allowAnonymous: true, cluster: { redisUrl: 'http://x', nodeId: 'a' } }, 'test'), /cluster\.redisUrl/);
   assert.throws(() => parseConfig(brokerConfigSchema, { allowAnonymous: true, cluster: { redisUrl: 'redis://h:1' } }, 'test'), /cluster\.nodeId/);
+  const mqttOk = parseConfig(mqttConfigSchema, { url: 'mqtt://a:1883', urls: ['mqtt://b:1883', 'mqtts://c:8883'] }, 'test');
+  assert.deepEqual(mqttOk.urls, ['mqtt://b:1883', 'mqtts://c:8883']);
+  assert.throws(() => parseConfig(mqttConfigSchema, { url: 'mqtt://a:1883', urls: ['http://b'] }, 'test'), /urls\.0/);
+});
+
+test('a cluster node whose Redis does not answer stops with a clear error', async () => {
+  const port = await freePort();
+  await assert.rejects(
+    createBroker({ host: '127.0.0.1', port: 0, cluster: { redisUrl: `redis://127.0.0.1:${port}`, nodeId: 'n1', connectTimeoutMs: 1500 } }),
+    (err: Error & { code?: string }) => err.code === 'FL_TRANSPORT' && /cannot reach Redis at redis:\/\/127\.0\.0\.1:\d+ within 1500 ms/.test(err.message),
+  );
 });
 
 test('agents on two cluster nodes take part in one round; retained announcement and model reach node B', { skip, timeout: 240_000 }, async () => {
