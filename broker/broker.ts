@@ -5,7 +5,7 @@ import { ErrorCodes } from '../shared/protocol/errors.js';
 import type { Counters } from '../shared/util/counters.js';
 import type { Logger } from '../shared/util/logger.js';
 import { silentLogger } from '../shared/util/logger.js';
-import { openCluster, type ClusterOptions } from './cluster.js';
+import { dropWillsElsewhere, openCluster, type ClusterOptions } from './cluster.js';
 import { DEFAULT_PACKET_LIMITS, PacketGuard, type PacketLimits } from './packet-guard.js';
 
 export interface BrokerOptions {
@@ -102,7 +102,14 @@ export async function createBroker(options: BrokerOptions = {}): Promise<Running
   const log = options.logger ?? silentLogger();
   const cluster = options.cluster ? await openCluster(options.cluster, log) : null;
   const aedes = await Aedes.createBroker({
-    ...(cluster ? { id: options.cluster!.nodeId, mq: cluster.mq, persistence: cluster.persistence } : {}),
+    ...(cluster
+      ? {
+          id: options.cluster!.nodeId,
+          mq: cluster.mq,
+          persistence: cluster.persistence,
+          ...(options.cluster!.heartbeatIntervalMs ? { heartbeatInterval: options.cluster!.heartbeatIntervalMs } : {}),
+        }
+      : {}),
     maxClientsIdLength: options.maxClientIdLength ?? 128,
     queueLimit: options.queueLimit ?? 100_000,
     connectTimeout: options.connectTimeoutMs ?? 30_000,
@@ -111,7 +118,10 @@ export async function createBroker(options: BrokerOptions = {}): Promise<Running
   });
   aedes.on('clientError', (client, err) => log.warn({ client: client?.id, err: err.message }, 'client error'));
   aedes.on('connectionError', (client, err) => log.warn({ client: client?.id, err: err.message }, 'connection error'));
-  aedes.on('client', (client) => log.debug({ client: client.id }, 'client connected'));
+  aedes.on('client', (client) => {
+    log.debug({ client: client.id }, 'client connected');
+    if (cluster) dropWillsElsewhere(aedes as unknown as Parameters<typeof dropWillsElsewhere>[0], client.id, log);
+  });
   aedes.on('clientDisconnect', (client) => log.debug({ client: client.id }, 'client disconnected'));
 
   const sockets = new Set<Socket>();

@@ -10,6 +10,8 @@ export interface ClusterOptions {
   redisUrl: string;
   /** This node's id, unique in the cluster (Aedes' broker id). */
   nodeId: string;
+  /** Aedes' heartbeat between nodes, ms: a node silent for 3 of them is dead and its clients' wills are published. The same on every node. Default 60000. */
+  heartbeatIntervalMs?: number;
   /** How long a starting node waits for Redis, ms. Default 10000. */
   connectTimeoutMs?: number;
 }
@@ -48,6 +50,20 @@ export function redisOptions(redisUrl: string): { host: string; port: number; us
     ...(url.password ? { password: decodeURIComponent(url.password) } : {}),
     db,
   };
+}
+
+/**
+ * A client that connects to this node is alive: drop the wills it left on other nodes. Without
+ * this, when a node dies, its clients' wills (an agent's retained `offline` status) are published
+ * by a surviving node minutes later, after those clients already moved over and said `online`.
+ */
+export function dropWillsElsewhere(aedes: { id: string; brokers: Record<string, number>; persistence: unknown }, clientId: string, log: Logger): void {
+  const persistence = aedes.persistence as { delWill(client: { id: string; brokerId: string }): Promise<unknown> };
+  for (const brokerId of Object.keys(aedes.brokers))
+    if (brokerId !== aedes.id)
+      persistence
+        .delWill({ id: clientId, brokerId })
+        .catch((err: Error) => log.warn({ err: err.message, client: clientId }, 'cluster: could not drop an old will'));
 }
 
 /** Methods whose results Aedes 1.x pipes: aedes-persistence-redis 11 returns async generators from them, Aedes wants streams. */

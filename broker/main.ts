@@ -54,7 +54,9 @@ export function startBroker(config: Readonly<BrokerConfig>, logger: Logger): Pro
     packetLimits: { maxPacketBytes: config.maxPacketBytes, maxBytesBeforeLogin: config.maxBytesBeforeLogin },
     logger: log,
     plain: config.plainListener,
-    ...(config.cluster ? { cluster: { redisUrl: config.cluster.redisUrl, nodeId: config.cluster.nodeId } } : {}),
+    ...(config.cluster
+      ? { cluster: { redisUrl: config.cluster.redisUrl, nodeId: config.cluster.nodeId, heartbeatIntervalMs: config.cluster.heartbeatIntervalMs } }
+      : {}),
     ...(tls ? { tls } : {}),
     ...(hooks ? { hooks } : {}),
   });

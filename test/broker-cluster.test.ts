@@ -14,8 +14,23 @@ import { redisMissing, startRedis } from './support/redis.js';
 const skip = redisMissing();
 
 /** One node of a cluster in this process. */
-function clusterNode(redisUrl: string, nodeId: string): Promise<RunningBroker> {
-  return createBroker({ host: '127.0.0.1', port: 0, cluster: { redisUrl, nodeId } });
+function clusterNode(redisUrl: string, nodeId: string, heartbeatIntervalMs?: number): Promise<RunningBroker> {
+  return createBroker({ host: '127.0.0.1', port: 0, cluster: { redisUrl, nodeId, ...(heartbeatIntervalMs ? { heartbeatIntervalMs } : {}) } });
+}
+
+/** The retained payloads (text) on one topic, from a fresh client. */
+async function retainedPayloads(url: string, topic: string): Promise<string[]> {
+  const client = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0 });
+  const got: string[] = [];
+  client.on('message', (_t, payload, packet) => {
+    if (packet.retain) got.push(payload.toString('utf8'));
+  });
+  await client.subscribeAsync(topic, { qos: 1 });
+  // A retained message comes right after the SUBACK; a ping round trip after it proves nothing more is queued.
+  await client.publishAsync(`${topic}/probe-none`, '', { qos: 1 }).catch(() => undefined);
+  await waitFor('the retained status', () => got.length > 0, 10_000);
+  await client.endAsync();
+  return got;
 }
 
 /** Retained messages a fresh client gets from `url` under `filter`. */
@@ -112,9 +127,16 @@ test(
     let proxy: TcpProxy | null = null;
     const agents: RunningAgent[] = [];
     try {
-      nodeA = await clusterNode(redis.url, 'node-a');
+      // Short node heartbeats, so that node A declares node B dead (and handles its wills) within the test.
+      const heartbeatIntervalMs = 1000;
+      nodeA = await clusterNode(redis.url, 'node-a', heartbeatIntervalMs);
       const portB = await freePort();
-      const configB = procs.writeConfig('node-b', { host: '127.0.0.1', port: portB, allowAnonymous: true, cluster: { redisUrl: redis.url, nodeId: 'node-b' } });
+      const configB = procs.writeConfig('node-b', {
+        host: '127.0.0.1',
+        port: portB,
+        allowAnonymous: true,
+        cluster: { redisUrl: redis.url, nodeId: 'node-b', heartbeatIntervalMs },
+      });
       await procs.start('node-b', 'broker', configB);
       // A slow uplink in front of node B, so that site-b is still uploading when node B dies.
       proxy = await TcpProxy.start(portB);
@@ -146,6 +168,14 @@ test(
         assert.ok(stored > storedAtKill, 'site-b was still uploading when node B died');
         // Nothing lost: every chunk stored once; nothing resent beyond what the aggregator lacked when node B died.
         assert.ok(resentB <= stored - storedAtKill, `site-b resent ${resentB} chunks; ${stored - storedAtKill} were missing when node B died`);
+        // Node A declares node B dead and runs its will check twice more: site-b's will from node B must not be published (it is online on A).
+        const brokers = (nodeA.aedes as unknown as { brokers: Record<string, number> }).brokers;
+        await waitFor('node A to declare node B dead', () => !('node-b' in brokers), 60_000, 100);
+        const since = Date.now();
+        await waitFor('two more will checks on node A', () => Date.now() - since > 9 * heartbeatIntervalMs, 60_000, 200);
+        const status = await retainedPayloads(nodeA.url, 'fl/test/agent/site-b/status');
+        assert.equal(status.length, 1);
+        assert.doesNotMatch(status[0]!, /offline/, 'site-b, alive on node A, is not declared offline by its will on dead node B');
         process.stdout.write(
           `# cluster kill: chunks stored ${stored} (at the kill ${storedAtKill}), site-b resent ${resentB}, duplicates ${counters.get('duplicate-chunk')}\n`,
         );

@@ -116,6 +116,8 @@ export const brokerConfigSchema = z
         redisUrl: z.string().regex(/^redis:\/\/[^\s/]+(\/\d+)?$/, 'must look like redis://host:port or redis://host:port/db'),
         /** This node's id, unique among the nodes. */
         nodeId: id,
+        /** Heartbeat between nodes, ms (the same on every node): a node silent for 3 is dead and the wills of its clients not seen since are published. Default 60000. */
+        heartbeatIntervalMs: z.number().int().min(100).default(60_000),
       })
       .optional(),
     logLevel: z.string().optional(),
