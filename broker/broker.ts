@@ -5,6 +5,7 @@ import { ErrorCodes } from '../shared/protocol/errors.js';
 import type { Counters } from '../shared/util/counters.js';
 import type { Logger } from '../shared/util/logger.js';
 import { silentLogger } from '../shared/util/logger.js';
+import { dropWillsElsewhere, openCluster, type ClusterOptions } from './cluster.js';
 import { DEFAULT_PACKET_LIMITS, PacketGuard, type PacketLimits } from './packet-guard.js';
 
 export interface BrokerOptions {
@@ -25,6 +26,8 @@ export interface BrokerOptions {
   packetLimits?: PacketLimits;
   logger?: Logger;
   counters?: Counters;
+  /** Join a broker cluster: subscriptions, retained messages and messages between nodes go through Redis (broker/cluster.ts). Default: a standalone broker. */
+  cluster?: ClusterOptions;
   /** Security hooks (authentication, ACL); safe defaults when absent: everything allowed. */
   hooks?: Pick<AedesOptions, 'authenticate' | 'authorizePublish' | 'authorizeSubscribe' | 'authorizeForward' | 'preConnect'>;
   /** The plain TCP listener on `port`. Default true; false with `tls` serves TLS only. */
@@ -97,7 +100,16 @@ function guardPackets(socket: Socket, guard: PacketGuard, log: Logger, counters:
  */
 export async function createBroker(options: BrokerOptions = {}): Promise<RunningBroker> {
   const log = options.logger ?? silentLogger();
+  const cluster = options.cluster ? await openCluster(options.cluster, log) : null;
   const aedes = await Aedes.createBroker({
+    ...(cluster
+      ? {
+          id: options.cluster!.nodeId,
+          mq: cluster.mq,
+          persistence: cluster.persistence,
+          ...(options.cluster!.heartbeatIntervalMs ? { heartbeatInterval: options.cluster!.heartbeatIntervalMs } : {}),
+        }
+      : {}),
     maxClientsIdLength: options.maxClientIdLength ?? 128,
     queueLimit: options.queueLimit ?? 100_000,
     connectTimeout: options.connectTimeoutMs ?? 30_000,
@@ -106,7 +118,10 @@ export async function createBroker(options: BrokerOptions = {}): Promise<Running
   });
   aedes.on('clientError', (client, err) => log.warn({ client: client?.id, err: err.message }, 'client error'));
   aedes.on('connectionError', (client, err) => log.warn({ client: client?.id, err: err.message }, 'connection error'));
-  aedes.on('client', (client) => log.debug({ client: client.id }, 'client connected'));
+  aedes.on('client', (client) => {
+    log.debug({ client: client.id }, 'client connected');
+    if (cluster) dropWillsElsewhere(aedes as unknown as Parameters<typeof dropWillsElsewhere>[0], client.id, log);
+  });
   aedes.on('clientDisconnect', (client) => log.debug({ client: client.id }, 'client disconnected'));
 
   const sockets = new Set<Socket>();
@@ -139,7 +154,7 @@ export async function createBroker(options: BrokerOptions = {}): Promise<Running
     const server = createServer(accept);
     servers.push(server);
     plainPort = await listen(server, options.port ?? 1883, 'mqtt');
-    log.info({ host, port: plainPort }, 'broker listening');
+    log.info({ host, port: plainPort, ...(options.cluster ? { nodeId: options.cluster.nodeId } : {}) }, 'broker listening');
   }
   let tlsPort: number | null = null;
   if (options.tls) {
@@ -170,8 +185,10 @@ export async function createBroker(options: BrokerOptions = {}): Promise<Running
         for (const server of servers) server.close(() => undefined);
         aedes.close(() => {
           for (const s of sockets) s.destroy();
-          log.info('broker closed');
-          resolve();
+          void (cluster?.closePersistence() ?? Promise.resolve()).then(() => {
+            log.info('broker closed');
+            resolve();
+          });
         });
       });
       return closing;

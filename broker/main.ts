@@ -56,6 +56,9 @@ export async function startBroker(config: Readonly<BrokerConfig>, logger: Logger
     packetLimits: { maxPacketBytes: config.maxPacketBytes, maxBytesBeforeLogin: config.maxBytesBeforeLogin },
     logger: log,
     plain: config.plainListener,
+    ...(config.cluster
+      ? { cluster: { redisUrl: config.cluster.redisUrl, nodeId: config.cluster.nodeId, heartbeatIntervalMs: config.cluster.heartbeatIntervalMs } }
+      : {}),
     ...(tls ? { tls } : {}),
     ...(hooks ? { hooks } : {}),
   });

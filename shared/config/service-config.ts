@@ -21,9 +21,16 @@ export const backendPreferences = ['auto', 'tensorflow', 'wasm', 'cpu'] as const
 export type BackendPreference = (typeof backendPreferences)[number];
 const path = z.string().min(1);
 
+const mqttUrl = z.string().regex(/^mqtts?:\/\/[^\s/]+(:\d+)?\/?$/, 'must look like mqtt://host:port or mqtts://host:port');
+
 export const mqttConfigSchema = z.strictObject({
   /** mqtt://host:port or mqtts://host:port (TLS). */
-  url: z.string().regex(/^mqtts?:\/\/[^\s/]+(:\d+)?\/?$/, 'must look like mqtt://host:port or mqtts://host:port'),
+  url: mqttUrl,
+  /**
+   * The other nodes of a broker cluster (`fedline broker` with `cluster`), tried in turn after `url`
+   * when the connection is lost or cannot be made; each switch is logged. Same credentials and TLS files for all.
+   */
+  urls: z.array(mqttUrl).max(16).optional(),
   username: z.string().optional(),
   /** Inline password; prefer passwordFile on real deployments. */
   password: z.string().optional(),
@@ -110,6 +117,21 @@ export const brokerConfigSchema = z
       })
       .optional(),
     metrics: metricsConfigSchema.optional(),
+    /**
+     * Run as one node of a broker cluster: the nodes share subscriptions, retained messages (models,
+     * round announcements) and every published message through Redis (mqemitter-redis,
+     * aedes-persistence-redis). Clients list every node in their `mqtt.urls` and fail over.
+     */
+    cluster: z
+      .strictObject({
+        /** redis://[user:password@]host:port[/db] of the Redis all nodes use. */
+        redisUrl: z.string().regex(/^redis:\/\/[^\s/]+(\/\d+)?$/, 'must look like redis://host:port or redis://host:port/db'),
+        /** This node's id, unique among the nodes. */
+        nodeId: id,
+        /** Heartbeat between nodes, ms (the same on every node): a node silent for 3 is dead and the wills of its clients not seen since are published. Default 60000. */
+        heartbeatIntervalMs: z.number().int().min(100).default(60_000),
+      })
+      .optional(),
     logLevel: z.string().optional(),
   })
   .superRefine((c, ctx) => {

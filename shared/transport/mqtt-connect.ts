@@ -9,6 +9,7 @@ export function connectMqtt(config: Readonly<MqttConfig>, clientId: string, logg
   const password = mqttPassword(config);
   return MqttTransport.connect({
     url: config.url,
+    ...(config.urls?.length ? { urls: config.urls } : {}),
     clientId,
     ...(config.username !== undefined ? { username: config.username } : {}),
     ...(password !== undefined ? { password } : {}),

@@ -8,6 +8,8 @@ import { Dispatcher, type InboundMessage, type LastWill, type MessageHandler, ty
 export interface MqttTransportOptions {
   /** Broker URL: mqtt://host:port or mqtts://host:port. */
   url: string;
+  /** Further nodes of a broker cluster: after a lost or failed connection, the next URL in [url, ...urls] is tried (MQTT.js `servers`, round robin). */
+  urls?: readonly string[];
   clientId: string;
   username?: string;
   password?: string;
@@ -25,6 +27,21 @@ export interface MqttTransportOptions {
   logger: Logger;
 }
 
+type Server = { host: string; port: number; protocol: 'mqtt' | 'mqtts' };
+
+function serverOf(url: string): Server {
+  const u = new URL(url);
+  const protocol = u.protocol === 'mqtts:' ? 'mqtts' : 'mqtt';
+  return { host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port ? Number(u.port) : protocol === 'mqtts' ? 8883 : 1883, protocol };
+}
+
+/** The URL of the server MQTT.js used for its latest connection (its `servers` rotation writes host, port and protocol into the options). */
+function currentUrl(client: MqttClient, fallback: string): string {
+  const o = client.options as { host?: string; port?: number; protocol?: string };
+  if (!o.host || !o.port || !o.protocol) return fallback;
+  return `${o.protocol}://${o.host.includes(':') ? `[${o.host}]` : o.host}:${o.port}`;
+}
+
 /**
  * The MQTT.js adapter. MQTT 3.1.1 (protocol level 4) because Aedes 1.x speaks only that; clean
  * sessions, with fedline's own acks and resend lists making transfers whole after a reconnect.
@@ -36,18 +53,25 @@ export class MqttTransport implements Transport {
   private readonly events = new EventEmitter();
   private readonly log: Logger;
   private closed = false;
+  private brokerUrl: string;
 
   private constructor(client: MqttClient, options: MqttTransportOptions) {
     this.client = client;
     this.clientId = options.clientId;
     this.log = options.logger;
+    this.brokerUrl = options.url;
     client.on('message', (topic, payload, packet) => {
       const message: InboundMessage = { topic, payload, retain: packet.retain };
       this.dispatcher.dispatch(message, (err, m) => this.log.error({ err, topic: m.topic }, 'message handler failed'));
     });
-    client.on('connect', () => this.events.emit('connect'));
+    client.on('connect', () => {
+      const now = options.urls?.length ? currentUrl(client, options.url) : options.url;
+      if (now !== this.brokerUrl) this.log.warn({ from: this.brokerUrl, to: now }, `MQTT: switched to broker ${now} (was ${this.brokerUrl})`);
+      this.brokerUrl = now;
+      this.events.emit('connect');
+    });
     client.on('offline', () => {
-      if (!this.closed) this.log.warn({ url: options.url }, 'MQTT connection lost; reconnecting');
+      if (!this.closed) this.log.warn({ url: this.brokerUrl }, 'MQTT connection lost; reconnecting');
       this.events.emit('offline');
     });
     client.on('error', (err) => {
@@ -67,6 +91,7 @@ export class MqttTransport implements Transport {
       reconnectPeriod: options.reconnectPeriodMs ?? 1000,
       connectTimeout: options.connectTimeoutMs ?? 10_000,
       resubscribe: true,
+      ...(options.urls?.length ? { servers: [options.url, ...options.urls].map(serverOf) } : {}),
       ...(options.username !== undefined ? { username: options.username } : {}),
       ...(options.password !== undefined ? { password: options.password } : {}),
       ...(options.caFile ? { ca: readFileSync(options.caFile) } : {}),
@@ -108,6 +133,11 @@ export class MqttTransport implements Transport {
       client.on('error', onError);
     });
     return transport;
+  }
+
+  /** The broker node this client is (or was last) connected to. */
+  get url(): string {
+    return this.brokerUrl;
   }
 
   get connected(): boolean {
