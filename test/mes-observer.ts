@@ -14,6 +14,7 @@ export async function mesObserver(url: string, credentials: Pick<MqttTransportOp
   const events: { topic: string; event: Record<string, unknown> & { type: string } }[] = [];
   const updates: { agent: string; type: string; at: number }[] = [];
   const invalid: string[] = [];
+  const badUpdates: string[] = [];
   await t.subscribe(topics.statusAll(), (m) => {
     if (m.payload.byteLength) statuses.push(JSON.parse(m.payload.toString()) as AgentStatus);
   });
@@ -25,10 +26,15 @@ export async function mesObserver(url: string, credentials: Pick<MqttTransportOp
     events.push({ topic: m.topic, event });
   });
   await t.subscribe(topics.updatesAll(), (m) => {
-    const msg = decodeMsgpack(m.payload, updateTopicMessageSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'update' });
-    updates.push({ agent: msg.agent, type: msg.type, at: Date.now() });
+    // Tests send hostile updates on purpose: the observer notes them and keeps listening.
+    try {
+      const msg = decodeMsgpack(m.payload, updateTopicMessageSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'update' });
+      updates.push({ agent: msg.agent, type: msg.type, at: Date.now() });
+    } catch (err) {
+      badUpdates.push(`${m.topic}: ${(err as Error).message}`);
+    }
   });
   const of = (agent: string) => statuses.filter((s) => s.agent === agent);
   const ofType = (type: string) => events.filter((e) => e.event.type === type).map((e) => e.event);
-  return { transport: t, statuses, events, updates, invalid, of, ofType, last: (agent: string) => of(agent).at(-1), close: () => t.close() };
+  return { transport: t, statuses, events, updates, badUpdates, invalid, of, ofType, last: (agent: string) => of(agent).at(-1), close: () => t.close() };
 }

@@ -77,7 +77,9 @@ test(
         dir: dir.path,
         agents: ['s1', 's2'],
         rounds: 2,
-        aggregator: { metrics: { port: 0, host: '127.0.0.1' } },
+        // Every validated candidate is released (no gate at all): inspect, which runs the released
+        // version only, then follows each new model and its version gauge can be checked.
+        aggregator: { metrics: { port: 0, host: '127.0.0.1' }, release: { mode: 'auto', minBalancedAccuracy: null, minDefectRecall: null, maxRegression: null, defectClasses: ['NOT_OKAY'], minSites: 1 } },
         agent: { metrics: { port: 0, host: '127.0.0.1' } },
       });
       mkdirSync(join(dir.path, 'incoming'));
@@ -126,7 +128,7 @@ test(
       const result = await fed.aggregator.aggregator.run();
       assert.equal(result.finalVersion, 2);
       const src = (await listImageFiles(join(dir.path, 'data', 's1'), INSPECTION_CLASSES)).files[0]!.path;
-      await waitFor('inspect on the newest model', async () => (await scrape(urls.inspect)).get('fedline_inspect_model_version') === 2, 60_000, 200);
+      await waitFor('inspect on the newest model (released)', async () => (await scrape(urls.inspect)).get('fedline_inspect_model_version') === 2, 60_000, 200);
       copyFileSync(src, join(dir.path, 'incoming', '.part.tmp'));
       renameSync(join(dir.path, 'incoming', '.part.tmp'), join(dir.path, 'incoming', 'part.png'));
       await waitFor('a verdict counted', async () => sum(await scrape(urls.inspect), 'fedline_inspect_verdicts_total') === 1, 60_000, 200);

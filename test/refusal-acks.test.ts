@@ -104,6 +104,8 @@ test(
       (train!.refusals ?? []).map((r) => [r.agent, r.upload, r.code]),
       [['site-a', 'wrong-size', 'FL_CHUNK_MISMATCH']],
     );
+    // The event goes out as the round closes; the MES may read it a moment after run() returns.
+    await waitFor('round-completed at the MES', () => observer.ofType('round-completed').some((e) => e.round === train!.round), 15_000);
     const completed = observer.ofType('round-completed').find((e) => e.round === train!.round);
     assert.deepEqual(completed?.refusals, train!.refusals, 'the MES gets the refusals in round-completed');
 
