@@ -79,7 +79,10 @@ test(
         rounds: 2,
         // Every validated candidate is released (no gate at all): inspect, which runs the released
         // version only, then follows each new model and its version gauge can be checked.
-        aggregator: { metrics: { port: 0, host: '127.0.0.1' }, release: { mode: 'auto', minBalancedAccuracy: null, minDefectRecall: null, maxRegression: null, defectClasses: ['NOT_OKAY'], minSites: 1 } },
+        aggregator: {
+          metrics: { port: 0, host: '127.0.0.1' },
+          release: { mode: 'auto', minBalancedAccuracy: null, minDefectRecall: null, maxRegression: null, defectClasses: ['NOT_OKAY'], minSites: 1 },
+        },
         agent: { metrics: { port: 0, host: '127.0.0.1' } },
       });
       mkdirSync(join(dir.path, 'incoming'));
