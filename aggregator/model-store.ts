@@ -81,6 +81,11 @@ export interface ModelStore {
   dir(version: number): string;
 }
 
+/**
+ * Over 400 lines: the on-disk layout (model.json, weights, header, meta), its streamed writer,
+ * verification and readers change together, and splitting them would spread one file format over
+ * several files. Release stages are kept apart, in model-registry.ts.
+ */
 export class FsModelStore implements ModelStore {
   readonly root: string;
   /** Serialises meta.json read-modify-write cycles. */

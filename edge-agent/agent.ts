@@ -62,6 +62,11 @@ export { offlineStatus } from './agent-status.js';
  * fetches the base model, evaluates it on the local test split (reported at once), trains, and
  * sends its update in chunks until the aggregator's verdict. A newer announcement, a closed
  * round or stop() aborts the work in progress at the next batch boundary.
+ *
+ * Over 400 lines: one class holds the per-round state every step touches (current work, abort
+ * signal, trainer, counters). Status publishing, local training, base-model checks and run keys
+ * already live beside it (agent-status.ts, local-update.ts, base-model.ts, run-rounds.ts); the
+ * next part to move out is the model fetch and trainer set-up (fetchModel, ensureTrainer).
  */
 export class EdgeAgent extends EventEmitter {
   readonly counters = new Counters();

@@ -1,3 +1,6 @@
+// Over 400 lines on purpose: every service's config schema with each field's unit, default and
+// reason next to it, validated once at start-up. The schemas share the mqtt, model and task parts;
+// the inspection and trigger schemas have their own files (inspect-config.ts, trigger-config.ts).
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
