@@ -15,7 +15,7 @@ import { createTopics } from '../shared/protocol/topics.js';
 import { Counters } from '../shared/util/counters.js';
 import { silentLogger } from '../shared/util/logger.js';
 import { FakeClock } from './fake-clock.js';
-import { tempDir } from './helpers.js';
+import { tempDir, waitFor } from './helpers.js';
 
 /**
  * Flow-control credit on the aggregator's side (aggregator/upload-collector.ts): the configured
@@ -135,7 +135,8 @@ test('when one upload ends, the upload still in progress is granted the larger c
       bundleBytes: a.byteLength,
       sha256: createHash('sha256').update(a).digest('hex'),
     });
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    // The verdict comes after the bundle is verified and spooled (asynchronous file writes): wait for it.
+    await waitFor('the verdict for a', () => acks.at(-1)?.status === 'accepted', 30_000, 5);
 
     // Assert: progress to a at a quarter of its 8-chunk share; b re-granted the whole 16 when a ended; a accepted.
     assert.ok(acks.some((x) => x.agent === 'a' && x.status === 'progress' && x.window === 8));
