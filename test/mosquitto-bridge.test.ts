@@ -240,3 +240,35 @@ test('bridge: HQ restarted, the bridge reconnects: what was queued at the plant 
     );
   });
 });
+
+test(
+  "bridge: the plant's link is down for a while: HQ's ack and new announcement wait in the bridge's session at HQ, the plant's update at the plant; both cross once it is back",
+  { skip, timeout: 180_000 },
+  async () => {
+    await withBrokers('bridge-outage', async (b) => {
+      const agg = await b.connect('hq', 'aggregator');
+      const atHq = await subscribeAll(agg, [`${HQ_ROOT}/round/+/update/+`]);
+      const service = await b.connect('plant', PLANT_AGENT);
+      const down = await subscribeAll(service, [`${HQ_ROOT}/round`, `${HQ_ROOT}/round/+/ack/${PLANT_AGENT}`]);
+
+      b.link.setDown(true); // the WAN link: connections cut, new ones refused
+      await b.waitBridge(false);
+      const round = randomBytes(300);
+      await agg.publishAsync(`${HQ_ROOT}/round/3/ack/${PLANT_AGENT}`, Buffer.from('missing 4,5'), { qos: 1 });
+      await agg.publishAsync(`${HQ_ROOT}/round`, round, { qos: 1, retain: true });
+      const update = randomBytes(CHUNK_BYTES);
+      await service.publishAsync(`${HQ_ROOT}/round/3/update/${PLANT_AGENT}`, update, { qos: 1 });
+      b.link.setDown(false);
+      await b.waitBridge(true);
+
+      await waitFor(
+        'the ack and announcement at the plant',
+        () => down.some((m) => m.payload.equals(round)) && down.some((m) => m.payload.toString() === 'missing 4,5'),
+        30_000,
+      );
+      await waitFor('the update at HQ', () => atHq.some((m) => m.payload.equals(update)), 30_000);
+      assert.equal(down.filter((m) => m.payload.toString() === 'missing 4,5').length, 1, 'the ack came once');
+      assert.equal(atHq.filter((m) => m.payload.equals(update)).length, 1, 'the update came once');
+    });
+  },
+);

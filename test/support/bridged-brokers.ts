@@ -34,6 +34,8 @@ export interface BridgedBrokers {
   bridgeStates: string[];
   /** An MQTT client logged in as `user` (ended by stop()). */
   connect(broker: 'hq' | 'plant', user: string, options?: IClientOptions): Promise<MqttClient>;
+  /** Wait until the plant broker reports the bridge `up` ("1") or down ("0"). */
+  waitBridge(up: boolean, timeoutMs?: number): Promise<void>;
   /** Stop HQ's Mosquitto (SIGTERM: it saves its persistence file) and wait until the plant sees the bridge down. */
   stopHq(): Promise<void>;
   /** Start HQ again on the same port and folder (its persistence), and wait until the bridge is up again. */
@@ -96,12 +98,15 @@ export async function startBridgedBrokers(bin: string, dir: string): Promise<Bri
     await link.close();
     await hq.stop();
   };
+  // restart_timeout 2 30 in plant.conf: the first retry comes 2-6 s after the link was lost.
+  const waitBridge = (up: boolean, timeoutMs = 60_000) =>
+    waitFor(up ? 'the plant bridge to connect to HQ' : 'the plant to see the bridge down', () => bridgeStates.at(-1) === (up ? '1' : '0'), timeoutMs);
   try {
     // The plant's MES may read the bridge's state (plant-access.json): the event to wait on.
     const mes = await connect('plant', 'mes');
     mes.on('message', (_topic, payload) => bridgeStates.push(payload.toString('utf8')));
     await mes.subscribeAsync(BRIDGE_STATE_TOPIC, { qos: 1 });
-    await waitFor('the plant bridge to connect to HQ', () => bridgeStates.at(-1) === '1', 30_000);
+    await waitBridge(true, 30_000);
   } catch (err) {
     await stop();
     throw err;
@@ -114,14 +119,14 @@ export async function startBridgedBrokers(bin: string, dir: string): Promise<Bri
     link,
     bridgeStates,
     connect,
+    waitBridge,
     async stopHq() {
       await hq.stop();
-      await waitFor('the plant to see the bridge down', () => bridgeStates.at(-1) === '0', 30_000);
+      await waitBridge(false);
     },
     async startHq() {
       hq = await startHqBroker(bin, hqDir, hq.port);
-      // restart_timeout 2 30 in plant.conf: the first retry comes 2-6 s after the link was lost.
-      await waitFor('the plant bridge to reconnect to HQ', () => bridgeStates.at(-1) === '1', 60_000);
+      await waitBridge(true);
     },
     stop,
   };
