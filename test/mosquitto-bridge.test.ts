@@ -180,6 +180,7 @@ test(
       assert.equal(acks[0]!.payload.toString(), 'accepted');
       const downBytes = b.link.bytesToClients - downBefore;
       assert.ok(downBytes < 1024, `${downBytes} bytes came down for one small ack (another plant's 64 KiB ack stayed at HQ)`);
+      console.log(`bridge: another plant's 64 KiB ack and this plant's 8-byte ack at HQ -> ${downBytes} bytes down to the plant`);
     });
   },
 );
