@@ -2,7 +2,10 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { accessFileSchema, type AccessFile } from '../../broker/access.js';
-import { startMosquitto, testPassword, type RunningMosquitto } from '../../demo/mosquitto.js';
+import { startBroker } from '../../broker/main.js';
+import { startMosquitto, testPassword, writeAuthFiles, type RunningMosquitto } from '../../demo/mosquitto.js';
+import { brokerConfigSchema, parseConfig } from '../../shared/config/service-config.js';
+import { silentLogger } from '../../shared/util/logger.js';
 import { REPO_ROOT, waitFor } from '../helpers.js';
 import { TcpProxy } from './tcp-proxy.js';
 
@@ -10,7 +13,9 @@ import { TcpProxy } from './tcp-proxy.js';
  * Headquarters and one plant, two real Mosquitto processes started from the shipped
  * examples/mosquitto-bridge/ files (hq.conf, plant.conf and their ACLs), changed only where a test
  * must: loopback ports, temp folders, test passwords. The plant's bridge reaches HQ through a
- * loopback TCP proxy that counts the bytes each way: what crosses the plant's link.
+ * loopback TCP proxy that counts the bytes each way: what crosses the plant's link. Headquarters
+ * may also be the embedded broker (`fedline broker`, with hq-access.json): Mosquitto's bridge is
+ * the plant's, the HQ end is any broker that takes a bridge.
  */
 
 export const EXAMPLE_DIR = join(REPO_ROOT, 'examples', 'mosquitto-bridge');
@@ -25,8 +30,17 @@ export const BRIDGE_STATE_TOPIC = `$SYS/broker/connection/${PLANT_AGENT}/state`;
 export const loadAccess = (file: string): AccessFile => accessFileSchema.parse(JSON.parse(readFileSync(join(EXAMPLE_DIR, file), 'utf8')));
 export const credentials = (user: string) => ({ username: user, password: testPassword(user) });
 
+/** Headquarters' broker: Mosquitto from hq.conf, or the embedded broker (`fedline broker`) with hq-access.json. */
+export type HqKind = 'mosquitto' | 'embedded';
+
+interface HqBroker {
+  url: string;
+  port: number;
+  stop(): Promise<void>;
+}
+
 export interface BridgedBrokers {
-  hq: RunningMosquitto;
+  hq: HqBroker;
   plant: RunningMosquitto;
   /** Between the plant's bridge and HQ: bytesFromClients went into HQ, bytesToClients came down to the plant. */
   link: TcpProxy;
@@ -43,7 +57,19 @@ export interface BridgedBrokers {
   stop(): Promise<void>;
 }
 
-async function startHqBroker(bin: string, dir: string, port?: number): Promise<RunningMosquitto> {
+async function startHqBroker(kind: HqKind, bin: string, dir: string, port?: number): Promise<HqBroker> {
+  if (kind === 'embedded') {
+    const auth = writeAuthFiles(dir, loadAccess('hq-access.json'));
+    const broker = await startBroker(
+      parseConfig(
+        brokerConfigSchema,
+        { host: '127.0.0.1', port: port ?? 0, auth: { passwordFile: auth.passwordFile, accessFile: auth.accessFile } },
+        'HQ broker',
+      ),
+      silentLogger(),
+    );
+    return { url: broker.url, port: broker.port, stop: () => broker.close() };
+  }
   return startMosquitto(bin, dir, {
     confFile: join(EXAMPLE_DIR, 'hq.conf'),
     access: loadAccess('hq-access.json'),
@@ -61,13 +87,13 @@ function bridgeRewrite(linkPort: number): (line: string) => string {
   };
 }
 
-export async function startBridgedBrokers(bin: string, dir: string): Promise<BridgedBrokers> {
+export async function startBridgedBrokers(bin: string, dir: string, hqKind: HqKind = 'mosquitto'): Promise<BridgedBrokers> {
   const hqDir = join(dir, 'hq');
   const plantDir = join(dir, 'plant');
   mkdirSync(hqDir);
   mkdirSync(plantDir);
   const clients: MqttClient[] = [];
-  let hq = await startHqBroker(bin, hqDir);
+  let hq = await startHqBroker(hqKind, bin, hqDir);
   const link = await TcpProxy.start(hq.port);
   const plant = await startMosquitto(bin, plantDir, {
     confFile: join(EXAMPLE_DIR, 'plant.conf'),
@@ -125,7 +151,7 @@ export async function startBridgedBrokers(bin: string, dir: string): Promise<Bri
       await waitBridge(false);
     },
     async startHq() {
-      hq = await startHqBroker(bin, hqDir, hq.port);
+      hq = await startHqBroker(hqKind, bin, hqDir, hq.port);
       await waitBridge(true);
     },
     stop,
