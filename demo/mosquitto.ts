@@ -102,9 +102,10 @@ export interface RunningMosquitto {
 }
 
 /**
- * Start Mosquitto with the repository's mosquitto.conf, changed only where a test must: the
- * listener (a free loopback port), the persistence/log locations, and the password and ACL files
- * (a temp folder, made from the test access file by the same code as `fedline acl`).
+ * Start Mosquitto with the repository's mosquitto.conf (or `confFile`, e.g. a shipped example),
+ * changed only where a test must: the listener (a free loopback port), the persistence/log
+ * locations, and the password and ACL files (a temp folder, made from the test access file by the
+ * same code as `fedline acl`, or a copy of `aclFile`), plus what `rewrite` changes.
  */
 export async function startMosquitto(bin: string, dir: string, options: MosquittoOptions = {}): Promise<RunningMosquitto> {
   const port = options.port ?? (await freeTcpPort());
