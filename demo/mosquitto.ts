@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -82,6 +82,12 @@ export interface MosquittoOptions {
   tls?: { cert: string; key: string; ca: string; requireCertificate: boolean; identityAsUsername: boolean };
   /** Listen on this port instead of a free one (a restart on the same address). */
   port?: number;
+  /** Start from this configuration file instead of the repository's mosquitto.conf (e.g. examples/mosquitto-bridge/plant.conf). */
+  confFile?: string;
+  /** Use this ACL file as it is (a shipped one) instead of the one rendered from `access`; `access` still names the users that get passwords. */
+  aclFile?: string;
+  /** Further changes, line by line, for settings the launcher does not know (a bridge's address and password); return the line unchanged otherwise. */
+  rewrite?: (line: string) => string;
 }
 
 export interface RunningMosquitto {
@@ -96,14 +102,16 @@ export interface RunningMosquitto {
 }
 
 /**
- * Start Mosquitto with the repository's mosquitto.conf, changed only where a test must: the
- * listener (a free loopback port), the persistence/log locations, and the password and ACL files
- * (a temp folder, made from the test access file by the same code as `fedline acl`).
+ * Start Mosquitto with the repository's mosquitto.conf (or `confFile`, e.g. a shipped example),
+ * changed only where a test must: the listener (a free loopback port), the persistence/log
+ * locations, and the password and ACL files (a temp folder, made from the test access file by the
+ * same code as `fedline acl`, or a copy of `aclFile`), plus what `rewrite` changes.
  */
 export async function startMosquitto(bin: string, dir: string, options: MosquittoOptions = {}): Promise<RunningMosquitto> {
   const port = options.port ?? (await freeTcpPort());
   const auth = writeAuthFiles(dir, options.access ?? testAccess(), options.extraUsers);
-  let conf = mosquittoConf(port, dir, auth);
+  if (options.aclFile) copyFileSync(options.aclFile, auth.aclFile);
+  let conf = mosquittoConf(options.confFile ?? MOSQUITTO_CONF, port, dir, auth, options.rewrite);
   let tlsPort: number | null = null;
   if (options.tls) {
     tlsPort = await freeTcpPort();
@@ -134,9 +142,9 @@ export async function startMosquitto(bin: string, dir: string, options: Mosquitt
   };
 }
 
-/** The repository's mosquitto.conf with this run's listener, folders, password and ACL files. */
-function mosquittoConf(port: number, dir: string, auth: AuthFiles): string {
-  const conf = readFileSync(MOSQUITTO_CONF, 'utf8')
+/** A configuration file (the repository's mosquitto.conf by default) with this run's listener, folders, password and ACL files. */
+function mosquittoConf(file: string, port: number, dir: string, auth: AuthFiles, rewrite: (line: string) => string = (l) => l): string {
+  const conf = readFileSync(file, 'utf8')
     .split('\n')
     .map((line) => {
       if (/^\s*listener\s+\d+/.test(line)) return `listener ${port} 127.0.0.1`;
@@ -145,7 +153,7 @@ function mosquittoConf(port: number, dir: string, auth: AuthFiles): string {
       if (/^\s*password_file\s/.test(line)) return `password_file ${auth.passwordFile}`;
       if (/^\s*acl_file\s/.test(line)) return `acl_file ${auth.aclFile}`;
       if (/^\s*(pid_file|user)\s/.test(line)) return `# (test) ${line}`;
-      return line;
+      return rewrite(line);
     })
     .join('\n');
   // Started as root, Mosquitto drops to the `mosquitto` user, which cannot read our 0700 temp folder.
