@@ -75,7 +75,11 @@ export class BenchTrainer implements Trainer {
   }
 }
 
-async function startSite(spec: HostSpec, site: HostSpec['agents'][number], log: ReturnType<typeof createLogger>): Promise<{ agent: EdgeAgent; transport: MqttTransport }> {
+async function startSite(
+  spec: HostSpec,
+  site: HostSpec['agents'][number],
+  log: ReturnType<typeof createLogger>,
+): Promise<{ agent: EdgeAgent; transport: MqttTransport }> {
   const config = parseConfig(
     agentConfigSchema,
     {

@@ -40,7 +40,8 @@ export interface RunningRedis {
 
 /** A throw-away redis-server on a free loopback port, nothing saved to disk. */
 export async function startRedis(): Promise<RunningRedis> {
-  if (!redisAvailable()) throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${REDIS_SERVER} is not installed (Debian package redis-server): two broker nodes need it`);
+  if (!redisAvailable())
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${REDIS_SERVER} is not installed (Debian package redis-server): two broker nodes need it`);
   const port = await freePort();
   const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));

@@ -89,14 +89,20 @@ export function printFinal(results: ScaleResult[], say: (s: string) => void): vo
     const time = hi.meanRoundS / lo.meanRoundS;
     const bytes = hi.bytesPerRound / lo.bytesPerRound;
     say(`\n${label}, ${lo.agents} -> ${hi.agents} agents:`);
-    say(`  aggregator peak RSS ${f1(lo.aggregator.peakMiB)} -> ${f1(hi.aggregator.peakMiB)} MiB: ${rss >= 0 ? '+' : ''}${f1(rss * 100)} % (goal < 10 %: ${rss < 0.1 ? 'met' : 'MISSED'})`);
-    say(`  round time x${f2(time)}, bytes per round x${f2(bytes)}: ratio ${f2(time / bytes)} (goal <= 1, round time grows no faster than bytes: ${time <= bytes ? 'met' : 'MISSED'})`);
+    say(
+      `  aggregator peak RSS ${f1(lo.aggregator.peakMiB)} -> ${f1(hi.aggregator.peakMiB)} MiB: ${rss >= 0 ? '+' : ''}${f1(rss * 100)} % (goal < 10 %: ${rss < 0.1 ? 'met' : 'MISSED'})`,
+    );
+    say(
+      `  round time x${f2(time)}, bytes per round x${f2(bytes)}: ratio ${f2(time / bytes)} (goal <= 1, round time grows no faster than bytes: ${time <= bytes ? 'met' : 'MISSED'})`,
+    );
     const t = leastSquares(rs.map((r) => ({ x: r.agents, y: r.meanRoundS })));
     const b = leastSquares(rs.map((r) => ({ x: r.agents, y: Math.max(...r.brokers.map((x) => x.peakMiB)) })));
     const a = leastSquares(rs.map((r) => ({ x: r.agents, y: r.aggregator.peakMiB })));
     const at = (fit: { a: number; b: number }) => fit.a + fit.b * 1000;
     say(`  least squares over ${rs.length} points (N = agents): round s = ${f2(t.a)} + ${f2(t.b)} N -> ${f1(at(t))} s at N = 1000`);
-    say(`    broker node peak MiB = ${f1(b.a)} + ${f2(b.b)} N -> ${f1(at(b))} MiB; aggregator peak MiB = ${f1(a.a)} + ${f2(a.b)} N -> ${f1(at(a))} MiB at N = 1000`);
-    say(`    bytes per round at N = 1000: ${f1((hi.bytesPerRound / hi.agents) * 1000 / 1e9)} GB`);
+    say(
+      `    broker node peak MiB = ${f1(b.a)} + ${f2(b.b)} N -> ${f1(at(b))} MiB; aggregator peak MiB = ${f1(a.a)} + ${f2(a.b)} N -> ${f1(at(a))} MiB at N = 1000`,
+    );
+    say(`    bytes per round at N = 1000: ${f1(((hi.bytesPerRound / hi.agents) * 1000) / 1e9)} GB`);
   }
 }

@@ -29,11 +29,13 @@ import { agentId, forkPeer, MemorySampler, startBroker, startService, type Broke
  *   --rounds N                 training rounds per configuration (1)
  *   --agents-per-process K     agents per agent-host process (50)
  *   --deadline-s S             the aggregator's round deadline (7200)
+ *   --chunk-kib N              chunk size of models and updates, KiB (256, the aggregator's default)
+ *   --encoding E               update encoding announced to the agents: f32, f16, q8 (f32, the default)
  *   --json FILE                results (default: a new file in the temp folder; its path is printed)
  *   --keep                     keep the work folder (logs, journals)
  */
 
-const USAGE = `usage: node dist/bench/scale.js [--agents 10,100,300] [--sizes 1,50] [--nodes 1,2] [--rounds N] [--agents-per-process K] [--deadline-s S] [--json FILE] [--keep]
+const USAGE = `usage: node dist/bench/scale.js [--agents 10,100,300] [--sizes 1,50] [--nodes 1,2] [--rounds N] [--agents-per-process K] [--deadline-s S] [--chunk-kib N] [--encoding f32|f16|q8] [--json FILE] [--keep]
   (see the comment at the top of bench/scale.ts)`;
 
 const { values: args } = parseArgs({
@@ -45,6 +47,8 @@ const { values: args } = parseArgs({
     rounds: { type: 'string', default: '1' },
     'agents-per-process': { type: 'string', default: '50' },
     'deadline-s': { type: 'string', default: '7200' },
+    'chunk-kib': { type: 'string', default: '256' },
+    encoding: { type: 'string', default: 'f32' },
     json: { type: 'string' },
     keep: { type: 'boolean', default: false },
   },
@@ -82,7 +86,12 @@ function configurations(): ScaleConfig[] {
 function aggregatorConfig(c: ScaleConfig, federation: string, brokers: Broker[], stateDir: string, ids: string[], modelBytes: number) {
   return {
     federation,
-    mqtt: { url: brokers[0]!.url, ...(brokers.length > 1 ? { urls: brokers.slice(1).map((b) => b.url) } : {}), username: 'aggregator', password: testPassword('aggregator') },
+    mqtt: {
+      url: brokers[0]!.url,
+      ...(brokers.length > 1 ? { urls: brokers.slice(1).map((b) => b.url) } : {}),
+      username: 'aggregator',
+      password: testPassword('aggregator'),
+    },
     stateDir,
     agents: ids,
     rounds: c.rounds,
@@ -92,6 +101,8 @@ function aggregatorConfig(c: ScaleConfig, federation: string, brokers: Broker[],
     // Hundreds of agents connecting on two shared cores take a while.
     waitForAgentsMs: 600_000,
     maxUpdateBytes: 2 * modelBytes + 2 ** 20,
+    chunkBytes: list(args['chunk-kib'], 'chunk-kib')[0]! * 1024,
+    encoding: args.encoding,
     task: { epochs: 1, batchSize: 32, learningRate: 0.01, optimizer: 'sgd', federated: 'all' },
     model: { architecture: 'small-cnn', inputShape: [224, 224, 3], classes: [...INSPECTION_CLASSES], normalization: 'imagenet' },
     evaluateFinalModel: true,
@@ -150,7 +161,11 @@ async function runConfiguration(c: ScaleConfig): Promise<ScaleResult> {
     sampler.watch(aggregator.proc.pid);
     const limitMs = (c.rounds + 1) * Number(args['deadline-s']) * 1000 + 600_000;
     const code = await Promise.race([aggregator.exited, new Promise<string>((r) => setTimeout(() => r('timeout'), limitMs).unref())]);
-    if (code !== 0) throw new FedlineError(ErrorCodes.ABORTED, `aggregator ${code === 'timeout' ? 'did not finish in time' : `exited with ${code}`}; see ${join(dir, 'aggregator.log')}`);
+    if (code !== 0)
+      throw new FedlineError(
+        ErrorCodes.ABORTED,
+        `aggregator ${code === 'timeout' ? 'did not finish in time' : `exited with ${code}`}; see ${join(dir, 'aggregator.log')}`,
+      );
     await Promise.all(hosts.map((h) => h.next('complete', 300_000)));
     sampler.sample();
     const journal = JSON.parse(readFileSync(join(stateDir, 'journal.json'), 'utf8')) as Journal;
@@ -208,7 +223,13 @@ function summarize(
     brokers,
     brokersCpuSPerGB: brokers.reduce((s, b) => s + b.cpuS, 0) / (gbUp + gbDown),
     redis: p.redis ? processMeasure(sampler, [p.redis.pid], from, to, gbUp + gbDown) : null,
-    agentHosts: processMeasure(sampler, p.hosts.map((h) => h.proc.pid!), from, to, gbUp + gbDown),
+    agentHosts: processMeasure(
+      sampler,
+      p.hosts.map((h) => h.proc.pid!),
+      from,
+      to,
+      gbUp + gbDown,
+    ),
     wallS: (Date.now() - p.began) / 1000,
   };
 }
@@ -217,7 +238,9 @@ async function main(): Promise<void> {
   const configs = configurations();
   if (configs.some((c) => c.nodes > 1) && !redisAvailable())
     throw new FedlineError(ErrorCodes.CONFIG_INVALID, 'two broker nodes need redis-server (Debian package redis-server); or run with --nodes 1');
-  say(`fedline bench:scale: ${configs.length} configuration(s), ${configs[0]!.rounds} training round(s) each, ${configs[0]!.agentsPerProcess} agents per host process`);
+  say(
+    `fedline bench:scale: ${configs.length} configuration(s), ${configs[0]!.rounds} training round(s) each, ${configs[0]!.agentsPerProcess} agents per host process, chunks of ${args['chunk-kib']} KiB, ${args.encoding} updates`,
+  );
   say(`machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; work folder ${root}`);
   const json = args.json ?? join(tmpdir(), `fedline-bench-scale-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   const results: ScaleResult[] = [];

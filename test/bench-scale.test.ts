@@ -3,12 +3,35 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { ScaleResult } from '../bench/scale-result.js';
 import { REPO_ROOT, tempDir } from './helpers.js';
 
 const SCALE = join(REPO_ROOT, 'dist', 'bench', 'scale.js');
 /** The two-node configuration needs Debian's redis-server (.ci/run installs it); without it only one node runs. */
 const redis = existsSync('/usr/bin/redis-server');
+
+/** The parts of a bench:scale result (bench/scale-result.ts, ScaleResult) this test reads; test/ does not import bench/. */
+interface Measure {
+  peakMiB: number;
+}
+interface ScaleResult {
+  nodes: number;
+  modelBytes: number;
+  updateBytes: number;
+  resentChunks: number;
+  aggregator: Measure;
+  brokers: Measure[];
+  redis: Measure | null;
+  agentHosts: Measure;
+  roundsMeasured: {
+    seconds: number;
+    selected: number;
+    lost: number;
+    verified: number;
+    bytesUp: number;
+    bytesDown: number;
+    phases: Record<'baseFetched' | 'lastChunk' | 'allAccepted' | 'modelStored' | 'modelPublished' | 'newVerified', number>;
+  }[];
+}
 
 /** `npm run bench:scale` at a tiny size, as its own process, so the benchmark keeps working between the long runs. */
 test('bench:scale at a tiny size: every update aggregated, every agent verifies the new model, the table printed', { timeout: 150_000 }, async () => {
