@@ -38,12 +38,14 @@ export interface RunningRedis {
   stop(): Promise<void>;
 }
 
-/** A throw-away redis-server on a free loopback port, nothing saved to disk. */
-export async function startRedis(): Promise<RunningRedis> {
+/** A throw-away redis-server on a free loopback port, nothing saved to disk; its log in `logFile`. */
+export async function startRedis(logFile: string, extraArgs: string[] = []): Promise<RunningRedis> {
   if (!redisAvailable())
     throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${REDIS_SERVER} is not installed (Debian package redis-server): two broker nodes need it`);
   const port = await freePort();
-  const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--logfile', logFile, ...extraArgs], {
+    stdio: 'ignore',
+  });
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   const stop = async () => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');

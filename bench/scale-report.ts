@@ -103,6 +103,13 @@ export function printFinal(results: ScaleResult[], say: (s: string) => void): vo
     say(
       `    broker node peak MiB = ${f1(b.a)} + ${f2(b.b)} N -> ${f1(at(b))} MiB; aggregator peak MiB = ${f1(a.a)} + ${f2(a.b)} N -> ${f1(at(a))} MiB at N = 1000`,
     );
+    // CPU per round of the central services: on a machine with a core per process, the busiest one bounds the round.
+    const perRound = (pick: (r: ScaleResult) => number) => leastSquares(rs.map((r) => ({ x: r.agents, y: pick(r) / r.rounds })));
+    const bc = perRound((r) => Math.max(...r.brokers.map((x) => x.cpuS)));
+    const ac = perRound((r) => r.aggregator.cpuS);
+    say(
+      `    CPU-s per round: busiest broker node = ${f2(bc.a)} + ${f3(bc.b)} N -> ${f1(at(bc))}; aggregator = ${f2(ac.a)} + ${f3(ac.b)} N -> ${f1(at(ac))} at N = 1000`,
+    );
     say(`    bytes per round at N = 1000: ${f1(((hi.bytesPerRound / hi.agents) * 1000) / 1e9)} GB`);
   }
 }

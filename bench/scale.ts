@@ -58,6 +58,8 @@ if (args.help) {
   process.exit(0);
 }
 
+/** BENCH_REDIS_ARGS: extra redis-server arguments, space-separated (e.g. to try other client-output-buffer-limit values). */
+const REDIS_ARGS = (process.env.BENCH_REDIS_ARGS ?? '').split(' ').filter(Boolean);
 const HOST = fileURLToPath(new URL('./scale-peer.js', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'fedline-bench-scale-'));
 const say = (s: string) => process.stdout.write(s + '\n');
@@ -143,7 +145,7 @@ async function runConfiguration(c: ScaleConfig): Promise<ScaleResult> {
   let aggregator: Service | null = null;
   let failed = true;
   try {
-    if (c.nodes > 1) redis = await startRedis();
+    if (c.nodes > 1) redis = await startRedis(join(dir, 'redis.log'), REDIS_ARGS);
     for (let k = 0; k < c.nodes; k++) {
       const cluster = redis ? { cluster: { redisUrl: redis.url, nodeId: `node-${k + 1}` } } : {};
       brokers.push(await startBroker('aedes', join(dir, `broker-${k + 1}`), federation.slice('bench-'.length), { agents: c.agents, ...cluster }));
