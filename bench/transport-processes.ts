@@ -31,12 +31,12 @@ export const MAX_AGENTS = 16;
  * is checked against the access file (roles of broker/access.ts). The plain MQTT.js pair of (a)
  * logs in too, with rights on bench/# only.
  */
-function benchAccess(tag: string): AccessFile {
+function benchAccess(tag: string, agents: number): AccessFile {
   return accessFileSchema.parse({
     topicRoot: `fl/bench-${tag}`,
     users: [
       { username: 'aggregator', role: 'aggregator' },
-      ...Array.from({ length: MAX_AGENTS }, (_, i) => ({ username: agentId(i), role: 'agent' })),
+      ...Array.from({ length: agents }, (_, i) => ({ username: agentId(i), role: 'agent' })),
       { username: 'bench-pub', role: 'mes', write: ['bench/#'] },
       { username: 'bench-sub', role: 'mes', read: ['bench/#'] },
     ],
@@ -52,9 +52,15 @@ export function loginEnv(user: string): NodeJS.ProcessEnv {
   return { BENCH_MQTT_USER: user, BENCH_MQTT_PASSWORD: testPassword(user) };
 }
 
-export async function startBroker(name: string, dir: string, tag: string): Promise<Broker> {
+/** Options of startBroker: logins for `agents` agents (default MAX_AGENTS); an Aedes cluster node (bench/scale.ts). */
+export interface BrokerOptions {
+  agents?: number;
+  cluster?: { redisUrl: string; nodeId: string };
+}
+
+export async function startBroker(name: string, dir: string, tag: string, options: BrokerOptions = {}): Promise<Broker> {
   mkdirSync(dir, { recursive: true });
-  const access = benchAccess(tag);
+  const access = benchAccess(tag, options.agents ?? MAX_AGENTS);
   if (name === 'mosquitto') {
     const bin = mosquittoAvailable();
     if (!bin) throw new FedlineError(ErrorCodes.TRANSPORT, 'mosquitto is not installed');
@@ -63,9 +69,10 @@ export async function startBroker(name: string, dir: string, tag: string): Promi
   }
   const auth = writeAuthFiles(dir, access);
   const config = join(dir, 'broker.json');
-  writeFileSync(config, JSON.stringify({ host: '127.0.0.1', port: 0, auth: { passwordFile: auth.passwordFile, accessFile: auth.accessFile } }));
+  const cluster = options.cluster ? { cluster: options.cluster } : {};
+  writeFileSync(config, JSON.stringify({ host: '127.0.0.1', port: 0, auth: { passwordFile: auth.passwordFile, accessFile: auth.accessFile }, ...cluster }));
   const child = await startService(['broker', '--config', config], join(dir, 'broker.log'));
-  return { name: 'aedes', url: String(child.ready.url), pid: child.proc.pid!, stop: () => child.stop() };
+  return { name: options.cluster?.nodeId ?? 'aedes', url: String(child.ready.url), pid: child.proc.pid!, stop: () => child.stop() };
 }
 
 export type Service = Awaited<ReturnType<typeof startService>>;
@@ -102,12 +109,13 @@ export async function startService(
 
 export type Peer = ReturnType<typeof forkPeer>;
 
-/** A bench/transport-peer.ts process (plain MQTT.js publisher or subscriber, or a benchmark agent) and the messages it reports. */
+/** A bench/transport-peer.ts process (plain MQTT.js publisher or subscriber, or a benchmark agent), or another `script`, and the messages it reports. */
 export function forkPeer(
   argv: string[],
   env: NodeJS.ProcessEnv,
+  script = PEER,
 ): { proc: ChildProcess; messages: Msg[]; next(type: string, timeoutMs?: number): Promise<Msg> } {
-  const proc = fork(PEER, argv, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: EXEC_ARGV, env: { ...process.env, ...env } });
+  const proc = fork(script, argv, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: EXEC_ARGV, env: { ...process.env, ...env } });
   const messages: Msg[] = [];
   const waiters: { type: string; resolve(m: Msg): void }[] = [];
   proc.on('message', (m: Msg) => {

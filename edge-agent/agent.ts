@@ -53,6 +53,8 @@ export interface RoundWorkResult {
   /** skipped: the training window did not open (or reopen) before the round's deadline. */
   outcome: 'accepted' | 'rejected' | 'evaluated' | 'aborted' | 'failed' | 'skipped';
   detail?: string;
+  /** Update chunks sent again after the aggregator listed them missing (accepted or rejected uploads). */
+  resentChunks?: number;
 }
 
 export { offlineStatus } from './agent-status.js';
@@ -359,12 +361,12 @@ export class EdgeAgent extends EventEmitter {
     if (sent.ack.status === 'accepted') {
       log.info({ bytes: bundle.byteLength, resent: sent.resentChunks }, 'update accepted by the aggregator');
       await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} accepted` }, true);
-      return { round, outcome: 'accepted' };
+      return { round, outcome: 'accepted', resentChunks: sent.resentChunks };
     }
     log.warn({ code: sent.ack.code, reason: sent.ack.reason }, 'update rejected by the aggregator');
     this.emitEvent('alert', { severity: 'warning', agent: this.config.agentId, round, code: sent.ack.code, message: `update rejected: ${sent.ack.reason}` });
     await this.setStatus({ state: 'idle', round, progress: null, detail: `update rejected: ${sent.ack.reason}` }, true);
-    return { round, outcome: 'rejected', detail: sent.ack.reason ?? '' };
+    return { round, outcome: 'rejected', detail: sent.ack.reason ?? '', resentChunks: sent.resentChunks };
   }
 
   /** The round's work ended by an error: a missed training window (skipped), an abort, or a failure. */

@@ -1,0 +1,115 @@
+import { leastSquares, type ScaleResult } from './scale-result.js';
+
+/** The tables bench/scale.ts prints: a row per configuration as it finishes, then goals, ratios and the projection to 1,000 sites. */
+
+const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '-');
+const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-');
+const f3 = (x: number) => (Number.isFinite(x) ? x.toFixed(3) : '-');
+const COLUMNS: [string, number][] = [
+  ['agents', 6],
+  ['MB', 5],
+  ['nodes', 5],
+  ['round s', 8],
+  ['GB/round', 8],
+  ['agg MiB', 8],
+  ['broker MiB', 10],
+  ['redis MiB', 9],
+  ['host MiB', 8],
+  ['agg s/GB', 8],
+  ['brokers s/GB', 12],
+  ['redis s/GB', 10],
+  ['hosts s/GB', 10],
+  ['lost', 4],
+  ['resent', 6],
+  ['wall s', 7],
+];
+
+function line(cells: string[]): string {
+  return cells.map((c, i) => c.padStart(COLUMNS[i]![1])).join(' ');
+}
+
+export function printRowHeader(say: (s: string) => void): void {
+  say('\nper configuration (MB = 10^6 bytes, GB = 10^9; MiB = peak RSS; s/GB = CPU seconds per GB moved, see docs/scaling.md):');
+  say(line(COLUMNS.map(([h]) => h)));
+}
+
+function row(r: ScaleResult): string {
+  return line([
+    String(r.agents),
+    String(r.sizeMB),
+    String(r.nodes),
+    f1(r.meanRoundS),
+    f3(r.bytesPerRound / 1e9),
+    f1(r.aggregator.peakMiB),
+    f1(Math.max(...r.brokers.map((b) => b.peakMiB))),
+    r.redis ? f1(r.redis.peakMiB) : '-',
+    f1(r.agentHosts.peakMiB),
+    f2(r.aggregator.cpuSPerGB),
+    f2(r.brokersCpuSPerGB),
+    r.redis ? f2(r.redis.cpuSPerGB) : '-',
+    f2(r.agentHosts.cpuSPerGB),
+    String(r.lost),
+    String(r.resentChunks),
+    f1(r.wallS),
+  ]);
+}
+
+function phases(r: ScaleResult): string {
+  const p = r.meanPhases;
+  return `    s from round start, last agent: base fetched ${f1(p.baseFetched)}, last update chunk ${f1(p.lastChunk)}, all verified+spooled ${f1(p.allAccepted)}, FedAvg+stored ${f1(p.modelStored)}, published ${f1(p.modelPublished)}, new model verified by all ${f1(p.newVerified)}`;
+}
+
+export function printRow(r: ScaleResult, say: (s: string) => void): void {
+  say(row(r));
+  say(phases(r));
+}
+
+/** Configurations of one model size and node count, by agents. */
+function groups(results: ScaleResult[]): { label: string; rs: ScaleResult[] }[] {
+  const by = new Map<string, ScaleResult[]>();
+  for (const r of results) {
+    const key = `${r.sizeMB} MB, ${r.nodes} node${r.nodes > 1 ? 's' : ''}`;
+    by.set(key, [...(by.get(key) ?? []), r]);
+  }
+  return [...by].map(([label, rs]) => ({ label, rs: rs.sort((a, b) => a.agents - b.agents) }));
+}
+
+export function printFinal(results: ScaleResult[], say: (s: string) => void): void {
+  say('\nall configurations:');
+  say(line(COLUMNS.map(([h]) => h)));
+  for (const r of results) say(row(r));
+  const lost = results.reduce((s, r) => s + r.lost, 0);
+  say(`\nlost updates (selected, not aggregated), all configurations: ${lost} (goal 0: ${lost === 0 ? 'met' : 'MISSED'})`);
+  say(`resent update chunks, all configurations: ${results.reduce((s, r) => s + r.resentChunks, 0)}`);
+  for (const { label, rs } of groups(results)) {
+    if (rs.length < 2) continue;
+    const lo = rs[0]!;
+    const hi = rs.at(-1)!;
+    const rss = hi.aggregator.peakMiB / lo.aggregator.peakMiB - 1;
+    const time = hi.meanRoundS / lo.meanRoundS;
+    const bytes = hi.bytesPerRound / lo.bytesPerRound;
+    say(`\n${label}, ${lo.agents} -> ${hi.agents} agents:`);
+    say(
+      `  aggregator peak RSS ${f1(lo.aggregator.peakMiB)} -> ${f1(hi.aggregator.peakMiB)} MiB: ${rss >= 0 ? '+' : ''}${f1(rss * 100)} % (goal < 10 %: ${rss < 0.1 ? 'met' : 'MISSED'})`,
+    );
+    say(
+      `  round time x${f2(time)}, bytes per round x${f2(bytes)}: ratio ${f2(time / bytes)} (goal <= 1, round time grows no faster than bytes: ${time <= bytes ? 'met' : 'MISSED'})`,
+    );
+    const t = leastSquares(rs.map((r) => ({ x: r.agents, y: r.meanRoundS })));
+    const b = leastSquares(rs.map((r) => ({ x: r.agents, y: Math.max(...r.brokers.map((x) => x.peakMiB)) })));
+    const a = leastSquares(rs.map((r) => ({ x: r.agents, y: r.aggregator.peakMiB })));
+    const at = (fit: { a: number; b: number }) => fit.a + fit.b * 1000;
+    say(`  least squares over ${rs.length} points (N = agents): round s = ${f2(t.a)} + ${f2(t.b)} N -> ${f1(at(t))} s at N = 1000`);
+    say(
+      `    broker node peak MiB = ${f1(b.a)} + ${f2(b.b)} N -> ${f1(at(b))} MiB; aggregator peak MiB = ${f1(a.a)} + ${f2(a.b)} N -> ${f1(at(a))} MiB at N = 1000`,
+    );
+    // CPU per round of the central services: on a machine with a core per process, the busiest one bounds the round.
+    const perRound = (pick: (r: ScaleResult) => number) => leastSquares(rs.map((r) => ({ x: r.agents, y: pick(r) / r.rounds })));
+    const bc = perRound((r) => Math.max(...r.brokers.map((x) => x.cpuS)));
+    const ac = perRound((r) => r.aggregator.cpuS);
+    say(
+      `    CPU-s per round: busiest broker node = ${f2(bc.a)} + ${f3(bc.b)} N -> ${f1(at(bc))}; aggregator = ${f2(ac.a)} + ${f3(ac.b)} N -> ${f1(at(ac))} at N = 1000`,
+    );
+    say(`    bytes per round at N = 1000: ${f1(((hi.bytesPerRound / hi.agents) * 1000) / 1e9)} GB`);
+  }
+}

@@ -1,0 +1,81 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { REPO_ROOT, tempDir } from './helpers.js';
+
+const SCALE = join(REPO_ROOT, 'dist', 'bench', 'scale.js');
+/** The two-node configuration needs Debian's redis-server (.ci/run installs it); without it only one node runs. */
+const redis = existsSync('/usr/bin/redis-server');
+
+/** The parts of a bench:scale result (bench/scale-result.ts, ScaleResult) this test reads; test/ does not import bench/. */
+interface Measure {
+  peakMiB: number;
+}
+interface ScaleResult {
+  nodes: number;
+  modelBytes: number;
+  updateBytes: number;
+  resentChunks: number;
+  aggregator: Measure;
+  brokers: Measure[];
+  redis: Measure | null;
+  agentHosts: Measure;
+  roundsMeasured: {
+    seconds: number;
+    selected: number;
+    lost: number;
+    verified: number;
+    bytesUp: number;
+    bytesDown: number;
+    phases: Record<'baseFetched' | 'lastChunk' | 'allAccepted' | 'modelStored' | 'modelPublished' | 'newVerified', number>;
+  }[];
+}
+
+/** `npm run bench:scale` at a tiny size, as its own process, so the benchmark keeps working between the long runs. */
+test('bench:scale at a tiny size: every update aggregated, every agent verifies the new model, the table printed', { timeout: 150_000 }, async () => {
+  const dir = tempDir('bench-scale');
+  try {
+    const json = join(dir.path, 'scale.json');
+    const nodes = redis ? '1,2' : '1';
+    const args = [SCALE, '--agents', '4', '--sizes', '0.1', '--nodes', nodes, '--rounds', '1', '--agents-per-process', '2', '--json', json];
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 140_000);
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+    clearTimeout(timer);
+    assert.equal(code, 0, `bench:scale exited with ${code}\n${out}\n${err}`);
+    assert.match(out, /^\s+4\s+0\.1\s+1\s+\d+\.\d/m, 'a table row for 4 agents, 0.1 MB, one node');
+    if (redis) assert.match(out, /^\s+4\s+0\.1\s+2\s+\d+\.\d/m, 'a table row for two nodes');
+    assert.match(out, /lost updates \(selected, not aggregated\), all configurations: 0 \(goal 0: met\)/);
+    const { results } = JSON.parse(readFileSync(json, 'utf8')) as { results: ScaleResult[] };
+    assert.equal(results.length, redis ? 2 : 1);
+    for (const r of results) {
+      const round = r.roundsMeasured[0]!;
+      assert.equal(round.selected, 4);
+      assert.equal(round.lost, 0, 'every selected update aggregated');
+      assert.equal(round.verified, 4, 'every agent verified the new model');
+      assert.equal(r.resentChunks, 0, 'nothing resent on loopback');
+      // Each agent sent one update of ~0.1 MB and fetched the base and the new model.
+      assert.ok(r.updateBytes > 100_000 && r.updateBytes < 110_000, `update of ${r.updateBytes} bytes`);
+      assert.equal(round.bytesUp, 4 * r.updateBytes);
+      assert.equal(round.bytesDown, 8 * r.modelBytes);
+      const p = round.phases;
+      const order = [p.baseFetched, p.lastChunk, p.allAccepted, p.modelStored, p.modelPublished, p.newVerified];
+      assert.ok(
+        order.every((t, i) => Number.isFinite(t) && t >= 0 && (i === 0 || t >= order[i - 1]!)),
+        `phases in order: ${order.join(', ')}`,
+      );
+      assert.equal(round.seconds, p.newVerified);
+      assert.ok(r.aggregator.peakMiB > 0 && r.brokers.every((b) => b.peakMiB > 0) && r.agentHosts.peakMiB > 0, 'peak RSS sampled');
+      assert.equal(r.brokers.length, r.nodes);
+      assert.equal(r.redis !== null, r.nodes === 2);
+    }
+  } finally {
+    dir.cleanup();
+  }
+});
