@@ -6,7 +6,7 @@ import { openActiveRound, type ActiveRound } from './active-round.js';
 import type { MesCommands } from './mes-commands.js';
 import type { ModelPublisher } from './model-publisher.js';
 import type { StoredModel } from './model-store.js';
-import { aggregateRound } from './round-aggregation.js';
+import { aggregateInMemory, aggregateRound } from './round-aggregation.js';
 import type { ReleaseManager } from './release-manager.js';
 import type { RoundJournal, RoundRecord } from './round-journal.js';
 import { clipSampleCounts } from './sample-clip.js';
@@ -28,6 +28,16 @@ export interface RoundRunnerDeps {
   /** Settles when the aggregator stops. */
   stopSignal: Promise<void>;
   isStopped: () => boolean;
+}
+
+/** A round driven from outside (Aggregator.runDrivenRound, a plant under headquarters): its task is given, its aggregate stays in memory. */
+export interface RoundDrive {
+  /** The task to announce (a training round's is the upstream round's); absent: the strategy's. */
+  task?: TrainTask;
+  /** Aborted when the upstream round ends first: the open round closes without aggregation. */
+  signal: AbortSignal;
+  /** Set when the round aggregated: the federated tensors and the sample counts that weighed in (after clipping). */
+  result?: { tensors: Map<string, Float32Array>; sampleCounts: Record<string, number> };
 }
 
 /**
@@ -55,12 +65,12 @@ export class RoundRunner {
     this.active?.closing.resolve({ close: true, outcome: 'keep', reason });
   }
 
-  async runRound(kind: RoundKind, resume?: RoundRecord): Promise<RoundOutcome> {
+  async runRound(kind: RoundKind, resume?: RoundRecord, drive?: RoundDrive): Promise<RoundOutcome> {
     const { ctx, journal } = this.d;
     const roundNo = resume?.round ?? (journal.data.rounds.at(-1)?.round ?? 0) + 1;
     const selected = resume?.selected ?? (await this.selectAgents(roundNo, kind));
-    if (this.d.isStopped() || !selected) return 'keep';
-    const { active, task } = await this.openRound(kind, roundNo, selected, resume);
+    if (this.d.isStopped() || drive?.signal.aborted || !selected) return 'keep';
+    const { active, task } = await this.openRound(kind, roundNo, selected, resume, drive);
     const { state, record } = active;
     const log = ctx.log.child({ round: roundNo });
     const deadlineTimer = ctx.clock.setTimeout(() => active.checkClose(), Math.max(0, record.deadlineAt - ctx.clock.now()) + 5);
@@ -75,8 +85,12 @@ export class RoundRunner {
     });
     log.info({ kind, baseVersion: active.base.version, selected: state.plan.selected, deadlineAt: new Date(record.deadlineAt).toISOString() }, 'round started');
     active.checkClose();
+    const onAbort = () => this.closeOpenRound(`upstream round ended: ${describeError(drive?.signal.reason).message}`);
+    drive?.signal.addEventListener('abort', onAbort, { once: true });
+    if (drive?.signal.aborted) onAbort();
 
     const decision = await active.closing.promise;
+    drive?.signal.removeEventListener('abort', onAbort);
     state.markClosed();
     ctx.clock.clearTimeout(deadlineTimer);
     active.uploads.discardAll();
@@ -85,7 +99,7 @@ export class RoundRunner {
     this.recordClose(active, decision);
     // The round's base was evaluated by the sites at its start: the release gates decide on it.
     await this.d.release.onBaseEvaluated(active.base, record.baseMetrics);
-    if (decision.outcome === 'aggregate' && !this.d.isStopped()) await this.aggregate(active);
+    if (decision.outcome === 'aggregate' && !this.d.isStopped()) await (drive ? this.aggregateDriven(active, drive) : this.aggregate(active));
     else if (decision.outcome === 'keep') {
       ctx.emitEvent('alert', { severity: 'warning', code: 'FL_ROUND_KEPT', message: `round ${roundNo}: ${decision.reason}` });
       log.warn({ reason: decision.reason }, 'round closed without aggregation; global model kept');
@@ -153,6 +167,7 @@ export class RoundRunner {
     roundNo: number,
     selected: readonly string[],
     resume?: RoundRecord,
+    drive?: RoundDrive,
   ): Promise<{ active: ActiveRound; task: TrainTask }> {
     const { ctx, journal, strategy } = this.d;
     const { config, clock } = ctx;
@@ -177,7 +192,7 @@ export class RoundRunner {
     record.delta = config.delta;
     record.acceptedAt ??= {};
     const federatedNames = resolveFederated(
-      config.task.federated,
+      drive?.task?.federated ?? config.task.federated,
       base.tensors.map((t) => t.name),
       base.headTensors,
     );
@@ -196,7 +211,7 @@ export class RoundRunner {
     this.active = active;
     // A resumed round keeps the agents it had; the strategy still sets the task it announces.
     const { task } = strategy.configureRound({ round: roundNo, kind, available: state.plan.selected, trainRoundsBefore: journal.data.trainRoundsDone });
-    return { active, task };
+    return { active, task: drive?.task ?? task };
   }
 
   /** The round's results as the journal keeps them. */
@@ -242,6 +257,31 @@ export class RoundRunner {
       const { code, message } = describeError(err);
       ctx.log.child({ round: roundNo }).error({ err: message, code }, 'aggregation failed; keeping the global model');
       ctx.emitEvent('alert', { severity: 'error', code, message: `round ${roundNo}: aggregation failed: ${message}` });
+      record.outcome = 'keep';
+      record.reason = `aggregation failed: ${message}`;
+    }
+    record.aggregateMs = ctx.clock.now() - started;
+  }
+
+  /** A driven round's aggregate, kept in memory for the caller (drive.result); the global model stays as it is. */
+  private async aggregateDriven(active: ActiveRound, drive: RoundDrive): Promise<void> {
+    const { ctx, strategy } = this.d;
+    const { record } = active;
+    const accepted = clipSampleCounts(ctx, active.state.plan.round, active.state.acceptedUpdates() as SpooledUpdate[]);
+    const started = ctx.clock.now();
+    try {
+      const result = await aggregateInMemory(ctx, strategy, active, accepted);
+      this.recordRefused(active, result.output.refused ?? []);
+      if (result.tensors) {
+        const kept = new Set(record.participants);
+        drive.result = { tensors: result.tensors, sampleCounts: Object.fromEntries(accepted.filter((u) => kept.has(u.agent)).map((u) => [u.agent, u.sampleCount])) };
+      } else {
+        record.outcome = 'keep';
+        record.reason = result.output.reason;
+      }
+    } catch (err) {
+      const { code, message } = describeError(err);
+      ctx.log.error({ round: record.round, err: message, code }, 'aggregation failed');
       record.outcome = 'keep';
       record.reason = `aggregation failed: ${message}`;
     }

@@ -1,0 +1,175 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import type { AedesPublishPacket } from 'aedes';
+import { startAggregator } from '../aggregator/main.js';
+import type { RunningBroker } from '../broker/broker.js';
+import { startAgent, type RunningAgent } from '../edge-agent/main.js';
+import { startPlant, type RunningPlant } from '../plant/main.js';
+import { bundleTensors, decodeBundle, type DecodedBundle } from '../shared/bundle/tensor-bundle.js';
+import { plantConfigSchema } from '../shared/config/plant-config.js';
+import { parseConfig } from '../shared/config/service-config.js';
+import { SUPPORTED_VERSIONS, updateTopicMessageSchema, type UpdateMeta } from '../shared/protocol/messages.js';
+import { decodeMsgpack } from '../shared/protocol/wire-codec.js';
+import { silentLogger } from '../shared/util/logger.js';
+import { captureUpdates } from './federation-checks.js';
+import { agentConfig, aggregatorConfig, startAedes, tempDir } from './helpers.js';
+import { FakeTrainer } from './support/fake-trainer.js';
+
+const PLANTS = ['plant-a', 'plant-b', 'plant-c'];
+const LINES_PER_PLANT = 3;
+const ROUNDS = 2;
+
+/** What arrived at the headquarters broker on its update topics, per headquarters round. */
+interface HqInbound {
+  /** Payload bytes of every message on `<root>/round/<r>/update/<agent>` (chunks, update-done, eval reports). */
+  payloadBytes: number;
+  /** Per sender: its upload ids and the weight bytes its chunks carried. */
+  senders: Map<string, { uploads: Set<string>; chunkDataBytes: number; bundleBytes: number }>;
+}
+
+function countHqUpdates(hq: RunningBroker, root: string): Map<number, HqInbound> {
+  const rounds = new Map<number, HqInbound>();
+  const pattern = new RegExp(`^${root}/round/(\\d+)/update/([^/]+)$`);
+  hq.aedes.on('publish', (packet: AedesPublishPacket, client) => {
+    const m = client ? pattern.exec(packet.topic) : null;
+    if (!m) return;
+    const round = Number(m[1]);
+    let r = rounds.get(round);
+    if (!r) rounds.set(round, (r = { payloadBytes: 0, senders: new Map() }));
+    const payload = packet.payload as Buffer;
+    r.payloadBytes += payload.byteLength;
+    const msg = decodeMsgpack(payload, updateTopicMessageSchema, SUPPORTED_VERSIONS, { topic: packet.topic, what: 'update' });
+    if (msg.type === 'eval') return;
+    let s = r.senders.get(m[2]!);
+    if (!s) r.senders.set(m[2]!, (s = { uploads: new Set(), chunkDataBytes: 0, bundleBytes: 0 }));
+    s.uploads.add(msg.upload);
+    s.bundleBytes = msg.bundleBytes;
+    if (msg.type === 'update-chunk') s.chunkDataBytes += msg.data.byteLength;
+  });
+  return rounds;
+}
+
+/** Float64 FedAvg over the lines' own updates: the reference a flat federation of the nine lines would approximate. */
+function flatFedAvg(updates: DecodedBundle<UpdateMeta>[]): Map<string, Float64Array> {
+  const total = updates.reduce((s, u) => s + u.header.meta.sampleCount, 0);
+  const out = new Map<string, Float64Array>();
+  for (const u of updates) {
+    const w = u.header.meta.sampleCount / total;
+    for (const t of bundleTensors(u)) {
+      let acc = out.get(t.name);
+      if (!acc) out.set(t.name, (acc = new Float64Array(t.data.length)));
+      for (let i = 0; i < t.data.length; i++) acc[i] += w * t.data[i]!;
+    }
+  }
+  return out;
+}
+
+test('three plants of three lines: the headquarters model equals flat FedAvg over the nine lines, one update per plant into headquarters', async (t) => {
+  const dir = tempDir('plants');
+  const logger = silentLogger();
+  const hqBroker = await startAedes();
+  const plantBrokers: RunningBroker[] = [];
+  const observers: Awaited<ReturnType<typeof captureUpdates>>[] = [];
+  const lines: RunningAgent[] = [];
+  const plants: RunningPlant[] = [];
+  let hq: Awaited<ReturnType<typeof startAggregator>> | null = null;
+  t.after(async () => {
+    for (const p of plants) await p.close().catch(() => undefined);
+    for (const l of lines) await l.close().catch(() => undefined);
+    await hq?.close().catch(() => undefined);
+    for (const o of observers) await o.close().catch(() => undefined);
+    for (const b of [...plantBrokers, hqBroker]) await b.close().catch(() => undefined);
+    dir.cleanup();
+  });
+
+  const inbound = countHqUpdates(hqBroker, 'fl/test');
+  const hqOptions = { url: hqBroker.url, dir: dir.path, agents: PLANTS, rounds: ROUNDS, aggregator: { evaluateFinalModel: false } };
+  const headquarters = await startAggregator(aggregatorConfig(hqOptions), logger);
+  hq = headquarters;
+
+  for (const [p, plant] of PLANTS.entries()) {
+    const broker = await startAedes();
+    plantBrokers.push(broker);
+    observers.push(await captureUpdates(broker.url, `fl/${plant}`));
+    const lineIds = Array.from({ length: LINES_PER_PLANT }, (_, l) => `${plant}-line-${l + 1}`);
+    const config = parseConfig(
+      plantConfigSchema,
+      {
+        stateDir: join(dir.path, plant),
+        upstream: { agentId: plant, federation: 'test', mqtt: { url: hqBroker.url, reconnectPeriodMs: 200 }, ackTimeoutMs: 3000 },
+        downstream: {
+          federation: plant,
+          mqtt: { url: broker.url, reconnectPeriodMs: 200 },
+          agents: lineIds,
+          minClients: LINES_PER_PLANT,
+          roundDeadlineMs: 120_000,
+          waitForAgentsMs: 60_000,
+          chunkBytes: 4096,
+        },
+      },
+      `test plant ${plant}`,
+    );
+    for (const [l, line] of lineIds.entries()) {
+      const seed = p * LINES_PER_PLANT + l;
+      const cfg = agentConfig({ url: broker.url, dir: join(dir.path, plant), agents: lineIds, agent: { federation: plant, ackTimeoutMs: 3000 } }, line);
+      lines.push(await startAgent(cfg, logger, { trainerFor: async () => new FakeTrainer(seed) }));
+    }
+    plants.push(await startPlant(config, logger));
+  }
+
+  const result = await headquarters.aggregator.run();
+  assert.equal(result.finalVersion, ROUNDS, `headquarters made ${ROUNDS} versions`);
+
+  const lineUpdates = observers.flatMap((o) => [...o.updates.values()]);
+  for (let version = 1; version <= ROUNDS; version++) {
+    const record = headquarters.aggregator.history().find((r) => r.newVersion === version)!;
+    assert.deepEqual(record.participants, PLANTS, `round ${record.round}: every plant took part as one agent`);
+    // The flat reference: the nine lines' updates from the base of this round, in float64.
+    const fromBase = lineUpdates.filter((u) => u.header.meta.baseVersion === version - 1);
+    assert.equal(fromBase.length, PLANTS.length * LINES_PER_PLANT, `nine line updates made from version ${version - 1}`);
+    for (const plant of PLANTS) {
+      const claimed = fromBase.filter((u) => u.header.meta.agent.startsWith(`${plant}-`)).reduce((s, u) => s + u.header.meta.sampleCount, 0);
+      assert.equal(record.sampleCounts[plant], claimed, `${plant} weighs upstream as the sum of its lines' samples`);
+    }
+    const reference = flatFedAvg(fromBase);
+    const global = new Map(bundleTensors(decodeBundle(await headquarters.store.readBundle(version))).map((x) => [x.name, x.data]));
+    let worstNormwise = 0;
+    let worstElement = 0;
+    let compared = 0;
+    for (const [name, ref] of reference) {
+      const got = global.get(name)!;
+      let maxDiff = 0;
+      let maxRef = 0;
+      for (let i = 0; i < ref.length; i++) {
+        const d = Math.abs(got[i]! - ref[i]!);
+        maxDiff = Math.max(maxDiff, d);
+        maxRef = Math.max(maxRef, Math.abs(ref[i]!));
+        if (ref[i] !== 0) worstElement = Math.max(worstElement, d / Math.abs(ref[i]!));
+        compared++;
+      }
+      worstNormwise = Math.max(worstNormwise, maxRef > 0 ? maxDiff / maxRef : maxDiff);
+    }
+    assert.ok(compared > 1000, `compared ${compared} weights`);
+    console.log(
+      `# version ${version}: ${compared} weights; max |hq - flat| / max |flat| per tensor = ${worstNormwise.toExponential(2)}; largest element-wise relative error ${worstElement.toExponential(2)}`,
+    );
+    assert.ok(worstNormwise <= 1e-6, `version ${version}: relative error ${worstNormwise} against flat FedAvg over the nine lines`);
+
+    // Bytes into headquarters in this round: one update per plant, nothing resent.
+    const bytes = inbound.get(record.round)!;
+    assert.deepEqual([...bytes.senders.keys()].sort(), PLANTS, `round ${record.round}: updates came from the plants only`);
+    const lineBundleBytes = fromBase[0]!.bytes.byteLength;
+    for (const [plant, s] of bytes.senders) {
+      assert.equal(s.uploads.size, 1, `${plant} sent one update in round ${record.round}`);
+      assert.equal(s.chunkDataBytes, s.bundleBytes, `${plant}: its update's bytes once, none resent`);
+      assert.ok(Math.abs(s.bundleBytes - lineBundleBytes) < 0.01 * lineBundleBytes, `${plant}'s update is the size of one line's update`);
+    }
+    const updateBytes = [...bytes.senders.values()].reduce((s, x) => s + x.bundleBytes, 0);
+    assert.ok(bytes.payloadBytes < 1.1 * updateBytes, `payload ${bytes.payloadBytes} B for ${updateBytes} B of updates`);
+    console.log(
+      `# round ${record.round}: ${bytes.payloadBytes} B into headquarters on update topics (${PLANTS.length} updates of ${bytes.senders.get(PLANTS[0]!)!.bundleBytes} B + chunk headers and eval reports); ` +
+        `flat over ${fromBase.length} lines: ${fromBase.length} updates of ${lineBundleBytes} B`,
+    );
+  }
+});
