@@ -75,7 +75,8 @@ export async function aggregateRound(
 }
 
 /** A driven round's aggregate (aggregator.ts runDrivenRound): the federated tensors in memory, not stored as a version. */
-export type InMemoryAggregation = { output: StrategyOutput & { kind: 'keep' }; tensors: null } | { output: StrategyOutput & { kind: 'weights' }; tensors: Map<string, Float32Array> };
+export type InMemoryAggregation =
+  { output: StrategyOutput & { kind: 'keep' }; tensors: null } | { output: StrategyOutput & { kind: 'weights' }; tensors: Map<string, Float32Array> };
 
 /**
  * The same strategy over the same spooled updates as aggregateRound, but the averaged federated
@@ -110,7 +111,8 @@ export async function aggregateInMemory(
       minClients: config.minClients,
       output: (name, start, values) => {
         const target = tensors.get(name);
-        if (!target || start + values.length > target.length) throw new RangeError(`the strategy wrote ${name}[${start}..${start + values.length}], outside the federated tensors`);
+        if (!target || start + values.length > target.length)
+          throw new RangeError(`the strategy wrote ${name}[${start}..${start + values.length}], outside the federated tensors`);
         target.set(values, start);
       },
     });

@@ -274,7 +274,10 @@ export class RoundRunner {
       this.recordRefused(active, result.output.refused ?? []);
       if (result.tensors) {
         const kept = new Set(record.participants);
-        drive.result = { tensors: result.tensors, sampleCounts: Object.fromEntries(accepted.filter((u) => kept.has(u.agent)).map((u) => [u.agent, u.sampleCount])) };
+        drive.result = {
+          tensors: result.tensors,
+          sampleCounts: Object.fromEntries(accepted.filter((u) => kept.has(u.agent)).map((u) => [u.agent, u.sampleCount])),
+        };
       } else {
         record.outcome = 'keep';
         record.reason = result.output.reason;

@@ -34,14 +34,20 @@ export class PlantTrainer implements Trainer {
     const { record } = await this.aggregator.runDrivenRound('evaluate', await this.bundleOf(model), { signal: this.stopping.signal });
     const reports = Object.values(record.baseMetrics);
     if (reports.length === 0)
-      throw new FedlineError(ErrorCodes.ROUND_CLOSED, `plant round ${record.round}: no line evaluated model version ${model.version} (${record.reason ?? 'no reason given'})`);
+      throw new FedlineError(
+        ErrorCodes.ROUND_CLOSED,
+        `plant round ${record.round}: no line evaluated model version ${model.version} (${record.reason ?? 'no reason given'})`,
+      );
     this.samples.test = reports.reduce((s, m) => s + m.samples, 0);
     return pooledMetrics(reports);
   }
 
   async train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: TrainOptions): Promise<TrainResult> {
     const startedAt = Date.now();
-    const { record, aggregate } = await this.aggregator.runDrivenRound('train', await this.bundleOf(model), { task, signal: options.signal ?? this.stopping.signal });
+    const { record, aggregate } = await this.aggregator.runDrivenRound('train', await this.bundleOf(model), {
+      task,
+      signal: options.signal ?? this.stopping.signal,
+    });
     if (!aggregate) throw new FedlineError(ErrorCodes.ROUND_CLOSED, `plant round ${record.round} made no aggregate`);
     const shapes = new Map(model.tensors.map((t) => [t.name, t.shape]));
     const tensors = federatedNames.map((name) => {

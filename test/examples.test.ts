@@ -28,10 +28,10 @@ test('every example config in examples/ is valid', () => {
           : f.startsWith('plant')
             ? plantConfigSchema
             : f.startsWith('access')
-            ? accessFileSchema
-            : f.startsWith('dashboard')
-              ? dashboardConfigSchema
-              : brokerConfigSchema;
+              ? accessFileSchema
+              : f.startsWith('dashboard')
+                ? dashboardConfigSchema
+                : brokerConfigSchema;
     assert.doesNotThrow(() => loadConfigFile(schema, join(dir, f)), f);
   }
   const agg = loadConfigFile(aggregatorConfigSchema, join(dir, 'aggregator.json'));

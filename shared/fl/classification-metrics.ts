@@ -55,6 +55,13 @@ export function pooledMetrics(parts: readonly EvalMetrics[]): EvalMetrics {
   const loss = lossKnown && samples > 0 ? parts.reduce((s, m) => s + m.loss! * m.samples, 0) / samples : null;
   const labels: number[] = [];
   const predictions: number[] = [];
-  confusion.forEach((row, t) => row.forEach((n, p) => { for (let i = 0; i < n; i++) (labels.push(t), predictions.push(p)); }));
+  confusion.forEach((row, t) =>
+    row.forEach((n, p) => {
+      for (let i = 0; i < n; i++) {
+        labels.push(t);
+        predictions.push(p);
+      }
+    }),
+  );
   return classificationMetrics(labels, predictions, numClasses, loss);
 }
