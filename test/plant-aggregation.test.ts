@@ -1,9 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AedesPublishPacket } from 'aedes';
 import { startAggregator } from '../aggregator/main.js';
 import type { RunningBroker } from '../broker/broker.js';
+import { registryPath } from '../aggregator/model-registry.js';
 import { startAgent, type RunningAgent } from '../edge-agent/main.js';
 import { startPlant, type RunningPlant } from '../plant/main.js';
 import { bundleTensors, decodeBundle, type DecodedBundle } from '../shared/bundle/tensor-bundle.js';
@@ -128,6 +130,21 @@ test('three plants of three lines: the headquarters model equals flat FedAvg ove
 
   const result = await headquarters.aggregator.run();
   assert.equal(result.finalVersion, ROUNDS, `headquarters made ${ROUNDS} versions`);
+
+  // The plants' release gates decided on the headquarters models their lines evaluated.
+  for (const [p, plant] of PLANTS.entries()) {
+    const registry = JSON.parse(readFileSync(registryPath(join(dir.path, plant, 'downstream')), 'utf8')) as {
+      released: number | null;
+      versions: Record<string, unknown>;
+    };
+    assert.deepEqual(
+      Object.keys(registry.versions).sort(),
+      Array.from({ length: ROUNDS }, (_, v) => String(v)),
+      `${plant}: the plant's registry holds the headquarters versions it federated`,
+    );
+    assert.ok(registry.released !== null && registry.released < ROUNDS, `${plant}: a headquarters version its lines evaluated is released at the plant`);
+    assert.ok(plants[p]!.downstream.store.dir(registry.released).startsWith(join(dir.path, plant)));
+  }
 
   const lineUpdates = observers.flatMap((o) => [...o.updates.values()]);
   for (let version = 1; version <= ROUNDS; version++) {
