@@ -261,7 +261,10 @@ export class Aggregator extends EventEmitter {
     const record = journal.data.rounds.at(-1)!;
     if (drive.signal.aborted) throw new FedlineError(ErrorCodes.ABORTED, `round ${record.round} closed: ${describeError(drive.signal.reason).message}`);
     if (kind === 'train' && !roundDrive.result)
-      throw new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${record.round} ended without an aggregate (${outcome}: ${record.reason ?? 'no reason given'})`);
+      throw new FedlineError(
+        ErrorCodes.PLANT_ROUND_EMPTY,
+        `round ${record.round} ended without an aggregate (${outcome}: ${record.reason ?? 'no reason given'})`,
+      );
     return { record, aggregate: roundDrive.result ?? null };
   }
 

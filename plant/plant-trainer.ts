@@ -35,7 +35,7 @@ export class PlantTrainer implements Trainer {
     const reports = Object.values(record.baseMetrics);
     if (reports.length === 0)
       throw new FedlineError(
-        ErrorCodes.ROUND_CLOSED,
+        ErrorCodes.PLANT_ROUND_EMPTY,
         `plant round ${record.round}: no line evaluated model version ${model.version} (${record.reason ?? 'no reason given'})`,
       );
     this.samples.test = reports.reduce((s, m) => s + m.samples, 0);
@@ -48,7 +48,7 @@ export class PlantTrainer implements Trainer {
       task,
       signal: options.signal ?? this.stopping.signal,
     });
-    if (!aggregate) throw new FedlineError(ErrorCodes.ROUND_CLOSED, `plant round ${record.round} made no aggregate`);
+    if (!aggregate) throw new FedlineError(ErrorCodes.PLANT_ROUND_EMPTY, `plant round ${record.round} made no aggregate`);
     const shapes = new Map(model.tensors.map((t) => [t.name, t.shape]));
     const tensors = federatedNames.map((name) => {
       const data = aggregate.tensors.get(name);
@@ -76,6 +76,6 @@ export class PlantTrainer implements Trainer {
 /** The lines' local metrics after training, pooled (those that sent none: their evaluation of the base). */
 function metricsAfter(record: RoundRecord): EvalMetrics {
   const after = record.participants.map((a) => record.localMetrics[a] ?? record.baseMetrics[a]).filter((m): m is EvalMetrics => Boolean(m));
-  if (after.length === 0) throw new FedlineError(ErrorCodes.ROUND_CLOSED, `plant round ${record.round}: no line reported metrics`);
+  if (after.length === 0) throw new FedlineError(ErrorCodes.PLANT_ROUND_EMPTY, `plant round ${record.round}: no line reported metrics`);
   return pooledMetrics(after);
 }
