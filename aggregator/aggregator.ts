@@ -258,8 +258,8 @@ export class Aggregator extends EventEmitter {
     }
     const roundDrive: RoundDrive = { ...drive };
     const outcome = await runner.runRound(kind, undefined, roundDrive);
+    if (drive.signal.aborted) throw new FedlineError(ErrorCodes.ABORTED, `plant round ended: ${describeError(drive.signal.reason).message}`);
     const record = journal.data.rounds.at(-1)!;
-    if (drive.signal.aborted) throw new FedlineError(ErrorCodes.ABORTED, `round ${record.round} closed: ${describeError(drive.signal.reason).message}`);
     if (kind === 'train' && !roundDrive.result)
       throw new FedlineError(
         ErrorCodes.PLANT_ROUND_EMPTY,

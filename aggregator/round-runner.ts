@@ -68,7 +68,7 @@ export class RoundRunner {
   async runRound(kind: RoundKind, resume?: RoundRecord, drive?: RoundDrive): Promise<RoundOutcome> {
     const { ctx, journal } = this.d;
     const roundNo = resume?.round ?? (journal.data.rounds.at(-1)?.round ?? 0) + 1;
-    const selected = resume?.selected ?? (await this.selectAgents(roundNo, kind));
+    const selected = resume?.selected ?? (await this.selectAgents(roundNo, kind, drive?.signal));
     if (this.d.isStopped() || drive?.signal.aborted || !selected) return 'keep';
     const { active, task } = await this.openRound(kind, roundNo, selected, resume, drive);
     const { state, record } = active;
@@ -147,15 +147,17 @@ export class RoundRunner {
   }
 
   /** Who takes part in a new round (the strategy picks from the agents online); null when stopped. */
-  private async selectAgents(roundNo: number, kind: RoundKind): Promise<readonly string[] | null> {
+  private async selectAgents(roundNo: number, kind: RoundKind, upstream?: AbortSignal): Promise<readonly string[] | null> {
     const { commands, ctx, strategy, journal } = this.d;
     for (;;) {
       // Paused or stopped by the MES: no new round until resume / start.
-      await commands.waitUntilRunning(this.d.stopSignal, (state) =>
-        ctx.log.info({ state, round: roundNo }, `federation ${state} by MES command; round ${roundNo} waits`),
-      );
-      if (this.d.isStopped()) return null;
-      const online = await this.waitForAgents();
+      const until = upstream
+        ? Promise.race([this.d.stopSignal, new Promise<void>((resolve) => upstream.addEventListener('abort', () => resolve(), { once: true }))])
+        : this.d.stopSignal;
+      await commands.waitUntilRunning(until, (state) => ctx.log.info({ state, round: roundNo }, `federation ${state} by MES command; round ${roundNo} waits`));
+      if (this.d.isStopped() || upstream?.aborted) return null;
+      const online = await this.waitForAgents(upstream);
+      if (upstream?.aborted) return null;
       if (commands.state === 'running')
         return strategy.configureRound({ round: roundNo, kind, available: online, trainRoundsBefore: journal.data.trainRoundsDone }).selected;
     }
@@ -311,13 +313,14 @@ export class RoundRunner {
     record.failures = [...record.failures, ...state.failureList().filter((f) => !record.failures.some((g) => g.agent === f.agent))];
   }
 
-  private async waitForAgents(): Promise<string[]> {
+  /** The member agents online, once all are or once waitForAgentsMs has passed with minClients; `upstream`: a driven round's end also ends the wait. */
+  private async waitForAgents(upstream?: AbortSignal): Promise<string[]> {
     const { ctx, presence } = this.d;
     const { agents, minClients, waitForAgentsMs } = ctx.config;
     const started = ctx.clock.now();
     let warned = false;
     for (;;) {
-      if (this.d.isStopped()) return [];
+      if (this.d.isStopped() || upstream?.aborted) return [];
       const online = agents.filter((a) => presence.isOnline(a));
       if (online.length === agents.length) return online;
       const waited = ctx.clock.now() - started;

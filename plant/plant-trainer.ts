@@ -22,7 +22,7 @@ export class PlantTrainer implements Trainer {
   readonly samples = { train: 0, test: 0 };
   private readonly aggregator: Aggregator;
   private readonly cache: ModelCache;
-  /** Aborted when the plant stops (an evaluation has no signal of its own: Trainer.evaluate takes none). */
+  /** Aborted when the plant stops: its round in progress closes even before the agent's work is aborted. */
   private readonly stopping = new AbortController();
 
   constructor(aggregator: Aggregator, cache: ModelCache) {
@@ -30,8 +30,8 @@ export class PlantTrainer implements Trainer {
     this.cache = cache;
   }
 
-  async evaluate(model: GlobalModel): Promise<EvalMetrics> {
-    const { record } = await this.aggregator.runDrivenRound('evaluate', await this.bundleOf(model), { signal: this.stopping.signal });
+  async evaluate(model: GlobalModel, options: { signal?: AbortSignal } = {}): Promise<EvalMetrics> {
+    const { record } = await this.aggregator.runDrivenRound('evaluate', await this.bundleOf(model), { signal: this.untilStopped(options.signal) });
     const reports = Object.values(record.baseMetrics);
     if (reports.length === 0)
       throw new FedlineError(
@@ -46,7 +46,7 @@ export class PlantTrainer implements Trainer {
     const startedAt = Date.now();
     const { record, aggregate } = await this.aggregator.runDrivenRound('train', await this.bundleOf(model), {
       task,
-      signal: options.signal ?? this.stopping.signal,
+      signal: this.untilStopped(options.signal),
     });
     if (!aggregate) throw new FedlineError(ErrorCodes.PLANT_ROUND_EMPTY, `plant round ${record.round} made no aggregate`);
     const shapes = new Map(model.tensors.map((t) => [t.name, t.shape]));
@@ -58,6 +58,11 @@ export class PlantTrainer implements Trainer {
     const sampleCount = Object.values(aggregate.sampleCounts).reduce((s, n) => s + n, 0);
     this.samples.train = sampleCount;
     return { tensors, sampleCount, metricsAfter: metricsAfter(record), trainMs: Date.now() - startedAt };
+  }
+
+  /** Aborted when the agent's work on the round ends (the headquarters round closed, a newer one came) or the plant stops. */
+  private untilStopped(signal: AbortSignal | undefined): AbortSignal {
+    return signal ? AbortSignal.any([signal, this.stopping.signal]) : this.stopping.signal;
   }
 
   /** The plant is stopping: a plant round in progress closes without aggregation. */

@@ -15,7 +15,10 @@ import { SUPPORTED_VERSIONS, updateTopicMessageSchema, type UpdateMeta } from '.
 import { decodeMsgpack } from '../shared/protocol/wire-codec.js';
 import { silentLogger } from '../shared/util/logger.js';
 import { captureUpdates } from './federation-checks.js';
-import { agentConfig, aggregatorConfig, startAedes, tempDir } from './helpers.js';
+import { agentConfig, aggregatorConfig, startAedes, tempDir, waitFor } from './helpers.js';
+import { MqttTransport } from '../shared/transport/mqtt-transport.js';
+import type { GlobalModel, TrainOptions, TrainResult } from '../training/trainer.js';
+import type { TrainTask } from '../shared/protocol/messages.js';
 import { FakeTrainer } from './support/fake-trainer.js';
 
 const PLANTS = ['plant-a', 'plant-b', 'plant-c'];
@@ -28,6 +31,28 @@ interface HqInbound {
   payloadBytes: number;
   /** Per sender: its upload ids and the weight bytes its chunks carried. */
   senders: Map<string, { uploads: Set<string>; chunkDataBytes: number; bundleBytes: number }>;
+}
+
+/** Parsed config of one plant: its lines on `plantUrl`, headquarters at `hqUrl` (federation `test`). */
+function plantConfig(plant: string, stateDir: string, hqUrl: string, plantUrl: string, lines: string[], extra: Record<string, unknown> = {}) {
+  return parseConfig(
+    plantConfigSchema,
+    {
+      stateDir,
+      upstream: { agentId: plant, federation: 'test', mqtt: { url: hqUrl, reconnectPeriodMs: 200 }, ackTimeoutMs: 3000 },
+      downstream: {
+        federation: plant,
+        mqtt: { url: plantUrl, reconnectPeriodMs: 200 },
+        agents: lines,
+        minClients: lines.length,
+        roundDeadlineMs: 120_000,
+        waitForAgentsMs: 60_000,
+        chunkBytes: 4096,
+        ...extra,
+      },
+    },
+    `test plant ${plant}`,
+  );
 }
 
 function countHqUpdates(hq: RunningBroker, root: string): Map<number, HqInbound> {
@@ -103,23 +128,7 @@ test('three plants of three lines: the headquarters model equals flat FedAvg ove
     plantBrokers.push(broker);
     observers.push(await captureUpdates(broker.url, `fl/${plant}`));
     const lineIds = Array.from({ length: LINES_PER_PLANT }, (_, l) => `${plant}-line-${l + 1}`);
-    const config = parseConfig(
-      plantConfigSchema,
-      {
-        stateDir: join(dir.path, plant),
-        upstream: { agentId: plant, federation: 'test', mqtt: { url: hqBroker.url, reconnectPeriodMs: 200 }, ackTimeoutMs: 3000 },
-        downstream: {
-          federation: plant,
-          mqtt: { url: broker.url, reconnectPeriodMs: 200 },
-          agents: lineIds,
-          minClients: LINES_PER_PLANT,
-          roundDeadlineMs: 120_000,
-          waitForAgentsMs: 60_000,
-          chunkBytes: 4096,
-        },
-      },
-      `test plant ${plant}`,
-    );
+    const config = plantConfig(plant, join(dir.path, plant), hqBroker.url, broker.url, lineIds);
     for (const [l, line] of lineIds.entries()) {
       const seed = p * LINES_PER_PLANT + l;
       const cfg = agentConfig({ url: broker.url, dir: join(dir.path, plant), agents: lineIds, agent: { federation: plant, ackTimeoutMs: 3000 } }, line);
@@ -203,4 +212,61 @@ test('three plants of three lines: the headquarters model equals flat FedAvg ove
         `flat over ${fromBase.length} lines: ${fromBase.length} updates of ${lineBundleBytes} B`,
     );
   }
+});
+
+/** A line that never finishes training (its line never idles): it stops only when its round's work is aborted. */
+class NeverDoneTrainer extends FakeTrainer {
+  override train(_model: GlobalModel, _task: TrainTask, _names: readonly string[], options: TrainOptions): Promise<TrainResult> {
+    return new Promise((_resolve, reject) => options.signal?.addEventListener('abort', () => reject(options.signal!.reason), { once: true }));
+  }
+}
+
+test('a plant round without an aggregate: the plant sends headquarters nothing and raises FL_PLANT_ROUND_EMPTY', async (t) => {
+  const dir = tempDir('plant-empty');
+  const logger = silentLogger();
+  const hqBroker = await startAedes();
+  const plantBroker = await startAedes();
+  const lines: RunningAgent[] = [];
+  let plant: RunningPlant | null = null;
+  let mes: MqttTransport | null = null;
+  const headquarters = await startAggregator(
+    aggregatorConfig({ url: hqBroker.url, dir: dir.path, agents: ['plant-a'], rounds: 1, roundDeadlineMs: 120_000, aggregator: { evaluateFinalModel: false } }),
+    logger,
+  );
+  t.after(async () => {
+    await plant?.close().catch(() => undefined);
+    for (const l of lines) await l.close().catch(() => undefined);
+    await headquarters.close().catch(() => undefined);
+    await mes?.close().catch(() => undefined);
+    for (const b of [plantBroker, hqBroker]) await b.close().catch(() => undefined);
+    dir.cleanup();
+  });
+  const inbound = countHqUpdates(hqBroker, 'fl/test');
+  const alerts: { code: string; agent?: string; message: string }[] = [];
+  mes = await MqttTransport.connect({ url: hqBroker.url, clientId: 'test-mes', logger });
+  await mes.subscribe('fl/test/events/alert/#', (m) => alerts.push(JSON.parse(Buffer.from(m.payload).toString('utf8'))));
+
+  const lineIds = ['plant-a-line-1', 'plant-a-line-2'];
+  for (const [i, line] of lineIds.entries()) {
+    const cfg = agentConfig(
+      { url: plantBroker.url, dir: join(dir.path, 'plant-a'), agents: lineIds, agent: { federation: 'plant-a', ackTimeoutMs: 3000 } },
+      line,
+    );
+    lines.push(await startAgent(cfg, logger, { trainerFor: async () => (i === 0 ? new FakeTrainer(i) : new NeverDoneTrainer(i)) }));
+  }
+  // Both lines must deliver; one never does, so the plant round closes at its deadline without an aggregate.
+  plant = await startPlant(plantConfig('plant-a', join(dir.path, 'plant-a'), hqBroker.url, plantBroker.url, lineIds, { roundDeadlineMs: 3000 }), logger);
+  const run = headquarters.aggregator.run();
+
+  await waitFor("the plant's FL_PLANT_ROUND_EMPTY alert at headquarters", () => alerts.some((a) => a.code === 'FL_PLANT_ROUND_EMPTY'), 90_000);
+  const alert = alerts.find((a) => a.code === 'FL_PLANT_ROUND_EMPTY')!;
+  assert.equal(alert.agent, 'plant-a');
+  assert.match(alert.message, /without an aggregate/);
+  await waitFor("the plant's status at headquarters says why", () => plant!.upstream.agent.state === 'error');
+  assert.match(plant.upstream.agent.status.detail ?? '', /without an aggregate/);
+  await headquarters.aggregator.stop();
+  const result = await run;
+  assert.equal(result.finalVersion, 0, 'headquarters kept its model');
+  assert.deepEqual(result.rounds[0]!.participants, []);
+  assert.equal(inbound.get(1)?.senders.size ?? 0, 0, 'no update chunk reached headquarters');
 });
