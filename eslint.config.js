@@ -21,6 +21,7 @@ const LAYERS = [
   ['shared'],
   ['training'],
   ['broker', 'aggregator', 'edge-agent', 'dashboard'],
+  ['plant'],
   ['synthetic-data'],
   ['demo'],
   ['experiment'],

@@ -1,20 +1,23 @@
 import { EventEmitter } from 'node:events';
 import { systemClock, type Clock, deferred } from '../shared/util/async.js';
 import { createEventPublisher } from '../shared/transport/event-publisher.js';
-import { describeError } from '../shared/protocol/errors.js';
+import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { Logger } from '../shared/util/logger.js';
 import { Counters } from '../shared/util/counters.js';
 import { createTopics, defaultRoot } from '../shared/protocol/topics.js';
+import { decodeBundle, sha256Hex } from '../shared/bundle/tensor-bundle.js';
+import { modelMetaSchema, type ModelMeta } from '../shared/protocol/messages.js';
 import type { Transport } from '../shared/transport/transport.js';
 import { createAckSender, createReject, type AggregatorContext, type Config } from './aggregator-context.js';
 import { loadGlobalModel } from './load-global-model.js';
 import { MesCommands } from './mes-commands.js';
 import { ModelPublisher, type ModelSigner } from './model-publisher.js';
-import type { ModelStore } from './model-store.js';
+import type { ModelStore, StoredModel } from './model-store.js';
 import { ReleaseManager, type ReleaseSigner } from './release-manager.js';
 import { RoundJournal, type RoundRecord } from './round-journal.js';
 import { clearStaleRetained } from './retained-cleanup.js';
-import { RoundRunner } from './round-runner.js';
+import { RoundRunner, type RoundDrive } from './round-runner.js';
+import type { RoundKind } from './round-state.js';
 import { AgentPresence } from './status-handler.js';
 import type { Strategy } from './strategy.js';
 import { createStrategy } from './strategy-registry.js';
@@ -44,6 +47,25 @@ export interface FederationResult {
   finalVersion: number;
   reason: string;
   rounds: RoundRecord[];
+}
+
+/** What a driven round gave: its journal record and, for a training round, the aggregate. */
+export interface DrivenRoundResult {
+  record: RoundRecord;
+  aggregate: RoundDrive['result'] | null;
+}
+
+/** `bundle` as a version of `store`: saved when new, reused when the same bytes are there already; another model under its version number is refused. */
+async function adoptBase(store: ModelStore, bundle: Uint8Array): Promise<StoredModel> {
+  const sha256 = sha256Hex(bundle);
+  const { version } = decodeBundle<ModelMeta>(bundle, modelMetaSchema).header.meta;
+  const existing = await store.get(version);
+  if (!existing) return store.save(bundle);
+  if (existing.sha256 === sha256) return existing;
+  throw new FedlineError(
+    ErrorCodes.MODEL_STORE,
+    `model version ${existing.version} here (sha256 ${existing.sha256.slice(0, 12)}…) differs from the one given (sha256 ${sha256.slice(0, 12)}…): another federation run upstream? Move ${store.dir(existing.version)} aside`,
+  );
 }
 
 /** How long stop() waits for the run loop to record the round it closed. */
@@ -147,9 +169,10 @@ export class Aggregator extends EventEmitter {
     return running;
   }
 
-  private async runFederation(): Promise<FederationResult> {
+  /** Journal, inbound subscriptions, reconnect handling and MES commands: what both kinds of run need before a round. */
+  private async setUp(): Promise<void> {
     const { ctx, journal, runner } = this;
-    const { config, transport, topics } = ctx;
+    const { transport, topics } = ctx;
     await journal.load();
     await transport.subscribe(topics.statusAll(), this.presence.onStatus);
     await transport.subscribe(topics.updatesAll(), this.onUpdateMessage);
@@ -161,7 +184,12 @@ export class Aggregator extends EventEmitter {
         .then(() => this.release.publish().catch((err) => ctx.log.warn({ err: describeError(err).message }, 'could not republish the released model')));
     });
     await this.commands.start();
+  }
 
+  private async runFederation(): Promise<FederationResult> {
+    const { ctx, journal, runner } = this;
+    const { config } = ctx;
+    await this.setUp();
     runner.global = await loadGlobalModel(ctx, this.initialModel);
     journal.data.currentVersion = runner.global.version;
     await this.release.load();
@@ -201,6 +229,43 @@ export class Aggregator extends EventEmitter {
       ctx.log.info({ finalVersion: final.version, reason }, 'federation complete');
     }
     return { finalVersion: final.version, reason, rounds: journal.data.rounds };
+  }
+
+  /**
+   * Rounds driven from outside, one at a time, instead of run(): a plant under headquarters
+   * (plant/plant-trainer.ts). Call once before the first runDrivenRound.
+   */
+  async openDriven(): Promise<void> {
+    await this.setUp();
+    await this.release.load();
+    this.running = Promise.resolve();
+  }
+
+  /**
+   * One round on `base` (a model bundle made elsewhere, stored and published here byte for byte,
+   * so it keeps its version and SHA-256) with the given task. A training round returns its
+   * aggregate, which is not stored as a version here; an evaluation round returns the sites' metrics only.
+   */
+  async runDrivenRound(kind: RoundKind, base: Uint8Array, drive: Omit<RoundDrive, 'result'>): Promise<DrivenRoundResult> {
+    const { ctx, runner, journal } = this;
+    const stored = await adoptBase(ctx.store, base);
+    if (runner.global?.version !== stored.version || runner.global.sha256 !== stored.sha256) {
+      if (!runner.global) await clearStaleRetained(ctx, journal.data.runId, stored);
+      runner.global = stored;
+      journal.data.currentVersion = stored.version;
+      await this.publisher.publishModel(stored);
+      await this.release.onNewVersion(stored);
+    }
+    const roundDrive: RoundDrive = { ...drive };
+    const outcome = await runner.runRound(kind, undefined, roundDrive);
+    if (drive.signal.aborted) throw new FedlineError(ErrorCodes.ABORTED, `plant round ended: ${describeError(drive.signal.reason).message}`);
+    const record = journal.data.rounds.at(-1)!;
+    if (kind === 'train' && !roundDrive.result)
+      throw new FedlineError(
+        ErrorCodes.PLANT_ROUND_EMPTY,
+        `round ${record.round} ended without an aggregate (${outcome}: ${record.reason ?? 'no reason given'})`,
+      );
+    return { record, aggregate: roundDrive.result ?? null };
   }
 
   /** Stop after the current step; the journal lets a later start continue. */

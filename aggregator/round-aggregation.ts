@@ -73,3 +73,52 @@ export async function aggregateRound(
   record.modelStoredAt = clock.now();
   return { output, stored };
 }
+
+/** A driven round's aggregate (aggregator.ts runDrivenRound): the federated tensors in memory, not stored as a version. */
+export type InMemoryAggregation =
+  { output: StrategyOutput & { kind: 'keep' }; tensors: null } | { output: StrategyOutput & { kind: 'weights' }; tensors: Map<string, Float32Array> };
+
+/**
+ * The same strategy over the same spooled updates as aggregateRound, but the averaged federated
+ * tensors stay in memory: a plant sends them upstream as its update instead of publishing them
+ * as a version of its own (plant/plant-trainer.ts). The plant's model store holds only the
+ * headquarters' versions, so no version number is taken.
+ */
+export async function aggregateInMemory(
+  ctx: AggregatorContext,
+  strategy: Strategy,
+  active: ActiveRound,
+  accepted: readonly SpooledUpdate[],
+): Promise<InMemoryAggregation> {
+  const { store, spool, config } = ctx;
+  const { base, state } = active;
+  const { round } = state.plan;
+  const federatedSpecs = base.tensors.filter((t) => active.federatedNames.includes(t.name));
+  const tensors = new Map(federatedSpecs.map((t) => [t.name, new Float32Array(t.shape.reduce((n, d) => n * d, 1))]));
+  const baseValues = await store.openValues(base.version);
+  let readers: SpoolReader[] = [];
+  let baseReader: Awaited<ReturnType<typeof store.openTensorReader>> | undefined;
+  try {
+    readers = await spool.openReaders(round, accepted, baseValues);
+    baseReader = await store.openTensorReader(base.version);
+    const output = await strategy.aggregate({
+      round,
+      federated: federatedSpecs,
+      results: readers,
+      failures: state.failureList(),
+      base: baseReader,
+      versions: { base: base.version, next: base.version },
+      minClients: config.minClients,
+      output: (name, start, values) => {
+        const target = tensors.get(name);
+        if (!target || start + values.length > target.length)
+          throw new RangeError(`the strategy wrote ${name}[${start}..${start + values.length}], outside the federated tensors`);
+        target.set(values, start);
+      },
+    });
+    return output.kind === 'keep' ? { output, tensors: null } : { output, tensors };
+  } finally {
+    await Promise.all([...readers, ...(baseReader ? [baseReader] : [])].map((r) => r.close()));
+    await baseValues.close();
+  }
+}

@@ -6,7 +6,7 @@ import { openActiveRound, type ActiveRound } from './active-round.js';
 import type { MesCommands } from './mes-commands.js';
 import type { ModelPublisher } from './model-publisher.js';
 import type { StoredModel } from './model-store.js';
-import { aggregateRound } from './round-aggregation.js';
+import { aggregateInMemory, aggregateRound } from './round-aggregation.js';
 import type { ReleaseManager } from './release-manager.js';
 import type { RoundJournal, RoundRecord } from './round-journal.js';
 import { clipSampleCounts } from './sample-clip.js';
@@ -28,6 +28,16 @@ export interface RoundRunnerDeps {
   /** Settles when the aggregator stops. */
   stopSignal: Promise<void>;
   isStopped: () => boolean;
+}
+
+/** A round driven from outside (Aggregator.runDrivenRound, a plant under headquarters): its task is given, its aggregate stays in memory. */
+export interface RoundDrive {
+  /** The task to announce (a training round's is the upstream round's); absent: the strategy's. */
+  task?: TrainTask;
+  /** Aborted when the upstream round ends first: the open round closes without aggregation. */
+  signal: AbortSignal;
+  /** Set when the round aggregated: the federated tensors and the sample counts that weighed in (after clipping). */
+  result?: { tensors: Map<string, Float32Array>; sampleCounts: Record<string, number> };
 }
 
 /**
@@ -55,12 +65,12 @@ export class RoundRunner {
     this.active?.closing.resolve({ close: true, outcome: 'keep', reason });
   }
 
-  async runRound(kind: RoundKind, resume?: RoundRecord): Promise<RoundOutcome> {
+  async runRound(kind: RoundKind, resume?: RoundRecord, drive?: RoundDrive): Promise<RoundOutcome> {
     const { ctx, journal } = this.d;
     const roundNo = resume?.round ?? (journal.data.rounds.at(-1)?.round ?? 0) + 1;
-    const selected = resume?.selected ?? (await this.selectAgents(roundNo, kind));
-    if (this.d.isStopped() || !selected) return 'keep';
-    const { active, task } = await this.openRound(kind, roundNo, selected, resume);
+    const selected = resume?.selected ?? (await this.selectAgents(roundNo, kind, drive?.signal));
+    if (this.d.isStopped() || drive?.signal.aborted || !selected) return 'keep';
+    const { active, task } = await this.openRound(kind, roundNo, selected, resume, drive);
     const { state, record } = active;
     const log = ctx.log.child({ round: roundNo });
     const deadlineTimer = ctx.clock.setTimeout(() => active.checkClose(), Math.max(0, record.deadlineAt - ctx.clock.now()) + 5);
@@ -75,8 +85,12 @@ export class RoundRunner {
     });
     log.info({ kind, baseVersion: active.base.version, selected: state.plan.selected, deadlineAt: new Date(record.deadlineAt).toISOString() }, 'round started');
     active.checkClose();
+    const onAbort = () => this.closeOpenRound(`upstream round ended: ${describeError(drive?.signal.reason).message}`);
+    drive?.signal.addEventListener('abort', onAbort, { once: true });
+    if (drive?.signal.aborted) onAbort();
 
     const decision = await active.closing.promise;
+    drive?.signal.removeEventListener('abort', onAbort);
     state.markClosed();
     ctx.clock.clearTimeout(deadlineTimer);
     active.uploads.discardAll();
@@ -85,7 +99,7 @@ export class RoundRunner {
     this.recordClose(active, decision);
     // The round's base was evaluated by the sites at its start: the release gates decide on it.
     await this.d.release.onBaseEvaluated(active.base, record.baseMetrics);
-    if (decision.outcome === 'aggregate' && !this.d.isStopped()) await this.aggregate(active);
+    if (decision.outcome === 'aggregate' && !this.d.isStopped()) await (drive ? this.aggregateDriven(active, drive) : this.aggregate(active));
     else if (decision.outcome === 'keep') {
       ctx.emitEvent('alert', { severity: 'warning', code: 'FL_ROUND_KEPT', message: `round ${roundNo}: ${decision.reason}` });
       log.warn({ reason: decision.reason }, 'round closed without aggregation; global model kept');
@@ -133,15 +147,17 @@ export class RoundRunner {
   }
 
   /** Who takes part in a new round (the strategy picks from the agents online); null when stopped. */
-  private async selectAgents(roundNo: number, kind: RoundKind): Promise<readonly string[] | null> {
+  private async selectAgents(roundNo: number, kind: RoundKind, upstream?: AbortSignal): Promise<readonly string[] | null> {
     const { commands, ctx, strategy, journal } = this.d;
     for (;;) {
       // Paused or stopped by the MES: no new round until resume / start.
-      await commands.waitUntilRunning(this.d.stopSignal, (state) =>
-        ctx.log.info({ state, round: roundNo }, `federation ${state} by MES command; round ${roundNo} waits`),
-      );
-      if (this.d.isStopped()) return null;
-      const online = await this.waitForAgents();
+      const until = upstream
+        ? Promise.race([this.d.stopSignal, new Promise<void>((resolve) => upstream.addEventListener('abort', () => resolve(), { once: true }))])
+        : this.d.stopSignal;
+      await commands.waitUntilRunning(until, (state) => ctx.log.info({ state, round: roundNo }, `federation ${state} by MES command; round ${roundNo} waits`));
+      if (this.d.isStopped() || upstream?.aborted) return null;
+      const online = await this.waitForAgents(upstream);
+      if (upstream?.aborted) return null;
       if (commands.state === 'running')
         return strategy.configureRound({ round: roundNo, kind, available: online, trainRoundsBefore: journal.data.trainRoundsDone }).selected;
     }
@@ -153,6 +169,7 @@ export class RoundRunner {
     roundNo: number,
     selected: readonly string[],
     resume?: RoundRecord,
+    drive?: RoundDrive,
   ): Promise<{ active: ActiveRound; task: TrainTask }> {
     const { ctx, journal, strategy } = this.d;
     const { config, clock } = ctx;
@@ -177,7 +194,7 @@ export class RoundRunner {
     record.delta = config.delta;
     record.acceptedAt ??= {};
     const federatedNames = resolveFederated(
-      config.task.federated,
+      drive?.task?.federated ?? config.task.federated,
       base.tensors.map((t) => t.name),
       base.headTensors,
     );
@@ -196,7 +213,7 @@ export class RoundRunner {
     this.active = active;
     // A resumed round keeps the agents it had; the strategy still sets the task it announces.
     const { task } = strategy.configureRound({ round: roundNo, kind, available: state.plan.selected, trainRoundsBefore: journal.data.trainRoundsDone });
-    return { active, task };
+    return { active, task: drive?.task ?? task };
   }
 
   /** The round's results as the journal keeps them. */
@@ -248,6 +265,34 @@ export class RoundRunner {
     record.aggregateMs = ctx.clock.now() - started;
   }
 
+  /** A driven round's aggregate, kept in memory for the caller (drive.result); the global model stays as it is. */
+  private async aggregateDriven(active: ActiveRound, drive: RoundDrive): Promise<void> {
+    const { ctx, strategy } = this.d;
+    const { record } = active;
+    const accepted = clipSampleCounts(ctx, active.state.plan.round, active.state.acceptedUpdates() as SpooledUpdate[]);
+    const started = ctx.clock.now();
+    try {
+      const result = await aggregateInMemory(ctx, strategy, active, accepted);
+      this.recordRefused(active, result.output.refused ?? []);
+      if (result.tensors) {
+        const kept = new Set(record.participants);
+        drive.result = {
+          tensors: result.tensors,
+          sampleCounts: Object.fromEntries(accepted.filter((u) => kept.has(u.agent)).map((u) => [u.agent, u.sampleCount])),
+        };
+      } else {
+        record.outcome = 'keep';
+        record.reason = result.output.reason;
+      }
+    } catch (err) {
+      const { code, message } = describeError(err);
+      ctx.log.error({ round: record.round, err: message, code }, 'aggregation failed');
+      record.outcome = 'keep';
+      record.reason = `aggregation failed: ${message}`;
+    }
+    record.aggregateMs = ctx.clock.now() - started;
+  }
+
   /** Accepted updates the strategy refused (norm screening): failures of the round, with an alert each. */
   private recordRefused(active: ActiveRound, refused: readonly { agent: string; code: string; reason: string }[]): void {
     if (refused.length === 0) return;
@@ -268,13 +313,14 @@ export class RoundRunner {
     record.failures = [...record.failures, ...state.failureList().filter((f) => !record.failures.some((g) => g.agent === f.agent))];
   }
 
-  private async waitForAgents(): Promise<string[]> {
+  /** The member agents online, once all are or once waitForAgentsMs has passed with minClients; `upstream`: a driven round's end also ends the wait. */
+  private async waitForAgents(upstream?: AbortSignal): Promise<string[]> {
     const { ctx, presence } = this.d;
     const { agents, minClients, waitForAgentsMs } = ctx.config;
     const started = ctx.clock.now();
     let warned = false;
     for (;;) {
-      if (this.d.isStopped()) return [];
+      if (this.d.isStopped() || upstream?.aborted) return [];
       const online = agents.filter((a) => presence.isOnline(a));
       if (online.length === agents.length) return online;
       const waited = ctx.clock.now() - started;

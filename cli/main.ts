@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile } from '../shared/config/service-config.js';
 import { inspectConfigSchema } from '../shared/config/inspect-config.js';
+import { plantConfigSchema } from '../shared/config/plant-config.js';
 import { createLogger } from '../shared/util/logger.js';
 import { fatal, notifyReady, onShutdown } from './lifecycle.js';
 import { intOption, invalidOption, isUsageError } from './option-checks.js';
@@ -52,6 +53,8 @@ async function dispatch(command: string | undefined, rest: string[]): Promise<vo
       return runAggregator(rest);
     case 'agent':
       return runAgent(rest);
+    case 'plant':
+      return runPlant(rest);
     case 'demo': {
       const { runDemoCommand } = await import('./demo-cmd.js');
       process.exitCode = await runDemoCommand(rest);
@@ -175,6 +178,21 @@ async function runAgent(args: string[]): Promise<void> {
     const running = await startAgent(config, log);
     onShutdown(log, () => running.close());
     notifyReady({ agent: config.agentId, metricsUrl: running.metrics?.url ?? null });
+  } catch (err) {
+    fatal(log, err);
+  }
+}
+
+async function runPlant(args: string[]): Promise<void> {
+  const { config: file } = configArg(args);
+  let log = createLogger({ name: 'plant' });
+  try {
+    const config = loadConfigFile(plantConfigSchema, file);
+    log = createLogger({ name: 'plant', ...(config.logLevel ? { level: config.logLevel } : {}) });
+    const { startPlant } = await import('../plant/main.js');
+    const running = await startPlant(config, log);
+    onShutdown(log, () => running.close());
+    notifyReady({ plant: config.upstream.agentId, metricsUrl: running.downstream.metrics?.url ?? null });
   } catch (err) {
     fatal(log, err);
   }

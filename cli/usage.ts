@@ -42,6 +42,7 @@ commands:
   broker      run the embedded MQTT broker (Aedes)          --config FILE [--port N]
   aggregator  run the aggregator                            --config FILE
   agent       run an edge agent                             --config FILE
+  plant       federate a plant's lines, take part at headquarters as one agent   --config FILE
   inspect     classify new images with the released global model, publish verdicts   --config FILE
   dashboard   a web page following the federation live, operator actions   --config FILE [--port N]
   plc-sim     a simulated PLC (OPC UA server), line state Running/Idle on a schedule
@@ -82,6 +83,10 @@ export const BROKER_USAGE = serviceUsage(
 );
 export const AGGREGATOR_USAGE = serviceUsage('aggregator', 'run the aggregator: rounds, FedAvg, the global model store');
 export const AGENT_USAGE = serviceUsage('agent', "run an edge agent: trains on the site's images in its training window, uploads updates");
+export const PLANT_USAGE = serviceUsage(
+  'plant',
+  "federate the plant's lines on the plant broker and take part at headquarters as one agent, with the lines' summed sample count (docs/plants.md)",
+);
 export const INSPECT_USAGE = serviceUsage('inspect', 'classify new images with the latest global model and publish (and log) a verdict for each');
 
 export const DEMO_USAGE = `fedline demo: a whole federation on this machine: embedded broker, aggregator and 3 agents
@@ -257,6 +262,7 @@ export const COMMAND_USAGE: Readonly<Record<string, string>> = {
   broker: BROKER_USAGE,
   aggregator: AGGREGATOR_USAGE,
   agent: AGENT_USAGE,
+  plant: PLANT_USAGE,
   inspect: INSPECT_USAGE,
   'plc-sim': PLC_SIM_USAGE,
   passwd: PASSWD_USAGE,

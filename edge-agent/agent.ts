@@ -255,7 +255,7 @@ export class EdgeAgent extends EventEmitter {
         });
       }
       // 2. evaluate the global model first, and report it at once (the seed paper's workflow)
-      const metricsBefore = await this.evaluateAndReport(trainer, model, round, downloadedBytes, log);
+      const metricsBefore = await this.evaluateAndReport(trainer, model, round, downloadedBytes, log, signal);
       if (ann.kind === 'evaluate') {
         this.finishedRounds.finish(ann);
         await this.setStatus(
@@ -282,9 +282,16 @@ export class EdgeAgent extends EventEmitter {
     }
   }
 
-  private async evaluateAndReport(trainer: Trainer, model: GlobalModel, round: number, downloadedBytes: number, log: Logger): Promise<EvalMetrics> {
+  private async evaluateAndReport(
+    trainer: Trainer,
+    model: GlobalModel,
+    round: number,
+    downloadedBytes: number,
+    log: Logger,
+    signal: AbortSignal,
+  ): Promise<EvalMetrics> {
     await this.setStatus({ state: 'evaluating', round, progress: null, detail: `global model version ${model.version}` }, true);
-    const metricsBefore = await trainer.evaluate(model);
+    const metricsBefore = await trainer.evaluate(model, { signal });
     log.info({ version: model.version, accuracy: metricsBefore.accuracy }, 'global model evaluated on the local test split');
     const report: EvalReportMsg = {
       v: PROTOCOL_VERSION,

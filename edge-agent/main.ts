@@ -2,6 +2,7 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { AgentConfig } from '../shared/config/service-config.js';
+import type { ModelMeta } from '../shared/protocol/messages.js';
 import { withTimeout } from '../shared/util/async.js';
 import { encodeJson } from '../shared/protocol/wire-codec.js';
 import type { Logger } from '../shared/util/logger.js';
@@ -35,6 +36,11 @@ export interface RunningAgent {
 export interface AgentWiringOptions {
   /** Test seam: wrap the trainer (e.g. to make one agent a straggler). */
   wrapTrainer?: (trainer: Trainer) => Trainer;
+  /**
+   * Replaces the local image trainer: a plant trains through its lines (plant/plant-trainer.ts),
+   * reading the base model's bundle from the agent's cache. No image folder is read then.
+   */
+  trainerFor?: (model: ModelMeta, cache: ModelCache) => Promise<Trainer>;
 }
 
 /** The agent's image folder must exist when it starts: a round should not be the first to find out. */
@@ -53,7 +59,7 @@ export function checkDataDir(dir: string): void {
 }
 
 export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, wiring: AgentWiringOptions = {}): Promise<RunningAgent> {
-  checkDataDir(config.data.dir);
+  if (!wiring.trainerFor) checkDataDir(config.data.dir);
   const topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
   const verifyKey = config.modelPublicKeyFile ? loadVerifyKey(config.modelPublicKeyFile) : null;
   const offline = encodeJson({ ...offlineStatus(config.agentId), ts: Date.now() });
@@ -74,16 +80,20 @@ export async function startAgent(config: Readonly<AgentConfig>, logger: Logger, 
     onCommand: (verb, command) => agent?.commandApplied(verb, command),
     onReject: (err, topic) => agent?.rejectInput(err, topic),
   });
+  const cache = new ModelCache(join(config.stateDir, 'models'), log);
+  const ownTrainer = wiring.trainerFor;
   agent = new EdgeAgent(config, {
     gate,
     transport,
-    cache: new ModelCache(join(config.stateDir, 'models'), log),
+    cache,
     journal: new UpdateJournal(join(config.stateDir, 'uploads')),
     ...(verifyKey
       ? { verifyModel: (version: number, sha256: string, signature: string | null) => verifyModelSignature(verifyKey, version, sha256, signature) }
       : {}),
     logger,
-    trainerFor: async ({ classes, inputShape, normalization }) => {
+    trainerFor: async (meta) => {
+      if (ownTrainer) return ownTrainer(meta, cache);
+      const { classes, inputShape, normalization } = meta;
       const runtime = await loadTf(config.training.backend, log);
       const data = await loadDataset({
         dir: config.data.dir,

@@ -25,6 +25,7 @@ const COMMANDS = [
   ['broker'],
   ['aggregator'],
   ['agent'],
+  ['plant'],
   ['inspect'],
   ['plc-sim'],
   ['passwd'],

@@ -7,6 +7,7 @@ import { PasswordFile } from '../broker/passwords.js';
 import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile, mqttPassword } from '../shared/config/service-config.js';
 import { loadExperimentConfig } from '../experiment/runner.js';
 import { inspectConfigSchema } from '../shared/config/inspect-config.js';
+import { plantConfigSchema } from '../shared/config/plant-config.js';
 import { loadSigningKey, loadVerifyKey, signModel, verifyModelSignature } from '../shared/protocol/model-signature.js';
 import { dashboardConfigSchema } from '../dashboard/dashboard-config.js';
 import { REPO_ROOT } from './helpers.js';
@@ -24,11 +25,13 @@ test('every example config in examples/ is valid', () => {
         ? aggregatorConfigSchema
         : f.startsWith('inspect')
           ? inspectConfigSchema
-          : f.startsWith('access')
-            ? accessFileSchema
-            : f.startsWith('dashboard')
-              ? dashboardConfigSchema
-              : brokerConfigSchema;
+          : f.startsWith('plant')
+            ? plantConfigSchema
+            : f.startsWith('access')
+              ? accessFileSchema
+              : f.startsWith('dashboard')
+                ? dashboardConfigSchema
+                : brokerConfigSchema;
     assert.doesNotThrow(() => loadConfigFile(schema, join(dir, f)), f);
   }
   const agg = loadConfigFile(aggregatorConfigSchema, join(dir, 'aggregator.json'));

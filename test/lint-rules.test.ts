@@ -64,6 +64,10 @@ const forbidden: { name: string; file: string; code: (file: string) => string }[
   { name: 'aggregator/main.ts -> training (static)', file: 'aggregator/main.ts', code: (f) => `import '${from(f, moduleIn('training'))}';` },
   { name: 'aggregator/main.ts -> @tensorflow/tfjs (dynamic)', file: 'aggregator/main.ts', code: () => `export const load = () => import('@tensorflow/tfjs');` },
   { name: 'synthetic-data -> demo', file: 'synthetic-data/probe.ts', code: (f) => `import '${from(f, moduleIn('demo'))}';` },
+  { name: 'aggregator -> plant', file: 'aggregator/probe.ts', code: (f) => `import '${from(f, moduleIn('plant'))}';` },
+  { name: 'edge-agent -> plant', file: 'edge-agent/probe.ts', code: (f) => `import '${from(f, moduleIn('plant'))}';` },
+  { name: 'plant -> synthetic-data', file: 'plant/probe.ts', code: (f) => `import '${from(f, moduleIn('synthetic-data'))}';` },
+  { name: 'plant -> demo', file: 'plant/probe.ts', code: (f) => `import '${from(f, moduleIn('demo'))}';` },
   { name: 'experiment -> cli', file: 'experiment/probe.ts', code: (f) => `import '${from(f, moduleIn('cli'))}';` },
   { name: 'cli -> bench', file: 'cli/probe.ts', code: (f) => `import '${from(f, moduleIn('bench'))}';` },
   { name: 'bench -> test', file: 'bench/probe.ts', code: (f) => `import '${from(f, 'test/helpers.js')}';` },
@@ -93,6 +97,12 @@ const allowed: { name: string; file: string; code: (file: string) => string }[] 
     file: 'demo/probe.ts',
     code: (f) => ['aggregator', 'broker', 'edge-agent'].map((d) => `import '${from(f, moduleIn(d))}';`).join('\n'),
   },
+  {
+    name: 'plant -> aggregator, edge-agent, training',
+    file: 'plant/probe.ts',
+    code: (f) => ['aggregator', 'edge-agent', 'training'].map((d) => `import '${from(f, moduleIn(d))}';`).join('\n'),
+  },
+  { name: 'demo -> plant', file: 'demo/probe.ts', code: (f) => `import '${from(f, moduleIn('plant'))}';` },
   { name: 'cli -> experiment', file: 'cli/probe.ts', code: (f) => `import '${from(f, moduleIn('experiment'))}';` },
   { name: 'bench -> cli', file: 'bench/probe.ts', code: (f) => `import '${from(f, moduleIn('cli'))}';` },
   {

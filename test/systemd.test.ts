@@ -25,7 +25,13 @@ function serviceSection(text: string): Map<string, string[]> {
 }
 
 test('systemd units: one per service, dedicated user, restart on failure, state/config directories, hardening, journald', () => {
-  assert.deepEqual(units.sort(), ['fedline-agent.service', 'fedline-aggregator.service', 'fedline-broker.service', 'fedline-inspect.service']);
+  assert.deepEqual(units.sort(), [
+    'fedline-agent.service',
+    'fedline-aggregator.service',
+    'fedline-broker.service',
+    'fedline-inspect.service',
+    'fedline-plant.service',
+  ]);
   for (const u of units) {
     const s = serviceSection(readFileSync(join(dir, u), 'utf8'));
     const one = (k: string) => s.get(k)?.[0];

@@ -53,8 +53,8 @@ export interface Trainer {
   /** tfjs backend in use (`tensorflow`, `cpu`, ...). */
   readonly backend: string;
   readonly samples: { train: number; test: number };
-  /** The model on the local test split. */
-  evaluate(model: GlobalModel): Promise<EvalMetrics>;
+  /** The model on the local test split. `signal`: the round's work ends (a plant's evaluation is a whole plant round: plant/plant-trainer.ts). */
+  evaluate(model: GlobalModel, options?: { signal?: AbortSignal }): Promise<EvalMetrics>;
   /**
    * Train `task.epochs` epochs from the given weights. Only `federatedNames` train (the rest is
    * frozen) and come back. At every batch boundary: awaits `atBatchBoundary`, then checks `signal`.

@@ -36,3 +36,32 @@ export function classificationMetrics(labels: ArrayLike<number>, predictions: Ar
     recall,
   };
 }
+
+/**
+ * Several sites' metrics on their own test splits pooled into one, as if one site had held all
+ * their test images: confusion matrices add up, the rates follow from the sum, and the loss is the
+ * sample-weighted mean (null when a site reported none). A plant reports its lines this way upstream.
+ */
+export function pooledMetrics(parts: readonly EvalMetrics[]): EvalMetrics {
+  if (parts.length === 0) throw new RangeError('no metrics to pool');
+  const numClasses = parts[0]!.confusion.length;
+  const confusion = Array.from({ length: numClasses }, () => new Array<number>(numClasses).fill(0));
+  for (const m of parts) {
+    if (m.confusion.length !== numClasses) throw new RangeError(`confusion matrices of ${numClasses} and ${m.confusion.length} classes cannot be pooled`);
+    m.confusion.forEach((row, t) => row.forEach((n, p) => (confusion[t]![p]! += n)));
+  }
+  const samples = parts.reduce((s, m) => s + m.samples, 0);
+  const lossKnown = parts.every((m) => m.loss !== null);
+  const loss = lossKnown && samples > 0 ? parts.reduce((s, m) => s + m.loss! * m.samples, 0) / samples : null;
+  const labels: number[] = [];
+  const predictions: number[] = [];
+  confusion.forEach((row, t) =>
+    row.forEach((n, p) => {
+      for (let i = 0; i < n; i++) {
+        labels.push(t);
+        predictions.push(p);
+      }
+    }),
+  );
+  return classificationMetrics(labels, predictions, numClasses, loss);
+}

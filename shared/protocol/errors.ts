@@ -42,6 +42,8 @@ export const ErrorCodes = {
   STORAGE: 'FL_STORAGE',
   /** The machine cannot run fedline (a big-endian CPU). */
   PLATFORM: 'FL_PLATFORM',
+  /** A plant round made no aggregate or no evaluation (too few lines, every update refused): the plant sends nothing upstream for that round. */
+  PLANT_ROUND_EMPTY: 'FL_PLANT_ROUND_EMPTY',
   // training windows (edge-agent/triggers)
   WINDOW_MISSED: 'FL_WINDOW_MISSED',
   OPCUA_UNREACHABLE: 'FL_OPCUA_UNREACHABLE',
