@@ -39,6 +39,16 @@ export interface TrainOptions {
    * A rejection ends training with that error.
    */
   atBatchBoundary?: (at: BatchBoundary) => Promise<void> | void;
+  /**
+   * SCAFFOLD (task.scaffold): the server variate c and this client's c_i, by tensor name (null or a
+   * missing tensor: zero). Every trainable variable's gradient is corrected by c - c_i before the optimizer.
+   */
+  control?: ScaffoldControl;
+}
+
+export interface ScaffoldControl {
+  c: ReadonlyMap<string, Float32Array> | null;
+  ci: ReadonlyMap<string, Float32Array> | null;
 }
 
 export interface TrainResult {
@@ -47,6 +57,8 @@ export interface TrainResult {
   sampleCount: number;
   metricsAfter: EvalMetrics;
   trainMs: number;
+  /** Optimizer steps taken (batches trained): SCAFFOLD's K. */
+  steps: number;
 }
 
 export interface Trainer {

@@ -56,6 +56,12 @@ const trainTaskSchema = z.object({
    * loss over the federated tensors. Optional on the wire; absent or 0 means plain local training.
    */
   proxMu: z.number().min(0).finite().optional(),
+  /**
+   * SCAFFOLD (Karimireddy et al. 2020): correct every local gradient by c - c_i (the announcement's
+   * `control` variate c, the agent's own c_i), keep c_i+ on the agent and report the steps taken
+   * (update meta `steps`). Optional on the wire; absent or false means plain local training.
+   */
+  scaffold: z.boolean().optional(),
   /** Which tensors train and travel: all of them, the classifier head, or an explicit list. */
   federated: federatedSetSchema,
 });
@@ -207,6 +213,8 @@ export const updateMetaSchema = z.object({
   backend: z.string(),
   /** The values are differences to the base model (the round asked for `delta`). */
   delta: z.boolean().default(false),
+  /** Optimizer steps local training took (SCAFFOLD's K). Optional: older agents omit it. */
+  steps: posInt.optional(),
 });
 export type UpdateMeta = z.input<typeof updateMetaSchema>;
 
