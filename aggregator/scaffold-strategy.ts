@@ -38,7 +38,8 @@ export class Scaffold implements Strategy {
 
   configureRound(setup: RoundSetup): RoundConfig {
     const config = this.fedAvg.configureRound(setup);
-    this.localLearningRates.set(setup.round, config.task.learningRate);
+    // The completion announcement configures no agents: it must not change what a round announced.
+    if (setup.available.length > 0) this.localLearningRates.set(setup.round, config.task.learningRate);
     return { ...config, task: { ...config.task, scaffold: true } };
   }
 

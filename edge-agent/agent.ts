@@ -24,7 +24,10 @@ import { checkModelSignature, decodeBaseModel, VerifiedBaseFloor, type ModelVeri
 import { trainLocalUpdate, type LocalUpdate } from './local-update.js';
 import type { ModelCache } from './model-cache.js';
 import { fetchModelBundle } from './model-fetch.js';
-import type { GlobalModel, Trainer } from '../training/trainer.js';
+import { downloadControl } from './model-downlink.js';
+import { ScaffoldClient } from './scaffold-client.js';
+import { resolveFederated } from '../shared/fl/federated-set.js';
+import type { GlobalModel, ScaffoldControl, Trainer } from '../training/trainer.js';
 import type { UpdateJournal } from './update-journal.js';
 import { RunRounds } from './run-rounds.js';
 import { TrainingWindow } from './training-window.js';
@@ -78,6 +81,8 @@ export class EdgeAgent extends EventEmitter {
   private readonly verifyModel: ModelVerifier | null;
   /** With signatures on: the newest verified base; older rounds are replays. */
   private readonly baseFloor: VerifiedBaseFloor | null;
+  /** SCAFFOLD's client variate c_i, kept in the state folder (edge-agent/scaffold-client.ts). */
+  private readonly scaffold: ScaffoldClient;
   private readonly log: Logger;
   private readonly topics: Topics;
   private readonly emitEvent: EventSink;
@@ -101,6 +106,7 @@ export class EdgeAgent extends EventEmitter {
     this.verifyModel = deps.verifyModel ?? null;
     this.baseFloor = this.verifyModel ? new VerifiedBaseFloor(config.stateDir ? join(config.stateDir, 'verified-base.json') : null) : null;
     this.log = deps.logger.child({ module: 'agent', agent: config.agentId });
+    this.scaffold = new ScaffoldClient(config.stateDir ?? null, this.log);
     this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
     this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, undefined, config.agentId);
     this.gate = deps.gate ?? null;
@@ -244,7 +250,9 @@ export class EdgeAgent extends EventEmitter {
       if (signal.aborted) throw signal.reason;
       // 1. the base model
       await this.setStatus({ state: 'downloading', round, progress: 0, detail: `model version ${ann.base.version}` }, true);
-      const { model, downloadedBytes } = await this.fetchModel(ann, signal);
+      const { model, downloadedBytes: modelBytes } = await this.fetchModel(ann, signal);
+      const { control, downloadedBytes: controlBytes } = await this.fetchControl(ann, model, signal);
+      const downloadedBytes = modelBytes + controlBytes;
       const trainer = await this.ensureTrainer(model.meta, ann);
       // The box's GPU serves the line first: evaluating and training wait for the training window.
       if (this.window) {
@@ -271,7 +279,7 @@ export class EdgeAgent extends EventEmitter {
         log.info({ bytes: pending.source.byteLength }, 'resuming the upload of an update made before a restart');
         update = { bundle: pending.source, saved: { sha256: pending.sha256, upload: pending.upload }, resumedFrom: pending.source };
       } else {
-        update = await this.makeUpdate(trainer, model, ann, metricsBefore, signal, log);
+        update = await this.makeUpdate(trainer, model, ann, metricsBefore, signal, log, control);
       }
       // 4. send the update
       return await this.upload(ann, update, signal, log);
@@ -305,6 +313,8 @@ export class EdgeAgent extends EventEmitter {
     // A record of the same round number of another federation run is not about this round.
     if (!prior || prior.baseVersion !== baseVersion || prior.state === 'pending' || (prior.runId ?? ann.runId) !== ann.runId) return null;
     this.finishedRounds.finish(ann);
+    // A restart between the verdict and keeping SCAFFOLD's c_i+: settle it now (a no-op when there is none).
+    await this.scaffold.settle(ann.runId, round, prior.state === 'accepted').catch((err: Error) => this.storageProblem(`SCAFFOLD c_i: ${err.message}`));
     log.info({ state: prior.state }, "this round's update was already settled before a restart; not sending it again");
     await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} ${prior.state} (before restart)` }, true);
     return { round, outcome: prior.state };
@@ -318,6 +328,7 @@ export class EdgeAgent extends EventEmitter {
     metricsBefore: EvalMetrics,
     signal: AbortSignal,
     log: Logger,
+    control: ScaffoldControl | null,
   ): Promise<LocalUpdate> {
     const deps = {
       agentId: this.config.agentId,
@@ -326,7 +337,8 @@ export class EdgeAgent extends EventEmitter {
       setStatus: this.setStatus.bind(this),
       isTraining: () => this.statusPublisher.current.state === 'training',
     };
-    const bundle = await trainLocalUpdate(deps, trainer, model, ann, metricsBefore, signal);
+    const scaffold = control ? { control, keep: (r: Parameters<ScaffoldClient['keep']>[3]) => this.scaffold.keep(ann, model, control, r) } : null;
+    const bundle = await trainLocalUpdate(deps, trainer, model, ann, metricsBefore, signal, scaffold);
     const saved =
       (await this.journal?.savePending(ann.round, model.version, bundle, ann.runId).catch((err: Error) => {
         this.storageProblem(`could not record the update of round ${ann.round} on disk (${err.message}); a restart would train again`);
@@ -356,6 +368,8 @@ export class EdgeAgent extends EventEmitter {
     this.bytes.up += sent.sentBytes;
     this.finishedRounds.finish(ann);
     await this.journal?.settle(round, sent.ack.status === 'accepted' ? 'accepted' : 'rejected', sent.ack.reason).catch(() => undefined);
+    if (ann.task.scaffold)
+      await this.scaffold.settle(ann.runId, round, sent.ack.status === 'accepted').catch((err: Error) => this.storageProblem(`SCAFFOLD c_i: ${err.message}`));
     if (sent.ack.status === 'accepted') {
       log.info({ bytes: bundle.byteLength, resent: sent.resentChunks }, 'update accepted by the aggregator');
       await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} accepted` }, true);
@@ -409,6 +423,26 @@ export class EdgeAgent extends EventEmitter {
     const model = decodeBaseModel(bundle, ref);
     this.baseFloor?.verified(ref.version, ann.runId);
     return { model, downloadedBytes };
+  }
+
+  /** SCAFFOLD rounds: the server variate c (downloaded when announced; absent: c = 0) and this agent's c_i. */
+  private async fetchControl(ann: RoundAnnouncement, model: GlobalModel, signal: AbortSignal): Promise<{ control: ScaffoldControl | null; downloadedBytes: number }> {
+    if (!ann.task.scaffold || ann.kind !== 'train') return { control: null, downloadedBytes: 0 };
+    const bundle = ann.control
+      ? await downloadControl(this.transport, this.topics, ann.control, this.log, {
+          maxModelBytes: this.config.maxModelBytes,
+          stallMs: 30_000,
+          signal,
+          onReject: (err, topic) => this.reject(err, topic),
+        })
+      : null;
+    this.bytes.down += ann.control?.bytes ?? 0;
+    const federated = resolveFederated(
+      ann.task.federated,
+      model.tensors.map((t) => t.name),
+      model.meta.headTensors,
+    );
+    return { control: await this.scaffold.prepare(ann, model, federated, bundle), downloadedBytes: ann.control?.bytes ?? 0 };
   }
 
   private async ensureTrainer(meta: ModelMeta, ann: RoundAnnouncement): Promise<Trainer> {
