@@ -297,7 +297,7 @@ export class RoundRunner {
   /** SCAFFOLD rounds: publish the server variate c that goes with the round's base (none yet: c = 0, no `control`). */
   private async publishControl(active: ActiveRound, task: TrainTask): Promise<RoundAnnouncement['control']> {
     const { strategy, publisher } = this.d;
-    if (!task.scaffold || !strategy.controlVariate) return undefined;
+    if (!task.scaffold || !strategy.controlVariate || active.state.plan.kind !== 'train') return undefined;
     const specs = active.base.tensors.filter((t) => active.federatedNames.includes(t.name));
     const variate = await strategy.controlVariate(
       active.base.version,
