@@ -85,13 +85,20 @@ export class ModelPublisher {
     const meta: ControlMeta = { kind: 'control', version: variate.version };
     const bundle = encodeBundle(tensors, meta);
     const { chunkBytes } = this.ctx.config;
-    const ref = { version: variate.version, sha256: sha256Hex(bundle), bytes: bundle.byteLength, chunks: chunkCount(bundle.byteLength, chunkBytes), chunkBytes };
+    const ref = {
+      version: variate.version,
+      sha256: sha256Hex(bundle),
+      bytes: bundle.byteLength,
+      chunks: chunkCount(bundle.byteLength, chunkBytes),
+      chunkBytes,
+    };
     const previous = this.lastControl;
     this.lastControl = { bundle, ref };
     await this.publishControlChunks();
     if (previous) {
       const { transport, topics } = this.ctx;
-      for (let seq = 0; seq < previous.ref.chunks; seq++) await transport.publish(topics.controlChunk(previous.ref.version, seq), Buffer.alloc(0), { qos: 1, retain: true });
+      for (let seq = 0; seq < previous.ref.chunks; seq++)
+        await transport.publish(topics.controlChunk(previous.ref.version, seq), Buffer.alloc(0), { qos: 1, retain: true });
     }
     this.ctx.log.info({ version: ref.version, bytes: ref.bytes }, 'SCAFFOLD control variate published');
     return ref;

@@ -48,7 +48,7 @@ export class Scaffold implements Strategy {
   }
 
   async aggregate({ round, federated, results, base, versions, output }: StrategyInput): Promise<StrategyOutput> {
-    if (!versions) throw new RangeError('scaffold needs the round\'s model versions for its state');
+    if (!versions) throw new RangeError("scaffold needs the round's model versions for its state");
     const localLearningRate = this.localLearningRates.get(round);
     if (localLearningRate === undefined) throw new RangeError(`scaffold: round ${round} was not configured by this strategy`);
     // An update without its step count (an agent that does not run SCAFFOLD) cannot give Δc_i: it leaves the average.

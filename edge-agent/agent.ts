@@ -426,7 +426,11 @@ export class EdgeAgent extends EventEmitter {
   }
 
   /** SCAFFOLD rounds: the server variate c (downloaded when announced; absent: c = 0) and this agent's c_i. */
-  private async fetchControl(ann: RoundAnnouncement, model: GlobalModel, signal: AbortSignal): Promise<{ control: ScaffoldControl | null; downloadedBytes: number }> {
+  private async fetchControl(
+    ann: RoundAnnouncement,
+    model: GlobalModel,
+    signal: AbortSignal,
+  ): Promise<{ control: ScaffoldControl | null; downloadedBytes: number }> {
     if (!ann.task.scaffold || ann.kind !== 'train') return { control: null, downloadedBytes: 0 };
     const bundle = ann.control
       ? await downloadControl(this.transport, this.topics, ann.control, this.log, {

@@ -57,8 +57,20 @@ export function downloadModel(transport: Transport, topics: Topics, ref: ModelRe
  * Fetch SCAFFOLD's server variate c (announcement `control`) into memory: retained chunks on
  * `<root>/model/<version>/control/+`, checked like the model's (CRC32 per chunk, SHA-256 as a whole).
  */
-export function downloadControl(transport: Transport, topics: Topics, ref: Omit<ModelRef, 'signature'>, log: Logger, options: DownloadOptions): Promise<Buffer> {
-  const r = new Reassembler({ total: ref.chunks, bundleBytes: ref.bytes, chunkBytes: ref.chunkBytes, sha256: ref.sha256, maxBundleBytes: options.maxModelBytes });
+export function downloadControl(
+  transport: Transport,
+  topics: Topics,
+  ref: Omit<ModelRef, 'signature'>,
+  log: Logger,
+  options: DownloadOptions,
+): Promise<Buffer> {
+  const r = new Reassembler({
+    total: ref.chunks,
+    bundleBytes: ref.bytes,
+    chunkBytes: ref.chunkBytes,
+    sha256: ref.sha256,
+    maxBundleBytes: options.maxModelBytes,
+  });
   const channel: Channel = {
     what: 'control',
     filter: topics.controlChunks(ref.version),

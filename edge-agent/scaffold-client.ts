@@ -47,7 +47,8 @@ export class ScaffoldClient {
     const c = controlBundle ? decodeControl(controlBundle, ann, specs) : null;
     const stored = await this.read('ci.flb');
     const ci = stored && stored.meta.runId === ann.runId && matches(stored.c, specs) ? stored.c : null;
-    if (stored && !ci) this.log.info({ from: stored.meta.runId, round: stored.meta.round }, 'SCAFFOLD: stored c_i is of another run or model; starting from c_i = 0');
+    if (stored && !ci)
+      this.log.info({ from: stored.meta.runId, round: stored.meta.round }, 'SCAFFOLD: stored c_i is of another run or model; starting from c_i = 0');
     return { c, ci };
   }
 
@@ -56,7 +57,10 @@ export class ScaffoldClient {
     const base = new Map(model.tensors.map((t) => [t.name, t.data]));
     const next: Variate = new Map();
     for (const t of result.tensors) {
-      next.set(t.name, clientVariate(base.get(t.name)!, t.data, control.c?.get(t.name) ?? null, control.ci?.get(t.name) ?? null, result.steps, ann.task.learningRate));
+      next.set(
+        t.name,
+        clientVariate(base.get(t.name)!, t.data, control.c?.get(t.name) ?? null, control.ci?.get(t.name) ?? null, result.steps, ann.task.learningRate),
+      );
     }
     const meta: ClientVariateMeta = { kind: 'client-variate', runId: ann.runId, round: ann.round };
     this.memory.pending = { meta, c: next };
@@ -107,7 +111,8 @@ function matches(c: Variate, specs: readonly NamedTensor[]): boolean {
 function decodeControl(bundle: Buffer, ann: RoundAnnouncement, specs: readonly NamedTensor[]): Variate {
   try {
     const decoded = decodeBundle(bundle, controlMetaSchema);
-    if (decoded.header.meta.version !== ann.base.version) throw new Error(`it is for model version ${decoded.header.meta.version}, the round's base is ${ann.base.version}`);
+    if (decoded.header.meta.version !== ann.base.version)
+      throw new Error(`it is for model version ${decoded.header.meta.version}, the round's base is ${ann.base.version}`);
     const c = new Map(bundleTensors(decoded).map((t) => [t.name, t.data]));
     if (!matches(c, specs)) throw new Error("its tensors do not match the round's federated tensors");
     return c;

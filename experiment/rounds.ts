@@ -236,12 +236,19 @@ function nextClientVariate(
   learningRate: number,
 ): Map<string, Float32Array> {
   const base = new Map(global.tensors.map((t) => [t.name, t.data]));
-  return new Map(r.tensors.map((t) => [t.name, clientVariate(base.get(t.name)!, t.data, c?.get(t.name) ?? null, ci?.get(t.name) ?? null, r.steps, learningRate)]));
+  return new Map(
+    r.tensors.map((t) => [t.name, clientVariate(base.get(t.name)!, t.data, c?.get(t.name) ?? null, ci?.get(t.name) ?? null, r.steps, learningRate)]),
+  );
 }
 
 function memoryReader(id: string, weight: number, tensors: readonly { name: string; data: Float32Array }[], steps?: number): TensorBlockReader {
   const byName = new Map(tensors.map((t) => [t.name, t.data]));
-  return { id, weight, ...(steps === undefined ? {} : { steps }), read: async (name, start, out) => out.set(byName.get(name)!.subarray(start, start + out.length)) };
+  return {
+    id,
+    weight,
+    ...(steps === undefined ? {} : { steps }),
+    read: async (name, start, out) => out.set(byName.get(name)!.subarray(start, start + out.length)),
+  };
 }
 
 /** One round's aggregation through the strategy, as the aggregator runs it (base and new version numbers key a server optimizer's state). */

@@ -46,7 +46,14 @@ test('SCAFFOLD training: c = c_i = 0 is bit-identical to plain training; c - c_i
   try {
     await tinyDataset(dir.path, ['site'], 8, 16);
     const model = await globalModel();
-    const data = await loadDataset({ dir: join(dir.path, 'site'), classes: CLASSES, inputShape: [16, 16, 3], testFraction: 0.25, splitSeed: 1, decoder: jsDecoder });
+    const data = await loadDataset({
+      dir: join(dir.path, 'site'),
+      classes: CLASSES,
+      inputShape: [16, 16, 3],
+      testFraction: 0.25,
+      splitSeed: 1,
+      decoder: jsDecoder,
+    });
     const names = model.tensors.map((t) => t.name);
     const train = (task: TrainTask, control?: ScaffoldControl) =>
       new TfjsTrainer(runtime, data, { shuffleSeed: 5 }).train(model, task, names, control ? { control } : {});

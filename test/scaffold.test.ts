@@ -150,7 +150,16 @@ test('SCAFFOLD client: c_i+ = c_i - c + (x - y) / (K η_l); the server’s Δc_i
 });
 
 function configFor(stateDir: string, extra: Record<string, unknown>) {
-  const raw = { federation: 'f', mqtt: { url: 'mqtt://127.0.0.1:1' }, stateDir, agents: ['s1', 's2', 's3', 's4'], rounds: 1, task: {}, model: { classes: ['A', 'B'] }, ...extra };
+  const raw = {
+    federation: 'f',
+    mqtt: { url: 'mqtt://127.0.0.1:1' },
+    stateDir,
+    agents: ['s1', 's2', 's3', 's4'],
+    rounds: 1,
+    task: {},
+    model: { classes: ['A', 'B'] },
+    ...extra,
+  };
   return parseConfig(aggregatorConfigSchema, raw, 'test aggregator config');
 }
 

@@ -126,7 +126,8 @@ function scaffoldCorrections(tf: Tf, vars: readonly Variable[], names: readonly 
     const c = control?.c?.get(name) ?? null;
     const ci = control?.ci?.get(name) ?? null;
     const n = v.size;
-    if ((c && c.length !== n) || (ci && ci.length !== n)) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `SCAFFOLD variate of ${name} has the wrong length`);
+    if ((c && c.length !== n) || (ci && ci.length !== n))
+      throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `SCAFFOLD variate of ${name} has the wrong length`);
     const d = new Float32Array(n);
     for (let k = 0; k < n; k++) d[k] = (c ? c[k]! : 0) - (ci ? ci[k]! : 0);
     return tf.keep(tf.tensor(d, v.shape));

@@ -71,7 +71,10 @@ export async function scaffoldServerStreamed(
   const totalWeight = ordered.reduce((s, r) => s + r.weight, 0);
   const inv = 1 / totalWeight;
   const fraction = ordered.length / p.clients;
-  const maxN = Math.min(blockElements, tensors.reduce((m, t) => Math.max(m, t.length), 0));
+  const maxN = Math.min(
+    blockElements,
+    tensors.reduce((m, t) => Math.max(m, t.length), 0),
+  );
   const x = new Float32Array(maxN);
   const c = new Float32Array(maxN);
   const y = new Float32Array(maxN);
