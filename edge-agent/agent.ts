@@ -337,7 +337,10 @@ export class EdgeAgent extends EventEmitter {
       setStatus: this.setStatus.bind(this),
       isTraining: () => this.statusPublisher.current.state === 'training',
     };
-    const scaffold = control ? { control, keep: (r: Parameters<ScaffoldClient['keep']>[3]) => this.scaffold.keep(ann, model, control, r) } : null;
+    // c_i+ is kept in memory in any case; a disk that refuses it only costs it across a restart.
+    const keep = (r: Parameters<ScaffoldClient['keep']>[3]) =>
+      this.scaffold.keep(ann, model, control!, r).catch((err: Error) => this.storageProblem(`could not keep SCAFFOLD's c_i on disk: ${err.message}`));
+    const scaffold = control ? { control, keep } : null;
     const bundle = await trainLocalUpdate(deps, trainer, model, ann, metricsBefore, signal, scaffold);
     const saved =
       (await this.journal?.savePending(ann.round, model.version, bundle, ann.runId).catch((err: Error) => {

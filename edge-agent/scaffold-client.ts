@@ -1,4 +1,4 @@
-import { mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { clientVariate } from '../shared/fl/scaffold.js';
@@ -45,7 +45,8 @@ export class ScaffoldClient {
   async prepare(ann: RoundAnnouncement, model: GlobalModel, federatedNames: readonly string[], controlBundle: Buffer | null): Promise<ScaffoldControl> {
     const specs = model.tensors.filter((t) => federatedNames.includes(t.name));
     const c = controlBundle ? decodeControl(controlBundle, ann, specs) : null;
-    const stored = await this.read('ci.flb');
+    // This process's last accepted c_i first (its file may not have been written: a disk problem, alerted).
+    const stored = this.memory.committed ?? (await this.read('ci.flb'));
     const ci = stored && stored.meta.runId === ann.runId && matches(stored.c, specs) ? stored.c : null;
     if (stored && !ci)
       this.log.info({ from: stored.meta.runId, round: stored.meta.round }, 'SCAFFOLD: stored c_i is of another run or model; starting from c_i = 0');
@@ -76,7 +77,7 @@ export class ScaffoldClient {
     this.memory.pending = null;
     if (!pending || pending.meta.runId !== runId || pending.meta.round !== round) return;
     if (accepted) this.memory.committed = pending;
-    if (!this.dir) return;
+    if (!this.dir || !(await exists(join(this.dir, 'ci-pending.flb')))) return;
     if (accepted) {
       await rename(join(this.dir, 'ci-pending.flb'), join(this.dir, 'ci.flb'));
       await fsyncDir(this.dir);
@@ -101,6 +102,13 @@ export class ScaffoldClient {
       return null;
     }
   }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 function matches(c: Variate, specs: readonly NamedTensor[]): boolean {
