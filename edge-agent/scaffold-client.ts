@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { clientVariate } from '../shared/fl/scaffold.js';
 import { bundleTensors, decodeBundle, encodeBundle, type NamedTensor } from '../shared/bundle/tensor-bundle.js';
+import { valuesAsReceived } from '../shared/bundle/encoded-update.js';
 import { controlMetaSchema, type RoundAnnouncement } from '../shared/protocol/messages.js';
 import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { fsyncDir, writeFileAtomic } from '../shared/util/fs-atomic.js';
@@ -58,10 +59,10 @@ export class ScaffoldClient {
     const base = new Map(model.tensors.map((t) => [t.name, t.data]));
     const next: Variate = new Map();
     for (const t of result.tensors) {
-      next.set(
-        t.name,
-        clientVariate(base.get(t.name)!, t.data, control.c?.get(t.name) ?? null, control.ci?.get(t.name) ?? null, result.steps, ann.task.learningRate),
-      );
+      const x = base.get(t.name)!;
+      // y as the aggregator will read it (f16/q8, delta): c_i+ - c_i is then exactly the Δc_i it forms.
+      const y = valuesAsReceived(t.data, x, ann.encoding, ann.delta);
+      next.set(t.name, clientVariate(x, y, control.c?.get(t.name) ?? null, control.ci?.get(t.name) ?? null, result.steps, ann.task.learningRate));
     }
     const meta: ClientVariateMeta = { kind: 'client-variate', runId: ann.runId, round: ann.round };
     this.memory.pending = { meta, c: next };

@@ -19,7 +19,7 @@ import { tempDir } from './helpers.js';
 const tensor = (name: string, values: number[]) => ({ name, shape: [values.length], dtype: 'float32' as const, data: Float32Array.from(values) });
 const model: GlobalModel = { version: 3, sha256: '', meta: {} as GlobalModel['meta'], tensors: [tensor('w', [1, 2]), tensor('b', [0.5])] };
 const ann = (round: number, runId = 'run1') =>
-  ({ round, runId, base: { version: 3 }, task: { learningRate: 0.1, scaffold: true } }) as unknown as RoundAnnouncement;
+  ({ round, runId, base: { version: 3 }, task: { learningRate: 0.1, scaffold: true }, encoding: 'f32', delta: false }) as unknown as RoundAnnouncement;
 const trained = (w: number[], b: number[], steps: number): TrainResult =>
   ({ tensors: [tensor('w', w), tensor('b', b)], steps, sampleCount: 1, trainMs: 0, metricsAfter: null }) as unknown as TrainResult;
 const values = (m: ReadonlyMap<string, Float32Array> | null) => (m ? Object.fromEntries([...m].map(([k, v]) => [k, [...v]])) : null);
