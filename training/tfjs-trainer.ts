@@ -116,11 +116,21 @@ interface Prox {
 }
 
 /**
- * SCAFFOLD's correction c - c_i per training variable (float32, as the variates are stored). The
- * loss gains Σ <c - c_i, w>, whose gradient is exactly c - c_i: every step then moves by
- * g(w) - c_i + c, and the optimizer (sgd, momentum, adam) works on that corrected gradient.
+ * SCAFFOLD's correction per training variable, η_l (c - c_i) (float32), subtracted after every
+ * optimizer step: with sgd each step is then w - η_l (g(w) - c_i + c), the paper's; with momentum
+ * and adam the optimizer's own step is corrected in the same units. c_i+ = c_i - c + (x - y) / (K η_l)
+ * (option II) measures the average step per learning rate, which for adam is the average of its
+ * normalised direction, not a gradient: correcting the gradient before adam mixes the two units
+ * (c - c_i of order 1 against gradients of order 1e-3) and the correction swamps the data
+ * (measured in docs/how-it-works.md, Aggregation).
  */
-function scaffoldCorrections(tf: Tf, vars: readonly Variable[], names: readonly string[], control: ScaffoldControl | undefined): Tensor[] {
+function scaffoldCorrections(
+  tf: Tf,
+  vars: readonly Variable[],
+  names: readonly string[],
+  control: ScaffoldControl | undefined,
+  learningRate: number,
+): Tensor[] {
   return vars.map((v, i) => {
     const name = names[i]!;
     const c = control?.c?.get(name) ?? null;
@@ -129,7 +139,7 @@ function scaffoldCorrections(tf: Tf, vars: readonly Variable[], names: readonly 
     if ((c && c.length !== n) || (ci && ci.length !== n))
       throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `SCAFFOLD variate of ${name} has the wrong length`);
     const d = new Float32Array(n);
-    for (let k = 0; k < n; k++) d[k] = (c ? c[k]! : 0) - (ci ? ci[k]! : 0);
+    for (let k = 0; k < n; k++) d[k] = learningRate * ((c ? c[k]! : 0) - (ci ? ci[k]! : 0));
     return tf.keep(tf.tensor(d, v.shape));
   });
 }
@@ -216,7 +226,7 @@ export class TfjsTrainer implements Trainer {
       if (task.scaffold) {
         const allNames = weightNames(m);
         const varNames = m.trainableWeights.map((w) => allNames[m.weights.indexOf(w as unknown as (typeof m.weights)[number])] ?? w.name);
-        corrections = scaffoldCorrections(tf, vars, varNames, options.control);
+        corrections = scaffoldCorrections(tf, vars, varNames, options.control, task.learningRate);
       }
       const [h, w, c] = set.shape;
       const per = h * w * c;
@@ -301,13 +311,13 @@ export class TfjsTrainer implements Trainer {
             const sq = vars.map((v, i) => tf.sum(tf.square(tf.sub(v, prox.anchors[i]!))));
             loss = tf.add(loss, tf.mul(prox.mu / 2, tf.addN(sq)));
           }
-          // SCAFFOLD: + Σ <c - c_i, w>, whose gradient adds c - c_i to each variable's.
-          if (corrections) loss = tf.add(loss, tf.addN(vars.map((v, i) => tf.sum(tf.mul(v, corrections[i]!)))));
           return loss;
         },
         true,
         vars,
       );
+      // SCAFFOLD: w -= η_l (c - c_i) after the optimizer's step (see scaffoldCorrections).
+      if (corrections) vars.forEach((v, i) => v.assign(tf.sub(v, corrections[i]!)));
       lossValue = cost ? cost.dataSync()[0]! : null;
     });
     return lossValue;
