@@ -13,7 +13,7 @@ const SLOT = 'c';
 /**
  * SCAFFOLD (Karimireddy et al. 2020, option II; the math in shared/fl/scaffold.ts). Rounds are
  * configured as FedAvg's with `scaffold: true` in the task, which makes the agents correct every
- * local gradient by c - c_i (training/tfjs-trainer.ts) and report the optimizer steps they took.
+ * local step by -η_l (c - c_i) (training/tfjs-trainer.ts) and report the optimizer steps they took.
  * The server variate c (float32 per federated weight) lives in <stateDir>/scaffold/, one file per
  * model version, written and fsynced before the version commits (aggregator/server-state.ts), so a
  * restarted aggregator continues with the same bits; the round runner publishes it to the agents

@@ -41,7 +41,8 @@ export interface TrainOptions {
   atBatchBoundary?: (at: BatchBoundary) => Promise<void> | void;
   /**
    * SCAFFOLD (task.scaffold): the server variate c and this client's c_i, by tensor name (null or a
-   * missing tensor: zero). Every trainable variable's gradient is corrected by c - c_i before the optimizer.
+   * missing tensor: zero). After every optimizer step each trainable variable moves by a further
+   * -learningRate (c - c_i) (with sgd: the step follows g - c_i + c).
    */
   control?: ScaffoldControl;
 }

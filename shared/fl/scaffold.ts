@@ -5,7 +5,8 @@ import type { BlockSink, TensorBlockReader } from './fedavg.js';
  * Learning", Algorithm 1 with option II), as fedline runs it:
  *
  *   client i, from the global x with the server variate c and its own variate c_i, K local steps:
- *       y <- y - η_l (g(y) - c_i + c)                       (training/tfjs-trainer.ts)
+ *       y <- y - η_l (g(y) - c_i + c)                       (training/tfjs-trainer.ts; with momentum or
+ *                                                            adam: their step, then - η_l (c - c_i))
  *       c_i+ = c_i - c + (x - y) / (K η_l)                   (clientVariate, kept on the agent)
  *   server, over the round's results S of N clients, p_i = n_i / Σ_S n_j (sample weights):
  *       x' = x + η_g Σ_S p_i (y_i - x)                       (η_g = 1: exactly FedAvg's average)

@@ -57,8 +57,8 @@ const trainTaskSchema = z.object({
    */
   proxMu: z.number().min(0).finite().optional(),
   /**
-   * SCAFFOLD (Karimireddy et al. 2020): correct every local gradient by c - c_i (the announcement's
-   * `control` variate c, the agent's own c_i), keep c_i+ on the agent and report the steps taken
+   * SCAFFOLD (Karimireddy et al. 2020): correct every local step by -learningRate (c - c_i) (the
+   * announcement's `control` variate c, the agent's own c_i), keep c_i+ on the agent and report the steps taken
    * (update meta `steps`). Optional on the wire; absent or false means plain local training.
    */
   scaffold: z.boolean().optional(),
