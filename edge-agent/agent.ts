@@ -24,9 +24,7 @@ import { checkModelSignature, decodeBaseModel, VerifiedBaseFloor, type ModelVeri
 import { trainLocalUpdate, type LocalUpdate } from './local-update.js';
 import type { ModelCache } from './model-cache.js';
 import { fetchModelBundle } from './model-fetch.js';
-import { downloadControl } from './model-downlink.js';
 import { ScaffoldClient } from './scaffold-client.js';
-import { resolveFederated } from '../shared/fl/federated-set.js';
 import type { GlobalModel, ScaffoldControl, Trainer } from '../training/trainer.js';
 import type { UpdateJournal } from './update-journal.js';
 import { RunRounds } from './run-rounds.js';
@@ -106,8 +104,8 @@ export class EdgeAgent extends EventEmitter {
     this.verifyModel = deps.verifyModel ?? null;
     this.baseFloor = this.verifyModel ? new VerifiedBaseFloor(config.stateDir ? join(config.stateDir, 'verified-base.json') : null) : null;
     this.log = deps.logger.child({ module: 'agent', agent: config.agentId });
-    this.scaffold = new ScaffoldClient(config.stateDir ?? null, this.log);
     this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
+    this.scaffold = new ScaffoldClient(config.stateDir ?? null, this.log, { transport: this.transport, topics: this.topics });
     this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, undefined, config.agentId);
     this.gate = deps.gate ?? null;
     this.window = this.gate ? new TrainingWindow(this.gate) : null;
@@ -251,7 +249,13 @@ export class EdgeAgent extends EventEmitter {
       // 1. the base model
       await this.setStatus({ state: 'downloading', round, progress: 0, detail: `model version ${ann.base.version}` }, true);
       const { model, downloadedBytes: modelBytes } = await this.fetchModel(ann, signal);
-      const { control, downloadedBytes: controlBytes } = await this.fetchControl(ann, model, signal);
+      const { control, downloadedBytes: controlBytes } = await this.scaffold.forRound(ann, model, {
+        maxModelBytes: this.config.maxModelBytes,
+        stallMs: 30_000,
+        signal,
+        onReject: (err, topic) => this.reject(err, topic),
+      });
+      this.bytes.down += controlBytes;
       const downloadedBytes = modelBytes + controlBytes;
       const trainer = await this.ensureTrainer(model.meta, ann);
       // The box's GPU serves the line first: evaluating and training wait for the training window.
@@ -426,30 +430,6 @@ export class EdgeAgent extends EventEmitter {
     const model = decodeBaseModel(bundle, ref);
     this.baseFloor?.verified(ref.version, ann.runId);
     return { model, downloadedBytes };
-  }
-
-  /** SCAFFOLD rounds: the server variate c (downloaded when announced; absent: c = 0) and this agent's c_i. */
-  private async fetchControl(
-    ann: RoundAnnouncement,
-    model: GlobalModel,
-    signal: AbortSignal,
-  ): Promise<{ control: ScaffoldControl | null; downloadedBytes: number }> {
-    if (!ann.task.scaffold || ann.kind !== 'train') return { control: null, downloadedBytes: 0 };
-    const bundle = ann.control
-      ? await downloadControl(this.transport, this.topics, ann.control, this.log, {
-          maxModelBytes: this.config.maxModelBytes,
-          stallMs: 30_000,
-          signal,
-          onReject: (err, topic) => this.reject(err, topic),
-        })
-      : null;
-    this.bytes.down += ann.control?.bytes ?? 0;
-    const federated = resolveFederated(
-      ann.task.federated,
-      model.tensors.map((t) => t.name),
-      model.meta.headTensors,
-    );
-    return { control: await this.scaffold.prepare(ann, model, federated, bundle), downloadedBytes: ann.control?.bytes ?? 0 };
   }
 
   private async ensureTrainer(meta: ModelMeta, ann: RoundAnnouncement): Promise<Trainer> {

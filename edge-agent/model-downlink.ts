@@ -32,6 +32,13 @@ const modelChannel = (topics: Topics, version: number): Channel => ({
   decode: (payload, topic) => decodeMsgpack(payload, modelChunkSchema, SUPPORTED_VERSIONS, { topic, what: 'model chunk' }),
 });
 
+/** Where chunks come from and where problems are logged. */
+interface Link {
+  channel: Channel;
+  transport: Transport;
+  log: Logger;
+}
+
 interface Assembly<T> {
   /** What receives the chunks: the in-memory Reassembler or the FileReassembler. */
   sink: ChunkReassembly;
@@ -50,7 +57,11 @@ export function downloadModel(transport: Transport, topics: Topics, ref: ModelRe
     sha256: ref.sha256,
     maxBundleBytes: options.maxModelBytes,
   });
-  return download(modelChannel(topics, ref.version), transport, ref, log, options, { sink: r, finish: async () => r.finish(), abandon: () => undefined });
+  return download({ channel: modelChannel(topics, ref.version), transport, log }, ref, options, {
+    sink: r,
+    finish: async () => r.finish(),
+    abandon: () => undefined,
+  });
 }
 
 /**
@@ -77,7 +88,7 @@ export function downloadControl(
     parse: (t) => topics.parseControlChunk(t),
     decode: (payload, topic) => decodeMsgpack(payload, controlChunkSchema, SUPPORTED_VERSIONS, { topic, what: 'control chunk' }),
   };
-  return download(channel, transport, ref, log, options, { sink: r, finish: async () => r.finish(), abandon: () => undefined });
+  return download({ channel, transport, log }, ref, options, { sink: r, finish: async () => r.finish(), abandon: () => undefined });
 }
 
 /**
@@ -94,7 +105,7 @@ export function downloadModelToFile(transport: Transport, topics: Topics, ref: M
     maxBundleBytes: options.maxModelBytes,
     syncEveryBytes: 0,
   });
-  return download(modelChannel(topics, ref.version), transport, ref, log, options, {
+  return download({ channel: modelChannel(topics, ref.version), transport, log }, ref, options, {
     sink: r,
     finish: () => r.finish(ref.sha256),
     abandon: () => r.discard(),
@@ -107,14 +118,8 @@ export function downloadModelToFile(transport: Transport, topics: Topics, ref: M
  * download resubscribes, which makes the broker send the retained chunks again; only the missing
  * ones are kept.
  */
-function download<T>(
-  channel: Channel,
-  transport: Transport,
-  ref: Omit<ModelRef, 'signature'>,
-  log: Logger,
-  options: DownloadOptions,
-  assembler: Assembly<T>,
-): Promise<T> {
+function download<T>(link: Link, ref: Omit<ModelRef, 'signature'>, options: DownloadOptions, assembler: Assembly<T>): Promise<T> {
+  const { channel, transport, log } = link;
   const { filter, what } = channel;
   return new Promise<T>((resolve, reject) => {
     let stallTimer: NodeJS.Timeout | undefined;

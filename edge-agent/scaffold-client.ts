@@ -8,6 +8,10 @@ import { controlMetaSchema, type RoundAnnouncement } from '../shared/protocol/me
 import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { fsyncDir, writeFileAtomic } from '../shared/util/fs-atomic.js';
 import type { Logger } from '../shared/util/logger.js';
+import { resolveFederated } from '../shared/fl/federated-set.js';
+import type { Topics } from '../shared/protocol/topics.js';
+import type { Transport } from '../shared/transport/transport.js';
+import { downloadControl, type DownloadOptions } from './model-downlink.js';
 import type { GlobalModel, ScaffoldControl, TrainResult } from '../training/trainer.js';
 
 /** The header of a stored client variate: the run and the round whose training made it. */
@@ -37,9 +41,23 @@ export class ScaffoldClient {
     pending: null,
   };
 
-  constructor(stateDir: string | null, log: Logger) {
+  private readonly link: { transport: Transport; topics: Topics } | null;
+
+  /** `link`: where c is downloaded from (null: only prepare() with a bundle in hand). */
+  constructor(stateDir: string | null, log: Logger, link: { transport: Transport; topics: Topics } | null = null) {
     this.dir = stateDir ? join(stateDir, 'scaffold') : null;
     this.log = log;
+    this.link = link;
+  }
+
+  /** A round's variates: none unless it is a SCAFFOLD training round; c downloaded when announced (absent: c = 0). */
+  async forRound(ann: RoundAnnouncement, model: GlobalModel, options: DownloadOptions): Promise<{ control: ScaffoldControl | null; downloadedBytes: number }> {
+    if (!ann.task.scaffold || ann.kind !== 'train') return { control: null, downloadedBytes: 0 };
+    if (ann.control && !this.link) throw new RangeError('ScaffoldClient: no transport to download the control variate');
+    const bundle = ann.control ? await downloadControl(this.link!.transport, this.link!.topics, ann.control, this.log, options) : null;
+    const names = model.tensors.map((t) => t.name);
+    const control = await this.prepare(ann, model, resolveFederated(ann.task.federated, names, model.meta.headTensors), bundle);
+    return { control, downloadedBytes: ann.control?.bytes ?? 0 };
   }
 
   /** The round's variates: c from the control bundle (null: c = 0), and the committed c_i of this run. */

@@ -127,9 +127,7 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
     const configured = strategy?.configureRound({ round, kind: 'train', available: participants.map((p) => p.id), trainRoundsBefore: round - 1 }).task;
     const { proxMu, scaffold } = configured ?? {};
     const task: TrainTask = { ...o.task, learningRate, ...(proxMu === undefined ? {} : { proxMu }), ...(scaffold ? { scaffold } : {}), federated: o.federate };
-    const federatedTensors = global.tensors.filter((t) => federatedNames.includes(t.name)).map((t) => ({ name: t.name, length: elementCount(t.shape) }));
-    const control = scaffold && strategy?.controlVariate ? await strategy.controlVariate(global.version, federatedTensors) : null;
-    variates.c = control?.tensors ?? null;
+    const controlBytes = scaffold ? await roundControl(strategy!, global, federatedNames, variates) : 0;
     const modelBytes = o.federated ? bundleOf(global).byteLength : 0;
     const record: RoundRecord = {
       round,
@@ -144,8 +142,6 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
       bytesDown: 0,
     };
     record.baseMetrics = await evaluate(global);
-    // SCAFFOLD: the server variate c travels with the round (none before the first aggregation: c = 0).
-    const controlBytes = control ? encodeBundle(controlTensors(global, control.tensors), { kind: 'control', version: control.version }).byteLength : 0;
     record.bytesDown = (modelBytes + controlBytes) * participants.length;
     if (o.stopAtTarget && meetsTarget(record.baseMetrics, Object.keys(record.baseMetrics), o.targetAccuracy)) {
       records.push(record);
@@ -222,9 +218,18 @@ function armStrategy(o: RoundLoopOptions, participants: readonly Participant[]):
   );
 }
 
-/** c as the bundle the aggregator publishes: one float32 tensor per federated tensor, the model's shapes. */
-function controlTensors(global: GlobalModel, c: ReadonlyMap<string, Float32Array>): NamedTensor[] {
-  return global.tensors.filter((t) => c.has(t.name)).map((t) => ({ ...t, data: c.get(t.name)! }));
+/**
+ * SCAFFOLD: the server variate c that goes with the round's base, into `variates.c` (null before the
+ * first aggregation: c = 0). Returns the bytes of the bundle each agent downloads (0 when there is none).
+ */
+async function roundControl(strategy: Strategy, global: GlobalModel, federatedNames: readonly string[], variates: Variates): Promise<number> {
+  const federated = global.tensors.filter((t) => federatedNames.includes(t.name));
+  const tensors = federated.map((t) => ({ name: t.name, length: elementCount(t.shape) }));
+  const control = strategy.controlVariate ? await strategy.controlVariate(global.version, tensors) : null;
+  variates.c = control?.tensors ?? null;
+  if (!control) return 0;
+  const bundle: NamedTensor[] = federated.map((t) => ({ ...t, data: control.tensors.get(t.name)! }));
+  return encodeBundle(bundle, { kind: 'control', version: control.version }).byteLength;
 }
 
 /** The participant's c_i+ after its local training (shared/fl/scaffold.ts clientVariate), as its agent stores it. */

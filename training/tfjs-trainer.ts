@@ -124,13 +124,9 @@ interface Prox {
  * (c - c_i of order 1 against gradients of order 1e-3) and the correction swamps the data
  * (measured in docs/how-it-works.md, Aggregation).
  */
-function scaffoldCorrections(
-  tf: Tf,
-  vars: readonly Variable[],
-  names: readonly string[],
-  control: ScaffoldControl | undefined,
-  learningRate: number,
-): Tensor[] {
+function scaffoldCorrections(tf: Tf, m: LayersModel, vars: readonly Variable[], control: ScaffoldControl | undefined, learningRate: number): Tensor[] {
+  const allNames = weightNames(m);
+  const names = m.trainableWeights.map((w) => allNames[m.weights.indexOf(w as unknown as (typeof m.weights)[number])] ?? w.name);
   return vars.map((v, i) => {
     const name = names[i]!;
     const c = control?.c?.get(name) ?? null;
@@ -223,11 +219,7 @@ export class TfjsTrainer implements Trainer {
       // FedProx: the global model's values of the variables that train, for the proximal term (none when mu is 0).
       const mu = task.proxMu ?? 0;
       prox = mu > 0 ? { mu, anchors: vars.map((v) => tf.keep(v.clone())) } : null;
-      if (task.scaffold) {
-        const allNames = weightNames(m);
-        const varNames = m.trainableWeights.map((w) => allNames[m.weights.indexOf(w as unknown as (typeof m.weights)[number])] ?? w.name);
-        corrections = scaffoldCorrections(tf, vars, varNames, options.control, task.learningRate);
-      }
+      if (task.scaffold) corrections = scaffoldCorrections(tf, m, vars, options.control, task.learningRate);
       const [h, w, c] = set.shape;
       const per = h * w * c;
       const batchesPerEpoch = Math.ceil(set.count / task.batchSize);
