@@ -1,7 +1,9 @@
 import { chunkCount } from '../shared/bundle/chunking.js';
 import { publishChunks } from '../shared/bundle/chunk-publisher.js';
 import { describeError } from '../shared/protocol/errors.js';
-import { PROTOCOL_VERSION, type ModelManifest, type RoundAnnouncement } from '../shared/protocol/messages.js';
+import { PROTOCOL_VERSION, type ControlMeta, type ModelManifest, type RoundAnnouncement } from '../shared/protocol/messages.js';
+import { encodeBundle, sha256Hex, type TensorSpec } from '../shared/bundle/tensor-bundle.js';
+import type { ControlVariate } from './strategy.js';
 import { encodeJson, packMsg } from '../shared/protocol/wire-codec.js';
 import type { AggregatorContext } from './aggregator-context.js';
 import type { StoredModel } from './model-store.js';
@@ -19,6 +21,8 @@ export class ModelPublisher {
   /** The federation run's identity (the journal's, once loaded). */
   private readonly runId: () => string;
   private lastAnnouncement: RoundAnnouncement | null = null;
+  /** SCAFFOLD's variate as last published (republished after a reconnect, cleared when the next one goes out). */
+  private lastControl: { bundle: Buffer; ref: NonNullable<RoundAnnouncement['control']> } | null = null;
 
   constructor(ctx: AggregatorContext, signModel: ModelSigner | null, runId: () => string) {
     this.ctx = ctx;
@@ -69,6 +73,50 @@ export class ModelPublisher {
     }
   }
 
+  /**
+   * SCAFFOLD's server variate c for a round based on model `variate.version`: a tensor bundle
+   * (float32, the model's shapes, meta { kind: 'control', version }) in retained chunks on
+   * `<root>/model/<version>/control/<seq>`, the previous one's chunks cleared. Held in memory while
+   * it is published (one float32 per federated weight). Returns the announcement's `control`.
+   */
+  async publishControl(variate: ControlVariate, specs: readonly Pick<TensorSpec, 'name' | 'shape'>[]): Promise<NonNullable<RoundAnnouncement['control']>> {
+    if (this.lastControl?.ref.version === variate.version) return this.lastControl.ref;
+    const tensors = specs.map((s) => ({ name: s.name, shape: [...s.shape], dtype: 'float32' as const, data: variate.tensors.get(s.name)! }));
+    const meta: ControlMeta = { kind: 'control', version: variate.version };
+    const bundle = encodeBundle(tensors, meta);
+    const { chunkBytes } = this.ctx.config;
+    const ref = {
+      version: variate.version,
+      sha256: sha256Hex(bundle),
+      bytes: bundle.byteLength,
+      chunks: chunkCount(bundle.byteLength, chunkBytes),
+      chunkBytes,
+    };
+    const previous = this.lastControl;
+    this.lastControl = { bundle, ref };
+    await this.publishControlChunks();
+    if (previous) {
+      const { transport, topics } = this.ctx;
+      for (let seq = 0; seq < previous.ref.chunks; seq++)
+        await transport.publish(topics.controlChunk(previous.ref.version, seq), Buffer.alloc(0), { qos: 1, retain: true });
+    }
+    this.ctx.log.info({ version: ref.version, bytes: ref.bytes }, 'SCAFFOLD control variate published');
+    return ref;
+  }
+
+  private async publishControlChunks(): Promise<void> {
+    if (!this.lastControl) return;
+    const { transport, topics, config } = this.ctx;
+    const { bundle, ref } = this.lastControl;
+    await publishChunks(
+      transport,
+      bundle,
+      (seq) => topics.controlChunk(ref.version, seq),
+      (chunk) => ({ v: PROTOCOL_VERSION, type: 'control-chunk', version: ref.version, sha256: ref.sha256, ...chunk }),
+      { chunkBytes: config.chunkBytes, maxInflight: config.maxInflight, retain: true },
+    );
+  }
+
   /** Publish a round announcement (retained): agents joining later read it. */
   async announce(a: RoundAnnouncement): Promise<void> {
     this.lastAnnouncement = a;
@@ -86,6 +134,7 @@ export class ModelPublisher {
     try {
       if (this.lastAnnouncement) await transport.publish(topics.round(), packMsg(this.lastAnnouncement), { qos: 1, retain: true });
       if (global) await this.publishModel(global, false);
+      await this.publishControlChunks();
     } catch (err) {
       log.warn({ err: describeError(err).message }, 'could not republish retained state; will try at the next reconnect');
     }

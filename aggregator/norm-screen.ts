@@ -4,7 +4,7 @@ import { ErrorCodes } from '../shared/protocol/errors.js';
 import type { Logger } from '../shared/util/logger.js';
 import type { Failure } from './round-state.js';
 import { screenUpdateNorms } from './robustness.js';
-import type { EvaluateInput, RoundConfig, RoundSetup, Strategy, StrategyInput, StrategyOutput } from './strategy.js';
+import type { EvaluateInput, RoundConfig, RoundSetup, Strategy, StrategyInput, StrategyOutput, ControlVariate } from './strategy.js';
 
 export interface NormScreenOptions {
   /** Refuse an update whose change is above this many times the reference change (null: no ratio test). */
@@ -40,6 +40,10 @@ export class NormScreen implements Strategy {
   evaluate(input: EvaluateInput): { targetReached: boolean } {
     return this.inner.evaluate(input);
   }
+
+  /** The inner strategy's variate, if it has one (SCAFFOLD): the screen adds nothing to the downlink. */
+  readonly controlVariate = (version: number, federated: readonly { name: string; length: number }[]): Promise<ControlVariate | null> =>
+    this.inner.controlVariate ? this.inner.controlVariate(version, federated) : Promise.resolve(null);
 
   async aggregate(input: StrategyInput): Promise<StrategyOutput> {
     const { maxNormRatio, maxNorm, log } = this.options;

@@ -25,6 +25,7 @@ export interface RetainedScan {
  *   `<root>/model/<v>/<seq>`  every chunk but those the current model's publication overwrites
  *                             (version `global.version`, seq below its chunk count): earlier
  *                             runs' versions, and chunks beyond `total` after a chunk-size change
+ *   `<root>/model/<v>/control/<seq>`  every chunk of SCAFFOLD's variate (published again with the next round)
  * The manifest on `model/latest` is overwritten right after. Agents' retained statuses are theirs
  * (their last will) and are left alone. Retained messages are found by subscribing for a short,
  * bounded time; an empty retained payload deletes one (MQTT 3.1.1 §3.3.1.3).
@@ -44,6 +45,8 @@ export async function clearStaleRetained(ctx: AggregatorContext, runId: string, 
     }
     const chunk = topics.parseModelChunk(m.topic);
     if (chunk && (chunk.version !== global.version || chunk.seq >= keepChunks)) stale.add(m.topic);
+    // SCAFFOLD's variate is published again with the next round's announcement.
+    if (topics.parseControlChunk(m.topic)) stale.add(m.topic);
   };
   const filters: string[] = [];
   for (const f of [topics.round(), `${topics.root}/model/#`]) {

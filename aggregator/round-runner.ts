@@ -1,3 +1,4 @@
+import { elementCount } from '../shared/bundle/tensor-bundle.js';
 import { resolveFederated } from '../shared/fl/federated-set.js';
 import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { PROTOCOL_VERSION, type RoundAnnouncement, type TrainTask } from '../shared/protocol/messages.js';
@@ -74,7 +75,8 @@ export class RoundRunner {
     const { state, record } = active;
     const log = ctx.log.child({ round: roundNo });
     const deadlineTimer = ctx.clock.setTimeout(() => active.checkClose(), Math.max(0, record.deadlineAt - ctx.clock.now()) + 5);
-    await this.d.publisher.announce(this.announcement(active, task, 'open'));
+    const control = await this.publishControl(active, task);
+    await this.d.publisher.announce(this.announcement(active, task, 'open', control));
     ctx.emitEvent('round-started', {
       round: roundNo,
       kind,
@@ -95,7 +97,7 @@ export class RoundRunner {
     ctx.clock.clearTimeout(deadlineTimer);
     active.uploads.discardAll();
     if (!decision.close) throw new FedlineError(ErrorCodes.ABORTED, `round ${roundNo} ended without a decision to close it`);
-    await this.d.publisher.announce(this.announcement(active, task, 'closed'));
+    await this.d.publisher.announce(this.announcement(active, task, 'closed', control));
     this.recordClose(active, decision);
     // The round's base was evaluated by the sites at its start: the release gates decide on it.
     await this.d.release.onBaseEvaluated(active.base, record.baseMetrics);
@@ -338,7 +340,19 @@ export class RoundRunner {
     }
   }
 
-  private announcement(active: ActiveRound, task: TrainTask, state: 'open' | 'closed'): RoundAnnouncement {
+  /** SCAFFOLD rounds: publish the server variate c that goes with the round's base (none yet: c = 0, no `control`). */
+  private async publishControl(active: ActiveRound, task: TrainTask): Promise<RoundAnnouncement['control']> {
+    const { strategy, publisher } = this.d;
+    if (!task.scaffold || !strategy.controlVariate || active.state.plan.kind !== 'train') return undefined;
+    const specs = active.base.tensors.filter((t) => active.federatedNames.includes(t.name));
+    const variate = await strategy.controlVariate(
+      active.base.version,
+      specs.map((t) => ({ name: t.name, length: elementCount(t.shape) })),
+    );
+    return variate ? publisher.publishControl(variate, specs) : undefined;
+  }
+
+  private announcement(active: ActiveRound, task: TrainTask, state: 'open' | 'closed', control: RoundAnnouncement['control']): RoundAnnouncement {
     const { config, clock } = this.d.ctx;
     const { plan } = active.state;
     return {
@@ -350,6 +364,7 @@ export class RoundRunner {
       state,
       kind: plan.kind,
       base: this.d.publisher.modelRef(active.base),
+      ...(control ? { control } : {}),
       task,
       classes: [...active.base.classes],
       selected: [...plan.selected],

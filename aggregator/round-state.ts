@@ -36,6 +36,8 @@ export interface AcceptedUpdate {
   metricsBefore: EvalMetrics | null;
   metricsAfter: EvalMetrics | null;
   trainMs: number;
+  /** Optimizer steps the agent reported (update meta `steps`; SCAFFOLD). */
+  steps?: number;
 }
 
 export interface Failure {

@@ -1,7 +1,6 @@
 import { mkdir, open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
-import type { ServerStateIo } from '../shared/fl/server-optimizer.js';
 import { fsyncDir } from '../shared/util/fs-atomic.js';
 
 /**
@@ -17,6 +16,12 @@ import { fsyncDir } from '../shared/util/fs-atomic.js';
  * bytes for precision the float32 update cannot use); the step itself runs in float64.
  */
 const FORMAT = 'fedline-server-state/1';
+
+/** One round's state: the previous values by slot (null: none yet), the new ones written as they are made. */
+export interface StateFileIo {
+  read: ((slot: string, name: string, start: number, out: Float32Array) => Promise<boolean>) | null;
+  write: (slot: string, name: string, start: number, values: Float32Array) => Promise<void>;
+}
 
 interface Layout {
   slots: readonly string[];
@@ -51,8 +56,9 @@ async function readFully(fh: FileHandle, target: Buffer, position: number, what:
 export class ServerStateFiles {
   readonly dir: string;
 
-  constructor(stateDir: string) {
-    this.dir = join(stateDir, 'server-optimizer');
+  /** `subdir`: one folder per kind of state (server-optimizer; scaffold for SCAFFOLD's variate c). */
+  constructor(stateDir: string, subdir = 'server-optimizer') {
+    this.dir = join(stateDir, subdir);
   }
 
   path(version: number): string {
@@ -63,7 +69,7 @@ export class ServerStateFiles {
    * Opens the state of `base` for reading (null reader when there is none: the optimizer starts from
    * its initial state) and a new state file for `next`. commit() makes the new state durable; close() always.
    */
-  async open(base: number, next: number, layout: Layout): Promise<ServerStateIo & { commit(): Promise<void>; close(): Promise<void> }> {
+  async open(base: number, next: number, layout: Layout): Promise<StateFileIo & { commit(): Promise<void>; close(): Promise<void> }> {
     await mkdir(this.dir, { recursive: true });
     const prev = await this.openPrevious(base);
     const header = Buffer.from(JSON.stringify({ format: FORMAT, slots: layout.slots, tensors: layout.tensors }));
@@ -108,6 +114,25 @@ export class ServerStateFiles {
         if (!committed) await rm(tmp, { force: true });
       },
     };
+  }
+
+  /** Every tensor of one slot of `version`'s state (null: no state file, or a tensor missing: the state is zero). */
+  async readSlot(version: number, slot: string, tensors: readonly { name: string; length: number }[]): Promise<Map<string, Float32Array> | null> {
+    const prev = await this.openPrevious(version);
+    if (!prev) return null;
+    try {
+      const out = new Map<string, Float32Array>();
+      for (const t of tensors) {
+        const pos = prev.at.get(key(slot, t.name, t.length));
+        if (pos === undefined) return null;
+        const values = new Float32Array(t.length);
+        await readFully(prev.fh, Buffer.from(values.buffer), pos, `v${version}`);
+        out.set(t.name, values);
+      }
+      return out;
+    } finally {
+      await prev.fh.close();
+    }
   }
 
   /** The base's state when it exists and has every tensor and slot of `layout`; else null (start afresh). */

@@ -6,13 +6,14 @@ import { FedAvg } from './fedavg-strategy.js';
 import { Median } from './median-strategy.js';
 import { NormScreen } from './norm-screen.js';
 import { FedProx } from './fedprox-strategy.js';
+import { Scaffold } from './scaffold-strategy.js';
 import { ServerOptimizer } from './server-optimizer-strategy.js';
 import type { Strategy } from './strategy.js';
 import { TrimmedMean } from './trimmed-mean-strategy.js';
 
 export type StrategyConfig = Pick<
   AggregatorConfig,
-  'strategy' | 'trimFraction' | 'task' | 'maxUpdateNormRatio' | 'maxUpdateNorm' | 'stateDir' | 'serverOptimizer' | 'proxMu'
+  'strategy' | 'trimFraction' | 'task' | 'maxUpdateNormRatio' | 'maxUpdateNorm' | 'stateDir' | 'serverOptimizer' | 'proxMu' | 'agents'
 >;
 
 /** Strategies by the name the aggregator config's `strategy` field gives. Add a strategy here. */
@@ -25,6 +26,7 @@ const strategies: Readonly<Record<string, (config: Readonly<StrategyConfig>, log
   fedavgm: (config) => new ServerOptimizer('fedavgm', config),
   fedadam: (config) => new ServerOptimizer('fedadam', config),
   fedyogi: (config) => new ServerOptimizer('fedyogi', config),
+  scaffold: (config) => new Scaffold(config),
 };
 
 /** The names the `strategy` field accepts. */

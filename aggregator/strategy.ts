@@ -22,6 +22,17 @@ export interface Strategy {
   aggregate(input: StrategyInput): Promise<StrategyOutput>;
   /** Flower's evaluate: whether the model, as the agents measured it, meets the target (then the federation ends). */
   evaluate(input: EvaluateInput): { targetReached: boolean };
+  /**
+   * Strategies that send the agents more than the model (SCAFFOLD's server variate c): the values
+   * that go with global model `version`, published with the round based on it; null: nothing (zero).
+   */
+  controlVariate?(version: number, federated: readonly { name: string; length: number }[]): Promise<ControlVariate | null>;
+}
+
+/** Values the agents receive besides the model, one float32 array per federated tensor (by name). */
+export interface ControlVariate {
+  version: number;
+  tensors: ReadonlyMap<string, Float32Array>;
 }
 
 export interface RoundSetup {

@@ -153,6 +153,7 @@ async function checkFile(path: string, bytes: number, sha256: string): Promise<s
 class SpooledUpdateReader implements SpoolReader {
   readonly id: string;
   readonly weight: number;
+  readonly steps?: number;
   private readonly update: SpooledUpdate;
   private readonly fh: FileHandle;
   private readonly base: BaseValues | null;
@@ -165,6 +166,7 @@ class SpooledUpdateReader implements SpoolReader {
     this.update = update;
     this.id = update.agent;
     this.weight = update.sampleCount;
+    if (update.steps !== undefined) this.steps = update.steps;
     this.fh = fh;
     this.base = base;
     this.specs = new Map(update.tensors.map((t) => [t.name, t]));

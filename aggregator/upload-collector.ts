@@ -281,6 +281,7 @@ export class UploadCollector {
         metricsAfter: meta.metricsAfter,
         trainMs: meta.trainMs,
         delta: meta.delta,
+        ...(meta.steps !== undefined ? { steps: meta.steps } : {}),
         payloadStart,
         tensors: header.tensors,
         acceptedAt: ctx.clock.now(),

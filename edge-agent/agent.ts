@@ -24,7 +24,8 @@ import { checkModelSignature, decodeBaseModel, VerifiedBaseFloor, type ModelVeri
 import { trainLocalUpdate, type LocalUpdate } from './local-update.js';
 import type { ModelCache } from './model-cache.js';
 import { fetchModelBundle } from './model-fetch.js';
-import type { GlobalModel, Trainer } from '../training/trainer.js';
+import { ScaffoldClient } from './scaffold-client.js';
+import type { GlobalModel, ScaffoldControl, Trainer } from '../training/trainer.js';
 import type { UpdateJournal } from './update-journal.js';
 import { RunRounds } from './run-rounds.js';
 import { TrainingWindow } from './training-window.js';
@@ -80,6 +81,8 @@ export class EdgeAgent extends EventEmitter {
   private readonly verifyModel: ModelVerifier | null;
   /** With signatures on: the newest verified base; older rounds are replays. */
   private readonly baseFloor: VerifiedBaseFloor | null;
+  /** SCAFFOLD's client variate c_i, kept in the state folder (edge-agent/scaffold-client.ts). */
+  private readonly scaffold: ScaffoldClient;
   private readonly log: Logger;
   private readonly topics: Topics;
   private readonly emitEvent: EventSink;
@@ -104,6 +107,7 @@ export class EdgeAgent extends EventEmitter {
     this.baseFloor = this.verifyModel ? new VerifiedBaseFloor(config.stateDir ? join(config.stateDir, 'verified-base.json') : null) : null;
     this.log = deps.logger.child({ module: 'agent', agent: config.agentId });
     this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
+    this.scaffold = new ScaffoldClient(config.stateDir ?? null, this.log, { transport: this.transport, topics: this.topics });
     this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, undefined, config.agentId);
     this.gate = deps.gate ?? null;
     this.window = this.gate ? new TrainingWindow(this.gate) : null;
@@ -246,7 +250,15 @@ export class EdgeAgent extends EventEmitter {
       if (signal.aborted) throw signal.reason;
       // 1. the base model
       await this.setStatus({ state: 'downloading', round, progress: 0, detail: `model version ${ann.base.version}` }, true);
-      const { model, downloadedBytes } = await this.fetchModel(ann, signal);
+      const { model, downloadedBytes: modelBytes } = await this.fetchModel(ann, signal);
+      const { control, downloadedBytes: controlBytes } = await this.scaffold.forRound(ann, model, {
+        maxModelBytes: this.config.maxModelBytes,
+        stallMs: 30_000,
+        signal,
+        onReject: (err, topic) => this.reject(err, topic),
+      });
+      this.bytes.down += controlBytes;
+      const downloadedBytes = modelBytes + controlBytes;
       const trainer = await this.ensureTrainer(model.meta, ann);
       // The box's GPU serves the line first: evaluating and training wait for the training window.
       if (this.window) {
@@ -273,7 +285,7 @@ export class EdgeAgent extends EventEmitter {
         log.info({ bytes: pending.source.byteLength }, 'resuming the upload of an update made before a restart');
         update = { bundle: pending.source, saved: { sha256: pending.sha256, upload: pending.upload }, resumedFrom: pending.source };
       } else {
-        update = await this.makeUpdate(trainer, model, ann, metricsBefore, signal, log);
+        update = await this.makeUpdate(trainer, model, ann, metricsBefore, signal, log, control);
       }
       // 4. send the update
       return await this.upload(ann, update, signal, log);
@@ -314,6 +326,8 @@ export class EdgeAgent extends EventEmitter {
     // A record of the same round number of another federation run is not about this round.
     if (!prior || prior.baseVersion !== baseVersion || prior.state === 'pending' || (prior.runId ?? ann.runId) !== ann.runId) return null;
     this.finishedRounds.finish(ann);
+    // A restart between the verdict and keeping SCAFFOLD's c_i+: settle it now (a no-op when there is none).
+    await this.scaffold.settle(ann.runId, round, prior.state === 'accepted').catch((err: Error) => this.storageProblem(`SCAFFOLD c_i: ${err.message}`));
     log.info({ state: prior.state }, "this round's update was already settled before a restart; not sending it again");
     await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} ${prior.state} (before restart)` }, true);
     return { round, outcome: prior.state };
@@ -327,6 +341,7 @@ export class EdgeAgent extends EventEmitter {
     metricsBefore: EvalMetrics,
     signal: AbortSignal,
     log: Logger,
+    control: ScaffoldControl | null,
   ): Promise<LocalUpdate> {
     const deps = {
       agentId: this.config.agentId,
@@ -335,7 +350,11 @@ export class EdgeAgent extends EventEmitter {
       setStatus: this.setStatus.bind(this),
       isTraining: () => this.statusPublisher.current.state === 'training',
     };
-    const bundle = await trainLocalUpdate(deps, trainer, model, ann, metricsBefore, signal);
+    // c_i+ is kept in memory in any case; a disk that refuses it only costs it across a restart.
+    const keep = (r: Parameters<ScaffoldClient['keep']>[3]) =>
+      this.scaffold.keep(ann, model, control!, r).catch((err: Error) => this.storageProblem(`could not keep SCAFFOLD's c_i on disk: ${err.message}`));
+    const scaffold = control ? { control, keep } : null;
+    const bundle = await trainLocalUpdate(deps, trainer, model, ann, metricsBefore, signal, scaffold);
     const saved =
       (await this.journal?.savePending(ann.round, model.version, bundle, ann.runId).catch((err: Error) => {
         this.storageProblem(`could not record the update of round ${ann.round} on disk (${err.message}); a restart would train again`);
@@ -365,6 +384,8 @@ export class EdgeAgent extends EventEmitter {
     this.bytes.up += sent.sentBytes;
     this.finishedRounds.finish(ann);
     await this.journal?.settle(round, sent.ack.status === 'accepted' ? 'accepted' : 'rejected', sent.ack.reason).catch(() => undefined);
+    if (ann.task.scaffold)
+      await this.scaffold.settle(ann.runId, round, sent.ack.status === 'accepted').catch((err: Error) => this.storageProblem(`SCAFFOLD c_i: ${err.message}`));
     if (sent.ack.status === 'accepted') {
       log.info({ bytes: bundle.byteLength, resent: sent.resentChunks }, 'update accepted by the aggregator');
       await this.setStatus({ state: 'idle', round, progress: null, detail: `update for round ${round} accepted` }, true);

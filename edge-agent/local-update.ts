@@ -3,7 +3,7 @@ import type { Logger } from '../shared/util/logger.js';
 import type { EvalMetrics, RoundAnnouncement, UpdateMeta } from '../shared/protocol/messages.js';
 import type { BundleSource, FileBundleSource } from '../shared/bundle/bundle-source.js';
 import { encodeUpdateSource, tensorValues } from '../shared/bundle/encoded-update.js';
-import type { GlobalModel, Trainer, TrainProgress } from '../training/trainer.js';
+import type { GlobalModel, ScaffoldControl, Trainer, TrainProgress, TrainResult } from '../training/trainer.js';
 import type { StatusPatch } from './agent-status.js';
 import type { TrainingWindow } from './training-window.js';
 
@@ -39,6 +39,8 @@ export async function trainLocalUpdate(
   ann: RoundAnnouncement,
   metricsBefore: EvalMetrics,
   signal: AbortSignal,
+  /** SCAFFOLD rounds: the variates to train with, and where c_i+ goes once training is done. */
+  scaffold: { control: ScaffoldControl; keep: (result: TrainResult) => Promise<void> } | null = null,
 ): Promise<BundleSource> {
   const { round } = ann;
   const { log } = d;
@@ -61,6 +63,7 @@ export async function trainLocalUpdate(
         signal,
         deadlineAt: ann.deadlineAt,
         onProgress,
+        ...(scaffold ? { control: scaffold.control } : {}),
         onPaused: (at, why) => {
           log.info({ epoch: at.epoch, batch: at.batch }, 'training paused at a batch boundary: the training window closed');
           d.setStatus({ state: 'paused', detail: `paused before epoch ${at.epoch}/${at.epochs}, batch ${at.batch}/${at.batchesPerEpoch}: ${why}` }, true).catch(
@@ -74,7 +77,8 @@ export async function trainLocalUpdate(
           );
         },
       })
-    : await trainer.train(model, ann.task, federatedNames, { signal, onProgress });
+    : await trainer.train(model, ann.task, federatedNames, { signal, onProgress, ...(scaffold ? { control: scaffold.control } : {}) });
+  await scaffold?.keep(result);
   log.info({ trainMs: result.trainMs, accuracyAfter: result.metricsAfter.accuracy, samples: result.sampleCount }, 'local training done');
   const meta: UpdateMeta = {
     kind: 'update',
@@ -88,6 +92,7 @@ export async function trainLocalUpdate(
     trainMs: result.trainMs,
     backend: trainer.backend,
     delta: ann.delta,
+    ...(scaffold ? { steps: result.steps } : {}),
   };
   return encodeUpdateSource(result.tensors.map(tensorValues), meta, {
     encoding: ann.encoding,

@@ -3,7 +3,7 @@ import { decodeMsgpack } from '../shared/protocol/wire-codec.js';
 import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { FileReassembler } from '../shared/bundle/file-reassembler.js';
 import type { Logger } from '../shared/util/logger.js';
-import { modelChunkSchema, SUPPORTED_VERSIONS, type ModelRef } from '../shared/protocol/messages.js';
+import { controlChunkSchema, modelChunkSchema, SUPPORTED_VERSIONS, type ModelRef } from '../shared/protocol/messages.js';
 import type { Topics } from '../shared/protocol/topics.js';
 import type { InboundMessage, Transport } from '../shared/transport/transport.js';
 
@@ -14,6 +14,29 @@ export interface DownloadOptions {
   signal?: AbortSignal;
   onProgress?: (receivedChunks: number, total: number) => void;
   onReject?: (err: unknown, topic: string) => void;
+}
+
+/** What is downloaded: the model's chunks or SCAFFOLD's control variate's (same framing, own topics and message type). */
+interface Channel {
+  what: 'model' | 'control';
+  filter: string;
+  parse(topic: string): { version: number; seq: number } | null;
+  /** Decodes one chunk message (model-chunk or control-chunk): the fields both share. */
+  decode(payload: Uint8Array, topic: string): { version: number; seq: number; sha256: string } & Parameters<ChunkReassembly['accept']>[0];
+}
+
+const modelChannel = (topics: Topics, version: number): Channel => ({
+  what: 'model',
+  filter: topics.modelChunks(version),
+  parse: (t) => topics.parseModelChunk(t),
+  decode: (payload, topic) => decodeMsgpack(payload, modelChunkSchema, SUPPORTED_VERSIONS, { topic, what: 'model chunk' }),
+});
+
+/** Where chunks come from and where problems are logged. */
+interface Link {
+  channel: Channel;
+  transport: Transport;
+  log: Logger;
 }
 
 interface Assembly<T> {
@@ -34,7 +57,38 @@ export function downloadModel(transport: Transport, topics: Topics, ref: ModelRe
     sha256: ref.sha256,
     maxBundleBytes: options.maxModelBytes,
   });
-  return download(transport, topics, ref, log, options, { sink: r, finish: async () => r.finish(), abandon: () => undefined });
+  return download({ channel: modelChannel(topics, ref.version), transport, log }, ref, options, {
+    sink: r,
+    finish: async () => r.finish(),
+    abandon: () => undefined,
+  });
+}
+
+/**
+ * Fetch SCAFFOLD's server variate c (announcement `control`) into memory: retained chunks on
+ * `<root>/model/<version>/control/+`, checked like the model's (CRC32 per chunk, SHA-256 as a whole).
+ */
+export function downloadControl(
+  transport: Transport,
+  topics: Topics,
+  ref: Omit<ModelRef, 'signature'>,
+  log: Logger,
+  options: DownloadOptions,
+): Promise<Buffer> {
+  const r = new Reassembler({
+    total: ref.chunks,
+    bundleBytes: ref.bytes,
+    chunkBytes: ref.chunkBytes,
+    sha256: ref.sha256,
+    maxBundleBytes: options.maxModelBytes,
+  });
+  const channel: Channel = {
+    what: 'control',
+    filter: topics.controlChunks(ref.version),
+    parse: (t) => topics.parseControlChunk(t),
+    decode: (payload, topic) => decodeMsgpack(payload, controlChunkSchema, SUPPORTED_VERSIONS, { topic, what: 'control chunk' }),
+  };
+  return download({ channel, transport, log }, ref, options, { sink: r, finish: async () => r.finish(), abandon: () => undefined });
 }
 
 /**
@@ -51,7 +105,11 @@ export function downloadModelToFile(transport: Transport, topics: Topics, ref: M
     maxBundleBytes: options.maxModelBytes,
     syncEveryBytes: 0,
   });
-  return download(transport, topics, ref, log, options, { sink: r, finish: () => r.finish(ref.sha256), abandon: () => r.discard() });
+  return download({ channel: modelChannel(topics, ref.version), transport, log }, ref, options, {
+    sink: r,
+    finish: () => r.finish(ref.sha256),
+    abandon: () => r.discard(),
+  });
 }
 
 /**
@@ -60,8 +118,9 @@ export function downloadModelToFile(transport: Transport, topics: Topics, ref: M
  * download resubscribes, which makes the broker send the retained chunks again; only the missing
  * ones are kept.
  */
-function download<T>(transport: Transport, topics: Topics, ref: ModelRef, log: Logger, options: DownloadOptions, assembler: Assembly<T>): Promise<T> {
-  const filter = topics.modelChunks(ref.version);
+function download<T>(link: Link, ref: Omit<ModelRef, 'signature'>, options: DownloadOptions, assembler: Assembly<T>): Promise<T> {
+  const { channel, transport, log } = link;
+  const { filter, what } = channel;
   return new Promise<T>((resolve, reject) => {
     let stallTimer: NodeJS.Timeout | undefined;
     let settled = false;
@@ -84,7 +143,7 @@ function download<T>(transport: Transport, topics: Topics, ref: ModelRef, log: L
         if (settled) return;
         log.warn(
           { version: ref.version, have: assembler.sink.receivedChunks, total: ref.chunks },
-          'model download stalled; asking the broker for the retained chunks again',
+          `${what} download stalled; asking the broker for the retained chunks again`,
         );
         try {
           await transport.unsubscribe(filter, onChunk);
@@ -99,15 +158,15 @@ function download<T>(transport: Transport, topics: Topics, ref: ModelRef, log: L
     const onChunk = (m: InboundMessage) => {
       if (settled || finishing || m.payload.byteLength === 0) return; // empty retained payload: a cleared chunk
       try {
-        const msg = decodeMsgpack(m.payload, modelChunkSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'model chunk' });
-        const where = topics.parseModelChunk(m.topic);
+        const msg = channel.decode(m.payload, m.topic);
+        const where = channel.parse(m.topic);
         if (!where || where.version !== msg.version || where.seq !== msg.seq || msg.version !== ref.version) {
-          throw new FedlineError(ErrorCodes.MSG_TOPIC, `model chunk ${msg.version}/${msg.seq} arrived on ${m.topic}`);
+          throw new FedlineError(ErrorCodes.MSG_TOPIC, `${what} chunk ${msg.version}/${msg.seq} arrived on ${m.topic}`);
         }
         if (msg.sha256 !== ref.sha256)
           throw new FedlineError(
             ErrorCodes.CHUNK_MISMATCH,
-            `model chunk ${msg.seq} is of a bundle with SHA-256 ${msg.sha256.slice(0, 12)}…, the round announced ${ref.sha256.slice(0, 12)}…`,
+            `${what} chunk ${msg.seq} is of a bundle with SHA-256 ${msg.sha256.slice(0, 12)}…, the round announced ${ref.sha256.slice(0, 12)}…`,
           );
         if (assembler.sink.accept(msg) === 'added') {
           armStall();

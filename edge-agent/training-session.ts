@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { TrainTask } from '../shared/protocol/messages.js';
-import type { BatchBoundary, GlobalModel, Trainer, TrainProgress, TrainResult } from '../training/trainer.js';
+import type { BatchBoundary, GlobalModel, ScaffoldControl, Trainer, TrainProgress, TrainResult } from '../training/trainer.js';
 
 export type SessionState = 'running' | 'pausing' | 'paused' | 'done' | 'failed';
 
@@ -8,6 +8,8 @@ export interface TrainingSessionOptions {
   /** Ends the session for good (round closed, agent stopping, window missed): training throws at the next boundary. */
   signal: AbortSignal;
   onProgress?: (p: TrainProgress) => void;
+  /** SCAFFOLD's variates for the trainer (task.scaffold). */
+  control?: ScaffoldControl;
   now?: () => number;
 }
 
@@ -39,6 +41,7 @@ export class TrainingSession extends EventEmitter {
       .train(model, task, federatedNames, {
         signal,
         ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+        ...(options.control ? { control: options.control } : {}),
         atBatchBoundary: (at) => this.boundary(at, signal),
       })
       .then(

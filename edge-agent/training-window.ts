@@ -2,7 +2,7 @@ import { systemClock, type Clock } from '../shared/util/async.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { TrainTask } from '../shared/protocol/messages.js';
 import type { GateSnapshot, TriggerGate } from './triggers/gate.js';
-import type { BatchBoundary, GlobalModel, Trainer, TrainProgress, TrainResult } from '../training/trainer.js';
+import type { BatchBoundary, GlobalModel, ScaffoldControl, Trainer, TrainProgress, TrainResult } from '../training/trainer.js';
 import { TrainingSession } from './training-session.js';
 
 export interface WindowedTrainingOptions {
@@ -14,6 +14,8 @@ export interface WindowedTrainingOptions {
   /** Training stands at a batch boundary because the window closed. */
   onPaused?: (at: BatchBoundary, why: string) => void;
   onResumed?: (at: BatchBoundary, why: string) => void;
+  /** SCAFFOLD's variates for the trainer (task.scaffold). */
+  control?: ScaffoldControl;
 }
 
 /**
@@ -84,6 +86,7 @@ export class TrainingWindow {
     const session = new TrainingSession(trainer, model, task, federatedNames, {
       signal,
       ...(o.onProgress ? { onProgress: o.onProgress } : {}),
+      ...(o.control ? { control: o.control } : {}),
       now: () => this.clock.now(),
     });
     let deadlineTimer: unknown = null;

@@ -56,7 +56,7 @@ const armSchema = z.union([
     learningRate: z.number().positive().optional(),
     /**
      * Federated arms: the aggregation strategy, as the aggregator's `strategy` (fedavg, fedprox, fedavgm,
-     * fedadam, fedyogi, the robust ones). Default fedavg. Ignored by centralized and local-only.
+     * fedadam, fedyogi, scaffold, the robust ones). Default fedavg. Ignored by centralized and local-only.
      */
     strategy: z
       .string()
@@ -64,7 +64,7 @@ const armSchema = z.union([
       .optional(),
     /** fedprox: the proximal weight mu, as the aggregator's `proxMu`. Default 0.01. */
     proxMu: z.number().min(0).optional(),
-    /** fedavgm, fedadam, fedyogi: as the aggregator's `serverOptimizer` (default: the paper's values). */
+    /** fedavgm, fedadam, fedyogi: as the aggregator's `serverOptimizer` (default: the paper's values); scaffold: its learningRate is η_g (default 1). */
     serverOptimizer: serverOptimizerSchema.optional(),
   }),
 ]);

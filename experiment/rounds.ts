@@ -1,9 +1,10 @@
 import { meetsTarget, scheduledLearningRate } from '../shared/fl/schedule.js';
-import type { GlobalModel, Trainer } from '../training/trainer.js';
+import type { GlobalModel, Trainer, TrainResult } from '../training/trainer.js';
+import { clientVariate } from '../shared/fl/scaffold.js';
 import { fedAvg } from '../shared/fl/fedavg.js';
 import { resolveFederated } from '../shared/fl/federated-set.js';
 import type { EvalMetrics, ModelMeta, TrainTask, UpdateMeta } from '../shared/protocol/messages.js';
-import { elementCount, encodeBundle } from '../shared/bundle/tensor-bundle.js';
+import { elementCount, encodeBundle, type NamedTensor } from '../shared/bundle/tensor-bundle.js';
 import type { AggregatorConfig } from '../shared/config/service-config.js';
 import type { TensorBlockReader } from '../shared/fl/fedavg.js';
 import { createStrategy } from '../aggregator/strategy-registry.js';
@@ -48,6 +49,12 @@ export interface RoundRecord {
 
 /** A federated arm's strategy, as the aggregator config names and tunes it. */
 export type ArmStrategy = Pick<AggregatorConfig, 'strategy' | 'proxMu' | 'serverOptimizer'>;
+
+/** SCAFFOLD's variates in the simulation: c from the strategy, each participant's c_i as its agent keeps it. */
+interface Variates {
+  c: ReadonlyMap<string, Float32Array> | null;
+  clients: Map<string, Map<string, Float32Array>>;
+}
 
 export interface RoundLoopOptions {
   initial: GlobalModel;
@@ -113,11 +120,14 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
   let finalMetrics: Record<string, EvalMetrics> | null = null;
   const names = global.tensors.map((t) => t.name);
   const federatedNames = resolveFederated(o.federate, names, global.meta.headTensors);
-  const strategy = o.federated && o.strategy ? armStrategy(o) : null;
+  const strategy = o.federated && o.strategy ? armStrategy(o, participants) : null;
+  const variates: Variates = { c: null, clients: new Map() };
   for (let round = 1; round <= o.rounds; round++) {
     const learningRate = scheduledLearningRate(o.task.learningRate, o.learningRateDecay, round - 1);
-    const proxMu = strategy?.configureRound({ round, kind: 'train', available: participants.map((p) => p.id), trainRoundsBefore: round - 1 }).task.proxMu;
-    const task: TrainTask = { ...o.task, learningRate, ...(proxMu === undefined ? {} : { proxMu }), federated: o.federate };
+    const configured = strategy?.configureRound({ round, kind: 'train', available: participants.map((p) => p.id), trainRoundsBefore: round - 1 }).task;
+    const { proxMu, scaffold } = configured ?? {};
+    const task: TrainTask = { ...o.task, learningRate, ...(proxMu === undefined ? {} : { proxMu }), ...(scaffold ? { scaffold } : {}), federated: o.federate };
+    const controlBytes = scaffold ? await roundControl(strategy!, global, federatedNames, variates) : 0;
     const modelBytes = o.federated ? bundleOf(global).byteLength : 0;
     const record: RoundRecord = {
       round,
@@ -132,7 +142,7 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
       bytesDown: 0,
     };
     record.baseMetrics = await evaluate(global);
-    record.bytesDown = modelBytes * participants.length;
+    record.bytesDown = (modelBytes + controlBytes) * participants.length;
     if (o.stopAtTarget && meetsTarget(record.baseMetrics, Object.keys(record.baseMetrics), o.targetAccuracy)) {
       records.push(record);
       o.onRound?.(record);
@@ -142,7 +152,8 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
     }
     const results = [];
     for (const p of participants) {
-      const r = await p.trainer.train(global, task, federatedNames, {});
+      const r = await p.trainer.train(global, task, federatedNames, scaffold ? { control: { c: variates.c, ci: variates.clients.get(p.id) ?? null } } : {});
+      if (scaffold) variates.clients.set(p.id, nextClientVariate(global, r, variates.c, variates.clients.get(p.id) ?? null, learningRate));
       results.push({ id: p.id, r });
       record.localMetrics[p.id] = r.metricsAfter;
       record.sampleCounts[p.id] = r.sampleCount;
@@ -159,6 +170,7 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
           metricsAfter: r.metricsAfter,
           trainMs: r.trainMs,
           backend: p.trainer.backend,
+          ...(scaffold ? { steps: r.steps } : {}),
         };
         record.bytesUp += encodeBundle(r.tensors, meta).byteLength;
       }
@@ -172,7 +184,7 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
         global,
         federatedNames,
         round,
-        results.map(({ id, r }) => ({ id, weight: r.sampleCount, tensors: r.tensors })),
+        results.map(({ id, r }) => ({ id, weight: r.sampleCount, tensors: r.tensors, ...(scaffold ? { steps: r.steps } : {}) })),
       );
     } else {
       next = fedAvg(
@@ -191,11 +203,12 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
 }
 
 /** The arm's strategy from the registry, as the aggregator builds it (no norm screen: every simulated site is honest). */
-function armStrategy(o: RoundLoopOptions): Strategy {
+function armStrategy(o: RoundLoopOptions, participants: readonly Participant[]): Strategy {
   const { task } = o;
   return createStrategy(
     {
       ...o.strategy!,
+      agents: participants.map((p) => p.id),
       trimFraction: 0.2,
       maxUpdateNormRatio: null,
       maxUpdateNorm: null,
@@ -205,9 +218,42 @@ function armStrategy(o: RoundLoopOptions): Strategy {
   );
 }
 
-function memoryReader(id: string, weight: number, tensors: readonly { name: string; data: Float32Array }[]): TensorBlockReader {
+/**
+ * SCAFFOLD: the server variate c that goes with the round's base, into `variates.c` (null before the
+ * first aggregation: c = 0). Returns the bytes of the bundle each agent downloads (0 when there is none).
+ */
+async function roundControl(strategy: Strategy, global: GlobalModel, federatedNames: readonly string[], variates: Variates): Promise<number> {
+  const federated = global.tensors.filter((t) => federatedNames.includes(t.name));
+  const tensors = federated.map((t) => ({ name: t.name, length: elementCount(t.shape) }));
+  const control = strategy.controlVariate ? await strategy.controlVariate(global.version, tensors) : null;
+  variates.c = control?.tensors ?? null;
+  if (!control) return 0;
+  const bundle: NamedTensor[] = federated.map((t) => ({ ...t, data: control.tensors.get(t.name)! }));
+  return encodeBundle(bundle, { kind: 'control', version: control.version }).byteLength;
+}
+
+/** The participant's c_i+ after its local training (shared/fl/scaffold.ts clientVariate), as its agent stores it. */
+function nextClientVariate(
+  global: GlobalModel,
+  r: TrainResult,
+  c: ReadonlyMap<string, Float32Array> | null,
+  ci: ReadonlyMap<string, Float32Array> | null,
+  learningRate: number,
+): Map<string, Float32Array> {
+  const base = new Map(global.tensors.map((t) => [t.name, t.data]));
+  return new Map(
+    r.tensors.map((t) => [t.name, clientVariate(base.get(t.name)!, t.data, c?.get(t.name) ?? null, ci?.get(t.name) ?? null, r.steps, learningRate)]),
+  );
+}
+
+function memoryReader(id: string, weight: number, tensors: readonly { name: string; data: Float32Array }[], steps?: number): TensorBlockReader {
   const byName = new Map(tensors.map((t) => [t.name, t.data]));
-  return { id, weight, read: async (name, start, out) => out.set(byName.get(name)!.subarray(start, start + out.length)) };
+  return {
+    id,
+    weight,
+    ...(steps === undefined ? {} : { steps }),
+    read: async (name, start, out) => out.set(byName.get(name)!.subarray(start, start + out.length)),
+  };
 }
 
 /** One round's aggregation through the strategy, as the aggregator runs it (base and new version numbers key a server optimizer's state). */
@@ -216,14 +262,14 @@ async function aggregateWith(
   global: GlobalModel,
   federatedNames: readonly string[],
   round: number,
-  results: readonly { id: string; weight: number; tensors: readonly { name: string; data: Float32Array }[] }[],
+  results: readonly { id: string; weight: number; steps?: number; tensors: readonly { name: string; data: Float32Array }[] }[],
 ): Promise<Map<string, Float32Array>> {
   const federated = global.tensors.filter((t) => federatedNames.includes(t.name));
   const next = new Map(federated.map((t) => [t.name, new Float32Array(elementCount(t.shape))]));
   const out = await strategy.aggregate({
     round,
     federated,
-    results: results.map((r) => memoryReader(r.id, r.weight, r.tensors)),
+    results: results.map((r) => memoryReader(r.id, r.weight, r.tensors, r.steps)),
     failures: [],
     base: memoryReader('base', 1, global.tensors),
     versions: { base: global.version, next: global.version + 1 },

@@ -9,7 +9,7 @@ import type { LayersModel } from './models.js';
 import { augmentBatch, isAugmenting, NO_AUGMENTATION, type AugmentationOptions } from './augment.js';
 import type { ImageSet, LocalDataset } from './image-folder.js';
 import { normalizeInPlace } from './preprocess.js';
-import type { GlobalModel, Trainer, TrainOptions, TrainResult } from './trainer.js';
+import type { GlobalModel, ScaffoldControl, Trainer, TrainOptions, TrainResult } from './trainer.js';
 
 const EVAL_BATCH = 64;
 
@@ -115,6 +115,31 @@ interface Prox {
   anchors: Tensor[];
 }
 
+/**
+ * SCAFFOLD's correction per training variable, η_l (c - c_i) (float32), subtracted after every
+ * optimizer step: with sgd each step is then w - η_l (g(w) - c_i + c), the paper's; with momentum
+ * and adam the optimizer's own step is corrected in the same units. c_i+ = c_i - c + (x - y) / (K η_l)
+ * (option II) measures the average step per learning rate, which for adam is the average of its
+ * normalised direction, not a gradient: correcting the gradient before adam mixes the two units
+ * (c - c_i of order 1 against gradients of order 1e-3) and the correction swamps the data
+ * (measured in docs/how-it-works.md, Aggregation).
+ */
+function scaffoldCorrections(tf: Tf, m: LayersModel, vars: readonly Variable[], control: ScaffoldControl | undefined, learningRate: number): Tensor[] {
+  const allNames = weightNames(m);
+  const names = m.trainableWeights.map((w) => allNames[m.weights.indexOf(w as unknown as (typeof m.weights)[number])] ?? w.name);
+  return vars.map((v, i) => {
+    const name = names[i]!;
+    const c = control?.c?.get(name) ?? null;
+    const ci = control?.ci?.get(name) ?? null;
+    const n = v.size;
+    if ((c && c.length !== n) || (ci && ci.length !== n))
+      throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `SCAFFOLD variate of ${name} has the wrong length`);
+    const d = new Float32Array(n);
+    for (let k = 0; k < n; k++) d[k] = learningRate * ((c ? c[k]! : 0) - (ci ? ci[k]! : 0));
+    return tf.keep(tf.tensor(d, v.shape));
+  });
+}
+
 export interface TrainerOptions {
   /** Seed of the per-epoch order and of the augmentation. */
   shuffleSeed: number;
@@ -177,6 +202,8 @@ export class TfjsTrainer implements Trainer {
           ? tf.train.momentum(task.learningRate, 0.9)
           : tf.train.sgd(task.learningRate);
     let prox: Prox | null = null;
+    let corrections: Tensor[] | null = null;
+    let steps = 0;
     try {
       const federated = new Set(federatedNames);
       freezeAllBut(m, federated);
@@ -192,6 +219,7 @@ export class TfjsTrainer implements Trainer {
       // FedProx: the global model's values of the variables that train, for the proximal term (none when mu is 0).
       const mu = task.proxMu ?? 0;
       prox = mu > 0 ? { mu, anchors: vars.map((v) => tf.keep(v.clone())) } : null;
+      if (task.scaffold) corrections = scaffoldCorrections(tf, m, vars, options.control, task.learningRate);
       const [h, w, c] = set.shape;
       const per = h * w * c;
       const batchesPerEpoch = Math.ceil(set.count / task.batchSize);
@@ -222,7 +250,8 @@ export class TfjsTrainer implements Trainer {
             if (augmenting) augmentBatch(batch, n, set.shape, this.options.augmentation, augRng);
             normalizeInPlace(batch, n, c, model.meta.normalization);
             for (const d of dropouts) d.seed = deriveSeed(roundSeed, `dropout:${d.name}:${epoch}:${b}`);
-            const lossValue = this.step(m, optimizer, vars, classWeights, batch, yb.subarray(0, n), numClasses, prox);
+            const lossValue = this.step(m, optimizer, vars, classWeights, batch, yb.subarray(0, n), numClasses, prox, corrections);
+            steps++;
             options.onProgress?.({ epoch: epoch + 1, epochs: task.epochs, batch: b + 1, batchesPerEpoch, loss: lossValue });
             // Yield to the event loop between batches: MQTT keepalives, status, stop requests.
             await new Promise((resolve) => setImmediate(resolve));
@@ -233,9 +262,10 @@ export class TfjsTrainer implements Trainer {
       }
       const metricsAfter = await this.evaluateLoaded(m, this.data.test, model.meta.normalization);
       const { tensors } = await extractModel(tf, m);
-      return { tensors: tensors.filter((t) => federated.has(t.name)), sampleCount: set.count, metricsAfter, trainMs: Date.now() - started };
+      return { tensors: tensors.filter((t) => federated.has(t.name)), sampleCount: set.count, metricsAfter, trainMs: Date.now() - started, steps };
     } finally {
       prox?.anchors.forEach((a) => a.dispose());
+      corrections?.forEach((t) => t.dispose());
       optimizer.dispose();
       m.dispose();
     }
@@ -251,6 +281,7 @@ export class TfjsTrainer implements Trainer {
     batchLabels: Int32Array,
     numClasses: number,
     prox: Prox | null = null,
+    corrections: Tensor[] | null = null,
   ): number | null {
     const tf = this.tf;
     const n = batchLabels.length;
@@ -266,15 +297,19 @@ export class TfjsTrainer implements Trainer {
           const probs = m.apply(x, { training: true }) as import('@tensorflow/tfjs').Tensor2D;
           // Cross-entropy per sample, weighted by its class weight, averaged over the batch.
           const ce = tf.neg(tf.sum(tf.mul(y, tf.log(tf.clipByValue(probs, 1e-7, 1))), -1));
-          const loss = tf.div(tf.sum(tf.mul(ce, sampleWeights)), tf.sum(sampleWeights)) as import('@tensorflow/tfjs').Scalar;
-          if (!prox) return loss;
-          // FedProx: + mu/2 ||w - w_global||², whose gradient adds mu (w - w_global) to each variable's.
-          const sq = vars.map((v, i) => tf.sum(tf.square(tf.sub(v, prox.anchors[i]!))));
-          return tf.add(loss, tf.mul(prox.mu / 2, tf.addN(sq))) as import('@tensorflow/tfjs').Scalar;
+          let loss = tf.div(tf.sum(tf.mul(ce, sampleWeights)), tf.sum(sampleWeights)) as import('@tensorflow/tfjs').Scalar;
+          if (prox) {
+            // FedProx: + mu/2 ||w - w_global||², whose gradient adds mu (w - w_global) to each variable's.
+            const sq = vars.map((v, i) => tf.sum(tf.square(tf.sub(v, prox.anchors[i]!))));
+            loss = tf.add(loss, tf.mul(prox.mu / 2, tf.addN(sq)));
+          }
+          return loss;
         },
         true,
         vars,
       );
+      // SCAFFOLD: w -= η_l (c - c_i) after the optimizer's step (see scaffoldCorrections).
+      if (corrections) vars.forEach((v, i) => v.assign(tf.sub(v, corrections[i]!)));
       lossValue = cost ? cost.dataSync()[0]! : null;
     });
     return lossValue;

@@ -39,6 +39,17 @@ export interface TrainOptions {
    * A rejection ends training with that error.
    */
   atBatchBoundary?: (at: BatchBoundary) => Promise<void> | void;
+  /**
+   * SCAFFOLD (task.scaffold): the server variate c and this client's c_i, by tensor name (null or a
+   * missing tensor: zero). After every optimizer step each trainable variable moves by a further
+   * -learningRate (c - c_i) (with sgd: the step follows g - c_i + c).
+   */
+  control?: ScaffoldControl;
+}
+
+export interface ScaffoldControl {
+  c: ReadonlyMap<string, Float32Array> | null;
+  ci: ReadonlyMap<string, Float32Array> | null;
 }
 
 export interface TrainResult {
@@ -47,6 +58,8 @@ export interface TrainResult {
   sampleCount: number;
   metricsAfter: EvalMetrics;
   trainMs: number;
+  /** Optimizer steps taken (batches trained): SCAFFOLD's K. */
+  steps: number;
 }
 
 export interface Trainer {

@@ -1,6 +1,6 @@
 import type { BundleSource } from './bundle-source.js';
 import { ErrorCodes, FedlineError } from '../protocol/errors.js';
-import { DEFAULT_Q8_BLOCK, dtypeOf, encodeValues, unitOf, type UpdateEncoding, type ValueDtype } from './value-encodings.js';
+import { decodeValues, DEFAULT_Q8_BLOCK, dtypeOf, encodedBytes, encodeValues, unitOf, type UpdateEncoding, type ValueDtype } from './value-encodings.js';
 import { elementCount, encodeBundlePrefix, layoutTensors, type NamedTensor, type TensorSpec } from './tensor-bundle.js';
 
 /**
@@ -145,4 +145,29 @@ export function encodeUpdateSource(tensors: readonly TensorValues[], meta: unkno
       }
     },
   };
+}
+
+/**
+ * A tensor's values as the aggregator reads them back from an update made with these options
+ * (encoded, decoded, and with `delta` the base added back in float32, as aggregator/update-spool.ts
+ * does): f32 without delta gives the values themselves. SCAFFOLD's agents form c_i+ from these, so
+ * that it matches the Δc_i the aggregator forms from the same update.
+ */
+export function valuesAsReceived(
+  values: Float32Array,
+  base: Float32Array | null,
+  encoding: UpdateEncoding,
+  delta: boolean,
+  block = DEFAULT_Q8_BLOCK,
+): Float32Array {
+  const dtype = dtypeOf(encoding);
+  if (dtype === 'float32' && !delta) return values;
+  if (delta && (!base || base.length !== values.length)) throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, 'delta encoding needs the base tensor');
+  const sent = delta ? values.map((v, i) => Math.fround(v - base![i]!)) : values;
+  const bytes = new Uint8Array(encodedBytes(dtype, sent.length, block));
+  encodeValues(dtype, sent, bytes, block);
+  const out = new Float32Array(sent.length);
+  decodeValues(dtype, bytes, sent.length, out, block);
+  if (delta) for (let i = 0; i < out.length; i++) out[i] = out[i]! + base![i]!;
+  return out;
 }

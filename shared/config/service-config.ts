@@ -274,7 +274,8 @@ export const aggregatorConfigSchema = z.strictObject({
    * McMahan et al. 2017), fedavg-clipped (FedAvg with each update's change clipped to the round's
    * median change), trimmed-mean (coordinate-wise, trimFraction cut from each end) or median
    * (coordinate-wise); the last two ignore sample counts; fedprox (FedAvg with proxMu in the task),
-   * fedavgm, fedadam, fedyogi (server optimizers, serverOptimizer). Whatever the strategy, updates are first
+   * fedavgm, fedadam, fedyogi (server optimizers, serverOptimizer), scaffold (control variates,
+   * Karimireddy et al. 2020; its server learning rate is serverOptimizer.learningRate, null = 1). Whatever the strategy, updates are first
    * screened by maxUpdateNormRatio / maxUpdateNorm. An unknown name stops the aggregator at
    * start-up (FL_CONFIG_INVALID). Default fedavg.
    */
@@ -282,7 +283,7 @@ export const aggregatorConfigSchema = z.strictObject({
   /**
    * fedavgm, fedadam, fedyogi (Reddi et al. 2021, Algorithm 2): the server's optimizer on the round's
    * pseudo-gradient (FedAvg of the updates minus the base). learningRate η: null = the kind's default
-   * (fedavgm 1, fedadam/fedyogi 0.01); beta1 (fedavgm's momentum) 0.9, beta2 0.99, tau 1e-3 as in the paper.
+   * (fedavgm 1, fedadam/fedyogi 0.01, scaffold 1); beta1 (fedavgm's momentum) 0.9, beta2 0.99, tau 1e-3 as in the paper.
    */
   serverOptimizer: serverOptimizerSchema.prefault({}),
   /** fedprox (Li et al. 2020): the proximal weight mu announced in each round's task (mu/2 ||w - w_global||² in the local loss). Default 0.01. */

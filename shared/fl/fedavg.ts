@@ -66,6 +66,8 @@ export function fedAvg(inputs: readonly WeightedTensors[], names: readonly strin
 export interface TensorBlockReader {
   readonly id: string;
   readonly weight: number;
+  /** Optimizer steps the client took this round (update meta `steps`); SCAFFOLD divides by it. Absent when not reported. */
+  readonly steps?: number;
   /** Fill `out` with `out.length` values of tensor `name` starting at element `start`. */
   read(name: string, start: number, out: Float32Array): Promise<void>;
 }

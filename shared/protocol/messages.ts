@@ -56,6 +56,12 @@ const trainTaskSchema = z.object({
    * loss over the federated tensors. Optional on the wire; absent or 0 means plain local training.
    */
   proxMu: z.number().min(0).finite().optional(),
+  /**
+   * SCAFFOLD (Karimireddy et al. 2020): correct every local step by -learningRate (c - c_i) (the
+   * announcement's `control` variate c, the agent's own c_i), keep c_i+ on the agent and report the steps taken
+   * (update meta `steps`). Optional on the wire; absent or false means plain local training.
+   */
+  scaffold: z.boolean().optional(),
   /** Which tensors train and travel: all of them, the classifier head, or an explicit list. */
   federated: federatedSetSchema,
 });
@@ -87,6 +93,12 @@ export const roundAnnouncementSchema = z.object({
   /** train: evaluate the base, train, send an update; evaluate: evaluate the base and report only. */
   kind: z.enum(['train', 'evaluate']),
   base: modelRefSchema,
+  /**
+   * SCAFFOLD rounds (task.scaffold) after the first aggregation: the server variate c that goes with
+   * the base model, a tensor bundle (float32, one tensor per federated tensor, meta kind `control`)
+   * retained in chunks on `<root>/model/<version>/control/<seq>`. Optional: absent means c = 0.
+   */
+  control: modelRefSchema.omit({ signature: true }).optional(),
   task: trainTaskSchema,
   classes: z.array(z.string().min(1)).min(2),
   selected: z.array(id),
@@ -123,6 +135,16 @@ export const modelChunkSchema = z.object({
   type: z.literal('model-chunk'),
   version: uint,
   /** SHA-256 of the whole model bundle. */
+  sha256: sha256Hex,
+  ...chunkFields,
+});
+
+/** `<root>/model/<version>/control/<seq>`, retained, QoS 1, msgpack: SCAFFOLD's server variate c (a tensor bundle). */
+export const controlChunkSchema = z.object({
+  v: z.literal(PROTOCOL_VERSION),
+  type: z.literal('control-chunk'),
+  version: uint,
+  /** SHA-256 of the whole control bundle. */
   sha256: sha256Hex,
   ...chunkFields,
 });
@@ -207,6 +229,8 @@ export const updateMetaSchema = z.object({
   backend: z.string(),
   /** The values are differences to the base model (the round asked for `delta`). */
   delta: z.boolean().default(false),
+  /** Optimizer steps local training took (SCAFFOLD's K). Optional: older agents omit it. */
+  steps: posInt.optional(),
 });
 export type UpdateMeta = z.input<typeof updateMetaSchema>;
 
@@ -233,6 +257,13 @@ export const modelMetaSchema = z.object({
   createdAt: uint,
 });
 export type ModelMeta = z.infer<typeof modelMetaSchema>;
+
+/** The header inside SCAFFOLD's control bundle (announcement `control`): the model version c goes with. */
+export const controlMetaSchema = z.object({
+  kind: z.literal('control'),
+  version: uint,
+});
+export type ControlMeta = z.infer<typeof controlMetaSchema>;
 
 // ---- JSON messages (people and MES read these) ----
 

@@ -25,6 +25,9 @@ export interface Topics {
   modelChunk(version: number, seq: number): string;
   modelChunks(version: number): string;
   modelLatest(): string;
+  /** SCAFFOLD's server variate c that goes with model `version`: retained chunks under the model's level (same access rules). */
+  controlChunk(version: number, seq: number): string;
+  controlChunks(version: number): string;
   /** The released version's manifest (retained, JSON): what the production lines run. */
   modelReleased(): string;
   update(round: number, agent: string): string;
@@ -41,8 +44,17 @@ export interface Topics {
   parseUpdate(topic: string): { round: number; agent: string } | null;
   parseAck(topic: string): { round: number; agent: string } | null;
   parseModelChunk(topic: string): { version: number; seq: number } | null;
+  parseControlChunk(topic: string): { version: number; seq: number } | null;
   parseStatus(topic: string): { agent: string } | null;
   parseCommand(topic: string): { verb: string } | null;
+}
+
+/** A chunk's version and sequence number from their topic levels (model and control chunks). */
+function versionChunk(versionLevel: string | undefined, seqLevel: string | undefined): { version: number; seq: number } | null {
+  const version = parseNonNegativeInt(versionLevel);
+  const seq = parseNonNegativeInt(seqLevel);
+  if (version === null || seq === null) return null;
+  return { version, seq };
 }
 
 function parseNonNegativeInt(text: string | undefined): number | null {
@@ -67,6 +79,8 @@ export function createTopics(root: string): Topics {
     modelChunk: (version: number, seq: number) => `${root}/model/${version}/${seq}`,
     modelChunks: (version: number) => `${root}/model/${version}/+`,
     modelLatest: () => `${root}/model/latest`,
+    controlChunk: (version: number, seq: number) => `${root}/model/${version}/control/${seq}`,
+    controlChunks: (version: number) => `${root}/model/${version}/control/+`,
     modelReleased: () => `${root}/model/released`,
     update: (round: number, agent: string) => `${root}/round/${round}/update/${agent}`,
     updatesAll: () => `${root}/round/+/update/+`,
@@ -94,11 +108,11 @@ export function createTopics(root: string): Topics {
     },
     parseModelChunk(topic: string) {
       const t = tail(topic);
-      if (!t || t.length !== 3 || t[0] !== 'model') return null;
-      const version = parseNonNegativeInt(t[1]);
-      const seq = parseNonNegativeInt(t[2]);
-      if (version === null || seq === null) return null;
-      return { version, seq };
+      return t && t.length === 3 && t[0] === 'model' ? versionChunk(t[1], t[2]) : null;
+    },
+    parseControlChunk(topic: string) {
+      const t = tail(topic);
+      return t && t.length === 4 && t[0] === 'model' && t[2] === 'control' ? versionChunk(t[1], t[3]) : null;
     },
     parseStatus(topic: string) {
       const t = tail(topic);
