@@ -94,6 +94,8 @@ export async function runExperiment(config: ExperimentConfig, say: (line: string
     classWeighting: config.training.classWeighting,
     sampling: config.training.sampling,
   };
+  // The learning curves: every round's base model on the sets no site trains on.
+  const heldOutSets = data.allSets.filter((s) => s.id === 'external' || s.id === 'probes');
   const results = new ModelResults({ tf, out, experimentName: config.name, spec, classes, allSets: data.allSets, siteTests: data.siteTests, say });
   const ctx: ArmContext = {
     config,
@@ -110,6 +112,7 @@ export async function runExperiment(config: ExperimentConfig, say: (line: string
     imagesBytes: await trainingImageBytes(sites, data),
     siteEvaluator: (model) =>
       evaluateModel(tf, model, data.siteTests).then((m) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k.slice('site:'.length), v]))),
+    watchEvaluator: heldOutSets.length ? (model) => evaluateModel(tf, model, heldOutSets) : undefined,
     results,
     say,
   };

@@ -52,7 +52,14 @@ function rotationDataset(data: LocalDataset): LocalDataset {
   const train = rotationImageSet(data.train);
   const test = rotationImageSet(data.test);
   const perTurn = (n: number) => ROTATION_CLASSES.map(() => n);
-  return { classes: ROTATION_CLASSES, train, test, counts: { train: perTurn(data.train.count), test: perTurn(data.test.count) }, problems: [], decoder: data.decoder };
+  return {
+    classes: ROTATION_CLASSES,
+    train,
+    test,
+    counts: { train: perTurn(data.train.count), test: perTurn(data.test.count) },
+    problems: [],
+    decoder: data.decoder,
+  };
 }
 
 /** Run the pass and save the adapted base in `out`; returns the rounds (pretext accuracy per site). */

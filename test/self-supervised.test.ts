@@ -24,7 +24,7 @@ const PER = SIDE * SIDE * C;
 
 /** An image set of `count` distinct images whose labels cannot be read (they throw), recording which images are read. */
 function labelFreeSet(count: number, offset: number, reads: number[]): ImageSet {
-  const images = Array.from({ length: count }, (_, i) => Float32Array.from({ length: PER }, (_, k) => ((offset + i) * 31 + k * 7) % 97 / 97));
+  const images = Array.from({ length: count }, (_, i) => Float32Array.from({ length: PER }, (_, k) => (((offset + i) * 31 + k * 7) % 97) / 97));
   return {
     count,
     shape: [SIDE, SIDE, C],
@@ -78,7 +78,13 @@ test('self-supervised pass: no label read, each site reads only its own images, 
   try {
     // Prepare: two sites whose images cannot reveal a label; a tiny model.
     const runtime = await loadTf('cpu');
-    const spec: ModelSpec = { architecture: 'small-cnn', inputShape: [SIDE * 4, SIDE * 4, C], seed: 3, classes: ['A', 'B'], normalization: 'per-image' } as ModelSpec;
+    const spec: ModelSpec = {
+      architecture: 'small-cnn',
+      inputShape: [SIDE * 4, SIDE * 4, C],
+      seed: 3,
+      classes: ['A', 'B'],
+      normalization: 'per-image',
+    } as ModelSpec;
     const side = SIDE * 4;
     const per = side * side * C;
     const site = (offset: number, reads: number[]): LocalDataset => {
@@ -174,8 +180,18 @@ test('experiment: pretrained.selfSupervised makes the common start of the pretra
     const reference = await readWeightsFromDir(r.pretrained!.dir);
     const conv = [...adapted.keys()].find((k) => k.includes('block1_conv1') && k.endsWith('kernel'))!;
     assert.notDeepEqual([...adapted.get(conv)!.data], [...reference.get(conv)!.data], 'the pass moved the base');
+    // The learning curves on the held-out sets: every round's base model judged on external and probes, shown in report.md.
+    const head = r.models.find((m) => m.id === 'federated-head')!;
+    assert.ok(head.rounds[0]!.watchMetrics?.external && head.rounds[0]!.watchMetrics.probes, 'round 1 base model judged on external and probes');
+    const report = readFileSync(join(dir.path, 'report.md'), 'utf8');
+    assert.match(report, /balanced accuracy on the external set/);
+    assert.match(report, /self-supervised site pass/);
     // Defaults: off unless configured.
-    const plain = parseConfig(experimentConfigSchema, { data: { source: 'synthetic' }, model: { architecture: 'small-cnn', inputShape: [16, 16, 3], seed: 1 }, training: {}, rounds: 1 }, 'x');
+    const plain = parseConfig(
+      experimentConfigSchema,
+      { data: { source: 'synthetic' }, model: { architecture: 'small-cnn', inputShape: [16, 16, 3], seed: 1 }, training: {}, rounds: 1 },
+      'x',
+    );
     assert.equal(plain.pretrained?.selfSupervised, null);
   } finally {
     dir.cleanup();
