@@ -35,6 +35,8 @@ export interface ArmContext {
   imagesBytes: ReadonlyMap<string, number>;
   /** The global model on every site's test split, keyed by site id. */
   siteEvaluator: (model: GlobalModel) => Promise<Record<string, EvalMetrics>>;
+  /** The held-out sets (external, probes) every round's base model is judged on too: the learning curves. */
+  watchEvaluator?: (model: GlobalModel) => Promise<Record<string, EvalMetrics>>;
   results: ModelResults;
   say: (line: string) => void;
 }
@@ -89,6 +91,7 @@ export async function runCentralizedArm(ctx: ArmContext): Promise<void> {
     stopAtTarget: false,
     evaluate: ctx.siteEvaluator,
     onRound: progress(say, 'centralized'),
+    watch: ctx.watchEvaluator,
   });
   const moved = [...ctx.imagesBytes.values()].reduce((a, b) => a + b, 0);
   await ctx.results.add(
@@ -227,6 +230,7 @@ async function federatedInProcess(ctx: ArmContext, arm: FederatedArm, settings: 
     targetAccuracy: config.targetAccuracy,
     stopAtTarget: config.stopAtTarget,
     onRound: progress(ctx.say, arm.name),
+    watch: ctx.watchEvaluator,
   });
   return { ...run, modelDir: await saveModel(join(config.out, 'arms', arm.name, 'models'), run.final) };
 }

@@ -104,9 +104,29 @@ export const experimentConfigSchema = z.strictObject({
       learningRate: z.number().positive().default(0.0005),
       /** Kernels before pretraining: he (He-normal, default: deep VGGs train from scratch) or seeded (Glorot). */
       init: z.enum(['he', 'seeded']).default('he'),
+      /**
+       * The self-supervised site pass (experiment/self-supervised.ts): after the base is made or
+       * reused, every site trains it on the rotation pretext with its own unlabelled training
+       * images and the sites' weights are averaged, `rounds` rounds of `epochs` local epochs (Adam,
+       * `learningRate`, batches of `batchSize`); the result is the common start of every
+       * pretrained arm. No label is read and no image leaves its site. Default null: none.
+       */
+      selfSupervised: z
+        .strictObject({
+          /** Rounds of site training and averaging. Default 3. */
+          rounds: posInt.default(3),
+          /** Local epochs per round over the four turns of every image. Default 1. */
+          epochs: posInt.default(1),
+          /** Images per batch. Default 32. */
+          batchSize: posInt.default(32),
+          /** Adam's learning rate. Default 0.0005. */
+          learningRate: z.number().positive().default(0.0005),
+        })
+        .nullable()
+        .default(null),
     })
     .nullable()
-    .default({ epochs: 15, batchSize: 32, learningRate: 0.0005, init: 'he' }),
+    .default({ epochs: 15, batchSize: 32, learningRate: 0.0005, init: 'he', selfSupervised: null }),
   /** The local training task of every arm, as the aggregator's `task` (federated comes from the arm). */
   training: z.strictObject({
     epochs: posInt.default(2),

@@ -1,16 +1,19 @@
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PRETRAIN_INFO_FILE, pretrainBase } from '../training/pretrain.js';
 import type { GlobalModel } from '../training/trainer.js';
-import type { Tf } from '../training/backend.js';
+import type { Tf, TfRuntime } from '../training/backend.js';
+import type { LocalDataset } from '../training/image-folder.js';
+import type { TrainerOptions } from '../training/tfjs-trainer.js';
 import { buildInitialBundle } from '../training/initial-model.js';
 import type { ModelSpec } from '../shared/config/service-config.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { modelMetaSchema, type EvalMetrics, type ModelMeta } from '../shared/protocol/messages.js';
 import { bundleTensors, decodeBundle } from '../shared/bundle/tensor-bundle.js';
 import type { ExperimentConfig } from './config.js';
-import type { ExperimentResults } from './results.js';
+import type { ExperimentResults, SelfSupervisedSummary } from './results.js';
+import { selfSupervisedBase } from './self-supervised.js';
 
 /**
  * The common initial weights: the pretrained base (reused from its folder, or trained here on
@@ -88,4 +91,53 @@ export async function buildInitialModels(tf: Tf, spec: ModelSpec, pretrainedDir:
   const pretrained = toModel(await buildInitialBundle(tf, pretrainedSpec));
   const random = toModel(await buildInitialBundle(tf, spec));
   return { pretrainedSpec, pretrained, random };
+}
+
+/**
+ * The self-supervised site pass when configured (pretrained.selfSupervised): the base adapted to
+ * the sites' unlabelled images, saved under `<out>/self-supervised-base` and made afresh every run
+ * (it depends on the sites' images). Returns its folder, or null when not configured.
+ */
+export async function adaptBaseToSites(
+  config: ExperimentConfig,
+  runtime: TfRuntime,
+  spec: ModelSpec,
+  pretrainedDir: string | null,
+  sites: readonly { id: string; data: LocalDataset }[],
+  trainerOptions: TrainerOptions,
+  say: (line: string) => void,
+): Promise<SelfSupervisedSummary | null> {
+  const settings = config.pretrained?.selfSupervised;
+  if (!settings) return null;
+  const out = join(config.out, 'self-supervised-base');
+  await rm(out, { recursive: true, force: true });
+  say(
+    `self-supervised site pass: rotation pretext on each site's own training images (no labels, no image leaves its site), ${settings.rounds} rounds x ${settings.epochs} epochs, weights averaged`,
+  );
+  const r = await selfSupervisedBase({
+    runtime,
+    spec,
+    startDir: pretrainedDir,
+    init: config.pretrained?.init ?? 'he',
+    sites,
+    settings,
+    trainerOptions,
+    out,
+    onRound: (rec) =>
+      say(
+        `  self-supervised round ${rec.round}: pretext accuracy before ${Object.entries(rec.baseMetrics)
+          .map(([id, m]) => `${id} ${m.accuracy.toFixed(3)}`)
+          .join(', ')}`,
+      ),
+  });
+  const final = Object.values(JSON.parse(await readFile(join(out, 'self-supervised.json'), 'utf8')).pretextAccuracy as Record<string, EvalMetrics>);
+  const accuracy = final.reduce((a, m) => a + m.accuracy, 0) / Math.max(1, final.length);
+  say(`self-supervised base: mean pretext accuracy ${accuracy.toFixed(3)} on the sites' test splits, ${(r.trainMs / 1000).toFixed(1)} s; saved in ${out}`);
+  return {
+    dir: out,
+    settings,
+    trainMs: r.trainMs,
+    pretextAccuracy: r.rounds.map((rec) => Object.fromEntries(Object.entries(rec.baseMetrics).map(([id, m]) => [id, m.accuracy]))),
+    finalPretextAccuracy: accuracy,
+  };
 }

@@ -87,6 +87,13 @@ function introSection({ r }: ReportView, rel: (path: string) => string, lines: s
       '',
     );
   }
+  if (r.selfSupervised) {
+    const s = r.selfSupervised;
+    lines.push(
+      `Then adapted to the sites by the self-supervised site pass (rotation pretext on each site's own unlabelled training images, weights averaged, ${s.settings.rounds} rounds x ${s.settings.epochs} epochs, ${pct(s.finalPretextAccuracy)}% pretext accuracy): the common start of the pretrained arms (\`${rel(s.dir)}\`).`,
+      '',
+    );
+  }
 }
 
 /** Images per class of every set. */
@@ -207,7 +214,8 @@ function perSiteSections({ r, defect, sites, probes, pictures }: ReportView, lin
 }
 
 /** Mean (min) accuracy over the judged sites after each round. */
-function learningCurvesSection({ r, pictures }: ReportView, lines: string[]): void {
+function learningCurvesSection(v: ReportView, lines: string[]): void {
+  const { r, pictures } = v;
   lines.push('## Learning curves', '');
   if (pictures) lines.push(`![learning curves](${pictures.learningCurves})`, '');
   lines.push(
@@ -229,6 +237,37 @@ function learningCurvesSection({ r, pictures }: ReportView, lines: string[]): vo
     ),
     '',
   );
+  heldOutCurvesSection(v, lines);
+}
+
+/** The model after round k (k = 0: the initial model) on a held-out set: from the next round's watchMetrics, or the final evaluation. */
+export function heldOutCurve(m: ModelResult, setId: string, value: (e: EvalMetrics) => number | null): (number | null)[] {
+  if (!m.rounds.some((r) => r.watchMetrics?.[setId])) return [];
+  const points = m.rounds.map((r) => (r.watchMetrics?.[setId] ? value(r.watchMetrics[setId]) : null));
+  const final = m.eval[setId];
+  if (m.rounds.at(-1)?.newVersion != null && final) points.push(value(final));
+  return points;
+}
+
+/** External balanced accuracy and probe defect recall after each round (when the rounds were watched). */
+function heldOutCurvesSection({ r, defect }: ReportView, lines: string[]): void {
+  const sets: [string, string, (e: EvalMetrics) => number | null][] = [
+    ['external', 'balanced accuracy on the external set', (e) => e.balancedAccuracy],
+    ['probes', `${r.defectClass ?? 'defect'} recall on the cross-client probes`, (e) => recall(e, defect)],
+  ];
+  for (const [id, what, value] of sets) {
+    const curves = r.models.map((m) => ({ id: m.id, points: heldOutCurve(m, id, value) })).filter((x) => x.points.length > 0);
+    if (curves.length === 0) continue;
+    const rounds = Math.max(...curves.map((x) => x.points.length));
+    lines.push(`The model after each round (round 0: the initial model), ${what}:`, '');
+    lines.push(
+      table(
+        ['round', ...curves.map((x) => x.id)],
+        Array.from({ length: rounds }, (_, k) => [String(k), ...curves.map((x) => (x.points[k] == null ? '' : pct(x.points[k]!)))]),
+      ),
+      '',
+    );
+  }
 }
 
 /** The findings, the confusion matrices and where the models are. */

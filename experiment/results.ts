@@ -63,6 +63,19 @@ export interface ExperimentResults {
     probes: Record<string, { dir: string; count: number; product: string | null; defectOf: string | null }>;
   };
   pretrained: { dir: string; reused: boolean; info: Record<string, unknown> | null } | null;
+  /** The self-supervised site pass (pretrained.selfSupervised), when configured: the common start of the pretrained arms. */
+  selfSupervised?: SelfSupervisedSummary | null;
   models: ModelResult[];
   findings: Finding[];
+}
+
+export interface SelfSupervisedSummary {
+  /** The adapted base (tfjs layers folder). */
+  dir: string;
+  settings: { rounds: number; epochs: number; batchSize: number; learningRate: number };
+  trainMs: number;
+  /** Per round: each site's pretext accuracy (rotation) of the averaged model before that round. */
+  pretextAccuracy: Record<string, number>[];
+  /** The final model's pretext accuracy, mean over the sites' test splits. */
+  finalPretextAccuracy: number;
 }

@@ -38,6 +38,11 @@ export interface RoundRecord {
   learningRate: number;
   /** The base model on each participant's local test split, before local training. */
   baseMetrics: Record<string, EvalMetrics>;
+  /**
+   * The base model on the held-out sets (external, probes) when the loop was given `watch`: the
+   * learning curve on data no site trains on (does a model keep improving, or decline?).
+   */
+  watchMetrics?: Record<string, EvalMetrics>;
   /** Each participant's model after local training, on its local test split. */
   localMetrics: Record<string, EvalMetrics>;
   sampleCounts: Record<string, number>;
@@ -75,6 +80,8 @@ export interface RoundLoopOptions {
    */
   evaluate?: (model: GlobalModel) => Promise<Record<string, EvalMetrics>>;
   onRound?: (r: RoundRecord) => void;
+  /** Also judge the base model of every round on these sets (recorded as watchMetrics); none by default. */
+  watch?: (model: GlobalModel) => Promise<Record<string, EvalMetrics>>;
 }
 
 export interface RoundLoopResult {
@@ -142,6 +149,7 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
       bytesDown: 0,
     };
     record.baseMetrics = await evaluate(global);
+    if (o.watch) record.watchMetrics = await o.watch(global);
     record.bytesDown = (modelBytes + controlBytes) * participants.length;
     if (o.stopAtTarget && meetsTarget(record.baseMetrics, Object.keys(record.baseMetrics), o.targetAccuracy)) {
       records.push(record);

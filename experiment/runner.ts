@@ -10,7 +10,7 @@ import { runCentralizedArm, runFederatedArms, runLocalOnlyArms, type ArmContext 
 import { experimentConfigSchema, type ExperimentConfig } from './config.js';
 import { dataSummary, defectClassOf, loadData, prepareDataLayout, trainingImageBytes } from './data.js';
 import { findings } from './findings.js';
-import { buildInitialModels, needsPretraining, preparePretrained, pretrainedDirOf } from './initial-models.js';
+import { adaptBaseToSites, buildInitialModels, needsPretraining, preparePretrained, pretrainedDirOf } from './initial-models.js';
 import { ModelResults } from './model-results.js';
 import { renderReport } from './report.js';
 import { writeReportPictures } from './report-pictures.js';
@@ -79,10 +79,12 @@ export async function runExperiment(config: ExperimentConfig, say: (line: string
   // ---- model and the common initial weights
   const spec: ModelSpec = { ...config.model, normalization: config.model.normalization ?? 'per-image', classes };
   const pretrained = await preparePretrained(config, spec, pretrainedDir, needPretraining, layout.referenceDir, say);
-  const initial = await buildInitialModels(tf, spec, pretrainedDir);
+  const trainerOptions = { shuffleSeed: config.training.shuffleSeed, augmentation: config.training.augmentation };
+  const siteList = sites.map((s) => ({ id: s.id, data: data.siteData.get(s.id)! }));
+  const selfSupervised = await adaptBaseToSites(config, runtime, spec, pretrainedDir, siteList, trainerOptions, say);
+  const initial = await buildInitialModels(tf, spec, selfSupervised?.dir ?? pretrainedDir);
 
   // ---- the arms
-  const trainerOptions = { shuffleSeed: config.training.shuffleSeed, augmentation: config.training.augmentation };
   const trainers = new Map(sites.map((s) => [s.id, new TfjsTrainer(runtime, data.siteData.get(s.id)!, trainerOptions)]));
   const baseTask: Omit<TrainTask, 'federated'> = {
     epochs: config.training.epochs,
@@ -92,6 +94,8 @@ export async function runExperiment(config: ExperimentConfig, say: (line: string
     classWeighting: config.training.classWeighting,
     sampling: config.training.sampling,
   };
+  // The learning curves: every round's base model on the sets no site trains on.
+  const heldOutSets = data.allSets.filter((s) => s.id === 'external' || s.id === 'probes');
   const results = new ModelResults({ tf, out, experimentName: config.name, spec, classes, allSets: data.allSets, siteTests: data.siteTests, say });
   const ctx: ArmContext = {
     config,
@@ -108,6 +112,7 @@ export async function runExperiment(config: ExperimentConfig, say: (line: string
     imagesBytes: await trainingImageBytes(sites, data),
     siteEvaluator: (model) =>
       evaluateModel(tf, model, data.siteTests).then((m) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k.slice('site:'.length), v]))),
+    watchEvaluator: heldOutSets.length ? (model) => evaluateModel(tf, model, heldOutSets) : undefined,
     results,
     say,
   };
@@ -129,6 +134,7 @@ export async function runExperiment(config: ExperimentConfig, say: (line: string
     config,
     data: dataSummary(layout, data),
     pretrained,
+    selfSupervised,
     models,
     findings: findings(models, sites, layout.probes, defectIndex),
   };
