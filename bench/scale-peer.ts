@@ -71,7 +71,7 @@ export class BenchTrainer implements Trainer {
       // A small change of similar size at every site: the update-norm screen (10 x median) stays quiet.
       for (let i = 0; i < d.length; i++) d[i]! += 1e-4 * (((i + this.seed) % 13) - 6);
     }
-    return Promise.resolve({ tensors, sampleCount: this.samples.train, metricsAfter: classificationMetrics([0, 1, 2, 3], [0, 1, 2, 3], 4), trainMs: 0 });
+    return Promise.resolve({ tensors, sampleCount: this.samples.train, metricsAfter: classificationMetrics([0, 1, 2, 3], [0, 1, 2, 3], 4), trainMs: 0, steps: 1 });
   }
 }
 

@@ -44,6 +44,12 @@ export class PlantTrainer implements Trainer {
 
   async train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: TrainOptions): Promise<TrainResult> {
     const startedAt = Date.now();
+    // SCAFFOLD's client variate needs one site's own optimizer steps; a plant's aggregate has none.
+    if (task.scaffold)
+      throw new FedlineError(
+        ErrorCodes.MODEL_INCOMPATIBLE,
+        'a plant cannot take part in a SCAFFOLD federation: control variates belong to the sites that train',
+      );
     const { record, aggregate } = await this.aggregator.runDrivenRound('train', await this.bundleOf(model), {
       task,
       signal: this.untilStopped(options.signal),
@@ -57,7 +63,7 @@ export class PlantTrainer implements Trainer {
     });
     const sampleCount = Object.values(aggregate.sampleCounts).reduce((s, n) => s + n, 0);
     this.samples.train = sampleCount;
-    return { tensors, sampleCount, metricsAfter: metricsAfter(record), trainMs: Date.now() - startedAt };
+    return { tensors, sampleCount, metricsAfter: metricsAfter(record), trainMs: Date.now() - startedAt, steps: 0 };
   }
 
   /** Aborted when the agent's work on the round ends (the headquarters round closed, a newer one came) or the plant stops. */

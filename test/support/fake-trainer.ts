@@ -44,6 +44,6 @@ export class FakeTrainer implements Trainer {
         for (let i = 0; i < data.length; i++) data[i] = t.data[i]! + scale * Math.sin(0.7 * i + 1.9 * seed + 0.3 * model.version);
         return { name: t.name, shape: [...t.shape], dtype: 'float32' as const, data };
       });
-    return { tensors, sampleCount: this.sampleCount(model.version), metricsAfter: await this.evaluate(model), trainMs: 1 };
+    return { tensors, sampleCount: this.sampleCount(model.version), metricsAfter: await this.evaluate(model), trainMs: 1, steps: 1 };
   }
 }
