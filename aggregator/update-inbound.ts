@@ -1,5 +1,5 @@
 import { describeError, ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
-import { SUPPORTED_VERSIONS, updateTopicMessageSchema, type UpdateTopicMessage } from '../shared/protocol/messages.js';
+import { SUPPORTED_VERSIONS, updateChunkFastPath, updateTopicMessageSchema, type UpdateTopicMessage } from '../shared/protocol/messages.js';
 import { decodeMsgpack } from '../shared/protocol/wire-codec.js';
 import type { InboundMessage } from '../shared/transport/transport.js';
 import type { ActiveRound } from './active-round.js';
@@ -67,7 +67,8 @@ export function createUpdateInbound(deps: UpdateInboundDeps): (m: InboundMessage
     {
       name: 'decode',
       run: (u) => {
-        u.msg = decodeMsgpack(u.m.payload, updateTopicMessageSchema, SUPPORTED_VERSIONS, { topic: u.m.topic, what: 'update message' });
+        const what = { topic: u.m.topic, what: 'update message' };
+        u.msg = decodeMsgpack<UpdateTopicMessage>(u.m.payload, updateTopicMessageSchema, SUPPORTED_VERSIONS, what, updateChunkFastPath);
       },
     },
     {

@@ -11,8 +11,14 @@ import { cpuMsOf, memoryOf } from './synthetic.js';
 
 const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 const PEER = fileURLToPath(new URL('./transport-peer.js', import.meta.url));
-/** BENCH_CPU_PROF=DIR: every process writes a V8 CPU profile there (for finding where time goes). */
-const EXEC_ARGV = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
+/**
+ * BENCH_CPU_PROF=DIR: every process writes a V8 CPU profile there (for finding where time goes).
+ * BENCH_NODE_FLAGS="--trace-gc ...": further Node flags for every process (flags NODE_OPTIONS refuses).
+ */
+const EXEC_ARGV = [
+  ...(process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : []),
+  ...(process.env.BENCH_NODE_FLAGS?.split(/\s+/).filter(Boolean) ?? []),
+];
 
 export interface Broker {
   name: string;
@@ -165,12 +171,23 @@ export class MemorySampler {
   maxRss(pid: number, from: number, to: number): number {
     return this.samples.filter((s) => s.pid === pid && s.at >= from && s.at <= to).reduce((m, s) => Math.max(m, s.rssMiB), 0);
   }
-  /** CPU time a process used within [from, to] (nearest samples), ms. */
+  /**
+   * CPU time a process used within [from, to], ms: its CPU counter at each end, interpolated
+   * linearly between the samples around it. (Taking the nearest samples outside the window would
+   * count up to a sampling interval of whatever the process does next, e.g. the aggregator's
+   * FedAvg right after its ack, and the interval stretches when the machine is loaded.)
+   */
   cpuMs(pid: number, from: number, to: number): number {
     const mine = this.samples.filter((x) => x.pid === pid);
-    const before = [...mine].reverse().find((x) => x.at <= from) ?? mine[0];
-    const after = mine.find((x) => x.at >= to) ?? mine.at(-1);
-    return before && after ? after.cpuMs - before.cpuMs : Number.NaN;
+    const at = (t: number): number => {
+      const after = mine.findIndex((x) => x.at >= t);
+      if (after < 0) return mine.at(-1)?.cpuMs ?? Number.NaN;
+      const b = mine[after]!;
+      const a = mine[after - 1];
+      if (!a || b.at === a.at) return b.cpuMs;
+      return a.cpuMs + ((b.cpuMs - a.cpuMs) * (t - a.at)) / (b.at - a.at);
+    };
+    return at(to) - at(from);
   }
   stop(): void {
     clearInterval(this.timer);

@@ -35,6 +35,9 @@ export type BenchResults = Record<
   { plain: PlainResult & { runs: number[] }; one: FederationResult; three?: FederationResult; many?: FederationResult; small?: FederationResult }
 >;
 
+/** Issue 14: the aggregator's CPU per GB up to its ack, at most this multiple of a plain MQTT.js subscriber's (same run). */
+const RECEIVER_CPU_RATIO_GOAL = 2.5;
+
 const mbps = (bytes: number, ms: number) => bytes / MB / (ms / 1000);
 export const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '-');
 const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-');
@@ -107,6 +110,12 @@ export function printRates(results: BenchResults, say: (s: string) => void): voi
     );
   }
   say('  receiver to the ack: the aggregator until the update is verified and spooled (without FedAvg and the new model).');
+  for (const [name, r] of Object.entries(results)) {
+    const ratio = r.one.cpu.receiverUpload! / r.plain.cpu.receiver!;
+    say(
+      `  ${name}: aggregator receiver / plain subscriber CPU per GB: ${f2(ratio)} (goal <= ${RECEIVER_CPU_RATIO_GOAL}: ${ratio <= RECEIVER_CPU_RATIO_GOAL ? 'met' : 'MISSED'})`,
+    );
+  }
 }
 
 /** Aedes with 1, 3 and `many` agents: peak memory against the goals, flow control, and the round overhead by model size. */
