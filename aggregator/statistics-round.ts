@@ -38,9 +38,13 @@ export function batchNormChannels(model: Pick<StoredModel, 'tensors'>): Map<stri
 /** An agent's statistics: checked against the round and the base model's BN layers, recorded, kept in the spool (restart). */
 export function handleStatisticsReport(ctx: AggregatorContext, active: ActiveRound, msg: BnStatsMsg): void {
   const { plan } = active.state;
-  if (plan.kind !== 'statistics') throw new FedlineError(ErrorCodes.MSG_SCHEMA, `round ${msg.round} is a ${plan.kind} round; bn-stats belong to statistics rounds`);
+  if (plan.kind !== 'statistics')
+    throw new FedlineError(ErrorCodes.MSG_SCHEMA, `round ${msg.round} is a ${plan.kind} round; bn-stats belong to statistics rounds`);
   if (msg.baseVersion !== active.base.version) {
-    throw new FedlineError(ErrorCodes.WRONG_BASE, `statistics of version ${msg.baseVersion}, but round ${msg.round} is based on version ${active.base.version}`);
+    throw new FedlineError(
+      ErrorCodes.WRONG_BASE,
+      `statistics of version ${msg.baseVersion}, but round ${msg.round} is based on version ${active.base.version}`,
+    );
   }
   const moments = checkedMoments(batchNormChannels(active.base), msg);
   if (!active.state.recordStatistics(msg.agent, moments)) return;
@@ -61,7 +65,8 @@ function checkedMoments(expected: ReadonlyMap<string, number>, msg: BnStatsMsg):
   }
   return msg.layers.map((l) => {
     const channels = expected.get(l.layer)!;
-    if (l.mean.length !== channels || l.m2.length !== channels) throw bad(`layer ${l.layer} has ${channels} channels, got ${l.mean.length} means and ${l.m2.length} M2`);
+    if (l.mean.length !== channels || l.m2.length !== channels)
+      throw bad(`layer ${l.layer} has ${channels} channels, got ${l.mean.length} means and ${l.m2.length} M2`);
     const m = { layer: l.layer, count: l.count, mean: Float64Array.from(l.mean), m2: Float64Array.from(l.m2) };
     validateMoments(m);
     return m;

@@ -265,7 +265,10 @@ async function federatedInProcess(ctx: ArmContext, arm: FederatedArm, id: string
 async function federatedOverMqtt(ctx: ArmContext, arm: FederatedArm, settings: ArmSettings, batchNorm: BatchNormMode): Promise<ArmRun> {
   const { config } = ctx;
   if (batchNorm !== 'average') {
-    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${arm.name}: batchNorm ${batchNorm} runs in mode in-process only (over MQTT the agents average BN tensors)`);
+    throw new FedlineError(
+      ErrorCodes.CONFIG_INVALID,
+      `${arm.name}: batchNorm ${batchNorm} runs in mode in-process only (over MQTT the agents average BN tensors)`,
+    );
   }
   const r = await runFederatedArmOverMqtt({
     dir: join(config.out, 'arms', arm.name, 'mqtt'),

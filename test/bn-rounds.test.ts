@@ -131,7 +131,10 @@ test('pooled-statistics: the global model carries the mean and variance of every
       const name = `${layers[1]}/moving_variance`;
       const a = averaged.final.tensors.find((x) => x.name === name)!.data;
       const p = final.tensors.find((x) => x.name === name)!.data;
-      assert.ok(a.some((v, i) => Math.abs(v - p[i]!) > 1e-3 * Math.max(1, p[i]!)), 'averaging gives other statistics');
+      assert.ok(
+        a.some((v, i) => Math.abs(v - p[i]!) > 1e-3 * Math.max(1, p[i]!)),
+        'averaging gives other statistics',
+      );
       // Statistics bytes are counted: per site, pass and layer a count and two float64 vectors.
       assert.ok(result.rounds.every((r) => r.statisticsBytesUp === 2 * 3 * (layers.length * 8 + 16 * (8 + 16 + 32))));
     } finally {
@@ -166,7 +169,12 @@ test('local (FedBN): BN tensors never leave a site, each site keeps its own acro
     assert.deepEqual(Object.keys(result.siteModels!), SITES);
     assert.notDeepEqual(gamma(result.siteModels!['site-a']!), gamma(result.siteModels!['site-b']!));
     // Update bytes: without the BN tensors (an all-tensor bundle is bigger).
-    const averaged = await run(initial, participants.map((p) => ({ ...p, trainer: new TfjsTrainer(runtime, data.get(p.id)!, 1) })), 'average', 1);
+    const averaged = await run(
+      initial,
+      participants.map((p) => ({ ...p, trainer: new TfjsTrainer(runtime, data.get(p.id)!, 1) })),
+      'average',
+      1,
+    );
     const bnBytes = bn(initial).reduce((s, t) => s + t.data.byteLength, 0);
     assert.ok(averaged.rounds[0]!.bytesUp - result.rounds[0]!.bytesUp >= 2 * bnBytes, 'FedBN updates carry no BN tensors');
   } finally {

@@ -5,7 +5,9 @@ import { loadTf } from '../training/backend.js';
 import { loadDataset } from '../training/image-folder.js';
 import { jsDecoder } from '../training/images.js';
 import { TfjsTrainer } from '../training/tfjs-trainer.js';
-import { poolMoments } from '../shared/fl/bn-statistics.js';
+import { momentsOfValues, poolMoments } from '../shared/fl/bn-statistics.js';
+import { RoundState } from '../aggregator/round-state.js';
+import { UpdateSpool } from '../aggregator/update-spool.js';
 import { bundleTensors, decodeBundle } from '../shared/bundle/tensor-bundle.js';
 import { modelMetaSchema, type ModelMeta } from '../shared/protocol/messages.js';
 import { INSPECTION_CLASSES } from '../synthetic-data/generate.js';
@@ -87,4 +89,52 @@ test('pooled-statistics over MQTT: a statistics round after each training round 
   assert.ok(changed > 0, 'the pooled statistics are not the averaged ones');
   // The agents evaluated the published version with its pooled statistics.
   assert.deepEqual(Object.keys(result.rounds[4]!.baseMetrics), agents);
+});
+
+test('statistics round: closes when every selected agent reported, pools at the deadline with minClients, keeps below it', () => {
+  const plan = {
+    round: 2,
+    kind: 'statistics' as const,
+    baseVersion: 1,
+    selected: ['b', 'a'],
+    minClients: 2,
+    deadlineAt: 1000,
+    startedAt: 0,
+    targetAccuracy: null,
+  };
+  const moments = [momentsOfValues('bn', [1, 2, 3, 4], 2)];
+  const all = new RoundState(plan);
+  assert.equal(all.recordStatistics('a', moments), true);
+  assert.equal(all.recordStatistics('a', moments), false, 'a second report is ignored');
+  assert.deepEqual(all.decide(10), { close: false });
+  all.recordStatistics('b', moments);
+  const done = all.decide(10);
+  assert.ok(done.close && done.outcome === 'aggregate');
+  assert.deepEqual(
+    all.statisticsByAgent().map(([agent]) => agent),
+    ['a', 'b'],
+  );
+  const short = new RoundState(plan);
+  short.recordStatistics('a', moments);
+  const late = short.decide(1000);
+  assert.ok(late.close && late.outcome === 'keep' && /1 of 2 statistics, 2 needed/.test(late.reason), JSON.stringify(late));
+  const enough = new RoundState({ ...plan, minClients: 1 });
+  enough.recordStatistics('b', moments);
+  const d = enough.decide(1000);
+  assert.ok(d.close && d.outcome === 'aggregate');
+});
+
+test('statistics round: reports kept in the spool come back exactly after a restart', async () => {
+  const dir = tempDir('bn-spool');
+  try {
+    const spool = new UpdateSpool(join(dir.path, 'spool'));
+    spool.ensureRound(3);
+    const m = momentsOfValues('block1_conv1_bn', [0.1, 1e4, -2.5, 1e4 + 0.01], 2);
+    await spool.saveStatistics(3, 'site-a', [m]);
+    const back = await spool.listStatistics(3);
+    assert.deepEqual(back, [['site-a', [m]]]);
+    assert.deepEqual(await spool.list(3), [], 'statistics are not taken for spooled updates');
+  } finally {
+    dir.cleanup();
+  }
 });

@@ -45,7 +45,10 @@ test('pooled mean and variance of three non-IID sites equal those of the pooled 
   close(pooled.variance, ref.variance, 1e-12, 'variance');
   // And the FedAvg of the sites' variances misses the between-site term by far.
   const averaged = ref.variance.map((_, c) => sites.reduce((s, v) => s + (v.length / channels) * reference(v, channels).variance[c]!, 0) / 446);
-  assert.ok(averaged.every((v, c) => v < ref.variance[c]! / 10), `averaged ${averaged} vs pooled ${ref.variance}`);
+  assert.ok(
+    averaged.every((v, c) => v < ref.variance[c]! / 10),
+    `averaged ${averaged} vs pooled ${ref.variance}`,
+  );
 });
 
 test('large mean, small spread: batch-wise float32 moments combined in float64 keep the variance (no sum of squares)', () => {
@@ -71,7 +74,12 @@ test('pooling does not depend on how a site splits its data into batches', () =>
   const parts = [0, 90, 91, 300, 500].slice(1).map((end, i, ends) => momentsOfValues('l', values.slice((i === 0 ? 0 : ends[i - 1]!) * 3, end * 3), 3));
   const pooled = poolMoments([parts]).get('l')!;
   close(pooled.mean, [...whole.mean], 1e-12, 'mean');
-  close(pooled.variance, [...whole.m2].map((m) => m / whole.count), 1e-12, 'variance');
+  close(
+    pooled.variance,
+    [...whole.m2].map((m) => m / whole.count),
+    1e-12,
+    'variance',
+  );
 });
 
 test('bad statistics are refused with the layer named; a layer with no values at all too', () => {
@@ -101,6 +109,14 @@ test('BN layers are found in a Sequential topology; the pooled statistics replac
   const tensors = [t('c1/kernel', [1, 2]), t('c1_bn/gamma', [1, 1]), t('c1_bn/moving_mean', [0, 0]), t('c1_bn/moving_variance', [1, 1])];
   const pooled = poolMoments([[momentsOfValues('c1_bn', [1, 10, 3, 30], 2)]]);
   const out = withPooledStatistics(tensors, pooled);
-  assert.deepEqual(out.map((x) => [...x.data]), [[1, 2], [1, 1], [2, 20], [1, 100]]);
+  assert.deepEqual(
+    out.map((x) => [...x.data]),
+    [
+      [1, 2],
+      [1, 1],
+      [2, 20],
+      [1, 100],
+    ],
+  );
   assert.throws(() => withPooledStatistics(tensors.slice(0, 2), pooled), /no tensor c1_bn\/moving_mean/);
 });

@@ -158,7 +158,10 @@ export function isBatchNormTensor(name: string, bnLayers: readonly string[]): bo
  * The model's tensors with each pooled layer's moving_mean and moving_variance replaced (float32),
  * all others as they were. A pooled layer the model lacks is an error.
  */
-export function withPooledStatistics<T extends { name: string; data: Float32Array }>(tensors: readonly T[], pooled: ReadonlyMap<string, PooledStatistics>): T[] {
+export function withPooledStatistics<T extends { name: string; data: Float32Array }>(
+  tensors: readonly T[],
+  pooled: ReadonlyMap<string, PooledStatistics>,
+): T[] {
   const names = new Set(tensors.map((t) => t.name));
   for (const layer of pooled.keys()) {
     for (const w of ['moving_mean', 'moving_variance']) {

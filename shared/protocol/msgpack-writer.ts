@@ -22,7 +22,17 @@
  * the update bundle's `metricsBefore` / `metricsAfter`), and bn-stats' `mean[]` and `m2[]`. test/wire-strict checks the list against
  * the message schemas.
  */
-export const FLOAT_FIELDS: ReadonlySet<string> = new Set(['learningRate', 'proxMu', 'loss', 'accuracy', 'balancedAccuracy', 'precision', 'recall', 'mean', 'm2']);
+export const FLOAT_FIELDS: ReadonlySet<string> = new Set([
+  'learningRate',
+  'proxMu',
+  'loss',
+  'accuracy',
+  'balancedAccuracy',
+  'precision',
+  'recall',
+  'mean',
+  'm2',
+]);
 
 const TWO_32 = 0x1_0000_0000;
 
