@@ -8,13 +8,17 @@ import { loadDataset } from '../training/image-folder.js';
 import { TfjsTrainer } from '../training/tfjs-trainer.js';
 import type { GlobalModel } from '../training/trainer.js';
 import { reestimateStatistics } from '../experiment/batch-norm-rounds.js';
+import { evaluateModel } from '../experiment/sets.js';
+import { loadImageSet, type ImageSet } from '../training/image-folder.js';
 
 /**
  * How many statistics passes the pooled BN statistics need: for a model with averaged statistics
  * (e.g. an experiment's federated-all/bn-average final model) and the experiment's sites, the
  * statistics after 1..L passes against the exact ones (L passes, L = BN layers), per layer:
  * the largest relative difference of the moving variance and of the moving mean (in units of the
- * exact standard deviation). Also the averaged statistics the model came with.
+ * exact standard deviation). Also the averaged statistics the model came with. Then the same
+ * weights with the averaged, the 1-pass and the exact statistics on every site's test split and
+ * the external set (DATA_DIR/external), which isolates what the statistics alone do.
  *
  *   node dist/bench/bn-passes.js MODEL_VERSION_DIR DATA_DIR [SITE...] [--split-seed N] [--test-fraction F]
  *   e.g. node dist/bench/bn-passes.js experiment-out/batchnorm/arms/federated-all/bn-average/models/v5 experiment-out/batchnorm/data client1 client2 client3
@@ -37,6 +41,7 @@ async function main(): Promise<void> {
   const model: GlobalModel = { version: 0, sha256: '', meta: d.header.meta, tensors: bundleTensors(d) };
   const runtime = await loadTf('auto');
   const participants = [];
+  const sets: { id: string; set: ImageSet }[] = [];
   for (const id of sites) {
     const data = await loadDataset({
       dir: join(dataDir, id),
@@ -46,7 +51,10 @@ async function main(): Promise<void> {
       splitSeed,
     });
     participants.push({ id, trainer: new TfjsTrainer(runtime, data, 1) });
+    sets.push({ id, set: data.test });
   }
+  const inputShape = model.meta.inputShape as [number, number, number];
+  sets.push({ id: 'external', set: (await loadImageSet({ dir: join(dataDir, 'external'), classes: model.meta.classes, inputShape })).set });
   const layers = batchNormLayers(model.meta.topology);
   const exact = (await reestimateStatistics(model, participants, layers.length)).model;
   const stat = (m: GlobalModel, layer: string, w: string) => m.tensors.find((t) => t.name === `${layer}/moving_${w}`)!.data;
@@ -67,7 +75,21 @@ async function main(): Promise<void> {
   console.log(`| statistics | ${layers.join(' | ')} |`);
   console.log(`|---|${layers.map(() => '---:').join('|')}|`);
   report('as the model has them (averaged)', model);
-  for (let p = 1; p < layers.length; p++) report(`${p} pass${p > 1 ? 'es' : ''}`, (await reestimateStatistics(model, participants, p)).model);
+  const onePass = (await reestimateStatistics(model, participants, 1)).model;
+  for (let p = 1; p < layers.length; p++)
+    report(`${p} pass${p > 1 ? 'es' : ''}`, p === 1 ? onePass : (await reestimateStatistics(model, participants, p)).model);
+  console.log('');
+  console.log('the same weights, balanced accuracy in % per test set:');
+  console.log(`| statistics | ${sets.map((s) => s.id).join(' | ')} |`);
+  console.log(`|---|${sets.map(() => '---:').join('|')}|`);
+  for (const [label, m] of [
+    ['averaged', model],
+    ['1 pass', onePass],
+    [`exact (${layers.length} passes)`, exact],
+  ] as const) {
+    const r = await evaluateModel(runtime.tf, m, sets);
+    console.log(`| ${label} | ${sets.map((s) => (100 * r[s.id]!.balancedAccuracy).toFixed(1)).join(' | ')} |`);
+  }
 }
 
 main().catch((err: unknown) => {
