@@ -170,23 +170,7 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
       record.trainMs[p.id] = r.trainMs;
       if (o.federated) record.bytesUp += updateBytes(p, round, global.version, task.epochs, record.baseMetrics[p.id] ?? r.metricsAfter, r, sent);
     }
-    let next: Map<string, Float32Array>;
-    if (results.length === 1 && !o.federated) {
-      next = new Map(results[0]!.r.tensors.map((t) => [t.name, t.data]));
-    } else if (strategy) {
-      next = await aggregateWith(
-        strategy,
-        global,
-        averagedNames,
-        round,
-        results.map(({ id, r }) => ({ id, weight: r.sampleCount, tensors: r.tensors })),
-      );
-    } else {
-      next = fedAvg(
-        results.map(({ id, r }) => ({ id, weight: r.sampleCount, tensors: new Map(r.tensors.map((t) => [t.name, t.data])) })),
-        averagedNames,
-      );
-    }
+    const next = await nextWeights(o.federated, strategy, global, averagedNames, round, results);
     const meta: ModelMeta = { ...global.meta, version: global.version + 1, round, createdAt: Date.now() };
     global = { version: meta.version, sha256: '', meta, tensors: global.tensors.map((t) => ({ ...t, data: next.get(t.name) ?? t.data })) };
     if (bnMode === 'pooled-statistics') {
@@ -194,6 +178,8 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
       global = s.model;
       record.statisticsBytesUp = s.bytesUp;
       record.bytesUp += s.bytesUp;
+      // Over MQTT every agent downloads the averaged version for the statistics round, then the pooled one.
+      record.bytesDown += bundleOf(global).byteLength * participants.length;
     }
     record.newVersion = global.version;
     records.push(record);
@@ -205,6 +191,24 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
   const siteModels = Object.fromEntries(participants.map((p) => [p.id, siteModel(p.id, global)]));
   const final = (await reestimateStatistics(localBn.globalModel(global), participants, passes)).model;
   return { rounds: records, final, finalMetrics, reason, siteModels };
+}
+
+/** The round's new weights: the one trainer's (centralized, local-only), or the strategy's / FedAvg's average of the given tensors. */
+async function nextWeights(
+  federated: boolean,
+  strategy: Strategy | null,
+  global: GlobalModel,
+  averagedNames: readonly string[],
+  round: number,
+  results: readonly { id: string; r: { sampleCount: number; tensors: readonly NamedTensor[] } }[],
+): Promise<Map<string, Float32Array>> {
+  if (results.length === 1 && !federated) return new Map(results[0]!.r.tensors.map((t) => [t.name, t.data]));
+  const weighted = results.map(({ id, r }) => ({ id, weight: r.sampleCount, tensors: r.tensors }));
+  if (strategy) return aggregateWith(strategy, global, averagedNames, round, weighted);
+  return fedAvg(
+    weighted.map((w) => ({ ...w, tensors: new Map(w.tensors.map((t) => [t.name, t.data])) })),
+    averagedNames,
+  );
 }
 
 /** Bytes of the update bundle a participant would send: its federated tensors after training, with the update header. */
