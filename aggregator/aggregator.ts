@@ -1,3 +1,4 @@
+import { batchNormChannels, checkBatchNormConfig } from './statistics-round.js';
 import { EventEmitter } from 'node:events';
 import { systemClock, type Clock, deferred } from '../shared/util/async.js';
 import { createEventPublisher } from '../shared/transport/event-publisher.js';
@@ -137,6 +138,7 @@ export class Aggregator extends EventEmitter {
       onStop: (reason) => this.runner.closeOpenRound(reason),
       onModelCommand: (verb, command) => this.release.command(verb, command),
     });
+    checkBatchNormConfig(config);
     this.runner = new RoundRunner({
       ctx,
       journal: this.journal,
@@ -207,7 +209,16 @@ export class Aggregator extends EventEmitter {
       reason = 'federation already complete (journal)';
     } else {
       if (unfinished) noteOutcome(await runner.runRound(unfinished.kind, unfinished));
-      while (!this.stopped && reason !== 'target accuracy reached' && journal.data.trainRoundsDone < config.rounds) noteOutcome(await runner.runRound('train'));
+      // pooled-statistics: a version made by averaging gets its BN statistics from the sites before anything uses it.
+      const statisticsDue = () => {
+        const last = journal.data.rounds.at(-1);
+        return config.batchNorm === 'pooled-statistics' && last?.kind === 'train' && last.outcome === 'aggregate' && hasBatchNorm(runner.global!);
+      };
+      for (;;) {
+        if (!this.stopped && statisticsDue()) await runner.runRound('statistics');
+        if (this.stopped || reason === 'target accuracy reached' || journal.data.trainRoundsDone >= config.rounds) break;
+        noteOutcome(await runner.runRound('train'));
+      }
       const last = journal.data.rounds.at(-1);
       const lastEvaluatedCurrent = last && (last.outcome === 'target-reached' || (last.kind === 'evaluate' && last.baseVersion === runner.global.version));
       if (!this.stopped && config.evaluateFinalModel && !lastEvaluatedCurrent) await runner.runRound('evaluate');
@@ -287,3 +298,5 @@ export class Aggregator extends EventEmitter {
     await this.journal.flushed();
   }
 }
+
+const hasBatchNorm = (model: StoredModel): boolean => batchNormChannels(model).size > 0;

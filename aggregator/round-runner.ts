@@ -8,6 +8,7 @@ import type { MesCommands } from './mes-commands.js';
 import type { ModelPublisher } from './model-publisher.js';
 import type { StoredModel } from './model-store.js';
 import { aggregateInMemory, aggregateRound } from './round-aggregation.js';
+import { storePooledStatistics } from './statistics-round.js';
 import type { ReleaseManager } from './release-manager.js';
 import type { RoundJournal, RoundRecord } from './round-journal.js';
 import { clipSampleCounts } from './sample-clip.js';
@@ -101,7 +102,8 @@ export class RoundRunner {
     this.recordClose(active, decision);
     // The round's base was evaluated by the sites at its start: the release gates decide on it.
     await this.d.release.onBaseEvaluated(active.base, record.baseMetrics);
-    if (decision.outcome === 'aggregate' && !this.d.isStopped()) await (drive ? this.aggregateDriven(active, drive) : this.aggregate(active));
+    if (decision.outcome === 'aggregate' && !this.d.isStopped())
+      await (kind === 'statistics' ? this.poolStatistics(active) : drive ? this.aggregateDriven(active, drive) : this.aggregate(active));
     else if (decision.outcome === 'keep') {
       ctx.emitEvent('alert', { severity: 'warning', code: 'FL_ROUND_KEPT', message: `round ${roundNo}: ${decision.reason}` });
       log.warn({ reason: decision.reason }, 'round closed without aggregation; global model kept');
@@ -210,6 +212,8 @@ export class RoundRunner {
       }
     }
     for (const [agent, metrics] of Object.entries(record.baseMetrics)) state.recordEval(agent, metrics);
+    // Statistics received before a restart, likewise.
+    for (const [agent, moments] of await ctx.spool.listStatistics(roundNo)) if (state.isSelected(agent)) state.recordStatistics(agent, moments);
     if (!resume) journal.data.rounds.push(record);
     await journal.save();
     this.active = active;
@@ -291,6 +295,31 @@ export class RoundRunner {
       ctx.log.error({ round: record.round, err: message, code }, 'aggregation failed');
       record.outcome = 'keep';
       record.reason = `aggregation failed: ${message}`;
+    }
+    record.aggregateMs = ctx.clock.now() - started;
+  }
+
+  /** A statistics round: the agents' BN statistics pooled into the next version (same weights), stored and published. */
+  private async poolStatistics(active: ActiveRound): Promise<void> {
+    const { ctx, journal, publisher } = this.d;
+    const { record, state } = active;
+    const started = ctx.clock.now();
+    record.participants = state.statisticsByAgent().map(([agent]) => agent);
+    try {
+      const stored = await storePooledStatistics(ctx, active);
+      record.modelStoredAt = ctx.clock.now();
+      await publisher.publishModel(stored);
+      await this.d.release.onNewVersion(stored);
+      record.modelPublishedAt = ctx.clock.now();
+      record.newVersion = stored.version;
+      this.global = stored;
+      journal.data.currentVersion = stored.version;
+    } catch (err) {
+      const { code, message } = describeError(err);
+      ctx.log.child({ round: state.plan.round }).error({ err: message, code }, 'pooling the statistics failed; the version keeps its averaged statistics');
+      ctx.emitEvent('alert', { severity: 'error', code, message: `round ${state.plan.round}: pooling the statistics failed: ${message}` });
+      record.outcome = 'keep';
+      record.reason = `pooling the statistics failed: ${message}`;
     }
     record.aggregateMs = ctx.clock.now() - started;
   }

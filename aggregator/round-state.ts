@@ -1,6 +1,7 @@
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { meetsTarget } from '../shared/fl/schedule.js';
 import type { EvalMetrics } from '../shared/protocol/messages.js';
+import type { LayerMoments } from '../shared/fl/bn-statistics.js';
 
 /**
  * The state of one round, as pure data and decisions (no I/O, no timers): who was selected,
@@ -13,9 +14,11 @@ import type { EvalMetrics } from '../shared/protocol/messages.js';
  * With a target accuracy, a training round also closes early once every selected agent reported
  * that the base model already reaches the target on its local test split (the seed paper's
  * stopping rule): the base model is then the final one.
+ * A statistics round closes when every selected agent sent its BN statistics, or at the deadline;
+ * its statistics are pooled into a new version when at least `minClients` did.
  */
 
-export type RoundKind = 'train' | 'evaluate';
+export type RoundKind = 'train' | 'evaluate' | 'statistics';
 
 export interface RoundPlan {
   round: number;
@@ -61,6 +64,7 @@ export class RoundState {
   private readonly evals = new Map<string, EvalMetrics>();
   private readonly accepted = new Map<string, AcceptedUpdate>();
   private readonly failures = new Map<string, Failure>();
+  private readonly statistics = new Map<string, LayerMoments[]>();
   private closedFlag = false;
 
   constructor(plan: RoundPlan, targetRule: TargetRule = meetsTarget) {
@@ -82,6 +86,18 @@ export class RoundState {
     if (this.evals.has(agent)) return false;
     this.evals.set(agent, metrics);
     return true;
+  }
+
+  /** Record an agent's BN statistics (statistics rounds). Returns false if already known. */
+  recordStatistics(agent: string, moments: LayerMoments[]): boolean {
+    if (this.statistics.has(agent)) return false;
+    this.statistics.set(agent, moments);
+    return true;
+  }
+
+  /** Every agent's BN statistics, in agent id order (the pooling order). */
+  statisticsByAgent(): [string, LayerMoments[]][] {
+    return [...this.statistics.entries()].sort(([a], [b]) => a.localeCompare(b));
   }
 
   hasAccepted(agent: string): boolean {
@@ -135,6 +151,13 @@ export class RoundState {
       if (selected.every((a) => this.evals.has(a))) return { close: true, outcome: 'evaluated', reason: 'all selected agents reported' };
       if (pastDeadline) return { close: true, outcome: 'evaluated', reason: `deadline passed with ${this.evals.size} of ${selected.length} reports` };
       return { close: false };
+    }
+    if (kind === 'statistics') {
+      const got = this.statistics.size;
+      if (got < selected.length && !pastDeadline) return { close: false };
+      const why = got === selected.length ? 'every selected agent sent its statistics' : `deadline passed with ${got} of ${selected.length} statistics`;
+      if (got >= minClients) return { close: true, outcome: 'aggregate', reason: why };
+      return { close: true, outcome: 'keep', reason: `${why}, ${minClients} needed; the version keeps its averaged statistics` };
     }
     if (this.targetReached())
       return { close: true, outcome: 'target-reached', reason: `base model reaches ${this.plan.targetAccuracy} on every agent's local test split` };

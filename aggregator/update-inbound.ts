@@ -9,6 +9,7 @@ import { runSteps, type Step } from './inbound-steps.js';
 import type { RoundJournal } from './round-journal.js';
 import { handleUpdateChunk } from './update-chunk-handler.js';
 import { handleUpdateDone } from './update-done-handler.js';
+import { handleStatisticsReport } from './statistics-round.js';
 
 /** Uploads whose chunks were refused before a round took them (closed, not selected), remembered so that each is told once. */
 const TOLD_MAX = 4096;
@@ -29,7 +30,7 @@ export interface UpdateInboundDeps {
 }
 
 /**
- * The handler of the update topics (evaluation reports, update chunks, update-done): decode ->
+ * The handler of the update topics (evaluation reports, BN statistics, update chunks, update-done): decode ->
  * check topic/sender -> check membership -> check round open -> check selected -> dispatch to the
  * handler of the message type.
  */
@@ -40,7 +41,7 @@ export function createUpdateInbound(deps: UpdateInboundDeps): (m: InboundMessage
   const told = new Set<string>();
   const tellSender = (u: UpdateMessage, err: unknown): void => {
     const msg = u.msg!;
-    if (msg.type === 'eval') return;
+    if (msg.type === 'eval' || msg.type === 'bn-stats') return;
     const { code, message } = describeError(err);
     if (msg.type === 'update-chunk') {
       const key = `${msg.round}/${msg.agent}/${msg.upload}/${code}`;
@@ -111,6 +112,7 @@ export function createUpdateInbound(deps: UpdateInboundDeps): (m: InboundMessage
       name: 'dispatch',
       run: ({ m, msg, active }) => {
         if (msg!.type === 'eval') handleEvalReport(ctx, active!, msg!, deps.journal);
+        else if (msg!.type === 'bn-stats') handleStatisticsReport(ctx, active!, msg!);
         else if (msg!.type === 'update-chunk') handleUpdateChunk(ctx, active!, msg!, m.topic);
         else handleUpdateDone(ctx, active!, msg!);
       },

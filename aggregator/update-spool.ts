@@ -1,3 +1,4 @@
+import type { LayerMoments } from '../shared/fl/bn-statistics.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
@@ -65,6 +66,29 @@ export class UpdateSpool {
     await rename(partPath, join(this.roundDir(round), `${info.agent}.flb`));
     await fsyncDir(this.roundDir(round));
     await writeJsonAtomic(join(this.roundDir(round), `${info.agent}.json`), info);
+  }
+
+  /** Keep an agent's BN statistics of a statistics round (small JSON; not `.json`, which names spooled updates). */
+  async saveStatistics(round: number, agent: string, moments: readonly LayerMoments[]): Promise<void> {
+    const plain = moments.map((m) => ({ layer: m.layer, count: m.count, mean: [...m.mean], m2: [...m.m2] }));
+    await writeJsonAtomic(join(this.roundDir(round), `${agent}.bn-stats`), plain);
+  }
+
+  /** The BN statistics received for a round before a restart. */
+  async listStatistics(round: number): Promise<[string, LayerMoments[]][]> {
+    let entries: string[];
+    try {
+      entries = await readdir(this.roundDir(round));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+    const out: [string, LayerMoments[]][] = [];
+    for (const e of entries.filter((x) => x.endsWith('.bn-stats')).sort()) {
+      const plain = JSON.parse(await readFile(join(this.roundDir(round), e), 'utf8')) as { layer: string; count: number; mean: number[]; m2: number[] }[];
+      out.push([e.slice(0, -'.bn-stats'.length), plain.map((m) => ({ ...m, mean: Float64Array.from(m.mean), m2: Float64Array.from(m.m2) }))]);
+    }
+    return out;
   }
 
   /**

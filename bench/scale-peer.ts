@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import type { LayerMoments } from '../shared/fl/bn-statistics.js';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { EdgeAgent, offlineStatus, type RoundWorkResult } from '../edge-agent/agent.js';
@@ -58,6 +59,11 @@ export class BenchTrainer implements Trainer {
     this.onVerified = onVerified;
   }
 
+  /** The simulated models have no batch normalisation layers. */
+  batchNormStatistics(): Promise<LayerMoments[]> {
+    return Promise.resolve([]);
+  }
+
   evaluate(model: GlobalModel): Promise<EvalMetrics> {
     this.onVerified(model.version);
     return Promise.resolve(classificationMetrics([0, 1, 2, 3], [0, 1, 2, 3], 4));
@@ -71,7 +77,13 @@ export class BenchTrainer implements Trainer {
       // A small change of similar size at every site: the update-norm screen (10 x median) stays quiet.
       for (let i = 0; i < d.length; i++) d[i]! += 1e-4 * (((i + this.seed) % 13) - 6);
     }
-    return Promise.resolve({ tensors, sampleCount: this.samples.train, metricsAfter: classificationMetrics([0, 1, 2, 3], [0, 1, 2, 3], 4), trainMs: 0, steps: 1 });
+    return Promise.resolve({
+      tensors,
+      sampleCount: this.samples.train,
+      metricsAfter: classificationMetrics([0, 1, 2, 3], [0, 1, 2, 3], 4),
+      trainMs: 0,
+      steps: 1,
+    });
   }
 }
 

@@ -13,6 +13,7 @@ import {
   type AgentState,
   type AgentStatus,
   type EvalMetrics,
+  type BnStatsMsg,
   type EvalReportMsg,
   type ModelMeta,
   type RoundAnnouncement,
@@ -52,7 +53,7 @@ export interface AgentDeps {
 export interface RoundWorkResult {
   round: number;
   /** skipped: the training window did not open (or reopen) before the round's deadline. */
-  outcome: 'accepted' | 'rejected' | 'evaluated' | 'aborted' | 'failed' | 'skipped';
+  outcome: 'accepted' | 'rejected' | 'evaluated' | 'statistics-sent' | 'aborted' | 'failed' | 'skipped';
   detail?: string;
   /** Update chunks sent again after the aggregator listed them missing (accepted or rejected uploads). */
   resentChunks?: number;
@@ -266,6 +267,8 @@ export class EdgeAgent extends EventEmitter {
           this.setStatus({ state: 'waiting-window', round, progress: null, detail: `training window closed: ${why}` }, true).catch(() => undefined);
         });
       }
+      // A statistics round: the BN statistics of the new model over the training images, no evaluation, no training.
+      if (ann.kind === 'statistics') return await this.sendStatistics(trainer, model, round, downloadedBytes, ann, log);
       // 2. evaluate the global model first, and report it at once (the seed paper's workflow)
       const metricsBefore = await this.evaluateAndReport(trainer, model, round, downloadedBytes, log, signal);
       if (ann.kind === 'evaluate') {
@@ -316,6 +319,33 @@ export class EdgeAgent extends EventEmitter {
     };
     await this.transport.publish(this.topics.update(round, this.config.agentId), packMsg(report), { qos: 1 });
     return metricsBefore;
+  }
+
+  /** Statistics rounds: each BN layer's input moments over the local training images, sent as `bn-stats`. */
+  private async sendStatistics(
+    trainer: Trainer,
+    model: GlobalModel,
+    round: number,
+    downloadedBytes: number,
+    ann: RoundAnnouncement,
+    log: Logger,
+  ): Promise<RoundWorkResult> {
+    await this.setStatus({ state: 'evaluating', round, progress: null, detail: `batch normalisation statistics of model version ${model.version}` }, true);
+    const moments = await trainer.batchNormStatistics(model);
+    const msg: BnStatsMsg = {
+      v: PROTOCOL_VERSION,
+      type: 'bn-stats',
+      round,
+      agent: this.config.agentId,
+      baseVersion: model.version,
+      layers: moments.map((m) => ({ layer: m.layer, count: m.count, mean: [...m.mean], m2: [...m.m2] })),
+      downloadedBytes,
+    };
+    await this.transport.publish(this.topics.update(round, this.config.agentId), packMsg(msg), { qos: 1 });
+    log.info({ version: model.version, layers: moments.length }, 'batch normalisation statistics sent');
+    this.finishedRounds.finish(ann);
+    await this.setStatus({ state: 'idle', round, progress: null, detail: `sent the batch normalisation statistics of model version ${model.version}` }, true);
+    return { round, outcome: 'statistics-sent' };
   }
 
   /** The round's update was accepted or rejected before a restart (the journal says so): not sent again. */

@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { TfRuntime } from '../training/backend.js';
 import type { LocalDataset } from '../training/image-folder.js';
 import { TfjsTrainer, type TrainerOptions } from '../training/tfjs-trainer.js';
@@ -11,6 +12,7 @@ import { saveModel, type ModelResults } from './model-results.js';
 import { runFederatedArmOverMqtt } from './mqtt-arm.js';
 import type { Site } from './results.js';
 import { roundsToTarget, runRounds, type ArmStrategy, type Participant, type RoundRecord } from './rounds.js';
+import type { BatchNormMode } from './batch-norm-rounds.js';
 
 /**
  * The arms of the comparison: centralized (every site's training images pooled), local-only (each
@@ -46,6 +48,9 @@ interface ArmSettings {
   epochs: number;
   learningRate: number;
   strategy: ArmStrategy;
+  /** Federated arms: one run per mode. */
+  batchNorm: BatchNormMode[];
+  statisticsPasses: number;
 }
 
 function armSettings(config: ExperimentConfig, name: ArmName): ArmSettings | null {
@@ -60,6 +65,8 @@ function armSettings(config: ExperimentConfig, name: ArmName): ArmSettings | nul
       proxMu: a.proxMu ?? 0.01,
       serverOptimizer: a.serverOptimizer ?? serverOptimizerSchema.parse({}),
     },
+    batchNorm: a.batchNorm === undefined ? ['average'] : typeof a.batchNorm === 'string' ? [a.batchNorm] : [...new Set(a.batchNorm)],
+    statisticsPasses: a.statisticsPasses ?? 1,
   };
 }
 
@@ -172,42 +179,63 @@ interface ArmRun {
   finalMetrics: Record<string, EvalMetrics>;
   reason: string;
   modelDir: string;
+  siteModels?: Record<string, GlobalModel>;
 }
 
-/** 3-5. federated: federate all (Process1), head only (Process2), and all from a random common init. */
+/** 3-5. federated: federate all (Process1), head only (Process2), and all from a random common init; once per batch normalisation mode. */
 export async function runFederatedArms(ctx: ArmContext): Promise<void> {
   for (const arm of federatedArms) {
     const settings = armSettings(ctx.config, arm.name);
     if (!settings) continue;
-    ctx.say(
-      `${arm.name}: ${ctx.sites.length} sites, federate ${arm.federate}, ${arm.init} init, ${settings.rounds} rounds x ${settings.epochs} local epochs (${ctx.config.mode})`,
-    );
-    const run = ctx.config.mode === 'mqtt' ? await federatedOverMqtt(ctx, arm, settings) : await federatedInProcess(ctx, arm, settings);
-    const trained = run.rounds.filter((r) => r.newVersion !== null);
-    const up = trained.reduce((s, r) => s + r.bytesUp, 0);
-    const down = run.rounds.reduce((s, r) => s + r.bytesDown, 0);
+    for (const batchNorm of settings.batchNorm) {
+      const id = settings.batchNorm.length > 1 ? `${arm.name}/bn-${batchNorm}` : arm.name;
+      ctx.say(
+        `${id}: ${ctx.sites.length} sites, federate ${arm.federate}, ${arm.init} init, batch normalisation ${batchNorm}, ${settings.rounds} rounds x ${settings.epochs} local epochs (${ctx.config.mode})`,
+      );
+      const run =
+        ctx.config.mode === 'mqtt' ? await federatedOverMqtt(ctx, arm, settings, batchNorm) : await federatedInProcess(ctx, arm, id, settings, batchNorm);
+      await addFederatedResult(ctx, arm, id, settings, batchNorm, run);
+    }
+  }
+}
+
+async function addFederatedResult(ctx: ArmContext, arm: FederatedArm, id: string, settings: ArmSettings, batchNorm: BatchNormMode, run: ArmRun): Promise<void> {
+  const trained = run.rounds.filter((r) => r.newVersion !== null);
+  const up = trained.reduce((s, r) => s + r.bytesUp, 0);
+  const down = run.rounds.reduce((s, r) => s + r.bytesDown, 0);
+  const bytes = {
+    upPerRound: trained.length ? up / trained.length : 0,
+    downPerRound: trained.length ? down / trained.length : 0,
+    total: up + down,
+    imagesMoved: 0,
+  };
+  const common = {
+    arm: arm.name,
+    init: arm.init,
+    federate: arm.federate,
+    batchNorm,
+    rounds: run.rounds,
+    roundsRun: trained.length,
+    epochsPerRound: settings.epochs,
+    reason: run.reason,
+    targetSites: ctx.siteIds,
+    bytes,
+  };
+  await ctx.results.add(
+    { ...common, id, site: null, roundsToTarget: roundsToTarget(run.rounds, run.finalMetrics, ctx.siteIds, ctx.config.targetAccuracy), modelDir: run.modelDir },
+    run.final,
+  );
+  // FedBN: every site's own model too (the global weights with the site's BN), judged on every set.
+  for (const [site, model] of Object.entries(run.siteModels ?? {})) {
     await ctx.results.add(
       {
-        id: arm.name,
-        arm: arm.name,
-        site: null,
-        init: arm.init,
-        federate: arm.federate,
-        rounds: run.rounds,
-        roundsRun: trained.length,
-        epochsPerRound: settings.epochs,
-        reason: run.reason,
-        roundsToTarget: roundsToTarget(run.rounds, run.finalMetrics, ctx.siteIds, ctx.config.targetAccuracy),
-        targetSites: ctx.siteIds,
-        bytes: {
-          upPerRound: trained.length ? up / trained.length : 0,
-          downPerRound: trained.length ? down / trained.length : 0,
-          total: up + down,
-          imagesMoved: 0,
-        },
-        modelDir: run.modelDir,
+        ...common,
+        id: `${id}:${site}`,
+        site,
+        roundsToTarget: null,
+        modelDir: await saveModel(join(ctx.config.out, 'arms', id, 'site-models', site), model),
       },
-      run.final,
+      model,
     );
   }
 }
@@ -215,7 +243,7 @@ export async function runFederatedArms(ctx: ArmContext): Promise<void> {
 const federatedTask = (ctx: ArmContext, settings: ArmSettings) => ({ ...ctx.baseTask, epochs: settings.epochs, learningRate: settings.learningRate });
 
 /** A federated arm with simulated agents in this process (experiment/rounds.ts). */
-async function federatedInProcess(ctx: ArmContext, arm: FederatedArm, settings: ArmSettings): Promise<ArmRun> {
+async function federatedInProcess(ctx: ArmContext, arm: FederatedArm, id: string, settings: ArmSettings, batchNorm: BatchNormMode): Promise<ArmRun> {
   const { config } = ctx;
   const participants: Participant[] = ctx.sites.map((s) => ({ id: s.id, trainer: ctx.trainers.get(s.id)! }));
   const run = await runRounds({
@@ -226,18 +254,26 @@ async function federatedInProcess(ctx: ArmContext, arm: FederatedArm, settings: 
     federate: arm.federate,
     participants,
     federated: true,
-    strategy: { ...settings.strategy, stateDir: join(config.out, 'arms', arm.name, 'server-state') },
+    strategy: { ...settings.strategy, stateDir: join(config.out, 'arms', id, 'server-state') },
+    batchNorm,
+    statisticsPasses: settings.statisticsPasses,
     targetAccuracy: config.targetAccuracy,
     stopAtTarget: config.stopAtTarget,
-    onRound: progress(ctx.say, arm.name),
+    onRound: progress(ctx.say, id),
     watch: ctx.watchEvaluator,
   });
-  return { ...run, modelDir: await saveModel(join(config.out, 'arms', arm.name, 'models'), run.final) };
+  return { ...run, modelDir: await saveModel(join(config.out, 'arms', id, 'models'), run.final) };
 }
 
 /** A federated arm over MQTT: a broker, an aggregator and one agent process per site (experiment/mqtt-arm.ts). */
-async function federatedOverMqtt(ctx: ArmContext, arm: FederatedArm, settings: ArmSettings): Promise<ArmRun> {
+async function federatedOverMqtt(ctx: ArmContext, arm: FederatedArm, settings: ArmSettings, batchNorm: BatchNormMode): Promise<ArmRun> {
   const { config } = ctx;
+  if (batchNorm !== 'average') {
+    throw new FedlineError(
+      ErrorCodes.CONFIG_INVALID,
+      `${arm.name}: batchNorm ${batchNorm} runs in mode in-process only (over MQTT the agents average BN tensors)`,
+    );
+  }
   const r = await runFederatedArmOverMqtt({
     dir: join(config.out, 'arms', arm.name, 'mqtt'),
     federation: `experiment-${arm.name}`,

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { agentConfigSchema, backendPreferences, modelSpecSchema, serverOptimizerSchema } from '../shared/config/service-config.js';
 import { strategyNames } from '../aggregator/strategy-registry.js';
 import { isValidId } from '../shared/protocol/topics.js';
+import { batchNormModes } from './batch-norm-rounds.js';
 
 /**
  * The experiment's configuration (`fedline experiment --config FILE`): which data, which model,
@@ -66,6 +67,16 @@ const armSchema = z.union([
     proxMu: z.number().min(0).optional(),
     /** fedavgm, fedadam, fedyogi: as the aggregator's `serverOptimizer` (default: the paper's values); scaffold: its learningRate is η_g (default 1). */
     serverOptimizer: serverOptimizerSchema.optional(),
+    /**
+     * Federated arms: how batch normalisation crosses sites (docs/training.md): average (FedAvg of
+     * every BN tensor), pooled-statistics (then re-estimate the moving statistics from every site's
+     * images with the new weights), local (FedBN: BN tensors stay at their site). A list runs the
+     * arm once per mode (ids `<arm>/bn-<mode>`), on the same splits and seeds. Default average.
+     * In-process mode only, except average.
+     */
+    batchNorm: z.union([z.enum(batchNormModes), z.array(z.enum(batchNormModes)).min(1)]).optional(),
+    /** pooled-statistics and local: statistics passes per round (pass p makes the first p BN layers exact). Default 1. */
+    statisticsPasses: posInt.optional(),
   }),
 ]);
 

@@ -136,7 +136,7 @@ function tableOneSection({ r, defect, probes, hasExternal }: ReportView, lines: 
       header,
       r.models.map((m) => {
         const row = [
-          `${m.id}${m.arm.startsWith('federated') ? ` (${m.init}, ${m.federate})` : ''}`,
+          `${m.id}${m.arm.startsWith('federated') ? ` (${m.init}, ${m.federate}${m.batchNorm && m.batchNorm !== 'average' ? `, BN ${m.batchNorm}` : ''})` : ''}`,
           pct(m.eval['local-test']?.accuracy),
           pct(m.eval['local-test']?.balancedAccuracy),
           pct(recall(m.eval['local-test'], defect)),

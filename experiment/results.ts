@@ -24,6 +24,8 @@ export interface ModelResult {
   site: string | null;
   init: 'pretrained' | 'random';
   federate: 'all' | 'head';
+  /** Federated arms: how batch normalisation crossed sites (average, pooled-statistics, local). */
+  batchNorm?: 'average' | 'pooled-statistics' | 'local';
   rounds: RoundRecord[];
   roundsRun: number;
   epochsPerRound: number;

@@ -10,6 +10,7 @@ import type { TensorBlockReader } from '../shared/fl/fedavg.js';
 import { createStrategy } from '../aggregator/strategy-registry.js';
 import type { Strategy } from '../aggregator/strategy.js';
 import { silentLogger } from '../shared/util/logger.js';
+import { LocalBatchNorm, reestimateStatistics, type BatchNormMode } from './batch-norm-rounds.js';
 
 /**
  * The experiment's training loop, in one process: rounds of local training and (with several
@@ -20,6 +21,9 @@ import { silentLogger } from '../shared/util/logger.js';
  *     schedule); the optimizer starts fresh every round (only weights travel);
  *   - FedAvg (shared/fl/fedavg.ts: weights by sample count, participants in sorted id order, float64
  *     sums) over the federated tensors; the others stay as in the base model;
+ *   - batch normalisation (experiment/batch-norm-rounds.ts): `average` (FedAvg of the BN tensors),
+ *     `pooled-statistics` (then a statistics pass re-estimates the moving statistics from every
+ *     site's images with the new weights) or `local` (FedBN: BN tensors stay at their site);
  *   - with stopAtTarget, a round whose base model reaches the target accuracy on every
  *     participant's test split stops the run (the aggregator's targetAccuracy).
  * Centralized and local-only training use the same loop with one participant (no averaging), so
@@ -49,6 +53,8 @@ export interface RoundRecord {
   trainMs: Record<string, number>;
   /** Update bundles sent (federated) / global model bundles fetched by the participants. */
   bytesUp: number;
+  /** Of bytesUp: the statistics pass's per-channel moments (pooled-statistics). */
+  statisticsBytesUp?: number;
   bytesDown: number;
 }
 
@@ -72,6 +78,10 @@ export interface RoundLoopOptions {
   federated: boolean;
   /** Federated: the aggregator's strategy (default fedavg); server optimizers keep their state in stateDir. */
   strategy?: ArmStrategy & { stateDir: string };
+  /** Federated: how batch normalisation crosses sites (default average). */
+  batchNorm?: BatchNormMode;
+  /** pooled-statistics and local: passes of the statistics pass per round (pass p makes the first p BN layers exact). Default 1. */
+  statisticsPasses?: number;
   targetAccuracy: number | null;
   stopAtTarget: boolean;
   /**
@@ -90,6 +100,8 @@ export interface RoundLoopResult {
   /** The final model on each participant's local test split. */
   finalMetrics: Record<string, EvalMetrics>;
   reason: string;
+  /** batchNorm local (FedBN): each participant's final model (the global one with its own BN tensors). */
+  siteModels?: Record<string, GlobalModel>;
 }
 
 export { meetsTarget };
@@ -114,11 +126,16 @@ const bundleOf = (m: GlobalModel) => encodeBundle(m.tensors, m.meta);
 
 export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
   const participants = [...o.participants].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  const bnMode: BatchNormMode = o.federated ? (o.batchNorm ?? 'average') : 'average';
+  const passes = o.statisticsPasses ?? 1;
+  // FedBN: each participant trains and is judged with its own BN tensors.
+  const localBn = bnMode === 'local' ? new LocalBatchNorm(o.initial) : null;
+  const siteModel = (id: string, m: GlobalModel) => (localBn ? localBn.siteModel(id, m) : m);
   const evaluate =
     o.evaluate ??
     (async (model: GlobalModel) => {
       const out: Record<string, EvalMetrics> = {};
-      for (const p of participants) out[p.id] = await p.trainer.evaluate(model);
+      for (const p of participants) out[p.id] = await p.trainer.evaluate(siteModel(p.id, model));
       return out;
     });
   let global = o.initial;
@@ -127,6 +144,8 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
   let finalMetrics: Record<string, EvalMetrics> | null = null;
   const names = global.tensors.map((t) => t.name);
   const federatedNames = resolveFederated(o.federate, names, global.meta.headTensors);
+  // What is averaged: FedBN trains the BN tensors too but keeps them at the site.
+  const averagedNames = localBn ? federatedNames.filter((n) => !localBn.isLocal(n)) : federatedNames;
   const strategy = o.federated && o.strategy ? armStrategy(o, participants) : null;
   const variates: Variates = { c: null, clients: new Map() };
   for (let round = 1; round <= o.rounds; round++) {
@@ -160,54 +179,94 @@ export async function runRounds(o: RoundLoopOptions): Promise<RoundLoopResult> {
     }
     const results = [];
     for (const p of participants) {
-      const r = await p.trainer.train(global, task, federatedNames, scaffold ? { control: { c: variates.c, ci: variates.clients.get(p.id) ?? null } } : {});
-      if (scaffold) variates.clients.set(p.id, nextClientVariate(global, r, variates.c, variates.clients.get(p.id) ?? null, learningRate));
-      results.push({ id: p.id, r });
+      const ci = variates.clients.get(p.id) ?? null;
+      const r = await p.trainer.train(siteModel(p.id, global), task, federatedNames, scaffold ? { control: { c: variates.c, ci } } : {});
+      if (scaffold) variates.clients.set(p.id, nextClientVariate(global, r, variates.c, ci, learningRate));
+      localBn?.keep(p.id, r.tensors, r.sampleCount);
+      const sent = localBn ? r.tensors.filter((t) => !localBn.isLocal(t.name)) : r.tensors;
+      results.push({ id: p.id, r: { ...r, tensors: sent }, ...(scaffold ? { steps: r.steps } : {}) });
       record.localMetrics[p.id] = r.metricsAfter;
       record.sampleCounts[p.id] = r.sampleCount;
       record.trainMs[p.id] = r.trainMs;
-      if (o.federated) {
-        const meta: UpdateMeta = {
-          kind: 'update',
-          agent: p.id,
+      if (o.federated)
+        record.bytesUp += updateBytes(
+          p,
           round,
-          baseVersion: global.version,
-          sampleCount: r.sampleCount,
-          epochs: task.epochs,
-          metricsBefore: record.baseMetrics[p.id] ?? r.metricsAfter,
-          metricsAfter: r.metricsAfter,
-          trainMs: r.trainMs,
-          backend: p.trainer.backend,
-          ...(scaffold ? { steps: r.steps } : {}),
-        };
-        record.bytesUp += encodeBundle(r.tensors, meta).byteLength;
-      }
+          global.version,
+          task.epochs,
+          record.baseMetrics[p.id] ?? r.metricsAfter,
+          r,
+          sent,
+          scaffold ? r.steps : undefined,
+        );
     }
-    let next: Map<string, Float32Array>;
-    if (results.length === 1 && !o.federated) {
-      next = new Map(results[0]!.r.tensors.map((t) => [t.name, t.data]));
-    } else if (strategy) {
-      next = await aggregateWith(
-        strategy,
-        global,
-        federatedNames,
-        round,
-        results.map(({ id, r }) => ({ id, weight: r.sampleCount, tensors: r.tensors, ...(scaffold ? { steps: r.steps } : {}) })),
-      );
-    } else {
-      next = fedAvg(
-        results.map(({ id, r }) => ({ id, weight: r.sampleCount, tensors: new Map(r.tensors.map((t) => [t.name, t.data])) })),
-        federatedNames,
-      );
-    }
+    const next = await nextWeights(o.federated, strategy, global, averagedNames, round, results);
     const meta: ModelMeta = { ...global.meta, version: global.version + 1, round, createdAt: Date.now() };
     global = { version: meta.version, sha256: '', meta, tensors: global.tensors.map((t) => ({ ...t, data: next.get(t.name) ?? t.data })) };
+    if (bnMode === 'pooled-statistics') {
+      const s = await reestimateStatistics(global, participants, passes);
+      global = s.model;
+      record.statisticsBytesUp = s.bytesUp;
+      record.bytesUp += s.bytesUp;
+      // Over MQTT every agent downloads the averaged version for the statistics round, then the pooled one.
+      record.bytesDown += bundleOf(global).byteLength * participants.length;
+    }
     record.newVersion = global.version;
     records.push(record);
     o.onRound?.(record);
   }
   finalMetrics ??= await evaluate(global);
-  return { rounds: records, final: global, finalMetrics, reason };
+  if (!localBn) return { rounds: records, final: global, finalMetrics, reason };
+  // FedBN has no global BN: the model for the external set gets the sites' mean gamma/beta and pooled statistics.
+  const siteModels = Object.fromEntries(participants.map((p) => [p.id, siteModel(p.id, global)]));
+  const final = (await reestimateStatistics(localBn.globalModel(global), participants, passes)).model;
+  return { rounds: records, final, finalMetrics, reason, siteModels };
+}
+
+/** The round's new weights: the one trainer's (centralized, local-only), or the strategy's / FedAvg's average of the given tensors. */
+async function nextWeights(
+  federated: boolean,
+  strategy: Strategy | null,
+  global: GlobalModel,
+  averagedNames: readonly string[],
+  round: number,
+  results: readonly { id: string; steps?: number; r: { sampleCount: number; tensors: readonly NamedTensor[] } }[],
+): Promise<Map<string, Float32Array>> {
+  if (results.length === 1 && !federated) return new Map(results[0]!.r.tensors.map((t) => [t.name, t.data]));
+  const weighted = results.map(({ id, steps, r }) => ({ id, weight: r.sampleCount, tensors: r.tensors, ...(steps === undefined ? {} : { steps }) }));
+  if (strategy) return aggregateWith(strategy, global, averagedNames, round, weighted);
+  return fedAvg(
+    weighted.map((w) => ({ ...w, tensors: new Map(w.tensors.map((t) => [t.name, t.data])) })),
+    averagedNames,
+  );
+}
+
+/** Bytes of the update bundle a participant would send: its federated tensors after training, with the update header. */
+function updateBytes(
+  p: Participant,
+  round: number,
+  baseVersion: number,
+  epochs: number,
+  metricsBefore: EvalMetrics,
+  r: { sampleCount: number; metricsAfter: EvalMetrics; trainMs: number },
+  tensors: readonly NamedTensor[],
+  /** SCAFFOLD: the optimizer steps taken, sent in the update's meta. */
+  steps?: number,
+): number {
+  const meta: UpdateMeta = {
+    kind: 'update',
+    agent: p.id,
+    round,
+    baseVersion,
+    sampleCount: r.sampleCount,
+    epochs,
+    metricsBefore,
+    metricsAfter: r.metricsAfter,
+    trainMs: r.trainMs,
+    backend: p.trainer.backend,
+    ...(steps === undefined ? {} : { steps }),
+  };
+  return encodeBundle(tensors, meta).byteLength;
 }
 
 /** The arm's strategy from the registry, as the aggregator builds it (no norm screen: every simulated site is honest). */

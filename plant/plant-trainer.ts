@@ -1,4 +1,5 @@
 import type { Aggregator } from '../aggregator/aggregator.js';
+import type { LayerMoments } from '../shared/fl/bn-statistics.js';
 import type { RoundRecord } from '../aggregator/round-journal.js';
 import type { ModelCache } from '../edge-agent/model-cache.js';
 import { pooledMetrics } from '../shared/fl/classification-metrics.js';
@@ -40,6 +41,20 @@ export class PlantTrainer implements Trainer {
       );
     this.samples.test = reports.reduce((s, m) => s + m.samples, 0);
     return pooledMetrics(reports);
+  }
+
+  /**
+   * Pooled statistics need every line's BN moments under the headquarters version; a plant round of
+   * kind statistics does not exist yet, so the plant sends none and headquarters keeps that
+   * version's averaged statistics (its statistics round closes with the other sites' reports).
+   */
+  batchNormStatistics(): Promise<LayerMoments[]> {
+    return Promise.reject(
+      new FedlineError(
+        ErrorCodes.MODEL_INCOMPATIBLE,
+        'a plant does not take part in statistics rounds (batchNorm pooled-statistics): the version keeps its averaged statistics',
+      ),
+    );
   }
 
   async train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: TrainOptions): Promise<TrainResult> {

@@ -24,7 +24,7 @@ export async function captureUpdates(
   await transport.subscribe(topics.updatesAll(), (m) => {
     try {
       const msg = decodeMsgpack(m.payload, updateTopicMessageSchema, SUPPORTED_VERSIONS, { topic: m.topic, what: 'update' });
-      if (msg.type === 'eval') return;
+      if (msg.type === 'eval' || msg.type === 'bn-stats') return;
       const key = `${msg.round}/${msg.agent}`;
       let a = assemblers.get(key);
       if (msg.type === 'update-chunk') {

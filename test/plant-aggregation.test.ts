@@ -67,7 +67,7 @@ function countHqUpdates(hq: RunningBroker, root: string): Map<number, HqInbound>
     const payload = packet.payload as Buffer;
     r.payloadBytes += payload.byteLength;
     const msg = decodeMsgpack(payload, updateTopicMessageSchema, SUPPORTED_VERSIONS, { topic: packet.topic, what: 'update' });
-    if (msg.type === 'eval') return;
+    if (msg.type === 'eval' || msg.type === 'bn-stats') return;
     let s = r.senders.get(m[2]!);
     if (!s) r.senders.set(m[2]!, (s = { uploads: new Set(), chunkDataBytes: 0, bundleBytes: 0 }));
     s.uploads.add(msg.upload);

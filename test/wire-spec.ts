@@ -135,6 +135,15 @@ export const modelChunk = map({ v, type: str, version: int, sha256: str, ...chun
 export const updateChunk = map({ v, type: str, round: int, agent: str, upload: str, ...chunkFields });
 export const updateDone = map({ v, type: str, round: int, agent: str, upload: str, total: int, bundleBytes: int, sha256: str });
 export const evalReport = map({ v, type: str, round: int, agent: str, baseVersion: int, metrics: evalMetrics, downloadedBytes: int });
+export const bnStats = map({
+  v,
+  type: str,
+  round: int,
+  agent: str,
+  baseVersion: int,
+  layers: arr(map({ layer: str, count: int, mean: arr(float), m2: arr(float) })),
+  downloadedBytes: int,
+});
 export const ack = map({
   v,
   type: str,

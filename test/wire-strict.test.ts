@@ -208,7 +208,7 @@ function checkAll(seen: Seen[]): void {
       if (m.type === 'update-chunk') {
         check('update chunk', m, spec.updateChunk);
         updateChunks.push({ key: m.upload, seq: m.seq, total: m.total, data: m.data });
-      } else check(m.type, m, m.type === 'eval' ? spec.evalReport : spec.updateDone);
+      } else check(m.type, m, m.type === 'eval' ? spec.evalReport : m.type === 'bn-stats' ? spec.bnStats : spec.updateDone);
     } else if (rel[0] === 'round' && rel[2] === 'ack') {
       const a = strictUnpack(payload, { tagFloats: true }) as { status: string; code: unknown; sha256: unknown; missing: unknown[]; stored: number };
       check(`ack ${a.status}`, a, spec.ack);
@@ -299,6 +299,7 @@ test('FLOAT_FIELDS names exactly the fields docs/protocol.md types as float in m
     spec.updateChunk,
     spec.updateDone,
     spec.evalReport,
+    spec.bnStats,
     spec.ack,
     spec.modelBundleHeader,
     spec.updateBundleHeader,

@@ -9,6 +9,8 @@ import type { LayersModel } from './models.js';
 import { augmentBatch, isAugmenting, NO_AUGMENTATION, type AugmentationOptions } from './augment.js';
 import type { ImageSet, LocalDataset } from './image-folder.js';
 import { normalizeInPlace } from './preprocess.js';
+import { batchNormMoments } from './bn-statistics-pass.js';
+import type { LayerMoments } from '../shared/fl/bn-statistics.js';
 import type { GlobalModel, ScaffoldControl, Trainer, TrainOptions, TrainResult } from './trainer.js';
 
 const EVAL_BATCH = 64;
@@ -182,6 +184,15 @@ export class TfjsTrainer implements Trainer {
     const m = await this.load(model);
     try {
       return await this.evaluateLoaded(m, this.data.test, model.meta.normalization);
+    } finally {
+      m.dispose();
+    }
+  }
+
+  async batchNormStatistics(model: GlobalModel): Promise<LayerMoments[]> {
+    const m = await this.load(model);
+    try {
+      return await batchNormMoments(this.tf, m, this.data.train, model.meta.normalization);
     } finally {
       m.dispose();
     }

@@ -1,5 +1,6 @@
 import type { EvalMetrics, ModelMeta, TrainTask } from '../shared/protocol/messages.js';
 import type { NamedTensor } from '../shared/bundle/tensor-bundle.js';
+import type { LayerMoments } from '../shared/fl/bn-statistics.js';
 
 /**
  * The training port of the edge agent. The agent's round logic talks to this interface only;
@@ -73,4 +74,11 @@ export interface Trainer {
    * frozen) and come back. At every batch boundary: awaits `atBatchBoundary`, then checks `signal`.
    */
   train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: TrainOptions): Promise<TrainResult>;
+  /**
+   * The batch normalisation statistics pass: per BN layer and channel, the count, mean and M2 of
+   * the layer's input over the local training images, with the given weights and the moving
+   * statistics the model carries (inference mode, no augmentation). Empty for a model without BN.
+   * Pooled across sites (shared/fl/bn-statistics.ts) they give the global model's statistics.
+   */
+  batchNormStatistics(model: GlobalModel): Promise<LayerMoments[]>;
 }

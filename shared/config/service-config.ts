@@ -311,6 +311,15 @@ export const aggregatorConfigSchema = z.strictObject({
   /** After the last round, run an evaluation-only round so the final model's accuracy is known. Default true. */
   evaluateFinalModel: z.boolean().default(true),
   /**
+   * Batch normalisation across sites (docs/training.md). average: BN tensors are averaged like any
+   * other (the averaged moving variance misses the between-site variance); pooled-statistics:
+   * after every aggregated training round, a `statistics` round: the agents run the new model over
+   * their training images and send each BN layer's per-channel count, mean and M2; the pooled
+   * statistics make the next version (the same weights). Needs agents that speak `bn-stats`.
+   * Default average. (FedBN, BN kept local, runs in the experiment only.)
+   */
+  batchNorm: z.enum(['average', 'pooled-statistics']).default('average'),
+  /**
    * Model release (aggregator/release-policy.ts): every aggregated version is a candidate; the
    * production lines (`fedline inspect`) run the released one. A candidate is checked when the
    * sites evaluate it on their local test splits (at the start of the next round, or in the final

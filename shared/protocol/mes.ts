@@ -29,7 +29,7 @@ const envelope = <T extends string>(type: T) => ({
 export const roundStartedEventSchema = z.strictObject({
   ...envelope('round-started'),
   round: uint,
-  kind: z.enum(['train', 'evaluate']),
+  kind: z.enum(['train', 'evaluate', 'statistics']),
   baseVersion: uint,
   selected: z.array(id),
   deadlineAt: uint,
@@ -43,7 +43,7 @@ export const roundStartedEventSchema = z.strictObject({
  */
 export const roundRecordSchema = z.strictObject({
   round: uint,
-  kind: z.enum(['train', 'evaluate']),
+  kind: z.enum(['train', 'evaluate', 'statistics']),
   baseVersion: uint,
   selected: z.array(id),
   deadlineAt: uint,

@@ -90,8 +90,12 @@ export const roundAnnouncementSchema = z.object({
   round: uint,
   /** open: work on it; closed: stop, results are no longer accepted; complete: the federation is done. */
   state: z.enum(['open', 'closed', 'complete']),
-  /** train: evaluate the base, train, send an update; evaluate: evaluate the base and report only. */
-  kind: z.enum(['train', 'evaluate']),
+  /**
+   * train: evaluate the base, train, send an update; evaluate: evaluate the base and report only;
+   * statistics: run the base forward over the local training images and send its batch
+   * normalisation statistics (`bn-stats`), no evaluation (aggregator batchNorm pooled-statistics).
+   */
+  kind: z.enum(['train', 'evaluate', 'statistics']),
   base: modelRefSchema,
   /**
    * SCAFFOLD rounds (task.scaffold) after the first aggregation: the server variate c that goes with
@@ -190,7 +194,31 @@ const evalReportSchema = z.object({
 });
 export type EvalReportMsg = z.infer<typeof evalReportSchema>;
 
-export const updateTopicMessageSchema = z.discriminatedUnion('type', [updateChunkSchema, updateDoneSchema, evalReportSchema]);
+/** Per-channel moments of one BN layer's input over an agent's training images (shared/fl/bn-statistics.ts). */
+const layerMomentsSchema = z.object({
+  layer: z.string().min(1).max(256),
+  /** Values per channel: images x positions. */
+  count: uint,
+  mean: z.array(z.number().finite()).max(65536),
+  /** Sum of squared deviations from the mean, per channel. */
+  m2: z.array(z.number().finite().nonnegative()).max(65536),
+});
+
+/** Same topic, statistics rounds: the base model's BN input statistics over the agent's training images. */
+const bnStatsSchema = z.object({
+  v: z.literal(PROTOCOL_VERSION),
+  type: z.literal('bn-stats'),
+  round: uint,
+  agent: id,
+  baseVersion: uint,
+  layers: z.array(layerMomentsSchema).max(4096),
+  /** Bytes of the base model this agent downloaded for the round (0 when it had it cached). */
+  downloadedBytes: uint,
+});
+export type BnStatsMsg = z.infer<typeof bnStatsSchema>;
+
+
+export const updateTopicMessageSchema = z.discriminatedUnion('type', [updateChunkSchema, updateDoneSchema, evalReportSchema, bnStatsSchema]);
 
 const UPLOAD_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const isUint = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;

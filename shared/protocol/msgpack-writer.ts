@@ -19,10 +19,20 @@
 /**
  * The map keys whose numbers are floats in docs/protocol.md: `task.learningRate` and the eval
  * metrics' `loss`, `accuracy`, `balancedAccuracy`, `precision[]`, `recall[]` (eval reports and
- * the update bundle's `metricsBefore` / `metricsAfter`). test/wire-strict checks the list against
+ * the update bundle's `metricsBefore` / `metricsAfter`), and bn-stats' `mean[]` and `m2[]`. test/wire-strict checks the list against
  * the message schemas.
  */
-export const FLOAT_FIELDS: ReadonlySet<string> = new Set(['learningRate', 'proxMu', 'loss', 'accuracy', 'balancedAccuracy', 'precision', 'recall']);
+export const FLOAT_FIELDS: ReadonlySet<string> = new Set([
+  'learningRate',
+  'proxMu',
+  'loss',
+  'accuracy',
+  'balancedAccuracy',
+  'precision',
+  'recall',
+  'mean',
+  'm2',
+]);
 
 const TWO_32 = 0x1_0000_0000;
 

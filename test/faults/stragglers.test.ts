@@ -27,6 +27,7 @@ const straggleInRoundOne = (trainer: Trainer): Trainer => {
       return trainer.samples;
     },
     evaluate: (m) => trainer.evaluate(m),
+    batchNormStatistics: (m) => trainer.batchNormStatistics(m),
     async train(model, task, names, options) {
       if (calls++ === 0) await sleep(60_000, options.signal);
       return trainer.train(model, task, names, options);

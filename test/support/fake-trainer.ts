@@ -1,5 +1,6 @@
 import { classificationMetrics } from '../../shared/fl/classification-metrics.js';
 import type { EvalMetrics, TrainTask } from '../../shared/protocol/messages.js';
+import type { LayerMoments } from '../../shared/fl/bn-statistics.js';
 import type { GlobalModel, Trainer, TrainOptions, TrainResult } from '../../training/trainer.js';
 
 /**
@@ -31,6 +32,11 @@ export class FakeTrainer implements Trainer {
     const every = ((this.seed + model.version) % 4) + 2;
     const predictions = labels.map((l, i) => (i % every === 0 ? (l + 1) % classes : l));
     return classificationMetrics(labels, predictions, classes, 0.5 + 0.01 * this.seed);
+  }
+
+  /** The fake models have no batch normalisation layers. */
+  batchNormStatistics(): Promise<LayerMoments[]> {
+    return Promise.resolve([]);
   }
 
   async train(model: GlobalModel, _task: TrainTask, federatedNames: readonly string[], options: TrainOptions): Promise<TrainResult> {
