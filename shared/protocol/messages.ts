@@ -217,7 +217,6 @@ const bnStatsSchema = z.object({
 });
 export type BnStatsMsg = z.infer<typeof bnStatsSchema>;
 
-
 export const updateTopicMessageSchema = z.discriminatedUnion('type', [updateChunkSchema, updateDoneSchema, evalReportSchema, bnStatsSchema]);
 
 const UPLOAD_ID = /^[A-Za-z0-9_-]{1,64}$/;
