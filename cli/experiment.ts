@@ -11,7 +11,13 @@ export async function runExperimentCommand(args: string[]): Promise<void> {
   try {
     ({ values } = parseArgs({
       args,
-      options: { config: { type: 'string', short: 'c' }, out: { type: 'string' }, mode: { type: 'string' }, seeds: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      options: {
+        config: { type: 'string', short: 'c' },
+        out: { type: 'string' },
+        mode: { type: 'string' },
+        seeds: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
       strict: true,
     }));
   } catch (err) {

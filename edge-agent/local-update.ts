@@ -64,15 +64,11 @@ export async function trainLocalUpdate(
         onProgress,
         onPaused: (at, why) => {
           log.info({ epoch: at.epoch, batch: at.batch, step: at.step }, 'training paused at a batch boundary: the training window closed');
-          d.setStatus({ state: 'paused', detail: `paused before ${positionOf(at)}: ${why}` }, true).catch(
-            () => undefined,
-          );
+          d.setStatus({ state: 'paused', detail: `paused before ${positionOf(at)}: ${why}` }, true).catch(() => undefined);
         },
         onResumed: (at) => {
           log.info({ epoch: at.epoch, batch: at.batch, step: at.step }, 'training resumed: the training window opened');
-          d.setStatus({ state: 'training', detail: `resumed at ${positionOf(at)}` }, true).catch(
-            () => undefined,
-          );
+          d.setStatus({ state: 'training', detail: `resumed at ${positionOf(at)}` }, true).catch(() => undefined);
         },
       })
     : await trainer.train(model, ann.task, federatedNames, { signal, onProgress });

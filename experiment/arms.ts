@@ -206,7 +206,16 @@ function federatedArmsOf(config: ExperimentConfig): FederatedArm[] {
   const recipes = config.recipes.map((r: Recipe): FederatedArm => {
     const { name, ...options } = r;
     const arm: ArmName = r.init === 'random' ? 'federated-random' : r.federate === 'head' ? 'federated-head' : 'federated-all';
-    return { id: `recipe:${name}`, arm, dirName: `recipe-${name}`, federate: r.federate, init: r.init, recipe: name, options, settings: armSettings(config, r) };
+    return {
+      id: `recipe:${name}`,
+      arm,
+      dirName: `recipe-${name}`,
+      federate: r.federate,
+      init: r.init,
+      recipe: name,
+      options,
+      settings: armSettings(config, r),
+    };
   });
   return [...fixed, ...recipes];
 }

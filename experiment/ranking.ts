@@ -100,8 +100,7 @@ export function maxDecline(points: readonly { mean: number }[]): number {
   return worst;
 }
 
-const kindOf = (m: ModelResult): RankedModel['kind'] =>
-  m.arm === 'centralized' ? 'centralized' : m.arm === 'local-only' ? 'local-only' : 'federated';
+const kindOf = (m: ModelResult): RankedModel['kind'] => (m.arm === 'centralized' ? 'centralized' : m.arm === 'local-only' ? 'local-only' : 'federated');
 
 function rankedModel(id: string, runs: readonly RankInput[], useExternal: boolean): RankedModel {
   const per = runs.map((r) => ({ run: r, m: r.models.find((x) => x.id === id) }));
@@ -174,8 +173,16 @@ function checkGoals(models: readonly RankedModel[], runs: readonly RankInput[], 
   out.push({
     goal: `the best federated recipe within ${pts(g.probeDefectRecallGap)} of centralized on probe defect recall`,
     holds: recallGap === null ? null : recallGap <= g.probeDefectRecallGap,
-    detail: recallGap === null ? 'needs centralized, a federated arm, probes and a defect class' : `${best!.id} ${pct(best!.probeDefectRecall!.mean)}, centralized ${pct(central!.probeDefectRecall!.mean)}`,
-    figures: { best: best?.id ?? null, bestRecall: best?.probeDefectRecall?.mean ?? null, centralized: central?.probeDefectRecall?.mean ?? null, gap: recallGap },
+    detail:
+      recallGap === null
+        ? 'needs centralized, a federated arm, probes and a defect class'
+        : `${best!.id} ${pct(best!.probeDefectRecall!.mean)}, centralized ${pct(central!.probeDefectRecall!.mean)}`,
+    figures: {
+      best: best?.id ?? null,
+      bestRecall: best?.probeDefectRecall?.mean ?? null,
+      centralized: central?.probeDefectRecall?.mean ?? null,
+      gap: recallGap,
+    },
   });
   out.push(foreignDefectGoal(judged, runs));
   out.push(...headGoals(judged, g));

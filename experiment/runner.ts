@@ -111,7 +111,10 @@ export async function runSeeds(config: ExperimentConfig, say: (line: string) => 
     ranking: rankRuns(inputs, config.goals),
   };
   await writeFile(join(config.out, 'results.json'), JSON.stringify(results, null, 2) + '\n');
-  await writeFile(join(config.out, 'report.md'), renderMultiSeedReport(results, defectClass, (p) => relative(config.out, p) || '.'));
+  await writeFile(
+    join(config.out, 'report.md'),
+    renderMultiSeedReport(results, defectClass, (p) => relative(config.out, p) || '.'),
+  );
   return results;
 }
 

@@ -116,7 +116,10 @@ export async function evaluateOnSet(tf: Tf, model: LayersModel, set: ImageSet, n
  * after another, stopping mid-epoch at the last step; so a site with ten times the images does
  * the same number of steps (and drifts as far from the global model) as a small one.
  */
-export function localWork(count: number, task: Pick<TrainTask, 'epochs' | 'batchSize' | 'localSteps'>): { batchesPerEpoch: number; epochs: number; steps: number } {
+export function localWork(
+  count: number,
+  task: Pick<TrainTask, 'epochs' | 'batchSize' | 'localSteps'>,
+): { batchesPerEpoch: number; epochs: number; steps: number } {
   const batchesPerEpoch = Math.ceil(count / task.batchSize);
   if (task.localSteps === undefined) return { batchesPerEpoch, epochs: task.epochs, steps: task.epochs * batchesPerEpoch };
   return { batchesPerEpoch, epochs: Math.ceil(task.localSteps / batchesPerEpoch), steps: task.localSteps };
