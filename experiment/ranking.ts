@@ -1,7 +1,7 @@
 import type { EvalMetrics } from '../shared/protocol/messages.js';
 import type { Goals } from './config.js';
 import { foreignDefectSets, pooledRecall } from './findings.js';
-import type { ModelResult, Probe, Site } from './results.js';
+import type { ExperimentResults, ModelResult, Probe, Site } from './results.js';
 
 /**
  * The federated models ranked over one or more seeds, and the issue's goals checked on them.
@@ -17,7 +17,7 @@ import type { ModelResult, Probe, Site } from './results.js';
 /** One seed's models and what the defect columns need. */
 export interface RankInput {
   seed: number;
-  models: readonly ModelResult[];
+  models: ModelResult[];
   sites: readonly Site[];
   probes: readonly Probe[];
   /** Index of the defect class, -1: none. */
@@ -68,6 +68,33 @@ export interface Ranking {
   scoreName: string;
   models: RankedModel[];
   goals: GoalCheck[];
+}
+
+/**
+ * The rank inputs of several single-seed results: one per seed, the models of runs with the same
+ * seed merged (e.g. recipes run in separate processes on the same config and seed; a model id
+ * twice for one seed is refused).
+ */
+export function rankInputsOf(results: readonly ExperimentResults[]): RankInput[] {
+  const bySeed = new Map<number, RankInput>();
+  for (const r of results) {
+    const seed = r.config.seed;
+    const have = bySeed.get(seed);
+    if (have) {
+      const twice = r.models.find((m) => have.models.some((x) => x.id === m.id));
+      if (twice) throw new Error(`seed ${seed}: model ${twice.id} in two results`);
+      have.models = [...have.models, ...r.models];
+      continue;
+    }
+    bySeed.set(seed, {
+      seed,
+      models: r.models,
+      sites: Object.entries(r.data.sites).map(([id, s]) => ({ id, dir: s.dir })),
+      probes: Object.entries(r.data.probes).map(([id, p]) => ({ id, dir: p.dir, product: p.product, defectOf: p.defectOf })),
+      defectIndex: r.defectClass === null ? -1 : r.classes.indexOf(r.defectClass),
+    });
+  }
+  return [...bySeed.values()];
 }
 
 const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;

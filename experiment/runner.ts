@@ -15,7 +15,7 @@ import { ModelResults } from './model-results.js';
 import { renderReport } from './report.js';
 import { writeReportPictures } from './report-pictures.js';
 import type { ExperimentResults, MultiSeedResults } from './results.js';
-import { rankRuns, type RankInput } from './ranking.js';
+import { rankInputsOf, rankRuns } from './ranking.js';
 import { renderMultiSeedReport } from './ranking-report.js';
 import { evaluateModel } from './sets.js';
 
@@ -84,22 +84,13 @@ export async function runSeeds(config: ExperimentConfig, say: (line: string) => 
   const seeds = config.seeds ?? [config.seed];
   const started = Date.now();
   const runs: MultiSeedResults['runs'] = [];
-  const inputs: RankInput[] = [];
-  let defectClass: string | null = null;
+  const perSeed: ExperimentResults[] = [];
   for (const seed of seeds) {
     say(`==== seed ${seed} (${runs.length + 1} of ${seeds.length})`);
     const t0 = Date.now();
     const c = seedConfig(config, seed);
-    const r = await runExperiment(c, say);
+    perSeed.push(await runExperiment(c, say));
     runs.push({ seed, dir: c.out, durationMs: Date.now() - t0 });
-    defectClass = r.defectClass;
-    inputs.push({
-      seed,
-      models: r.models,
-      sites: Object.entries(r.data.sites).map(([id, s]) => ({ id, dir: s.dir })),
-      probes: Object.entries(r.data.probes).map(([id, p]) => ({ id, dir: p.dir, product: p.product, defectOf: p.defectOf })),
-      defectIndex: r.defectClass === null ? -1 : r.classes.indexOf(r.defectClass),
-    });
   }
   const results: MultiSeedResults = {
     name: config.name,
@@ -108,12 +99,12 @@ export async function runSeeds(config: ExperimentConfig, say: (line: string) => 
     durationMs: Date.now() - started,
     config,
     runs,
-    ranking: rankRuns(inputs, config.goals),
+    ranking: rankRuns(rankInputsOf(perSeed), config.goals),
   };
   await writeFile(join(config.out, 'results.json'), JSON.stringify(results, null, 2) + '\n');
   await writeFile(
     join(config.out, 'report.md'),
-    renderMultiSeedReport(results, defectClass, (p) => relative(config.out, p) || '.'),
+    renderMultiSeedReport(results, perSeed[0]!.defectClass, (p) => relative(config.out, p) || '.'),
   );
   return results;
 }
