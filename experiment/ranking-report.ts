@@ -70,7 +70,7 @@ export function renderRanking(ranking: Ranking, defectClass: string | null, line
 export function renderMultiSeedReport(r: MultiSeedResults, defectClass: string | null, rel: (path: string) => string): string {
   const c = r.config;
   const lines: string[] = [];
-  lines.push(`# ${r.name}: federated recipes over ${r.seeds.length} seeds`, '');
+  lines.push(`# ${r.name}: federated recipes over ${r.seeds.length} seed${r.seeds.length === 1 ? '' : 's'}`, '');
   lines.push(
     `Mode ${c.mode}, ${(r.durationMs / 60000).toFixed(1)} min, started ${r.startedAt}. Model ${c.model.architecture}` +
       `${c.model.architecture !== 'small-cnn' ? ` (width x${c.model.width}${c.model.batchNorm ? ', batch normalisation' : ''})` : ''}, input ${c.model.inputShape.join('x')}, ` +
