@@ -126,3 +126,27 @@ test('experiment config: recipe names must differ, seeds must differ, and runExp
     /runSeeds/,
   );
 });
+
+test('a recipe with localSteps over MQTT (aggregator config, announcement, agent processes) trains bit-identically to in-process, and unlike epochs', async () => {
+  const dir = tempDir('exp-recipes-mqtt');
+  try {
+    // Prepare: one recipe, 3 local steps per round with balanced sampling (the sites have 2-4 batches an epoch).
+    const off = { centralized: false, 'local-only': false, 'federated-all': false, 'federated-head': false, 'federated-random': false };
+    const stepsRecipe = [{ name: 'steps', localSteps: 3, sampling: 'balanced' }];
+
+    // Execute
+    const inProcess = await runExperiment(tinyConfig(join(dir.path, 'in-process'), { arms: off, recipes: stepsRecipe }), () => {});
+    const mqtt = await runExperiment(tinyConfig(join(dir.path, 'mqtt'), { arms: off, recipes: stepsRecipe, mode: 'mqtt' }), () => {});
+    const epochs = await runExperiment(tinyConfig(join(dir.path, 'epochs'), { arms: off, recipes: [{ name: 'steps', sampling: 'balanced' }] }), () => {});
+
+    // Assert
+    const final = (r: ExperimentResults) => finalBytes(r.models.find((m) => m.id === 'recipe:steps')!.modelDir);
+    assert.equal(mqtt.models[0]!.roundsRun, 2);
+    assert.ok((await final(inProcess)).equals(await final(mqtt)), 'the agents trained the announced 3 steps, as in process');
+    assert.ok(!(await final(inProcess)).equals(await final(epochs)), 'steps are not the epoch');
+    const aggregatorConfig = readFileSync(join(dir.path, 'mqtt', 'arms', 'recipe-steps', 'mqtt', 'config', 'aggregator.json'), 'utf8');
+    assert.match(aggregatorConfig, /"localSteps": 3/, 'the aggregator was configured with the steps');
+  } finally {
+    dir.cleanup();
+  }
+});
