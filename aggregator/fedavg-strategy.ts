@@ -25,6 +25,8 @@ export class FedAvg implements Strategy {
       task: {
         ...task,
         learningRate: scheduledLearningRate(task.learningRate, learningRateDecay, trainRoundsBefore),
+        // Announced, so that every site's status and log say how the round trains (docs/training.md).
+        optimizerState: task.optimizerState ?? 'reset',
         federated: task.federated as TrainTask['federated'],
       },
     };

@@ -55,7 +55,7 @@ commands:
               (the 3 clients, an external set, cross-client probes, reference images for pretrain)
   experiment  the paper's comparison: centralized, local-only, federated all/head/random init;
               report.md, results.json, learning curves and confusion matrices as PNG
-                                                            --config FILE [--out DIR] [--mode in-process|mqtt]
+                                                            --config FILE [--out DIR] [--mode in-process|mqtt] [--seeds LIST]
   keygen      an Ed25519 key pair for signing global models --out DIR
   models      stored model versions: stage, sites' metrics, signature   --state DIR [--json]
   release     release a model version to the lines (MES command over MQTT)   VERSION --url URL --federation NAME
@@ -185,14 +185,19 @@ usage: fedline dataset synth --out DIR [--seed N] [--size PX] [--scale X] [--par
 
 export const EXPERIMENT_USAGE = `fedline experiment: the seed paper's comparison
 
-usage: fedline experiment --config FILE [--out DIR] [--mode in-process|mqtt]
+usage: fedline experiment --config FILE [--out DIR] [--mode in-process|mqtt] [--seeds S1,S2,..]
 
 Runs the seed paper's comparison (centralized, local-only per site, federated full fine-tune,
-federated head only, federated from a random init) on one set of splits and seeds, and writes
-report.md, results.json, learning-curve, per-site and confusion-matrix PNGs under the config's
-"out" (or --out).
+federated head only, federated from a random init, and the config's "recipes": more federated
+arms) on one set of splits and seeds, and writes report.md, results.json, learning-curve,
+per-site and confusion-matrix PNGs under the config's "out" (or --out). report.md ranks the
+federated models and checks the goals of issue 11.
+With "seeds" in the config (or --seeds), the whole comparison runs once per seed in OUT/seed-<s>,
+and OUT/report.md and OUT/results.json rank the federated models by their mean over the seeds.
 Example: npx fedline experiment --config examples/experiment-paper.json
-  -h, --help  this text`;
+         npx fedline experiment --config examples/experiment-recipes.json --seeds 42
+  --seeds LIST  comma-separated seeds, replacing the config's "seeds"
+  -h, --help    this text`;
 
 export const KEYGEN_USAGE = `fedline keygen: an Ed25519 key pair for signing global models
 

@@ -3,7 +3,7 @@ import type { Logger } from '../shared/util/logger.js';
 import type { EvalMetrics, RoundAnnouncement, UpdateMeta } from '../shared/protocol/messages.js';
 import type { BundleSource, FileBundleSource } from '../shared/bundle/bundle-source.js';
 import { encodeUpdateSource, tensorValues } from '../shared/bundle/encoded-update.js';
-import type { GlobalModel, ScaffoldControl, Trainer, TrainProgress, TrainResult } from '../training/trainer.js';
+import type { BatchBoundary, GlobalModel, ScaffoldControl, Trainer, TrainProgress, TrainResult } from '../training/trainer.js';
 import type { StatusPatch } from './agent-status.js';
 import type { TrainingWindow } from './training-window.js';
 
@@ -49,13 +49,14 @@ export async function trainLocalUpdate(
     model.tensors.map((t) => t.name),
     model.meta.headTensors,
   );
-  await d.setStatus({ state: 'training', round, progress: 0, detail: `${ann.task.epochs} epoch(s) on ${trainer.samples.train} images` }, true);
+  const work = ann.task.localSteps === undefined ? `${ann.task.epochs} epoch(s)` : `${ann.task.localSteps} step(s)`;
+  await d.setStatus({ state: 'training', round, progress: 0, detail: `${work} on ${trainer.samples.train} images` }, true);
   const onProgress = (p: TrainProgress) => {
     if (!d.isTraining()) return;
-    const progress = ((p.epoch - 1) * p.batchesPerEpoch + p.batch) / (p.epochs * p.batchesPerEpoch);
+    // Optimizer steps done of the round's steps: the same fraction whether the task counts epochs or localSteps.
     d.setStatus({
-      progress,
-      detail: `epoch ${p.epoch}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}`,
+      progress: p.step / p.steps,
+      detail: `${positionOf(p)}${p.loss !== null ? `, loss ${p.loss.toFixed(4)}` : ''}`,
     }).catch(() => undefined);
   };
   const result = d.window
@@ -65,16 +66,12 @@ export async function trainLocalUpdate(
         onProgress,
         ...(scaffold ? { control: scaffold.control } : {}),
         onPaused: (at, why) => {
-          log.info({ epoch: at.epoch, batch: at.batch }, 'training paused at a batch boundary: the training window closed');
-          d.setStatus({ state: 'paused', detail: `paused before epoch ${at.epoch}/${at.epochs}, batch ${at.batch}/${at.batchesPerEpoch}: ${why}` }, true).catch(
-            () => undefined,
-          );
+          log.info({ epoch: at.epoch, batch: at.batch, step: at.step }, 'training paused at a batch boundary: the training window closed');
+          d.setStatus({ state: 'paused', detail: `paused before ${positionOf(at)}: ${why}` }, true).catch(() => undefined);
         },
         onResumed: (at) => {
-          log.info({ epoch: at.epoch, batch: at.batch }, 'training resumed: the training window opened');
-          d.setStatus({ state: 'training', detail: `resumed at epoch ${at.epoch}/${at.epochs}, batch ${at.batch}/${at.batchesPerEpoch}` }, true).catch(
-            () => undefined,
-          );
+          log.info({ epoch: at.epoch, batch: at.batch, step: at.step }, 'training resumed: the training window opened');
+          d.setStatus({ state: 'training', detail: `resumed at ${positionOf(at)}` }, true).catch(() => undefined);
         },
       })
     : await trainer.train(model, ann.task, federatedNames, { signal, onProgress, ...(scaffold ? { control: scaffold.control } : {}) });
@@ -99,4 +96,9 @@ export async function trainLocalUpdate(
     delta: ann.delta,
     base: new Map(model.tensors.map((t) => [t.name, t.data])),
   });
+}
+
+/** Where training stands, as the status detail says it: epoch and batch, and the step of the round's steps. */
+function positionOf(p: BatchBoundary): string {
+  return `epoch ${p.epoch}/${p.epochs}, batch ${p.batch}/${p.batchesPerEpoch} (step ${p.step}/${p.steps})`;
 }

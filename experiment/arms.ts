@@ -6,7 +6,7 @@ import { TfjsTrainer, type TrainerOptions } from '../training/tfjs-trainer.js';
 import type { GlobalModel } from '../training/trainer.js';
 import { serverOptimizerSchema, type ModelSpec } from '../shared/config/service-config.js';
 import type { EvalMetrics, TrainTask } from '../shared/protocol/messages.js';
-import type { ArmName, ExperimentConfig } from './config.js';
+import type { ArmName, ArmOptions, ExperimentConfig, Recipe } from './config.js';
 import type { InitialModels } from './initial-models.js';
 import { saveModel, type ModelResults } from './model-results.js';
 import { runFederatedArmOverMqtt } from './mqtt-arm.js';
@@ -46,20 +46,24 @@ export interface ArmContext {
 interface ArmSettings {
   rounds: number;
   epochs: number;
+  /** Optimizer steps per round instead of epochs, or null (epochs). */
+  localSteps: number | null;
   learningRate: number;
+  sampling: 'shuffle' | 'balanced';
   strategy: ArmStrategy;
   /** Federated arms: one run per mode. */
   batchNorm: BatchNormMode[];
   statisticsPasses: number;
 }
 
-function armSettings(config: ExperimentConfig, name: ArmName): ArmSettings | null {
-  const a = config.arms[name];
-  if (a === false) return null;
+/** One arm's settings: its own options over the shared `training` and `rounds` (the fixed arms' overrides and the recipes alike). */
+export function armSettings(config: ExperimentConfig, a: ArmOptions): ArmSettings {
   return {
     rounds: a.rounds ?? config.rounds,
     epochs: a.epochs ?? config.training.epochs,
+    localSteps: a.localSteps === undefined ? (config.training.localSteps ?? null) : a.localSteps,
     learningRate: a.learningRate ?? config.training.learningRate,
+    sampling: a.sampling ?? config.training.sampling,
     strategy: {
       strategy: a.strategy ?? 'fedavg',
       proxMu: a.proxMu ?? 0.01,
@@ -67,6 +71,22 @@ function armSettings(config: ExperimentConfig, name: ArmName): ArmSettings | nul
     },
     batchNorm: a.batchNorm === undefined ? ['average'] : typeof a.batchNorm === 'string' ? [a.batchNorm] : [...new Set(a.batchNorm)],
     statisticsPasses: a.statisticsPasses ?? 1,
+  };
+}
+
+const fixedArmSettings = (config: ExperimentConfig, name: ArmName): ArmSettings | null => {
+  const a = config.arms[name];
+  return a === false ? null : armSettings(config, a);
+};
+
+/** The task of an arm's rounds (the learning rate is round 1's; runRounds applies the schedule). */
+function armTask(ctx: ArmContext, settings: ArmSettings): Omit<TrainTask, 'federated'> {
+  return {
+    ...ctx.baseTask,
+    epochs: settings.epochs,
+    ...(settings.localSteps === null ? {} : { localSteps: settings.localSteps }),
+    learningRate: settings.learningRate,
+    sampling: settings.sampling,
   };
 }
 
@@ -82,14 +102,14 @@ const progress = (say: (line: string) => void, label: string) => (r: RoundRecord
 /** 1. centralized: one trainer on every site's training images pooled. */
 export async function runCentralizedArm(ctx: ArmContext): Promise<void> {
   const { config, say } = ctx;
-  const central = armSettings(config, 'centralized');
+  const central = fixedArmSettings(config, 'centralized');
   if (!central) return;
   say(`centralized: every site's training images pooled (${ctx.pooled.train.count}), ${central.rounds} rounds x ${central.epochs} epochs`);
   const trainer = new TfjsTrainer(ctx.runtime, ctx.pooled, ctx.trainerOptions);
   const run = await runRounds({
     initial: ctx.initial.pretrained,
     rounds: central.rounds,
-    task: { ...ctx.baseTask, epochs: central.epochs, learningRate: central.learningRate },
+    task: armTask(ctx, central),
     learningRateDecay: config.training.learningRateDecay,
     federate: 'all',
     participants: [{ id: 'pooled', trainer }],
@@ -111,6 +131,9 @@ export async function runCentralizedArm(ctx: ArmContext): Promise<void> {
       rounds: run.rounds,
       roundsRun: run.rounds.length,
       epochsPerRound: central.epochs,
+      localSteps: central.localSteps,
+      recipe: null,
+      options: config.arms.centralized || {},
       reason: run.reason,
       roundsToTarget: roundsToTarget(run.rounds, run.finalMetrics, ctx.siteIds, config.targetAccuracy),
       targetSites: ctx.siteIds,
@@ -124,14 +147,14 @@ export async function runCentralizedArm(ctx: ArmContext): Promise<void> {
 /** 2. local-only: every site trains alone on its own images. */
 export async function runLocalOnlyArms(ctx: ArmContext): Promise<void> {
   const { config, say } = ctx;
-  const local = armSettings(config, 'local-only');
+  const local = fixedArmSettings(config, 'local-only');
   if (!local) return;
   for (const s of ctx.sites) {
     say(`local-only ${s.id}: its own ${ctx.siteData.get(s.id)!.train.count} training images, ${local.rounds} rounds x ${local.epochs} epochs`);
     const run = await runRounds({
       initial: ctx.initial.pretrained,
       rounds: local.rounds,
-      task: { ...ctx.baseTask, epochs: local.epochs, learningRate: local.learningRate },
+      task: armTask(ctx, local),
       learningRateDecay: config.training.learningRateDecay,
       federate: 'all',
       participants: [{ id: s.id, trainer: ctx.trainers.get(s.id)! }],
@@ -150,6 +173,9 @@ export async function runLocalOnlyArms(ctx: ArmContext): Promise<void> {
         rounds: run.rounds,
         roundsRun: run.rounds.length,
         epochsPerRound: local.epochs,
+        localSteps: local.localSteps,
+        recipe: null,
+        options: config.arms['local-only'] || {},
         reason: run.reason,
         roundsToTarget: roundsToTarget(run.rounds, run.finalMetrics, [s.id], config.targetAccuracy),
         targetSites: [s.id],
@@ -162,16 +188,47 @@ export async function runLocalOnlyArms(ctx: ArmContext): Promise<void> {
 }
 
 interface FederatedArm {
-  name: ArmName;
+  /** The model's id in the results: the fixed arm's name, or recipe:<name>. */
+  id: string;
+  arm: ArmName;
+  /** Folder under `<out>/arms` and federation name suffix (A-Z a-z 0-9 _ . -). */
+  dirName: string;
   federate: 'all' | 'head';
   init: 'pretrained' | 'random';
+  recipe: string | null;
+  options: ArmOptions & { federate?: 'all' | 'head'; init?: 'pretrained' | 'random' };
+  settings: ArmSettings;
 }
 
-const federatedArms: readonly FederatedArm[] = [
+const fixedFederatedArms: readonly { name: ArmName; federate: 'all' | 'head'; init: 'pretrained' | 'random' }[] = [
   { name: 'federated-all', federate: 'all', init: 'pretrained' },
   { name: 'federated-head', federate: 'head', init: 'pretrained' },
   { name: 'federated-random', federate: 'all', init: 'random' },
 ];
+
+/** The fixed federated arms that run, then every recipe (reported under the fixed arm of the same federate and init). */
+function federatedArmsOf(config: ExperimentConfig): FederatedArm[] {
+  const fixed = fixedFederatedArms.flatMap((a): FederatedArm[] => {
+    const o = config.arms[a.name];
+    if (o === false) return [];
+    return [{ id: a.name, arm: a.name, dirName: a.name, federate: a.federate, init: a.init, recipe: null, options: o, settings: armSettings(config, o) }];
+  });
+  const recipes = config.recipes.map((r: Recipe): FederatedArm => {
+    const { name, ...options } = r;
+    const arm: ArmName = r.init === 'random' ? 'federated-random' : r.federate === 'head' ? 'federated-head' : 'federated-all';
+    return {
+      id: `recipe:${name}`,
+      arm,
+      dirName: `recipe-${name}`,
+      federate: r.federate,
+      init: r.init,
+      recipe: name,
+      options,
+      settings: armSettings(config, r),
+    };
+  });
+  return [...fixed, ...recipes];
+}
 
 interface ArmRun {
   rounds: RoundRecord[];
@@ -182,44 +239,47 @@ interface ArmRun {
   siteModels?: Record<string, GlobalModel>;
 }
 
-/** 3-5. federated: federate all (Process1), head only (Process2), and all from a random common init; once per batch normalisation mode. */
+/** 3-5. federated: federate all (Process1), head only (Process2), all from a random common init; then the recipes; each once per batch normalisation mode. */
 export async function runFederatedArms(ctx: ArmContext): Promise<void> {
-  for (const arm of federatedArms) {
-    const settings = armSettings(ctx.config, arm.name);
-    if (!settings) continue;
+  for (const arm of federatedArmsOf(ctx.config)) {
+    const { settings } = arm;
+    const work = settings.localSteps === null ? `${settings.epochs} local epochs` : `${settings.localSteps} local steps`;
     for (const batchNorm of settings.batchNorm) {
-      const id = settings.batchNorm.length > 1 ? `${arm.name}/bn-${batchNorm}` : arm.name;
+      const id = settings.batchNorm.length > 1 ? `${arm.id}/bn-${batchNorm}` : arm.id;
+      const dirName = settings.batchNorm.length > 1 ? `${arm.dirName}/bn-${batchNorm}` : arm.dirName;
       ctx.say(
-        `${id}: ${ctx.sites.length} sites, federate ${arm.federate}, ${arm.init} init, batch normalisation ${batchNorm}, ${settings.rounds} rounds x ${settings.epochs} local epochs (${ctx.config.mode})`,
+        `${id}: ${ctx.sites.length} sites, federate ${arm.federate}, ${arm.init} init, ${settings.strategy.strategy}, batch normalisation ${batchNorm}, ${settings.rounds} rounds x ${work} (${ctx.config.mode})`,
       );
-      const run =
-        ctx.config.mode === 'mqtt' ? await federatedOverMqtt(ctx, arm, settings, batchNorm) : await federatedInProcess(ctx, arm, id, settings, batchNorm);
-      await addFederatedResult(ctx, arm, id, settings, batchNorm, run);
+      const run = ctx.config.mode === 'mqtt' ? await federatedOverMqtt(ctx, arm, batchNorm) : await federatedInProcess(ctx, arm, id, dirName, batchNorm);
+      await addFederatedResult(ctx, arm, id, dirName, batchNorm, run);
     }
   }
 }
 
-async function addFederatedResult(ctx: ArmContext, arm: FederatedArm, id: string, settings: ArmSettings, batchNorm: BatchNormMode, run: ArmRun): Promise<void> {
+async function addFederatedResult(ctx: ArmContext, arm: FederatedArm, id: string, dirName: string, batchNorm: BatchNormMode, run: ArmRun): Promise<void> {
+  const { settings } = arm;
   const trained = run.rounds.filter((r) => r.newVersion !== null);
   const up = trained.reduce((s, r) => s + r.bytesUp, 0);
   const down = run.rounds.reduce((s, r) => s + r.bytesDown, 0);
-  const bytes = {
-    upPerRound: trained.length ? up / trained.length : 0,
-    downPerRound: trained.length ? down / trained.length : 0,
-    total: up + down,
-    imagesMoved: 0,
-  };
   const common = {
-    arm: arm.name,
+    arm: arm.arm,
     init: arm.init,
     federate: arm.federate,
+    recipe: arm.recipe,
+    options: arm.options,
     batchNorm,
     rounds: run.rounds,
     roundsRun: trained.length,
     epochsPerRound: settings.epochs,
+    localSteps: settings.localSteps,
     reason: run.reason,
     targetSites: ctx.siteIds,
-    bytes,
+    bytes: {
+      upPerRound: trained.length ? up / trained.length : 0,
+      downPerRound: trained.length ? down / trained.length : 0,
+      total: up + down,
+      imagesMoved: 0,
+    },
   };
   await ctx.results.add(
     { ...common, id, site: null, roundsToTarget: roundsToTarget(run.rounds, run.finalMetrics, ctx.siteIds, ctx.config.targetAccuracy), modelDir: run.modelDir },
@@ -233,56 +293,54 @@ async function addFederatedResult(ctx: ArmContext, arm: FederatedArm, id: string
         id: `${id}:${site}`,
         site,
         roundsToTarget: null,
-        modelDir: await saveModel(join(ctx.config.out, 'arms', id, 'site-models', site), model),
+        modelDir: await saveModel(join(ctx.config.out, 'arms', dirName, 'site-models', site), model),
       },
       model,
     );
   }
 }
 
-const federatedTask = (ctx: ArmContext, settings: ArmSettings) => ({ ...ctx.baseTask, epochs: settings.epochs, learningRate: settings.learningRate });
-
 /** A federated arm with simulated agents in this process (experiment/rounds.ts). */
-async function federatedInProcess(ctx: ArmContext, arm: FederatedArm, id: string, settings: ArmSettings, batchNorm: BatchNormMode): Promise<ArmRun> {
+async function federatedInProcess(ctx: ArmContext, arm: FederatedArm, id: string, dirName: string, batchNorm: BatchNormMode): Promise<ArmRun> {
   const { config } = ctx;
   const participants: Participant[] = ctx.sites.map((s) => ({ id: s.id, trainer: ctx.trainers.get(s.id)! }));
   const run = await runRounds({
     initial: arm.init === 'pretrained' ? ctx.initial.pretrained : ctx.initial.random,
-    rounds: settings.rounds,
-    task: federatedTask(ctx, settings),
+    rounds: arm.settings.rounds,
+    task: armTask(ctx, arm.settings),
     learningRateDecay: config.training.learningRateDecay,
     federate: arm.federate,
     participants,
     federated: true,
-    strategy: { ...settings.strategy, stateDir: join(config.out, 'arms', id, 'server-state') },
+    strategy: { ...arm.settings.strategy, stateDir: join(config.out, 'arms', dirName, 'server-state') },
     batchNorm,
-    statisticsPasses: settings.statisticsPasses,
+    statisticsPasses: arm.settings.statisticsPasses,
     targetAccuracy: config.targetAccuracy,
     stopAtTarget: config.stopAtTarget,
     onRound: progress(ctx.say, id),
     watch: ctx.watchEvaluator,
   });
-  return { ...run, modelDir: await saveModel(join(config.out, 'arms', id, 'models'), run.final) };
+  return { ...run, modelDir: await saveModel(join(config.out, 'arms', dirName, 'models'), run.final) };
 }
 
 /** A federated arm over MQTT: a broker, an aggregator and one agent process per site (experiment/mqtt-arm.ts). */
-async function federatedOverMqtt(ctx: ArmContext, arm: FederatedArm, settings: ArmSettings, batchNorm: BatchNormMode): Promise<ArmRun> {
+async function federatedOverMqtt(ctx: ArmContext, arm: FederatedArm, batchNorm: BatchNormMode): Promise<ArmRun> {
   const { config } = ctx;
   if (batchNorm !== 'average') {
     throw new FedlineError(
       ErrorCodes.CONFIG_INVALID,
-      `${arm.name}: batchNorm ${batchNorm} runs in mode in-process only (over MQTT the agents average BN tensors)`,
+      `${arm.id}: batchNorm ${batchNorm} runs in mode in-process only (over MQTT the agents average BN tensors)`,
     );
   }
   const r = await runFederatedArmOverMqtt({
-    dir: join(config.out, 'arms', arm.name, 'mqtt'),
-    federation: `experiment-${arm.name}`,
+    dir: join(config.out, 'arms', arm.dirName, 'mqtt'),
+    federation: `experiment-${arm.dirName}`,
     sites: ctx.sites,
-    rounds: settings.rounds,
-    task: federatedTask(ctx, settings),
+    rounds: arm.settings.rounds,
+    task: armTask(ctx, arm.settings),
     learningRateDecay: config.training.learningRateDecay,
     federate: arm.federate,
-    strategy: settings.strategy,
+    strategy: arm.settings.strategy,
     model: arm.init === 'pretrained' ? ctx.initial.pretrainedSpec : ctx.spec,
     targetAccuracy: config.stopAtTarget ? config.targetAccuracy : null,
     data: {
@@ -297,6 +355,6 @@ async function federatedOverMqtt(ctx: ArmContext, arm: FederatedArm, settings: A
     roundDeadlineMs: config.mqtt.roundDeadlineMs,
     say: ctx.say,
   });
-  for (const rec of r.rounds) progress(ctx.say, arm.name)(rec);
+  for (const rec of r.rounds) progress(ctx.say, arm.id)(rec);
   return { ...r, modelDir: r.finalDir };
 }

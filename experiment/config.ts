@@ -47,38 +47,75 @@ const folderDataSchema = z.strictObject({
 export const armNames = ['centralized', 'local-only', 'federated-all', 'federated-head', 'federated-random'] as const;
 export type ArmName = (typeof armNames)[number];
 
-const armSchema = z.union([
-  z.literal(false),
-  z.strictObject({
-    /** Rounds for this arm (default: `rounds`). Centralized and local-only train in rounds too: `epochs` per round, same learning-rate schedule. */
-    rounds: posInt.optional(),
-    /** Local epochs per round (default: training.epochs). */
-    epochs: posInt.optional(),
-    learningRate: z.number().positive().optional(),
-    /**
-     * Federated arms: the aggregation strategy, as the aggregator's `strategy` (fedavg, fedprox, fedavgm,
-     * fedadam, fedyogi, scaffold, the robust ones). Default fedavg. Ignored by centralized and local-only.
-     */
-    strategy: z
-      .string()
-      .refine((n) => strategyNames.includes(n), { message: `must be one of ${strategyNames.join(', ')}` })
-      .optional(),
-    /** fedprox: the proximal weight mu, as the aggregator's `proxMu`. Default 0.01. */
-    proxMu: z.number().min(0).optional(),
-    /** fedavgm, fedadam, fedyogi: as the aggregator's `serverOptimizer` (default: the paper's values); scaffold: its learningRate is η_g (default 1). */
-    serverOptimizer: serverOptimizerSchema.optional(),
-    /**
-     * Federated arms: how batch normalisation crosses sites (docs/training.md): average (FedAvg of
-     * every BN tensor), pooled-statistics (then re-estimate the moving statistics from every site's
-     * images with the new weights), local (FedBN: BN tensors stay at their site). A list runs the
-     * arm once per mode (ids `<arm>/bn-<mode>`), on the same splits and seeds. Default average.
-     * In-process mode only, except average.
-     */
-    batchNorm: z.union([z.enum(batchNormModes), z.array(z.enum(batchNormModes)).min(1)]).optional(),
-    /** pooled-statistics and local: statistics passes per round (pass p makes the first p BN layers exact). Default 1. */
-    statisticsPasses: posInt.optional(),
-  }),
-]);
+/**
+ * What one arm may change from the shared `training` and `rounds`: the fixed arms' overrides and
+ * every recipe's settings. A new per-arm option goes here (and into experiment/arms.ts armSettings);
+ * recipes get it too, and the ranking (experiment/ranking.ts) needs no change.
+ */
+export const armOptionsShape = {
+  /** Rounds for this arm (default: `rounds`). Centralized and local-only train in rounds too: `epochs` per round, same learning-rate schedule. */
+  rounds: posInt.optional(),
+  /** Local epochs per round (default: training.epochs). */
+  epochs: posInt.optional(),
+  /** Optimizer steps per round instead of epochs (default: training.localSteps); null: epochs even when training sets localSteps. */
+  localSteps: posInt.nullable().optional(),
+  learningRate: z.number().positive().optional(),
+  /** shuffle or balanced (default: training.sampling). */
+  sampling: z.enum(['shuffle', 'balanced']).optional(),
+  /**
+   * Federated arms: the aggregation strategy, as the aggregator's `strategy` (fedavg, fedprox, fedavgm,
+   * fedadam, fedyogi, scaffold, the robust ones). Default fedavg. Ignored by centralized and local-only.
+   */
+  strategy: z
+    .string()
+    .refine((n) => strategyNames.includes(n), { message: `must be one of ${strategyNames.join(', ')}` })
+    .optional(),
+  /** fedprox: the proximal weight mu, as the aggregator's `proxMu`. Default 0.01. */
+  proxMu: z.number().min(0).optional(),
+  /** fedavgm, fedadam, fedyogi: as the aggregator's `serverOptimizer` (default: the paper's values); scaffold: its learningRate is η_g (default 1). */
+  serverOptimizer: serverOptimizerSchema.optional(),
+  /**
+   * Federated arms: how batch normalisation crosses sites (docs/training.md): average (FedAvg of
+   * every BN tensor), pooled-statistics (then re-estimate the moving statistics from every site's
+   * images with the new weights), local (FedBN: BN tensors stay at their site). A list runs the
+   * arm once per mode (ids `<arm>/bn-<mode>`), on the same splits and seeds. Default average.
+   * In-process mode only, except average.
+   */
+  batchNorm: z.union([z.enum(batchNormModes), z.array(z.enum(batchNormModes)).min(1)]).optional(),
+  /** pooled-statistics and local: statistics passes per round (pass p makes the first p BN layers exact). Default 1. */
+  statisticsPasses: posInt.optional(),
+};
+export type ArmOptions = z.infer<z.ZodObject<typeof armOptionsShape>>;
+
+const armSchema = z.union([z.literal(false), z.strictObject(armOptionsShape)]);
+
+/**
+ * A federated recipe: one more federated arm, on the same data, splits, initial weights and seeds
+ * as every other arm; results.json and report.md rank the recipes (experiment/ranking.ts).
+ */
+const recipeSchema = z.strictObject({
+  /** Its name in the ranking and in `<out>/arms/recipe-<name>` (A-Z a-z 0-9 _ . -, at most 40 characters). */
+  name: z.string().regex(/^[A-Za-z0-9_.-]{1,40}$/, 'a recipe name is 1-40 characters of A-Z a-z 0-9 _ . -'),
+  /** all: every weight trains and travels (Process1); head: the classifier head only (Process2). Default all. */
+  federate: z.enum(['all', 'head']).default('all'),
+  /** pretrained: the common pretrained base (as federated-all); random: the seeded init (as federated-random). Default pretrained. */
+  init: z.enum(['pretrained', 'random']).default('pretrained'),
+  ...armOptionsShape,
+});
+export type Recipe = z.infer<typeof recipeSchema>;
+
+/** The issue's goals, checked in the ranking (points are fractions: 0.02 = 2 points). */
+const goalsSchema = z.strictObject({
+  /** The best recipe's external balanced accuracy at most this far below centralized's. Default 0.02. */
+  externalBalancedGap: z.number().min(0).max(1).default(0.02),
+  /** The best recipe's probe defect recall at most this far below centralized's. Default 0.03. */
+  probeDefectRecallGap: z.number().min(0).max(1).default(0.03),
+  /** The best head-only recipe's external balanced accuracy at most this far below the best full one. Default 0.08. */
+  headVsFullGap: z.number().min(0).max(1).default(0.08),
+  /** Head-only: the largest fall of mean site accuracy from one round to the next. Default 0.01. */
+  headMaxDecline: z.number().min(0).max(1).default(0.01),
+});
+export type Goals = z.infer<typeof goalsSchema>;
 
 export const experimentConfigSchema = z.strictObject({
   name: z.string().default('experiment'),
@@ -86,6 +123,17 @@ export const experimentConfigSchema = z.strictObject({
   out: path.default('experiment-out'),
   /** Seed of the generated images, the train/test split and the common head init (unless set separately). Default 42. */
   seed: z.number().int().nonnegative().default(42),
+  /**
+   * Run the whole comparison once per seed s, as the single-seed run with `seed`, `model.seed` and
+   * `training.shuffleSeed` all set to s (so images, split, head init and image order all change),
+   * into `<out>/seed-<s>`; the pretrained base is made once and shared. results.json and report.md
+   * in `<out>` then rank every federated model by its mean over the seeds. Default: one run, `seed`.
+   */
+  seeds: z
+    .array(z.number().int().nonnegative())
+    .min(1)
+    .refine((a) => new Set(a).size === a.length, { message: 'seeds must differ' })
+    .optional(),
   /** in-process: simulated agents in this process (fast); mqtt: a broker, an aggregator and one agent process per site. */
   mode: z.enum(['in-process', 'mqtt']).default('in-process'),
   data: z.discriminatedUnion('source', [syntheticDataSchema, folderDataSchema]),
@@ -141,6 +189,8 @@ export const experimentConfigSchema = z.strictObject({
   /** The local training task of every arm, as the aggregator's `task` (federated comes from the arm). */
   training: z.strictObject({
     epochs: posInt.default(2),
+    /** Optimizer steps per round instead of epochs, every site and arm alike (the task's localSteps). Default unset: epochs. */
+    localSteps: posInt.optional(),
     batchSize: posInt.default(16),
     learningRate: z.number().positive().default(0.0005),
     /** Learning rate of round r: learningRate * learningRateDecay^(r-1), the aggregator's schedule. Default 1. */
@@ -172,6 +222,12 @@ export const experimentConfigSchema = z.strictObject({
       'federated-random': armSchema.default({}),
     })
     .default({ centralized: {}, 'local-only': {}, 'federated-all': {}, 'federated-head': {}, 'federated-random': {} }),
+  /** More federated arms, ranked against each other (and the fixed federated arms). Default none. */
+  recipes: z
+    .array(recipeSchema)
+    .refine((r) => new Set(r.map((x) => x.name)).size === r.length, { message: 'recipe names must differ' })
+    .default([]),
+  goals: goalsSchema.prefault({}),
   /** mqtt mode only. */
   mqtt: z
     .strictObject({

@@ -56,14 +56,14 @@ export class ModelResults {
         join(out, file),
         renderConfusionPng({
           title: `${m.id} on ${id}`,
-          subtitle: `${this.o.experimentName}: ${this.o.spec.architecture}, ${m.roundsRun} rounds x ${m.epochsPerRound} epochs`,
+          subtitle: `${this.o.experimentName}: ${this.o.spec.architecture}, ${m.roundsRun} rounds x ${m.localSteps !== null ? `${m.localSteps} steps` : `${m.epochsPerRound} epochs`}`,
           classes: [...this.o.classes],
           confusion: e.confusion,
         }),
       );
       confusionPngs[id] = file;
     }
-    const perEpoch = m.rounds.flatMap((r) => Object.values(r.trainMs).map((ms) => ms / m.epochsPerRound));
+    const perEpoch = m.localSteps !== null ? [] : m.rounds.flatMap((r) => Object.values(r.trainMs).map((ms) => ms / m.epochsPerRound));
     const result: ModelResult = {
       ...m,
       eval: evals,

@@ -2,6 +2,10 @@ import type { EvalMetrics } from '../shared/protocol/messages.js';
 import type { ExperimentResults, ModelResult } from './results.js';
 import { foreignDefectSets, pooledRecall } from './findings.js';
 import type { ReportPictures } from './report-pictures.js';
+import { curve } from './ranking.js';
+import { renderRanking } from './ranking-report.js';
+
+export { curve };
 
 /** report.md from results.json's content: Table-I-style comparison, per-site and probe tables, learning curves, findings, confusion matrices. */
 
@@ -16,19 +20,6 @@ function table(header: string[], rows: string[][]): string {
 
 function recall(m: EvalMetrics | undefined, cls: number): number | null {
   return m && cls >= 0 ? (m.recall[cls] ?? null) : null;
-}
-
-/** The model after round k (k = 0: the initial model), on each site it is judged on: from the next round's evaluation, or the final one. */
-export function curve(m: ModelResult): { round: number; mean: number; min: number }[] {
-  const points: { round: number; mean: number; min: number }[] = [];
-  const summarize = (round: number, metrics: Record<string, EvalMetrics | undefined>) => {
-    const accs = m.targetSites.map((s) => metrics[s]?.accuracy).filter((a): a is number => a !== undefined);
-    if (accs.length) points.push({ round, mean: accs.reduce((a, b) => a + b, 0) / accs.length, min: Math.min(...accs) });
-  };
-  m.rounds.forEach((r) => summarize(r.round - 1, r.baseMetrics));
-  const last = m.rounds.at(-1);
-  if (last && last.newVersion !== null) summarize(last.round, Object.fromEntries(m.targetSites.map((s) => [s, m.eval[`site:${s}`]])));
-  return points;
 }
 
 /** What the sections share: the config, the defect class index and the set names. */
@@ -55,6 +46,7 @@ export function renderReport(r: ExperimentResults, rel: (path: string) => string
   introSection(v, rel, lines);
   dataSection(v, lines);
   tableOneSection(v, lines);
+  renderRanking(r.ranking, r.defectClass, lines);
   perSiteSections(v, lines);
   learningCurvesSection(v, lines);
   closingSections(v, rel, lines);
@@ -68,10 +60,10 @@ function introSection({ r }: ReportView, rel: (path: string) => string, lines: s
   lines.push(
     `Mode ${r.mode}, tfjs backend ${r.backend}, ${(r.durationMs / 60000).toFixed(1)} min, started ${r.startedAt}. Model ${c.model.architecture}` +
       `${c.model.architecture !== 'small-cnn' ? ` (width x${c.model.width}${c.model.batchNorm ? ', batch normalisation after every convolution, its moving statistics averaged by FedAvg like every weight' : ''})` : ''}, input ${c.model.inputShape.join('x')}, ${c.training.optimizer} lr ${c.training.learningRate} ` +
-      `(x${c.training.learningRateDecay} per round), batch ${c.training.batchSize}, ${c.training.epochs} local epochs per round, ${c.rounds} rounds` +
+      `(x${c.training.learningRateDecay} per round), batch ${c.training.batchSize}, ${c.training.localSteps ? `${c.training.localSteps} local steps` : `${c.training.epochs} local epochs`} per round, ${c.training.sampling} sampling, optimizer state reset every round, ${c.rounds} rounds` +
       ` (per-arm overrides: ${
         Object.entries(c.arms)
-          .filter(([, v]) => v && (v.rounds || v.epochs || v.learningRate))
+          .filter(([, v]) => v && Object.keys(v).length > 0)
           .map(([k, v]) => `${k} ${JSON.stringify(v)}`)
           .join(', ') || 'none'
       }).` +

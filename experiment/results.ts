@@ -1,5 +1,6 @@
 import type { EvalMetrics } from '../shared/protocol/messages.js';
-import type { ArmName, ExperimentConfig } from './config.js';
+import type { ArmName, ArmOptions, ExperimentConfig } from './config.js';
+import type { Ranking } from './ranking.js';
 import type { RoundRecord } from './rounds.js';
 
 /** What `fedline experiment` writes to results.json (and renders into report.md): the data, every model's evaluation, the findings. */
@@ -18,9 +19,14 @@ export interface Probe {
 }
 
 export interface ModelResult {
-  /** centralized, local-only:<site>, federated-all, federated-head, federated-random */
+  /** centralized, local-only:<site>, federated-all, federated-head, federated-random, recipe:<name> */
   id: string;
+  /** A recipe is reported under the fixed federated arm of its federate and init. */
   arm: ArmName;
+  /** The recipe's name, or null for the fixed arms. */
+  recipe: string | null;
+  /** What the config set for this arm or recipe (its overrides of `training` and `rounds`, federate, init, strategy, ...). */
+  options: ArmOptions & { federate?: 'all' | 'head'; init?: 'pretrained' | 'random' };
   site: string | null;
   init: 'pretrained' | 'random';
   federate: 'all' | 'head';
@@ -29,13 +35,15 @@ export interface ModelResult {
   rounds: RoundRecord[];
   roundsRun: number;
   epochsPerRound: number;
+  /** Optimizer steps per round when the arm counts steps instead of epochs, else null. */
+  localSteps: number | null;
   reason: string;
   /** The first round after which the model met the target on every site it is judged on (0: before training), or null. */
   roundsToTarget: number | null;
   /** Sites whose test splits decide "target reached". */
   targetSites: string[];
   bytes: { upPerRound: number; downPerRound: number; total: number; imagesMoved: number };
-  /** Mean local training time per epoch and site, ms (as the trainer reports it). */
+  /** Mean local training time per epoch and site, ms (as the trainer reports it); null when the arm counts steps. */
   msPerLocalEpoch: number | null;
   /** Test set id -> metrics: local-test (every site's test split pooled), site:<id>, external, probes, probe:<id>. */
   eval: Record<string, EvalMetrics>;
@@ -69,6 +77,19 @@ export interface ExperimentResults {
   selfSupervised?: SelfSupervisedSummary | null;
   models: ModelResult[];
   findings: Finding[];
+  /** The federated models ranked, and the issue's goals checked (experiment/ranking.ts); one seed here, see MultiSeedResults. */
+  ranking: Ranking;
+}
+
+/** `<out>/results.json` of a run over several seeds: each seed's own results.json is in `<out>/seed-<s>`. */
+export interface MultiSeedResults {
+  name: string;
+  seeds: number[];
+  startedAt: string;
+  durationMs: number;
+  config: ExperimentConfig;
+  runs: { seed: number; dir: string; durationMs: number }[];
+  ranking: Ranking;
 }
 
 export interface SelfSupervisedSummary {

@@ -16,9 +16,10 @@ import { LocalBatchNorm, reestimateStatistics, type BatchNormMode } from './batc
  * The experiment's training loop, in one process: rounds of local training and (with several
  * participants) FedAvg, exactly as the aggregator and the agents run them over MQTT:
  *   - round r starts from global version r-1; every participant first evaluates it on its local
- *     test split (the seed paper's workflow), then trains `epochs` local epochs from it;
+ *     test split (the seed paper's workflow), then trains `epochs` local epochs (or `localSteps`
+ *     optimizer steps) from it;
  *   - the learning rate of round r is learningRate * learningRateDecay^(r-1) (the aggregator's
- *     schedule); the optimizer starts fresh every round (only weights travel);
+ *     schedule); the optimizer starts fresh every round (optimizerState reset: only weights travel);
  *   - FedAvg (shared/fl/fedavg.ts: weights by sample count, participants in sorted id order, float64
  *     sums) over the federated tensors; the others stay as in the base model;
  *   - batch normalisation (experiment/batch-norm-rounds.ts): `average` (FedAvg of the BN tensors),

@@ -14,10 +14,12 @@ import { adaptBaseToSites, buildInitialModels, needsPretraining, preparePretrain
 import { ModelResults } from './model-results.js';
 import { renderReport } from './report.js';
 import { writeReportPictures } from './report-pictures.js';
-import type { ExperimentResults } from './results.js';
+import type { ExperimentResults, MultiSeedResults } from './results.js';
+import { rankInputsOf, rankRuns } from './ranking.js';
+import { renderMultiSeedReport } from './ranking-report.js';
 import { evaluateModel } from './sets.js';
 
-export type { ExperimentResults } from './results.js';
+export type { ExperimentResults, MultiSeedResults } from './results.js';
 
 /**
  * `fedline experiment`: the seed paper's comparison on one set of splits and seeds:
@@ -59,7 +61,57 @@ export function resolveConfigPaths(c: ExperimentConfig, base: string): Experimen
   return { ...c, out: abs(c.out), data, pretrained };
 }
 
+/** The config of seed s of a multi-seed run: the single-seed experiment with seed, head init and image order all s, in `<out>/seed-<s>`, sharing one pretrained base. */
+export function seedConfig(config: ExperimentConfig, seed: number): ExperimentConfig {
+  const { seeds: _all, ...single } = config;
+  const pretrainedDir = pretrainedDirOf(config);
+  return {
+    ...single,
+    seed,
+    out: join(config.out, `seed-${seed}`),
+    model: { ...config.model, seed },
+    training: { ...config.training, shuffleSeed: seed },
+    pretrained: config.pretrained && pretrainedDir ? { ...config.pretrained, dir: pretrainedDir } : config.pretrained,
+  };
+}
+
+/**
+ * `fedline experiment` over `seeds`: the whole comparison once per seed (seedConfig), then the
+ * federated models ranked by their mean over the seeds, with the goals, in `<out>/results.json`
+ * and `<out>/report.md`.
+ */
+export async function runSeeds(config: ExperimentConfig, say: (line: string) => void): Promise<MultiSeedResults> {
+  const seeds = config.seeds ?? [config.seed];
+  const started = Date.now();
+  const runs: MultiSeedResults['runs'] = [];
+  const perSeed: ExperimentResults[] = [];
+  for (const seed of seeds) {
+    say(`==== seed ${seed} (${runs.length + 1} of ${seeds.length})`);
+    const t0 = Date.now();
+    const c = seedConfig(config, seed);
+    perSeed.push(await runExperiment(c, say));
+    runs.push({ seed, dir: c.out, durationMs: Date.now() - t0 });
+  }
+  const results: MultiSeedResults = {
+    name: config.name,
+    seeds,
+    startedAt: new Date(started).toISOString(),
+    durationMs: Date.now() - started,
+    config,
+    runs,
+    ranking: rankRuns(rankInputsOf(perSeed), config.goals),
+  };
+  await writeFile(join(config.out, 'results.json'), JSON.stringify(results, null, 2) + '\n');
+  await writeFile(
+    join(config.out, 'report.md'),
+    renderMultiSeedReport(results, perSeed[0]!.defectClass, (p) => relative(config.out, p) || '.'),
+  );
+  return results;
+}
+
 export async function runExperiment(config: ExperimentConfig, say: (line: string) => void): Promise<ExperimentResults> {
+  if (config.seeds)
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, 'runExperiment runs one seed; a config with `seeds` runs with runSeeds', { seeds: config.seeds });
   const started = Date.now();
   const out = config.out;
   await mkdir(out, { recursive: true });
@@ -137,6 +189,7 @@ export async function runExperiment(config: ExperimentConfig, say: (line: string
     selfSupervised,
     models,
     findings: findings(models, sites, layout.probes, defectIndex),
+    ranking: rankRuns([{ seed: config.seed, models, sites, probes: layout.probes, defectIndex }], config.goals),
   };
   await writeFile(join(out, 'results.json'), JSON.stringify(experiment, null, 2) + '\n');
   const pictures = await writeReportPictures(experiment, out);

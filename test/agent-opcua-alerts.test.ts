@@ -198,7 +198,11 @@ test('epochs and batches are numbered from 1, the same in the log, the status an
     await waitFor('resumed', () => log.lines.some((l) => /training resumed/.test(String(l.msg))), 30_000);
     const resumedLog = log.lines.find((l) => /training resumed/.test(String(l.msg)))!;
     assert.deepEqual([resumedLog.epoch, resumedLog.batch], [Number(e), Number(b)]);
-    await waitFor('resumed status', () => mes.of('site-a').some((s) => s.detail === `resumed at epoch ${e}/12, batch ${b}/${per}`), 10_000);
+    await waitFor(
+      'resumed status',
+      () => mes.of('site-a').some((s) => s.detail?.startsWith(`resumed at epoch ${e}/12, batch ${b}/${per} (step `) === true),
+      10_000,
+    );
     const result = await run;
     assert.equal(result.rounds[0]!.outcome, 'aggregate');
     assert.deepEqual(mes.invalid, []);

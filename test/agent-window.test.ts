@@ -81,7 +81,7 @@ test(
       await waitFor('paused', () => mes.last('site-a')?.state === 'paused', 10_000);
       const paused = mes.last('site-a')!;
       assert.ok(paused.progress! > 0 && paused.progress! < 1, `progress kept while paused: ${paused.progress}`);
-      assert.match(paused.detail!, /^paused before epoch \d+\/12, batch \d+\/\d+: .*"Running"/);
+      assert.match(paused.detail!, /^paused before epoch \d+\/12, batch \d+\/\d+ \(step \d+\/\d+\): .*"Running"/);
       // The event travels on its own topic: it may land just after the status.
       await waitFor('an agent-state event says paused', () => mes.events.some((e) => e.event.type === 'agent-state' && e.event.state === 'paused'), 10_000);
       const pausedEvent = mes.events.find((e) => e.event.type === 'agent-state' && e.event.state === 'paused')!;

@@ -61,7 +61,7 @@ test('a training session paused at a batch boundary and resumed ends with exactl
     const pausedAt = await new Promise<BatchBoundary>((resolve) => session.once('paused', resolve));
     assert.deepEqual(
       pausedAt,
-      { epoch: 1, epochs: 2, batch: 4, batchesPerEpoch: pausedAt.batchesPerEpoch },
+      { epoch: 1, epochs: 2, batch: 4, batchesPerEpoch: pausedAt.batchesPerEpoch, step: 4, steps: 2 * pausedAt.batchesPerEpoch },
       'held before the 4th batch of the 1st epoch (numbered from 1), having kept the first 3',
     );
     assert.equal(session.state, 'paused');

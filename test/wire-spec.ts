@@ -111,9 +111,11 @@ export const roundAnnouncement = map({
   base: map({ version: int, sha256: str, bytes: int, chunks: int, chunkBytes: int, signature: nil(str) }),
   task: map({
     epochs: int,
+    localSteps: opt(int),
     batchSize: int,
     learningRate: float,
     optimizer: str,
+    optimizerState: opt(str),
     classWeighting: str,
     sampling: opt(str),
     proxMu: opt(float),

@@ -111,6 +111,22 @@ export async function evaluateOnSet(tf: Tf, model: LayersModel, set: ImageSet, n
   return classificationMetrics(set.labels, predictions, numClasses, set.count ? lossSum / set.count : null);
 }
 
+/**
+ * How much local work a round's task asks for on `count` training images. Unset `localSteps`:
+ * `epochs` full passes, one optimizer step per batch (the last batch of an epoch may be short).
+ * `localSteps`: exactly that many steps, taking batches in the same per-epoch orders, one epoch
+ * after another, stopping mid-epoch at the last step; so a site with ten times the images does
+ * the same number of steps (and drifts as far from the global model) as a small one.
+ */
+export function localWork(
+  count: number,
+  task: Pick<TrainTask, 'epochs' | 'batchSize' | 'localSteps'>,
+): { batchesPerEpoch: number; epochs: number; steps: number } {
+  const batchesPerEpoch = Math.ceil(count / task.batchSize);
+  if (task.localSteps === undefined) return { batchesPerEpoch, epochs: task.epochs, steps: task.epochs * batchesPerEpoch };
+  return { batchesPerEpoch, epochs: Math.ceil(task.localSteps / batchesPerEpoch), steps: task.localSteps };
+}
+
 /** FedProx's proximal term: its weight and the global model's value of each training variable. */
 interface Prox {
   mu: number;
@@ -214,7 +230,6 @@ export class TfjsTrainer implements Trainer {
           : tf.train.sgd(task.learningRate);
     let prox: Prox | null = null;
     let corrections: Tensor[] | null = null;
-    let steps = 0;
     try {
       const federated = new Set(federatedNames);
       freezeAllBut(m, federated);
@@ -233,7 +248,7 @@ export class TfjsTrainer implements Trainer {
       if (task.scaffold) corrections = scaffoldCorrections(tf, m, vars, options.control, task.learningRate);
       const [h, w, c] = set.shape;
       const per = h * w * c;
-      const batchesPerEpoch = Math.ceil(set.count / task.batchSize);
+      const { batchesPerEpoch, epochs, steps } = localWork(set.count, task);
       // The order (and augmentation, and dropout masks) depends only on the shuffle seed and the
       // base model's version, never on how often this instance trained before: an agent that
       // restarts, and the experiment's in-process simulation, train exactly as the agent would.
@@ -246,11 +261,13 @@ export class TfjsTrainer implements Trainer {
       const xb = new Float32Array(task.batchSize * per);
       const yb = new Int32Array(task.batchSize);
       try {
-        for (let epoch = 0; epoch < task.epochs; epoch++) {
+        let step = 0;
+        for (let epoch = 0; epoch < epochs; epoch++) {
           const order = epochOrder(set.labels, sampling, rng);
-          for (let b = 0; b < batchesPerEpoch; b++) {
+          for (let b = 0; b < batchesPerEpoch && step < steps; b++) {
             // Positions are numbered from 1, as people read them (logs, status, events): before batch b+1 of epoch epoch+1.
-            if (options.atBatchBoundary) await options.atBatchBoundary({ epoch: epoch + 1, epochs: task.epochs, batch: b + 1, batchesPerEpoch });
+            const at = { epoch: epoch + 1, epochs, batch: b + 1, batchesPerEpoch, step: step + 1, steps };
+            if (options.atBatchBoundary) await options.atBatchBoundary(at);
             if (options.signal?.aborted) throw new FedlineError(ErrorCodes.ABORTED, 'training stopped', { reason: String(options.signal.reason) });
             const start = b * task.batchSize;
             const n = Math.min(task.batchSize, set.count - start);
@@ -262,8 +279,8 @@ export class TfjsTrainer implements Trainer {
             normalizeInPlace(batch, n, c, model.meta.normalization);
             for (const d of dropouts) d.seed = deriveSeed(roundSeed, `dropout:${d.name}:${epoch}:${b}`);
             const lossValue = this.step(m, optimizer, vars, classWeights, batch, yb.subarray(0, n), numClasses, prox, corrections);
-            steps++;
-            options.onProgress?.({ epoch: epoch + 1, epochs: task.epochs, batch: b + 1, batchesPerEpoch, loss: lossValue });
+            step++;
+            options.onProgress?.({ ...at, loss: lossValue });
             // Yield to the event loop between batches: MQTT keepalives, status, stop requests.
             await new Promise((resolve) => setImmediate(resolve));
           }

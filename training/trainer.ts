@@ -13,21 +13,31 @@ export interface GlobalModel {
   tensors: NamedTensor[];
 }
 
-/** After a batch: `batch` of `batchesPerEpoch` done in `epoch` of `epochs` (both numbered from 1, as logs, status and events show them). */
+/**
+ * After a batch: `batch` of `batchesPerEpoch` done in `epoch` of `epochs` (both numbered from 1, as
+ * logs, status and events show them), which was optimizer step `step` of the round's `steps`. With
+ * the task's `localSteps` set, `steps` is localSteps and `epochs` the epochs begun to make them
+ * (ceil(localSteps / batchesPerEpoch)); the last one may stop before its last batch.
+ */
 export interface TrainProgress {
   epoch: number;
   epochs: number;
   batch: number;
   batchesPerEpoch: number;
+  /** Optimizer steps done this round, 1..steps. */
+  step: number;
+  steps: number;
   loss: number | null;
 }
 
-/** Where training stands between two batches: before `batch` of `epoch` (both numbered from 1: epoch 1, batch 1 is the start). */
+/** Where training stands between two batches: before `batch` of `epoch` (both numbered from 1: epoch 1, batch 1 is the start), i.e. before optimizer step `step` of `steps`. */
 export interface BatchBoundary {
   epoch: number;
   epochs: number;
   batch: number;
   batchesPerEpoch: number;
+  step: number;
+  steps: number;
 }
 
 export interface TrainOptions {
@@ -70,7 +80,7 @@ export interface Trainer {
   /** The model on the local test split. `signal`: the round's work ends (a plant's evaluation is a whole plant round: plant/plant-trainer.ts). */
   evaluate(model: GlobalModel, options?: { signal?: AbortSignal }): Promise<EvalMetrics>;
   /**
-   * Train `task.epochs` epochs from the given weights. Only `federatedNames` train (the rest is
+   * Train `task.epochs` epochs (or, when set, `task.localSteps` optimizer steps) from the given weights. Only `federatedNames` train (the rest is
    * frozen) and come back. At every batch boundary: awaits `atBatchBoundary`, then checks `signal`.
    */
   train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: TrainOptions): Promise<TrainResult>;

@@ -254,13 +254,21 @@ export const aggregatorConfigSchema = z.strictObject({
     .max(1 << 20)
     .default(256),
   task: z.strictObject({
+    /** Local epochs per round. Default 1. Ignored by agents when localSteps is set. */
     epochs: posInt.default(1),
+    /**
+     * Optimizer steps per round instead of epochs (every site the same, whatever its image count;
+     * older agents ignore it and train `epochs`). Default unset: epochs.
+     */
+    localSteps: posInt.optional(),
     batchSize: posInt.default(32),
     learningRate: z.number().positive().default(0.01),
     /** The learning rate of round r is learningRate * learningRateDecay^(r-1) (server-side schedule). Default 1. */
     learningRateDecay: z.number().gt(0).max(1).default(1),
     /** sgd, momentum (0.9) or adam. Default sgd. */
     optimizer: z.enum(['sgd', 'momentum', 'adam']).default('sgd'),
+    /** The local optimizer's state across rounds, announced in every task: reset (fresh every round; docs/training.md says why). Default (unset): reset. */
+    optimizerState: z.enum(['reset']).optional(),
     /** Class-weighted loss against imbalance: auto (balanced when the largest class has > 1.5x the smallest), balanced, none. */
     classWeighting: z.enum(['auto', 'balanced', 'none']).default('auto'),
     /** shuffle (each image once per epoch) or balanced (classes drawn equally often; class weighting `auto` then stays off). Default shuffle. */

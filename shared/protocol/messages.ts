@@ -38,11 +38,27 @@ export const federatedSetSchema = z.union([z.literal('all'), z.literal('head'), 
 export type FederatedSet = z.infer<typeof federatedSetSchema>;
 
 const trainTaskSchema = z.object({
+  /** Local epochs per round (full passes over the site's training images); ignored when localSteps is set. */
   epochs: posInt.max(10_000),
+  /**
+   * Optimizer steps (batches) per round instead of epochs: every site does this many, however many
+   * images it has, taking batches in the same seeded per-epoch orders one epoch after another and
+   * stopping mid-epoch at the last step. Optional on the wire; absent means `epochs` full epochs.
+   * An agent older than this field ignores it and trains `epochs`.
+   */
+  localSteps: posInt.max(10_000_000).optional(),
   batchSize: posInt.max(65_536),
+  /** This round's learning rate: the aggregator's schedule already applied (learningRate x learningRateDecay^(trainRoundsBefore)). */
   learningRate: z.number().positive().finite(),
-  /** Local optimizer; its state starts fresh every round (only weights are federated). */
+  /** Local optimizer (momentum: 0.9; adam: tfjs defaults). */
   optimizer: z.enum(['sgd', 'momentum', 'adam']),
+  /**
+   * The local optimizer's state across rounds: `reset`, a fresh optimizer every round (no moments or
+   * momentum carried over; only weights are federated). The only value: after averaging, a site's
+   * old moments describe a model it no longer has, and FedAvg's analysis assumes each round's local
+   * work starts from the global model alone. Optional on the wire; absent means reset.
+   */
+  optimizerState: z.enum(['reset']).optional(),
   /** Loss weights per class against imbalance: auto (balanced when imbalanced), balanced, none. */
   classWeighting: z.enum(['auto', 'balanced', 'none']),
   /**
