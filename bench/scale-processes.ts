@@ -1,23 +1,7 @@
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
-
-/**
- * The environment a systemd unit of systemd/ gives its service (`Environment=NAME=value` lines,
- * NODE_ENV and FEDLINE_LOG_LEVEL left out), so that the bench runs the service as deployed: the
- * aggregator's unit sets glibc's MALLOC_MMAP_THRESHOLD_ (docs/scaling.md, memory). BENCH_UNIT_ENV=0:
- * none of it (to measure without).
- */
-export function unitEnvironment(unit: string): Record<string, string> {
-  if (process.env.BENCH_UNIT_ENV === '0') return {};
-  const text = readFileSync(new URL(`../../systemd/${unit}`, import.meta.url), 'utf8');
-  const env: Record<string, string> = {};
-  for (const m of text.matchAll(/^Environment=([A-Za-z_][A-Za-z0-9_]*)=(.*)$/gm)) {
-    if (m[1] !== 'NODE_ENV' && m[1] !== 'FEDLINE_LOG_LEVEL') env[m[1]!] = m[2]!;
-  }
-  return env;
-}
 
 /** The Redis behind a two-node broker cluster of bench/scale.ts (Debian's redis-server, as .ci/run installs it). */
 

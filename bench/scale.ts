@@ -8,7 +8,7 @@ import { FsModelStore } from '../aggregator/model-store.js';
 import { testPassword } from '../demo/mosquitto.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { INSPECTION_CLASSES } from '../synthetic-data/generate.js';
-import { redisAvailable, startRedis, unitEnvironment, type RunningRedis } from './scale-processes.js';
+import { redisAvailable, startRedis, type RunningRedis } from './scale-processes.js';
 import { printFinal, printRow, printRowHeader } from './scale-report.js';
 import { mean, meanPhases, measureRounds, type ProcessMeasure, type ScaleConfig, type ScaleResult } from './scale-result.js';
 import { denseShapes, writeSyntheticModel } from './synthetic.js';
@@ -159,7 +159,7 @@ async function runConfiguration(c: ScaleConfig): Promise<ScaleResult> {
     await Promise.all(hosts.map((h) => h.next('ready', 600_000)));
     const config = join(dir, 'aggregator.json');
     writeFileSync(config, JSON.stringify(aggregatorConfig(c, federation, brokers, stateDir, ids, model.bytes)));
-    aggregator = await startService(['aggregator', '--config', config], join(dir, 'aggregator.log'), unitEnvironment('fedline-aggregator.service'));
+    aggregator = await startService(['aggregator', '--config', config], join(dir, 'aggregator.log'));
     sampler.watch(aggregator.proc.pid);
     const limitMs = (c.rounds + 1) * Number(args['deadline-s']) * 1000 + 600_000;
     const code = await Promise.race([aggregator.exited, new Promise<string>((r) => setTimeout(() => r('timeout'), limitMs).unref())]);

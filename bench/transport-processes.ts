@@ -86,13 +86,12 @@ export type Service = Awaited<ReturnType<typeof startService>>;
 export async function startService(
   argv: string[],
   logFile: string,
-  env: NodeJS.ProcessEnv = {},
 ): Promise<{ proc: ChildProcess; ready: Msg; exited: Promise<number | null>; stop(): Promise<void> }> {
   const fd = openSync(logFile, 'a');
   const proc = fork(CLI, argv, {
     stdio: ['ignore', fd, fd, 'ipc'],
     execArgv: SERVICE_EXEC_ARGV,
-    env: { ...process.env, FEDLINE_LOG_LEVEL: process.env.FEDLINE_LOG_LEVEL ?? 'info', ...env },
+    env: { ...process.env, FEDLINE_LOG_LEVEL: process.env.FEDLINE_LOG_LEVEL ?? 'info' },
   });
   closeSync(fd);
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code, signal) => resolve(code ?? (signal ? 128 : null))));
