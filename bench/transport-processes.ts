@@ -13,11 +13,6 @@ const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 const PEER = fileURLToPath(new URL('./transport-peer.js', import.meta.url));
 /** BENCH_CPU_PROF=DIR: every process writes a V8 CPU profile there (for finding where time goes). */
 const EXEC_ARGV = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
-/**
- * BENCH_SERVICE_FLAGS: extra Node.js flags for the `fedline` services only (broker, aggregator),
- * space-separated, e.g. `--trace-gc` or `--heapsnapshot-signal=SIGUSR2` (for finding what memory holds).
- */
-const SERVICE_EXEC_ARGV = [...EXEC_ARGV, ...(process.env.BENCH_SERVICE_FLAGS ?? '').split(' ').filter(Boolean)];
 
 export interface Broker {
   name: string;
@@ -90,7 +85,7 @@ export async function startService(
   const fd = openSync(logFile, 'a');
   const proc = fork(CLI, argv, {
     stdio: ['ignore', fd, fd, 'ipc'],
-    execArgv: SERVICE_EXEC_ARGV,
+    execArgv: EXEC_ARGV,
     env: { ...process.env, FEDLINE_LOG_LEVEL: process.env.FEDLINE_LOG_LEVEL ?? 'info' },
   });
   closeSync(fd);
