@@ -90,6 +90,8 @@ export class FsModelStore implements ModelStore {
   readonly root: string;
   /** Serialises meta.json read-modify-write cycles. */
   private metaChain: Promise<unknown> = Promise.resolve();
+  /** Per version, the metrics of the next meta.json write (see recordMetrics). */
+  private readonly metricsBatches = new Map<number, { metrics: Record<string, EvalMetrics>; written: Promise<void> }>();
 
   constructor(root: string) {
     this.root = root;
@@ -284,15 +286,29 @@ export class FsModelStore implements ModelStore {
     };
   }
 
+  /**
+   * Metrics wait in a batch per version while a meta.json write is in flight, and go into the next
+   * write together: one read-modify-write of meta.json per batch, not one per agent (300 agents'
+   * eval reports within seconds were 300 sequential rewrites of a file that grows with every one).
+   */
   recordMetrics(version: number, agent: string, metrics: EvalMetrics): Promise<void> {
-    const next = this.metaChain.then(async () => {
+    const waiting = this.metricsBatches.get(version);
+    if (waiting) {
+      waiting.metrics[agent] = metrics;
+      return waiting.written;
+    }
+    const batch: { metrics: Record<string, EvalMetrics>; written: Promise<void> } = { metrics: { [agent]: metrics }, written: Promise.resolve() };
+    batch.written = this.metaChain.then(async () => {
+      // From here on, metrics go into the next batch: this one is being written.
+      this.metricsBatches.delete(version);
       const meta = await this.get(version);
       if (!meta) return;
-      meta.metrics[agent] = metrics;
+      Object.assign(meta.metrics, batch.metrics);
       await writeJsonAtomic(join(this.dir(version), 'meta.json'), meta);
     });
-    this.metaChain = next.catch(() => undefined);
-    return next;
+    this.metricsBatches.set(version, batch);
+    this.metaChain = batch.written.catch(() => undefined);
+    return batch.written;
   }
 }
 

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { z } from 'zod';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { roundRecordSchema } from '../shared/protocol/mes.js';
-import { writeJsonAtomic } from '../shared/util/fs-atomic.js';
+import { writeFileAtomic } from '../shared/util/fs-atomic.js';
 import type { Logger } from '../shared/util/logger.js';
 
 /**
@@ -44,6 +44,9 @@ export class RoundJournal {
   private readonly stateDir: string;
   private readonly log: Logger;
   private chain: Promise<void> = Promise.resolve();
+  /** The write that saves not yet written join (null when none is waiting). */
+  private next: Promise<void> | null = null;
+  private writesStarted = 0;
 
   constructor(federation: string, stateDir: string, log: Logger) {
     this.stateDir = stateDir;
@@ -82,12 +85,30 @@ export class RoundJournal {
     this.data.rounds = this.data.rounds.slice(excess);
   }
 
-  /** Writes are serialised so that an older snapshot never lands after a newer one. */
+  /**
+   * Write the journal as it is now. Writes are serialised (an older state never lands after a
+   * newer one) and coalesced: while one is in flight, every save() joins a single next write,
+   * which serialises `data` only when it starts, so it holds every change made before those calls.
+   * Memory: one serialised journal at a time, however many saves come at once. (A snapshot per
+   * call, queued behind the fsyncs, held 300 copies of a 0.7 MB journal when 300 agents' eval
+   * reports came within seconds: +170 MiB of heap in bench:scale, docs/scaling.md.)
+   */
   save(): Promise<void> {
-    const snapshot = JSON.parse(JSON.stringify(this.data)) as Journal;
-    const next = this.chain.then(() => writeJsonAtomic(this.path, snapshot));
+    if (this.next) return this.next;
+    const next = this.chain.then(() => {
+      // From here on a save() must write again: this one may serialise before its change.
+      this.next = null;
+      this.writesStarted++;
+      return writeFileAtomic(this.path, JSON.stringify(this.data, null, 2) + '\n');
+    });
+    this.next = next;
     this.chain = next.catch(() => undefined);
     return next;
+  }
+
+  /** Journal writes started so far (saves coalesce, so there are fewer than save() calls). */
+  get writes(): number {
+    return this.writesStarted;
   }
 
   /** Settles when every save so far has (the last write lands before the state folder goes). */

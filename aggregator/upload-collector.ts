@@ -70,6 +70,8 @@ export class UploadCollector {
   private readonly refused = new Map<string, RefusedUpload>();
   /** Extra uploads (agent/upload) of agents already accepted, refused once each. */
   private readonly extraRefused = new Set<string>();
+  /** The credit each upload in progress was last told; before its first progress ack, at least MIN_CREDIT_CHUNKS (the announcement's share). */
+  private readonly granted = new WeakMap<UpdateReceiver, number>();
 
   constructor(o: UploadCollectorOptions) {
     this.o = o;
@@ -112,7 +114,10 @@ export class UploadCollector {
     const credit = this.creditChunks();
     if (credit > 0) {
       const stored = r.progressDue(Math.max(1, Math.floor(credit / 4)));
-      if (stored !== null) ctx.sendAck(this.o.state.plan.round, agent, { status: 'progress', upload, stored, window: credit });
+      if (stored !== null) {
+        this.granted.set(r, credit);
+        ctx.sendAck(this.o.state.plan.round, agent, { status: 'progress', upload, stored, window: credit });
+      }
     }
     if (r.ready) this.startFinish(r, topic);
   }
@@ -198,17 +203,22 @@ export class UploadCollector {
   }
 
   /**
-   * An upload ended: the others' share of the credit grows. Tell them now. Progress is reported
-   * every quarter of the credit, so when it grows (ten senders down to one: 25 -> 256 chunks) an
-   * agent that has sent its whole old share (25) never reaches the new report interval (64): it
-   * would wait for credit that no chunk of it can bring.
+   * An upload ended: the others' share of the credit may grow. Tell those it grows for now.
+   * Progress is reported every quarter of the credit, so when it grows (ten senders down to one:
+   * 25 -> 256 chunks) an agent that has sent its whole old share (25) never reaches the new
+   * report interval (64): it would wait for credit that no chunk of it can bring. Only those whose
+   * share grows are told: with 300 senders the share stays at MIN_CREDIT_CHUNKS until fewer than
+   * 33 remain, and telling every sender at every end was up to N(N-1)/2 progress acks a round (44,850 for 300).
    */
   private regrantCredit(): void {
     const credit = this.creditChunks();
     if (credit <= 0 || this.receivers.size === 0) return;
     for (const r of this.receivers.values()) {
+      if (credit <= (this.granted.get(r) ?? MIN_CREDIT_CHUNKS)) continue;
       const stored = r.progressNow();
-      if (stored !== null) this.o.ctx.sendAck(this.o.state.plan.round, r.agent, { status: 'progress', upload: r.upload, stored, window: credit });
+      if (stored === null) continue;
+      this.granted.set(r, credit);
+      this.o.ctx.sendAck(this.o.state.plan.round, r.agent, { status: 'progress', upload: r.upload, stored, window: credit });
     }
   }
 

@@ -64,7 +64,7 @@ function chunks(agent: string, bundle: Buffer): UpdateChunkMsg[] {
   }));
 }
 
-function setup(windowChunks: number) {
+function setup(windowChunks: number, selected = ['a', 'b']) {
   const dir = tempDir('upload-collector');
   const spool = new UpdateSpool(join(dir.path, 'spool'));
   spool.ensureRound(round);
@@ -95,7 +95,7 @@ function setup(windowChunks: number) {
     round,
     kind: 'train',
     baseVersion: 0,
-    selected: ['a', 'b'],
+    selected,
     minClients: 1,
     deadlineAt: 60_000,
     startedAt: 0,
@@ -146,6 +146,43 @@ test('when one upload ends, the upload still in progress is granted the larger c
     );
     assert.equal(acks.at(-1)?.status, 'accepted');
     assert.equal(state.hasAccepted('a'), true);
+  } finally {
+    dir.cleanup();
+  }
+});
+
+/** Send all of `agent`'s chunks and its update-done, and wait for its verdict. */
+async function sendWhole(collector: UploadCollector, acks: { agent: string; status: string }[], agent: string): Promise<void> {
+  const bundle = update(agent);
+  const all = chunks(agent, bundle);
+  for (const c of all) collector.chunk(c, agent);
+  const sha256 = createHash('sha256').update(bundle).digest('hex');
+  collector.done({ v: 1, type: 'update-done', round, agent, upload: `${agent}-u1`, total: all.length, bundleBytes: bundle.byteLength, sha256 });
+  await waitFor(`the verdict for ${agent}`, () => acks.some((x) => x.agent === agent && x.status === 'accepted'), 30_000, 5);
+}
+
+test('an upload ending re-grants credit only to the senders whose share grows', async () => {
+  // Prepare: windowChunks 16 shared by three senders: each gets the minimum, 8. b and c have sent a chunk.
+  const { dir, acks, collector } = setup(16, ['a', 'b', 'c']);
+  try {
+    collector.chunk(chunks('b', update('b'))[0]!, 'b');
+    collector.chunk(chunks('c', update('c'))[0]!, 'c');
+
+    // Execute: a ends; two senders left, whose share is still 8.
+    await sendWhole(collector, acks, 'a');
+    // Assert: nothing to tell b and c (a progress ack each would change nothing).
+    assert.deepEqual(
+      acks.filter((x) => x.agent !== 'a'),
+      [],
+    );
+
+    // Execute: b ends; c alone now, its share grows to 16.
+    await sendWhole(collector, acks, 'b');
+    // Assert: c is told at once.
+    assert.deepEqual(
+      acks.filter((x) => x.agent === 'c'),
+      [{ agent: 'c', status: 'progress', upload: 'c-u1', stored: 1, window: 16 }],
+    );
   } finally {
     dir.cleanup();
   }
