@@ -89,6 +89,15 @@ async function secondRunScenario(url: string, dir: string, auth: Auth): Promise<
         if (r.kind === 'train') assert.deepEqual(r.participants, members, `round ${r.round}: every agent sent an update`);
         else assert.deepEqual(Object.keys(r.baseMetrics).sort(), members);
       }
+      // The aggregator's run ends with the last eval report; an agent reports its own end of that
+      // round (and reads the complete announcement) a moment later: wait for both, then compare.
+      await waitFor(
+        'every agent to finish run 2',
+        () =>
+          members.every((id) => results.some((r) => r.at >= run2Start && r.agent === id && r.result.round === 3)) &&
+          completes.filter((c) => c.at >= run2Start).length >= members.length,
+        30_000,
+      );
       // The agents worked on run 2's rounds only, and nothing of run 1 ended that work.
       const run2Results = results.filter((r) => r.at >= run2Start);
       for (const id of members)
