@@ -46,6 +46,12 @@ export interface RoundDrive {
  * One round from start to end: wait for the agents and the MES, open it (announce, start the
  * deadline), let the inbound handlers fill it, close it when RoundState decides so, aggregate
  * through the strategy, store and publish the new model, and journal the round.
+ *
+ * Over 400 lines: a round ends in one of three ways that share the round's state, journal and
+ * refusal bookkeeping: a new stored version (aggregate), an aggregate kept in memory for a plant's
+ * upstream update (aggregateDriven), or pooled BN statistics (poolStatistics). They stay methods
+ * here so that the open/close/journal sequence reads in one place; if a fourth ending comes, move
+ * the three into their own module behind one "finish the round" interface.
  */
 export class RoundRunner {
   /** The current global model (set before the first round). */
