@@ -5,6 +5,10 @@ import { architectures, VGG_MIN_INPUT, type Architecture } from '../training/mod
 import type { DemoOptions } from '../demo/demo-options.js';
 import { parsePlcSchedule } from '../demo/plc-simulator.js';
 import { intOption as int, invalidOption as invalid, UsageError } from './option-checks.js';
+import { strategyNames } from '../aggregator/strategy-registry.js';
+
+/** The demo aggregator's strategy unless --strategy says otherwise (docs/experiment.md: the best measured recipe). */
+export const DEMO_STRATEGY = 'fedavg';
 
 /** The demo's command line (usage in cli/main.ts) as DemoOptions; throws a FedlineError naming the bad option. */
 export function parseDemoArgs(args: string[]): DemoOptions {
@@ -27,6 +31,7 @@ export function parseDemoArgs(args: string[]): DemoOptions {
       'pretrain-epochs': { type: 'string' },
       encoding: { type: 'string', default: 'f32' },
       delta: { type: 'boolean', default: false },
+      strategy: { type: 'string', default: DEMO_STRATEGY },
       dashboard: { type: 'boolean', default: false },
     },
     strict: true,
@@ -48,7 +53,9 @@ export function parseDemoArgs(args: string[]): DemoOptions {
   if (!(learningRate > 0 && learningRate < 1)) throw invalid(`--learning-rate must be in (0, 1), got "${values['learning-rate']}"`);
   const encoding = values.encoding as UpdateEncoding;
   if (!updateEncodings.includes(encoding)) throw invalid(`--encoding must be one of ${updateEncodings.join(', ')}, got "${values.encoding}"`);
+  if (!strategyNames.includes(values.strategy!)) throw invalid(`--strategy must be one of ${strategyNames.join(', ')}, got "${values.strategy}"`);
   return {
+    strategy: values.strategy!,
     trigger: values.trigger,
     plcSchedule: values['plc-schedule']!,
     rounds: int('rounds', values.rounds, 1, 1000),

@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { modelSpecSchema, parseConfig } from '../shared/config/service-config.js';
 import { architectures } from '../training/models.js';
-import { pretrainBase } from '../training/pretrain.js';
+import { pretrainBase, REFERENCE_AUGMENTATION } from '../training/pretrain.js';
 import { invalidOption } from './option-checks.js';
 
 import { PRETRAIN_USAGE as USAGE } from './usage.js';
@@ -27,6 +27,7 @@ export async function runPretrain(args: string[]): Promise<void> {
       init: { type: 'string', default: 'he' },
       'batch-norm': { type: 'boolean', default: false },
       scale: { type: 'string', default: '1' },
+      augment: { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -74,6 +75,7 @@ export async function runPretrain(args: string[]): Promise<void> {
     epochs: Number(values.epochs),
     batchSize: Number(values.batch),
     learningRate: Number(values['learning-rate']),
+    ...(values.augment ? { augmentation: REFERENCE_AUGMENTATION } : {}),
     out,
     onEpoch: (e, loss) => process.stdout.write(`epoch ${e}: loss ${loss?.toFixed(4) ?? '-'}\n`),
   });

@@ -38,6 +38,7 @@ commands:
                 --init-from DIR  --pretrain-epochs N (VGG: 15)  --learning-rate X
                 --trigger opcua  agents train only in the idle windows of a simulated PLC
                 --encoding f32|f16|q8 (f32)  --delta (updates as differences to the base model)
+                --strategy fedavg|scaffold|... the aggregator's strategy (fedavg)
                 --dashboard  also serve the dashboard (a free loopback port) and print its address
   broker      run the embedded MQTT broker (Aedes)          --config FILE [--port N]
   aggregator  run the aggregator                            --config FILE
@@ -109,6 +110,7 @@ usage: fedline demo [options]
   --plc-schedule SPEC   the simulated PLC's cycle, STATE:SECONDS,... (Running:6,Idle:9)
   --encoding f32|f16|q8 update encoding (f32)
   --delta               updates as differences to the base model
+  --strategy NAME       the aggregator's strategy: fedavg, scaffold, fedprox, ... (fedavg)
   -h, --help            this text
 
 ${EXIT_CODES_TEXT}`;
@@ -161,10 +163,12 @@ export const PRETRAIN_USAGE = `fedline pretrain: a starting model from a folder 
 
 usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --out DIR [--model small-cnn|vgg11|vgg16|vgg19]
                         [--size PX] [--width X] [--epochs N] [--batch N] [--learning-rate X] [--seed N] [--normalization MODE]
-                        [--init he|seeded] [--batch-norm]
+                        [--init he|seeded] [--batch-norm] [--augment]
 
   --init   the kernels before pretraining: he (He-normal, the default: a VGG-19 without batch
            normalisation trains from scratch) or seeded (Glorot, the federation's own seeded init)
+  --augment  flips, lighting and small turns of the reference images while training (as the
+           experiment's pretrained.augmentation, its default): features that carry to new products
   --batch-norm  batch normalisation after every convolution (model.batchNorm: the experiment's
            model must then set it too)
 

@@ -28,6 +28,8 @@ export interface DemoOptions {
   /** How agents encode their updates (f32, f16, q8) and whether as differences to the base model. */
   encoding: UpdateEncoding;
   delta: boolean;
+  /** The aggregator's strategy by name (aggregator/strategy-registry.ts). */
+  strategy: string;
   /** Also serve the dashboard (`fedline dashboard`) on a free loopback port, and keep it up after the federation until Ctrl-C. */
   dashboard: boolean;
 }

@@ -159,6 +159,7 @@ function aggregatorConfigOf({ options, dirs, agents, url, creds }: DemoFederatio
     },
     encoding: options.encoding,
     delta: options.delta,
+    strategy: options.strategy,
     evaluateFinalModel: true,
     exitWhenComplete: true,
   };

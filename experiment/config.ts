@@ -164,6 +164,12 @@ export const experimentConfigSchema = z.strictObject({
       /** Kernels before pretraining: he (He-normal, default: deep VGGs train from scratch) or seeded (Glorot). */
       init: z.enum(['he', 'seeded']).default('he'),
       /**
+       * Augment the reference images while pretraining (training/pretrain.ts REFERENCE_AUGMENTATION:
+       * flips, lighting, turns of up to 10 degrees). Default true: the base's features then carried
+       * better to the clients' images (docs/experiment.md, "Head-only").
+       */
+      augmentation: z.boolean().default(true),
+      /**
        * The self-supervised site pass (experiment/self-supervised.ts): after the base is made or
        * reused, every site trains it on the rotation pretext with its own unlabelled training
        * images and the sites' weights are averaged, `rounds` rounds of `epochs` local epochs (Adam,
@@ -185,7 +191,7 @@ export const experimentConfigSchema = z.strictObject({
         .default(null),
     })
     .nullable()
-    .default({ epochs: 15, batchSize: 32, learningRate: 0.0005, init: 'he', selfSupervised: null }),
+    .default({ epochs: 15, batchSize: 32, learningRate: 0.0005, init: 'he', augmentation: true, selfSupervised: null }),
   /** The local training task of every arm, as the aggregator's `task` (federated comes from the arm). */
   training: z.strictObject({
     epochs: posInt.default(2),

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PRETRAIN_INFO_FILE, pretrainBase } from '../training/pretrain.js';
+import { PRETRAIN_INFO_FILE, pretrainBase, REFERENCE_AUGMENTATION } from '../training/pretrain.js';
 import type { GlobalModel } from '../training/trainer.js';
 import type { Tf, TfRuntime } from '../training/backend.js';
 import type { LocalDataset } from '../training/image-folder.js';
@@ -64,6 +64,7 @@ export async function preparePretrained(
     batchSize: config.pretrained.batchSize,
     learningRate: config.pretrained.learningRate,
     init: config.pretrained.init,
+    ...(config.pretrained.augmentation ? { augmentation: REFERENCE_AUGMENTATION } : {}),
     out: pretrainedDir,
     onEpoch: (e, loss) => say(`  pretrain epoch ${e}/${epochs}: loss ${loss?.toFixed(4) ?? '-'}`),
   });

@@ -2,7 +2,7 @@
 // pooled, on a frozen pretrained base (or the whole network with federate=all), judged after every epoch on the
 // pooled test splits, the external set and the probes. Is the base the limit (low here too) or the federation?
 // Data: an experiment's generated data folder (<out>/data); base: a tfjs layers folder (<out>/pretrained-...).
-// usage (after npm run build): node scripts/head-probe.mjs <dataDir> <pretrainedDir> <lr> <epochs> <dense(comma or none)> [federate=head|all]
+// usage (after npm run build): node scripts/head-probe.mjs <dataDir> <pretrainedDir> <lr> <epochs> <dense(comma or none)> [federate=head|all] [lrDecay=1] [bnPasses=0] [optimizer=adam|momentum|sgd]
 import { join } from 'node:path';
 const D = new URL('../dist', import.meta.url).pathname;
 const { loadTf } = await import(`${D}/training/backend.js`);
@@ -13,7 +13,7 @@ const { loadDataset, loadImageSet } = await import(`${D}/training/image-folder.j
 const { createImageDecoder } = await import(`${D}/training/images.js`);
 const { pooledDataset, concatImageSets, evaluateModel } = await import(`${D}/experiment/sets.js`);
 const { TfjsTrainer } = await import(`${D}/training/tfjs-trainer.js`);
-const [dataDir, pre, lrS, epS, denseS, fed = 'head', decayS = '1'] = process.argv.slice(2);
+const [dataDir, pre, lrS, epS, denseS, fed = 'head', decayS = '1', bnPassesS = '0', optimizer = 'adam'] = process.argv.slice(2);
 const rt = await loadTf('auto');
 const classes = ['OKAY', 'NOT_OKAY', 'HIDDEN', 'EMPTY'];
 const dense = denseS === 'none' ? [] : denseS.split(',').map(Number);
@@ -47,6 +47,14 @@ const sets = [
 ];
 const names = fed === 'head' ? model.meta.headTensors : model.tensors.map((t) => t.name);
 const trainer = new TfjsTrainer(rt, pooled, { shuffleSeed: 1 });
+// bnPasses > 0: before the head trains, re-estimate the frozen base's BN statistics on the pooled
+// training images (the experiment's `statistics` pass, as the federation would pool them).
+if (Number(bnPassesS) > 0) {
+  const { reestimateStatistics } = await import(`${D}/experiment/batch-norm-rounds.js`);
+  const t0 = Date.now();
+  model = (await reestimateStatistics(model, [{ id: 'pooled', trainer }], Number(bnPassesS))).model;
+  console.log(`BN statistics re-estimated on the pooled training images, ${bnPassesS} passes, ${Date.now() - t0} ms`);
+}
 const show = async (e) => {
   const m = await evaluateModel(rt.tf, model, sets);
   console.log(
@@ -61,7 +69,7 @@ for (let e = 1; e <= Number(epS); e++) {
       epochs: 1,
       batchSize: 16,
       learningRate: Number(lrS) * Number(decayS) ** (e - 1),
-      optimizer: 'adam',
+      optimizer,
       classWeighting: 'auto',
       sampling: 'shuffle',
       federated: fed,

@@ -11,6 +11,7 @@ import { bundleTensors, decodeBundle } from '../shared/bundle/tensor-bundle.js';
 import { loadTf, type BackendPreference } from './backend.js';
 import { buildInitialBundle } from './initial-model.js';
 import { modelFromWeights, saveLayersModelToDir } from './model-io.js';
+import { NO_AUGMENTATION, type AugmentationOptions } from './augment.js';
 
 /** Written next to model.json: how the starting model was made. */
 export const PRETRAIN_INFO_FILE = 'pretrain.json';
@@ -24,6 +25,8 @@ export interface PretrainOptions {
   learningRate: number;
   /** Kernel init of the model before pretraining: seeded (Glorot, the default) or he (He-normal: deep VGGs train from scratch). */
   init?: 'seeded' | 'he';
+  /** Training-time augmentation of the reference images (flips, lighting, small turns). Default none. */
+  augmentation?: AugmentationOptions;
   /** Where the tfjs layers model folder goes (usable as `model.initFrom`). */
   out: string;
   backend?: BackendPreference;
@@ -49,7 +52,7 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
     splitSeed: o.model.seed,
     decoder: await createImageDecoder(),
   });
-  const trainer = new TfjsTrainer(runtime, data, { shuffleSeed: o.model.seed });
+  const trainer = new TfjsTrainer(runtime, data, { shuffleSeed: o.model.seed, augmentation: o.augmentation ?? NO_AUGMENTATION });
   let lastEpoch = -1;
   const result = await trainer.train(
     model,
@@ -90,6 +93,7 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
     epochs: o.epochs,
     learningRate: o.learningRate,
     init: o.init ?? 'seeded',
+    augmentation: o.augmentation ?? NO_AUGMENTATION,
     metrics: result.metricsAfter,
     trainMs: result.trainMs,
     backend: runtime.backend,
@@ -97,3 +101,11 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
   await writeFile(join(o.out, PRETRAIN_INFO_FILE), JSON.stringify(info, null, 2) + '\n');
   return { metrics: result.metricsAfter, trainMs: result.trainMs, backend: runtime.backend };
 }
+
+/**
+ * Augmentation for pretraining on reference images (`fedline pretrain --augment`, the experiment's
+ * `pretrained.augmentation: true`): mirrored parts, lighting and a small turn of the camera, what a
+ * vendor's base sees in its own data (ImageNet training crops and flips); it keeps a deep network
+ * from memorising a few hundred reference images.
+ */
+export const REFERENCE_AUGMENTATION: AugmentationOptions = { flip: 'both', brightness: 0.1, contrast: 0.2, rotationDeg: 10 };
