@@ -21,7 +21,7 @@ import {
   type Peer,
   type Service,
 } from './transport-processes.js';
-import { f1, printRates, printScaling, receiverRatio, type BenchResults, type FederationResult, type PlainResult } from './transport-report.js';
+import { f1, printRates, printScaling, receiverRun, type BenchResults, type FederationResult, type PlainResult } from './transport-report.js';
 
 /**
  * `npm run bench:transport`: how fast fedline moves VGG-19-sized updates (139.6 M float32
@@ -196,9 +196,9 @@ function bothPlain(plain: PlainResult, plainAfter: PlainResult): BenchResults[st
 
 /** Of repeated one-agent runs, the one with the median receiver ratio, carrying every run's ratio. */
 function medianRun(runs: Omit<BenchResults[string], 'three' | 'many' | 'small'>[]): BenchResults[string] {
-  const ratio = (r: (typeof runs)[number]) => receiverRatio(r.one, r.plain);
+  const ratio = (r: (typeof runs)[number]) => receiverRun(r.one, r.plain).ratio;
   const sorted = [...runs].sort((a, b) => ratio(a) - ratio(b));
-  return { ...sorted[Math.floor((sorted.length - 1) / 2)]!, receiverRatios: runs.map(ratio) };
+  return { ...sorted[Math.floor((sorted.length - 1) / 2)]!, receiverRuns: runs.map((r) => receiverRun(r.one, r.plain)) };
 }
 
 /** The aggregator of one benchmark run: one round, a federation (topic root) of its own, limits for VGG-19-sized updates. */
