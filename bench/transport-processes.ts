@@ -2,6 +2,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { AGGREGATOR_NODE_FLAGS } from '../aggregator/node-flags.js';
 import { accessFileSchema, type AccessFile } from '../broker/access.js';
 import { mosquittoAvailable, startMosquitto, testPassword, writeAuthFiles } from '../demo/mosquitto.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
@@ -19,6 +20,19 @@ const EXEC_ARGV = [
   ...(process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : []),
   ...(process.env.BENCH_NODE_FLAGS?.split(/\s+/).filter(Boolean) ?? []),
 ];
+
+/**
+ * Node flags of the receivers: the aggregator runs with those it runs with in production
+ * (aggregator/node-flags.ts), and so does the plain MQTT.js subscriber it is compared with (the
+ * same V8 settings on both sides of the comparison). BENCH_RECEIVER_FLAGS="..." replaces them on
+ * both, "none" drops them (the figures before they were set).
+ */
+export const RECEIVER_FLAGS: readonly string[] = receiverFlags(process.env.BENCH_RECEIVER_FLAGS);
+
+export function receiverFlags(env: string | undefined): readonly string[] {
+  if (env === undefined) return AGGREGATOR_NODE_FLAGS;
+  return env.trim() === 'none' ? [] : env.split(/\s+/).filter(Boolean);
+}
 
 export interface Broker {
   name: string;
@@ -91,7 +105,7 @@ export async function startService(
   const fd = openSync(logFile, 'a');
   const proc = fork(CLI, argv, {
     stdio: ['ignore', fd, fd, 'ipc'],
-    execArgv: EXEC_ARGV,
+    execArgv: [...EXEC_ARGV, ...(argv[0] === 'aggregator' ? RECEIVER_FLAGS : [])],
     env: { ...process.env, FEDLINE_LOG_LEVEL: process.env.FEDLINE_LOG_LEVEL ?? 'info' },
   });
   closeSync(fd);
@@ -120,8 +134,9 @@ export function forkPeer(
   argv: string[],
   env: NodeJS.ProcessEnv,
   script = PEER,
+  nodeFlags: readonly string[] = [],
 ): { proc: ChildProcess; messages: Msg[]; next(type: string, timeoutMs?: number): Promise<Msg> } {
-  const proc = fork(script, argv, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: EXEC_ARGV, env: { ...process.env, ...env } });
+  const proc = fork(script, argv, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [...EXEC_ARGV, ...nodeFlags], env: { ...process.env, ...env } });
   const messages: Msg[] = [];
   const waiters: { type: string; resolve(m: Msg): void }[] = [];
   proc.on('message', (m: Msg) => {

@@ -1,6 +1,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { openSync, closeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { AGGREGATOR_NODE_FLAGS } from '../aggregator/node-flags.js';
 
 export const CLI_PATH = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
@@ -24,6 +25,8 @@ export class ProcessGroup {
     const fd = openSync(logFile, 'a');
     const proc = fork(CLI_PATH, args, {
       stdio: ['ignore', fd, fd, 'ipc'],
+      // The aggregator runs with its production Node flags (aggregator/node-flags.ts), as under systemd.
+      execArgv: [...process.execArgv, ...(args[0] === 'aggregator' ? AGGREGATOR_NODE_FLAGS : [])],
       env: { ...process.env, FEDLINE_LOG_LEVEL: process.env.FEDLINE_LOG_LEVEL ?? 'info' },
     });
     closeSync(fd);

@@ -4,6 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO_ROOT, tempDir } from './helpers.js';
+import { AGGREGATOR_NODE_FLAGS } from '../aggregator/node-flags.js';
 
 const dir = join(REPO_ROOT, 'systemd');
 const units = readdirSync(dir).filter((f) => f.endsWith('.service'));
@@ -59,6 +60,19 @@ test('systemd units: one per service, dedicated user, restart on failure, state/
     else assert.equal(one('PrivateDevices'), 'yes', u);
   }
   assert.match(readFileSync(join(dir, 'fedline.sysusers.conf'), 'utf8'), /^u fedline - /m);
+});
+
+test("the aggregator unit starts node with the aggregator's Node flags (aggregator/node-flags.ts), and node accepts them", () => {
+  const s = serviceSection(readFileSync(join(dir, 'fedline-aggregator.service'), 'utf8'));
+  const argv = s.get('ExecStart')![0]!.split(/\s+/);
+  assert.equal(argv[0], '/usr/bin/node');
+  const script = argv.findIndex((a) => a.endsWith('/dist/cli/main.js'));
+  assert.deepEqual(argv.slice(1, script), [...AGGREGATOR_NODE_FLAGS]);
+  assert.ok(AGGREGATOR_NODE_FLAGS.length > 0);
+  const r = spawnSync(process.execPath, [...AGGREGATOR_NODE_FLAGS, '-e', 'process.stdout.write(JSON.stringify(process.execArgv))'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stderr, '', 'no warning about the flags');
+  assert.deepEqual((JSON.parse(r.stdout) as string[]).slice(0, AGGREGATOR_NODE_FLAGS.length), [...AGGREGATOR_NODE_FLAGS]);
 });
 
 test(
