@@ -43,9 +43,17 @@ export async function startRedis(logFile: string, extraArgs: string[] = []): Pro
   if (!redisAvailable())
     throw new FedlineError(ErrorCodes.CONFIG_INVALID, `${REDIS_SERVER} is not installed (Debian package redis-server): two broker nodes need it`);
   const port = await freePort();
-  const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--logfile', logFile, ...extraArgs], {
-    stdio: 'ignore',
-  });
+  // No output-buffer limit for pub/sub clients, as docs/how-it-works.md asks of a cluster's Redis: with
+  // Redis' default (32 MB) the node holding the aggregator's session was dropped at 300 sites and lost
+  // messages (docs/scaling.md). `extraArgs` (BENCH_REDIS_ARGS) come after, so they can put a limit back.
+  const unlimited = ['--client-output-buffer-limit', 'pubsub', '0', '0', '0'];
+  const proc = spawn(
+    REDIS_SERVER,
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--logfile', logFile, ...unlimited, ...extraArgs],
+    {
+      stdio: 'ignore',
+    },
+  );
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   const stop = async () => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');

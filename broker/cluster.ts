@@ -138,6 +138,8 @@ export async function openCluster(options: ClusterOptions, log: Logger): Promise
     mq.close(() => undefined);
     throw err;
   }
+  repairAfterDrops(mq, options.nodeId, log);
+  await warnOnPubsubLimit(mq as unknown as EmitterInternals, options.redisUrl, log);
   const Persistence = require('aedes-persistence-redis/asyncPersistence.js') as PersistenceCtor;
   const persistence = asStreams(new Persistence({ ...redis }));
   let closed: Promise<void> | null = null;
@@ -147,4 +149,96 @@ export async function openCluster(options: ClusterOptions, log: Logger): Promise
     persistence,
     closePersistence: () => (closed ??= persistence.destroy().catch(() => undefined)),
   };
+}
+
+/** What mqemitter-redis 7 keeps that the repair needs: the Redis channels of this node's subscriptions (channel or pattern -> listeners) and its two connections. */
+interface EmitterInternals {
+  _topics?: Record<string, number>;
+  subConn?: { subscribe(...channels: string[]): Promise<unknown>; psubscribe(...patterns: string[]): Promise<unknown> };
+  pubConn?: { config(op: 'GET', name: string): Promise<unknown> };
+}
+
+/**
+ * Each time this node's subscriber connection is back after a drop (and ioredis has restored what
+ * it knows), subscribe again to every channel the node's clients need, and say so: the messages
+ * published while it was away did not reach this node's clients.
+ */
+function repairAfterDrops(mq: unknown, nodeId: string, log: Logger): void {
+  const subConn = (mq as { subConn?: { on(event: 'close' | 'ready', f: () => void): void } }).subConn;
+  let dropped = false;
+  subConn?.on('close', () => (dropped = true));
+  // On 'ready', not 'connect': a SUBSCRIBE before ioredis' ready check would break that check.
+  subConn?.on('ready', () => {
+    if (!dropped) return;
+    dropped = false;
+    log.warn(
+      { nodeId },
+      "cluster: Redis dropped this node's subscriber connection (client-output-buffer-limit pubsub?); messages published meanwhile did not reach its clients; re-subscribing its channels",
+    );
+    resubscribeAll(mq).then(
+      (n) => log.info({ nodeId, ...n }, 'cluster: channels re-subscribed'),
+      (err: Error) => log.error({ nodeId, err: err.message }, 'cluster: could not re-subscribe after a Redis drop'),
+    );
+  });
+}
+
+/**
+ * Subscribe again to every Redis channel this node's MQTT subscriptions need. ioredis restores
+ * after a reconnect only the channels whose SUBSCRIBE reply it had read; when Redis drops a
+ * subscriber that is 32 MB behind, the replies of the newest SUBSCRIBEs are in that backlog, and a
+ * second drop soon after the first loses more (seen in `bench:scale` at 300 sites on two nodes:
+ * the node kept 2 of 114 channels, and 35 agents never heard an ack again). SUBSCRIBE is
+ * idempotent in Redis, so asking for all of them is safe.
+ */
+export async function resubscribeAll(mq: unknown): Promise<{ channels: number; patterns: number }> {
+  const e = mq as EmitterInternals;
+  if (!e._topics || !e.subConn) return { channels: 0, patterns: 0 }; // not the mqemitter-redis this was written for
+  const keys = Object.keys(e._topics);
+  // mqemitter-redis turns MQTT's + and # into Redis' * and psubscribes those.
+  const patterns = keys.filter((k) => k.includes('*'));
+  const channels = keys.filter((k) => !k.includes('*'));
+  if (channels.length) await e.subConn.subscribe(...channels);
+  if (patterns.length) await e.subConn.psubscribe(...patterns);
+  return { channels: channels.length, patterns: patterns.length };
+}
+
+export interface PubsubOutputLimit {
+  hardBytes: number;
+  softBytes: number;
+  softSeconds: number;
+}
+
+/** The pubsub class of Redis' `client-output-buffer-limit` value ("normal 0 0 0 replica 268435456 67108864 60 pubsub 33554432 8388608 60"); null when absent. */
+export function pubsubOutputLimit(value: string): PubsubOutputLimit | null {
+  const words = value.trim().split(/\s+/);
+  const at = words.indexOf('pubsub');
+  if (at < 0 || at + 3 >= words.length) return null;
+  const [hardBytes, softBytes, softSeconds] = words.slice(at + 1, at + 4).map(Number) as [number, number, number];
+  if (![hardBytes, softBytes, softSeconds].every(Number.isFinite)) return null;
+  return { hardBytes, softBytes, softSeconds };
+}
+
+/**
+ * Warn when Redis may disconnect a node that falls behind. Redis' default limit for a pub/sub
+ * client (32 MB, or 8 MB for 60 s) is a few hundred update chunks: a busy node (the one holding the
+ * aggregator's session reads every upload) passes it, Redis drops its connection, and every message
+ * published until it is back is lost for that node's clients although the sending node already
+ * PUBACKed it (update chunks and update-done, eval reports, acks). The agents' resends repair the
+ * updates, after `ackTimeoutMs`. A Redis that refuses CONFIG (managed services) is left unchecked.
+ */
+async function warnOnPubsubLimit(mq: EmitterInternals, redisUrl: string, log: Logger): Promise<void> {
+  let reply: unknown;
+  try {
+    reply = await mq.pubConn?.config('GET', 'client-output-buffer-limit');
+  } catch (err) {
+    log.debug({ redisUrl, err: (err as Error).message }, 'cluster: could not read client-output-buffer-limit from Redis');
+    return;
+  }
+  const value = Array.isArray(reply) && typeof reply[1] === 'string' ? reply[1] : '';
+  const limit = pubsubOutputLimit(value);
+  if (limit && (limit.hardBytes > 0 || limit.softBytes > 0))
+    log.warn(
+      { redisUrl, pubsub: limit },
+      'cluster: Redis disconnects a node whose pub/sub backlog passes client-output-buffer-limit pubsub, and the messages meanwhile are lost; set "client-output-buffer-limit pubsub 0 0 0" (docs/how-it-works.md, broker cluster)',
+    );
 }

@@ -92,6 +92,13 @@ class UpdateUpload {
   private readonly stopSending = new AbortController();
   private readonly sendSignal: AbortSignal;
   private readonly acks: AckMsg[] = [];
+  /**
+   * Chunks the aggregator refused on arrival (`incomplete` with a code: a CRC mismatch), to resend
+   * before the next `update-done`. Such a notice answers no `update-done`; taken as the answer to
+   * the one just sent, it made the agent resend the chunk, ask again, and resend it a second time
+   * when the real answer (given before the resend arrived) listed it too.
+   */
+  private readonly damaged = new Set<number>();
   private wake: (() => void) | null = null;
 
   constructor(
@@ -150,6 +157,13 @@ class UpdateUpload {
     const { round, agent, upload, total, bundleBytes, signal } = this;
     for (;;) {
       if (signal?.aborted) throw signal.reason ?? new FedlineError(ErrorCodes.ABORTED, 'upload aborted');
+      if (this.damaged.size) {
+        const again = [...this.damaged].sort((a, b) => a - b);
+        this.damaged.clear();
+        this.log.info({ round, chunks: again.length }, 'the aggregator refused chunks on arrival (CRC); resending them');
+        this.resentChunks += again.length;
+        if (!(await this.pass(again)) && this.verdictDuringSend) return this.result(this.verdictDuringSend, sha256);
+      }
       await this.transport.publish(this.updateTopic, packMsg({ v: PROTOCOL_VERSION, type: 'update-done', round, agent, upload, total, bundleBytes, sha256 }), {
         qos: 1,
       });
@@ -160,6 +174,7 @@ class UpdateUpload {
       }
       if (ack.status === 'accepted' || ack.status === 'rejected') return this.result(ack, sha256);
       const missing = ack.missing.filter((s) => s >= 0 && s < total);
+      for (const s of missing) this.damaged.delete(s);
       if (missing.length) {
         this.log.info({ round, missing: missing.length }, 'aggregator is missing chunks; resending them');
         this.resentChunks += missing.length;
@@ -189,6 +204,11 @@ class UpdateUpload {
       if (ack.status === 'progress') {
         // The wire field `window` is the credit the aggregator grants this sender now.
         this.credit.progress(ack.stored, ack.window);
+        return;
+      }
+      if (ack.status === 'incomplete' && ack.code !== null) {
+        // A notice, not an answer: the next answer would list the chunk anyway; resent before the next update-done.
+        for (const s of ack.missing) if (s >= 0 && s < this.total) this.damaged.add(s);
         return;
       }
       if (ack.status === 'accepted' || ack.status === 'rejected') {

@@ -20,10 +20,12 @@ function pingOk(port: number): Promise<boolean> {
   });
 }
 
-/** A throw-away redis-server on a free loopback port, nothing saved to disk. */
-export async function startRedis(): Promise<{ url: string; port: number; stop(): Promise<void> }> {
+/** A throw-away redis-server on a free loopback port, nothing saved to disk; `extraArgs` are more redis-server options. */
+export async function startRedis(extraArgs: readonly string[] = []): Promise<{ url: string; port: number; stop(): Promise<void> }> {
   const port = await freePort();
-  const proc: ChildProcess = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  const proc: ChildProcess = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extraArgs], {
+    stdio: 'ignore',
+  });
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   const stop = async () => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
