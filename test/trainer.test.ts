@@ -2,9 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { augmentBatch, flipHorizontal, flipVertical, NO_AUGMENTATION, rotate } from '../training/augment.js';
-import { loadDataset } from '../training/image-folder.js';
+import { loadDataset, type ImageSet } from '../training/image-folder.js';
 import { jsDecoder } from '../training/images.js';
-import { epochOrder, freezeAllBut, TfjsTrainer } from '../training/tfjs-trainer.js';
+import { epochOrder, evaluateOnSet, freezeAllBut, TfjsTrainer } from '../training/tfjs-trainer.js';
+import { normalizeInPlace } from '../training/preprocess.js';
 import type { GlobalModel } from '../training/trainer.js';
 import { modelMetaSchema, type ModelMeta, type TrainTask } from '../shared/protocol/messages.js';
 import { mulberry32 } from '../shared/util/random.js';
@@ -168,4 +169,38 @@ test('augmentation: flips mirror, a zero rotation is the identity, a 90-degree r
   const c = batch.slice();
   augmentBatch(c, 2, [8, 8, 3], NO_AUGMENTATION, mulberry32(3));
   assert.deepEqual(c, batch, 'no augmentation: untouched');
+});
+
+test('evaluation loss is the mean cross-entropy of the true class over the whole set, across evaluation batches', async () => {
+  const { tf } = await loadTf('auto');
+  const size = 16;
+  const per = size * size * 3;
+  const count = 150; // more than two evaluation batches of 64
+  const rng = mulberry32(11);
+  const pixels = Float32Array.from({ length: count * per }, () => rng());
+  const labels = Int32Array.from({ length: count }, (_, i) => i % CLASSES.length);
+  const set: ImageSet = {
+    count,
+    labels,
+    shape: [size, size, 3],
+    paths: [],
+    cached: count,
+    async read(indices, out) {
+      for (let j = 0; j < indices.length; j++) out.set(pixels.subarray(indices[j]! * per, (indices[j]! + 1) * per), j * per);
+    },
+  };
+  const model = await globalModel('small-cnn', size);
+  const m = await modelFromWeights(tf, model.meta.topology, model.tensors);
+  try {
+    const metrics = await evaluateOnSet(tf, m, set, 'per-image', CLASSES.length);
+    const x = pixels.slice();
+    normalizeInPlace(x, count, 3, 'per-image');
+    const probs = tf.tidy(() => (m.predict(tf.tensor4d(x, [count, size, size, 3])) as import('@tensorflow/tfjs').Tensor2D).arraySync());
+    const expected = probs.reduce((s, p, i) => s - Math.log(Math.min(1, Math.max(1e-7, p[labels[i]!]!))), 0) / count;
+    assert.ok(metrics.loss !== null);
+    assert.ok(Math.abs(metrics.loss - expected) < 1e-4 * Math.max(1, expected), `loss ${metrics.loss} vs ${expected}`);
+    assert.equal(metrics.samples, count);
+  } finally {
+    m.dispose();
+  }
 });

@@ -102,7 +102,8 @@ export async function evaluateOnSet(tf: Tf, model: LayersModel, set: ImageSet, n
     const [pred, loss] = tf.tidy(() => {
       const probs = model.predict(tf.tensor4d(batch, [n, h, w, c])) as import('@tensorflow/tfjs').Tensor2D;
       const labels = tf.oneHot(tf.tensor1d(set.labels.subarray(start, start + n), 'int32'), numClasses);
-      const l = tf.losses.softmaxCrossEntropy(labels, tf.log(tf.clipByValue(probs, 1e-7, 1)), undefined, tf.Reduction.SUM);
+      // Summed over the batch, no label smoothing (tfjs' 4th argument is labelSmoothing, the 5th the reduction).
+      const l = tf.losses.softmaxCrossEntropy(labels, tf.log(tf.clipByValue(probs, 1e-7, 1)), undefined, 0, tf.Reduction.SUM);
       return [probs.argMax(-1).dataSync(), l.dataSync()[0]!] as const;
     });
     predictions.set(pred as Int32Array, start);
