@@ -1,30 +1,27 @@
-import { join } from 'node:path';
 import { EventEmitter } from 'node:events';
-import { decodeMsgpack, packMsg } from '../shared/protocol/wire-codec.js';
+import { decodeMsgpack } from '../shared/protocol/wire-codec.js';
 import type { AgentConfig } from '../shared/config/service-config.js';
 import { Counters } from '../shared/util/counters.js';
 import { describeError, ErrorCodes, FedlineError, isFedlineError } from '../shared/protocol/errors.js';
 import { createEventPublisher, type EventSink } from '../shared/transport/event-publisher.js';
 import type { Logger } from '../shared/util/logger.js';
 import {
-  PROTOCOL_VERSION,
   roundAnnouncementSchema,
   SUPPORTED_VERSIONS,
   type AgentState,
   type AgentStatus,
   type EvalMetrics,
-  type BnStatsMsg,
-  type EvalReportMsg,
   type ModelMeta,
   type RoundAnnouncement,
 } from '../shared/protocol/messages.js';
 import { createTopics, defaultRoot, type Topics } from '../shared/protocol/topics.js';
 import type { InboundMessage, Transport } from '../shared/transport/transport.js';
 import { AgentStatusPublisher, type StatusPatch } from './agent-status.js';
-import { checkModelSignature, decodeBaseModel, VerifiedBaseFloor, type ModelVerifier } from './base-model.js';
+import type { ModelVerifier } from './base-model.js';
 import { trainLocalUpdate, type LocalUpdate } from './local-update.js';
 import type { ModelCache } from './model-cache.js';
-import { fetchModelBundle } from './model-fetch.js';
+import { RoundBase } from './round-base.js';
+import { publishBnStats, publishEvalReport } from './site-reports.js';
 import { ScaffoldClient } from './scaffold-client.js';
 import type { GlobalModel, ScaffoldControl, Trainer } from '../training/trainer.js';
 import type { UpdateJournal } from './update-journal.js';
@@ -67,21 +64,17 @@ export { offlineStatus } from './agent-status.js';
  * sends its update in chunks until the aggregator's verdict. A newer announcement, a closed
  * round or stop() aborts the work in progress at the next batch boundary.
  *
- * Over 400 lines: one class holds the per-round state every step touches (current work, abort
- * signal, trainer, counters). Status publishing, local training, base-model checks and run keys
- * already live beside it (agent-status.ts, local-update.ts, base-model.ts, run-rounds.ts); the
- * next part to move out is the model fetch and trainer set-up (fetchModel, ensureTrainer).
+ * The round's steps live beside it: the base model and trainer (round-base.ts), status publishing
+ * (agent-status.ts), local training (local-update.ts), the eval and statistics reports
+ * (site-reports.ts), the upload (uplink.ts), run keys (run-rounds.ts).
  */
 export class EdgeAgent extends EventEmitter {
   readonly counters = new Counters();
   private readonly config: Config;
   private readonly transport: Transport;
-  private readonly cache: ModelCache;
-  private readonly trainerFor: AgentDeps['trainerFor'];
   private readonly journal: UpdateJournal | null;
-  private readonly verifyModel: ModelVerifier | null;
-  /** With signatures on: the newest verified base; older rounds are replays. */
-  private readonly baseFloor: VerifiedBaseFloor | null;
+  /** The announced base model, checked and fetched, and the local trainer. */
+  private readonly base: RoundBase;
   /** SCAFFOLD's client variate c_i, kept in the state folder (edge-agent/scaffold-client.ts). */
   private readonly scaffold: ScaffoldClient;
   private readonly log: Logger;
@@ -89,7 +82,6 @@ export class EdgeAgent extends EventEmitter {
   private readonly emitEvent: EventSink;
   private readonly gate: TriggerGate | null;
   private readonly window: TrainingWindow | null;
-  private trainer: Trainer | null = null;
   private current: { runId: string; round: number; controller: AbortController; done: Promise<RoundWorkResult> } | null = null;
   /** Rounds this agent is done with, keyed by (runId, round). */
   private readonly finishedRounds = new RunRounds();
@@ -101,13 +93,19 @@ export class EdgeAgent extends EventEmitter {
     super();
     this.config = config;
     this.transport = deps.transport;
-    this.cache = deps.cache;
-    this.trainerFor = deps.trainerFor;
     this.journal = deps.journal ?? null;
-    this.verifyModel = deps.verifyModel ?? null;
-    this.baseFloor = this.verifyModel ? new VerifiedBaseFloor(config.stateDir ? join(config.stateDir, 'verified-base.json') : null) : null;
     this.log = deps.logger.child({ module: 'agent', agent: config.agentId });
     this.topics = createTopics(config.topicRoot ?? defaultRoot(config.federation));
+    this.base = new RoundBase({
+      transport: deps.transport,
+      topics: this.topics,
+      cache: deps.cache,
+      trainerFor: deps.trainerFor,
+      verifyModel: deps.verifyModel ?? null,
+      stateDir: config.stateDir ?? null,
+      maxModelBytes: config.maxModelBytes,
+      log: this.log,
+    });
     this.scaffold = new ScaffoldClient(config.stateDir ?? null, this.log, { transport: this.transport, topics: this.topics });
     this.emitEvent = createEventPublisher(this.transport, this.topics, config.federation, this.log, undefined, config.agentId);
     this.gate = deps.gate ?? null;
@@ -308,16 +306,7 @@ export class EdgeAgent extends EventEmitter {
     await this.setStatus({ state: 'evaluating', round, progress: null, detail: `global model version ${model.version}` }, true);
     const metricsBefore = await trainer.evaluate(model, { signal });
     log.info({ version: model.version, accuracy: metricsBefore.accuracy }, 'global model evaluated on the local test split');
-    const report: EvalReportMsg = {
-      v: PROTOCOL_VERSION,
-      type: 'eval',
-      round,
-      agent: this.config.agentId,
-      baseVersion: model.version,
-      metrics: metricsBefore,
-      downloadedBytes,
-    };
-    await this.transport.publish(this.topics.update(round, this.config.agentId), packMsg(report), { qos: 1 });
+    await publishEvalReport(this.transport, this.topics, { agent: this.config.agentId, round, baseVersion: model.version, downloadedBytes }, metricsBefore);
     return metricsBefore;
   }
 
@@ -332,16 +321,7 @@ export class EdgeAgent extends EventEmitter {
   ): Promise<RoundWorkResult> {
     await this.setStatus({ state: 'evaluating', round, progress: null, detail: `batch normalisation statistics of model version ${model.version}` }, true);
     const moments = await trainer.batchNormStatistics(model);
-    const msg: BnStatsMsg = {
-      v: PROTOCOL_VERSION,
-      type: 'bn-stats',
-      round,
-      agent: this.config.agentId,
-      baseVersion: model.version,
-      layers: moments.map((m) => ({ layer: m.layer, count: m.count, mean: [...m.mean], m2: [...m.m2] })),
-      downloadedBytes,
-    };
-    await this.transport.publish(this.topics.update(round, this.config.agentId), packMsg(msg), { qos: 1 });
+    await publishBnStats(this.transport, this.topics, { agent: this.config.agentId, round, baseVersion: model.version, downloadedBytes }, moments);
     log.info({ version: model.version, layers: moments.length }, 'batch normalisation statistics sent');
     this.finishedRounds.finish(ann);
     await this.setStatus({ state: 'idle', round, progress: null, detail: `sent the batch normalisation statistics of model version ${model.version}` }, true);
@@ -453,33 +433,20 @@ export class EdgeAgent extends EventEmitter {
   }
 
   private async fetchModel(ann: RoundAnnouncement, signal: AbortSignal): Promise<{ model: GlobalModel; downloadedBytes: number }> {
-    const ref = ann.base;
-    checkModelSignature(this.verifyModel, ref);
-    this.baseFloor?.check(ref, ann.runId);
-    // Downloaded straight into the cache (checked as it arrives), then read once for training.
-    const { bundle, downloadedBytes } = await fetchModelBundle(this.transport, this.topics, this.cache, ref, this.log, {
-      maxModelBytes: this.config.maxModelBytes,
-      stallMs: 30_000,
+    const fetched = await this.base.fetchModel(ann, {
       signal,
       onProgress: (have, total) => this.setStatus({ progress: have / total }).catch(() => undefined),
       onReject: (err, topic) => this.reject(err, topic),
       onStorageProblem: (message) => this.storageProblem(message),
     });
-    this.bytes.down += downloadedBytes;
-    const model = decodeBaseModel(bundle, ref);
-    this.baseFloor?.verified(ref.version, ann.runId);
-    return { model, downloadedBytes };
+    this.bytes.down += fetched.downloadedBytes;
+    return fetched;
   }
 
   private async ensureTrainer(meta: ModelMeta, ann: RoundAnnouncement): Promise<Trainer> {
-    if (meta.classes.join('\n') !== ann.classes.join('\n')) {
-      throw new FedlineError(ErrorCodes.MODEL_INCOMPATIBLE, `model classes [${meta.classes.join(', ')}] differ from the round's [${ann.classes.join(', ')}]`);
-    }
-    if (!this.trainer) {
-      this.trainer = await this.trainerFor(meta);
-      await this.setStatus({ backend: this.trainer.backend, samples: this.trainer.samples });
-    }
-    return this.trainer;
+    const { trainer, made } = await this.base.trainerFor(meta, ann);
+    if (made) await this.setStatus({ backend: trainer.backend, samples: trainer.samples });
+    return trainer;
   }
 
   private setStatus(patch: StatusPatch, force = false): Promise<void> {
