@@ -9,7 +9,6 @@ import type { Counters } from '../shared/util/counters.js';
 import type { Logger } from '../shared/util/logger.js';
 import type { EventSink } from '../shared/transport/event-publisher.js';
 import type { Transport } from '../shared/transport/transport.js';
-import type { GcPacer } from './gc-pacer.js';
 import type { ModelStore } from './model-store.js';
 import type { UpdateSpool } from './update-spool.js';
 
@@ -33,8 +32,6 @@ export interface AggregatorContext {
   reject(err: unknown, topic: string, agent: string | null): void;
   /** Publish an ack to an agent (QoS 1); a failed publish is logged, never thrown. */
   sendAck(round: number, agent: string, ack: AckFields): void;
-  /** Collections asked for as update bytes arrive and when a round's uploads end (gc-pacer.ts); absent in unit tests. */
-  readonly gc?: GcPacer;
 }
 
 export function createReject(counters: Counters, log: Logger, emitter: EventEmitter): AggregatorContext['reject'] {

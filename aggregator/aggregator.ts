@@ -10,7 +10,6 @@ import { decodeBundle, sha256Hex } from '../shared/bundle/tensor-bundle.js';
 import { modelMetaSchema, type ModelMeta } from '../shared/protocol/messages.js';
 import type { Transport } from '../shared/transport/transport.js';
 import { createAckSender, createReject, type AggregatorContext, type Config } from './aggregator-context.js';
-import { GcPacer, v8Collector } from './gc-pacer.js';
 import { loadGlobalModel } from './load-global-model.js';
 import { MesCommands } from './mes-commands.js';
 import { ModelPublisher, type ModelSigner } from './model-publisher.js';
@@ -120,7 +119,6 @@ export class Aggregator extends EventEmitter {
       emitEvent,
       reject: createReject(this.counters, log, this),
       sendAck: createAckSender(transport, topics, log),
-      gc: new GcPacer(v8Collector()),
     };
     this.ctx = ctx;
     this.initialModel = deps.initialModel;

@@ -12,11 +12,5 @@
  * timing (docs/scaling.md, "The aggregator's receiver: CPU per GB up to the ack"). A floor of 96
  * MiB on that limit leaves the Buffers to the young-generation collections that free them anyway.
  * Cost: the heap may hold up to 96 MiB before a major GC, instead of ~45.
- *
- * --expose-gc: makes `gc()` global, for aggregator/gc-pacer.ts: a young-generation collection every
- * 4 MiB of update bytes received (the dead Buffers behind them are freed then, instead of piling up
- * to ~30 MiB in glibc's heap at 300 sites) and a full collection once a round's uploads end (what
- * they promoted, which the 96 MiB floor above would otherwise keep for many rounds). Without the
- * flag the aggregator works the same, with those collections left to V8's own timing.
  */
-export const AGGREGATOR_NODE_FLAGS: readonly string[] = ['--initial-old-space-size=96', '--expose-gc'];
+export const AGGREGATOR_NODE_FLAGS: readonly string[] = ['--initial-old-space-size=96'];

@@ -103,7 +103,6 @@ export class RoundRunner {
     state.markClosed();
     ctx.clock.clearTimeout(deadlineTimer);
     active.uploads.discardAll();
-    ctx.gc?.uploadsEnded();
     if (!decision.close) throw new FedlineError(ErrorCodes.ABORTED, `round ${roundNo} ended without a decision to close it`);
     await this.d.publisher.announce(this.announcement(active, task, 'closed', control));
     this.recordClose(active, decision);

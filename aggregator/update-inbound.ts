@@ -118,9 +118,5 @@ export function createUpdateInbound(deps: UpdateInboundDeps): (m: InboundMessage
       },
     },
   ];
-  return (m) => {
-    // Counted before the steps: the Buffers behind a refused message are garbage just the same.
-    ctx.gc?.received(m.payload.byteLength);
-    runSteps(steps, { m }, (u, err) => ctx.reject(err, m.topic, u.where?.agent ?? null));
-  };
+  return (m) => runSteps(steps, { m }, (u, err) => ctx.reject(err, m.topic, u.where?.agent ?? null));
 }
