@@ -65,11 +65,23 @@ export class RoundState {
   private readonly accepted = new Map<string, AcceptedUpdate>();
   private readonly failures = new Map<string, Failure>();
   private readonly statistics = new Map<string, LayerMoments[]>();
+  /** `plan.selected` as a set: every message of the round asks whether its sender was selected. */
+  private readonly selectedSet: ReadonlySet<string>;
+  /**
+   * The evaluations as the target rule takes them, kept up to date by recordEval instead of built
+   * per decide(): decide() runs after every verdict and report, and a record of N sites built
+   * each time was O(N^2) garbage per round (60 MiB of the aggregator's 456 MiB of JavaScript
+   * allocations in a 300-site round, docs/scaling.md).
+   */
+  private readonly evalRecord: Record<string, EvalMetrics> = Object.create(null) as Record<string, EvalMetrics>;
+  /** The target rule's verdict on the evaluations as they are; null when one arrived since. */
+  private targetVerdict: boolean | null = null;
   private closedFlag = false;
 
   constructor(plan: RoundPlan, targetRule: TargetRule = meetsTarget) {
     if (plan.selected.length === 0) throw new RangeError(`round ${plan.round}: no agent selected`);
     this.plan = { ...plan, selected: [...plan.selected].sort() };
+    this.selectedSet = new Set(this.plan.selected);
     this.targetRule = targetRule;
   }
 
@@ -78,13 +90,15 @@ export class RoundState {
   }
 
   isSelected(agent: string): boolean {
-    return this.plan.selected.includes(agent);
+    return this.selectedSet.has(agent);
   }
 
   /** Record the base model's metrics on an agent's local test split. Returns false if already known. */
   recordEval(agent: string, metrics: EvalMetrics): boolean {
     if (this.evals.has(agent)) return false;
     this.evals.set(agent, metrics);
+    this.evalRecord[agent] = metrics;
+    this.targetVerdict = null;
     return true;
   }
 
@@ -139,7 +153,17 @@ export class RoundState {
 
   /** Whether the base model already meets the target on every selected agent's test split. */
   targetReached(): boolean {
-    return this.targetRule(Object.fromEntries(this.evals), this.plan.selected, this.plan.targetAccuracy);
+    // The rule is pure: its verdict changes only when an evaluation arrives.
+    this.targetVerdict ??= this.targetRule(this.evalRecord, this.plan.selected, this.plan.targetAccuracy);
+    return this.targetVerdict;
+  }
+
+  /** Selected agents with an accepted update or a failure, counted without building a list (decide() runs after every event). */
+  private answeredCount(): number {
+    let answered = 0;
+    for (const a of this.accepted.keys()) if (this.selectedSet.has(a)) answered++;
+    for (const a of this.failures.keys()) if (this.selectedSet.has(a) && !this.accepted.has(a)) answered++;
+    return answered;
   }
 
   /** What to do now, given the clock. Pure: call it after every event and on the deadline. */
@@ -161,7 +185,7 @@ export class RoundState {
     }
     if (this.targetReached())
       return { close: true, outcome: 'target-reached', reason: `base model reaches ${this.plan.targetAccuracy} on every agent's local test split` };
-    const answered = selected.filter((a) => this.accepted.has(a) || this.failures.has(a)).length;
+    const answered = this.answeredCount();
     if (answered === selected.length || pastDeadline) {
       const why = answered === selected.length ? 'every selected agent answered' : 'deadline passed';
       if (this.accepted.size >= minClients) {

@@ -83,3 +83,38 @@ test('an update is accepted once; a later valid update clears an earlier failure
   assert.deepEqual(s.failureList(), [], 'a failure after acceptance does not undo it');
   assert.throws(() => new RoundState(plan({ selected: [] })), /no agent selected/);
 });
+
+test('decide() asks the target rule again only after a new evaluation, and with every evaluation so far', () => {
+  const seen: string[][] = [];
+  const s = new RoundState(plan({ targetAccuracy: 0.9 }), (m, selected, target) => {
+    seen.push(Object.keys(m).sort());
+    return selected.every((a) => (m[a]?.accuracy ?? 0) >= target!);
+  });
+  assert.deepEqual(s.decide(10), { close: false });
+  s.recordAccepted(update('a'));
+  s.recordFailure({ agent: 'b', code: 'FL_UPDATE_NONFINITE', reason: 'NaN' });
+  assert.deepEqual(s.decide(10), { close: false });
+  assert.deepEqual(s.decide(11), { close: false });
+  assert.deepEqual(seen, [[]], 'events other than evaluations do not re-run the rule');
+  assert.ok(s.recordEval('a', metrics(0.95)));
+  assert.ok(s.recordEval('b', metrics(0.95)));
+  assert.ok(!s.recordEval('b', metrics(0.1)), 'a second report of an agent is ignored');
+  assert.deepEqual(s.decide(12), { close: false });
+  assert.deepEqual(seen, [[], ['a', 'b']]);
+  assert.ok(s.recordEval('c', metrics(0.91)));
+  const d = s.decide(13);
+  assert.ok(d.close && d.outcome === 'target-reached');
+  assert.deepEqual(seen, [[], ['a', 'b'], ['a', 'b', 'c']]);
+});
+
+test('agents that were not selected neither count as selected nor as answers', () => {
+  const s = new RoundState(plan({ minClients: 1 }));
+  assert.ok(s.isSelected('a') && !s.isSelected('z'));
+  s.recordFailure({ agent: 'z', code: 'FL_NOT_SELECTED', reason: 'not selected' });
+  s.recordAccepted(update('a'));
+  s.recordAccepted(update('b'));
+  assert.deepEqual(s.decide(10), { close: false }, 'c has not answered; z does not stand in for it');
+  s.recordFailure({ agent: 'c', code: 'FL_UPDATE_NONFINITE', reason: 'NaN' });
+  const d = s.decide(10);
+  assert.ok(d.close && d.outcome === 'aggregate');
+});
