@@ -7,7 +7,10 @@ import { parsePlcSchedule } from '../demo/plc-simulator.js';
 import { intOption as int, invalidOption as invalid, UsageError } from './option-checks.js';
 import { strategyNames } from '../aggregator/strategy-registry.js';
 
-/** The demo aggregator's strategy unless --strategy says otherwise (docs/experiment.md: the best measured recipe). */
+/**
+ * The demo aggregator's strategy unless --strategy says otherwise. Measured on the demo's own task
+ * (examples/experiment-demo-settings.json, ten seeds): docs/experiment.md, "The demo's default recipe".
+ */
 export const DEMO_STRATEGY = 'fedavg';
 
 /** The demo's command line (usage in cli/main.ts) as DemoOptions; throws a FedlineError naming the bad option. */
