@@ -3,10 +3,12 @@
 // splits and init on each seed): per figure, each model's mean ± sample sd, the difference on
 // every seed, how many seeds each wins, the mean difference ± its sd, the paired t statistic (with
 // its two-sided p, n - 1 degrees of freedom) and the exact two-sided sign-test p (ties dropped);
-// then each model's bytes per round (up, down; every site together) from the seeds' results.json. Reads OUT/results.json (its `ranking`) and OUT/seed-<s>/results.json.
+// then each model's bytes per round (up, down; every site together) from the seeds' results.json.
+// Reads OUT/results.json (its `ranking`; a multi-seed run's, or scripts/rank-results.mjs's merge of
+// several runs) and each seed's results.json (OUT/seed-<s>, or the folder its `runs` names).
 // usage: node scripts/compare-recipes.mjs OUT MODEL_A MODEL_B   e.g. recipe:scaffold-all recipe:fedavg-all
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 
 const [out, a, b] = process.argv.slice(2);
 if (!out || !a || !b) {
@@ -97,9 +99,11 @@ for (const [key, name] of [
       `${wins} / ${losses} / ${d.length - wins - losses} | ${pct(meanOf(d))} ± ${pct(sdOf(d))} | ${t.toFixed(2)} (${tTestP(t, d.length - 1).toFixed(3)}) | ${signTestP(wins, losses).toFixed(3)} |`,
   );
 }
+// A run's seeds are in OUT/seed-<s>; rank-results.mjs's merged results.json names each seed's folder in `runs`.
+const seedDir = (s) => resolve(out, top.runs?.find((r) => r.seed === s)?.dir ?? `seed-${s}`);
 const bytesOf = (id) =>
   seeds.map((s) => {
-    const r = JSON.parse(readFileSync(join(out, `seed-${s}`, 'results.json'), 'utf8'));
+    const r = JSON.parse(readFileSync(join(seedDir(s), 'results.json'), 'utf8'));
     return r.models.find((m) => m.id === id).bytes;
   });
 for (const id of [a, b]) {
