@@ -110,7 +110,7 @@ usage: fedline demo [options]
   --plc-schedule SPEC   the simulated PLC's cycle, STATE:SECONDS,... (Running:6,Idle:9)
   --encoding f32|f16|q8 update encoding (f32)
   --delta               updates as differences to the base model
-  --strategy NAME       the aggregator's strategy: fedavg, scaffold, fedprox, ... (fedavg)
+  --strategy NAME       the aggregator's strategy: scaffold, fedavg, fedprox, ... (scaffold)
   -h, --help            this text
 
 ${EXIT_CODES_TEXT}`;

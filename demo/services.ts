@@ -94,7 +94,7 @@ export async function startDemoFederation(group: ProcessGroup, setup: DemoFedera
   const aggregatorConfig = join(dirs.config, 'aggregator.json');
   await writeFile(aggregatorConfig, JSON.stringify({ ...aggregatorConfigOf(setup), signingKeyFile: keys.signingKeyFile }, null, 2));
   const { child: aggregator } = await group.start('aggregator', ['aggregator', '--config', aggregatorConfig], join(dirs.logs, 'aggregator.log'));
-  say(`aggregator started, signing every model version [pid ${aggregator.proc.pid}]`);
+  say(`aggregator started, strategy ${setup.options.strategy}, signing every model version [pid ${aggregator.proc.pid}]`);
   for (const [i, agent] of agents.entries()) {
     const file = join(dirs.config, `agent-${agent}.json`);
     const trigger = plcEndpoint

@@ -24,6 +24,11 @@ const syntheticDataSchema = z.strictObject({
   scale: z.number().gt(0).max(20).default(1),
   /** Seed of the images. Default: the experiment's seed. */
   seed: z.number().int().nonnegative().optional(),
+  /**
+   * The clients' EMPTY scenes: workshop (a workbench with tools, default) or classic (the
+   * `fedline demo` agents' images, to measure on the demo's own task). External set and probes have no EMPTY image.
+   */
+  clientClutter: z.enum(['workshop', 'classic']).default('workshop'),
 });
 
 /** The user's own images: one folder per site (`<dir>/<CLASS>/*.png|jpg`), optional evaluation folders. */

@@ -45,7 +45,14 @@ export async function prepareDataLayout(config: ExperimentConfig, needPretrainin
     const parts: ExperimentPart[] = ['clients', 'external', 'probes'];
     if (needPretraining && !referenceDir) parts.push('reference');
     const t0 = Date.now();
-    const gen = await generateExperimentData({ out: dataDir, seed, size: config.data.size, scale: config.data.scale, parts });
+    const gen = await generateExperimentData({
+      out: dataDir,
+      seed,
+      size: config.data.size,
+      scale: config.data.scale,
+      parts,
+      clientClutter: config.data.clientClutter,
+    });
     say(
       `generated ${gen.files} images (${config.data.size}x${config.data.size} px, seed ${seed}, scale ${config.data.scale}) in ${dataDir} (${((Date.now() - t0) / 1000).toFixed(1)} s)`,
     );

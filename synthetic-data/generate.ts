@@ -126,6 +126,8 @@ export interface ExperimentDataOptions {
   scale?: number;
   /** What to write; default all four. */
   parts?: readonly ExperimentPart[];
+  /** The clients' EMPTY scenes: workshop (default) or classic (as `fedline demo`'s images). */
+  clientClutter?: ClutterStyle;
 }
 
 export interface ProbeSet {
@@ -161,7 +163,7 @@ export async function generateExperimentData(options: ExperimentDataOptions): Pr
   const common = { seed: options.seed, size: options.size, scale: options.scale ?? 1, clutter: 'workshop' as const };
   const out: ExperimentData = { clients: [], external: null, probes: [], reference: null, files: 0 };
   if (parts.has('clients')) {
-    const r = await generateDataset({ ...common, out: options.out, clients: PAPER_CLIENTS });
+    const r = await generateDataset({ ...common, clutter: options.clientClutter ?? 'workshop', out: options.out, clients: PAPER_CLIENTS });
     out.clients = r.clients;
     out.files += r.files;
   }

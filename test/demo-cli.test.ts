@@ -30,7 +30,7 @@ function runDemo(args: string[]) {
 }
 
 test(
-  'npm run demo: 3 agent processes, every round with all 3, final global accuracy >= 0.9 on every local test split, no process left',
+  'npm run demo: 3 agent processes, every round with all 3, SCAFFOLD by default, final global accuracy >= 0.9 on every local test split, no process left',
   { timeout: 600_000 },
   async () => {
     const dir = tempDir('demo');
@@ -46,6 +46,12 @@ test(
         assert.ok(Object.values(r.sampleCounts).every((n) => n > 0));
         assert.ok(r.bytesUp > 0 && r.bytesDown > 0 && (r.durationMs ?? 0) > 0);
       }
+      // The default strategy is SCAFFOLD (docs/experiment.md, "The demo's default recipe"): from round 2 on
+      // the server's control variate travels down with every model, about doubling the bytes down.
+      assert.equal(summary.options.strategy, 'scaffold');
+      assert.match(demo.output(), /aggregator started, strategy scaffold,/);
+      const [first, second] = summary.rounds;
+      assert.ok(second && second.bytesDown > 1.9 * first!.bytesDown, `bytes down ${first!.bytesDown} then ${second?.bytesDown}`);
       const final = summary.finalModel;
       for (const agent of summary.agents) assert.ok(final.accuracy[agent]! >= 0.9, `final accuracy on ${agent}: ${final.accuracy[agent]}\n${demo.output()}`);
       assert.ok(existsSync(join(final.dir, 'model.json')) && existsSync(join(final.dir, 'weights.bin')));

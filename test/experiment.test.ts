@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join, relative } from 'node:path';
 import { FsModelStore } from '../aggregator/model-store.js';
-import { generateExperimentData } from '../synthetic-data/generate.js';
+import { generateDataset, generateExperimentData } from '../synthetic-data/generate.js';
 import { experimentConfigSchema } from '../experiment/config.js';
 import { runExperiment, type ExperimentResults } from '../experiment/runner.js';
 import { parseConfig } from '../shared/config/service-config.js';
@@ -45,6 +45,27 @@ test('the experiment generator: one seed, identical files in every part; another
     assert.deepEqual([...ha!.entries()].sort(), [...hb!.entries()].sort(), 'same seed, byte-identical files');
     const differing = [...ha!].filter(([k, v]) => hc!.get(k) !== v).length;
     assert.ok(differing > ha!.size / 2, `another seed changes most images (${differing} of ${ha!.size})`);
+  } finally {
+    for (const d of dirs) d.cleanup();
+  }
+});
+
+test("clientClutter classic: the clients' images are the demo's, byte for byte; the default (workshop) changes only EMPTY", async () => {
+  const dirs = [tempDir('expdata-classic'), tempDir('expdata-workshop'), tempDir('demo-data')];
+  try {
+    const opts = { seed: 11, size: 16, scale: 0.15, parts: ['clients' as const] };
+    await generateExperimentData({ ...opts, clientClutter: 'classic', out: dirs[0]!.path });
+    await generateExperimentData({ ...opts, out: dirs[1]!.path });
+    // As demo/prepare-data.ts generates the agents' images.
+    await generateDataset({ out: dirs[2]!.path, seed: 11, size: 16, scale: 0.15 });
+    const [classic, workshop, demo] = dirs.map((d) => treeHashes(d.path));
+    assert.deepEqual([...classic!.entries()].sort(), [...demo!.entries()].sort(), "classic: the demo's images");
+    const differing = [...workshop!].filter(([k, v]) => classic!.get(k) !== v).map(([k]) => k);
+    assert.ok(differing.length > 0, 'workshop clutter changes images');
+    assert.ok(
+      differing.every((k) => k.includes('/EMPTY/')),
+      `only EMPTY images differ (${differing.find((k) => !k.includes('/EMPTY/'))})`,
+    );
   } finally {
     for (const d of dirs) d.cleanup();
   }
