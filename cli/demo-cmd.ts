@@ -11,8 +11,11 @@ import { strategyNames } from '../aggregator/strategy-registry.js';
  * The demo aggregator's strategy unless --strategy says otherwise: SCAFFOLD, the best measured on
  * the demo's own task (examples/experiment-demo-settings.json, 20 seeds, ahead of FedAvg on external
  * balanced accuracy and probe defect recall): docs/experiment.md, "The demo's default recipe".
+ * Head-only (`--federate head`) stays FedAvg: SCAFFOLD on the head swung more (docs/experiment.md,
+ * "The head's learning rate").
  */
 export const DEMO_STRATEGY = 'scaffold';
+export const DEMO_HEAD_STRATEGY = 'fedavg';
 
 /** The demo's command line (usage in cli/main.ts) as DemoOptions; throws a FedlineError naming the bad option. */
 export function parseDemoArgs(args: string[]): DemoOptions {
@@ -35,7 +38,7 @@ export function parseDemoArgs(args: string[]): DemoOptions {
       'pretrain-epochs': { type: 'string' },
       encoding: { type: 'string', default: 'f32' },
       delta: { type: 'boolean', default: false },
-      strategy: { type: 'string', default: DEMO_STRATEGY },
+      strategy: { type: 'string' },
       dashboard: { type: 'boolean', default: false },
     },
     strict: true,
@@ -57,9 +60,10 @@ export function parseDemoArgs(args: string[]): DemoOptions {
   if (!(learningRate > 0 && learningRate < 1)) throw invalid(`--learning-rate must be in (0, 1), got "${values['learning-rate']}"`);
   const encoding = values.encoding as UpdateEncoding;
   if (!updateEncodings.includes(encoding)) throw invalid(`--encoding must be one of ${updateEncodings.join(', ')}, got "${values.encoding}"`);
-  if (!strategyNames.includes(values.strategy!)) throw invalid(`--strategy must be one of ${strategyNames.join(', ')}, got "${values.strategy}"`);
+  const strategy = values.strategy ?? (values.federate === 'head' ? DEMO_HEAD_STRATEGY : DEMO_STRATEGY);
+  if (!strategyNames.includes(strategy)) throw invalid(`--strategy must be one of ${strategyNames.join(', ')}, got "${strategy}"`);
   return {
-    strategy: values.strategy!,
+    strategy,
     trigger: values.trigger,
     plcSchedule: values['plc-schedule']!,
     rounds: int('rounds', values.rounds, 1, 1000),

@@ -38,7 +38,7 @@ commands:
                 --init-from DIR  --pretrain-epochs N (VGG: 15)  --learning-rate X
                 --trigger opcua  agents train only in the idle windows of a simulated PLC
                 --encoding f32|f16|q8 (f32)  --delta (updates as differences to the base model)
-                --strategy fedavg|scaffold|... the aggregator's strategy (fedavg)
+                --strategy scaffold|fedavg|... the aggregator's strategy (scaffold; fedavg with --federate head)
                 --dashboard  also serve the dashboard (a free loopback port) and print its address
   broker      run the embedded MQTT broker (Aedes)          --config FILE [--port N]
   aggregator  run the aggregator                            --config FILE
@@ -110,7 +110,7 @@ usage: fedline demo [options]
   --plc-schedule SPEC   the simulated PLC's cycle, STATE:SECONDS,... (Running:6,Idle:9)
   --encoding f32|f16|q8 update encoding (f32)
   --delta               updates as differences to the base model
-  --strategy NAME       the aggregator's strategy: scaffold, fedavg, fedprox, ... (scaffold)
+  --strategy NAME       the aggregator's strategy: scaffold, fedavg, fedprox, ... (scaffold; fedavg with --federate head)
   -h, --help            this text
 
 ${EXIT_CODES_TEXT}`;

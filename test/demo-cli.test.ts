@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { DemoSummary } from '../demo/run-demo.js';
+import { DEMO_HEAD_STRATEGY, DEMO_STRATEGY, parseDemoArgs } from '../cli/demo-cmd.js';
 import { REPO_ROOT, tempDir, waitFor } from './helpers.js';
 
 const CLI = join(REPO_ROOT, 'dist', 'cli', 'main.js');
@@ -92,4 +93,14 @@ test('bad demo arguments are refused with a clear message and exit code 2', asyn
   const demo = runDemo(['--rounds', 'many']);
   assert.equal(await demo.exit, 2);
   assert.match(demo.output(), /--rounds must be an integer/);
+});
+
+test('demo strategy: SCAFFOLD by default, FedAvg for head-only, --strategy wins over both, an unknown one is refused', () => {
+  assert.equal(DEMO_STRATEGY, 'scaffold');
+  assert.equal(DEMO_HEAD_STRATEGY, 'fedavg');
+  assert.equal(parseDemoArgs([]).strategy, 'scaffold');
+  assert.equal(parseDemoArgs(['--model', 'vgg11', '--federate', 'head']).strategy, 'fedavg');
+  assert.equal(parseDemoArgs(['--federate', 'head', '--strategy', 'scaffold']).strategy, 'scaffold');
+  assert.equal(parseDemoArgs(['--strategy', 'fedprox']).strategy, 'fedprox');
+  assert.throws(() => parseDemoArgs(['--strategy', 'nope']), /--strategy must be one of .*got "nope"/);
 });
