@@ -53,6 +53,8 @@ export function createUpdateInbound(deps: UpdateInboundDeps): (m: InboundMessage
       status: 'rejected',
       upload: msg.upload,
       sha256: msg.type === 'update-done' ? msg.sha256 : null,
+      // The answer to that update-done: echo its number (undefined is left out of the message).
+      query: msg.type === 'update-done' ? msg.query : undefined,
       code,
       reason: message,
     });

@@ -148,14 +148,18 @@ export class UploadCollector {
     }
   }
 
-  /** update-done of an agent that has no accepted update this round yet: finish the upload or say what is missing. */
+  /**
+   * update-done of an agent that has no accepted update this round yet: finish the upload or say
+   * what is missing. The acks sent here answer it and echo its `query`; a verdict reached later
+   * (after verification) is sent on its own, without one.
+   */
   done(msg: UpdateDoneMsg): void {
     const { ctx } = this.o;
-    const { agent, round, upload, sha256 } = msg;
+    const { agent, round, upload, sha256, query } = msg;
     if (this.verifying.get(agent) === upload) return; // the verdict follows
     const refused = this.refused.get(agent);
     if (refused && refused.upload === upload) {
-      ctx.sendAck(round, agent, { status: 'rejected', upload, sha256, code: refused.code, reason: refused.reason });
+      ctx.sendAck(round, agent, { status: 'rejected', upload, sha256, query, code: refused.code, reason: refused.reason });
       return;
     }
     const r = this.receivers.get(agent);
@@ -165,10 +169,16 @@ export class UploadCollector {
         this.startFinish(r, ctx.topics.update(round, agent));
         return;
       }
-      ctx.sendAck(round, agent, { status: 'incomplete', upload, sha256, missing: r.missing(MAX_MISSING_LISTED) });
+      ctx.sendAck(round, agent, { status: 'incomplete', upload, sha256, query, missing: r.missing(MAX_MISSING_LISTED) });
       return;
     }
-    ctx.sendAck(round, agent, { status: 'incomplete', upload, sha256, missing: Array.from({ length: Math.min(msg.total, MAX_MISSING_LISTED) }, (_, i) => i) });
+    ctx.sendAck(round, agent, {
+      status: 'incomplete',
+      upload,
+      sha256,
+      query,
+      missing: Array.from({ length: Math.min(msg.total, MAX_MISSING_LISTED) }, (_, i) => i),
+    });
   }
 
   /**

@@ -99,6 +99,15 @@ class UpdateUpload {
    * when the real answer (given before the resend arrived) listed it too.
    */
   private readonly damaged = new Set<number>();
+  /** Verdict queries (`update-done`) sent so far; each carries its number as `query`. */
+  private queries = 0;
+  /**
+   * Queries answered in effect: handling an `incomplete` answer resends every chunk it lists, which
+   * also answers every query sent before it. A later `incomplete` echoing a number up to this one
+   * was given before that resend arrived and lists the same chunks: resending them again was the
+   * duplicate resends under load (issue 14).
+   */
+  private answeredQueries = 0;
   private wake: (() => void) | null = null;
 
   constructor(
@@ -164,15 +173,18 @@ class UpdateUpload {
         this.resentChunks += again.length;
         if (!(await this.pass(again)) && this.verdictDuringSend) return this.result(this.verdictDuringSend, sha256);
       }
-      await this.transport.publish(this.updateTopic, packMsg({ v: PROTOCOL_VERSION, type: 'update-done', round, agent, upload, total, bundleBytes, sha256 }), {
-        qos: 1,
-      });
-      const ack = await this.nextAck(this.options.ackTimeoutMs);
+      const query = ++this.queries;
+      const done = { v: PROTOCOL_VERSION, type: 'update-done', round, agent, upload, total, bundleBytes, sha256, query };
+      await this.transport.publish(this.updateTopic, packMsg(done), { qos: 1 });
+      const ack = await this.nextAnswer();
       if (!ack) {
         this.log.warn({ round, timeoutMs: this.options.ackTimeoutMs }, 'no verdict from the aggregator yet; asking again');
         continue;
       }
       if (ack.status === 'accepted' || ack.status === 'rejected') return this.result(ack, sha256);
+      // Every query sent up to now is answered by this one's resend. An older aggregator echoes no
+      // query: each of its answers is taken, as before.
+      if (ack.query !== undefined) this.answeredQueries = this.queries;
       const missing = ack.missing.filter((s) => s >= 0 && s < total);
       for (const s of missing) this.damaged.delete(s);
       if (missing.length) {
@@ -254,6 +266,23 @@ class UpdateUpload {
         },
       },
     );
+  }
+
+  /**
+   * The answer to the newest query, or a verdict; null when none comes within ackTimeoutMs. An
+   * `incomplete` echoing a query already answered in effect is stale: skipped (not an error), the
+   * wait goes on for the rest of the time.
+   */
+  private async nextAnswer(): Promise<AckMsg | null> {
+    const deadlineMs = performance.now() + this.options.ackTimeoutMs;
+    for (;;) {
+      const ack = await this.nextAck(Math.max(0, deadlineMs - performance.now()));
+      if (!ack || ack.status !== 'incomplete' || ack.query === undefined || ack.query > this.answeredQueries) return ack;
+      this.log.debug(
+        { round: this.round, query: ack.query, answeredQueries: this.answeredQueries, newest: this.queries },
+        'stale incomplete answer (its query was answered by a resend since); skipped',
+      );
+    }
   }
 
   /** The next verdict or incomplete ack; null after `timeoutMs` without one; rejects when the upload is aborted. */

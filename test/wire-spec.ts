@@ -135,7 +135,7 @@ export const roundAnnouncement = map({
 const chunkFields = { seq: int, total: int, bundleBytes: int, chunkBytes: int, crc32: int, data: bin };
 export const modelChunk = map({ v, type: str, version: int, sha256: str, ...chunkFields });
 export const updateChunk = map({ v, type: str, round: int, agent: str, upload: str, ...chunkFields });
-export const updateDone = map({ v, type: str, round: int, agent: str, upload: str, total: int, bundleBytes: int, sha256: str });
+export const updateDone = map({ v, type: str, round: int, agent: str, upload: str, total: int, bundleBytes: int, sha256: str, query: opt(int) });
 export const evalReport = map({ v, type: str, round: int, agent: str, baseVersion: int, metrics: evalMetrics, downloadedBytes: int });
 export const bnStats = map({
   v,
@@ -159,6 +159,7 @@ export const ack = map({
   missing: arr(int),
   stored: int,
   window: int,
+  query: opt(int),
 });
 
 const bundleHeader = (meta: WireType) =>

@@ -194,6 +194,12 @@ const updateDoneSchema = z.object({
   bundleBytes: posInt,
   /** SHA-256 of the whole update bundle. */
   sha256: sha256Hex,
+  /**
+   * This verdict query's number within the upload (1, 2, 3...), echoed in the answer so that the
+   * agent can tell a stale answer (to a query sent before its resend) from the newest one.
+   * Optional: an agent older than this field sends none and gets none back.
+   */
+  query: uint.optional(),
 });
 export type UpdateDoneMsg = z.infer<typeof updateDoneSchema>;
 
@@ -276,6 +282,12 @@ export const ackSchema = z.object({
   stored: uint.default(0),
   /** The sender's flow-control window from now on, chunks (status progress; 0: unchanged). */
   window: uint.default(0),
+  /**
+   * The `query` of the update-done this ack answers, echoed; absent when that update-done had none
+   * and on acks that answer no update-done (progress, CRC notices, verdicts reached on their own).
+   * An aggregator older than this field never sends it.
+   */
+  query: uint.optional(),
 });
 export type AckMsg = z.infer<typeof ackSchema>;
 
