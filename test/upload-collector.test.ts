@@ -2,15 +2,19 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
+import type { ActiveRound } from '../aggregator/active-round.js';
 import type { AckFields, AggregatorContext } from '../aggregator/aggregator-context.js';
 import type { StoredModel } from '../aggregator/model-store.js';
 import type { RoundRecord } from '../aggregator/round-journal.js';
 import { RoundState } from '../aggregator/round-state.js';
 import { creditChunksPerSender, UploadCollector } from '../aggregator/upload-collector.js';
+import { handleUpdateDone } from '../aggregator/update-done-handler.js';
+import { createUpdateInbound } from '../aggregator/update-inbound.js';
 import { UpdateSpool } from '../aggregator/update-spool.js';
 import { splitIntoChunks } from '../shared/bundle/chunking.js';
 import { decodeBundle, encodeBundle } from '../shared/bundle/tensor-bundle.js';
-import type { UpdateChunkMsg, UpdateMeta } from '../shared/protocol/messages.js';
+import type { UpdateChunkMsg, UpdateDoneMsg, UpdateMeta } from '../shared/protocol/messages.js';
+import { packMsg, unpackMsg } from '../shared/protocol/wire-codec.js';
 import { createTopics } from '../shared/protocol/topics.js';
 import { Counters } from '../shared/util/counters.js';
 import { silentLogger } from '../shared/util/logger.js';
@@ -20,7 +24,8 @@ import { tempDir, waitFor } from './helpers.js';
 /**
  * Flow-control credit on the aggregator's side (aggregator/upload-collector.ts): the configured
  * windowChunks is shared by the uploads in progress, and when one ends the others are granted
- * their larger share at once. (test/uplink-credit.test.ts covers the agent's side.)
+ * their larger share at once. (test/uplink-credit.test.ts covers the agent's side.) And its answers
+ * to update-done: each echoes the update-done's `query` (test/uplink-resend.test.ts: the agent's side).
  */
 
 test('credit per sender: windowChunks shared by the senders, never below 8 chunks, 0 when off', () => {
@@ -110,7 +115,7 @@ function setup(windowChunks: number, selected = ['a', 'b']) {
     federatedNames: ['w'],
     onVerdict: () => undefined,
   });
-  return { dir, acks, collector, state };
+  return { dir, acks, collector, state, ctx };
 }
 
 test('when one upload ends, the upload still in progress is granted the larger credit at once', async () => {
@@ -201,4 +206,111 @@ test('without flow control (windowChunks 0) no progress is reported', () => {
   } finally {
     dir.cleanup();
   }
+});
+
+/** `agent`'s update-done for its upload `<agent>-u1` of `bundle`, numbered `query` (none: undefined). */
+function doneMsg(agent: string, bundle: Buffer, query: number | undefined): UpdateDoneMsg {
+  const total = chunks(agent, bundle).length;
+  const sha256 = createHash('sha256').update(bundle).digest('hex');
+  return {
+    v: 1,
+    type: 'update-done',
+    round,
+    agent,
+    upload: `${agent}-u1`,
+    total,
+    bundleBytes: bundle.byteLength,
+    sha256,
+    ...(query === undefined ? {} : { query }),
+  };
+}
+
+test('an incomplete answer to update-done echoes its query; the CRC notice, progress and later verdict carry none', async () => {
+  // Prepare: a has sent every chunk but chunk 1, whose copy was damaged.
+  const { dir, acks, collector } = setup(16, ['a']);
+  try {
+    const bundle = update('a');
+    const all = chunks('a', bundle);
+    for (const c of all) collector.chunk(c.seq === 1 ? { ...c, crc32: (c.crc32 + 1) >>> 0 } : c, 'a');
+    const notice = acks.find((x) => x.status === 'incomplete');
+    assert.ok(notice && notice.code !== undefined && notice.code !== null, 'the CRC notice');
+
+    // Execute: two verdict queries, then an old agent's one (no number).
+    collector.done(doneMsg('a', bundle, 1));
+    collector.done(doneMsg('a', bundle, 2));
+    collector.done(doneMsg('a', bundle, undefined));
+
+    // Assert: each answer lists chunk 1 and echoes its own query; the old agent's has no query field.
+    const answers = acks.filter((x) => x.status === 'incomplete' && x.code === undefined);
+    assert.deepEqual(
+      answers.map((x) => [x.query, x.missing]),
+      [
+        [1, [1]],
+        [2, [1]],
+        [undefined, [1]],
+      ],
+    );
+    // On the wire an undefined field is left out: an old agent gets no `query` field at all.
+    assert.equal('query' in (unpackMsg(packMsg(answers[2])) as object), false, 'no query asked, none echoed');
+
+    // Execute: chunk 1 arrives whole; the upload completes on its own and is verified.
+    collector.chunk(all[1]!, 'a');
+    await waitFor('the verdict for a', () => acks.some((x) => x.status === 'accepted'), 30_000, 5);
+    // Assert: the notice, the progress acks and the verdict reached on its own answer no update-done.
+    for (const x of acks.filter((y) => !answers.includes(y))) assert.equal(x.query, undefined, `${x.status} ack carries no query`);
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('an update-done after the verdict, or of a refused upload, gets the verdict again with its query echoed', async () => {
+  // Prepare: a's update is accepted; b's upload is refused (chunks of the wrong size).
+  const { dir, acks, collector, state, ctx } = setup(0);
+  try {
+    await sendWhole(collector, acks, 'a');
+    const b = update('b');
+    collector.chunk({ ...chunks('b', b)[0]!, chunkBytes: 32 }, 'b');
+    const active = { state, uploads: collector } as unknown as ActiveRound;
+
+    // Execute
+    handleUpdateDone(ctx, active, doneMsg('a', update('a'), 3));
+    handleUpdateDone(ctx, active, doneMsg('b', b, 2));
+
+    // Assert
+    assert.deepEqual(
+      acks.slice(-2).map((x) => [x.agent, x.status, x.query]),
+      [
+        ['a', 'accepted', 3],
+        ['b', 'rejected', 2],
+      ],
+    );
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('an update-done refused before the collector (round not open) is answered rejected with its query echoed', () => {
+  // Prepare: no round open.
+  const acks: (AckFields & { agent: string })[] = [];
+  const topics = createTopics('fl/test');
+  const ctx = {
+    config: { agents: ['a'], federation: 'f' },
+    topics,
+    sendAck: (_round: number, agent: string, ack: AckFields) => acks.push({ agent, ...ack }),
+    reject: () => undefined,
+  } as unknown as AggregatorContext;
+  const inbound = createUpdateInbound({ ctx, current: () => null, journal: {} as never });
+  const bundle = update('a');
+
+  // Execute: a numbered update-done and an unnumbered one, as they come off the wire.
+  for (const query of [7, undefined]) inbound({ topic: topics.update(round, 'a'), payload: packMsg(doneMsg('a', bundle, query)) } as never);
+
+  // Assert
+  assert.deepEqual(
+    acks.map((x) => [x.status, x.code, x.query]),
+    [
+      ['rejected', 'FL_ROUND_CLOSED', 7],
+      ['rejected', 'FL_ROUND_CLOSED', undefined],
+    ],
+  );
 });
