@@ -54,7 +54,9 @@ const VERDICT = Symbol('verdict');
  * way, so the SHA-256 costs no pass of its own), then `update-done` with the SHA-256, asking for a
  * verdict. The aggregator answers accepted, rejected, or incomplete with the missing chunk
  * numbers; only those are sent again. No answer within ackTimeoutMs (the aggregator was
- * restarting, the link dropped): ask again. Ends on accepted or rejected, or when `signal`
+ * restarting, the link dropped): ask again. Each query carries its number (`query`), which the
+ * aggregator echoes, so that a stale `incomplete` answer (to a query sent before the last resend)
+ * resends nothing twice. Ends on accepted or rejected, or when `signal`
  * aborts. A verdict that arrives while chunks are still going out (the header was refused) ends
  * the upload at once.
  *
