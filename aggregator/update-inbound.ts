@@ -39,6 +39,8 @@ export function createUpdateInbound(deps: UpdateInboundDeps): (m: InboundMessage
   // A straggler is told with its code, so that it stops sending instead of waiting for a verdict:
   // once per update-done, and once per upload for its chunks (not an ack for every chunk).
   const told = new Set<string>();
+  /** The journal's unfinished round (outcome not yet decided) is `round`: the aggregator is starting and will resume it. */
+  const resumesLater = (round: number): boolean => deps.journal.data.rounds.some((r) => r.round === round && r.outcome === null) && !deps.journal.data.complete;
   const tellSender = (u: UpdateMessage, err: unknown): void => {
     const msg = u.msg!;
     if (msg.type === 'eval' || msg.type === 'bn-stats') return;
@@ -95,6 +97,13 @@ export function createUpdateInbound(deps: UpdateInboundDeps): (m: InboundMessage
       run: (u) => {
         const active = deps.current();
         const round = u.msg!.round;
+        if (!active && resumesLater(round)) {
+          // A restarted aggregator hears the update topics before it has reopened the round its
+          // journal left unfinished: a "round closed" now would end uploads that round still
+          // waits for. Say nothing; the agent asks again, and chunks sent meanwhile are listed missing.
+          ctx.log.debug({ round, agent: u.msg!.agent, type: u.msg!.type }, 'message for the round being resumed; not answered yet');
+          return 'done';
+        }
         if (!active || active.state.plan.round !== round || active.state.closed) {
           throw new FedlineError(ErrorCodes.ROUND_CLOSED, `round ${round} is not open${active ? ` (round ${active.state.plan.round} is)` : ''}`);
         }

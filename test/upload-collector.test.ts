@@ -299,7 +299,8 @@ test('an update-done refused before the collector (round not open) is answered r
     sendAck: (_round: number, agent: string, ack: AckFields) => acks.push({ agent, ...ack }),
     reject: () => undefined,
   } as unknown as AggregatorContext;
-  const inbound = createUpdateInbound({ ctx, current: () => null, journal: {} as never });
+  const journal = { data: { complete: false, rounds: [{ round: round - 1, outcome: 'aggregate' }] } };
+  const inbound = createUpdateInbound({ ctx, current: () => null, journal: journal as never });
   const bundle = update('a');
 
   // Execute: a numbered update-done and an unnumbered one, as they come off the wire.
@@ -312,5 +313,40 @@ test('an update-done refused before the collector (round not open) is answered r
       ['rejected', 'FL_ROUND_CLOSED', 7],
       ['rejected', 'FL_ROUND_CLOSED', undefined],
     ],
+  );
+});
+
+test('a restarted aggregator does not answer update-done for the round its journal will resume, and still refuses other rounds', () => {
+  // Prepare: no round open yet; the journal left round 1 unfinished (outcome null), round 0 done.
+  const acks: (AckFields & { agent: string })[] = [];
+  const topics = createTopics('fl/test');
+  const ctx = {
+    config: { agents: ['a'], federation: 'f' },
+    topics,
+    log: silentLogger(),
+    sendAck: (_round: number, agent: string, ack: AckFields) => acks.push({ agent, ...ack }),
+    reject: () => undefined,
+  } as unknown as AggregatorContext;
+  const journal = {
+    data: {
+      complete: false,
+      rounds: [
+        { round: 0, outcome: 'aggregate' },
+        { round: 1, outcome: null },
+      ],
+    },
+  };
+  const inbound = createUpdateInbound({ ctx, current: () => null, journal: journal as never });
+  const bundle = update('a');
+  const done = (r: number) => ({ ...doneMsg('a', bundle, 3), round: r });
+
+  // Execute: an update-done for the round being resumed, then one for a round that is over.
+  inbound({ topic: topics.update(1, 'a'), payload: packMsg(done(1)) } as never);
+  inbound({ topic: topics.update(0, 'a'), payload: packMsg(done(0)) } as never);
+
+  // Assert: silence for round 1 (a "closed" would end an upload the resumed round waits for); round 0 is refused.
+  assert.deepEqual(
+    acks.map((x) => [x.status, x.code, x.query]),
+    [['rejected', 'FL_ROUND_CLOSED', 3]],
   );
 });
