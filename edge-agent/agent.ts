@@ -64,7 +64,8 @@ export { offlineStatus } from './agent-status.js';
  * sends its update in chunks until the aggregator's verdict. A newer announcement, a closed
  * round or stop() aborts the work in progress at the next batch boundary.
  *
- * The round's steps live beside it: the base model and trainer (round-base.ts), status publishing
+ * Over 400 lines: one class holds the per-round state every step touches (current work, abort
+ * signal, counters, status). The round's steps live beside it: the base model and trainer (round-base.ts), status publishing
  * (agent-status.ts), local training (local-update.ts), the eval and statistics reports
  * (site-reports.ts), the upload (uplink.ts), run keys (run-rounds.ts).
  */
