@@ -177,7 +177,9 @@ export class Aggregator extends EventEmitter {
     const { transport, topics } = ctx;
     await journal.load();
     await transport.subscribe(topics.statusAll(), this.presence.onStatus);
-    await transport.subscribe(topics.updatesAll(), this.onUpdateMessage);
+    // Borrowed: update chunks are handed over as views of the receive buffer (no allocation per chunk);
+    // every step of the update inbound is synchronous and copies what it keeps.
+    await transport.subscribe(topics.updatesAll(), this.onUpdateMessage, { borrowed: true });
     // Connected already: every later 'connect' is a reconnect.
     transport.on('connect', () => {
       if (this.stopped) return;

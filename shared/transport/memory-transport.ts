@@ -1,7 +1,16 @@
 import { EventEmitter } from 'node:events';
 import { ErrorCodes, FedlineError } from '../protocol/errors.js';
 import { topicMatches } from '../protocol/topics.js';
-import { Dispatcher, type InboundMessage, type LastWill, type MessageHandler, type PublishOptions, type Transport, type TransportEvent } from './transport.js';
+import {
+  Dispatcher,
+  type InboundMessage,
+  type LastWill,
+  type MessageHandler,
+  type PublishOptions,
+  type SubscribeOptions,
+  type Transport,
+  type TransportEvent,
+} from './transport.js';
 
 /**
  * An in-memory stand-in for a broker, for unit tests of the layers above the transport (round
@@ -72,11 +81,20 @@ export class MemoryTransport implements Transport {
     this.hub.route(this.clientId, topic, bytes, options.retain ?? false);
   }
 
-  async subscribe(filter: string, handler: MessageHandler): Promise<void> {
-    this.dispatcher.add(filter, handler);
+  async subscribe(filter: string, handler: MessageHandler, options: SubscribeOptions = {}): Promise<void> {
+    this.dispatcher.add(filter, handler, options.borrowed ?? false);
     const retained = this.hub.retainedFor(filter);
     setImmediate(() => {
-      for (const m of retained) if (this.open) handler(m);
+      for (const m of retained) {
+        if (!this.open) return;
+        if (!options.borrowed) {
+          handler(m);
+          continue;
+        }
+        const lent = { ...m, payload: Buffer.from(m.payload) };
+        handler(lent);
+        lent.payload.fill(0xa5);
+      }
     });
   }
 
@@ -87,7 +105,17 @@ export class MemoryTransport implements Transport {
   /** @internal */
   deliver(message: InboundMessage): void {
     setImmediate(() => {
-      if (this.open) this.dispatcher.dispatch(message, (err) => this.events.emit('error', err));
+      if (!this.open) return;
+      const onError = (err: unknown) => this.events.emit('error', err);
+      if (!this.dispatcher.borrows(message.topic)) {
+        this.dispatcher.dispatch(message, onError);
+        return;
+      }
+      // As the MQTT adapter does, borrowing handlers get a payload that is reused once they
+      // returned: here a private copy, overwritten afterwards, so that a handler that kept it fails its test.
+      const lent = { ...message, payload: Buffer.from(message.payload) };
+      this.dispatcher.dispatch(lent, onError, true);
+      lent.payload.fill(0xa5);
     });
   }
 

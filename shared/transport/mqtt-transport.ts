@@ -1,9 +1,19 @@
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import { MqttClient, type IClientOptions } from 'mqtt';
+import { BorrowingStream } from './borrowing-stream.js';
 import type { Logger } from '../util/logger.js';
 import { ErrorCodes, FedlineError } from '../protocol/errors.js';
-import { Dispatcher, type InboundMessage, type LastWill, type MessageHandler, type PublishOptions, type Transport, type TransportEvent } from './transport.js';
+import {
+  Dispatcher,
+  type InboundMessage,
+  type LastWill,
+  type MessageHandler,
+  type PublishOptions,
+  type SubscribeOptions,
+  type Transport,
+  type TransportEvent,
+} from './transport.js';
 
 export interface MqttTransportOptions {
   /** Broker URL: mqtt://host:port or mqtts://host:port. */
@@ -31,15 +41,14 @@ type Server = { host: string; port: number; protocol: 'mqtt' | 'mqtts' };
 
 function serverOf(url: string): Server {
   const u = new URL(url);
+  if (u.protocol !== 'mqtt:' && u.protocol !== 'mqtts:')
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `broker URL ${url}: only mqtt:// and mqtts:// are supported`);
   const protocol = u.protocol === 'mqtts:' ? 'mqtts' : 'mqtt';
   return { host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port ? Number(u.port) : protocol === 'mqtts' ? 8883 : 1883, protocol };
 }
 
-/** The URL of the server MQTT.js used for its latest connection (its `servers` rotation writes host, port and protocol into the options). */
-function currentUrl(client: MqttClient, fallback: string): string {
-  const o = client.options as { host?: string; port?: number; protocol?: string };
-  if (!o.host || !o.port || !o.protocol) return fallback;
-  return `${o.protocol}://${o.host.includes(':') ? `[${o.host}]` : o.host}:${o.port}`;
+function urlOf(s: Server): string {
+  return `${s.protocol}://${s.host.includes(':') ? `[${s.host}]` : s.host}:${s.port}`;
 }
 
 /**
@@ -54,18 +63,22 @@ export class MqttTransport implements Transport {
   private readonly log: Logger;
   private closed = false;
   private brokerUrl: string;
+  /** The server of the latest connection attempt. */
+  private streamUrl: string;
 
   private constructor(client: MqttClient, options: MqttTransportOptions) {
     this.client = client;
     this.clientId = options.clientId;
     this.log = options.logger;
     this.brokerUrl = options.url;
+    this.streamUrl = options.url;
+    // Messages on topics with a borrowing handler never get here: BorrowingStream delivers them (below).
     client.on('message', (topic, payload, packet) => {
       const message: InboundMessage = { topic, payload, retain: packet.retain };
       this.dispatcher.dispatch(message, (err, m) => this.log.error({ err, topic: m.topic }, 'message handler failed'));
     });
     client.on('connect', () => {
-      const now = options.urls?.length ? currentUrl(client, options.url) : options.url;
+      const now = this.streamUrl;
       if (now !== this.brokerUrl) this.log.warn({ from: this.brokerUrl, to: now }, `MQTT: switched to broker ${now} (was ${this.brokerUrl})`);
       this.brokerUrl = now;
       this.events.emit('connect');
@@ -83,6 +96,13 @@ export class MqttTransport implements Transport {
   }
 
   static async connect(options: MqttTransportOptions): Promise<MqttTransport> {
+    const servers = [options.url, ...(options.urls ?? [])].map(serverOf);
+    const tlsOptions = {
+      rejectUnauthorized: true,
+      ...(options.caFile ? { ca: readFileSync(options.caFile) } : {}),
+      ...(options.certFile ? { cert: readFileSync(options.certFile) } : {}),
+      ...(options.keyFile ? { key: readFileSync(options.keyFile) } : {}),
+    };
     const clientOptions: IClientOptions = {
       clientId: options.clientId,
       protocolVersion: 4,
@@ -91,18 +111,31 @@ export class MqttTransport implements Transport {
       reconnectPeriod: options.reconnectPeriodMs ?? 1000,
       connectTimeout: options.connectTimeoutMs ?? 10_000,
       resubscribe: true,
-      ...(options.urls?.length ? { servers: [options.url, ...options.urls].map(serverOf) } : {}),
+      manualConnect: true,
       ...(options.username !== undefined ? { username: options.username } : {}),
       ...(options.password !== undefined ? { password: options.password } : {}),
-      ...(options.caFile ? { ca: readFileSync(options.caFile) } : {}),
-      ...(options.certFile ? { cert: readFileSync(options.certFile) } : {}),
-      ...(options.keyFile ? { key: readFileSync(options.keyFile) } : {}),
       ...(options.will
         ? { will: { topic: options.will.topic, payload: Buffer.from(options.will.payload), qos: options.will.qos ?? 1, retain: options.will.retain ?? false } }
         : {}),
     };
-    const client = mqtt.connect(options.url, clientOptions);
-    const transport = new MqttTransport(client, options);
+    // MQTT.js is given its byte stream by this builder (instead of its own TCP/TLS one): each
+    // connection attempt takes the next server of the cluster, round robin, as MQTT.js's `servers`
+    // option would, and reads through BorrowingStream.
+    let attempt = 0;
+    let transport: MqttTransport | null = null;
+    const client = new MqttClient(() => {
+      const server = servers[attempt++ % servers.length]!;
+      transport!.streamUrl = urlOf(server);
+      return new BorrowingStream({
+        host: server.host,
+        port: server.port,
+        ...(server.protocol === 'mqtts' ? { tls: tlsOptions } : {}),
+        borrows: (topic) => transport!.dispatcher.borrows(topic),
+        deliver: (p) => transport!.deliverBorrowed({ topic: p.topic, payload: p.payload, retain: p.retain }),
+      });
+    }, clientOptions);
+    transport = new MqttTransport(client, options);
+    client.connect();
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(
         () => {
@@ -148,8 +181,8 @@ export class MqttTransport implements Transport {
     await this.client.publishAsync(topic, payload, { qos: options.qos ?? 1, retain: options.retain ?? false });
   }
 
-  async subscribe(filter: string, handler: MessageHandler): Promise<void> {
-    if (this.dispatcher.add(filter, handler)) {
+  async subscribe(filter: string, handler: MessageHandler, options: SubscribeOptions = {}): Promise<void> {
+    if (this.dispatcher.add(filter, handler, options.borrowed ?? false)) {
       const grants = await this.client.subscribeAsync(filter, { qos: 1 });
       const refused = grants.find((g) => g.qos === 128);
       if (refused) {
@@ -157,6 +190,11 @@ export class MqttTransport implements Transport {
         throw new FedlineError(ErrorCodes.TRANSPORT, `broker refused subscription to ${filter}`);
       }
     }
+  }
+
+  /** A PUBLISH from BorrowingStream's fast lane: its payload is a view of the receive buffer. */
+  private deliverBorrowed(message: InboundMessage): void {
+    this.dispatcher.dispatch(message, (err, m) => this.log.error({ err, topic: m.topic }, 'message handler failed'), true);
   }
 
   async unsubscribe(filter: string, handler: MessageHandler): Promise<void> {
