@@ -2,13 +2,14 @@ import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { EvalReportMsg } from '../shared/protocol/messages.js';
 import type { ActiveRound } from './active-round.js';
 import type { AggregatorContext } from './aggregator-context.js';
-import type { RoundJournal } from './round-journal.js';
 
 /**
  * An agent's evaluation of the round's base model on its local test split: recorded in the round
- * (the target rule and evaluation rounds decide on it), the journal and the model store.
+ * (the target rule and evaluation rounds decide on it) and in the round's spool (a restarted
+ * aggregator takes it back). The journal and the version's meta.json get every site's metrics once,
+ * when the round closes.
  */
-export function handleEvalReport(ctx: AggregatorContext, active: ActiveRound, msg: EvalReportMsg, journal: RoundJournal): void {
+export function handleEvalReport(ctx: AggregatorContext, active: ActiveRound, msg: EvalReportMsg): void {
   if (msg.baseVersion !== active.base.version) {
     throw new FedlineError(
       ErrorCodes.WRONG_BASE,
@@ -24,8 +25,9 @@ export function handleEvalReport(ctx: AggregatorContext, active: ActiveRound, ms
   if (!active.state.recordEval(msg.agent, msg.metrics)) return;
   active.record.baseMetrics[msg.agent] = msg.metrics;
   active.record.bytesDown += msg.downloadedBytes;
-  ctx.store.recordMetrics(msg.baseVersion, msg.agent, msg.metrics).catch((err: Error) => ctx.log.warn({ err: err.message }, 'could not record metrics'));
   ctx.log.info({ round: msg.round, agent: msg.agent, version: msg.baseVersion, accuracy: msg.metrics.accuracy }, 'global model evaluated by agent');
-  journal.save().catch(() => undefined);
+  ctx.spool
+    .saveEval(msg.round, msg.agent, { metrics: msg.metrics, downloadedBytes: msg.downloadedBytes })
+    .catch((err: Error) => ctx.log.warn({ err: err.message, agent: msg.agent }, 'could not keep the evaluation on disk'));
   active.checkClose();
 }

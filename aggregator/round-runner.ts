@@ -106,6 +106,13 @@ export class RoundRunner {
     if (!decision.close) throw new FedlineError(ErrorCodes.ABORTED, `round ${roundNo} ended without a decision to close it`);
     await this.d.publisher.announce(this.announcement(active, task, 'closed', control));
     this.recordClose(active, decision);
+    // The sites' evaluations go into the base version's meta.json once, now, in one write (they
+    // were one read-modify-write of a file growing with the sites per batch of reports: docs/scaling.md).
+    await Promise.all(
+      Object.entries(record.baseMetrics).map(([agent, m]) =>
+        ctx.store.recordMetrics(active.base.version, agent, m).catch((err: Error) => log.warn({ err: err.message }, 'could not record metrics')),
+      ),
+    );
     // The round's base was evaluated by the sites at its start: the release gates decide on it.
     await this.d.release.onBaseEvaluated(active.base, record.baseMetrics);
     if (decision.outcome === 'aggregate' && !this.d.isStopped())
@@ -216,6 +223,12 @@ export class RoundRunner {
         state.recordAccepted(u);
         ctx.log.info({ round: roundNo, agent: u.agent }, 'update restored from spool');
       }
+    }
+    // Evaluations received before a restart are in the spool (the journal has them only once the round closed).
+    for (const [agent, e] of resume ? await ctx.spool.listEvals(roundNo, ctx.log) : []) {
+      if (!state.isSelected(agent) || agent in record.baseMetrics) continue;
+      record.baseMetrics[agent] = e.metrics;
+      record.bytesDown += e.downloadedBytes;
     }
     for (const [agent, metrics] of Object.entries(record.baseMetrics)) state.recordEval(agent, metrics);
     // Statistics received before a restart, likewise.

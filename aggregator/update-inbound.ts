@@ -122,7 +122,7 @@ export function createUpdateInbound(deps: UpdateInboundDeps): (m: InboundMessage
     {
       name: 'dispatch',
       run: ({ m, msg, active }) => {
-        if (msg!.type === 'eval') handleEvalReport(ctx, active!, msg!, deps.journal);
+        if (msg!.type === 'eval') handleEvalReport(ctx, active!, msg!);
         else if (msg!.type === 'bn-stats') handleStatisticsReport(ctx, active!, msg!);
         else if (msg!.type === 'update-chunk') handleUpdateChunk(ctx, active!, msg!, m.topic);
         else handleUpdateDone(ctx, active!, msg!);

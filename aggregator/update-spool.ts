@@ -11,6 +11,7 @@ import type { Logger } from '../shared/util/logger.js';
 import { decodeValues, unitOf } from '../shared/bundle/value-encodings.js';
 import { elementCount, type TensorSpec } from '../shared/bundle/tensor-bundle.js';
 import type { AcceptedUpdate } from './round-state.js';
+import { evalMetricsSchema, type EvalMetrics } from '../shared/protocol/messages.js';
 
 /**
  * Updates wait on disk until their round closes, so the aggregator's memory does not grow with the
@@ -36,6 +37,12 @@ export interface SpooledUpdate extends AcceptedUpdate {
 /** float32 values of the base model, for updates sent as differences to it. */
 export interface BaseValues {
   read(name: string, start: number, out: Float32Array): Promise<void>;
+}
+
+/** An evaluation report as the spool keeps it. */
+export interface SpooledEval {
+  metrics: EvalMetrics;
+  downloadedBytes: number;
 }
 
 export type SpoolReader = TensorBlockReader & { close(): Promise<void> };
@@ -76,19 +83,46 @@ export class UpdateSpool {
 
   /** The BN statistics received for a round before a restart. */
   async listStatistics(round: number): Promise<[string, LayerMoments[]][]> {
-    let entries: string[];
-    try {
-      entries = await readdir(this.roundDir(round));
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-      throw err;
-    }
     const out: [string, LayerMoments[]][] = [];
-    for (const e of entries.filter((x) => x.endsWith('.bn-stats')).sort()) {
+    for (const e of (await this.entries(round)).filter((x) => x.endsWith('.bn-stats')).sort()) {
       const plain = JSON.parse(await readFile(join(this.roundDir(round), e), 'utf8')) as { layer: string; count: number; mean: number[]; m2: number[] }[];
       out.push([e.slice(0, -'.bn-stats'.length), plain.map((m) => ({ ...m, mean: Float64Array.from(m.mean), m2: Float64Array.from(m.m2) }))]);
     }
     return out;
+  }
+
+  /**
+   * Keep an agent's evaluation of the round's base model (`<agent>.eval`, a few KiB). One small
+   * file per report, where saving the journal per report rewrote every site's metrics each time:
+   * O(sites) bytes per report, O(sites^2) per round, and the aggregator's memory grew with the
+   * sites (docs/scaling.md, "The aggregator's memory at small updates").
+   */
+  async saveEval(round: number, agent: string, report: SpooledEval): Promise<void> {
+    await writeJsonAtomic(join(this.roundDir(round), `${agent}.eval`), report);
+  }
+
+  /** The evaluations received for a round before a restart; a damaged file is skipped (the agent's metrics are then missing, as if it had not reported). */
+  async listEvals(round: number, log?: Logger): Promise<[string, SpooledEval][]> {
+    const out: [string, SpooledEval][] = [];
+    for (const e of (await this.entries(round)).filter((x) => x.endsWith('.eval')).sort()) {
+      try {
+        const raw = JSON.parse(await readFile(join(this.roundDir(round), e), 'utf8')) as { metrics: unknown; downloadedBytes: unknown };
+        const downloadedBytes = typeof raw.downloadedBytes === 'number' && raw.downloadedBytes >= 0 ? raw.downloadedBytes : 0;
+        out.push([e.slice(0, -'.eval'.length), { metrics: evalMetricsSchema.parse(raw.metrics), downloadedBytes }]);
+      } catch (err) {
+        log?.warn({ round, file: e, err: (err as Error).message }, 'spooled evaluation unreadable; skipped');
+      }
+    }
+    return out;
+  }
+
+  private async entries(round: number): Promise<string[]> {
+    try {
+      return await readdir(this.roundDir(round));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
   }
 
   /**

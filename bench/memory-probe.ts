@@ -60,6 +60,8 @@ const sampler = setInterval(() => {
   const spaces = Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, { used: MiB(s.space_used_size), committed: MiB(s.space_size) }]));
   const sample = {
     ms: Date.now() - started,
+    /** Wall-clock time, to match the sample with the process's log. */
+    at: new Date().toISOString(),
     peakRss: Math.round(peak * 10) / 10,
     heapTotal: MiB(u.heapTotal),
     heapUsed: MiB(u.heapUsed),

@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { cpSync, existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Aggregator } from '../aggregator/aggregator.js';
 import { FsModelStore } from '../aggregator/model-store.js';
@@ -95,9 +96,7 @@ function scriptedAgent(hub: MemoryHub, agent: string, value: number, samples: nu
   return { transport, acks, ready };
 }
 
-function setup(minClients: number, deadlineMs: number) {
-  const dir = tempDir('agg-rounds');
-  const hub = new MemoryHub();
+function setup(minClients: number, deadlineMs: number, dir = tempDir('agg-rounds'), hub = new MemoryHub()) {
   const config = aggregatorConfig({
     url: 'mqtt://127.0.0.1:1',
     dir: dir.path,
@@ -189,3 +188,53 @@ test('too few updates at the deadline: the global model is kept and an alert say
     dir.cleanup();
   }
 });
+
+test(
+  'eval reports are kept in the round spool, not by rewriting the journal; a restarted aggregator resumes the round with them',
+  { timeout: 30_000 },
+  async () => {
+    const { dir, hub, aggregator } = setup(3, 60_000);
+    try {
+      const agents = [scriptedAgent(hub, 'a', 1, 100, 'deliver'), scriptedAgent(hub, 'b', 4, 300, 'deliver'), scriptedAgent(hub, 'c', 0, 50, 'silent')];
+      await Promise.all(agents.map((a) => a.ready));
+      const running = aggregator.run();
+      const spooled = (agent: string) => join(dir.path, 'spool', 'r1', `${agent}.eval`);
+      const started = Date.now();
+      while (!(existsSync(spooled('a')) && existsSync(spooled('b')))) {
+        assert.ok(Date.now() - started < 10_000, 'both evaluations reach the spool');
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.deepEqual(Object.keys(aggregator.history()[0]!.baseMetrics).sort(), ['a', 'b'], 'recorded in memory at once');
+      // On disk the journal still has the round as it opened: the reports did not rewrite it.
+      const journal = JSON.parse(readFileSync(join(dir.path, 'aggregator', 'journal.json'), 'utf8')) as { rounds: { outcome: unknown; baseMetrics: object }[] };
+      assert.equal(journal.rounds[0]!.outcome, null);
+      assert.deepEqual(journal.rounds[0]!.baseMetrics, {});
+
+      // A crash at this point leaves that journal and spool: keep them, stop, put them back.
+      const saved = join(dir.path, 'crash-copy');
+      cpSync(join(dir.path, 'aggregator'), join(saved, 'aggregator'), { recursive: true });
+      cpSync(join(dir.path, 'spool'), join(saved, 'spool'), { recursive: true });
+      await aggregator.stop();
+      await running;
+      for (const d of ['aggregator', 'spool']) {
+        rmSync(join(dir.path, d), { recursive: true, force: true });
+        cpSync(join(saved, d), join(dir.path, d), { recursive: true });
+      }
+
+      // The restarted aggregator (nobody else online) resumes round 1 with both evaluations.
+      const restarted = setup(3, 60_000, dir, new MemoryHub()).aggregator;
+      const resumed = restarted.run();
+      const t0 = Date.now();
+      while (Object.keys(restarted.history()[0]?.baseMetrics ?? {}).length < 2) {
+        assert.ok(Date.now() - t0 < 10_000, 'the resumed round has the spooled evaluations');
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(restarted.history()[0]!.round, 1);
+      assert.deepEqual(Object.keys(restarted.history()[0]!.baseMetrics).sort(), ['a', 'b']);
+      await restarted.stop();
+      await resumed;
+    } finally {
+      dir.cleanup();
+    }
+  },
+);
