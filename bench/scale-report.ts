@@ -5,6 +5,13 @@ import { leastSquares, type ScaleResult } from './scale-result.js';
 const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '-');
 const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-');
 const f3 = (x: number) => (Number.isFinite(x) ? x.toFixed(3) : '-');
+const pct = (x: number) => `${x >= 0 ? '+' : ''}${f1(x * 100)} %`;
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
 const COLUMNS: [string, number][] = [
   ['agents', 6],
   ['MB', 5],
@@ -82,15 +89,22 @@ export function printFinal(results: ScaleResult[], say: (s: string) => void): vo
   say(`\nlost updates (selected, not aggregated), all configurations: ${lost} (goal 0: ${lost === 0 ? 'met' : 'MISSED'})`);
   say(`resent update chunks, all configurations: ${results.reduce((s, r) => s + r.resentChunks, 0)}`);
   for (const { label, rs } of groups(results)) {
-    if (rs.length < 2) continue;
-    const lo = rs[0]!;
-    const hi = rs.at(-1)!;
-    const rss = hi.aggregator.peakMiB / lo.aggregator.peakMiB - 1;
-    const time = hi.meanRoundS / lo.meanRoundS;
-    const bytes = hi.bytesPerRound / lo.bytesPerRound;
-    say(`\n${label}, ${lo.agents} -> ${hi.agents} agents:`);
+    const sizes = [...new Set(rs.map((r) => r.agents))];
+    if (sizes.length < 2) continue;
+    // With --repeat, each end has one result per pass: the verdicts take the medians.
+    const lo = rs.filter((r) => r.agents === sizes[0]);
+    const hi = rs.filter((r) => r.agents === sizes.at(-1));
+    const loRss = median(lo.map((r) => r.aggregator.peakMiB));
+    const hiRss = median(hi.map((r) => r.aggregator.peakMiB));
+    const rss = hiRss / loRss - 1;
+    const time = median(hi.map((r) => r.meanRoundS)) / median(lo.map((r) => r.meanRoundS));
+    const bytes = hi[0]!.bytesPerRound / lo[0]!.bytesPerRound;
+    const of = lo.length > 1 ? ` (medians of ${lo.length} passes)` : '';
+    say(`\n${label}, ${sizes[0]} -> ${sizes.at(-1)} agents${of}:`);
     say(
-      `  aggregator peak RSS ${f1(lo.aggregator.peakMiB)} -> ${f1(hi.aggregator.peakMiB)} MiB: ${rss >= 0 ? '+' : ''}${f1(rss * 100)} % (goal < 10 %: ${rss < 0.1 ? 'met' : 'MISSED'})`,
+      `  aggregator peak RSS ${f1(loRss)} -> ${f1(hiRss)} MiB: ${pct(rss)} (goal < 10 %: ${rss < 0.1 ? 'met' : 'MISSED'})${
+        lo.length > 1 ? `; per pass: ${lo.map((l, i) => (hi[i] ? pct(hi[i].aggregator.peakMiB / l.aggregator.peakMiB - 1) : '-')).join(', ')}` : ''
+      }`,
     );
     say(
       `  round time x${f2(time)}, bytes per round x${f2(bytes)}: ratio ${f2(time / bytes)} (goal <= 1, round time grows no faster than bytes: ${time <= bytes ? 'met' : 'MISSED'})`,
@@ -110,6 +124,6 @@ export function printFinal(results: ScaleResult[], say: (s: string) => void): vo
     say(
       `    CPU-s per round: busiest broker node = ${f2(bc.a)} + ${f3(bc.b)} N -> ${f1(at(bc))}; aggregator = ${f2(ac.a)} + ${f3(ac.b)} N -> ${f1(at(ac))} at N = 1000`,
     );
-    say(`    bytes per round at N = 1000: ${f1(((hi.bytesPerRound / hi.agents) * 1000) / 1e9)} GB`);
+    say(`    bytes per round at N = 1000: ${f1(((hi[0]!.bytesPerRound / hi[0]!.agents) * 1000) / 1e9)} GB`);
   }
 }

@@ -31,11 +31,13 @@ import { agentId, forkPeer, MemorySampler, startBroker, startService, type Broke
  *   --deadline-s S             the aggregator's round deadline (7200)
  *   --chunk-kib N              chunk size of models and updates, KiB (256, the aggregator's default)
  *   --encoding E               update encoding announced to the agents: f32, f16, q8 (f32, the default)
+ *   --repeat N                 run the whole list N times, one pass after the other; the goals take the
+ *                              median of the passes, and each pass's figure is printed beside it (1)
  *   --json FILE                results (default: a new file in the temp folder; its path is printed)
  *   --keep                     keep the work folder (logs, journals)
  */
 
-const USAGE = `usage: node dist/bench/scale.js [--agents 10,100,300] [--sizes 1,50] [--nodes 1,2] [--rounds N] [--agents-per-process K] [--deadline-s S] [--chunk-kib N] [--encoding f32|f16|q8] [--json FILE] [--keep]
+const USAGE = `usage: node dist/bench/scale.js [--agents 10,100,300] [--sizes 1,50] [--nodes 1,2] [--rounds N] [--agents-per-process K] [--deadline-s S] [--chunk-kib N] [--encoding f32|f16|q8] [--repeat N] [--json FILE] [--keep]
   (see the comment at the top of bench/scale.ts)`;
 
 const { values: args } = parseArgs({
@@ -49,6 +51,7 @@ const { values: args } = parseArgs({
     'deadline-s': { type: 'string', default: '7200' },
     'chunk-kib': { type: 'string', default: '256' },
     encoding: { type: 'string', default: 'f32' },
+    repeat: { type: 'string', default: '1' },
     json: { type: 'string' },
     keep: { type: 'boolean', default: false },
   },
@@ -247,7 +250,9 @@ async function main(): Promise<void> {
   const json = args.json ?? join(tmpdir(), `fedline-bench-scale-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   const results: ScaleResult[] = [];
   printRowHeader(say);
-  for (const c of configs) {
+  // Passes one after the other (10, 300, 10, 300, ...): the machine's load then weighs on both ends alike.
+  const passes = list(args.repeat, 'repeat')[0]!;
+  for (const c of Array.from({ length: passes }, () => configs).flat()) {
     const r = await runConfiguration(c);
     results.push(r);
     printRow(r, say);

@@ -33,22 +33,27 @@ interface ScaleResult {
   }[];
 }
 
+/** Run bench:scale as its own process; resolves with its standard output once it exited 0. */
+async function runScale(args: string[]): Promise<string> {
+  const child = spawn(process.execPath, [SCALE, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 140_000);
+  const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+  clearTimeout(timer);
+  assert.equal(code, 0, `bench:scale exited with ${code}\n${out}\n${err}`);
+  return out;
+}
+
 /** `npm run bench:scale` at a tiny size, as its own process, so the benchmark keeps working between the long runs. */
 test('bench:scale at a tiny size: every update aggregated, every agent verifies the new model, the table printed', { timeout: 150_000 }, async () => {
   const dir = tempDir('bench-scale');
   try {
     const json = join(dir.path, 'scale.json');
     const nodes = redis ? '1,2' : '1';
-    const args = [SCALE, '--agents', '4', '--sizes', '0.1', '--nodes', nodes, '--rounds', '1', '--agents-per-process', '2', '--json', json];
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 140_000);
-    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
-    clearTimeout(timer);
-    assert.equal(code, 0, `bench:scale exited with ${code}\n${out}\n${err}`);
+    const out = await runScale(['--agents', '4', '--sizes', '0.1', '--nodes', nodes, '--rounds', '1', '--agents-per-process', '2', '--json', json]);
     assert.match(out, /^\s+4\s+0\.1\s+1\s+\d+\.\d/m, 'a table row for 4 agents, 0.1 MB, one node');
     if (redis) assert.match(out, /^\s+4\s+0\.1\s+2\s+\d+\.\d/m, 'a table row for two nodes');
     assert.match(out, /lost updates \(selected, not aggregated\), all configurations: 0 \(goal 0: met\)/);
@@ -75,6 +80,38 @@ test('bench:scale at a tiny size: every update aggregated, every agent verifies 
       assert.equal(r.brokers.length, r.nodes);
       assert.equal(r.redis !== null, r.nodes === 2);
     }
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('bench:scale --repeat 2: every configuration runs twice, the memory goal takes the medians and prints each pass', { timeout: 150_000 }, async () => {
+  const dir = tempDir('bench-scale-repeat');
+  try {
+    const json = join(dir.path, 'scale.json');
+    const out = await runScale(['--agents', '2,3', '--sizes', '0.1', '--nodes', '1', '--agents-per-process', '3', '--repeat', '2', '--json', json]);
+    const { results } = JSON.parse(readFileSync(json, 'utf8')) as { results: (ScaleResult & { agents: number })[] };
+    assert.deepEqual(
+      results.map((r) => r.agents),
+      [2, 3, 2, 3],
+      'pass after pass',
+    );
+    const peak = (agents: number) => results.filter((r) => r.agents === agents).map((r) => r.aggregator.peakMiB);
+    const mid = (xs: number[]) => (xs[0]! + xs[1]!) / 2;
+    const growth = (mid(peak(3)) / mid(peak(2)) - 1) * 100;
+    const pct = (x: number) => `${x >= 0 ? '+' : ''}${x.toFixed(1)} %`;
+    const line =
+      /0\.1 MB, 1 node, 2 -> 3 agents \(medians of 2 passes\):\n\s+aggregator peak RSS ([\d.]+) -> ([\d.]+) MiB: (\S+ %) \(goal < 10 %: (met|MISSED)\); per pass: (\S+ %), (\S+ %)/.exec(
+        out,
+      );
+    assert.ok(line, `summary line in:\n${out}`);
+    assert.equal(Number(line[1]), Number(mid(peak(2)).toFixed(1)));
+    assert.equal(Number(line[2]), Number(mid(peak(3)).toFixed(1)));
+    assert.equal(line[3], pct(growth));
+    assert.deepEqual(
+      [line[5], line[6]],
+      [0, 1].map((i) => pct((peak(3)[i]! / peak(2)[i]! - 1) * 100)),
+    );
   } finally {
     dir.cleanup();
   }
