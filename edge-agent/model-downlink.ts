@@ -113,6 +113,13 @@ export function downloadModelToFile(transport: Transport, topics: Topics, ref: M
 }
 
 /**
+ * Chunks are taken as borrowed views of the transport's receive buffer (no Buffer per chunk): the
+ * handler below is synchronous up to the sink's accept(), which copies the bytes (into the file or
+ * the in-memory bundle) before it returns.
+ */
+const BORROWED = { borrowed: true } as const;
+
+/**
  * Subscribe to the model's retained chunks (`<root>/model/<version>/+`), let the broker replay
  * them, reassemble in any order, verify the SHA-256 the round announced, unsubscribe. A stalled
  * download resubscribes, which makes the broker send the retained chunks again; only the missing
@@ -147,7 +154,7 @@ function download<T>(link: Link, ref: Omit<ModelRef, 'signature'>, options: Down
         );
         try {
           await transport.unsubscribe(filter, onChunk);
-          await transport.subscribe(filter, onChunk);
+          await transport.subscribe(filter, onChunk, BORROWED);
         } catch (err) {
           log.warn({ err: describeError(err).message }, 'resubscribe failed');
         }
@@ -191,6 +198,6 @@ function download<T>(link: Link, ref: Omit<ModelRef, 'signature'>, options: Down
     if (options.signal?.aborted) return onAbort();
     options.signal?.addEventListener('abort', onAbort, { once: true });
     armStall();
-    transport.subscribe(filter, onChunk).catch((err) => finish(err));
+    transport.subscribe(filter, onChunk, BORROWED).catch((err) => finish(err));
   });
 }
