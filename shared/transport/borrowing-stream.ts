@@ -67,6 +67,8 @@ export class BorrowingStream extends Duplex {
   }
 
   private onPacket(packet: Buffer, owned: boolean): void {
+    // A handler may have closed the connection while this read was being cut: drop the rest.
+    if (this.destroyed) return;
     const publish = readPublish(packet);
     if (publish && publish.qos < 2 && this.o.borrows(publish.topic)) {
       this.o.deliver(publish);
