@@ -123,7 +123,7 @@ test('ranking: best mean first, references after; the goals pass and fail on the
     ],
   );
   assert.ok(Math.abs(r.models[0]!.externalBalanced!.mean - 0.95) < 1e-12);
-  const [gapBa, gapRecall, foreign, headGap, headDecline] = r.goals;
+  const [gapBa, gapRecall, foreign, headGap, headDecline, headBoth] = r.goals;
   // centralized 0.96 mean vs a 0.95: 1 point, within 2.
   assert.equal(gapBa!.holds, true);
   assert.ok(Math.abs((gapBa!.figures.gap as number) - 0.01) < 1e-12);
@@ -137,13 +137,42 @@ test('ranking: best mean first, references after; the goals pass and fail on the
   // head falls 3 points in seed 2.
   assert.equal(headDecline!.holds, false);
   assert.ok(Math.abs((headDecline!.figures.maxDecline as number) - 0.03) < 1e-9);
+  // The only head recipe swings: none meets both head goals.
+  assert.equal(headBoth!.holds, false);
 
   // And with the federated models all above local-only, a steady head and a weak best recipe.
   const better = rankRuns([run(1, 0, 0.6, [0.6, 0.7, 0.8])], { ...GOALS, externalBalancedGap: 0.005 });
   assert.deepEqual(
     better.goals.map((g) => g.holds),
-    [false, true, true, true, true],
+    [false, true, true, true, true, true],
   );
+  assert.equal(better.goals[5]!.figures.recipes, 'recipe:h');
+});
+
+test('ranking: a slower head recipe that meets both head goals is named, while the best-scoring one swings', () => {
+  // Prepare: recipe h scores 0.88 and falls 3 points in seed 2; recipe h2 scores 0.87 (8 points under
+  // recipe a's 0.95 mean: within 8) and climbs in both seeds; h3 is steady but 10 points under.
+  const withHeads = (seed: number, shift: number, curve: number[]): RankInput => {
+    const r = run(seed, shift, 0.6, curve);
+    return {
+      ...r,
+      models: [
+        ...r.models,
+        model('recipe:h2', { arm: 'federated-head', federate: 'head', ext: 0.87 + shift, probe: 0.7, foreign: 0.7, curve: [0.6, 0.65, 0.7] }),
+        model('recipe:h3', { arm: 'federated-head', federate: 'head', ext: 0.85 + shift, probe: 0.7, foreign: 0.7, curve: [0.6, 0.65, 0.7] }),
+      ],
+    };
+  };
+
+  // Execute
+  const r = rankRuns([withHeads(1, 0, [0.6, 0.7, 0.8]), withHeads(2, 0.02, [0.6, 0.8, 0.77])], GOALS);
+
+  // Assert: the best head fails the decline goal; the joint line names h2 only.
+  assert.equal(r.goals[4]!.holds, false);
+  assert.equal(r.goals[4]!.figures.head, 'recipe:h');
+  assert.equal(r.goals[5]!.holds, true);
+  assert.equal(r.goals[5]!.figures.recipes, 'recipe:h2');
+  assert.match(r.goals[5]!.detail, /recipe:h2 8\d\.\d%, largest fall 0\.0 points/);
 });
 
 test('ranking: goals that cannot be measured say n/a (null), not pass', () => {
@@ -151,6 +180,6 @@ test('ranking: goals that cannot be measured say n/a (null), not pass', () => {
   const r = rankRuns([{ ...only, models: only.models.filter((m) => m.id === 'recipe:a') }], GOALS);
   assert.deepEqual(
     r.goals.map((g) => g.holds),
-    [null, null, null, null, null],
+    [null, null, null, null, null, null],
   );
 });
