@@ -56,6 +56,16 @@ export class MemoryHub {
   }
 }
 
+/**
+ * Hand `use` a borrowed payload as the MQTT adapter does (reused once the handlers returned): here a
+ * private copy, overwritten afterwards, so that a handler that kept it fails its test.
+ */
+function lend(message: InboundMessage, use: (lent: InboundMessage) => void): void {
+  const lent = { ...message, payload: Buffer.from(message.payload) };
+  use(lent);
+  lent.payload.fill(0xa5);
+}
+
 export class MemoryTransport implements Transport {
   readonly clientId: string;
   readonly will: LastWill | undefined;
@@ -87,13 +97,8 @@ export class MemoryTransport implements Transport {
     setImmediate(() => {
       for (const m of retained) {
         if (!this.open) return;
-        if (!options.borrowed) {
-          handler(m);
-          continue;
-        }
-        const lent = { ...m, payload: Buffer.from(m.payload) };
-        handler(lent);
-        lent.payload.fill(0xa5);
+        if (options.borrowed) lend(m, handler);
+        else handler(m);
       }
     });
   }
@@ -111,11 +116,7 @@ export class MemoryTransport implements Transport {
         this.dispatcher.dispatch(message, onError);
         return;
       }
-      // As the MQTT adapter does, borrowing handlers get a payload that is reused once they
-      // returned: here a private copy, overwritten afterwards, so that a handler that kept it fails its test.
-      const lent = { ...message, payload: Buffer.from(message.payload) };
-      this.dispatcher.dispatch(lent, onError, true);
-      lent.payload.fill(0xa5);
+      lend(message, (lent) => this.dispatcher.dispatch(lent, onError, true));
     });
   }
 
