@@ -55,7 +55,8 @@ export class NormScreen implements Strategy {
       log?.info({ round: input.round, agent: v.agent, updateNorm: v.norm, referenceNorm: v.referenceNorm, accepted: v.accepted }, 'update norm screened');
       if (!v.accepted) refused.push({ agent: v.agent, code: ErrorCodes.UPDATE_NORM, reason: v.reason! });
     }
-    const kept = input.results.filter((r) => verdicts.find((v) => v.agent === r.id)?.accepted);
+    const accepted = new Set(verdicts.filter((v) => v.accepted).map((v) => v.agent));
+    const kept = input.results.filter((r) => accepted.has(r.id));
     if (kept.length < input.minClients) {
       const reason = `${input.results.length - kept.length} update(s) refused as outliers; ${kept.length} left, ${input.minClients} needed; the global model stays as it was`;
       return { kind: 'keep', reason, refused };

@@ -17,10 +17,34 @@ export interface NormVerdict {
   reason: string | null;
 }
 
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+/** Ascending, NaN last: a total order, so a NaN among the values cannot scramble the sort. */
+function ascendingNaNLast(a: number, b: number): number {
+  if (Number.isNaN(a)) return Number.isNaN(b) ? 0 : 1;
+  if (Number.isNaN(b)) return -1;
+  return a - b;
+}
+
+/**
+ * For each value, the median of all the *other* values (leave-one-out), in O(N log N) with one
+ * sort: leaving out the value at sorted position j shifts the positions above j down by one, so
+ * each median is read from the one sorted list. Equal values are interchangeable, so which of
+ * them is left out does not matter. The same numbers as sorting the others for each value (as
+ * this did before, O(N^2 log N): 90,000 values sorted and 2 x 300 arrays built per round at 300
+ * sites). NaN if `values` has a single element.
+ */
+export function leaveOneOutMedians(values: readonly number[]): number[] {
+  const order = values.map((_, i) => i).sort((a, b) => ascendingNaNLast(values[a]!, values[b]!));
+  const sorted = order.map((i) => values[i]!);
+  const rank = new Array<number>(values.length);
+  order.forEach((i, j) => (rank[i] = j));
+  const m = values.length - 1; // how many others
+  const mid = m >> 1;
+  return values.map((_, i) => {
+    if (m === 0) return NaN;
+    const j = rank[i]!;
+    const at = (k: number): number => sorted[k < j ? k : k + 1]!;
+    return m % 2 ? at(mid) : (at(mid - 1) + at(mid)) / 2;
+  });
 }
 
 export const DEFAULT_NORM_FLOOR_FRACTION = 0.01;
@@ -31,9 +55,9 @@ export function screenUpdateNorms(
 ): NormVerdict[] {
   const floor = (options.floorFraction ?? DEFAULT_NORM_FLOOR_FRACTION) * options.baseNorm;
   const entries = [...norms.entries()].sort(([a], [b]) => a.localeCompare(b));
-  return entries.map(([agent, norm]) => {
-    const others = entries.filter(([a]) => a !== agent).map(([, n]) => n);
-    const referenceNorm = others.length ? Math.max(median(others), floor) : null;
+  const medians = leaveOneOutMedians(entries.map(([, n]) => n));
+  return entries.map(([agent, norm], i) => {
+    const referenceNorm = entries.length > 1 ? Math.max(medians[i]!, floor) : null;
     if (!Number.isFinite(norm)) return { agent, norm, referenceNorm, accepted: false, reason: 'the update norm is not finite' };
     if (options.maxNorm !== null && norm > options.maxNorm) {
       return {
@@ -100,13 +124,13 @@ export function clipSampleClaims(
   options: { ratio: number | null; registeredSamples: Readonly<Record<string, number>>; maxSamplesPerAgent: number | null },
 ): SampleClip[] {
   const entries = [...claims.entries()].sort(([a], [b]) => a.localeCompare(b));
-  return entries.map(([agent, claimed]) => {
+  const medians = leaveOneOutMedians(entries.map(([, n]) => n));
+  return entries.map(([agent, claimed], i) => {
     if (Object.hasOwn(options.registeredSamples, agent) || options.maxSamplesPerAgent !== null) {
       return { agent, claimed, used: claimed, limit: null, basis: 'registered', clipped: false };
     }
-    const others = entries.filter(([a]) => a !== agent).map(([, n]) => n);
-    if (options.ratio === null || others.length === 0) return { agent, claimed, used: claimed, limit: null, basis: null, clipped: false };
-    const limit = Math.max(1, Math.floor(options.ratio * median(others)));
+    if (options.ratio === null || entries.length < 2) return { agent, claimed, used: claimed, limit: null, basis: null, clipped: false };
+    const limit = Math.max(1, Math.floor(options.ratio * medians[i]!));
     const used = Math.min(claimed, limit);
     return { agent, claimed, used, limit, basis: 'median', clipped: used < claimed };
   });

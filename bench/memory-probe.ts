@@ -15,13 +15,14 @@
  *   with the objects collected by minor and major GCs kept, i.e. every JavaScript allocation
  *   (garbage included) by call stack (open it in Chrome DevTools, Memory tab).
  */
-import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getHeapSpaceStatistics } from 'node:v8';
 
 const DIR = process.env.MEMORY_PROBE_DIR ?? tmpdir();
+mkdirSync(DIR, { recursive: true }); // a fresh MEMORY_PROBE_DIR need not exist yet
 const MiB = (bytes: number): number => Math.round((bytes / 1048576) * 10) / 10;
 const started = Date.now();
 

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { clipSampleClaims, DEFAULT_SAMPLE_CLAIM_RATIO, sampleLimit, screenUpdateNorms } from '../aggregator/robustness.js';
+import { clipSampleClaims, DEFAULT_SAMPLE_CLAIM_RATIO, leaveOneOutMedians, sampleLimit, screenUpdateNorms } from '../aggregator/robustness.js';
 
 test('norm screening: an outlier is refused against the median of the others (leave-one-out)', () => {
   const v = screenUpdateNorms(
@@ -124,4 +124,26 @@ test('sample claims: clipped to ratio x the median claim of the others unless th
     alone.map((c) => [c.used, c.clipped]),
     [[1_000_000, false]],
   );
+});
+
+test('leave-one-out medians from one sort equal the median of the others, value by value (ties, NaN, 1-301 values)', () => {
+  const naive = (values: number[]): number[] =>
+    values.map((_, i) => {
+      const s = values.filter((_, k) => k !== i).sort((a, b) => (Number.isNaN(a) ? 1 : Number.isNaN(b) ? -1 : a - b));
+      if (s.length === 0) return NaN;
+      const m = s.length >> 1;
+      return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+    });
+  let seed = 7;
+  const rand = (): number => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+  for (const n of [1, 2, 3, 4, 5, 8, 17, 64, 301]) {
+    for (let trial = 0; trial < 5; trial++) {
+      // Few distinct values make ties; now and then a NaN or an infinity (a hostile site's norm).
+      const values = Array.from({ length: n }, () => {
+        const r = rand();
+        return r < 0.03 ? NaN : r < 0.05 ? Infinity : Math.floor(rand() * (trial + 2)) * 0.37;
+      });
+      assert.deepEqual(leaveOneOutMedians(values), naive(values), `n=${n} trial ${trial}: ${values.join(',')}`);
+    }
+  }
 });

@@ -275,6 +275,14 @@ export async function deltaNorms(
 ): Promise<{ norms: Map<string, number>; baseNorm: number }> {
   const sums = new Map(readers.map((r) => [r.id, 0]));
   let baseSum = 0;
+  // Blocks no larger than the largest tensor: a 1 MB model needs 2 x 1 MiB here, not 2 x 4 MiB.
+  blockElements = Math.max(
+    1,
+    Math.min(
+      blockElements,
+      tensors.reduce((m, t) => Math.max(m, t.length), 0),
+    ),
+  );
   const baseBlock = new Float32Array(blockElements);
   const block = new Float32Array(blockElements);
   for (const { name, length } of tensors) {
