@@ -236,6 +236,9 @@ export class RoundRunner {
     if (!resume) journal.data.rounds.push(record);
     await journal.save();
     this.active = active;
+    // stop() closes the open round; one that came during the awaits above found none to close,
+    // and the round would have waited for its deadline (seen as a flaky restart test).
+    if (this.d.isStopped()) this.closeOpenRound('aggregator stopping');
     // A resumed round keeps the agents it had; the strategy still sets the task it announces.
     const { task } = strategy.configureRound({ round: roundNo, kind, available: state.plan.selected, trainRoundsBefore: journal.data.trainRoundsDone });
     return { active, task: drive?.task ?? task };
