@@ -216,10 +216,15 @@ function checkGoals(models: readonly RankedModel[], runs: readonly RankInput[], 
   return out;
 }
 
-/** Every judged federated model above every local-only model on that site's foreign defects, on every seed. */
+/**
+ * Every judged federated model above every local-only model on that site's foreign defects, on every
+ * seed. The line names the closest pair over all models, and each model's own worst margin follows
+ * (figures `margin:<id>`): the closest pair alone hides how far the other recipes are from passing.
+ */
 function foreignDefectGoal(judged: readonly RankedModel[], runs: readonly RankInput[]): GoalCheck {
   const goal = "every federated recipe above every local-only model on other sites' defects (each seed)";
   let worst: { margin: number; where: string } | null = null;
+  const worstOf = new Map<string, number>();
   for (const run of runs) {
     if (run.defectIndex < 0) continue;
     for (const local of run.models.filter((m) => m.arm === 'local-only' && m.site !== null)) {
@@ -231,16 +236,21 @@ function foreignDefectGoal(judged: readonly RankedModel[], runs: readonly RankIn
         const theirs = fm ? recallOf(fm) : null;
         if (mine === null || theirs === null) continue;
         const margin = theirs - mine;
+        worstOf.set(f.id, Math.min(worstOf.get(f.id) ?? Infinity, margin));
         if (worst === null || margin < worst.margin)
           worst = { margin, where: `seed ${run.seed}: ${f.id} ${pct(theirs)} vs ${local.id} ${pct(mine)} on ${local.site}'s foreign defects` };
       }
     }
   }
+  const each = [...worstOf].map(([id, m]) => `${id} ${m >= 0 ? '+' : ''}${(100 * m).toFixed(1)}`).join(', ');
   return {
     goal,
     holds: worst === null ? null : worst.margin > 0,
-    detail: worst === null ? 'needs local-only models, a federated arm and a defect class' : `closest: ${worst.where} (margin ${pts(worst.margin)})`,
-    figures: { worstMargin: worst?.margin ?? null, worst: worst?.where ?? null },
+    detail:
+      worst === null
+        ? 'needs local-only models, a federated arm and a defect class'
+        : `closest: ${worst.where} (margin ${pts(worst.margin)}); each model's worst margin: ${each} points`,
+    figures: { worstMargin: worst?.margin ?? null, worst: worst?.where ?? null, ...Object.fromEntries([...worstOf].map(([id, m]) => [`margin:${id}`, m])) },
   };
 }
 

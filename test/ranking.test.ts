@@ -132,6 +132,11 @@ test('ranking: best mean first, references after; the goals pass and fail on the
   // seed 2: recipe b finds 35% of s1's foreign defects, local-only:s1 40%: fails, and says where.
   assert.equal(foreign!.holds, false);
   assert.match(foreign!.detail, /seed 2: recipe:b 35\.0% vs local-only:s1 40\.0%/);
+  // Each model's own worst margin over the seeds, not only the closest pair's: a 80-40, b 35-40, h 70-40.
+  assert.ok(Math.abs((foreign!.figures['margin:recipe:a'] as number) - 0.4) < 1e-9);
+  assert.ok(Math.abs((foreign!.figures['margin:recipe:b'] as number) + 0.05) < 1e-9);
+  assert.ok(Math.abs((foreign!.figures['margin:recipe:h'] as number) - 0.3) < 1e-9);
+  assert.match(foreign!.detail, /each model's worst margin: recipe:a \+40\.0, recipe:b -5\.0, recipe:h \+30\.0 points$/);
   // head 0.89 vs full 0.95: 6 points, within 8.
   assert.equal(headGap!.holds, true);
   // head falls 3 points in seed 2.
