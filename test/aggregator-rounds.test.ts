@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { afterEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -43,6 +43,12 @@ const initialModel = async () => {
   );
 };
 
+/** The uploads of the scripted agents, ended after each test: one whose aggregator stopped before its verdict would ask again forever and keep the test process alive. */
+const uploads: AbortController[] = [];
+afterEach(() => {
+  for (const c of uploads.splice(0)) c.abort();
+});
+
 /** An agent that answers every open training round with fixed weights (or stays silent). */
 function scriptedAgent(hub: MemoryHub, agent: string, value: number, samples: number, behaviour: 'deliver' | 'silent') {
   const transport = hub.connect(`agent-${agent}`);
@@ -84,13 +90,19 @@ function scriptedAgent(hub: MemoryHub, agent: string, value: number, samples: nu
         ],
         meta,
       );
-      void sendUpdate(transport, topics, bundle, silentLogger(), {
+      const upload = new AbortController();
+      uploads.push(upload);
+      sendUpdate(transport, topics, bundle, silentLogger(), {
         round: ann.round,
         agent,
         chunkBytes: ann.chunkBytes,
         maxInflight: 2,
         ackTimeoutMs: 2000,
-      }).then((r) => acks.push(`${ann.round}:${r.ack.status}`));
+        signal: upload.signal,
+      }).then(
+        (r) => acks.push(`${ann.round}:${r.ack.status}`),
+        () => undefined, // ended by the test (afterEach)
+      );
     });
   })();
   return { transport, acks, ready };
