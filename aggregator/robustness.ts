@@ -28,9 +28,8 @@ function ascendingNaNLast(a: number, b: number): number {
  * For each value, the median of all the *other* values (leave-one-out), in O(N log N) with one
  * sort: leaving out the value at sorted position j shifts the positions above j down by one, so
  * each median is read from the one sorted list. Equal values are interchangeable, so which of
- * them is left out does not matter. The same numbers as sorting the others for each value (as
- * this did before, O(N^2 log N): 90,000 values sorted and 2 x 300 arrays built per round at 300
- * sites). NaN if `values` has a single element.
+ * them is left out does not matter. The same numbers as sorting the others for each value, which
+ * is O(N^2 log N) (90,000 values sorted per round at 300 sites). NaN if `values` has a single element.
  */
 export function leaveOneOutMedians(values: readonly number[]): number[] {
   const order = values.map((_, i) => i).sort((a, b) => ascendingNaNLast(values[a]!, values[b]!));

@@ -276,18 +276,13 @@ export async function deltaNorms(
   const sums = new Map(readers.map((r) => [r.id, 0]));
   let baseSum = 0;
   // Blocks no larger than the largest tensor: a 1 MB model needs 2 x 1 MiB here, not 2 x 4 MiB.
-  blockElements = Math.max(
-    1,
-    Math.min(
-      blockElements,
-      tensors.reduce((m, t) => Math.max(m, t.length), 0),
-    ),
-  );
-  const baseBlock = new Float32Array(blockElements);
-  const block = new Float32Array(blockElements);
+  const largest = tensors.reduce((m, t) => Math.max(m, t.length), 0);
+  const blockN = Math.max(1, Math.min(blockElements, largest));
+  const baseBlock = new Float32Array(blockN);
+  const block = new Float32Array(blockN);
   for (const { name, length } of tensors) {
-    for (let start = 0; start < length; start += blockElements) {
-      const n = Math.min(blockElements, length - start);
+    for (let start = 0; start < length; start += blockN) {
+      const n = Math.min(blockN, length - start);
       const baseView = baseBlock.subarray(0, n);
       await base.read(name, start, baseView);
       for (let i = 0; i < n; i++) baseSum += baseView[i]! * baseView[i]!;
