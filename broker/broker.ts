@@ -7,6 +7,7 @@ import type { Logger } from '../shared/util/logger.js';
 import { silentLogger } from '../shared/util/logger.js';
 import { dropWillsElsewhere, openCluster, type ClusterOptions } from './cluster.js';
 import { DEFAULT_PACKET_LIMITS, PacketGuard, type PacketLimits } from './packet-guard.js';
+import { StallGuard } from './stall-guard.js';
 
 export interface BrokerOptions {
   /** Address to listen on. Default 127.0.0.1. */
@@ -19,6 +20,11 @@ export interface BrokerOptions {
   queueLimit?: number;
   /** ms a client may take to send CONNECT. Default 30000. */
   connectTimeoutMs?: number;
+  /**
+   * Close a connection when bytes wait for it and none has been read for this long, ms
+   * (broker/stall-guard.ts; replaces Aedes' drainTimeout). Default 60000.
+   */
+  stallTimeoutMs?: number;
   /**
    * Packet sizes, checked from each fixed header before the packet is buffered: a connection that
    * exceeds them is closed. Default DEFAULT_PACKET_LIMITS (64 MiB; 64 KiB before the login).
@@ -57,11 +63,18 @@ export interface RunningBroker {
   readonly aedes: Aedes;
   /** Number of MQTT clients connected now. */
   connectedClients(): number;
+  /** Connections closed because they read nothing for `stallTimeoutMs` while bytes waited for them. */
+  stalledClosed(): number;
   close(): Promise<void>;
 }
 
+/** setTimeout's largest delay (about 24.8 days). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 type Authenticate = NonNullable<AedesOptions['authenticate']>;
 const guards = new WeakMap<object, PacketGuard>();
+/** The MQTT client id of each connection once it has logged in, for the logs of the connection guards. */
+const clientIds = new WeakMap<object, string>();
 
 /** The authenticate hook, telling the connection's packet guard when a login is accepted. Without a hook: everyone may log in. */
 function markLogins(authenticate: Authenticate | undefined): Authenticate {
@@ -85,10 +98,7 @@ function guardPackets(socket: Socket, guard: PacketGuard, log: Logger, counters:
     if (violation === null) return;
     socket.off('data', onData);
     counters?.inc(ErrorCodes.MSG_OVERSIZE);
-    log.warn(
-      { code: ErrorCodes.MSG_OVERSIZE, remote: socket.remoteAddress, client: (socket as { client?: { id?: string } }).client?.id },
-      `connection closed: the client ${violation}`,
-    );
+    log.warn({ code: ErrorCodes.MSG_OVERSIZE, remote: socket.remoteAddress, client: clientIds.get(socket) }, `connection closed: the client ${violation}`);
     socket.destroy();
   };
   socket.on('data', onData);
@@ -113,22 +123,48 @@ export async function createBroker(options: BrokerOptions = {}): Promise<Running
     maxClientsIdLength: options.maxClientIdLength ?? 128,
     queueLimit: options.queueLimit ?? 100_000,
     connectTimeout: options.connectTimeoutMs ?? 30_000,
+    // The stall guard below closes readers that stopped; Aedes' drain timeout would also close one
+    // that reads steadily but never empties its buffer (stall-guard.ts). Not 0: only with a timeout
+    // does Aedes keep the deliveries that wait for a drain in a list it fails when the client
+    // closes; with 0 they would wait for a 'drain' that never comes and hold its delivery slots.
+    drainTimeout: MAX_TIMER_MS,
     ...options.hooks,
     authenticate: markLogins(options.hooks?.authenticate),
   });
-  aedes.on('clientError', (client, err) => log.warn({ client: client?.id, err: err.message }, 'client error'));
+  // A closed client fails each delivery that waited for it with 'connection closed': one line per client, not one per message.
+  const closedLogged = new WeakSet<object>();
+  aedes.on('clientError', (client, err) => {
+    if (err.message === 'connection closed' && client) {
+      if (closedLogged.has(client)) return;
+      closedLogged.add(client);
+    }
+    log.warn({ client: client?.id, err: err.message }, 'client error');
+  });
   aedes.on('connectionError', (client, err) => log.warn({ client: client?.id, err: err.message }, 'connection error'));
   aedes.on('client', (client) => {
     log.debug({ client: client.id }, 'client connected');
+    clientIds.set(client.conn, client.id);
     if (cluster) dropWillsElsewhere(aedes as unknown as Parameters<typeof dropWillsElsewhere>[0], client.id, log);
   });
   aedes.on('clientDisconnect', (client) => log.debug({ client: client.id }, 'client disconnected'));
 
   const sockets = new Set<Socket>();
   const limits = options.packetLimits ?? DEFAULT_PACKET_LIMITS;
+  const stalls = new StallGuard<Socket>(options.stallTimeoutMs ?? 60_000, (socket, info) => {
+    options.counters?.inc(ErrorCodes.TIMEOUT);
+    log.warn(
+      { code: ErrorCodes.TIMEOUT, remote: socket.remoteAddress, client: clientIds.get(socket), ...info },
+      'connection closed: the client read nothing while bytes waited for it (stallTimeoutMs)',
+    );
+  });
+  stalls.start();
   const accept = (socket: Socket | TLSSocket) => {
     sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
+    stalls.watch(socket);
+    socket.on('close', () => {
+      sockets.delete(socket);
+      stalls.forget(socket);
+    });
     // Large chunks: disable Nagle so acks and small control messages are not delayed.
     socket.setNoDelay(true);
     aedes.handle(socket);
@@ -180,8 +216,10 @@ export async function createBroker(options: BrokerOptions = {}): Promise<Running
     tlsPort,
     aedes,
     connectedClients: () => aedes.connectedClients,
+    stalledClosed: () => stalls.closed,
     close() {
       closing ??= new Promise<void>((resolve) => {
+        stalls.stop();
         for (const server of servers) server.close(() => undefined);
         aedes.close(() => {
           for (const s of sockets) s.destroy();

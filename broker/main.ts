@@ -53,6 +53,7 @@ export async function startBroker(config: Readonly<BrokerConfig>, logger: Logger
     maxClientIdLength: config.maxClientIdLength,
     queueLimit: config.queueLimit,
     connectTimeoutMs: config.connectTimeoutMs,
+    stallTimeoutMs: config.stallTimeoutMs,
     packetLimits: { maxPacketBytes: config.maxPacketBytes, maxBytesBeforeLogin: config.maxBytesBeforeLogin },
     logger: log,
     plain: config.plainListener,

@@ -11,6 +11,15 @@ export function registerBrokerMetrics(registry: Registry, broker: RunningBroker)
       this.set(broker.connectedClients());
     },
   });
+  new Counter({
+    name: 'fedline_broker_stalled_closed_total',
+    help: 'Connections closed because they read nothing for stallTimeoutMs while bytes waited for them',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(broker.stalledClosed());
+    },
+  });
   const messages = new Counter({ name: 'fedline_broker_messages_total', help: 'Messages published by clients (not $SYS)', registers: [registry] });
   const bytes = new Counter({ name: 'fedline_broker_message_bytes_total', help: 'Payload bytes of the messages published by clients', registers: [registry] });
   const connects = new Counter({ name: 'fedline_broker_connections_total', help: 'Client connections accepted', registers: [registry] });

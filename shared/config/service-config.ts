@@ -72,8 +72,14 @@ export const brokerConfigSchema = z
     maxClientIdLength: posInt.default(128),
     /** Messages queued per slow subscriber before the broker drops the client. Default 100000. */
     queueLimit: posInt.default(100_000),
-    /** Seconds a CONNECT may take after the TCP connection opened. Default 30000 ms. */
+    /** How long a CONNECT may take after the TCP connection opened, ms. Default 30000. */
     connectTimeoutMs: posInt.default(30_000),
+    /**
+     * Close a connection when bytes wait for it and it has read none of them for this long, ms. A
+     * reader that takes any bytes stays, however far behind (the aggregator during a round's
+     * uploads); a frozen or hostile one goes. Default 60000.
+     */
+    stallTimeoutMs: posInt.default(60_000),
     /** Largest MQTT packet a logged-in client may send; a bigger one closes its connection. Default 64 MiB (as mosquitto.conf's max_packet_size). */
     maxPacketBytes: posInt.default(64 * 1024 * 1024),
     /**

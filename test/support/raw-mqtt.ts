@@ -30,6 +30,18 @@ export function connectPacket(clientId: string, username: string, password: stri
   return Buffer.concat([Buffer.from([0x10]), remainingLength(variable.length + payload.length), variable, payload]);
 }
 
+/** A SUBSCRIBE packet (packet id 1) for one topic filter at `qos`. */
+export function subscribePacket(topic: string, qos: 0 | 1 = 0): Buffer {
+  const body = Buffer.concat([Buffer.from([0, 1]), str(topic), Buffer.from([qos])]);
+  return Buffer.concat([Buffer.from([0x82]), remainingLength(body.length), body]);
+}
+
+/** Bytes of a QoS 0 PUBLISH of `payloadBytes` on `topic`, as a broker sends it on. */
+export function publishPacketBytes(topic: string, payloadBytes: number): number {
+  const body = 2 + Buffer.byteLength(topic) + payloadBytes;
+  return 1 + remainingLength(body).length + body;
+}
+
 /**
  * Log in with a raw socket (optionally from `localAddress`, e.g. another 127.x.y.z) and return
  * the CONNACK return code (0 accepted, 4 bad password, 5 not authorized, 3 unavailable), or null
