@@ -111,6 +111,8 @@ class UpdateUpload {
    */
   private answeredQueries = 0;
   private wake: (() => void) | null = null;
+  /** The bundle's SHA-256 read ahead of the first pass's end (bundleSha). */
+  private sha: Promise<string> | null = null;
 
   constructor(
     private readonly transport: Transport,
@@ -127,7 +129,7 @@ class UpdateUpload {
     this.upload = options.upload ?? randomBytes(8).toString('hex');
     this.ackTopic = topics.ack(this.round, this.agent);
     this.updateTopic = topics.update(this.round, this.agent);
-    this.credit = new UploadCredit(options.windowChunks ?? 0, options.ackTimeoutMs, log, this.round);
+    this.credit = new UploadCredit(options.windowChunks ?? 0, options.ackTimeoutMs, log, this.round, (index) => this.creditStalled(index));
     this.sendSignal = this.signal ? AbortSignal.any([this.signal, this.stopSending.signal]) : this.stopSending.signal;
   }
 
@@ -163,9 +165,71 @@ class UpdateUpload {
     return { finished, sha256: known ?? hash!.digest('hex') };
   }
 
+  /**
+   * A wait for credit had no progress ack for ackTimeoutMs. Sending on without a bound was the
+   * old answer; with a hundred agents doing so the broker held gigabytes, and when the aggregator
+   * had lost its connection (the chunks in flight gone, so no progress could ever come) each of
+   * them waited a whole timeout per window. Instead ask the aggregator where the upload stands
+   * (an update-done query, which needs the bundle's SHA-256: one extra pass over the bundle, only
+   * here): chunks it lacks below `index` were lost on the way (the query went out after them on
+   * the same topic, and MQTT keeps their order), so they go again, and the answer says how many
+   * it holds. True (send on without credit) only when this upload has had no progress ack at all:
+   * that aggregator does no flow control. No answer: wait and ask again (restarting, unreachable).
+   */
+  private async creditStalled(index: number): Promise<boolean> {
+    const ack = await this.ask(await this.bundleSha());
+    if (!ack) {
+      this.log.warn({ round: this.round, index, timeoutMs: this.options.ackTimeoutMs }, 'no progress and no answer from the aggregator; asking again');
+      return false;
+    }
+    if (ack.status !== 'incomplete') return false; // a verdict: onAck has stopped the sending
+    const lost = ack.missing.filter((s) => s >= 0 && s < index);
+    this.credit.learned(index - lost.length);
+    if (lost.length) {
+      this.log.warn({ round: this.round, lost: lost.length, index }, 'the aggregator lacks chunks sent before; resending them');
+      this.resentChunks += lost.length;
+      await this.pass(lost);
+    }
+    return !this.credit.heardProgress;
+  }
+
+  /** The SHA-256 of the whole bundle, read once from the source (the first pass hashes on the way; a query before its end needs it earlier). */
+  private bundleSha(): Promise<string> {
+    this.sha ??= (async () => {
+      const hash = createHash('sha256');
+      const block = new Uint8Array(Math.min(this.bundleBytes, 4 * 1024 * 1024));
+      for (let offset = 0; offset < this.bundleBytes; offset += block.byteLength) {
+        const part = block.subarray(0, Math.min(block.byteLength, this.bundleBytes - offset));
+        await this.source.read(offset, part);
+        hash.update(part);
+      }
+      return hash.digest('hex');
+    })();
+    return this.sha;
+  }
+
+  /**
+   * Send an update-done query and wait for its answer (null: none within ackTimeoutMs). An
+   * `incomplete` answer is taken as answering every query sent so far, since the caller resends
+   * the chunks it lists.
+   */
+  private async ask(sha256: string): Promise<AckMsg | null> {
+    const { round, agent, upload, total, bundleBytes } = this;
+    const query = ++this.queries;
+    const done = { v: PROTOCOL_VERSION, type: 'update-done', round, agent, upload, total, bundleBytes, sha256, query };
+    await this.transport.publish(this.updateTopic, packMsg(done), { qos: 1 });
+    const ack = await this.nextAnswer();
+    if (ack?.status === 'incomplete') {
+      // An older aggregator echoes no query: each of its answers is taken, as before.
+      if (ack.query !== undefined) this.answeredQueries = this.queries;
+      for (const s of ack.missing) this.damaged.delete(s);
+    }
+    return ack;
+  }
+
   /** Ask for the verdict until accepted or rejected, resending the chunks the aggregator lacks. */
   private async settle(sha256: string): Promise<UplinkResult> {
-    const { round, agent, upload, total, bundleBytes, signal } = this;
+    const { round, total, signal } = this;
     for (;;) {
       if (signal?.aborted) throw signal.reason ?? new FedlineError(ErrorCodes.ABORTED, 'upload aborted');
       if (this.damaged.size) {
@@ -175,20 +239,13 @@ class UpdateUpload {
         this.resentChunks += again.length;
         if (!(await this.pass(again)) && this.verdictDuringSend) return this.result(this.verdictDuringSend, sha256);
       }
-      const query = ++this.queries;
-      const done = { v: PROTOCOL_VERSION, type: 'update-done', round, agent, upload, total, bundleBytes, sha256, query };
-      await this.transport.publish(this.updateTopic, packMsg(done), { qos: 1 });
-      const ack = await this.nextAnswer();
+      const ack = await this.ask(sha256);
       if (!ack) {
         this.log.warn({ round, timeoutMs: this.options.ackTimeoutMs }, 'no verdict from the aggregator yet; asking again');
         continue;
       }
       if (ack.status === 'accepted' || ack.status === 'rejected') return this.result(ack, sha256);
-      // Every query sent up to now is answered by this one's resend. An older aggregator echoes no
-      // query: each of its answers is taken, as before.
-      if (ack.query !== undefined) this.answeredQueries = this.queries;
       const missing = ack.missing.filter((s) => s >= 0 && s < total);
-      for (const s of missing) this.damaged.delete(s);
       if (missing.length) {
         this.log.info({ round, missing: missing.length }, 'aggregator is missing chunks; resending them');
         this.resentChunks += missing.length;

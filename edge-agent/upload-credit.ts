@@ -19,39 +19,57 @@ export class UploadCredit {
   waits = 0;
   /** Of those waits, how many ended without credit (no progress ack within the timeout). */
   timeouts = 0;
+  /** A progress ack came during this upload: the aggregator does flow control. */
+  heardProgress = false;
 
+  /**
+   * @param onTimeout called when a wait has had no progress ack for `timeoutMs` (it may ask the
+   * aggregator where the upload stands and call `learned`); true: send on without credit until the
+   * next progress ack, false: wait on. Without it the sender sends on.
+   */
   constructor(
     creditChunks: number,
     private readonly timeoutMs: number,
     private readonly log: Logger,
     private readonly round: number,
+    private readonly onTimeout?: (index: number, stored: number) => Promise<boolean>,
   ) {
     this.credit = creditChunks;
   }
 
   /** A progress ack: the aggregator has stored `stored` chunks and grants `credit` (0: unchanged). */
   progress(stored: number, credit: number): void {
-    this.stored = Math.max(this.stored, stored);
+    this.heardProgress = true;
     if (this.credit > 0 && credit > 0) this.credit = credit;
+    this.learned(stored);
+  }
+
+  /** The aggregator holds `stored` chunks of the upload (a progress ack, or the answer to a query). */
+  learned(stored: number): void {
+    this.stored = Math.max(this.stored, stored);
     this.lost = false;
     this.wake?.();
   }
 
-  /** Resolves when chunk `index` may be published, when `stop` aborts, or after the timeout (then sends on without credit). */
+  /** Resolves when chunk `index` may be published, when `stop` aborts, or when `onTimeout` says to send on. */
   async waitFor(index: number, stop: AbortSignal, signal?: AbortSignal): Promise<void> {
     if (this.credit <= 0 || this.lost || index - this.stored < this.credit) return;
     this.waits++;
-    const started = Date.now();
+    let started = Date.now();
     while (index - this.stored >= this.credit && !stop.aborted && !signal?.aborted) {
       const left = this.timeoutMs - (Date.now() - started);
       if (left <= 0) {
-        // Progress acks lost or an aggregator without flow control: go on; resends repair any loss.
+        this.timeouts++;
+        if (this.onTimeout && !(await this.onTimeout(index, this.stored))) {
+          started = Date.now();
+          continue;
+        }
+        // An aggregator without progress acks: go on; resends repair any loss.
         this.log.warn(
           { round: this.round, index, stored: this.stored, credit: this.credit },
           'no progress from the aggregator; sending on without flow-control credit until it reports again',
         );
         this.lost = true;
-        this.timeouts++;
         return;
       }
       await new Promise<void>((resolve) => {
