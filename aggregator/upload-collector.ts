@@ -113,7 +113,12 @@ export class UploadCollector {
     }
     const credit = this.creditChunks();
     if (credit > 0) {
-      const stored = r.progressDue(Math.max(1, Math.floor(credit / 4)));
+      // Report every quarter of what the agent was told, not of the share now: before its first
+      // progress ack it knows only the announcement's share (8 chunks among 100 selected), and while
+      // few uploads have begun the share now is larger (256 / 5 = 51): a report every 12 chunks
+      // never came to an agent that stopped at 8, and it waited out its credit timeout.
+      const told = this.granted.get(r) ?? creditChunksPerSender(ctx.config.windowChunks, this.o.state.plan.selected.length);
+      const stored = r.progressDue(Math.max(1, Math.floor(Math.min(credit, told) / 4)));
       if (stored !== null) {
         this.granted.set(r, credit);
         ctx.sendAck(this.o.state.plan.round, agent, { status: 'progress', upload, stored, window: credit });

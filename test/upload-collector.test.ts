@@ -193,6 +193,27 @@ test('an upload ending re-grants credit only to the senders whose share grows', 
   }
 });
 
+test('progress comes every quarter of the share the agent was told, also while the share now is larger', () => {
+  // Prepare: 100 selected, windowChunks 256: the announcement told each 8 chunks. Only a has begun,
+  // so the share now is the whole 256; a report every 64 chunks would never reach a sender that
+  // stops at 8 and waits for credit.
+  const selected = ['a', ...Array.from({ length: 99 }, (_, i) => `s${i}`)];
+  const { dir, acks, collector } = setup(256, selected);
+  try {
+    const aChunks = chunks('a', update('a'));
+    assert.ok(aChunks.length > 2);
+
+    // Execute
+    collector.chunk(aChunks[0]!, 'a');
+    collector.chunk(aChunks[1]!, 'a');
+
+    // Assert: reported at 2 stored (a quarter of 8), granting the share now.
+    assert.deepEqual(acks, [{ agent: 'a', status: 'progress', upload: 'a-u1', stored: 2, window: 256 }]);
+  } finally {
+    dir.cleanup();
+  }
+});
+
 test('without flow control (windowChunks 0) no progress is reported', () => {
   // Prepare
   const { dir, acks, collector } = setup(0);
