@@ -3,6 +3,7 @@ import { Readable } from 'node:stream';
 import mqemitterRedis from 'mqemitter-redis';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { Logger } from '../shared/util/logger.js';
+import { retainedLazily, type RetainedStore } from './retained-stream.js';
 
 /** What several broker nodes share: Redis carries the messages between them (mqemitter-redis), the subscriptions and retained messages (aedes-persistence-redis). */
 export interface ClusterOptions {
@@ -23,6 +24,9 @@ interface RedisPersistence {
 }
 type PersistenceCtor = new (options: Record<string, unknown>) => RedisPersistence;
 const require = createRequire(import.meta.url);
+/** The ioredis the persistence uses (its dependency): the node's one Redis connection for retained messages is shared with it. */
+type RedisCtor = new (options: Record<string, unknown>) => RetainedStore;
+const persistenceRequire = createRequire(require.resolve('aedes-persistence-redis/asyncPersistence.js'));
 
 export interface ClusterParts {
   mq: ReturnType<typeof mqemitterRedis>;
@@ -69,9 +73,13 @@ export function dropWillsElsewhere(aedes: { id: string; brokers: Record<string, 
 /** Methods whose results Aedes 1.x pipes: aedes-persistence-redis 11 returns async generators from them, Aedes wants streams. */
 const STREAMING = new Set(['createRetainedStream', 'createRetainedStreamCombi', 'outgoingStream', 'streamWill', 'getClientList']);
 
-function asStreams(persistence: RedisPersistence): RedisPersistence {
+function asStreams(persistence: RedisPersistence, db: RetainedStore): RedisPersistence {
   return new Proxy(persistence, {
     get(target, key) {
+      // Retained messages one at a time as Aedes takes them (broker/retained-stream.ts); a read-ahead
+      // of one packet: Aedes' own pipe holds 16 more.
+      if (key === 'createRetainedStreamCombi') return (patterns: string[]) => Readable.from(retainedLazily(db, patterns), { highWaterMark: 1 });
+      if (key === 'createRetainedStream') return (pattern: string) => Readable.from(retainedLazily(db, [pattern]), { highWaterMark: 1 });
       const value = Reflect.get(target, key, target) as unknown;
       if (typeof value !== 'function') return value;
       const bound = (value as (...args: unknown[]) => unknown).bind(target);
@@ -141,7 +149,9 @@ export async function openCluster(options: ClusterOptions, log: Logger): Promise
   repairAfterDrops(mq, options.nodeId, log);
   await warnOnPubsubLimit(mq as unknown as EmitterInternals, options.redisUrl, log);
   const Persistence = require('aedes-persistence-redis/asyncPersistence.js') as PersistenceCtor;
-  const persistence = asStreams(new Persistence({ ...redis }));
+  const Redis = persistenceRequire('ioredis') as { Redis: RedisCtor };
+  const db = new Redis.Redis({ ...redis });
+  const persistence = asStreams(new Persistence({ conn: db }), db);
   let closed: Promise<void> | null = null;
   log.info({ nodeId: options.nodeId, redisUrl: options.redisUrl }, 'cluster node: sharing subscriptions and retained messages through Redis');
   return {
