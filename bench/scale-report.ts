@@ -63,7 +63,11 @@ function row(r: ScaleResult): string {
 
 function phases(r: ScaleResult): string {
   const p = r.meanPhases;
-  return `    s from round start, last agent: base fetched ${f1(p.baseFetched)}, last update chunk ${f1(p.lastChunk)}, all verified+spooled ${f1(p.allAccepted)}, FedAvg+stored ${f1(p.modelStored)}, published ${f1(p.modelPublished)}, new model verified by all ${f1(p.newVerified)}`;
+  const rss = r.brokerRssByPhaseMiB.map((node) => node.map((m) => m.toFixed(0)).join(' / ')).join('; ');
+  return (
+    `    s from round start, last agent: base fetched ${f1(p.baseFetched)}, last update chunk ${f1(p.lastChunk)}, all verified+spooled ${f1(p.allAccepted)}, FedAvg+stored ${f1(p.modelStored)}, published ${f1(p.modelPublished)}, new model verified by all ${f1(p.newVerified)}\n` +
+    `    broker max RSS MiB by phase (base fetch / uploads / FedAvg and publish / new model fetch), each node: ${rss}`
+  );
 }
 
 export function printRow(r: ScaleResult, say: (s: string) => void): void {

@@ -73,6 +73,12 @@ export interface ScaleResult extends ScaleConfig {
   aggregator: ProcessMeasure;
   /** Each broker node; CPU per GB of everything moved (up + down), all nodes together in `brokersCpuSPerGB`. */
   brokers: ProcessMeasure[];
+  /**
+   * Each broker node's highest sampled RSS in the first round's phases, MiB: [to the base fetched
+   * by all, to the last update chunk, to the new model published, to it verified by all]. Says
+   * which traffic a broker's peak comes from.
+   */
+  brokerRssByPhaseMiB: number[][];
   brokersCpuSPerGB: number;
   redis: ProcessMeasure | null;
   /** Agent hosts: the largest peak of one host; CPU of all hosts together. */

@@ -10,7 +10,7 @@ import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import { INSPECTION_CLASSES } from '../synthetic-data/generate.js';
 import { redisAvailable, startRedis, type RunningRedis } from './scale-processes.js';
 import { printFinal, printRow, printRowHeader } from './scale-report.js';
-import { mean, meanPhases, measureRounds, type ProcessMeasure, type ScaleConfig, type ScaleResult } from './scale-result.js';
+import { mean, meanPhases, measureRounds, type Phases, type ProcessMeasure, type ScaleConfig, type ScaleResult } from './scale-result.js';
 import { denseShapes, writeSyntheticModel } from './synthetic.js';
 import { agentId, forkPeer, MemorySampler, startBroker, startService, type Broker, type Msg, type Peer, type Service } from './transport-processes.js';
 
@@ -227,6 +227,7 @@ function summarize(
     aggregator: processMeasure(sampler, [p.aggregator], from, to, gbUp),
     brokers,
     brokersCpuSPerGB: brokers.reduce((s, b) => s + b.cpuS, 0) / (gbUp + gbDown),
+    brokerRssByPhaseMiB: rssByPhase(sampler, p.brokers, train[0]!.startedAt, rounds[0]!.phases),
     redis: p.redis ? processMeasure(sampler, [p.redis.pid], from, to, gbUp + gbDown) : null,
     agentHosts: processMeasure(
       sampler,
@@ -237,6 +238,12 @@ function summarize(
     ),
     wallS: (Date.now() - p.began) / 1000,
   };
+}
+
+/** Highest RSS of each broker in the phases of one round (ScaleResult.brokerRssByPhaseMiB). */
+function rssByPhase(sampler: MemorySampler, brokers: Broker[], startedAt: number, ph: Phases): number[][] {
+  const ends = [ph.baseFetched, ph.lastChunk, ph.modelPublished, ph.newVerified].map((s) => startedAt + s * 1000);
+  return brokers.map((b) => ends.map((end, i) => sampler.maxRss(b.pid, i === 0 ? startedAt : ends[i - 1]!, end)));
 }
 
 async function main(): Promise<void> {

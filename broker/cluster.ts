@@ -22,6 +22,9 @@ interface RedisPersistence {
   setup(broker: unknown): Promise<void>;
   destroy(): Promise<void>;
 }
+/** Messages a node delivers at once (Aedes' default `concurrency` for its in-memory emitter). */
+export const CLUSTER_DELIVERY_CONCURRENCY = 100;
+
 type PersistenceCtor = new (options: Record<string, unknown>) => RedisPersistence;
 const require = createRequire(import.meta.url);
 /** The ioredis the persistence uses (its dependency): the node's one Redis connection for retained messages is shared with it. */
@@ -128,7 +131,13 @@ function redisReady(mq: StateEvents, ms: number, redisUrl: string): Promise<void
  */
 export async function openCluster(options: ClusterOptions, log: Logger): Promise<ClusterParts> {
   const redis = redisOptions(options.redisUrl);
-  const mq = mqemitterRedis({ ...redis });
+  // At most 100 messages in delivery at once, as Aedes' own emitter on one node. mqemitter-redis
+  // sets no bound: a delivery ends only when its subscriber's socket has drained completely, which
+  // never happens while a fan-in subscriber (the aggregator) is fed as fast as it reads, so the
+  // deliveries already written piled up with their payloads (9,000 of 256 KiB, 2.1 GiB on the
+  // aggregator's node, 100 sites x 50 MB: docs/scaling.md). With the bound, writing pauses at 100,
+  // the socket drains and they end; later messages wait in the emitter's queue.
+  const mq = mqemitterRedis({ ...redis, concurrency: CLUSTER_DELIVERY_CONCURRENCY });
   const state = (mq as unknown as StateEvents).state;
   let down = false;
   state.on('error', (err) => {

@@ -6,6 +6,8 @@ import { createBroker, type RunningBroker } from '../broker/broker.js';
 import { StallGuard, type WatchedSocket } from '../broker/stall-guard.js';
 import { connectPacket, publishPacketBytes, subscribePacket } from './support/raw-mqtt.js';
 import { waitFor } from './helpers.js';
+import { redisMissing, startRedis } from './support/redis.js';
+import { CLUSTER_DELIVERY_CONCURRENCY } from '../broker/cluster.js';
 
 /** A socket whose buffer the test sets: `queued` bytes waiting, `flushed` gone to the kernel. */
 class FakeSocket implements WatchedSocket {
@@ -85,8 +87,9 @@ after(async () => {
 async function rawSubscriber(
   clientId: string,
   budgetBytes: number,
+  port = broker.port,
 ): Promise<{ socket: Socket; received: () => number; closed: () => boolean; stop: () => void }> {
-  const socket = netConnect({ host: '127.0.0.1', port: broker.port });
+  const socket = netConnect({ host: '127.0.0.1', port });
   let handshake = Buffer.alloc(0);
   await new Promise<void>((resolve, reject) => {
     socket.once('error', reject);
@@ -171,3 +174,37 @@ test('a subscriber that stops reading is closed after the stall timeout, and the
     await other.endAsync();
   }
 });
+
+test(
+  'on a cluster node, deliveries to a slow reader stay bounded: written ones end when its socket drains instead of piling up',
+  { skip: redisMissing(), timeout: 180_000 },
+  async () => {
+    const redis = await startRedis(['--client-output-buffer-limit', 'pubsub', '0', '0', '0']);
+    const a = await createBroker({ port: 0, stallTimeoutMs: STALL_MS, cluster: { redisUrl: redis.url, nodeId: 'node-a' } });
+    const b = await createBroker({ port: 0, cluster: { redisUrl: redis.url, nodeId: 'node-b' } });
+    const sender = await mqtt.connectAsync(b.url, { clientId: 'sender', reconnectPeriod: 0 });
+    const reader = await rawSubscriber('cluster-reader', 256 * 1024, a.port);
+    // mqemitter-redis' count of messages in delivery on node A.
+    const emitter = a.aedes as unknown as { mq: { current: number } };
+    let most = 0;
+    const sampler = setInterval(() => (most = Math.max(most, emitter.mq.current)), 10);
+    try {
+      // 400 messages of 64 KiB (25 MiB) through Redis to node A, faster than the reader reads.
+      const payload = Buffer.alloc(64 * 1024, 3);
+      const count = 400;
+      for (let i = 0; i < count; i++) await sender.publishAsync(TOPIC, payload, { qos: 0 });
+      const expected = count * publishPacketBytes(TOPIC, payload.length);
+      await waitFor('the cluster reader to get every message', () => reader.received() >= expected || reader.closed(), 120_000);
+      assert.equal(reader.closed(), false);
+      assert.equal(reader.received(), expected);
+      assert.ok(most <= CLUSTER_DELIVERY_CONCURRENCY, `${most} deliveries at once on node A (bound ${CLUSTER_DELIVERY_CONCURRENCY})`);
+    } finally {
+      clearInterval(sampler);
+      reader.stop();
+      await sender.endAsync();
+      await b.close();
+      await a.close();
+      await redis.stop();
+    }
+  },
+);
