@@ -103,7 +103,7 @@ test('experiment recipes over two seeds: ranked by mean external balanced accura
     assert.match(report, /## Federated recipes ranked/);
     assert.match(report, /\| 1 \| recipe:\S+ \| (all|head) \| pretrained \| /);
     assert.match(report, /localSteps 6, strategy fedprox, proxMu 0\.1/);
-    assert.equal(report.match(/^- \*\*(PASS|FAIL)\*\*: /gm)?.length, 6);
+    assert.equal(report.match(/^- \*\*(PASS|FAIL)\*\*: /gm)?.length, 7);
     assert.match(report, /Head-only federation round by round/);
     assert.match(readFileSync(join(config.out, 'seed-5', 'report.md'), 'utf8'), /## Federated recipes ranked/, 'every seed report ranks too');
 
