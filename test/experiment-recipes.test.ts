@@ -19,7 +19,7 @@ import { tempDir } from './helpers.js';
 const recipes = [
   { name: 'fedavg-all', federate: 'all' },
   { name: 'fedprox-steps', federate: 'all', strategy: 'fedprox', proxMu: 0.1, localSteps: 6 },
-  { name: 'fedavg-head', federate: 'head', sampling: 'balanced' },
+  { name: 'fedavg-head', federate: 'head', sampling: 'balanced', learningRateDecay: 0.5 },
 ];
 
 const tinyConfig = (out: string, over: Record<string, unknown>) =>
@@ -94,6 +94,10 @@ test('experiment recipes over two seeds: ranked by mean external balanced accura
     }
     assert.notDeepEqual(perSeed[0]!.data, perSeed[1]!.data, 'another seed, other images');
     assert.equal(perSeed[1]!.models.find((m) => m.id === 'recipe:fedprox-steps')!.localSteps, 6);
+    // A recipe's own learning-rate decay (0.5) replaces training's (0.9) for that recipe only.
+    const roundRates = (id: string) => perSeed[1]!.models.find((m) => m.id === id)!.rounds.map((r) => r.learningRate);
+    assert.deepEqual(roundRates('recipe:fedavg-head'), [0.002, 0.001]);
+    assert.deepEqual(roundRates('recipe:fedavg-all'), [0.002, 0.002 * 0.9]);
 
     // The goals: seven lines (goal 3 also with false alarms counted, the head goals also jointly), each decided (every arm they need ran), with figures.
     assert.equal(multi.ranking.goals.length, 7);
