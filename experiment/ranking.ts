@@ -183,7 +183,7 @@ export function rankRuns(runs: readonly RankInput[], goals: Goals): Ranking {
 const pct = (x: number | null | undefined) => (x === null || x === undefined ? '-' : `${(100 * x).toFixed(1)}%`);
 const pts = (x: number) => `${(100 * x).toFixed(1)} points`;
 
-/** The issue's goals, each a pass/fail line with its figures (the two head goals also jointly, per recipe). */
+/** The issue's goals, each a pass/fail line with its figures (goal 3 also with the false alarms counted; the two head goals also jointly, per recipe). */
 function checkGoals(models: readonly RankedModel[], runs: readonly RankInput[], g: Goals, scoreName: string): GoalCheck[] {
   const judged = models.filter((m) => m.kind === 'federated' && m.init === 'pretrained' && m.score);
   const central = models.find((m) => m.kind === 'centralized');
