@@ -49,6 +49,8 @@ interface ArmSettings {
   /** Optimizer steps per round instead of epochs, or null (epochs). */
   localSteps: number | null;
   learningRate: number;
+  /** Round r's learning rate is learningRate * learningRateDecay^(r-1). */
+  learningRateDecay: number;
   sampling: 'shuffle' | 'balanced';
   strategy: ArmStrategy;
   /** Federated arms: one run per mode. */
@@ -63,6 +65,7 @@ export function armSettings(config: ExperimentConfig, a: ArmOptions): ArmSetting
     epochs: a.epochs ?? config.training.epochs,
     localSteps: a.localSteps === undefined ? (config.training.localSteps ?? null) : a.localSteps,
     learningRate: a.learningRate ?? config.training.learningRate,
+    learningRateDecay: a.learningRateDecay ?? config.training.learningRateDecay,
     sampling: a.sampling ?? config.training.sampling,
     strategy: {
       strategy: a.strategy ?? 'fedavg',
@@ -110,7 +113,7 @@ export async function runCentralizedArm(ctx: ArmContext): Promise<void> {
     initial: ctx.initial.pretrained,
     rounds: central.rounds,
     task: armTask(ctx, central),
-    learningRateDecay: config.training.learningRateDecay,
+    learningRateDecay: central.learningRateDecay,
     federate: 'all',
     participants: [{ id: 'pooled', trainer }],
     federated: false,
@@ -155,7 +158,7 @@ export async function runLocalOnlyArms(ctx: ArmContext): Promise<void> {
       initial: ctx.initial.pretrained,
       rounds: local.rounds,
       task: armTask(ctx, local),
-      learningRateDecay: config.training.learningRateDecay,
+      learningRateDecay: local.learningRateDecay,
       federate: 'all',
       participants: [{ id: s.id, trainer: ctx.trainers.get(s.id)! }],
       federated: false,
@@ -308,7 +311,7 @@ async function federatedInProcess(ctx: ArmContext, arm: FederatedArm, id: string
     initial: arm.init === 'pretrained' ? ctx.initial.pretrained : ctx.initial.random,
     rounds: arm.settings.rounds,
     task: armTask(ctx, arm.settings),
-    learningRateDecay: config.training.learningRateDecay,
+    learningRateDecay: arm.settings.learningRateDecay,
     federate: arm.federate,
     participants,
     federated: true,
@@ -338,7 +341,7 @@ async function federatedOverMqtt(ctx: ArmContext, arm: FederatedArm, batchNorm: 
     sites: ctx.sites,
     rounds: arm.settings.rounds,
     task: armTask(ctx, arm.settings),
-    learningRateDecay: config.training.learningRateDecay,
+    learningRateDecay: arm.settings.learningRateDecay,
     federate: arm.federate,
     strategy: arm.settings.strategy,
     model: arm.init === 'pretrained' ? ctx.initial.pretrainedSpec : ctx.spec,

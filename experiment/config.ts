@@ -65,6 +65,11 @@ export const armOptionsShape = {
   /** Optimizer steps per round instead of epochs (default: training.localSteps); null: epochs even when training sets localSteps. */
   localSteps: posInt.nullable().optional(),
   learningRate: z.number().positive().optional(),
+  /**
+   * This arm's learning rate in round r is learningRate * learningRateDecay^(r-1) (default:
+   * training.learningRateDecay): e.g. a head-only recipe that settles faster than full fine-tuning.
+   */
+  learningRateDecay: z.number().gt(0).max(1).optional(),
   /** shuffle or balanced (default: training.sampling). */
   sampling: z.enum(['shuffle', 'balanced']).optional(),
   /**

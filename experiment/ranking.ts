@@ -1,6 +1,6 @@
 import type { EvalMetrics } from '../shared/protocol/messages.js';
 import type { Goals } from './config.js';
-import { foreignDefectSets, pooledRecall } from './findings.js';
+import { foreignDefectGoals } from './foreign-defect-goals.js';
 import type { ExperimentResults, ModelResult, Probe, Site } from './results.js';
 
 /**
@@ -183,7 +183,7 @@ export function rankRuns(runs: readonly RankInput[], goals: Goals): Ranking {
 const pct = (x: number | null | undefined) => (x === null || x === undefined ? '-' : `${(100 * x).toFixed(1)}%`);
 const pts = (x: number) => `${(100 * x).toFixed(1)} points`;
 
-/** The issue's goals, each a pass/fail line with its figures (the two head goals also jointly, per recipe). */
+/** The issue's goals, each a pass/fail line with its figures (goal 3 also with the false alarms counted; the two head goals also jointly, per recipe). */
 function checkGoals(models: readonly RankedModel[], runs: readonly RankInput[], g: Goals, scoreName: string): GoalCheck[] {
   const judged = models.filter((m) => m.kind === 'federated' && m.init === 'pretrained' && m.score);
   const central = models.find((m) => m.kind === 'centralized');
@@ -211,47 +211,9 @@ function checkGoals(models: readonly RankedModel[], runs: readonly RankInput[], 
       gap: recallGap,
     },
   });
-  out.push(foreignDefectGoal(judged, runs));
+  out.push(...foreignDefectGoals(judged, runs));
   out.push(...headGoals(judged, g));
   return out;
-}
-
-/**
- * Every judged federated model above every local-only model on that site's foreign defects, on every
- * seed. The line names the closest pair over all models, and each model's own worst margin follows
- * (figures `margin:<id>`): the closest pair alone hides how far the other recipes are from passing.
- */
-function foreignDefectGoal(judged: readonly RankedModel[], runs: readonly RankInput[]): GoalCheck {
-  const goal = "every federated recipe above every local-only model on other sites' defects (each seed)";
-  let worst: { margin: number; where: string } | null = null;
-  const worstOf = new Map<string, number>();
-  for (const run of runs) {
-    if (run.defectIndex < 0) continue;
-    for (const local of run.models.filter((m) => m.arm === 'local-only' && m.site !== null)) {
-      const sets = foreignDefectSets(local.site!, run.sites, run.probes);
-      const recallOf = (m: ModelResult) => pooledRecall(sets.map((s) => m.eval[s]!).filter(Boolean), run.defectIndex);
-      const mine = recallOf(local);
-      for (const f of judged) {
-        const fm = run.models.find((m) => m.id === f.id);
-        const theirs = fm ? recallOf(fm) : null;
-        if (mine === null || theirs === null) continue;
-        const margin = theirs - mine;
-        worstOf.set(f.id, Math.min(worstOf.get(f.id) ?? Infinity, margin));
-        if (worst === null || margin < worst.margin)
-          worst = { margin, where: `seed ${run.seed}: ${f.id} ${pct(theirs)} vs ${local.id} ${pct(mine)} on ${local.site}'s foreign defects` };
-      }
-    }
-  }
-  const each = [...worstOf].map(([id, m]) => `${id} ${m >= 0 ? '+' : ''}${(100 * m).toFixed(1)}`).join(', ');
-  return {
-    goal,
-    holds: worst === null ? null : worst.margin > 0,
-    detail:
-      worst === null
-        ? 'needs local-only models, a federated arm and a defect class'
-        : `closest: ${worst.where} (margin ${pts(worst.margin)}); each model's worst margin: ${each} points`,
-    figures: { worstMargin: worst?.margin ?? null, worst: worst?.where ?? null, ...Object.fromEntries([...worstOf].map(([id, m]) => [`margin:${id}`, m])) },
-  };
 }
 
 /** Head-only: within the gap of full fine-tuning, and never falling more than the allowed decline from round to round. */

@@ -1,6 +1,6 @@
 import type { EvalMetrics } from '../shared/protocol/messages.js';
 import type { ExperimentResults, ModelResult } from './results.js';
-import { foreignDefectSets, pooledRecall } from './findings.js';
+import { foreignDetection } from './findings.js';
 import type { ReportPictures } from './report-pictures.js';
 import { curve } from './ranking.js';
 import { renderRanking } from './ranking-report.js';
@@ -180,7 +180,7 @@ function perSiteSections({ r, defect, sites, probes, pictures }: ReportView, lin
     const siteList = sites.map((id) => ({ id, dir: r.data.sites[id]!.dir }));
     const probeList = probes.map((id) => ({ id, dir: r.data.probes[id]!.dir, product: r.data.probes[id]!.product, defectOf: r.data.probes[id]!.defectOf }));
     lines.push(
-      `${r.defectClass} recall in % on each site's *foreign* defects (the defect images of the other sites' test splits, and the probes whose defect is not that site's): what a site gains from the others.`,
+      `${r.defectClass} recall in % on each site's *foreign* defects (the defect images of the other sites' test splits, and the probes whose defect is not that site's): what a site gains from the others; in brackets the false alarms, the other sites' non-${r.defectClass} test images called ${r.defectClass} (a model calling everything ${r.defectClass} has 100 % recall and 100 % false alarms).`,
       '',
     );
     lines.push(
@@ -188,16 +188,10 @@ function perSiteSections({ r, defect, sites, probes, pictures }: ReportView, lin
         ['model', ...sites.map((s) => `foreign to ${s}`)],
         r.models.map((m) => [
           m.id,
-          ...sites.map((s) =>
-            pct(
-              pooledRecall(
-                foreignDefectSets(s, siteList, probeList)
-                  .map((id) => m.eval[id]!)
-                  .filter(Boolean),
-                defect,
-              ),
-            ),
-          ),
+          ...sites.map((s) => {
+            const d = foreignDetection(m, s, siteList, probeList, defect);
+            return `${pct(d.recall)} (${pct(d.falseAlarm)})`;
+          }),
         ]),
       ),
       '',

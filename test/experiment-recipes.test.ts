@@ -19,7 +19,7 @@ import { tempDir } from './helpers.js';
 const recipes = [
   { name: 'fedavg-all', federate: 'all' },
   { name: 'fedprox-steps', federate: 'all', strategy: 'fedprox', proxMu: 0.1, localSteps: 6 },
-  { name: 'fedavg-head', federate: 'head', sampling: 'balanced' },
+  { name: 'fedavg-head', federate: 'head', sampling: 'balanced', learningRateDecay: 0.5 },
 ];
 
 const tinyConfig = (out: string, over: Record<string, unknown>) =>
@@ -94,16 +94,20 @@ test('experiment recipes over two seeds: ranked by mean external balanced accura
     }
     assert.notDeepEqual(perSeed[0]!.data, perSeed[1]!.data, 'another seed, other images');
     assert.equal(perSeed[1]!.models.find((m) => m.id === 'recipe:fedprox-steps')!.localSteps, 6);
+    // A recipe's own learning-rate decay (0.5) replaces training's (0.9) for that recipe only.
+    const roundRates = (id: string) => perSeed[1]!.models.find((m) => m.id === id)!.rounds.map((r) => r.learningRate);
+    assert.deepEqual(roundRates('recipe:fedavg-head'), [0.002, 0.001]);
+    assert.deepEqual(roundRates('recipe:fedavg-all'), [0.002, 0.002 * 0.9]);
 
-    // The goals: six lines (the head goals also jointly), each decided (every arm they need ran), with figures.
-    assert.equal(multi.ranking.goals.length, 6);
+    // The goals: seven lines (goal 3 also with false alarms counted, the head goals also jointly), each decided (every arm they need ran), with figures.
+    assert.equal(multi.ranking.goals.length, 7);
     for (const g of multi.ranking.goals) assert.equal(typeof g.holds, 'boolean', g.goal);
     assert.equal(multi.ranking.goals[0]!.figures.best, ranked[0]!.id);
     const report = readFileSync(join(config.out, 'report.md'), 'utf8');
     assert.match(report, /## Federated recipes ranked/);
     assert.match(report, /\| 1 \| recipe:\S+ \| (all|head) \| pretrained \| /);
     assert.match(report, /localSteps 6, strategy fedprox, proxMu 0\.1/);
-    assert.equal(report.match(/^- \*\*(PASS|FAIL)\*\*: /gm)?.length, 6);
+    assert.equal(report.match(/^- \*\*(PASS|FAIL)\*\*: /gm)?.length, 7);
     assert.match(report, /Head-only federation round by round/);
     assert.match(readFileSync(join(config.out, 'seed-5', 'report.md'), 'utf8'), /## Federated recipes ranked/, 'every seed report ranks too');
 

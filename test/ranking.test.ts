@@ -11,9 +11,13 @@ import type { EvalMetrics } from '../shared/protocol/messages.js';
 
 const GOALS = { externalBalancedGap: 0.02, probeDefectRecallGap: 0.03, headVsFullGap: 0.08, headMaxDecline: 0.01 };
 
-/** Metrics with a given accuracy, balanced accuracy and recall of class 1 (the defect) out of 100 defect images. */
-function metrics(acc: number, bal: number, defectRecall: number): EvalMetrics {
+/**
+ * Metrics with a given accuracy, balanced accuracy and recall of class 1 (the defect) out of 100
+ * defect images, and the share of the 100 good images (class 0) called a defect.
+ */
+function metrics(acc: number, bal: number, defectRecall: number, falseAlarm = 0): EvalMetrics {
   const hit = Math.round(defectRecall * 100);
+  const alarms = Math.round(falseAlarm * 100);
   return {
     accuracy: acc,
     balancedAccuracy: bal,
@@ -22,7 +26,7 @@ function metrics(acc: number, bal: number, defectRecall: number): EvalMetrics {
     precision: [1, 1],
     recall: [1, defectRecall],
     confusion: [
-      [100, 0],
+      [100 - alarms, alarms],
       [100 - hit, hit],
     ],
   } as unknown as EvalMetrics;
@@ -30,9 +34,18 @@ function metrics(acc: number, bal: number, defectRecall: number): EvalMetrics {
 
 function model(
   id: string,
-  o: { arm: ModelResult['arm']; federate?: 'all' | 'head'; site?: string; ext: number; probe: number; foreign: number; curve?: number[] },
+  o: {
+    arm: ModelResult['arm'];
+    federate?: 'all' | 'head';
+    site?: string;
+    ext: number;
+    probe: number;
+    foreign: number;
+    falseAlarm?: number;
+    curve?: number[];
+  },
 ): ModelResult {
-  const site = (a: number) => metrics(a, a, o.foreign);
+  const site = (a: number) => metrics(a, a, o.foreign, o.falseAlarm);
   const curve = o.curve ?? [0.5, 0.9];
   return {
     id,
@@ -123,7 +136,7 @@ test('ranking: best mean first, references after; the goals pass and fail on the
     ],
   );
   assert.ok(Math.abs(r.models[0]!.externalBalanced!.mean - 0.95) < 1e-12);
-  const [gapBa, gapRecall, foreign, headGap, headDecline, headBoth] = r.goals;
+  const [gapBa, gapRecall, foreign, foreignJ, headGap, headDecline, headBoth] = r.goals;
   // centralized 0.96 mean vs a 0.95: 1 point, within 2.
   assert.equal(gapBa!.holds, true);
   assert.ok(Math.abs((gapBa!.figures.gap as number) - 0.01) < 1e-12);
@@ -136,7 +149,10 @@ test('ranking: best mean first, references after; the goals pass and fail on the
   assert.ok(Math.abs((foreign!.figures['margin:recipe:a'] as number) - 0.4) < 1e-9);
   assert.ok(Math.abs((foreign!.figures['margin:recipe:b'] as number) + 0.05) < 1e-9);
   assert.ok(Math.abs((foreign!.figures['margin:recipe:h'] as number) - 0.3) < 1e-9);
-  assert.match(foreign!.detail, /each model's worst margin: recipe:a \+40\.0, recipe:b -5\.0, recipe:h \+30\.0 points$/);
+  assert.match(foreign!.detail, /each model's worst margin: recipe:a \+40\.0, recipe:b -5\.0, recipe:h \+30\.0 points;/);
+  // No false alarms anywhere here: informedness is the recall, and that line fails on the same pair.
+  assert.equal(foreignJ!.holds, false);
+  assert.ok(Math.abs((foreignJ!.figures['jmargin:recipe:b'] as number) + 0.05) < 1e-9);
   // head 0.89 vs full 0.95: 6 points, within 8.
   assert.equal(headGap!.holds, true);
   // head falls 3 points in seed 2.
@@ -149,9 +165,9 @@ test('ranking: best mean first, references after; the goals pass and fail on the
   const better = rankRuns([run(1, 0, 0.6, [0.6, 0.7, 0.8])], { ...GOALS, externalBalancedGap: 0.005 });
   assert.deepEqual(
     better.goals.map((g) => g.holds),
-    [false, true, true, true, true, true],
+    [false, true, true, true, true, true, true],
   );
-  assert.equal(better.goals[5]!.figures.recipes, 'recipe:h');
+  assert.equal(better.goals[6]!.figures.recipes, 'recipe:h');
 });
 
 test('ranking: a slower head recipe that meets both head goals is named, while the best-scoring one swings', () => {
@@ -173,11 +189,11 @@ test('ranking: a slower head recipe that meets both head goals is named, while t
   const r = rankRuns([withHeads(1, 0, [0.6, 0.7, 0.8]), withHeads(2, 0.02, [0.6, 0.8, 0.77])], GOALS);
 
   // Assert: the best head fails the decline goal; the joint line names h2 only.
-  assert.equal(r.goals[4]!.holds, false);
-  assert.equal(r.goals[4]!.figures.head, 'recipe:h');
-  assert.equal(r.goals[5]!.holds, true);
-  assert.equal(r.goals[5]!.figures.recipes, 'recipe:h2');
-  assert.match(r.goals[5]!.detail, /recipe:h2 8\d\.\d%, largest fall 0\.0 points/);
+  assert.equal(r.goals[5]!.holds, false);
+  assert.equal(r.goals[5]!.figures.head, 'recipe:h');
+  assert.equal(r.goals[6]!.holds, true);
+  assert.equal(r.goals[6]!.figures.recipes, 'recipe:h2');
+  assert.match(r.goals[6]!.detail, /recipe:h2 8\d\.\d%, largest fall 0\.0 points/);
 });
 
 test('ranking: goals that cannot be measured say n/a (null), not pass', () => {
@@ -185,6 +201,52 @@ test('ranking: goals that cannot be measured say n/a (null), not pass', () => {
   const r = rankRuns([{ ...only, models: only.models.filter((m) => m.id === 'recipe:a') }], GOALS);
   assert.deepEqual(
     r.goals.map((g) => g.holds),
-    [null, null, null, null, null, null],
+    [null, null, null, null, null, null, null],
   );
+});
+
+test("ranking: a local model that calls every part a defect wins goal 3's recall line and loses its informedness line", () => {
+  // Prepare: local-only:s1 calls every foreign image NOT_OKAY (recall 100 %, false alarms 100 %: J 0);
+  // the federated recipes find 80-90 % of s1's foreign defects with 5-10 % false alarms.
+  const runs = [1, 2].map((seed): RankInput => {
+    const r = run(seed, 0, 0.6, [0.6, 0.7, 0.8]);
+    const models = r.models.filter((m) => m.arm !== 'local-only' && m.id !== 'recipe:b');
+    return {
+      ...r,
+      models: [
+        ...models.map((m) => (m.id === 'recipe:a' ? model('recipe:a', { arm: 'federated-all', ext: 0.94, probe: 0.94, foreign: 0.9, falseAlarm: 0.1 }) : m)),
+        model('local-only:s1', { arm: 'local-only', site: 's1', ext: 0.5, probe: 1, foreign: 1, falseAlarm: 1 }),
+        model('recipe:c', { arm: 'federated-all', ext: 0.93, probe: 0.9, foreign: 0.8, falseAlarm: 0.05 }),
+      ],
+    };
+  });
+
+  // Execute
+  const [, , recall, informed] = rankRuns(runs, GOALS).goals;
+
+  // Assert: no recipe beats 100 % recall; every recipe beats J 0 (a: 0.9 - 0.1, c: 0.8 - 0.05, h: 0.7 - 0).
+  assert.equal(recall!.holds, false);
+  assert.ok(Math.abs((recall!.figures['margin:recipe:a'] as number) + 0.1) < 1e-9);
+  assert.equal(recall!.figures['falseAlarm:local-only:s1'], 1);
+  assert.ok(Math.abs((recall!.figures['falseAlarm:recipe:c'] as number) - 0.05) < 1e-9);
+  assert.match(recall!.detail, /false alarms on the other sites' good parts [\d.]+% vs 100\.0%/);
+  assert.equal(informed!.holds, true);
+  assert.ok(Math.abs((informed!.figures['jmargin:recipe:a'] as number) - 0.8) < 1e-9);
+  assert.ok(Math.abs((informed!.figures['jmargin:recipe:c'] as number) - 0.75) < 1e-9);
+  assert.ok(Math.abs((informed!.figures['jmargin:recipe:h'] as number) - 0.7) < 1e-9);
+  assert.match(
+    informed!.detail,
+    /closest: seed \d: recipe:h J 70\.0% \(recall 70\.0%, false alarms 0\.0%\) vs local-only:s1 J 0\.0% \(recall 100\.0%, false alarms 100\.0%\)/,
+  );
+
+  // And a local model with fewer false alarms than its recall gap: J still judges it above recipe h.
+  const strict = runs.map((r) => ({
+    ...r,
+    models: r.models.map((m) =>
+      m.arm === 'local-only' ? model('local-only:s1', { arm: 'local-only', site: 's1', ext: 0.5, probe: 1, foreign: 0.95, falseAlarm: 0.2 }) : m,
+    ),
+  }));
+  const [, , , informedStrict] = rankRuns(strict, GOALS).goals;
+  assert.equal(informedStrict!.holds, false);
+  assert.ok(Math.abs((informedStrict!.figures['jmargin:recipe:h'] as number) + 0.05) < 1e-9);
 });
