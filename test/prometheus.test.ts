@@ -155,6 +155,10 @@ test(
       assert.equal(sum(after.agent, 'fedline_agent_state'), 1);
       assert.ok(sum(after.broker, 'fedline_broker_messages_total') > sum(before.broker, 'fedline_broker_messages_total'));
       assert.ok(sum(after.broker, 'fedline_broker_message_bytes_total') > sum(before.broker, 'fedline_broker_message_bytes_total'));
+      // Exposed and quiet after the rounds: nothing stalled, no delivery waiting.
+      assert.equal(after.broker.get('fedline_broker_stalled_closed_total'), 0);
+      assert.equal(after.broker.get('fedline_broker_deliveries_queued'), 0);
+      assert.ok((after.broker.get('fedline_broker_deliveries_in_progress') ?? -1) >= 0);
       assert.equal(sum(after.inspect, 'fedline_inspect_verdict_latency_seconds_count'), 1);
       assert.ok((after.aggregator.get('process_resident_memory_bytes') ?? 0) > 0, "prom-client's default process metrics");
     } finally {
