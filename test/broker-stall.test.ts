@@ -179,31 +179,38 @@ test(
   'on a cluster node, deliveries to a slow reader stay bounded: written ones end when its socket drains instead of piling up',
   { skip: redisMissing(), timeout: 180_000 },
   async () => {
+    // Everything started inside the try: a failure while starting must not leave Redis running.
     const redis = await startRedis(['--client-output-buffer-limit', 'pubsub', '0', '0', '0']);
-    const a = await createBroker({ port: 0, stallTimeoutMs: STALL_MS, cluster: { redisUrl: redis.url, nodeId: 'node-a' } });
-    const b = await createBroker({ port: 0, cluster: { redisUrl: redis.url, nodeId: 'node-b' } });
-    const sender = await mqtt.connectAsync(b.url, { clientId: 'sender', reconnectPeriod: 0 });
-    const reader = await rawSubscriber('cluster-reader', 256 * 1024, a.port);
-    // mqemitter-redis' count of messages in delivery on node A.
-    const emitter = a.aedes as unknown as { mq: { current: number } };
-    let most = 0;
-    const sampler = setInterval(() => (most = Math.max(most, emitter.mq.current)), 10);
+    let a: RunningBroker | undefined;
+    let b: RunningBroker | undefined;
+    let sender: MqttClient | undefined;
+    let reader: Awaited<ReturnType<typeof rawSubscriber>> | undefined;
+    let sampler: NodeJS.Timeout | undefined;
     try {
+      a = await createBroker({ port: 0, stallTimeoutMs: STALL_MS, cluster: { redisUrl: redis.url, nodeId: 'node-a' } });
+      b = await createBroker({ port: 0, cluster: { redisUrl: redis.url, nodeId: 'node-b' } });
+      sender = await mqtt.connectAsync(b.url, { clientId: 'sender', reconnectPeriod: 0 });
+      reader = await rawSubscriber('cluster-reader', 256 * 1024, a.port);
+      // mqemitter-redis' count of messages in delivery on node A.
+      const emitter = a.aedes as unknown as { mq: { current: number } };
+      let most = 0;
+      sampler = setInterval(() => (most = Math.max(most, emitter.mq.current)), 10);
       // 400 messages of 64 KiB (25 MiB) through Redis to node A, faster than the reader reads.
       const payload = Buffer.alloc(64 * 1024, 3);
       const count = 400;
       for (let i = 0; i < count; i++) await sender.publishAsync(TOPIC, payload, { qos: 0 });
       const expected = count * publishPacketBytes(TOPIC, payload.length);
-      await waitFor('the cluster reader to get every message', () => reader.received() >= expected || reader.closed(), 120_000);
-      assert.equal(reader.closed(), false);
-      assert.equal(reader.received(), expected);
+      const r = reader;
+      await waitFor('the cluster reader to get every message', () => r.received() >= expected || r.closed(), 120_000);
+      assert.equal(r.closed(), false);
+      assert.equal(r.received(), expected);
       assert.ok(most <= CLUSTER_DELIVERY_CONCURRENCY, `${most} deliveries at once on node A (bound ${CLUSTER_DELIVERY_CONCURRENCY})`);
     } finally {
       clearInterval(sampler);
-      reader.stop();
-      await sender.endAsync();
-      await b.close();
-      await a.close();
+      reader?.stop();
+      await sender?.endAsync();
+      await b?.close();
+      await a?.close();
       await redis.stop();
     }
   },

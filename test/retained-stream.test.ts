@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import mqtt from 'mqtt';
+import mqtt, { type MqttClient } from 'mqtt';
 import { pack } from 'msgpackr';
-import { createBroker } from '../broker/broker.js';
+import { createBroker, type RunningBroker } from '../broker/broker.js';
 import { RETAINED_HASH, RETAINED_READ_AHEAD, retainedLazily, type RetainedStore } from '../broker/retained-stream.js';
 import { waitFor } from './helpers.js';
 import { redisMissing, startRedis } from './support/redis.js';
@@ -69,12 +69,17 @@ test(
   'on a cluster, a newcomer on another node gets every retained message byte for byte, once, through the lazy stream',
   { skip: redisMissing(), timeout: 120_000 },
   async () => {
+    // Everything started inside the try: a failure while starting must not leave Redis running.
     const redis = await startRedis(['--client-output-buffer-limit', 'pubsub', '0', '0', '0']);
-    const a = await createBroker({ port: 0, cluster: { redisUrl: redis.url, nodeId: 'node-a' } });
-    const b = await createBroker({ port: 0, cluster: { redisUrl: redis.url, nodeId: 'node-b' } });
-    const publisher = await mqtt.connectAsync(a.url, { protocolVersion: 4, reconnectPeriod: 0 });
-    const reader = await mqtt.connectAsync(b.url, { protocolVersion: 4, reconnectPeriod: 0 });
+    let a: RunningBroker | undefined;
+    let b: RunningBroker | undefined;
+    let publisher: MqttClient | undefined;
+    let reader: MqttClient | undefined;
     try {
+      a = await createBroker({ port: 0, cluster: { redisUrl: redis.url, nodeId: 'node-a' } });
+      b = await createBroker({ port: 0, cluster: { redisUrl: redis.url, nodeId: 'node-b' } });
+      publisher = await mqtt.connectAsync(a.url, { protocolVersion: 4, reconnectPeriod: 0 });
+      reader = await mqtt.connectAsync(b.url, { protocolVersion: 4, reconnectPeriod: 0 });
       // 24 chunks of 256 KiB (6 MiB), each with its own bytes, stored by the persistence of node A.
       const chunks = Array.from({ length: 24 }, (_, i) => Buffer.alloc(256 * 1024, i + 1));
       for (const [i, c] of chunks.entries()) await publisher.publishAsync(`fl/t/model/1/chunk/${i}`, c, { qos: 1, retain: true });
@@ -92,10 +97,10 @@ test(
       assert.equal(got.get('fl/t/round')?.toString(), 'announcement');
       assert.equal(duplicates, 0, 'chunk 5, matched by two filters of one SUBSCRIBE, came once');
     } finally {
-      await reader.endAsync();
-      await publisher.endAsync();
-      await b.close();
-      await a.close();
+      await reader?.endAsync();
+      await publisher?.endAsync();
+      await b?.close();
+      await a?.close();
       await redis.stop();
     }
   },
