@@ -73,8 +73,11 @@ export function dropWillsElsewhere(aedes: { id: string; brokers: Record<string, 
         .catch((err: Error) => log.warn({ err: err.message, client: clientId }, 'cluster: could not drop an old will'));
 }
 
-/** Methods whose results Aedes 1.x pipes: aedes-persistence-redis 11 returns async generators from them, Aedes wants streams. */
-const STREAMING = new Set(['createRetainedStream', 'createRetainedStreamCombi', 'outgoingStream', 'streamWill', 'getClientList']);
+/**
+ * Methods whose results Aedes 1.x pipes: aedes-persistence-redis 11 returns async generators from
+ * them, Aedes wants streams. (The retained streams are this node's own, asStreams below.)
+ */
+const STREAMING = new Set(['outgoingStream', 'streamWill', 'getClientList']);
 
 function asStreams(persistence: RedisPersistence, db: RetainedStore): RedisPersistence {
   return new Proxy(persistence, {

@@ -32,7 +32,7 @@ export class UploadCredit {
     private readonly timeoutMs: number,
     private readonly log: Logger,
     private readonly round: number,
-    private readonly onTimeout?: (index: number, stored: number) => Promise<boolean>,
+    private readonly onTimeout?: (index: number) => Promise<boolean>,
   ) {
     this.credit = creditChunks;
   }
@@ -60,7 +60,7 @@ export class UploadCredit {
       const left = this.timeoutMs - (Date.now() - started);
       if (left <= 0) {
         this.timeouts++;
-        if (this.onTimeout && !(await this.onTimeout(index, this.stored))) {
+        if (this.onTimeout && !(await this.onTimeout(index))) {
           started = Date.now();
           continue;
         }
