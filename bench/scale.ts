@@ -33,11 +33,17 @@ import { agentId, forkPeer, MemorySampler, startBroker, startService, type Broke
  *   --encoding E               update encoding announced to the agents: f32, f16, q8 (f32, the default)
  *   --repeat N                 run the whole list N times, one pass after the other; the goals take the
  *                              median of the passes, and each pass's figure is printed beside it (1)
+ *   --sites-dir DIR            where the simulated sites keep their state (model caches): default the
+ *                              work folder. A site at a plant writes its cache to its own disk; here a
+ *                              hundred share one, which then throttles the aggregator's spool too (docs/
+ *                              scaling.md, "The sites' disk"). A tmpfs folder (/dev/shm) takes that
+ *                              shared disk out of the measurement: it needs about twice the model size
+ *                              of memory per site
  *   --json FILE                results (default: a new file in the temp folder; its path is printed)
  *   --keep                     keep the work folder (logs, journals)
  */
 
-const USAGE = `usage: node dist/bench/scale.js [--agents 10,100,300] [--sizes 1,50] [--nodes 1,2] [--rounds N] [--agents-per-process K] [--deadline-s S] [--chunk-kib N] [--encoding f32|f16|q8] [--repeat N] [--json FILE] [--keep]
+const USAGE = `usage: node dist/bench/scale.js [--agents 10,100,300] [--sizes 1,50] [--nodes 1,2] [--rounds N] [--agents-per-process K] [--deadline-s S] [--chunk-kib N] [--encoding f32|f16|q8] [--repeat N] [--sites-dir DIR] [--json FILE] [--keep]
   (see the comment at the top of bench/scale.ts)`;
 
 const { values: args } = parseArgs({
@@ -52,6 +58,7 @@ const { values: args } = parseArgs({
     'chunk-kib': { type: 'string', default: '256' },
     encoding: { type: 'string', default: 'f32' },
     repeat: { type: 'string', default: '1' },
+    'sites-dir': { type: 'string' },
     json: { type: 'string' },
     keep: { type: 'boolean', default: false },
   },
@@ -65,6 +72,9 @@ if (args.help) {
 const REDIS_ARGS = (process.env.BENCH_REDIS_ARGS ?? '').split(' ').filter(Boolean);
 const HOST = fileURLToPath(new URL('./scale-peer.js', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'fedline-bench-scale-'));
+/** The simulated sites' state: under the work folder, or a folder of its own under --sites-dir. */
+const sitesRoot = args['sites-dir'] ? mkdtempSync(join(args['sites-dir'], 'fedline-bench-scale-sites-')) : root;
+const sitesDirOf = (federation: string) => join(sitesRoot, federation, 'agents');
 const say = (s: string) => process.stdout.write(s + '\n');
 const list = (s: string, what: string) =>
   s.split(',').map((x) => {
@@ -125,7 +135,7 @@ function forkHosts(c: ScaleConfig, federation: string, brokers: Broker[], dir: s
       return { id, url: own.url, urls: brokers.filter((b) => b !== own).map((b) => b.url), seed: i + 1 };
     });
     const spec = join(dir, `host-${h}.json`);
-    writeFileSync(spec, JSON.stringify({ federation, dir: join(dir, 'agents'), agents }));
+    writeFileSync(spec, JSON.stringify({ federation, dir: sitesDirOf(federation), agents }));
     hosts.push(forkPeer([spec], {}, HOST));
   }
   return hosts;
@@ -139,7 +149,7 @@ function processMeasure(sampler: MemorySampler, pids: number[], from: number, to
 async function runConfiguration(c: ScaleConfig): Promise<ScaleResult> {
   const federation = `bench-scale-${c.agents}a-${String(c.sizeMB).replace('.', 'p')}mb-${c.nodes}n`;
   const dir = join(root, federation);
-  mkdirSync(join(dir, 'agents'), { recursive: true });
+  mkdirSync(sitesDirOf(federation), { recursive: true });
   const began = Date.now();
   const sampler = new MemorySampler();
   let redis: RunningRedis | null = null;
@@ -179,17 +189,32 @@ async function runConfiguration(c: ScaleConfig): Promise<ScaleResult> {
     return summarize(c, journal, messages, model.bytes, sampler, { aggregator: aggregator.proc.pid!, brokers, redis, hosts, began });
   } finally {
     sampler.stop();
-    for (const h of hosts) if (h.proc.exitCode === null) h.proc.kill('SIGTERM');
+    // After a round the hosts stop their agents and exit on their own; a SIGTERM then would lose
+    // their CPU profiles (BENCH_CPU_PROF), which are written at exit. After a failure: at once.
+    await Promise.all(hosts.map((h) => stopHost(h, failed ? 0 : 60_000)));
     await aggregator?.stop();
     for (const b of brokers) await b.stop();
     await redis?.stop();
     // Spooled updates and hundreds of model caches: free the disk before the next configuration
     // (after a failure only the bulk goes: the logs stay for reading).
     if (!args.keep) {
-      rmSync(join(dir, 'agents'), { recursive: true, force: true });
+      rmSync(join(sitesRoot, federation), { recursive: true, force: true });
       rmSync(join(dir, 'aggregator'), { recursive: true, force: true });
       if (!failed) rmSync(dir, { recursive: true, force: true });
     }
+  }
+}
+
+/** Wait up to `graceMs` for a host to exit by itself, then end it. */
+async function stopHost(h: Peer, graceMs: number): Promise<void> {
+  if (h.proc.exitCode !== null || h.proc.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => h.proc.once('exit', () => resolve()));
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([exited, new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)))]);
+  clearTimeout(timer);
+  if (h.proc.exitCode === null && h.proc.signalCode === null) {
+    h.proc.kill('SIGTERM');
+    await exited;
   }
 }
 
@@ -254,6 +279,7 @@ async function main(): Promise<void> {
     `fedline bench:scale: ${configs.length} configuration(s), ${configs[0]!.rounds} training round(s) each, ${configs[0]!.agentsPerProcess} agents per host process, chunks of ${args['chunk-kib']} KiB, ${args.encoding} updates`,
   );
   say(`machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; work folder ${root}`);
+  if (sitesRoot !== root) say(`simulated sites' state (model caches) in ${sitesRoot}`);
   const json = args.json ?? join(tmpdir(), `fedline-bench-scale-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   const results: ScaleResult[] = [];
   printRowHeader(say);
@@ -264,7 +290,14 @@ async function main(): Promise<void> {
     results.push(r);
     printRow(r, say);
     // Written after every configuration: a long run stopped half way keeps what it measured.
-    writeFileSync(json, JSON.stringify({ machine: { cpus: cpus().length, memGiB: totalmem() / 2 ** 30, node: process.version }, results }, null, 2));
+    writeFileSync(
+      json,
+      JSON.stringify(
+        { machine: { cpus: cpus().length, memGiB: totalmem() / 2 ** 30, node: process.version }, sitesDir: args['sites-dir'] ?? null, results },
+        null,
+        2,
+      ),
+    );
   }
   printFinal(results, say);
   say(`\nresults: ${json}`);
@@ -275,6 +308,10 @@ main()
   .then(() => {
     if (!args.keep) rmSync(root, { recursive: true, force: true });
     else say(`work folder kept: ${root}`);
+  })
+  // The sites' folder may be memory (tmpfs): never leave it behind, --keep or not, success or not.
+  .finally(() => {
+    if (sitesRoot !== root) rmSync(sitesRoot, { recursive: true, force: true });
   })
   .catch((err: Error) => {
     process.stderr.write(`bench:scale failed: ${err.stack ?? err.message}\nlogs kept in ${root}\n`);
