@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import type { LayerMoments } from '../shared/fl/bn-statistics.js';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -25,16 +25,21 @@ import type { GlobalModel, Trainer, TrainResult } from '../training/trainer.js';
  *
  *   node dist/bench/scale-peer.js SPEC.json
  *
- * SPEC: { federation, dir, agents: [{ id, url, urls, seed }] }. Reports to the parent over IPC:
+ * SPEC: { federation, dir, dropCache?, agents: [{ id, url, urls, seed }] }. Reports to the parent over IPC:
  * ready (all agents started), verified (an agent holds a model version, checked), round-done
  * (RoundWorkResult, with resent chunks), complete (every agent saw the federation end; bytes).
  * Differences from a plant's agent, on purpose: no update journal and a model cache keeping one
- * version (here a few hundred sites share one disk; at a plant each writes its own).
+ * version (here a few hundred sites share one disk; at a plant each writes its own). With
+ * `dropCache` (bench:scale --sites-dir) a site deletes its cached model once it holds it in memory:
+ * every download is still written, hashed, synced and read back as at a plant, but a hundred
+ * sites' caches neither fill this machine's memory (tmpfs) nor stay on its one disk.
  */
 
 interface HostSpec {
   federation: string;
   dir: string;
+  /** Delete each site's cached model once the site holds it in memory (see the comment above). */
+  dropCache?: boolean;
   agents: { id: string; url: string; urls: string[]; seed: number }[];
 }
 
@@ -113,7 +118,14 @@ async function startSite(
     transport,
     cache: new ModelCache(join(config.stateDir, 'models'), log, 0),
     logger: log,
-    trainerFor: () => Promise.resolve(new BenchTrainer(site.seed, (version) => report({ type: 'verified', agent: site.id, version, at: Date.now() }))),
+    trainerFor: () =>
+      Promise.resolve(
+        new BenchTrainer(site.seed, (version) => {
+          // The agent evaluates a model right after it read it from its cache into memory.
+          if (spec.dropCache) rmSync(join(config.stateDir, 'models'), { recursive: true, force: true });
+          report({ type: 'verified', agent: site.id, version, at: Date.now() });
+        }),
+      ),
   });
   agent.on('round-done', (r: RoundWorkResult) => report({ type: 'round-done', agent: site.id, at: Date.now(), ...r }));
   await agent.start();

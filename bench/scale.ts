@@ -33,12 +33,14 @@ import { agentId, forkPeer, MemorySampler, startBroker, startService, type Broke
  *   --encoding E               update encoding announced to the agents: f32, f16, q8 (f32, the default)
  *   --repeat N                 run the whole list N times, one pass after the other; the goals take the
  *                              median of the passes, and each pass's figure is printed beside it (1)
- *   --sites-dir DIR            where the simulated sites keep their state (model caches): default the
- *                              work folder. A site at a plant writes its cache to its own disk; here a
- *                              hundred share one, which then throttles the aggregator's spool too (docs/
- *                              scaling.md, "The sites' disk"). A tmpfs folder (/dev/shm) takes that
- *                              shared disk out of the measurement: it needs about twice the model size
- *                              of memory per site
+ *   --sites-dir DIR            where the simulated sites keep their state (model caches), and each
+ *                              site then deletes its cached model once it holds it in memory: default
+ *                              the work folder, caches kept. A site at a plant writes its cache to its
+ *                              own disk; here a hundred share one, and their writes throttle the
+ *                              aggregator's spool (docs/scaling.md). A tmpfs folder (/dev/shm) takes
+ *                              the sites' files off this machine's disk: every download is still
+ *                              written, synced and read back, in memory, and gone once read. With
+ *                              --rounds above 1 a site then fetches each round's base again
  *   --json FILE                results (default: a new file in the temp folder; its path is printed)
  *   --keep                     keep the work folder (logs, journals)
  */
@@ -135,7 +137,7 @@ function forkHosts(c: ScaleConfig, federation: string, brokers: Broker[], dir: s
       return { id, url: own.url, urls: brokers.filter((b) => b !== own).map((b) => b.url), seed: i + 1 };
     });
     const spec = join(dir, `host-${h}.json`);
-    writeFileSync(spec, JSON.stringify({ federation, dir: sitesDirOf(federation), agents }));
+    writeFileSync(spec, JSON.stringify({ federation, dir: sitesDirOf(federation), dropCache: sitesRoot !== root, agents }));
     hosts.push(forkPeer([spec], {}, HOST));
   }
   return hosts;
