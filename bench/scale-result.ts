@@ -70,6 +70,8 @@ export interface ScaleResult extends ScaleConfig {
   /** GB (10^9) of updates received and of models fetched in the measured span (first round's start to the last round's end). */
   gbUp: number;
   gbDown: number;
+  /** Model bytes the agents downloaded over the whole run, as they counted them (EdgeAgent.transferred): a cache hit downloads nothing. */
+  agentsDownloadedBytes: number;
   aggregator: ProcessMeasure;
   /** Each broker node; CPU per GB of everything moved (up + down), all nodes together in `brokersCpuSPerGB`. */
   brokers: ProcessMeasure[];

@@ -251,6 +251,7 @@ function summarize(
     refusals: rounds.reduce((s, r) => s + r.refusals, 0),
     gbUp,
     gbDown,
+    agentsDownloadedBytes: messages.filter((m) => m.type === 'agent-complete').reduce((s, m) => s + Number(m.down), 0),
     aggregator: processMeasure(sampler, [p.aggregator], from, to, gbUp),
     brokers,
     brokersCpuSPerGB: brokers.reduce((s, b) => s + b.cpuS, 0) / (gbUp + gbDown),

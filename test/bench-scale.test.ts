@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO_ROOT, tempDir } from './helpers.js';
 
@@ -22,6 +22,7 @@ interface ScaleResult {
   brokers: Measure[];
   redis: Measure | null;
   agentHosts: Measure;
+  agentsDownloadedBytes: number;
   roundsMeasured: {
     seconds: number;
     selected: number;
@@ -85,34 +86,63 @@ test('bench:scale at a tiny size: every update aggregated, every agent verifies 
   }
 });
 
-test('bench:scale --repeat 2: every configuration runs twice, the memory goal takes the medians and prints each pass', { timeout: 150_000 }, async () => {
-  const dir = tempDir('bench-scale-repeat');
-  try {
-    const json = join(dir.path, 'scale.json');
-    const out = await runScale(['--agents', '2,3', '--sizes', '0.1', '--nodes', '1', '--agents-per-process', '3', '--repeat', '2', '--json', json]);
-    const { results } = JSON.parse(readFileSync(json, 'utf8')) as { results: (ScaleResult & { agents: number })[] };
-    assert.deepEqual(
-      results.map((r) => r.agents),
-      [2, 3, 2, 3],
-      'pass after pass',
-    );
-    const peak = (agents: number) => results.filter((r) => r.agents === agents).map((r) => r.aggregator.peakMiB);
-    const mid = (xs: number[]) => (xs[0]! + xs[1]!) / 2;
-    const growth = (mid(peak(3)) / mid(peak(2)) - 1) * 100;
-    const pct = (x: number) => `${x >= 0 ? '+' : ''}${x.toFixed(1)} %`;
-    const line =
-      /0\.1 MB, 1 node, 2 -> 3 agents \(medians of 2 passes\):\n\s+aggregator peak RSS ([\d.]+) -> ([\d.]+) MiB: (\S+ %) \(goal < 10 %: (met|MISSED)\); per pass: (\S+ %), (\S+ %)/.exec(
-        out,
+test(
+  "bench:scale --repeat 2 --sites-dir: every configuration runs twice, the memory goal takes the medians and prints each pass; the sites' folder is used and left empty",
+  { timeout: 150_000 },
+  async () => {
+    const dir = tempDir('bench-scale-repeat');
+    try {
+      const json = join(dir.path, 'scale.json');
+      const sites = join(dir.path, 'sites');
+      mkdirSync(sites);
+      const out = await runScale([
+        '--agents',
+        '2,3',
+        '--sizes',
+        '0.1',
+        '--nodes',
+        '1',
+        '--agents-per-process',
+        '3',
+        '--repeat',
+        '2',
+        '--sites-dir',
+        sites,
+        '--json',
+        json,
+      ]);
+      assert.match(out, new RegExp(`simulated sites' state \\(model caches\\) in ${sites}/fedline-bench-scale-sites-`));
+      assert.deepEqual(readdirSync(sites), [], "the sites' folder is removed at the end");
+      const { results, sitesDir } = JSON.parse(readFileSync(json, 'utf8')) as { results: (ScaleResult & { agents: number })[]; sitesDir: string };
+      assert.equal(sitesDir, sites);
+      for (const r of results) {
+        // A site that dropped its cache too early would fetch a model twice: bytes down stay two models per site.
+        assert.equal(r.roundsMeasured[0]!.lost, 0);
+        assert.equal(r.roundsMeasured[0]!.bytesDown, 2 * r.agents * r.modelBytes);
+      }
+      assert.deepEqual(
+        results.map((r) => r.agents),
+        [2, 3, 2, 3],
+        'pass after pass',
       );
-    assert.ok(line, `summary line in:\n${out}`);
-    assert.equal(Number(line[1]), Number(mid(peak(2)).toFixed(1)));
-    assert.equal(Number(line[2]), Number(mid(peak(3)).toFixed(1)));
-    assert.equal(line[3], pct(growth));
-    assert.deepEqual(
-      [line[5], line[6]],
-      [0, 1].map((i) => pct((peak(3)[i]! / peak(2)[i]! - 1) * 100)),
-    );
-  } finally {
-    dir.cleanup();
-  }
-});
+      const peak = (agents: number) => results.filter((r) => r.agents === agents).map((r) => r.aggregator.peakMiB);
+      const mid = (xs: number[]) => (xs[0]! + xs[1]!) / 2;
+      const growth = (mid(peak(3)) / mid(peak(2)) - 1) * 100;
+      const pct = (x: number) => `${x >= 0 ? '+' : ''}${x.toFixed(1)} %`;
+      const line =
+        /0\.1 MB, 1 node, 2 -> 3 agents \(medians of 2 passes\):\n\s+aggregator peak RSS ([\d.]+) -> ([\d.]+) MiB: (\S+ %) \(goal < 10 %: (met|MISSED)\); per pass: (\S+ %), (\S+ %)/.exec(
+          out,
+        );
+      assert.ok(line, `summary line in:\n${out}`);
+      assert.equal(Number(line[1]), Number(mid(peak(2)).toFixed(1)));
+      assert.equal(Number(line[2]), Number(mid(peak(3)).toFixed(1)));
+      assert.equal(line[3], pct(growth));
+      assert.deepEqual(
+        [line[5], line[6]],
+        [0, 1].map((i) => pct((peak(3)[i]! / peak(2)[i]! - 1) * 100)),
+      );
+    } finally {
+      dir.cleanup();
+    }
+  },
+);
