@@ -151,6 +151,7 @@ function processMeasure(sampler: MemorySampler, pids: number[], from: number, to
 async function runConfiguration(c: ScaleConfig): Promise<ScaleResult> {
   const federation = `bench-scale-${c.agents}a-${String(c.sizeMB).replace('.', 'p')}mb-${c.nodes}n`;
   const dir = join(root, federation);
+  mkdirSync(dir, { recursive: true });
   mkdirSync(sitesDirOf(federation), { recursive: true });
   const began = Date.now();
   const sampler = new MemorySampler();
@@ -200,7 +201,7 @@ async function runConfiguration(c: ScaleConfig): Promise<ScaleResult> {
     // Spooled updates and hundreds of model caches: free the disk before the next configuration
     // (after a failure only the bulk goes: the logs stay for reading).
     if (!args.keep) {
-      rmSync(join(sitesRoot, federation), { recursive: true, force: true });
+      rmSync(sitesRoot === root ? sitesDirOf(federation) : join(sitesRoot, federation), { recursive: true, force: true });
       rmSync(join(dir, 'aggregator'), { recursive: true, force: true });
       if (!failed) rmSync(dir, { recursive: true, force: true });
     }
