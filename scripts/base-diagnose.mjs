@@ -2,7 +2,8 @@
 // accuracy on its own held-out reference images a batch-normalisation train/inference mismatch?
 // Judges the base on its held-out 20 % (and on its un-augmented training 80 %) four ways:
 //   inference: BN with the moving statistics the folder carries (what pretrain.json reports);
-//   training-mode: BN with each batch's own statistics (batches of `batch`, in file order);
+//   training-mode: BN with each batch's own statistics (batches of `batch` in a seeded shuffled
+//          order, as training draws them; a batch of one class would skew its own statistics);
 //   exact: moving statistics replaced by the exact population statistics of the un-augmented
 //          training images (the statistics pass, one pass per BN layer: shared/fl/bn-statistics.ts).
 // usage (after npm run build): node scripts/base-diagnose.mjs <baseDir> [batch=32] [seed=42]
@@ -15,7 +16,8 @@ const { decodeBundle, bundleTensors } = await import(`${D}/shared/bundle/tensor-
 const { modelMetaSchema } = await import(`${D}/shared/protocol/messages.js`);
 const { loadDataset } = await import(`${D}/training/image-folder.js`);
 const { createImageDecoder } = await import(`${D}/training/images.js`);
-const { TfjsTrainer } = await import(`${D}/training/tfjs-trainer.js`);
+const { TfjsTrainer, epochOrder } = await import(`${D}/training/tfjs-trainer.js`);
+const { mulberry32 } = await import(`${D}/shared/util/random.js`);
 const { readWeightsFromDir } = await import(`${D}/training/pretrained.js`);
 const { modelFromWeights } = await import(`${D}/training/model-io.js`);
 const { normalizeInPlace } = await import(`${D}/training/preprocess.js`);
@@ -64,13 +66,13 @@ async function trainingMode(m, set, batch) {
   const [h, w, c] = set.shape;
   const per = h * w * c;
   const x = new Float32Array(batch * per);
+  const order = epochOrder(set.labels, 'shuffle', mulberry32(7));
+  const labels = new Int32Array(set.count);
   const pred = new Int32Array(set.count);
   for (let s = 0; s < set.count; s += batch) {
-    const n = Math.min(batch, set.count - s);
-    await set.read(
-      Array.from({ length: n }, (_, i) => s + i),
-      x,
-    );
+    const idx = Array.from(order.slice(s, s + batch));
+    const n = idx.length;
+    await set.read(idx, x);
     const b = x.subarray(0, n * per);
     normalizeInPlace(b, n, c, m.meta.normalization);
     pred.set(
@@ -82,9 +84,10 @@ async function trainingMode(m, set, batch) {
       ),
       s,
     );
+    idx.forEach((k, i) => (labels[s + i] = set.labels[k]));
   }
   lm.dispose();
-  return summarize(set.labels, pred);
+  return summarize(labels, pred);
 }
 function summarize(labels, pred) {
   const k = classes.length;
