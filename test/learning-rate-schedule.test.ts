@@ -11,6 +11,9 @@ import { loadTf } from '../training/backend.js';
 import { buildInitialBundle } from '../training/initial-model.js';
 import { FedlineError } from '../shared/protocol/errors.js';
 import { experimentConfigSchema } from '../experiment/config.js';
+import { pretrainBase, PRETRAIN_INFO_FILE } from '../training/pretrain.js';
+import { readWeightsFromDir } from '../training/pretrained.js';
+import { readFile } from 'node:fs/promises';
 import { tempDir, tinyDataset } from './helpers.js';
 
 // The per-epoch learning-rate schedule of one training call (pretraining's learningRateDecay).
@@ -105,4 +108,39 @@ test('experiment pretrained.learningRateDecay: default 1 (constant), must be in 
   assert.equal(experimentConfigSchema.parse({ ...base, pretrained: { learningRateDecay: 0.8 } }).pretrained?.learningRateDecay, 0.8);
   assert.equal(experimentConfigSchema.safeParse({ ...base, pretrained: { learningRateDecay: 0 } }).success, false);
   assert.equal(experimentConfigSchema.safeParse({ ...base, pretrained: { learningRateDecay: 1.5 } }).success, false);
+});
+
+test('pretrainBase: learningRateDecay reaches the training (other weights than constant) and is recorded in pretrain.json', async () => {
+  const dir = tempDir('lr-schedule-pretrain');
+  try {
+    await tinyDataset(dir.path, ['ref'], 6, 16);
+    const model = {
+      architecture: 'small-cnn' as const,
+      width: 1,
+      inputShape: [16, 16, 3] as [number, number, 3],
+      classes: CLASSES,
+      seed: 3,
+      normalization: 'per-image' as const,
+    };
+    const run = (out: string, learningRateDecay?: number) =>
+      pretrainBase({
+        dataDir: join(dir.path, 'ref'),
+        model,
+        epochs: 2,
+        batchSize: 8,
+        learningRate: 0.01,
+        ...(learningRateDecay ? { learningRateDecay } : {}),
+        out: join(dir.path, out),
+      });
+    await run('constant');
+    await run('decayed', 0.1);
+    const info = (out: string) => readFile(join(dir.path, out, PRETRAIN_INFO_FILE), 'utf8').then((t) => JSON.parse(t) as { learningRateDecay: number });
+    assert.equal((await info('constant')).learningRateDecay, 1);
+    assert.equal((await info('decayed')).learningRateDecay, 0.1);
+    const [a, b] = await Promise.all([readWeightsFromDir(join(dir.path, 'constant')), readWeightsFromDir(join(dir.path, 'decayed'))]);
+    const diff = Math.max(...[...a].map(([name, w]) => maxAbsDiff(w.data, b.get(name)!.data)));
+    assert.ok(diff > 1e-4, `the second epoch at a tenth of the rate gives other weights (largest difference ${diff})`);
+  } finally {
+    dir.cleanup();
+  }
 });
