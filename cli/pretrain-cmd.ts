@@ -21,6 +21,7 @@ export async function runPretrain(args: string[]): Promise<void> {
       epochs: { type: 'string', default: '10' },
       batch: { type: 'string', default: '32' },
       'learning-rate': { type: 'string', default: '0.001' },
+      'learning-rate-decay': { type: 'string', default: '1' },
       seed: { type: 'string', default: '42' },
       normalization: { type: 'string', default: 'per-image' },
       synth: { type: 'boolean', default: false },
@@ -68,6 +69,8 @@ export async function runPretrain(args: string[]): Promise<void> {
   );
   if (!(architectures as readonly string[]).includes(spec.architecture)) throw invalidOption(`unknown model ${spec.architecture}`);
   if (values.init !== 'he' && values.init !== 'seeded') throw invalidOption(`--init must be he or seeded, got "${values.init}"`);
+  const decay = Number(values['learning-rate-decay']);
+  if (!(decay > 0 && decay <= 1)) throw invalidOption(`--learning-rate-decay must be in (0, 1], got "${values['learning-rate-decay']}"`);
   const r = await pretrainBase({
     init: values.init,
     dataDir,
@@ -75,6 +78,7 @@ export async function runPretrain(args: string[]): Promise<void> {
     epochs: Number(values.epochs),
     batchSize: Number(values.batch),
     learningRate: Number(values['learning-rate']),
+    learningRateDecay: decay,
     ...(values.augment ? { augmentation: REFERENCE_AUGMENTATION } : {}),
     out,
     onEpoch: (e, loss) => process.stdout.write(`epoch ${e}: loss ${loss?.toFixed(4) ?? '-'}\n`),

@@ -163,8 +163,10 @@ export const PRETRAIN_USAGE = `fedline pretrain: a starting model from a folder 
 
 usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --out DIR [--model small-cnn|vgg11|vgg16|vgg19]
                         [--size PX] [--width X] [--epochs N] [--batch N] [--learning-rate X] [--seed N] [--normalization MODE]
-                        [--init he|seeded] [--batch-norm] [--augment]
+                        [--learning-rate-decay F] [--init he|seeded] [--batch-norm] [--augment]
 
+  --learning-rate-decay  per-epoch factor of the learning rate (epoch e, from 1, at
+           X x F^(e-1); Adam's state kept across epochs); default 1, constant
   --init   the kernels before pretraining: he (He-normal, the default: a VGG-19 without batch
            normalisation trains from scratch) or seeded (Glorot, the federation's own seeded init)
   --augment  flips, lighting and small turns of the reference images while training (as the

@@ -171,6 +171,12 @@ export const experimentConfigSchema = z.strictObject({
       epochs: posInt.default(15),
       batchSize: posInt.default(32),
       learningRate: z.number().positive().default(0.0005),
+      /**
+       * Per-epoch factor of the pretraining learning rate (epoch e, from 1, at learningRate x
+       * learningRateDecay^(e-1); Adam's state kept). Default 1: constant (docs/experiment.md,
+       * "The base's own held-out accuracy", for what decaying did).
+       */
+      learningRateDecay: z.number().gt(0).max(1).default(1),
       /** Kernels before pretraining: he (He-normal, default: deep VGGs train from scratch) or seeded (Glorot). */
       init: z.enum(['he', 'seeded']).default('he'),
       /**
@@ -201,7 +207,7 @@ export const experimentConfigSchema = z.strictObject({
         .default(null),
     })
     .nullable()
-    .default({ epochs: 15, batchSize: 32, learningRate: 0.0005, init: 'he', augmentation: true, selfSupervised: null }),
+    .default({ epochs: 15, batchSize: 32, learningRate: 0.0005, learningRateDecay: 1, init: 'he', augmentation: true, selfSupervised: null }),
   /** The local training task of every arm, as the aggregator's `task` (federated comes from the arm). */
   training: z.strictObject({
     epochs: posInt.default(2),

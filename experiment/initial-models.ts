@@ -63,6 +63,7 @@ export async function preparePretrained(
     epochs,
     batchSize: config.pretrained.batchSize,
     learningRate: config.pretrained.learningRate,
+    learningRateDecay: config.pretrained.learningRateDecay,
     init: config.pretrained.init,
     ...(config.pretrained.augmentation ? { augmentation: REFERENCE_AUGMENTATION } : {}),
     out: pretrainedDir,

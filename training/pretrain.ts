@@ -23,6 +23,11 @@ export interface PretrainOptions {
   epochs: number;
   batchSize: number;
   learningRate: number;
+  /**
+   * Per-epoch factor of the learning rate: epoch e (from 1) trains at learningRate x decay^(e-1),
+   * Adam's moments kept across epochs. Default 1 (constant, as before).
+   */
+  learningRateDecay?: number;
   /** Kernel init of the model before pretraining: seeded (Glorot, the default) or he (He-normal: deep VGGs train from scratch). */
   init?: 'seeded' | 'he';
   /** Training-time augmentation of the reference images (flips, lighting, small turns). Default none. */
@@ -53,6 +58,7 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
     decoder: await createImageDecoder(),
   });
   const trainer = new TfjsTrainer(runtime, data, { shuffleSeed: o.model.seed, augmentation: o.augmentation ?? NO_AUGMENTATION });
+  const decay = o.learningRateDecay ?? 1;
   let lastEpoch = -1;
   const result = await trainer.train(
     model,
@@ -67,6 +73,7 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
     },
     model.tensors.map((t) => t.name),
     {
+      ...(decay !== 1 ? { learningRateAt: (epoch: number) => o.learningRate * decay ** epoch } : {}),
       onProgress: (p) => {
         if (p.batch === p.batchesPerEpoch && p.epoch !== lastEpoch) {
           lastEpoch = p.epoch;
@@ -92,6 +99,7 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
     normalization: o.model.normalization,
     epochs: o.epochs,
     learningRate: o.learningRate,
+    learningRateDecay: decay,
     init: o.init ?? 'seeded',
     augmentation: o.augmentation ?? NO_AUGMENTATION,
     metrics: result.metricsAfter,

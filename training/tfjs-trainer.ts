@@ -159,6 +159,19 @@ function scaffoldCorrections(tf: Tf, m: LayersModel, vars: readonly Variable[], 
   });
 }
 
+/**
+ * Change an optimizer's rate between steps, its state kept: tfjs' SGD (and momentum) keep the rate
+ * as a scalar set by setLearningRate; Adam reads its \`learningRate\` field at every step.
+ */
+function setLearningRate(optimizer: Optimizer, learningRate: number): void {
+  if (!(learningRate > 0) || !Number.isFinite(learningRate)) {
+    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `learning rate must be a positive number, got ${learningRate}`);
+  }
+  const o = optimizer as unknown as { setLearningRate?: (lr: number) => void; learningRate: number };
+  if (typeof o.setLearningRate === 'function') o.setLearningRate(learningRate);
+  else o.learningRate = learningRate;
+}
+
 export interface TrainerOptions {
   /** Seed of the per-epoch order and of the augmentation. */
   shuffleSeed: number;
@@ -222,6 +235,7 @@ export class TfjsTrainer implements Trainer {
   async train(model: GlobalModel, task: TrainTask, federatedNames: readonly string[], options: TrainOptions = {}): Promise<TrainResult> {
     const tf = this.tf;
     const started = Date.now();
+    if (options.learningRateAt && task.scaffold) throw new FedlineError(ErrorCodes.CONFIG_INVALID, 'a learning-rate schedule cannot be combined with SCAFFOLD');
     const m = await this.load(model);
     const optimizer =
       task.optimizer === 'adam'
@@ -265,6 +279,7 @@ export class TfjsTrainer implements Trainer {
         let step = 0;
         for (let epoch = 0; epoch < epochs; epoch++) {
           const order = epochOrder(set.labels, sampling, rng);
+          if (options.learningRateAt) setLearningRate(optimizer, options.learningRateAt(epoch));
           for (let b = 0; b < batchesPerEpoch && step < steps; b++) {
             // Positions are numbered from 1, as people read them (logs, status, events): before batch b+1 of epoch epoch+1.
             const at = { epoch: epoch + 1, epochs, batch: b + 1, batchesPerEpoch, step: step + 1, steps };

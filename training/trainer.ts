@@ -56,6 +56,13 @@ export interface TrainOptions {
    * -learningRate (c - c_i) (with sgd: the step follows g - c_i + c).
    */
   control?: ScaffoldControl;
+  /**
+   * A learning-rate schedule within this one call: the optimizer's rate for epoch `epoch`
+   * (counted from 0) instead of task.learningRate, the optimizer's state (Adam's moments) kept
+   * across epochs. Local use only (pretraining's `learningRateDecay`), never on the wire; not
+   * with SCAFFOLD, whose correction is scaled by task.learningRate.
+   */
+  learningRateAt?: (epoch: number) => number;
 }
 
 export interface ScaffoldControl {
