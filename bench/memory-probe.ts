@@ -13,13 +13,15 @@
  *   pages), larger anonymous mappings, the node binary, other files;
  * - with MEMORY_PROBE_ALLOC=1, `alloc-<pid>.heapprofile` at exit: V8's sampling heap profile
  *   with the objects collected by minor and major GCs kept, i.e. every JavaScript allocation
- *   (garbage included) by call stack (open it in Chrome DevTools, Memory tab).
+ *   (garbage included) by call stack (open it in Chrome DevTools, Memory tab);
+ * - with MEMORY_PROBE_SNAPSHOT=1, `heap-<pid>.heapsnapshot` at exit: what the process still holds
+ *   when it ends (after the round, for the aggregator), for `node scripts/heap-summary.mjs A B`.
  */
 import { appendFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { getHeapSpaceStatistics } from 'node:v8';
+import { getHeapSpaceStatistics, writeHeapSnapshot } from 'node:v8';
 
 const DIR = process.env.MEMORY_PROBE_DIR ?? tmpdir();
 mkdirSync(DIR, { recursive: true }); // a fresh MEMORY_PROBE_DIR need not exist yet
@@ -90,4 +92,9 @@ if (process.env.MEMORY_PROBE_ALLOC === '1') {
       if (!err) writeFileSync(join(DIR, `alloc-${process.pid}.heapprofile`), JSON.stringify(result.profile));
     });
   });
+}
+
+if (process.env.MEMORY_PROBE_SNAPSHOT === '1') {
+  // Synchronous, so it completes in the exit handler.
+  process.on('exit', () => writeHeapSnapshot(join(DIR, `heap-${process.pid}.heapsnapshot`)));
 }
