@@ -33,6 +33,12 @@ async function smallModel(): Promise<GlobalModel> {
   return { version: 0, sha256: '', meta: d.header.meta, tensors: bundleTensors(d) };
 }
 
+/** One site of `perClass` generated 16 px images per class under `dir`, loaded with a quarter held out. */
+async function siteData(dir: string, perClass: number) {
+  await tinyDataset(dir, ['site'], perClass, 16);
+  return loadDataset({ dir: join(dir, 'site'), classes: CLASSES, inputShape: [16, 16, 3], testFraction: 0.25, splitSeed: 1, decoder: jsDecoder });
+}
+
 const maxAbsDiff = (a: Float32Array, b: Float32Array): number => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
 
 for (const optimizer of ['adam', 'sgd'] as const) {
@@ -40,15 +46,7 @@ for (const optimizer of ['adam', 'sgd'] as const) {
     const runtime = await loadTf('auto');
     const dir = tempDir('lr-schedule');
     try {
-      await tinyDataset(dir.path, ['site'], 6, 16);
-      const data = await loadDataset({
-        dir: join(dir.path, 'site'),
-        classes: CLASSES,
-        inputShape: [16, 16, 3],
-        testFraction: 0.25,
-        splitSeed: 1,
-        decoder: jsDecoder,
-      });
+      const data = await siteData(dir.path, 6);
       const model = await smallModel();
       const names = model.tensors.map((t) => t.name);
       const task: TrainTask = { epochs: 1, batchSize: 8, learningRate: 0.01, optimizer, classWeighting: 'auto', sampling: 'shuffle', federated: 'all' };
@@ -77,15 +75,7 @@ test('a schedule with SCAFFOLD is refused (its correction is scaled by the task 
   const runtime = await loadTf('auto');
   const dir = tempDir('lr-schedule-bad');
   try {
-    await tinyDataset(dir.path, ['site'], 4, 16);
-    const data = await loadDataset({
-      dir: join(dir.path, 'site'),
-      classes: CLASSES,
-      inputShape: [16, 16, 3],
-      testFraction: 0.25,
-      splitSeed: 1,
-      decoder: jsDecoder,
-    });
+    const data = await siteData(dir.path, 4);
     const model = await smallModel();
     const names = model.tensors.map((t) => t.name);
     const task: TrainTask = { epochs: 1, batchSize: 8, learningRate: 0.01, optimizer: 'adam', classWeighting: 'auto', sampling: 'shuffle', federated: 'all' };
