@@ -14,6 +14,8 @@
  * - with MEMORY_PROBE_ALLOC=1, `alloc-<pid>.heapprofile` at exit: V8's sampling heap profile
  *   with the objects collected by minor and major GCs kept, i.e. every JavaScript allocation
  *   (garbage included) by call stack (open it in Chrome DevTools, Memory tab);
+ * - with MEMORY_PROBE_SNAPSHOT_AT_MIB=N, `heap-peak-<pid>.heapsnapshot` as soon as the peak RSS
+ *   reaches N MiB (once): what is alive near the peak;
  * - with MEMORY_PROBE_SNAPSHOT=1, `heap-<pid>.heapsnapshot` at exit: what the process still holds
  *   when it ends (after the round, for the aggregator), for `node scripts/heap-summary.mjs A B`.
  */
@@ -92,6 +94,17 @@ if (process.env.MEMORY_PROBE_ALLOC === '1') {
       if (!err) writeFileSync(join(DIR, `alloc-${process.pid}.heapprofile`), JSON.stringify(result.profile));
     });
   });
+}
+
+const snapshotAtMiB = Number(process.env.MEMORY_PROBE_SNAPSHOT_AT_MIB ?? 0);
+if (snapshotAtMiB > 0) {
+  // Once, when the peak RSS first reaches the given MiB: what is alive at the peak, not after it.
+  const watch = setInterval(() => {
+    if (peakRssMiB() < snapshotAtMiB) return;
+    clearInterval(watch);
+    writeHeapSnapshot(join(DIR, `heap-peak-${process.pid}.heapsnapshot`));
+  }, 20);
+  watch.unref();
 }
 
 if (process.env.MEMORY_PROBE_SNAPSHOT === '1') {

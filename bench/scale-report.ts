@@ -63,10 +63,13 @@ function row(r: ScaleResult): string {
 
 function phases(r: ScaleResult): string {
   const p = r.meanPhases;
-  const rss = r.brokerRssByPhaseMiB.map((node) => node.map((m) => m.toFixed(0)).join(' / ')).join('; ');
+  // 0: no sample fell in a phase shorter than the sampling interval.
+  const mib = (m: number) => (m > 0 ? m.toFixed(0) : '-');
+  const rss = r.brokerRssByPhaseMiB.map((node) => node.map(mib).join(' / ')).join('; ');
   return (
     `    s from round start, last agent: base fetched ${f1(p.baseFetched)}, last update chunk ${f1(p.lastChunk)}, all verified+spooled ${f1(p.allAccepted)}, FedAvg+stored ${f1(p.modelStored)}, published ${f1(p.modelPublished)}, new model verified by all ${f1(p.newVerified)}\n` +
-    `    broker max RSS MiB by phase (base fetch / uploads / FedAvg and publish / new model fetch), each node: ${rss}`
+    `    broker max RSS MiB by phase (base fetch / uploads / FedAvg and publish / new model fetch), each node: ${rss}\n` +
+    `    aggregator max RSS MiB (before the round / base fetch / uploads / FedAvg and publish / new model fetch): ${r.aggregatorRssByPhaseMiB.map(mib).join(' / ')}`
   );
 }
 

@@ -81,6 +81,12 @@ export interface ScaleResult extends ScaleConfig {
    * which traffic a broker's peak comes from.
    */
   brokerRssByPhaseMiB: number[][];
+  /**
+   * The aggregator's highest sampled RSS, MiB: [from its start to the first round's start, then the
+   * four phases of brokerRssByPhaseMiB]. Says whether its peak comes from the uploads in flight or
+   * from FedAvg (docs/scaling.md, "The aggregator's memory at small updates").
+   */
+  aggregatorRssByPhaseMiB: number[];
   brokersCpuSPerGB: number;
   redis: ProcessMeasure | null;
   /** Agent hosts: the largest peak of one host; CPU of all hosts together. */

@@ -256,7 +256,16 @@ function summarize(
     aggregator: processMeasure(sampler, [p.aggregator], from, to, gbUp),
     brokers,
     brokersCpuSPerGB: brokers.reduce((s, b) => s + b.cpuS, 0) / (gbUp + gbDown),
-    brokerRssByPhaseMiB: rssByPhase(sampler, p.brokers, train[0]!.startedAt, rounds[0]!.phases),
+    brokerRssByPhaseMiB: rssByPhase(
+      sampler,
+      p.brokers.map((b) => b.pid),
+      train[0]!.startedAt,
+      rounds[0]!.phases,
+    ),
+    aggregatorRssByPhaseMiB: [
+      sampler.maxRss(p.aggregator, 0, train[0]!.startedAt),
+      ...rssByPhase(sampler, [p.aggregator], train[0]!.startedAt, rounds[0]!.phases)[0]!,
+    ],
     redis: p.redis ? processMeasure(sampler, [p.redis.pid], from, to, gbUp + gbDown) : null,
     agentHosts: processMeasure(
       sampler,
@@ -269,10 +278,10 @@ function summarize(
   };
 }
 
-/** Highest RSS of each broker in the phases of one round (ScaleResult.brokerRssByPhaseMiB). */
-function rssByPhase(sampler: MemorySampler, brokers: Broker[], startedAt: number, ph: Phases): number[][] {
+/** Highest RSS of each process in the phases of one round (ScaleResult.brokerRssByPhaseMiB). */
+function rssByPhase(sampler: MemorySampler, pids: number[], startedAt: number, ph: Phases): number[][] {
   const ends = [ph.baseFetched, ph.lastChunk, ph.modelPublished, ph.newVerified].map((s) => startedAt + s * 1000);
-  return brokers.map((b) => ends.map((end, i) => sampler.maxRss(b.pid, i === 0 ? startedAt : ends[i - 1]!, end)));
+  return pids.map((pid) => ends.map((end, i) => sampler.maxRss(pid, i === 0 ? startedAt : ends[i - 1]!, end)));
 }
 
 async function main(): Promise<void> {

@@ -23,6 +23,7 @@ interface ScaleResult {
   redis: Measure | null;
   agentHosts: Measure;
   agentsDownloadedBytes: number;
+  aggregatorRssByPhaseMiB: number[];
   roundsMeasured: {
     seconds: number;
     selected: number;
@@ -103,6 +104,11 @@ test(
         );
         assert.equal(round.seconds, p.newVerified);
         assert.ok(r.aggregator.peakMiB > 0 && r.brokers.every((b) => b.peakMiB > 0) && r.agentHosts.peakMiB > 0, 'peak RSS sampled');
+        // Before the round, then the round's four phases; a phase shorter than the sampling has none (0), the time before the round always has one.
+        const byPhase = r.aggregatorRssByPhaseMiB;
+        assert.equal(byPhase.length, 5);
+        assert.ok(byPhase[0]! > 0 && byPhase.every((m) => m >= 0 && m <= r.aggregator.peakMiB + 1), `aggregator RSS by phase ${byPhase.join(', ')}`);
+        assert.match(out, /aggregator max RSS MiB \(before the round \/ base fetch \/ uploads \/ FedAvg and publish \/ new model fetch\): \d+( \/ (\d+|-)){4}/);
         assert.equal(r.brokers.length, r.nodes);
         assert.equal(r.redis !== null, r.nodes === 2);
       }
