@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
-import type { BrokerConfig } from '../shared/config/service-config.js';
-import { loadConfigFile } from '../shared/config/service-config.js';
+import type { BrokerConfig } from '../shared/config/broker-config.js';
+import { loadConfigFile } from '../shared/config/config-file.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { Logger } from '../shared/util/logger.js';
 import { AccessPolicy, accessFileSchema } from './access.js';

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { loadConfigFile } from '../shared/config/service-config.js';
+import { loadConfigFile } from '../shared/config/config-file.js';
 import { createLogger } from '../shared/util/logger.js';
 import { dashboardConfigSchema } from '../dashboard/dashboard-config.js';
 import { fatal, notifyReady, onShutdown } from './lifecycle.js';

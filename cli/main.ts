@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
-import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile } from '../shared/config/service-config.js';
+import { agentConfigSchema, aggregatorConfigSchema } from '../shared/config/service-config.js';
+import { loadConfigFile } from '../shared/config/config-file.js';
+import { brokerConfigSchema } from '../shared/config/broker-config.js';
 import { inspectConfigSchema } from '../shared/config/inspect-config.js';
 import { plantConfigSchema } from '../shared/config/plant-config.js';
 import { createLogger } from '../shared/util/logger.js';

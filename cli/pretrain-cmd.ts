@@ -1,6 +1,7 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { modelSpecSchema, parseConfig } from '../shared/config/service-config.js';
+import { modelSpecSchema } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 import { architectures } from '../training/models.js';
 import { pretrainBase, REFERENCE_AUGMENTATION } from '../training/pretrain.js';
 import { invalidOption } from './option-checks.js';

@@ -2,7 +2,7 @@ import { readFileSync, writeFileSync, existsSync, chmodSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { AccessPolicy, accessFileSchema, renderMosquittoAcl } from '../broker/access.js';
 import { DEFAULT_PBKDF2_ITERATIONS, PasswordFile, setPasswordLine } from '../broker/passwords.js';
-import { loadConfigFile } from '../shared/config/service-config.js';
+import { loadConfigFile } from '../shared/config/config-file.js';
 import { invalidOption } from './option-checks.js';
 
 import { ACL_USAGE, PASSWD_USAGE } from './usage.js';

@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import { startAggregator, type RunningAggregator } from '../aggregator/main.js';
 import { startAgent, type RunningAgent } from '../edge-agent/main.js';
 import type { PlantConfig } from '../shared/config/plant-config.js';
-import { agentConfigSchema, aggregatorConfigSchema, parseConfig, type AgentConfig, type AggregatorConfig } from '../shared/config/service-config.js';
+import { agentConfigSchema, aggregatorConfigSchema, type AgentConfig, type AggregatorConfig } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 import type { Logger } from '../shared/util/logger.js';
 import { PlantTrainer } from './plant-trainer.js';
 

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { AgentStatus } from '../shared/protocol/messages.js';
-import { agentConfigSchema, parseConfig } from '../shared/config/service-config.js';
+import { agentConfigSchema } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 import { loadTf } from '../training/backend.js';
 import { captureLogger, startAedes, startFederation, tempDir } from './helpers.js';
 

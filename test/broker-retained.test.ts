@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import mqtt, { type MqttClient } from 'mqtt';
 import { startBroker } from '../broker/main.js';
-import { brokerConfigSchema, parseConfig } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
+import { brokerConfigSchema } from '../shared/config/broker-config.js';
 import { captureLogger, mosquittoAvailable, startMosquitto, tempDir, testAccess, waitFor, writeAuthFiles } from './helpers.js';
 
 const R = 'fl/test';

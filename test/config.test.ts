@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { agentConfigSchema, aggregatorConfigSchema, brokerConfigSchema, loadConfigFile } from '../shared/config/service-config.js';
+import { agentConfigSchema, aggregatorConfigSchema } from '../shared/config/service-config.js';
+import { loadConfigFile } from '../shared/config/config-file.js';
+import { brokerConfigSchema } from '../shared/config/broker-config.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'fedline-config-'));

@@ -5,7 +5,7 @@ import { basename, dirname, join } from 'node:path';
 import { FsModelStore } from '../aggregator/model-store.js';
 import { experimentConfigSchema } from '../experiment/config.js';
 import { runExperiment, type ExperimentResults } from '../experiment/runner.js';
-import { parseConfig } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 import { bundleTensors, decodeBundle } from '../shared/bundle/tensor-bundle.js';
 import { tempDir } from './helpers.js';
 

@@ -6,7 +6,7 @@ import { FsModelStore } from '../aggregator/model-store.js';
 import { generateDataset, generateExperimentData } from '../synthetic-data/generate.js';
 import { experimentConfigSchema } from '../experiment/config.js';
 import { runExperiment, type ExperimentResults } from '../experiment/runner.js';
-import { parseConfig } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 import { bundleTensors, decodeBundle, sha256Hex } from '../shared/bundle/tensor-bundle.js';
 import { tempDir } from './helpers.js';
 

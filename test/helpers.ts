@@ -8,7 +8,8 @@ import { createBroker, type RunningBroker } from '../broker/broker.js';
 import { startAggregator, type RunningAggregator } from '../aggregator/main.js';
 import { startAgent, type RunningAgent } from '../edge-agent/main.js';
 import { generateDataset, INSPECTION_CLASSES, PAPER_CLIENTS, type ClientSpec } from '../synthetic-data/generate.js';
-import { agentConfigSchema, aggregatorConfigSchema, parseConfig, type AgentConfig, type AggregatorConfig } from '../shared/config/service-config.js';
+import { agentConfigSchema, aggregatorConfigSchema, type AgentConfig, type AggregatorConfig } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 
 export const REPO_ROOT = new URL('../../', import.meta.url).pathname;
 

@@ -10,7 +10,7 @@ import { startAgent, type RunningAgent } from '../edge-agent/main.js';
 import { startPlant, type RunningPlant } from '../plant/main.js';
 import { bundleTensors, decodeBundle, type DecodedBundle } from '../shared/bundle/tensor-bundle.js';
 import { plantConfigSchema } from '../shared/config/plant-config.js';
-import { parseConfig } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 import { SUPPORTED_VERSIONS, updateTopicMessageSchema, type UpdateMeta } from '../shared/protocol/messages.js';
 import { decodeMsgpack } from '../shared/protocol/wire-codec.js';
 import { silentLogger } from '../shared/util/logger.js';

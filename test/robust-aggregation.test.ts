@@ -4,7 +4,8 @@ import { clippedFedAvgStreamed, medianStreamed, trimCount, trimmedMeanStreamed }
 import type { TensorBlockReader } from '../shared/fl/fedavg.js';
 import { createStrategy } from '../aggregator/strategy-registry.js';
 import type { StrategyInput } from '../aggregator/strategy.js';
-import { aggregatorConfigSchema, parseConfig } from '../shared/config/service-config.js';
+import { aggregatorConfigSchema } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 import { mulberry32 } from '../shared/util/random.js';
 import { silentLogger } from '../shared/util/logger.js';
 

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { clientVariate, scaffoldServerStreamed, type ScaffoldParams, type ScaffoldReader } from '../shared/fl/scaffold.js';
 import { fedAvgStreamed, type TensorBlockReader } from '../shared/fl/fedavg.js';
 import { createStrategy } from '../aggregator/strategy-registry.js';
-import { aggregatorConfigSchema, parseConfig } from '../shared/config/service-config.js';
+import { aggregatorConfigSchema } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 import { mulberry32 } from '../shared/util/random.js';
 import { silentLogger } from '../shared/util/logger.js';
 

@@ -9,7 +9,8 @@ import { selfSupervisedBase } from '../experiment/self-supervised.js';
 import { readWeightsFromDir } from '../training/pretrained.js';
 import { experimentConfigSchema } from '../experiment/config.js';
 import { runExperiment } from '../experiment/runner.js';
-import { parseConfig, type ModelSpec } from '../shared/config/service-config.js';
+import { type ModelSpec } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 import { tempDir } from './helpers.js';
 
 /**

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { serverOptimizerStreamed, type ServerOptimizerKind, type ServerOptimizerParams } from '../shared/fl/server-optimizer.js';
 import type { TensorBlockReader } from '../shared/fl/fedavg.js';
 import { createStrategy } from '../aggregator/strategy-registry.js';
-import { aggregatorConfigSchema, parseConfig } from '../shared/config/service-config.js';
+import { aggregatorConfigSchema } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 import { mulberry32 } from '../shared/util/random.js';
 import { silentLogger } from '../shared/util/logger.js';
 

@@ -11,7 +11,7 @@ import type { SourceCallbacks, SourceProblem, TriggerSource } from '../edge-agen
 import { ScheduleTriggerSource } from '../edge-agent/triggers/sources/schedule-source.js';
 import { planWindow } from '../edge-agent/triggers/window-plan.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
-import { parseConfig } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 import { conditionSchema, triggerSchema } from '../shared/config/trigger-config.js';
 import { FakeClock } from './fake-clock.js';
 

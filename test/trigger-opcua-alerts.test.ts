@@ -10,7 +10,7 @@ import type { SourceProblem, SourceUpdate } from '../edge-agent/triggers/source.
 import { OpcuaTriggerSource } from '../edge-agent/triggers/sources/opcua-source.js';
 import { ErrorCodes } from '../shared/protocol/errors.js';
 import { silentLogger } from '../shared/util/logger.js';
-import { parseConfig } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 import { opcuaSourceSchema, type OpcuaSource } from '../shared/config/trigger-config.js';
 import { OpcuaRefusingProxy } from './support/opcua-refusing-proxy.js';
 import { tempDir, waitFor } from './helpers.js';

@@ -1,8 +1,4 @@
-// Over 400 lines on purpose: every service's config schema with each field's unit, default and
-// reason next to it, validated once at start-up. The schemas share the mqtt, model and task parts;
-// the inspection and trigger schemas have their own files (inspect-config.ts, trigger-config.ts).
 import { readFileSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { ErrorCodes, FedlineError } from '../protocol/errors.js';
 import { federatedSetSchema, normalizationModes } from '../protocol/messages.js';
@@ -11,9 +7,10 @@ import { updateEncodings } from '../bundle/value-encodings.js';
 import { triggerSchema } from './trigger-config.js';
 
 /**
- * Configuration schemas, validated once at start-up (unknown keys refused), then frozen and
- * passed down, as Fastify does. Errors name the file and the key. Relative paths in a config
- * file are resolved against the file's folder, so a config works from any working directory.
+ * Configuration schemas of the aggregator and the agent, and the parts they share with the other
+ * services (mqtt, metrics, model): each field with its unit, default and reason. Validated once at
+ * start-up (unknown keys refused), then frozen and passed down, as Fastify does (config-file.ts).
+ * The broker, plant, inspection and trigger schemas have their own files.
  */
 
 const id = z.string().refine(isValidId, { message: 'must be 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit' });
@@ -23,6 +20,8 @@ const posInt = z.number().int().positive();
 export const backendPreferences = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendPreference = (typeof backendPreferences)[number];
 const path = z.string().min(1);
+/** Shared with the other services' schemas (broker-config.ts). */
+export { id as idSchema, posInt as positiveIntSchema, path as pathSchema };
 
 const mqttUrl = z.string().regex(/^mqtts?:\/\/[^\s/]+(:\d+)?\/?$/, 'must look like mqtt://host:port or mqtts://host:port');
 
@@ -61,106 +60,6 @@ export const metricsConfigSchema = z.strictObject({
   /** Address to listen on. Default 127.0.0.1. */
   host: z.string().min(1).default('127.0.0.1'),
 });
-
-export const brokerConfigSchema = z
-  .strictObject({
-    /** Address to listen on. Default 127.0.0.1 (loopback); use 0.0.0.0 to serve other machines. */
-    host: z.string().default('127.0.0.1'),
-    /** TCP port; 0 picks a free one (reported on start). Default 1883. */
-    port: z.number().int().min(0).max(65535).default(1883),
-    /** Longest client id accepted. Default 128 (Aedes' own default is 23). */
-    maxClientIdLength: posInt.default(128),
-    /** Messages queued per slow subscriber before the broker drops the client. Default 100000. */
-    queueLimit: posInt.default(100_000),
-    /** How long a CONNECT may take after the TCP connection opened, ms. Default 30000. */
-    connectTimeoutMs: posInt.default(30_000),
-    /**
-     * Close a connection when bytes wait for it and it has read none of them for this long, ms. A
-     * reader that takes any bytes stays, however far behind (the aggregator during a round's
-     * uploads); a frozen or hostile one goes. Default 60000.
-     */
-    stallTimeoutMs: posInt.default(60_000),
-    /** Largest MQTT packet a logged-in client may send; a bigger one closes its connection. Default 64 MiB (as mosquitto.conf's max_packet_size). */
-    maxPacketBytes: posInt.default(64 * 1024 * 1024),
-    /**
-     * Bytes a client may send before its login is accepted (its CONNECT, will included): checked from
-     * the packet header before anything is buffered, so clients that never log in cannot grow the broker. Default 65536.
-     */
-    maxBytesBeforeLogin: posInt.min(1024).default(65_536),
-    /**
-     * Failed logins slowed per client address: after `freeFailures` wrong passwords, the address is
-     * shut out for `baseDelayMs`, doubled at each further failure up to `maxDelayMs` (its logins are
-     * refused without a password check meanwhile). Defaults 5, 1000, 60000.
-     */
-    loginThrottle: z
-      .strictObject({ freeFailures: z.number().int().min(0).default(5), baseDelayMs: posInt.default(1000), maxDelayMs: posInt.default(60_000) })
-      .default({ freeFailures: 5, baseDelayMs: 1000, maxDelayMs: 60_000 }),
-    /**
-     * Let anyone connect and do anything. Default false: every client needs a login (a password or
-     * a client certificate) and a role in `auth.accessFile`. For a closed test network only.
-     */
-    allowAnonymous: z.boolean().default(false),
-    auth: z
-      .strictObject({
-        /** Mosquitto-format password file (`user:$7$...` lines from `fedline passwd` or mosquitto_passwd). */
-        passwordFile: path.optional(),
-        /** Roles per user (broker/access.ts); `fedline acl` renders the same rules for Mosquitto. */
-        accessFile: path,
-      })
-      .optional(),
-    /** The plain (unencrypted) listener on `port`. Default true; false serves TLS only. */
-    plainListener: z.boolean().default(true),
-    tls: z
-      .strictObject({
-        /** TLS (mqtts) port. Default 8883. */
-        port: z.number().int().min(0).max(65535).default(8883),
-        /** PEM server certificate (chain) and its key. */
-        certFile: path,
-        keyFile: path,
-        /** PEM CA bundle client certificates must chain to. */
-        caFile: path.optional(),
-        /** Refuse clients without a certificate signed by caFile. Default false. */
-        requireClientCert: z.boolean().default(false),
-        /** The client certificate's CN is the user name, no password (Mosquitto's use_identity_as_username). Default false. */
-        identityFromCertificate: z.boolean().default(false),
-      })
-      .optional(),
-    metrics: metricsConfigSchema.optional(),
-    /**
-     * Run as one node of a broker cluster: the nodes share subscriptions, retained messages (models,
-     * round announcements) and every published message through Redis (mqemitter-redis,
-     * aedes-persistence-redis). Clients list every node in their `mqtt.urls` and fail over.
-     */
-    cluster: z
-      .strictObject({
-        /** redis://[user:password@]host:port[/db] of the Redis all nodes use. */
-        redisUrl: z.string().regex(/^redis:\/\/[^\s/]+(\/\d+)?$/, 'must look like redis://host:port or redis://host:port/db'),
-        /** This node's id, unique among the nodes. */
-        nodeId: id,
-        /** Heartbeat between nodes, ms (the same on every node): a node silent for 3 is dead and the wills of its clients not seen since are published. Default 60000. */
-        heartbeatIntervalMs: z.number().int().min(100).default(60_000),
-      })
-      .optional(),
-    logLevel: z.string().optional(),
-  })
-  .superRefine((c, ctx) => {
-    if (!c.allowAnonymous && !c.auth)
-      ctx.addIssue({
-        code: 'custom',
-        path: ['auth'],
-        message: 'required: anonymous access is off (give auth.accessFile and auth.passwordFile, or set allowAnonymous: true on a closed test network)',
-      });
-    if (c.allowAnonymous && c.auth)
-      ctx.addIssue({ code: 'custom', path: ['allowAnonymous'], message: 'allowAnonymous: true turns auth off; remove one of them' });
-    if (c.auth && !c.auth.passwordFile && !c.tls?.identityFromCertificate)
-      ctx.addIssue({ code: 'custom', path: ['auth', 'passwordFile'], message: 'required unless tls.identityFromCertificate logs clients in by certificate' });
-    if (c.tls?.identityFromCertificate && !c.tls.requireClientCert)
-      ctx.addIssue({ code: 'custom', path: ['tls', 'identityFromCertificate'], message: 'needs tls.requireClientCert: true' });
-    if (c.tls?.requireClientCert && !c.tls.caFile)
-      ctx.addIssue({ code: 'custom', path: ['tls', 'caFile'], message: 'required with requireClientCert: the CA that signs client certificates' });
-    if (!c.plainListener && !c.tls) ctx.addIssue({ code: 'custom', path: ['plainListener'], message: 'false leaves no listener: configure tls' });
-  });
-export type BrokerConfig = z.infer<typeof brokerConfigSchema>;
 
 export const modelArchitectures = ['small-cnn', 'vgg11', 'vgg16', 'vgg19'] as const;
 
@@ -421,83 +320,6 @@ export const agentConfigSchema = z.strictObject({
   logLevel: z.string().optional(),
 });
 export type AgentConfig = z.infer<typeof agentConfigSchema>;
-
-type Frozen<T> = T extends (infer U)[] ? readonly Frozen<U>[] : T extends object ? { readonly [K in keyof T]: Frozen<T[K]> } : T;
-
-export function deepFreeze<T>(value: T): Frozen<T> {
-  if (value && typeof value === 'object') {
-    for (const v of Object.values(value)) deepFreeze(v);
-    Object.freeze(value);
-  }
-  return value as Frozen<T>;
-}
-
-function formatConfigIssues(error: z.ZodError, file: string): string {
-  return error.issues
-    .map((issue) => {
-      const where = issue.path.length ? issue.path.join('.') : '(top level)';
-      if (issue.code === 'unrecognized_keys') {
-        const keys = (issue as { keys: string[] }).keys;
-        return `  ${file}: unknown key${keys.length > 1 ? 's' : ''} ${keys.map((k) => `"${issue.path.length ? `${where}.` : ''}${k}"`).join(', ')}`;
-      }
-      return `  ${file}: "${where}": ${issue.message}`;
-    })
-    .join('\n');
-}
-
-/** Validate an already-parsed config object. `source` names it in errors. */
-export function parseConfig<S extends z.ZodType>(schema: S, raw: unknown, source: string): z.infer<S> {
-  const parsed = schema.safeParse(raw);
-  if (!parsed.success) {
-    throw new FedlineError(ErrorCodes.CONFIG_INVALID, `invalid configuration in ${source}:\n${formatConfigIssues(parsed.error, source)}`, { file: source });
-  }
-  return parsed.data;
-}
-
-/** Keys whose values are file system paths, resolved against the config file's folder. */
-const PATH_KEYS = new Set([
-  'stateDir',
-  'dir',
-  'initFrom',
-  'passwordFile',
-  'caFile',
-  'certFile',
-  'keyFile',
-  'pkiDir',
-  'accessFile',
-  'archiveDir',
-  'signingKeyFile',
-  'modelPublicKeyFile',
-]);
-
-function resolvePaths(value: unknown, base: string): unknown {
-  if (Array.isArray(value)) return value.map((v) => resolvePaths(v, base));
-  if (value && typeof value === 'object') {
-    return Object.fromEntries(
-      Object.entries(value).map(([k, v]) => [k, PATH_KEYS.has(k) && typeof v === 'string' && !isAbsolute(v) ? resolve(base, v) : resolvePaths(v, base)]),
-    );
-  }
-  return value;
-}
-
-/** Read, validate, resolve paths, freeze. Every failure names the file. */
-export function loadConfigFile<S extends z.ZodType>(schema: S, file: string): z.infer<S> {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new FedlineError(ErrorCodes.CONFIG_READ, `cannot read configuration file ${file}: ${(err as Error).message}`, { file });
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    throw new FedlineError(ErrorCodes.CONFIG_PARSE, `configuration file ${file} is not valid JSON: ${(err as Error).message}`, { file });
-  }
-  const config = parseConfig(schema, raw, file);
-  // Frozen at run time: a service that tries to change its configuration fails loudly.
-  return deepFreeze(resolvePaths(config, dirname(resolve(file))) as z.infer<S>) as z.infer<S>;
-}
 
 /** The password from `password` or `passwordFile`, if any. */
 export function mqttPassword(config: Pick<MqttConfig, 'password' | 'passwordFile'>): string | undefined {
