@@ -81,7 +81,7 @@ const STOP_WAIT_MS = 10_000;
  *   rounds     round-runner.ts (one round), round-state.ts (its decisions), round-aggregation.ts
  *   strategy   strategy.ts (the seam), fedavg-strategy.ts, norm-screen.ts, strategy-registry.ts
  *   models     model-publisher.ts (retained model and announcements), load-global-model.ts
- *   state      round-journal.ts (journal.json, history.jsonl), update-spool.ts, model-store.ts
+ *   state      round-journal.ts (journal.json, history.jsonl), update-spool.ts, model-store.ts, version-writer.ts
  *   release    release-manager.ts (candidates, gates, released model), release-policy.ts, model-registry.ts
  *   MES        mes-commands.ts (start, pause, resume, stop, model-manifest, release, rollback)
  */

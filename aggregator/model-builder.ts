@@ -1,7 +1,7 @@
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { BlockSink } from '../shared/fl/fedavg.js';
 import { elementCount, type TensorSpec } from '../shared/bundle/tensor-bundle.js';
-import type { VersionWriter } from './model-store.js';
+import type { VersionWriter } from './version-writer.js';
 import type { BaseValues } from './update-spool.js';
 
 const COPY_BLOCK_ELEMENTS = 1 << 18;

@@ -1,9 +1,9 @@
-import { mkdir, readdir, readFile, rename, rm, open, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { openFileSource, readFully, type FileBundleSource } from '../shared/bundle/bundle-source.js';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
-import { fsyncDir, writeJsonAtomic } from '../shared/util/fs-atomic.js';
+import { writeJsonAtomic } from '../shared/util/fs-atomic.js';
 import type { EvalMetrics, ModelMeta } from '../shared/protocol/messages.js';
 import { modelMetaSchema } from '../shared/protocol/messages.js';
 import {
@@ -17,6 +17,7 @@ import {
 } from '../shared/bundle/tensor-bundle.js';
 import type { BaseValues } from './update-spool.js';
 import type { TensorBlockReader } from '../shared/fl/fedavg.js';
+import { VersionWriter } from './version-writer.js';
 
 /**
  * Every global model version on disk as a TensorFlow.js layers model, so `tf.loadLayersModel`
@@ -82,9 +83,9 @@ export interface ModelStore {
 }
 
 /**
- * Over 400 lines: the on-disk layout (model.json, weights, header, meta), its streamed writer,
- * verification and readers change together, and splitting them would spread one file format over
- * several files. Release stages are kept apart, in model-registry.ts.
+ * The version folders on disk: listing, verification and streamed readers. A new version is
+ * written by version-writer.ts (weights, header, model.json, meta.json, then one rename); release
+ * stages are kept apart, in model-registry.ts.
  */
 export class FsModelStore implements ModelStore {
   readonly root: string;
@@ -309,149 +310,5 @@ export class FsModelStore implements ModelStore {
     this.metricsBatches.set(version, batch);
     this.metaChain = batch.written.catch(() => undefined);
     return batch.written;
-  }
-}
-
-/**
- * A new global model version being written: the payload (float32 weights in manifest order) comes
- * in order through write(), in pieces of any size; the SHA-256 of the whole bundle is computed on
- * the way and the data flushed to disk in the background, so commit() only has the tail to sync.
- */
-export class VersionWriter {
-  readonly specs: readonly TensorSpec[];
-  readonly payloadBytes: number;
-  private readonly o: {
-    root: string;
-    tmp: string;
-    target: string;
-    meta: ModelMeta;
-    specs: TensorSpec[];
-    prefix: Buffer;
-    payloadBytes: number;
-    weights: FileHandle;
-    extra: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'>;
-  };
-  private readonly hash: Hash;
-  private written = 0;
-  private unsynced = 0;
-  private syncing: Promise<void> | null = null;
-  private closed = false;
-
-  constructor(o: VersionWriter['o']) {
-    this.o = o;
-    this.specs = o.specs;
-    this.payloadBytes = o.payloadBytes;
-    this.hash = createHash('sha256').update(o.prefix);
-  }
-
-  /** Payload bytes written so far (the offset of the next write). */
-  get position(): number {
-    return this.written;
-  }
-
-  async write(bytes: Uint8Array): Promise<void> {
-    if (this.closed) throw new FedlineError(ErrorCodes.MODEL_STORE, 'version writer is closed');
-    if (this.written + bytes.byteLength > this.payloadBytes)
-      throw new FedlineError(
-        ErrorCodes.MODEL_STORE,
-        `model version ${this.o.meta.version}: ${this.written + bytes.byteLength} payload bytes written, ${this.payloadBytes} expected`,
-      );
-    this.hash.update(bytes);
-    let done = 0;
-    while (done < bytes.byteLength) {
-      const { bytesWritten } = await this.o.weights.write(bytes, done, bytes.byteLength - done, this.written + done);
-      done += bytesWritten;
-    }
-    this.written += bytes.byteLength;
-    this.unsynced += bytes.byteLength;
-    if (this.unsynced >= 64 * 1024 * 1024 && !this.syncing) {
-      this.unsynced = 0;
-      this.syncing = this.o.weights
-        .datasync()
-        .catch(() => undefined)
-        .finally(() => (this.syncing = null));
-    }
-  }
-
-  /**
-   * Finish the version: every payload byte must have been written. `extra` replaces what
-   * createVersion was given (an aggregation knows whose updates went in only once it is done).
-   */
-  async commit(extra: Pick<Partial<StoredModel>, 'contributors' | 'updateMetrics'> = this.o.extra): Promise<StoredModel> {
-    const { meta, specs, prefix, tmp, target, root } = this.o;
-    try {
-      if (this.written !== this.payloadBytes) throw new FedlineError(ErrorCodes.MODEL_STORE, `${this.written} of ${this.payloadBytes} payload bytes written`);
-      await this.syncing;
-      await this.o.weights.sync();
-      await this.o.weights.close();
-      this.closed = true;
-      const stored: StoredModel = {
-        version: meta.version,
-        round: meta.round,
-        sha256: this.hash.digest('hex'),
-        bytes: prefix.byteLength + this.payloadBytes,
-        headerBytes: prefix.byteLength,
-        createdAt: meta.createdAt,
-        tensors: specs,
-        headTensors: meta.headTensors,
-        classes: meta.classes,
-        inputShape: meta.inputShape,
-        contributors: extra.contributors ?? {},
-        metrics: {},
-        updateMetrics: extra.updateMetrics ?? {},
-      };
-      const modelJson = {
-        format: 'layers-model',
-        generatedBy: 'fedline',
-        convertedBy: null,
-        modelTopology: meta.topology,
-        weightsManifest: [{ paths: ['weights.bin'], weights: specs.map((t) => ({ name: t.name, shape: t.shape, dtype: t.dtype })) }],
-        userDefinedMetadata: {
-          fedline: {
-            version: meta.version,
-            round: meta.round,
-            sha256: stored.sha256,
-            classes: meta.classes,
-            inputShape: meta.inputShape,
-            normalization: meta.normalization,
-          },
-        },
-      };
-      await writeSynced(join(tmp, 'header.bin'), prefix);
-      await writeSynced(join(tmp, 'model.json'), JSON.stringify(modelJson));
-      await writeSynced(join(tmp, 'meta.json'), JSON.stringify(stored, null, 2));
-      await fsyncDir(tmp);
-      await rename(tmp, target);
-      await fsyncDir(root);
-      return stored;
-    } catch (err) {
-      await this.abort();
-      throw new FedlineError(
-        ErrorCodes.MODEL_STORE,
-        `model store: cannot write version ${meta.version} under ${root}: ${(err as Error).message}`,
-        {},
-        { cause: err },
-      );
-    }
-  }
-
-  /** Give up: nothing of this version stays on disk. */
-  async abort(): Promise<void> {
-    if (!this.closed) {
-      this.closed = true;
-      await this.syncing;
-      await this.o.weights.close().catch(() => undefined);
-    }
-    await rm(this.o.tmp, { recursive: true, force: true });
-  }
-}
-
-async function writeSynced(path: string, data: Uint8Array | string): Promise<void> {
-  const fh = await open(path, 'w');
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }

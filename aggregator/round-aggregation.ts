@@ -1,7 +1,8 @@
 import type { AggregatorContext } from './aggregator-context.js';
 import type { ActiveRound } from './active-round.js';
 import { ModelBuilder } from './model-builder.js';
-import type { StoredModel, VersionWriter } from './model-store.js';
+import type { StoredModel } from './model-store.js';
+import type { VersionWriter } from './version-writer.js';
 import type { Strategy, StrategyOutput } from './strategy.js';
 import type { SpoolReader, SpooledUpdate } from './update-spool.js';
 

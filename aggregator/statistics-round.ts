@@ -5,7 +5,8 @@ import type { BnStatsMsg } from '../shared/protocol/messages.js';
 import type { ActiveRound } from './active-round.js';
 import type { AggregatorContext } from './aggregator-context.js';
 import { ModelBuilder } from './model-builder.js';
-import type { StoredModel, VersionWriter } from './model-store.js';
+import type { StoredModel } from './model-store.js';
+import type { VersionWriter } from './version-writer.js';
 
 /**
  * Statistics rounds (aggregator batchNorm `pooled-statistics`, docs/training.md): after a
