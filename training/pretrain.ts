@@ -96,6 +96,7 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
     width: o.model.width,
     batchNorm: o.model.batchNorm ?? false,
     inputShape: o.model.inputShape,
+    classes: o.model.classes,
     normalization: o.model.normalization,
     epochs: o.epochs,
     learningRate: o.learningRate,
