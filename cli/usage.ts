@@ -177,6 +177,9 @@ usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --o
   --synth  generate the reference images (other products, other defects, other objects; never the
            experiment's clients, their defects or its external product) in OUT-reference/ and
            train on them: the stand-in for ImageNet weights that \`fedline experiment\` reuses
+  --scale X  with --synth: reference images per product and class, times the default (1: ten
+           NOT_OKAY images per product and defect, too few to learn defects of a few pixels;
+           docs/experiment.md, "Why the base never learnt the reference defects")
   -h, --help  this text`;
 
 export const DATASET_USAGE = `fedline dataset synth: write generated USB-inspection images
