@@ -5,6 +5,7 @@ import { parseConfig } from '../shared/config/config-file.js';
 import { architectures } from '../training/models.js';
 import { pretrainBase, REFERENCE_AUGMENTATION } from '../training/pretrain.js';
 import { invalidOption } from './option-checks.js';
+import type { EvalMetrics } from '../shared/protocol/messages.js';
 
 import { PRETRAIN_USAGE as USAGE } from './usage.js';
 
@@ -30,6 +31,7 @@ export async function runPretrain(args: string[]): Promise<void> {
       'batch-norm': { type: 'boolean', default: false },
       scale: { type: 'string', default: '1' },
       augment: { type: 'boolean', default: false },
+      'eval-each-epoch': { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -83,8 +85,15 @@ export async function runPretrain(args: string[]): Promise<void> {
     ...(values.augment ? { augmentation: REFERENCE_AUGMENTATION } : {}),
     out,
     onEpoch: (e, loss) => process.stdout.write(`epoch ${e}: loss ${loss?.toFixed(4) ?? '-'}\n`),
+    ...(values['eval-each-epoch'] ? { onEpochHeldOut: (e: number, m: EvalMetrics) => process.stdout.write(heldOutLine(e, m, classes)) } : {}),
   });
   process.stdout.write(
     `accuracy on the held-out 20%: ${r.metrics.accuracy.toFixed(3)} (balanced ${r.metrics.balancedAccuracy.toFixed(3)}), ${(r.trainMs / 1000).toFixed(1)} s on ${r.backend}\nsaved: ${out} (use it as model.initFrom)\n`,
   );
+}
+
+/** `--eval-each-epoch`: the held-out accuracy and each class's recall (how many of it were called it). */
+function heldOutLine(epoch: number, m: EvalMetrics, classes: readonly string[]): string {
+  const recalls = classes.map((c, i) => `${c} ${m.confusion[i]![i]}/${m.confusion[i]!.reduce((a, b) => a + b, 0)}`).join(', ');
+  return `epoch ${epoch}: held-out accuracy ${m.accuracy.toFixed(3)} (balanced ${m.balancedAccuracy.toFixed(3)}); called right: ${recalls}\n`;
 }

@@ -163,7 +163,7 @@ export const PRETRAIN_USAGE = `fedline pretrain: a starting model from a folder 
 
 usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --out DIR [--model small-cnn|vgg11|vgg16|vgg19]
                         [--size PX] [--width X] [--epochs N] [--batch N] [--learning-rate X] [--seed N] [--normalization MODE]
-                        [--learning-rate-decay F] [--init he|seeded] [--batch-norm] [--augment]
+                        [--learning-rate-decay F] [--init he|seeded] [--batch-norm] [--augment] [--eval-each-epoch]
 
   --learning-rate-decay  per-epoch factor of the learning rate (epoch e, from 1, at
            X x F^(e-1); Adam's state kept across epochs); default 1, constant
@@ -171,12 +171,18 @@ usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --o
            normalisation trains from scratch) or seeded (Glorot, the federation's own seeded init)
   --augment  flips, lighting and small turns of the reference images while training (as the
            experiment's pretrained.augmentation, its default): features that carry to new products
+  --eval-each-epoch  after every epoch, the held-out accuracy and how many images of each class
+           were called that class (training itself unchanged): has the base split OKAY from
+           NOT_OKAY yet (docs/experiment.md, "Why the base never learnt the reference defects")
   --batch-norm  batch normalisation after every convolution (model.batchNorm: the experiment's
            model must then set it too)
 
   --synth  generate the reference images (other products, other defects, other objects; never the
            experiment's clients, their defects or its external product) in OUT-reference/ and
            train on them: the stand-in for ImageNet weights that \`fedline experiment\` reuses
+  --scale X  with --synth: reference images per product and class, times the default (1: ten
+           NOT_OKAY images per product and defect, too few to learn defects of a few pixels;
+           docs/experiment.md, "Why the base never learnt the reference defects")
   -h, --help  this text`;
 
 export const DATASET_USAGE = `fedline dataset synth: write generated USB-inspection images

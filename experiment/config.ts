@@ -168,6 +168,14 @@ export const experimentConfigSchema = z.strictObject({
       dir: path.optional(),
       /** Reference images `<dir>/<CLASS>/*`; default: generated (synthetic data only). */
       data: path.optional(),
+      /**
+       * Multiplies the generated reference images' counts (synthetic data without
+       * `pretrained.data` only; the clients', external and probe images keep `data.scale`). At
+       * scale 1 each reference product has 10 NOT_OKAY images per defect: too few for a base to
+       * learn a defect of a few pixels (docs/experiment.md, "Why the base never learnt the
+       * reference defects"). Default: `data.scale`, as before.
+       */
+      referenceScale: z.number().gt(0).max(20).optional(),
       epochs: posInt.default(15),
       batchSize: posInt.default(32),
       learningRate: z.number().positive().default(0.0005),

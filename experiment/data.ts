@@ -43,18 +43,22 @@ export async function prepareDataLayout(config: ExperimentConfig, needPretrainin
     const dataDir = join(config.out, 'data');
     await rm(dataDir, { recursive: true, force: true });
     const parts: ExperimentPart[] = ['clients', 'external', 'probes'];
-    if (needPretraining && !referenceDir) parts.push('reference');
+    const referenceScale = config.pretrained?.referenceScale ?? config.data.scale;
+    // Every part has its own random streams: the reference images at their own scale, in a second
+    // call, leave the clients', external and probe images exactly as with one call.
+    const referenceApart = referenceScale !== config.data.scale;
+    if (needPretraining && !referenceDir && !referenceApart) parts.push('reference');
     const t0 = Date.now();
-    const gen = await generateExperimentData({
-      out: dataDir,
-      seed,
-      size: config.data.size,
-      scale: config.data.scale,
-      parts,
-      clientClutter: config.data.clientClutter,
-    });
+    const common = { out: dataDir, seed, size: config.data.size, clientClutter: config.data.clientClutter };
+    const gen = await generateExperimentData({ ...common, scale: config.data.scale, parts });
+    if (needPretraining && !referenceDir && referenceApart) {
+      const ref = await generateExperimentData({ ...common, scale: referenceScale, parts: ['reference'] });
+      gen.reference = ref.reference;
+      gen.files += ref.files;
+    }
     say(
-      `generated ${gen.files} images (${config.data.size}x${config.data.size} px, seed ${seed}, scale ${config.data.scale}) in ${dataDir} (${((Date.now() - t0) / 1000).toFixed(1)} s)`,
+      `generated ${gen.files} images (${config.data.size}x${config.data.size} px, seed ${seed}, scale ${config.data.scale}` +
+        `${referenceApart && gen.reference ? `, reference images at scale ${referenceScale}` : ''}) in ${dataDir} (${((Date.now() - t0) / 1000).toFixed(1)} s)`,
     );
     return {
       sites: gen.clients.map((c) => ({ id: c.name, dir: c.dir })),

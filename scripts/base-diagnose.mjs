@@ -6,7 +6,8 @@
 //          order, as training draws them; a batch of one class would skew its own statistics);
 //   exact: moving statistics replaced by the exact population statistics of the un-augmented
 //          training images (the statistics pass, one pass per BN layer: shared/fl/bn-statistics.ts).
-// usage (after npm run build): node scripts/base-diagnose.mjs <baseDir> [batch=32] [seed=42]
+// usage (after npm run build): node scripts/base-diagnose.mjs <baseDir> [batch=32] [seed=42] [quick]
+//   quick: the moving-statistics rows only (seconds; no training-mode rows, no 3-minute statistics pass).
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 const D = new URL('../dist', import.meta.url).pathname;
@@ -23,10 +24,11 @@ const { modelFromWeights } = await import(`${D}/training/model-io.js`);
 const { normalizeInPlace } = await import(`${D}/training/preprocess.js`);
 const { reestimateStatistics } = await import(`${D}/experiment/batch-norm-rounds.js`);
 const { batchNormLayers } = await import(`${D}/shared/fl/bn-statistics.js`);
-const [base, batchS = '32', seedS = '42'] = process.argv.slice(2);
+const [base, batchS = '32', seedS = '42', mode = 'full'] = process.argv.slice(2);
 const info = JSON.parse(readFileSync(join(base, 'pretrain.json'), 'utf8'));
 const rt = await loadTf('auto');
-const classes = info.metrics.confusion.length === 4 ? ['OKAY', 'NOT_OKAY', 'HIDDEN', 'EMPTY'] : null;
+// Older folders do not name their classes: four are the inspection classes, two OKAY and NOT_OKAY.
+const classes = info.classes ?? (info.metrics.confusion.length === 4 ? ['OKAY', 'NOT_OKAY', 'HIDDEN', 'EMPTY'] : ['OKAY', 'NOT_OKAY']);
 const spec = {
   architecture: info.architecture,
   width: info.width,
@@ -110,6 +112,7 @@ const show = (label, r) =>
 console.log(`base ${base}: ${data.train.count} training, ${data.test.count} held-out reference images (${info.data})`);
 show('held-out, inference (moving statistics)', await inference(model, data.test));
 show('train 80%, inference (moving statistics)', await inference(model, data.train));
+if (mode === 'quick') process.exit(0);
 show(`held-out, training mode (batches of ${batchS})`, await trainingMode(model, data.test, Number(batchS)));
 show(`train 80%, training mode (batches of ${batchS})`, await trainingMode(model, data.train, Number(batchS)));
 const passes = batchNormLayers(model.meta.topology).length;

@@ -37,6 +37,11 @@ export interface PretrainOptions {
   backend?: BackendPreference;
   /** After each epoch, numbered from 1. */
   onEpoch?: (epoch: number, loss: number | null) => void;
+  /**
+   * After each epoch, its metrics on the held-out 20 % (an evaluation per epoch, nothing of the
+   * training changed): whether the base has yet learnt to tell the classes apart. Default none.
+   */
+  onEpochHeldOut?: (epoch: number, heldOut: EvalMetrics) => void;
 }
 
 /**
@@ -74,6 +79,7 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
     model.tensors.map((t) => t.name),
     {
       ...(decay !== 1 ? { learningRateAt: (epoch: number) => o.learningRate * decay ** epoch } : {}),
+      ...(o.onEpochHeldOut ? { afterEpoch: o.onEpochHeldOut } : {}),
       onProgress: (p) => {
         if (p.batch === p.batchesPerEpoch && p.epoch !== lastEpoch) {
           lastEpoch = p.epoch;
@@ -96,6 +102,7 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
     width: o.model.width,
     batchNorm: o.model.batchNorm ?? false,
     inputShape: o.model.inputShape,
+    classes: o.model.classes,
     normalization: o.model.normalization,
     epochs: o.epochs,
     learningRate: o.learningRate,

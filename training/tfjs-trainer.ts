@@ -300,6 +300,8 @@ export class TfjsTrainer implements Trainer {
             // Yield to the event loop between batches: MQTT keepalives, status, stop requests.
             await new Promise((resolve) => setImmediate(resolve));
           }
+          if (options.afterEpoch && step === (epoch + 1) * batchesPerEpoch)
+            await options.afterEpoch(epoch + 1, await this.evaluateLoaded(m, this.data.test, model.meta.normalization));
         }
       } finally {
         classWeights.dispose();

@@ -63,6 +63,13 @@ export interface TrainOptions {
    * with SCAFFOLD, whose correction is scaled by task.learningRate.
    */
   learningRateAt?: (epoch: number) => number;
+  /**
+   * Awaited after every full epoch (numbered from 1) with the model's metrics on the held-out
+   * split as it stands then (inference mode: no weight, statistic or random draw of training
+   * changes). Local use only (`fedline pretrain --eval-each-epoch`): when, if ever, a base learns
+   * to tell two classes apart.
+   */
+  afterEpoch?: (epoch: number, heldOut: EvalMetrics) => Promise<void> | void;
 }
 
 export interface ScaffoldControl {
