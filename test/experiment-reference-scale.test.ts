@@ -5,7 +5,7 @@ import { join, relative } from 'node:path';
 import { experimentConfigSchema } from '../experiment/config.js';
 import { prepareDataLayout } from '../experiment/data.js';
 import { generateExperimentData } from '../synthetic-data/generate.js';
-import { parseConfig } from '../shared/config/service-config.js';
+import { parseConfig } from '../shared/config/config-file.js';
 import { sha256Hex } from '../shared/bundle/tensor-bundle.js';
 import { tempDir } from './helpers.js';
 
