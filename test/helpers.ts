@@ -132,3 +132,15 @@ export function startAedes(): Promise<RunningBroker> {
 
 // The local Mosquitto launcher and its auth files live in demo/mosquitto.ts (the benchmarks use them too).
 export { mosquittoAvailable, startMosquitto, testAccess, testPassword, writeAuthFiles, type AuthFiles } from '../demo/mosquitto.js';
+
+/** The small CNN at 16 px over the four inspection classes: the pretraining tests' model (with tinyDataset). */
+export function tinyPretrainModel() {
+  return {
+    architecture: 'small-cnn' as const,
+    width: 1,
+    inputShape: [16, 16, 3] as [number, number, 3],
+    classes: ['OKAY', 'NOT_OKAY', 'HIDDEN', 'EMPTY'],
+    seed: 3,
+    normalization: 'per-image' as const,
+  };
+}

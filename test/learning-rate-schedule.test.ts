@@ -14,7 +14,7 @@ import { experimentConfigSchema } from '../experiment/config.js';
 import { pretrainBase, PRETRAIN_INFO_FILE } from '../training/pretrain.js';
 import { readWeightsFromDir } from '../training/pretrained.js';
 import { readFile } from 'node:fs/promises';
-import { tempDir, tinyDataset } from './helpers.js';
+import { tempDir, tinyDataset, tinyPretrainModel } from './helpers.js';
 
 // The per-epoch learning-rate schedule of one training call (pretraining's learningRateDecay).
 const CLASSES = ['OKAY', 'NOT_OKAY', 'HIDDEN', 'EMPTY'];
@@ -104,14 +104,7 @@ test('pretrainBase: learningRateDecay reaches the training (other weights than c
   const dir = tempDir('lr-schedule-pretrain');
   try {
     await tinyDataset(dir.path, ['ref'], 6, 16);
-    const model = {
-      architecture: 'small-cnn' as const,
-      width: 1,
-      inputShape: [16, 16, 3] as [number, number, 3],
-      classes: CLASSES,
-      seed: 3,
-      normalization: 'per-image' as const,
-    };
+    const model = tinyPretrainModel();
     const run = (out: string, learningRateDecay?: number) =>
       pretrainBase({
         dataDir: join(dir.path, 'ref'),

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { pretrainBase } from '../training/pretrain.js';
 import { readWeightsFromDir } from '../training/pretrained.js';
 import type { EvalMetrics } from '../shared/protocol/messages.js';
-import { tempDir, tinyDataset } from './helpers.js';
+import { tempDir, tinyDataset, tinyPretrainModel } from './helpers.js';
 
 // `fedline pretrain --eval-each-epoch`: the held-out metrics after every epoch, training unchanged.
 const CLASSES = ['OKAY', 'NOT_OKAY', 'HIDDEN', 'EMPTY'];
@@ -13,14 +13,7 @@ test('pretrainBase onEpochHeldOut: every epoch judged on the held-out split, the
   const dir = tempDir('pretrain-epoch-eval');
   try {
     await tinyDataset(dir.path, ['ref'], 6, 16);
-    const model = {
-      architecture: 'small-cnn' as const,
-      width: 1,
-      inputShape: [16, 16, 3] as [number, number, 3],
-      classes: CLASSES,
-      seed: 3,
-      normalization: 'per-image' as const,
-    };
+    const model = tinyPretrainModel();
     const seen: { epoch: number; m: EvalMetrics }[] = [];
     const run = (out: string, watch: boolean) =>
       pretrainBase({
