@@ -1,8 +1,8 @@
-import { open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { rename, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash, type Hash } from 'node:crypto';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
-import { fsyncDir } from '../shared/util/fs-atomic.js';
+import { fsyncDir, writeFileSynced } from '../shared/util/fs-atomic.js';
 import type { ModelMeta } from '../shared/protocol/messages.js';
 import type { TensorSpec } from '../shared/bundle/tensor-bundle.js';
 import type { StoredModel } from './model-store.js';
@@ -112,9 +112,9 @@ export class VersionWriter {
           },
         },
       };
-      await writeSynced(join(tmp, 'header.bin'), prefix);
-      await writeSynced(join(tmp, 'model.json'), JSON.stringify(modelJson));
-      await writeSynced(join(tmp, 'meta.json'), JSON.stringify(stored, null, 2));
+      await writeFileSynced(join(tmp, 'header.bin'), prefix);
+      await writeFileSynced(join(tmp, 'model.json'), JSON.stringify(modelJson));
+      await writeFileSynced(join(tmp, 'meta.json'), JSON.stringify(stored, null, 2));
       await fsyncDir(tmp);
       await rename(tmp, target);
       await fsyncDir(root);
@@ -138,15 +138,5 @@ export class VersionWriter {
       await this.o.weights.close().catch(() => undefined);
     }
     await rm(this.o.tmp, { recursive: true, force: true });
-  }
-}
-
-async function writeSynced(path: string, data: Uint8Array | string): Promise<void> {
-  const fh = await open(path, 'w');
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }

@@ -1,27 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { experimentConfigSchema } from '../experiment/config.js';
 import { prepareDataLayout } from '../experiment/data.js';
 import { generateExperimentData } from '../synthetic-data/generate.js';
 import { parseConfig } from '../shared/config/config-file.js';
-import { sha256Hex } from '../shared/bundle/tensor-bundle.js';
-import { tempDir } from './helpers.js';
-
-/** Every file under a folder, by relative path, with its SHA-256. */
-function treeHashes(root: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (dir: string): void => {
-    for (const e of readdirSync(dir)) {
-      const p = join(dir, e);
-      if (statSync(p).isDirectory()) walk(p);
-      else out.set(relative(root, p), sha256Hex(readFileSync(p)));
-    }
-  };
-  walk(root);
-  return out;
-}
+import { tempDir, treeHashes } from './helpers.js';
 
 const part = (tree: Map<string, string>, prefix: string): [string, string][] => [...tree].filter(([k]) => k.startsWith(prefix)).sort();
 

@@ -1,28 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { basename, dirname, join, relative } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { FsModelStore } from '../aggregator/model-store.js';
 import { generateDataset, generateExperimentData } from '../synthetic-data/generate.js';
 import { experimentConfigSchema } from '../experiment/config.js';
 import { runExperiment, type ExperimentResults } from '../experiment/runner.js';
 import { parseConfig } from '../shared/config/config-file.js';
-import { bundleTensors, decodeBundle, sha256Hex } from '../shared/bundle/tensor-bundle.js';
-import { tempDir } from './helpers.js';
-
-/** Every file under a folder, by relative path, with its SHA-256. */
-function treeHashes(root: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (dir: string): void => {
-    for (const e of readdirSync(dir)) {
-      const p = join(dir, e);
-      if (statSync(p).isDirectory()) walk(p);
-      else out.set(relative(root, p), sha256Hex(readFileSync(p)));
-    }
-  };
-  walk(root);
-  return out;
-}
+import { bundleTensors, decodeBundle } from '../shared/bundle/tensor-bundle.js';
+import { tempDir, treeHashes } from './helpers.js';
 
 test('the experiment generator: one seed, identical files in every part; another seed, other images', async () => {
   const dirs = [tempDir('expdata-a'), tempDir('expdata-b'), tempDir('expdata-c')];

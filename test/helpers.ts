@@ -1,7 +1,8 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { freeTcpPort as freePort } from '../shared/util/free-port.js';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
+import { sha256Hex } from '../shared/bundle/tensor-bundle.js';
 import { Writable } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import { createBroker, type RunningBroker } from '../broker/broker.js';
@@ -143,4 +144,18 @@ export function tinyPretrainModel() {
     seed: 3,
     normalization: 'per-image' as const,
   };
+}
+
+/** Every file under a folder, by relative path, with its SHA-256. */
+export function treeHashes(root: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (dir: string): void => {
+    for (const e of readdirSync(dir)) {
+      const p = join(dir, e);
+      if (statSync(p).isDirectory()) walk(p);
+      else out.set(relative(root, p), sha256Hex(readFileSync(p)));
+    }
+  };
+  walk(root);
+  return out;
 }

@@ -11,19 +11,24 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
   await mkdir(dirname(path), { recursive: true });
   const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
   try {
-    const fh = await open(tmp, 'w');
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
+    await writeFileSynced(tmp, data);
     await rename(tmp, path);
   } catch (err) {
     await rm(tmp, { force: true });
     throw err;
   }
   await fsyncDir(dirname(path));
+}
+
+/** Write a file and fsync it (no rename: for files inside a folder that is itself renamed into place). */
+export async function writeFileSynced(path: string, data: Uint8Array | string): Promise<void> {
+  const fh = await open(path, 'w');
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 export async function fsyncDir(dir: string): Promise<void> {
