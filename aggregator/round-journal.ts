@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { z } from 'zod';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
 import type { roundRecordSchema } from '../shared/protocol/mes.js';
-import { writeFileAtomic } from '../shared/util/fs-atomic.js';
+import { stateJson, writeFileAtomic } from '../shared/util/fs-atomic.js';
 import type { Logger } from '../shared/util/logger.js';
 
 /**
@@ -25,7 +25,7 @@ export interface Journal {
   finalVersion: number | null;
   /** Training rounds closed so far (all time, including those moved to history.jsonl). */
   trainRoundsDone: number;
-  /** The most recent rounds (older ones are appended to history.jsonl, see JOURNAL_KEEP_ROUNDS). */
+  /** The most recent rounds (older ones are appended to history.jsonl, see JOURNAL_KEEP_ROUNDS and JOURNAL_KEEP_SITE_ENTRIES). */
   rounds: RoundRecord[];
 }
 
@@ -33,7 +33,16 @@ export interface Journal {
  * Rounds kept in journal.json (and in memory). A federation that runs for months must not grow
  * its journal or its heap with every round: older records move to the append-only history.jsonl.
  */
-const JOURNAL_KEEP_ROUNDS = 200;
+export const JOURNAL_KEEP_ROUNDS = 200;
+
+/**
+ * Site entries kept in journal.json: the sum over its rounds of the agents each selected. A round's
+ * record holds every selected site's metrics, sample count and timings (about 600 bytes a site,
+ * compact), so a round bound alone lets the journal grow with the sites: 200 rounds of 300 sites
+ * were 36 MB, rewritten at every save and held in the heap. With this bound it stays under about
+ * 4 MB (20 rounds of 300 sites, 6 of 1,000; 200 rounds up to 30 sites). The latest round always stays.
+ */
+export const JOURNAL_KEEP_SITE_ENTRIES = 6000;
 
 /**
  * The aggregator's journal (<stateDir>/journal.json): what a restarted aggregator needs to go on
@@ -76,9 +85,15 @@ export class RoundJournal {
     }
   }
 
-  /** Move all but the last JOURNAL_KEEP_ROUNDS rounds to history.jsonl. */
-  async spillOldRounds(): Promise<void> {
-    const excess = this.data.rounds.length - JOURNAL_KEEP_ROUNDS;
+  /**
+   * Move the oldest rounds to history.jsonl until at most `keepRounds` rounds and `keepSiteEntries`
+   * site entries (JOURNAL_KEEP_SITE_ENTRIES) are left; the latest round is never moved.
+   */
+  async spillOldRounds(keepRounds = JOURNAL_KEEP_ROUNDS, keepSiteEntries = JOURNAL_KEEP_SITE_ENTRIES): Promise<void> {
+    const { rounds } = this.data;
+    let excess = Math.max(0, rounds.length - keepRounds);
+    let entries = rounds.slice(excess).reduce((n, r) => n + r.selected.length, 0);
+    while (excess < rounds.length - 1 && entries > keepSiteEntries) entries -= rounds[excess++]!.selected.length;
     if (excess <= 0) return;
     const old = this.data.rounds.slice(0, excess);
     await appendFile(join(this.stateDir, 'history.jsonl'), old.map((r) => JSON.stringify(r)).join('\n') + '\n');
@@ -99,7 +114,7 @@ export class RoundJournal {
       // From here on a save() must write again: this one may serialise before its change.
       this.next = null;
       this.writesStarted++;
-      return writeFileAtomic(this.path, JSON.stringify(this.data, null, 2) + '\n');
+      return writeFileAtomic(this.path, stateJson(this.data));
     });
     this.next = next;
     this.chain = next.catch(() => undefined);

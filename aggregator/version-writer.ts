@@ -2,7 +2,7 @@ import { rename, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash, type Hash } from 'node:crypto';
 import { ErrorCodes, FedlineError } from '../shared/protocol/errors.js';
-import { fsyncDir, writeFileSynced } from '../shared/util/fs-atomic.js';
+import { fsyncDir, stateJson, writeFileSynced } from '../shared/util/fs-atomic.js';
 import type { ModelMeta } from '../shared/protocol/messages.js';
 import type { TensorSpec } from '../shared/bundle/tensor-bundle.js';
 import type { StoredModel } from './model-store.js';
@@ -114,7 +114,7 @@ export class VersionWriter {
       };
       await writeFileSynced(join(tmp, 'header.bin'), prefix);
       await writeFileSynced(join(tmp, 'model.json'), JSON.stringify(modelJson));
-      await writeFileSynced(join(tmp, 'meta.json'), JSON.stringify(stored, null, 2));
+      await writeFileSynced(join(tmp, 'meta.json'), stateJson(stored));
       await fsyncDir(tmp);
       await rename(tmp, target);
       await fsyncDir(root);

@@ -75,30 +75,17 @@ export interface TensorBlockReader {
 /** Receives averaged values block by block, tensors in the given order, blocks ascending. Must not keep `values` (it is reused). */
 export type BlockSink = (name: string, start: number, values: Float32Array) => void | Promise<void>;
 
-/** Read buffers of fedAvgStreamed, all clients together (two blocks each): 16 MiB. */
-const READ_BUFFER_BYTES = 16 * 1024 * 1024;
+/**
+ * Values per block: 64 Ki, whatever the number of clients. The float64 accumulator of a block
+ * (512 KiB) stays in a core's L2 cache while group after group of clients is folded into it.
+ */
+const BLOCK_ELEMENTS = 1 << 16;
 
 /**
- * Values read per client per block: 256 Ki (1 MiB of float32), fewer with many clients so that the
- * read buffers stay within READ_BUFFER_BYTES, down to 1 Ki (4 KiB reads; up to 2,048 clients stay
- * within it). Large reads keep the per-read cost (a system call on a thread of the pool) small
- * next to the copy itself; the bound keeps the aggregator's memory from growing with the clients
- * (it was 64 MiB, not below 16 Ki values: 37.5 MiB more at 300 clients than at 10, measured with
- * bench:scale, docs/scaling.md). The block size does not change the result: each value is folded
- * over the clients in the same order whatever the block.
+ * Clients read and folded together: four (the widest fold kernel). The next group's blocks are
+ * read while this group is folded, so reads overlap the arithmetic.
  */
-function defaultBlockElements(clients: number): number {
-  let n = 1 << 18;
-  while (n > 1 << 10 && 2 * clients * n * 4 > READ_BUFFER_BYTES) n >>= 1;
-  return n;
-}
-
-/**
- * Values folded at once inside a block: 16 Ki. The float64 accumulator (128 KiB) and the input
- * slices being folded stay in the CPU's L2 cache, so memory traffic is close to reading each
- * input once.
- */
-const FOLD_ELEMENTS = 1 << 14;
+const GROUP = 4;
 
 // acc[i] += w0*a[i] + w1*b[i] + ...: folding up to four inputs per pass over the accumulator. The
 // additions happen left to right, in the same order as one input at a time, so results are bit-identical.
@@ -126,29 +113,32 @@ function fold4(
   for (let i = 0; i < n; i++) acc[i] = acc[i]! + wa * a[i]! + wb * b[i]! + wc * c[i]! + wd * d[i]!;
 }
 
-/** acc[0..n) = sum_k weights[k] * inputs[k][0..n), folded in the order given. */
-function foldBlock(acc: Float64Array, n: number, inputs: readonly Float32Array[], weights: readonly number[]): void {
-  acc.fill(0, 0, n);
-  let k = 0;
-  for (; k + 4 <= inputs.length; k += 4)
-    fold4(acc, n, inputs[k]!, weights[k]!, inputs[k + 1]!, weights[k + 1]!, inputs[k + 2]!, weights[k + 2]!, inputs[k + 3]!, weights[k + 3]!);
-  const left = inputs.length - k;
-  if (left === 3) fold3(acc, n, inputs[k]!, weights[k]!, inputs[k + 1]!, weights[k + 1]!, inputs[k + 2]!, weights[k + 2]!);
-  else if (left === 2) fold2(acc, n, inputs[k]!, weights[k]!, inputs[k + 1]!, weights[k + 1]!);
-  else if (left === 1) fold1(acc, n, inputs[k]!, weights[k]!);
+/** acc[0..n) += sum_k weights[k] * inputs[k][0..n), k in order (up to four inputs). */
+function foldGroup(acc: Float64Array, n: number, inputs: readonly Float32Array[], weights: readonly number[]): void {
+  const [a, b, c, d] = inputs;
+  const [wa, wb, wc, wd] = weights;
+  if (inputs.length === 4) fold4(acc, n, a!, wa!, b!, wb!, c!, wc!, d!, wd!);
+  else if (inputs.length === 3) fold3(acc, n, a!, wa!, b!, wb!, c!, wc!);
+  else if (inputs.length === 2) fold2(acc, n, a!, wa!, b!, wb!);
+  else fold1(acc, n, a!, wa!);
 }
 
 /**
- * FedAvg streamed in blocks, for models too large to hold one copy per client: memory is two sets
- * of one block per client (the next block is read while this one is folded, so disk or page-cache
- * reads overlap the arithmetic), one float64 accumulator block and one output block, whatever the
- * size of the model. Results go to `sink`, tensors in order, blocks ascending.
+ * FedAvg streamed in blocks, for models too large to hold one copy per client and federations too
+ * large to read every client at once. Block by block, the clients are read four at a time (the
+ * next four while these are folded into the block's float64 accumulator), in id order. Memory is
+ * one accumulator block, one output block and two groups of four input blocks: 2.8 MiB whatever
+ * the size of the model and the number of clients; each client is read in 256 KiB pieces. (It read
+ * every client's block at once before: 16 MiB of buffers, and at 300 clients 16 KiB reads, 64 per
+ * MB of update, with 300 reads in flight; docs/scaling.md.) The block size does not change the
+ * result: each value is folded over the clients in the same order whatever the block.
+ * Results go to `sink`, tensors in order, blocks ascending.
  */
 export async function fedAvgStreamed(
   readers: readonly TensorBlockReader[],
   tensors: readonly { name: string; length: number }[],
   sink: BlockSink,
-  blockElements = defaultBlockElements(readers.length),
+  blockElements = BLOCK_ELEMENTS,
 ): Promise<void> {
   if (readers.length === 0) throw new RangeError('FedAvg needs at least one input');
   const ordered = [...readers].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
@@ -156,98 +146,100 @@ export async function fedAvgStreamed(
   if (!(totalWeight > 0) || ordered.some((r) => !(r.weight >= 0) || !Number.isFinite(r.weight))) {
     throw new RangeError('FedAvg weights must be finite, non-negative and sum to more than zero');
   }
-  const weights = ordered.map((r) => r.weight);
   const blocks: { name: string; start: number; n: number }[] = [];
   for (const { name, length } of tensors)
     for (let start = 0; start < length; start += blockElements) blocks.push({ name, start, n: Math.min(blockElements, length - start) });
   const maxN = blocks.reduce((m, b) => Math.max(m, b.n), 0);
-  const folder = createFolder(maxN, ordered.length);
-  const fetch = (i: number): Promise<void> => {
-    const { name, start, n } = blocks[i]!;
-    const set = folder.inputs[i & 1]!;
-    return Promise.all(ordered.map((r, k) => r.read(name, start, set[k]!.subarray(0, n)))).then(() => undefined);
+  // Groups of four, then two, then one (the kernels' widths): the same groups for every block.
+  const groups: { k: number; size: number; weights: number[] }[] = [];
+  for (let k = 0; k < ordered.length;) {
+    const size = ordered.length - k >= GROUP ? GROUP : ordered.length - k >= 2 ? 2 : 1;
+    groups.push({ k, size, weights: ordered.slice(k, k + size).map((r) => r.weight) });
+    k += size;
+  }
+  const folder = createFolder(maxN);
+  const steps = blocks.length * groups.length;
+  // Step s reads group (s mod groups) of block (s div groups) into input set s & 1.
+  const fetch = (s: number): Promise<void> => {
+    const { name, start, n } = blocks[Math.floor(s / groups.length)]!;
+    const { k, size } = groups[s % groups.length]!;
+    const set = folder.inputs[s & 1]!;
+    const reads: Promise<void>[] = [];
+    for (let j = 0; j < size; j++) reads.push(ordered[k + j]!.read(name, start, set[j]!.subarray(0, n)));
+    return Promise.all(reads).then(() => undefined);
   };
-  let pending = blocks.length ? fetch(0) : null;
-  for (let i = 0; i < blocks.length; i++) {
+  let pending = steps ? fetch(0) : null;
+  for (let s = 0; s < steps; s++) {
     await pending!;
-    if (i + 1 < blocks.length) {
-      pending = fetch(i + 1);
-      pending.catch(() => undefined); // awaited next iteration; do not report it unhandled meanwhile
+    if (s + 1 < steps) {
+      pending = fetch(s + 1);
+      pending.catch(() => undefined); // awaited next step; do not report it unhandled meanwhile
     }
-    const { name, start, n } = blocks[i]!;
-    await sink(name, start, folder.average(n, i & 1, weights, totalWeight));
+    const { name, start, n } = blocks[Math.floor(s / groups.length)]!;
+    const g = s % groups.length;
+    const { size, weights } = groups[g]!;
+    const last = g === groups.length - 1;
+    folder.fold(s & 1, size, n, weights, g === 0, last, totalWeight);
+    if (last) await sink(name, start, folder.out.subarray(0, n));
   }
 }
 
 interface Folder {
-  /** Two sets (current block, next block) of one input buffer per client. */
+  /** Two sets (this group, the next) of GROUP input buffers. */
   inputs: Float32Array[][];
-  /** Fold set `set`'s first n values of every input and return the averages (a view, reused). */
-  average(n: number, set: number, weights: readonly number[], totalWeight: number): Float32Array;
+  /** The block's averages once its last group is folded (a view, reused). */
+  out: Float32Array;
+  /**
+   * Fold the first n values of set `set`'s first `size` inputs into the accumulator: `first`
+   * starts it from 0, `last` finishes the average into `out`.
+   */
+  fold(set: number, size: number, n: number, weights: readonly number[], first: boolean, last: boolean, totalWeight: number): void;
 }
 
 /** The WebAssembly SIMD kernels when available (shared/fl/fedavg-simd.ts), else plain JavaScript; bit-identical. */
-function createFolder(maxN: number, clients: number): Folder {
+function createFolder(maxN: number): Folder {
   const n4 = Math.ceil(maxN / 4) * 4;
-  const f = Math.min(FOLD_ELEMENTS, n4);
-  const kernels = simdKernels(f * 8 + n4 * 4 + 2 * clients * n4 * 4);
+  const kernels = simdKernels(n4 * 8 + n4 * 4 + 2 * GROUP * n4 * 4);
   if (!kernels) {
-    const inputs = [0, 1].map(() => Array.from({ length: clients }, () => new Float32Array(maxN)));
-    const acc = new Float64Array(f);
+    const inputs = [0, 1].map(() => Array.from({ length: GROUP }, () => new Float32Array(maxN)));
+    const acc = new Float64Array(maxN);
     const out = new Float32Array(maxN);
     return {
       inputs,
-      average(n, set, weights, totalWeight) {
-        for (let s0 = 0; s0 < n; s0 += f) {
-          const m = Math.min(f, n - s0);
-          foldBlock(
-            acc,
-            m,
-            inputs[set]!.map((x) => x.subarray(s0, s0 + m)),
-            weights,
-          );
-          finishAverage(acc, totalWeight, out.subarray(s0, s0 + m));
-        }
-        return out.subarray(0, n);
+      out,
+      fold(set, size, n, weights, first, last, totalWeight) {
+        if (first) acc.fill(0, 0, n);
+        foldGroup(acc, n, inputs[set]!.slice(0, size), weights);
+        if (last) finishAverage(acc.subarray(0, n), totalWeight, out.subarray(0, n));
       },
     };
   }
   // Everything the kernels touch lives in the module's memory: readers fill the inputs in place.
   const buffer = kernels.memory.buffer;
   const accAt = 0;
-  const outAt = f * 8;
-  const inputAt = (set: number, k: number) => outAt + n4 * 4 + (set * clients + k) * n4 * 4;
+  const outAt = n4 * 8;
+  const inputAt = (set: number, j: number) => outAt + n4 * 4 + (set * GROUP + j) * n4 * 4;
   const out = new Float32Array(buffer, outAt, n4);
-  // Clients folded in groups of 4, then 2, then 1: the first group starts the sums, the last one
-  // finishes the average, so the accumulator is touched only between groups.
-  const groups: { k: number; size: 1 | 2 | 4 }[] = [];
-  for (let k = 0; k < clients;) {
-    const size = clients - k >= 4 ? 4 : clients - k >= 2 ? 2 : 1;
-    groups.push({ k, size });
-    k += size;
-  }
-  const inputs = [0, 1].map((set) => Array.from({ length: clients }, (_, k) => new Float32Array(buffer, inputAt(set, k), n4)));
+  const inputs = [0, 1].map((set) => Array.from({ length: GROUP }, (_, j) => new Float32Array(buffer, inputAt(set, j), n4)));
+  // The last n % 4 values of a block go through the scalar loop (the kernels take multiples of 4),
+  // summed here across the groups: 0 + w*x first, then left to right, as the kernels do.
+  const tail = new Float64Array(4);
   return {
     inputs,
-    average(n, set, weights, totalWeight) {
-      const x = inputs[set]!;
+    out,
+    fold(set, size, n, weights, first, last, totalWeight) {
       const inv = 1 / totalWeight;
-      for (let s0 = 0; s0 < n; s0 += f) {
-        const m = Math.min(f, n - s0);
-        const vec = m & ~3; // the kernels take multiples of 4; the last few values go through the scalar loop
-        for (let g = 0; g < groups.length; g++) {
-          const { k, size } = groups[g]!;
-          const mode = ((g === 0 ? 'i' : '') + (g === groups.length - 1 ? 'f' : '')) as FoldMode;
-          const ptrs = Array.from({ length: size }, (_, j) => inputAt(set, k + j) + s0 * 4);
-          kernels.fold[size]![mode](accAt, outAt + s0 * 4, vec, inv, ...ptrs, ...weights.slice(k, k + size));
-        }
-        for (let i = vec; i < m; i++) {
-          let a = 0;
-          for (let j = 0; j < clients; j++) a = a + weights[j]! * x[j]![s0 + i]!;
-          out[s0 + i] = a * inv;
-        }
+      const vec = n & ~3;
+      const mode = ((first ? 'i' : '') + (last ? 'f' : '')) as FoldMode;
+      const ptrs = Array.from({ length: size }, (_, j) => inputAt(set, j));
+      if (vec > 0) kernels.fold[size]![mode](accAt, outAt, vec, inv, ...ptrs, ...weights);
+      const x = inputs[set]!;
+      for (let i = vec; i < n; i++) {
+        let a = first ? 0 : tail[i - vec]!;
+        for (let j = 0; j < size; j++) a = a + weights[j]! * x[j]![i]!;
+        if (last) out[i] = a * inv;
+        else tail[i - vec] = a;
       }
-      return out.subarray(0, n);
     },
   };
 }
