@@ -145,3 +145,34 @@ test('property: the WebAssembly SIMD kernels and the JavaScript loop give the sa
     { numRuns: 150 },
   );
 });
+
+test('default blocks: several steps of clients and several fold slices per block give the same bits as in-memory FedAvg, SIMD and JavaScript', async () => {
+  // 21 clients (three steps of 7) and 70,003 values: with 2 MiB a step, one block of five 16 Ki
+  // slices, the last 3 values through the scalar loop.
+  const rng = mulberry32(11);
+  const length = 70_003;
+  const clients = Array.from({ length: 21 }, (_, i) =>
+    input(
+      `c${String(i).padStart(2, '0')}`,
+      1 + Math.floor(rng() * 500),
+      Array.from({ length }, () => (rng() * 2 - 1) * 10 ** Math.floor(rng() * 6 - 3)),
+      [rng()],
+    ),
+  );
+  const expected = Buffer.from(fedAvg(clients, ['w']).get('w')!.buffer);
+  const readers: TensorBlockReader[] = clients.map((c) => ({
+    id: c.id,
+    weight: c.weight,
+    read: async (name, start, out) => out.set(c.tensors.get(name)!.subarray(start, start + out.length)),
+  }));
+  for (const simd of [true, false]) {
+    const got = new Float32Array(length);
+    if (!simd) process.env.FEDLINE_NO_SIMD = '1';
+    try {
+      await fedAvgStreamed(readers, [{ name: 'w', length }], (_n, start, values) => got.set(values, start));
+    } finally {
+      delete process.env.FEDLINE_NO_SIMD;
+    }
+    assert.deepEqual(Buffer.from(got.buffer), expected, simd ? 'SIMD kernels' : 'JavaScript loop');
+  }
+});

@@ -76,19 +76,36 @@ export interface TensorBlockReader {
 export type BlockSink = (name: string, start: number, values: Float32Array) => void | Promise<void>;
 
 /**
- * Values per block: 64 Ki, whatever the number of clients. The float64 accumulator of a block
- * (512 KiB) stays in a core's L2 cache while group after group of clients is folded into it.
+ * Bytes of one step's input blocks: 2 MiB, whatever the number of clients. A block holds 2 MiB /
+ * (4 x clients per step) values: 64 Ki with eight clients a step, about 100 Ki with five, so each
+ * read is 256-410 KiB (the per-read cost, a promise and a trip through libuv's pool, stays small
+ * next to the copy).
  */
-const BLOCK_ELEMENTS = 1 << 16;
+const STEP_BYTES = 2 * 1024 * 1024;
 
 /**
- * Clients read and folded together: four (the widest fold kernel). The next group's blocks are
- * read while this group is folded, so reads overlap the arithmetic.
+ * Clients read at once, at most: eight. A block's clients are split into as few steps of at most
+ * eight as there are (ten clients: two of five); the next step is read while this one is folded,
+ * so reads overlap the arithmetic, and up to eight reads keep libuv's four threads busy.
  */
-const GROUP = 4;
+const STEP_CLIENTS = 8;
+
+/**
+ * Input sets: three, so two steps are being read while a third is folded (with one, libuv's
+ * threads waited for every fold and every turn of the event loop: 25-40 % slower for ten
+ * VGG-19-sized updates, bench:aggregate).
+ */
+const SETS = 3;
+
+/**
+ * Values folded at once inside a step: 16 Ki. The float64 accumulator of that slice (128 KiB)
+ * stays in a core's L2 cache while the step's clients are folded into it four at a time.
+ */
+const FOLD_ELEMENTS = 1 << 14;
 
 // acc[i] += w0*a[i] + w1*b[i] + ...: folding up to four inputs per pass over the accumulator. The
-// additions happen left to right, in the same order as one input at a time, so results are bit-identical.
+// additions happen left to right, in the same order as one input at a time, so results are
+// bit-identical however the clients are grouped.
 function fold1(acc: Float64Array, n: number, a: Float32Array, wa: number): void {
   for (let i = 0; i < n; i++) acc[i] = acc[i]! + wa * a[i]!;
 }
@@ -113,32 +130,33 @@ function fold4(
   for (let i = 0; i < n; i++) acc[i] = acc[i]! + wa * a[i]! + wb * b[i]! + wc * c[i]! + wd * d[i]!;
 }
 
-/** acc[0..n) += sum_k weights[k] * inputs[k][0..n), k in order (up to four inputs). */
-function foldGroup(acc: Float64Array, n: number, inputs: readonly Float32Array[], weights: readonly number[]): void {
-  const [a, b, c, d] = inputs;
-  const [wa, wb, wc, wd] = weights;
-  if (inputs.length === 4) fold4(acc, n, a!, wa!, b!, wb!, c!, wc!, d!, wd!);
-  else if (inputs.length === 3) fold3(acc, n, a!, wa!, b!, wb!, c!, wc!);
-  else if (inputs.length === 2) fold2(acc, n, a!, wa!, b!, wb!);
-  else fold1(acc, n, a!, wa!);
+/** acc[0..n) += sum_k weights[k] * inputs[k][0..n), in the order given, four inputs per pass. */
+function foldInputs(acc: Float64Array, n: number, inputs: readonly Float32Array[], weights: readonly number[]): void {
+  let k = 0;
+  for (; k + 4 <= inputs.length; k += 4)
+    fold4(acc, n, inputs[k]!, weights[k]!, inputs[k + 1]!, weights[k + 1]!, inputs[k + 2]!, weights[k + 2]!, inputs[k + 3]!, weights[k + 3]!);
+  const left = inputs.length - k;
+  if (left === 3) fold3(acc, n, inputs[k]!, weights[k]!, inputs[k + 1]!, weights[k + 1]!, inputs[k + 2]!, weights[k + 2]!);
+  else if (left === 2) fold2(acc, n, inputs[k]!, weights[k]!, inputs[k + 1]!, weights[k + 1]!);
+  else if (left === 1) fold1(acc, n, inputs[k]!, weights[k]!);
 }
 
 /**
  * FedAvg streamed in blocks, for models too large to hold one copy per client and federations too
- * large to read every client at once. Block by block, the clients are read four at a time (the
- * next four while these are folded into the block's float64 accumulator), in id order. Memory is
- * one accumulator block, one output block and two groups of four input blocks: 2.8 MiB whatever
- * the size of the model and the number of clients; each client is read in 256 KiB pieces. (It read
- * every client's block at once before: 16 MiB of buffers, and at 300 clients 16 KiB reads, 64 per
- * MB of update, with 300 reads in flight; docs/scaling.md.) The block size does not change the
- * result: each value is folded over the clients in the same order whatever the block.
+ * large to read every client at once. Block by block, the clients are read in steps of at most
+ * eight, in id order (the next two steps while this one is folded into the block's float64
+ * accumulator). Memory: three steps of input blocks (6 MiB), one accumulator block and one output
+ * block, under 8 MiB whatever the size of the model and the number of clients; each client is read
+ * in pieces of 256-410 KiB. (It read every client's block at once before: 16 MiB of buffers, and at 300
+ * clients 16 KiB reads, 64 per MB of update, 300 reads in flight; docs/scaling.md.) The block size
+ * and the steps do not change the result: each value is folded over the clients in the same order.
  * Results go to `sink`, tensors in order, blocks ascending.
  */
 export async function fedAvgStreamed(
   readers: readonly TensorBlockReader[],
   tensors: readonly { name: string; length: number }[],
   sink: BlockSink,
-  blockElements = BLOCK_ELEMENTS,
+  blockElements?: number,
 ): Promise<void> {
   if (readers.length === 0) throw new RangeError('FedAvg needs at least one input');
   const ordered = [...readers].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
@@ -146,48 +164,50 @@ export async function fedAvgStreamed(
   if (!(totalWeight > 0) || ordered.some((r) => !(r.weight >= 0) || !Number.isFinite(r.weight))) {
     throw new RangeError('FedAvg weights must be finite, non-negative and sum to more than zero');
   }
-  const blocks: { name: string; start: number; n: number }[] = [];
-  for (const { name, length } of tensors)
-    for (let start = 0; start < length; start += blockElements) blocks.push({ name, start, n: Math.min(blockElements, length - start) });
-  const maxN = blocks.reduce((m, b) => Math.max(m, b.n), 0);
-  // Groups of four, then two, then one (the kernels' widths): the same groups for every block.
+  // The same steps for every block: as few as STEP_CLIENTS allows, their sizes as even as can be.
+  const stepCount = Math.ceil(ordered.length / STEP_CLIENTS);
   const groups: { k: number; size: number; weights: number[] }[] = [];
-  for (let k = 0; k < ordered.length;) {
-    const size = ordered.length - k >= GROUP ? GROUP : ordered.length - k >= 2 ? 2 : 1;
+  for (let g = 0, k = 0; g < stepCount; g++) {
+    const size = Math.floor(ordered.length / stepCount) + (g < ordered.length % stepCount ? 1 : 0);
     groups.push({ k, size, weights: ordered.slice(k, k + size).map((r) => r.weight) });
     k += size;
   }
-  const folder = createFolder(maxN);
+  const perBlock = blockElements ?? Math.floor(STEP_BYTES / (4 * 4 * groups[0]!.size)) * 4;
+  const blocks: { name: string; start: number; n: number }[] = [];
+  for (const { name, length } of tensors)
+    for (let start = 0; start < length; start += perBlock) blocks.push({ name, start, n: Math.min(perBlock, length - start) });
+  const maxN = blocks.reduce((m, b) => Math.max(m, b.n), 0);
+  const folder = createFolder(maxN, groups[0]!.size);
   const steps = blocks.length * groups.length;
-  // Step s reads group (s mod groups) of block (s div groups) into input set s & 1.
+  // Step s reads group (s mod groups) of block (s div groups) into input set s mod SETS.
   const fetch = (s: number): Promise<void> => {
     const { name, start, n } = blocks[Math.floor(s / groups.length)]!;
     const { k, size } = groups[s % groups.length]!;
-    const set = folder.inputs[s & 1]!;
+    const set = folder.inputs[s % SETS]!;
     const reads: Promise<void>[] = [];
     for (let j = 0; j < size; j++) reads.push(ordered[k + j]!.read(name, start, set[j]!.subarray(0, n)));
-    return Promise.all(reads).then(() => undefined);
+    const done = Promise.all(reads).then(() => undefined);
+    done.catch(() => undefined); // awaited in its turn; do not report it unhandled meanwhile
+    return done;
   };
-  let pending = steps ? fetch(0) : null;
+  const pending: Promise<void>[] = [];
+  for (let s = 0; s < Math.min(steps, SETS - 1); s++) pending.push(fetch(s));
   for (let s = 0; s < steps; s++) {
-    await pending!;
-    if (s + 1 < steps) {
-      pending = fetch(s + 1);
-      pending.catch(() => undefined); // awaited next step; do not report it unhandled meanwhile
-    }
+    await pending.shift()!;
+    if (s + SETS - 1 < steps) pending.push(fetch(s + SETS - 1));
     const { name, start, n } = blocks[Math.floor(s / groups.length)]!;
     const g = s % groups.length;
     const { size, weights } = groups[g]!;
     const last = g === groups.length - 1;
-    folder.fold(s & 1, size, n, weights, g === 0, last, totalWeight);
+    folder.fold(s % SETS, size, n, weights, g === 0, last, totalWeight);
     if (last) await sink(name, start, folder.out.subarray(0, n));
   }
 }
 
 interface Folder {
-  /** Two sets (this group, the next) of GROUP input buffers. */
+  /** SETS sets (this step, the next ones) of input buffers, one per client of a step. */
   inputs: Float32Array[][];
-  /** The block's averages once its last group is folded (a view, reused). */
+  /** The block's averages once its last step is folded (a view, reused). */
   out: Float32Array;
   /**
    * Fold the first n values of set `set`'s first `size` inputs into the accumulator: `first`
@@ -197,20 +217,29 @@ interface Folder {
 }
 
 /** The WebAssembly SIMD kernels when available (shared/fl/fedavg-simd.ts), else plain JavaScript; bit-identical. */
-function createFolder(maxN: number): Folder {
+function createFolder(maxN: number, stepClients: number): Folder {
   const n4 = Math.ceil(maxN / 4) * 4;
-  const kernels = simdKernels(n4 * 8 + n4 * 4 + 2 * GROUP * n4 * 4);
+  const kernels = simdKernels(n4 * 8 + n4 * 4 + SETS * stepClients * n4 * 4);
   if (!kernels) {
-    const inputs = [0, 1].map(() => Array.from({ length: GROUP }, () => new Float32Array(maxN)));
+    const inputs = Array.from({ length: SETS }, () => Array.from({ length: stepClients }, () => new Float32Array(maxN)));
     const acc = new Float64Array(maxN);
     const out = new Float32Array(maxN);
     return {
       inputs,
       out,
       fold(set, size, n, weights, first, last, totalWeight) {
-        if (first) acc.fill(0, 0, n);
-        foldGroup(acc, n, inputs[set]!.slice(0, size), weights);
-        if (last) finishAverage(acc.subarray(0, n), totalWeight, out.subarray(0, n));
+        for (let s0 = 0; s0 < n; s0 += FOLD_ELEMENTS) {
+          const m = Math.min(FOLD_ELEMENTS, n - s0);
+          const slice = acc.subarray(s0, s0 + m);
+          if (first) slice.fill(0);
+          foldInputs(
+            slice,
+            m,
+            inputs[set]!.slice(0, size).map((x) => x.subarray(s0, s0 + m)),
+            weights,
+          );
+          if (last) finishAverage(slice, totalWeight, out.subarray(s0, s0 + m));
+        }
       },
     };
   }
@@ -218,11 +247,11 @@ function createFolder(maxN: number): Folder {
   const buffer = kernels.memory.buffer;
   const accAt = 0;
   const outAt = n4 * 8;
-  const inputAt = (set: number, j: number) => outAt + n4 * 4 + (set * GROUP + j) * n4 * 4;
+  const inputAt = (set: number, j: number) => outAt + n4 * 4 + (set * stepClients + j) * n4 * 4;
   const out = new Float32Array(buffer, outAt, n4);
-  const inputs = [0, 1].map((set) => Array.from({ length: GROUP }, (_, j) => new Float32Array(buffer, inputAt(set, j), n4)));
+  const inputs = Array.from({ length: SETS }, (_, set) => Array.from({ length: stepClients }, (_, j) => new Float32Array(buffer, inputAt(set, j), n4)));
   // The last n % 4 values of a block go through the scalar loop (the kernels take multiples of 4),
-  // summed here across the groups: 0 + w*x first, then left to right, as the kernels do.
+  // summed here across the steps: 0 + w*x first, then left to right, as the kernels do.
   const tail = new Float64Array(4);
   return {
     inputs,
@@ -230,9 +259,18 @@ function createFolder(maxN: number): Folder {
     fold(set, size, n, weights, first, last, totalWeight) {
       const inv = 1 / totalWeight;
       const vec = n & ~3;
-      const mode = ((first ? 'i' : '') + (last ? 'f' : '')) as FoldMode;
-      const ptrs = Array.from({ length: size }, (_, j) => inputAt(set, j));
-      if (vec > 0) kernels.fold[size]![mode](accAt, outAt, vec, inv, ...ptrs, ...weights);
+      // Slice by slice, the step's clients four (then two, then one) at a time: the slice's
+      // accumulator stays in cache between the kernel calls.
+      for (let s0 = 0; s0 < vec; s0 += FOLD_ELEMENTS) {
+        const m = Math.min(FOLD_ELEMENTS, vec - s0);
+        for (let k = 0; k < size;) {
+          const width = size - k >= 4 ? 4 : size - k >= 2 ? 2 : 1;
+          const mode = ((first && k === 0 ? 'i' : '') + (last && k + width === size ? 'f' : '')) as FoldMode;
+          const ptrs = Array.from({ length: width }, (_, j) => inputAt(set, k + j) + s0 * 4);
+          kernels.fold[width]![mode](accAt + s0 * 8, outAt + s0 * 4, m, inv, ...ptrs, ...weights.slice(k, k + width));
+          k += width;
+        }
+      }
       const x = inputs[set]!;
       for (let i = vec; i < n; i++) {
         let a = first ? 0 : tail[i - vec]!;
