@@ -30,8 +30,10 @@ export async function runPretrain(args: string[]): Promise<void> {
       init: { type: 'string', default: 'he' },
       'batch-norm': { type: 'boolean', default: false },
       scale: { type: 'string', default: '1' },
+      references: { type: 'string', default: 'classic' },
       augment: { type: 'boolean', default: false },
       'eval-each-epoch': { type: 'boolean', default: false },
+      'keep-best': { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -49,7 +51,9 @@ export async function runPretrain(args: string[]): Promise<void> {
     const scale = Number(values.scale);
     if (!(scale > 0)) throw invalidOption(`--scale must be positive, got ${values.scale}`);
     const refRoot = `${out}-reference`;
-    const gen = await generateExperimentData({ out: refRoot, seed: Number(values.seed), size, scale, parts: ['reference'] });
+    const { referenceSetOption } = await import('./synth-data-cmd.js');
+    const references = referenceSetOption(values.references!);
+    const gen = await generateExperimentData({ out: refRoot, seed: Number(values.seed), size, scale, parts: ['reference'], references });
     dataDir = gen.reference!.dir;
     classes = values.classes ? values.classes.split(',') : [...INSPECTION_CLASSES];
     process.stdout.write(`generated ${gen.files} reference images in ${dataDir}\n`);
@@ -84,9 +88,14 @@ export async function runPretrain(args: string[]): Promise<void> {
     learningRateDecay: decay,
     ...(values.augment ? { augmentation: REFERENCE_AUGMENTATION } : {}),
     out,
+    keepBest: values['keep-best'],
     onEpoch: (e, loss) => process.stdout.write(`epoch ${e}: loss ${loss?.toFixed(4) ?? '-'}\n`),
     ...(values['eval-each-epoch'] ? { onEpochHeldOut: (e: number, m: EvalMetrics) => process.stdout.write(heldOutLine(e, m, classes)) } : {}),
   });
+  if (r.best)
+    process.stdout.write(
+      `kept epoch ${r.best.epoch} of ${r.best.lastEpoch} (best balanced accuracy on the held-out 20%; the last epoch's: ${r.best.lastMetrics.accuracy.toFixed(3)}, balanced ${r.best.lastMetrics.balancedAccuracy.toFixed(3)})\n`,
+    );
   process.stdout.write(
     `accuracy on the held-out 20%: ${r.metrics.accuracy.toFixed(3)} (balanced ${r.metrics.balancedAccuracy.toFixed(3)}), ${(r.trainMs / 1000).toFixed(1)} s on ${r.backend}\nsaved: ${out} (use it as model.initFrom)\n`,
   );

@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import { resolve } from 'node:path';
-import { EXPERIMENT_PARTS, generateExperimentData, type ExperimentPart } from '../synthetic-data/generate.js';
+import { EXPERIMENT_PARTS, generateExperimentData, REFERENCE_SETS, type ExperimentPart, type ReferenceSet } from '../synthetic-data/generate.js';
 import { invalidOption } from './option-checks.js';
 
 import { DATASET_USAGE as USAGE } from './usage.js';
@@ -21,6 +21,7 @@ export async function runDataset(args: string[]): Promise<void> {
       size: { type: 'string', default: '32' },
       scale: { type: 'string', default: '1' },
       parts: { type: 'string', default: EXPERIMENT_PARTS.join(',') },
+      references: { type: 'string', default: 'classic' },
     },
     strict: true,
   });
@@ -38,8 +39,9 @@ export async function runDataset(args: string[]): Promise<void> {
   if (!(scale > 0)) throw invalidOption(`--scale must be positive, got ${values.scale}`);
   const unknown = parts.filter((p) => !(EXPERIMENT_PARTS as readonly string[]).includes(p));
   if (unknown.length) throw invalidOption(`--parts: unknown part(s) ${unknown.join(', ')} (known: ${EXPERIMENT_PARTS.join(', ')})`);
+  const references = referenceSetOption(values.references!);
   const started = Date.now();
-  const result = await generateExperimentData({ out: resolve(values.out), seed, size, scale, parts });
+  const result = await generateExperimentData({ out: resolve(values.out), seed, size, scale, parts, references });
   const line = (counts: Record<string, number>) =>
     Object.entries(counts)
       .filter(([, v]) => v > 0)
@@ -51,4 +53,10 @@ export async function runDataset(args: string[]): Promise<void> {
     process.stdout.write(`probe ${p.name} (${p.client}'s product, ${p.defectOf}'s ${p.defect}): NOT_OKAY ${p.count}  -> ${p.dir}\n`);
   if (result.reference) process.stdout.write(`reference: ${line(result.reference.counts)}  -> ${result.reference.dir}\n`);
   process.stdout.write(`${result.files} images of ${size}x${size} px in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
+}
+
+/** `--references classic|varied-tongues` (dataset synth, pretrain --synth). */
+export function referenceSetOption(value: string): ReferenceSet {
+  if (!(REFERENCE_SETS as readonly string[]).includes(value)) throw invalidOption(`--references must be one of ${REFERENCE_SETS.join(', ')}, got "${value}"`);
+  return value as ReferenceSet;
 }

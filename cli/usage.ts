@@ -161,9 +161,10 @@ usage: fedline model-info [--model vgg19] [--size 224] [--width 1] [--head 4096,
 
 export const PRETRAIN_USAGE = `fedline pretrain: a starting model from a folder of reference images, for model.initFrom
 
-usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --out DIR [--model small-cnn|vgg11|vgg16|vgg19]
+usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X] [--references SET]) --out DIR [--model small-cnn|vgg11|vgg16|vgg19]
                         [--size PX] [--width X] [--epochs N] [--batch N] [--learning-rate X] [--seed N] [--normalization MODE]
                         [--learning-rate-decay F] [--init he|seeded] [--batch-norm] [--augment] [--eval-each-epoch]
+                        [--keep-best]
 
   --learning-rate-decay  per-epoch factor of the learning rate (epoch e, from 1, at
            X x F^(e-1); Adam's state kept across epochs); default 1, constant
@@ -174,6 +175,9 @@ usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --o
   --eval-each-epoch  after every epoch, the held-out accuracy and how many images of each class
            were called that class (training itself unchanged): has the base split OKAY from
            NOT_OKAY yet (docs/experiment.md, "Why the base never learnt the reference defects")
+  --keep-best  save the weights of the epoch with the best balanced accuracy on the held-out 20%
+           (judged after every epoch), not the last epoch's; pretrain.json records the epoch,
+           its figures and the last epoch's (the held-out split chose it: its figure is optimistic)
   --batch-norm  batch normalisation after every convolution (model.batchNorm: the experiment's
            model must then set it too)
 
@@ -183,16 +187,22 @@ usage: fedline pretrain (--data DIR --classes A,B,... | --synth [--scale X]) --o
   --scale X  with --synth: reference images per product and class, times the default (1: ten
            NOT_OKAY images per product and defect, too few to learn defects of a few pixels;
            docs/experiment.md, "Why the base never learnt the reference defects")
+  --references SET  with --synth: classic (every port with the same light-brown contact tongue,
+           the default) or varied-tongues (each image's tongue one of seven USB colours at a
+           random tone; docs/experiment.md, "Reference products with varied contact tongues")
   -h, --help  this text`;
 
 export const DATASET_USAGE = `fedline dataset synth: write generated USB-inspection images
 
 usage: fedline dataset synth --out DIR [--seed N] [--size PX] [--scale X] [--parts clients,external,probes,reference]
+                             [--references classic|varied-tongues]
 
   DIR/client1..3/<CLASS>/       each client's product and defect (an agent's data.dir)
   DIR/external/{OKAY,HIDDEN}/   a fourth product (USB 3.0), never trained on
   DIR/probes/<client>-<defect>/ a client's product with another client's defect (NOT_OKAY)
   DIR/reference/<CLASS>/        other products, defects and objects: for \`fedline pretrain\`
+                                (--references varied-tongues: each port's contact tongue one of
+                                seven colours; the other parts are the same either way)
   -h, --help                    this text`;
 
 export const EXPERIMENT_USAGE = `fedline experiment: the seed paper's comparison

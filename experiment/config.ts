@@ -3,6 +3,7 @@ import { agentConfigSchema, backendPreferences, modelSpecSchema, serverOptimizer
 import { strategyNames } from '../aggregator/strategy-registry.js';
 import { isValidId } from '../shared/protocol/topics.js';
 import { batchNormModes } from './batch-norm-rounds.js';
+import { REFERENCE_SETS } from '../synthetic-data/catalogue.js';
 
 /**
  * The experiment's configuration (`fedline experiment --config FILE`): which data, which model,
@@ -176,6 +177,13 @@ export const experimentConfigSchema = z.strictObject({
        * reference defects"). Default: `data.scale`, as before.
        */
       referenceScale: z.number().gt(0).max(20).optional(),
+      /**
+       * The generated reference products (synthetic-data/catalogue.ts REFERENCE_SETS): classic
+       * (every port with the same light-brown contact tongue) or varied-tongues (each image's
+       * tongue one of seven USB colours at a random tone). Only the reference images change.
+       * Default classic (docs/experiment.md, "Reference products with varied contact tongues").
+       */
+      references: z.enum(REFERENCE_SETS).default('classic'),
       epochs: posInt.default(15),
       batchSize: posInt.default(32),
       learningRate: z.number().positive().default(0.0005),
@@ -185,6 +193,12 @@ export const experimentConfigSchema = z.strictObject({
        * "The base's own held-out accuracy", for what decaying did).
        */
       learningRateDecay: z.number().gt(0).max(1).default(1),
+      /**
+       * Save the weights of the epoch with the best balanced accuracy on the held-out 20 % of the
+       * reference images, not the last epoch's (`fedline pretrain --keep-best`); pretrain.json
+       * records the epoch. Default false.
+       */
+      keepBest: z.boolean().default(false),
       /** Kernels before pretraining: he (He-normal, default: deep VGGs train from scratch) or seeded (Glorot). */
       init: z.enum(['he', 'seeded']).default('he'),
       /**
@@ -215,7 +229,17 @@ export const experimentConfigSchema = z.strictObject({
         .default(null),
     })
     .nullable()
-    .default({ epochs: 15, batchSize: 32, learningRate: 0.0005, learningRateDecay: 1, init: 'he', augmentation: true, selfSupervised: null }),
+    .default({
+      references: 'classic',
+      epochs: 15,
+      batchSize: 32,
+      learningRate: 0.0005,
+      learningRateDecay: 1,
+      keepBest: false,
+      init: 'he',
+      augmentation: true,
+      selfSupervised: null,
+    }),
   /** The local training task of every arm, as the aggregator's `task` (federated comes from the arm). */
   training: z.strictObject({
     epochs: posInt.default(2),

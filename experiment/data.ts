@@ -49,7 +49,13 @@ export async function prepareDataLayout(config: ExperimentConfig, needPretrainin
     const referenceApart = referenceScale !== config.data.scale;
     if (needPretraining && !referenceDir && !referenceApart) parts.push('reference');
     const t0 = Date.now();
-    const common = { out: dataDir, seed, size: config.data.size, clientClutter: config.data.clientClutter };
+    const common = {
+      out: dataDir,
+      seed,
+      size: config.data.size,
+      clientClutter: config.data.clientClutter,
+      references: config.pretrained?.references ?? ('classic' as const),
+    };
     const gen = await generateExperimentData({ ...common, scale: config.data.scale, parts });
     if (needPretraining && !referenceDir && referenceApart) {
       const ref = await generateExperimentData({ ...common, scale: referenceScale, parts: ['reference'] });
@@ -58,7 +64,8 @@ export async function prepareDataLayout(config: ExperimentConfig, needPretrainin
     }
     say(
       `generated ${gen.files} images (${config.data.size}x${config.data.size} px, seed ${seed}, scale ${config.data.scale}` +
-        `${referenceApart && gen.reference ? `, reference images at scale ${referenceScale}` : ''}) in ${dataDir} (${((Date.now() - t0) / 1000).toFixed(1)} s)`,
+        `${referenceApart && gen.reference ? `, reference images at scale ${referenceScale}` : ''}` +
+        `${gen.reference && common.references !== 'classic' ? `, ${common.references} reference images` : ''}) in ${dataDir} (${((Date.now() - t0) / 1000).toFixed(1)} s)`,
     );
     return {
       sites: gen.clients.map((c) => ({ id: c.name, dir: c.dir })),

@@ -64,13 +64,17 @@ export async function preparePretrained(
     batchSize: config.pretrained.batchSize,
     learningRate: config.pretrained.learningRate,
     learningRateDecay: config.pretrained.learningRateDecay,
+    keepBest: config.pretrained.keepBest,
     init: config.pretrained.init,
     ...(config.pretrained.augmentation ? { augmentation: REFERENCE_AUGMENTATION } : {}),
     out: pretrainedDir,
     onEpoch: (e, loss) => say(`  pretrain epoch ${e}/${epochs}: loss ${loss?.toFixed(4) ?? '-'}`),
   });
   const info = JSON.parse(await readFile(infoFile, 'utf8')) as Record<string, unknown>;
-  say(`pretrained base: accuracy ${r.metrics.accuracy.toFixed(3)} on held-out reference images, ${(r.trainMs / 1000).toFixed(1)} s; saved in ${pretrainedDir}`);
+  const kept = r.best ? ` (epoch ${r.best.epoch} of ${r.best.lastEpoch}, kept as the best on them)` : '';
+  say(
+    `pretrained base: accuracy ${r.metrics.accuracy.toFixed(3)} on held-out reference images${kept}, ${(r.trainMs / 1000).toFixed(1)} s; saved in ${pretrainedDir}`,
+  );
   return { dir: pretrainedDir, reused: false, info };
 }
 

@@ -55,8 +55,10 @@ if (Number(bnPassesS) > 0) {
   model = (await reestimateStatistics(model, [{ id: 'pooled', trainer }], Number(bnPassesS))).model;
   console.log(`BN statistics re-estimated on the pooled training images, ${bnPassesS} passes, ${Date.now() - t0} ms`);
 }
+const trained = [];
 const show = async (e) => {
   const m = await evaluateModel(rt.tf, model, sets);
+  if (e > 0) trained.push([m.local.balancedAccuracy, m.external.balancedAccuracy, m.probes.recall[1]]);
   console.log(
     `epoch ${e}: local BA ${m.local.balancedAccuracy.toFixed(3)} external BA ${m.external.balancedAccuracy.toFixed(3)} probes recall(NOT_OKAY) ${m.probes.recall[1].toFixed(3)}`,
   );
@@ -80,3 +82,9 @@ for (let e = 1; e <= Number(epS); e++) {
   model = { ...model, version: e, tensors: model.tensors.map((t) => byName.get(t.name) ?? t) };
   await show(e);
 }
+// The tables' summary (docs/experiment.md): over the head's epochs 1..N, min-max (mean) of local and
+// external balanced accuracy, and the mean probe defect recall.
+const col = (i) => trained.map((r) => r[i]);
+const range = (v) => `${Math.min(...v).toFixed(2)}-${Math.max(...v).toFixed(2)} (${(v.reduce((a, b) => a + b, 0) / v.length).toFixed(3)})`;
+const mean = (v) => (v.reduce((a, b) => a + b, 0) / v.length).toFixed(3);
+console.log(`epochs 1-${trained.length}: local BA ${range(col(0))}, external BA ${range(col(1))}, probe defect recall ${mean(col(2))}`);

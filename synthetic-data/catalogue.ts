@@ -22,6 +22,11 @@ export interface ProductSpec {
   color: readonly [number, number, number];
   /** Colour of the port's contact tongue: USB 2.0 sticks have a light one (the default), USB 3.0 a blue one. */
   tongue?: readonly [number, number, number];
+  /**
+   * Tongue colours to draw from, one per image with a visible port, at a random tone (x0.85-1.15);
+   * instead of `tongue`. Only the varied reference set uses it (REFERENCE_TONGUES).
+   */
+  tongues?: readonly (readonly [number, number, number])[];
 }
 
 /**
@@ -121,3 +126,35 @@ export const PRETRAIN_CLIENTS: readonly ClientSpec[] = REFERENCE_SHAPES.flatMap(
     })),
   ),
 );
+
+/**
+ * Which reference images a base is pretrained on: `classic` (PRETRAIN_CLIENTS: every port with the
+ * default light-brown tongue, as before) or `varied-tongues` (the same products, defects and
+ * counts, each image's tongue drawn from REFERENCE_TONGUES). A base that has only seen one tongue
+ * colour can learn "an intact port shows that colour" and call any other tongue a defect.
+ */
+export const REFERENCE_SETS = ['classic', 'varied-tongues'] as const;
+export type ReferenceSet = (typeof REFERENCE_SETS)[number];
+
+/**
+ * Contact-tongue colours of real USB ports, as a vendor's images would show them: light brown
+ * (the default of every generated product), white and grey (USB 2.0), blue (USB 3.0), teal
+ * (USB 3.1), yellow and red (charging ports). Each is drawn at a random tone; none is the external
+ * product's tongue (that one is a lighter blue, [40, 95, 210]). Not black: a black tongue in the
+ * dark opening would look like the missing-tongue defect.
+ */
+export const REFERENCE_TONGUES: readonly (readonly [number, number, number])[] = [
+  [150, 130, 70],
+  [222, 222, 214],
+  [105, 105, 110],
+  [28, 58, 150],
+  [25, 135, 135],
+  [225, 185, 35],
+  [185, 40, 35],
+];
+
+/** The reference products of a reference set (`pretrained.references`, `--references`). */
+export function pretrainClients(set: ReferenceSet): readonly ClientSpec[] {
+  if (set === 'classic') return PRETRAIN_CLIENTS;
+  return PRETRAIN_CLIENTS.map((c) => ({ ...c, product: { ...c.product, tongues: REFERENCE_TONGUES } }));
+}

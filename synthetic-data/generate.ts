@@ -7,12 +7,13 @@ import {
   EXTERNAL_PRODUCT,
   INSPECTION_CLASSES,
   PAPER_CLIENTS,
-  PRETRAIN_CLIENTS,
   PROBE_COUNT,
   REFERENCE_CLIENTS,
+  pretrainClients,
   type ClientSpec,
   type ClutterStyle,
   type DefectType,
+  type ReferenceSet,
 } from './catalogue.js';
 import { renderSample } from './scenes.js';
 
@@ -38,12 +39,16 @@ export {
   PRETRAIN_CLIENTS,
   PROBE_COUNT,
   REFERENCE_CLIENTS,
+  REFERENCE_SETS,
+  REFERENCE_TONGUES,
+  pretrainClients,
   type BodyShape,
   type ClientSpec,
   type ClutterStyle,
   type DefectType,
   type InspectionClass,
   type ProductSpec,
+  type ReferenceSet,
 } from './catalogue.js';
 export { renderSample, type RenderOptions } from './scenes.js';
 
@@ -128,6 +133,8 @@ export interface ExperimentDataOptions {
   parts?: readonly ExperimentPart[];
   /** The clients' EMPTY scenes: workshop (default) or classic (as `fedline demo`'s images). */
   clientClutter?: ClutterStyle;
+  /** The reference images' products: classic (default) or varied-tongues (catalogue.ts REFERENCE_SETS). */
+  references?: ReferenceSet;
 }
 
 export interface ProbeSet {
@@ -198,7 +205,7 @@ export async function generateExperimentData(options: ExperimentDataOptions): Pr
     out.files += r.files;
   }
   if (parts.has('reference')) {
-    const r = await generatePooled({ ...common, out: join(options.out, 'reference'), clients: PRETRAIN_CLIENTS });
+    const r = await generatePooled({ ...common, out: join(options.out, 'reference'), clients: pretrainClients(options.references ?? 'classic') });
     out.reference = r;
     out.files += r.files;
   }

@@ -37,6 +37,15 @@ const inShell = (u: number, v: number) => u >= SHELL.u0 && u <= SHELL.u1 && Math
 const inOpening = (u: number, v: number) => u >= OPENING.u0 && u <= OPENING.u1 && Math.abs(v) <= OPENING.v;
 const inTongue = (u: number, v: number) => u >= 0.6 && u <= 0.8 && v >= -0.02 && v <= 0.06;
 
+/** The tongue's colour: one of `tongues` at a random tone (draws only then), else `tongue`, else light brown. */
+export function tongueColour(product: ProductSpec, rng: Rng): Rgb {
+  if (product.tongues && product.tongues.length > 0) {
+    const base = product.tongues[randInt(rng, 0, product.tongues.length)]!;
+    return scale([...base], randRange(rng, 0.85, 1.15));
+  }
+  return product.tongue ? [...product.tongue] : [150, 130, 70];
+}
+
 function drawProduct(canvas: Canvas, pose: Pose, product: ProductSpec, rng: Rng, portVisible: boolean): void {
   const shade = randRange(rng, 0.85, 1.1);
   const body = scale(product.color, shade);
@@ -51,7 +60,7 @@ function drawProduct(canvas: Canvas, pose: Pose, product: ProductSpec, rng: Rng,
     const metal: Rgb = scale([205, 205, 210], randRange(rng, 0.9, 1.05));
     canvas.paint(pose, inShell, metal);
     canvas.paint(pose, inOpening, [28, 28, 30]);
-    canvas.paint(pose, inTongue, product.tongue ? [...product.tongue] : [150, 130, 70]);
+    canvas.paint(pose, inTongue, tongueColour(product, rng));
   } else {
     // HIDDEN: the port end is capped or turned away: a cap in the body colour, darker.
     canvas.paint(pose, (u, v) => u >= SHELL.u0 && u <= 0.66 && Math.abs(v) <= HALF_W * 0.9, scale(body, 0.7));

@@ -6,6 +6,7 @@ import { TfjsTrainer } from './tfjs-trainer.js';
 import type { GlobalModel } from './trainer.js';
 import type { ModelSpec } from '../shared/config/service-config.js';
 import type { EvalMetrics, ModelMeta } from '../shared/protocol/messages.js';
+import type { NamedTensor } from '../shared/bundle/tensor-bundle.js';
 import { modelMetaSchema } from '../shared/protocol/messages.js';
 import { bundleTensors, decodeBundle } from '../shared/bundle/tensor-bundle.js';
 import { loadTf, type BackendPreference } from './backend.js';
@@ -42,6 +43,30 @@ export interface PretrainOptions {
    * training changed): whether the base has yet learnt to tell the classes apart. Default none.
    */
   onEpochHeldOut?: (epoch: number, heldOut: EvalMetrics) => void;
+  /**
+   * Keep the weights of the epoch with the best balanced accuracy on the held-out 20 % (the
+   * earliest on a tie) instead of the last epoch's: at a constant rate the OKAY / NOT_OKAY boundary
+   * swings from epoch to epoch, so where training stops matters as much as how long it runs. The
+   * held-out split then chose the epoch: its figures for that epoch are the best of `epochs` draws,
+   * not an unbiased estimate. Default false.
+   */
+  keepBest?: boolean;
+}
+
+/** One epoch as judged on the held-out 20 % (pretrain.json's `heldOutByEpoch` and `best`). */
+export interface EpochHeldOut {
+  epoch: number;
+  accuracy: number;
+  balancedAccuracy: number;
+  loss: number | null;
+}
+
+/** What keep-best chose: the epoch, its held-out metrics, and the last epoch's for comparison. */
+export interface KeptEpoch {
+  epoch: number;
+  metrics: EvalMetrics;
+  lastEpoch: number;
+  lastMetrics: EvalMetrics;
 }
 
 /**
@@ -49,7 +74,9 @@ export interface PretrainOptions {
  * for `model.initFrom`: what a vendor's pretrained network is to the seed paper (ImageNet weights),
  * when those cannot be downloaded. Same builder, trainer and normalisation as the federation.
  */
-export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalMetrics; trainMs: number; backend: string }> {
+export async function pretrainBase(
+  o: PretrainOptions,
+): Promise<{ metrics: EvalMetrics; trainMs: number; backend: string; best: KeptEpoch | null; heldOutByEpoch: EpochHeldOut[] }> {
   const runtime = await loadTf(o.backend ?? 'auto');
   const bundle = await buildInitialBundle(runtime.tf, { ...o.model, initFrom: undefined, ...(o.init ? { init: o.init } : {}) });
   const decoded = decodeBundle<ModelMeta>(bundle, modelMetaSchema);
@@ -65,6 +92,13 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
   const trainer = new TfjsTrainer(runtime, data, { shuffleSeed: o.model.seed, augmentation: o.augmentation ?? NO_AUGMENTATION });
   const decay = o.learningRateDecay ?? 1;
   let lastEpoch = -1;
+  const heldOutByEpoch: EpochHeldOut[] = [];
+  let best: { epoch: number; metrics: EvalMetrics; tensors: NamedTensor[] } | null = null;
+  const afterEpoch = async (epoch: number, heldOut: EvalMetrics, weights: () => Promise<NamedTensor[]>): Promise<void> => {
+    heldOutByEpoch.push({ epoch, accuracy: heldOut.accuracy, balancedAccuracy: heldOut.balancedAccuracy, loss: heldOut.loss });
+    if (o.keepBest && (best === null || heldOut.balancedAccuracy > best.metrics.balancedAccuracy)) best = { epoch, metrics: heldOut, tensors: await weights() };
+    o.onEpochHeldOut?.(epoch, heldOut);
+  };
   const result = await trainer.train(
     model,
     {
@@ -79,7 +113,7 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
     model.tensors.map((t) => t.name),
     {
       ...(decay !== 1 ? { learningRateAt: (epoch: number) => o.learningRate * decay ** epoch } : {}),
-      ...(o.onEpochHeldOut ? { afterEpoch: o.onEpochHeldOut } : {}),
+      ...(o.onEpochHeldOut || o.keepBest ? { afterEpoch } : {}),
       onProgress: (p) => {
         if (p.batch === p.batchesPerEpoch && p.epoch !== lastEpoch) {
           lastEpoch = p.epoch;
@@ -88,7 +122,10 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
       },
     },
   );
-  const trained = await modelFromWeights(runtime.tf, model.meta.topology, result.tensors);
+  // TypeScript cannot see the callback's assignment: read `best` through a typed alias.
+  const kept = best as { epoch: number; metrics: EvalMetrics; tensors: NamedTensor[] } | null;
+  const chosen: KeptEpoch | null = kept ? { epoch: kept.epoch, metrics: kept.metrics, lastEpoch: o.epochs, lastMetrics: result.metricsAfter } : null;
+  const trained = await modelFromWeights(runtime.tf, model.meta.topology, kept ? kept.tensors : result.tensors);
   try {
     await saveLayersModelToDir(runtime.tf, trained, o.out);
   } finally {
@@ -109,12 +146,16 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ metrics: EvalM
     learningRateDecay: decay,
     init: o.init ?? 'seeded',
     augmentation: o.augmentation ?? NO_AUGMENTATION,
-    metrics: result.metricsAfter,
+    // The saved weights' held-out metrics: the kept epoch's with keepBest, else the last's.
+    metrics: chosen ? chosen.metrics : result.metricsAfter,
+    keepBest: o.keepBest ?? false,
+    ...(chosen ? { best: chosen } : {}),
+    ...(heldOutByEpoch.length ? { heldOutByEpoch } : {}),
     trainMs: result.trainMs,
     backend: runtime.backend,
   };
   await writeFile(join(o.out, PRETRAIN_INFO_FILE), JSON.stringify(info, null, 2) + '\n');
-  return { metrics: result.metricsAfter, trainMs: result.trainMs, backend: runtime.backend };
+  return { metrics: info.metrics, trainMs: result.trainMs, backend: runtime.backend, best: chosen, heldOutByEpoch };
 }
 
 /**

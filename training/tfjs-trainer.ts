@@ -301,7 +301,9 @@ export class TfjsTrainer implements Trainer {
             await new Promise((resolve) => setImmediate(resolve));
           }
           if (options.afterEpoch && step === (epoch + 1) * batchesPerEpoch)
-            await options.afterEpoch(epoch + 1, await this.evaluateLoaded(m, this.data.test, model.meta.normalization));
+            await options.afterEpoch(epoch + 1, await this.evaluateLoaded(m, this.data.test, model.meta.normalization), async () =>
+              (await extractModel(tf, m)).tensors.filter((t) => federated.has(t.name)),
+            );
         }
       } finally {
         classWeights.dispose();

@@ -67,9 +67,10 @@ export interface TrainOptions {
    * Awaited after every full epoch (numbered from 1) with the model's metrics on the held-out
    * split as it stands then (inference mode: no weight, statistic or random draw of training
    * changes). Local use only (`fedline pretrain --eval-each-epoch`): when, if ever, a base learns
-   * to tell two classes apart.
+   * to tell two classes apart. `weights()` copies out the federated tensors as they stand after
+   * that epoch (pretraining's keep-best: the best held-out epoch's weights, not the last's).
    */
-  afterEpoch?: (epoch: number, heldOut: EvalMetrics) => Promise<void> | void;
+  afterEpoch?: (epoch: number, heldOut: EvalMetrics, weights: () => Promise<NamedTensor[]>) => Promise<void> | void;
 }
 
 export interface ScaffoldControl {
