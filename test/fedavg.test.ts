@@ -176,3 +176,36 @@ test('default blocks: several steps of clients and several fold slices per block
     assert.deepEqual(Buffer.from(got.buffer), expected, simd ? 'SIMD kernels' : 'JavaScript loop');
   }
 });
+
+test('a reader never has two reads in flight, with reads of different speeds and one step per block', async () => {
+  // Spool readers decode f16, q8 and differences through scratch buffers of their own: two reads
+  // of one reader at once would overwrite each other's values.
+  const rng = mulberry32(5);
+  const length = 300_000;
+  const clients = Array.from({ length: 3 }, (_, i) =>
+    input(
+      `c${i}`,
+      1 + i,
+      Array.from({ length }, () => rng() * 2 - 1),
+      [0],
+    ),
+  );
+  const inFlight = new Map<string, number>();
+  let worst = 0;
+  const readers: TensorBlockReader[] = clients.map((c, i) => ({
+    id: c.id,
+    weight: c.weight,
+    read: async (name, start, out) => {
+      const now = (inFlight.get(c.id) ?? 0) + 1;
+      inFlight.set(c.id, now);
+      worst = Math.max(worst, now);
+      await new Promise((resolve) => setTimeout(resolve, i));
+      out.set(c.tensors.get(name)!.subarray(start, start + out.length));
+      inFlight.set(c.id, inFlight.get(c.id)! - 1);
+    },
+  }));
+  const got = new Float32Array(length);
+  await fedAvgStreamed(readers, [{ name: 'w', length }], (_n, start, values) => got.set(values, start));
+  assert.equal(worst, 1, 'at most one read of a reader at a time');
+  assert.deepEqual(Buffer.from(got.buffer), Buffer.from(fedAvg(clients, ['w']).get('w')!.buffer));
+});

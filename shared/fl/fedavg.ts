@@ -68,7 +68,10 @@ export interface TensorBlockReader {
   readonly weight: number;
   /** Optimizer steps the client took this round (update meta `steps`); SCAFFOLD divides by it. Absent when not reported. */
   readonly steps?: number;
-  /** Fill `out` with `out.length` values of tensor `name` starting at element `start`. */
+  /**
+   * Fill `out` with `out.length` values of tensor `name` starting at element `start`. Callers
+   * (fedAvgStreamed, deltaNorms) never have two reads of one reader in flight.
+   */
   read(name: string, start: number, out: Float32Array): Promise<void>;
 }
 
@@ -179,15 +182,24 @@ export async function fedAvgStreamed(
   const maxN = blocks.reduce((m, b) => Math.max(m, b.n), 0);
   const folder = createFolder(maxN, groups[0]!.size);
   const steps = blocks.length * groups.length;
-  // Step s reads group (s mod groups) of block (s div groups) into input set s mod SETS.
-  const fetch = (s: number): Promise<void> => {
+  // Step s reads group (s mod groups) of block (s div groups) into input set s mod SETS. Steps
+  // are read one after the other, each as soon as the one before it is in: libuv's threads go
+  // from step to step without waiting for a fold, and a reader never has two reads in flight
+  // (with eight clients or fewer, consecutive steps are the same readers; spool readers decode
+  // through scratch buffers of their own).
+  let previous: Promise<void> = Promise.resolve();
+  const readStep = (s: number): Promise<void> => {
     const { name, start, n } = blocks[Math.floor(s / groups.length)]!;
     const { k, size } = groups[s % groups.length]!;
     const set = folder.inputs[s % SETS]!;
     const reads: Promise<void>[] = [];
     for (let j = 0; j < size; j++) reads.push(ordered[k + j]!.read(name, start, set[j]!.subarray(0, n)));
-    const done = Promise.all(reads).then(() => undefined);
+    return Promise.all(reads).then(() => undefined);
+  };
+  const fetch = (s: number): Promise<void> => {
+    const done = previous.then(() => readStep(s));
     done.catch(() => undefined); // awaited in its turn; do not report it unhandled meanwhile
+    previous = done;
     return done;
   };
   const pending: Promise<void>[] = [];
