@@ -182,12 +182,11 @@ export async function fedAvgStreamed(
   const maxN = blocks.reduce((m, b) => Math.max(m, b.n), 0);
   const folder = createFolder(maxN, groups[0]!.size);
   const steps = blocks.length * groups.length;
-  // Step s reads group (s mod groups) of block (s div groups) into input set s mod SETS. Steps
-  // are read one after the other, each as soon as the one before it is in: libuv's threads go
-  // from step to step without waiting for a fold, and a reader never has two reads in flight
-  // (with eight clients or fewer, consecutive steps are the same readers; spool readers decode
-  // through scratch buffers of their own).
-  let previous: Promise<void> = Promise.resolve();
+  // Step s reads group (s mod groups) of block (s div groups) into input set s mod SETS, as soon
+  // as the same group's previous step is in: libuv's threads go on without waiting for a fold,
+  // and a reader never has two reads in flight (spool readers decode f16, q8 and differences
+  // through scratch buffers of their own). Steps of different groups are read at the same time.
+  const previous: Promise<void>[] = groups.map(() => Promise.resolve());
   const readStep = (s: number): Promise<void> => {
     const { name, start, n } = blocks[Math.floor(s / groups.length)]!;
     const { k, size } = groups[s % groups.length]!;
@@ -197,9 +196,10 @@ export async function fedAvgStreamed(
     return Promise.all(reads).then(() => undefined);
   };
   const fetch = (s: number): Promise<void> => {
-    const done = previous.then(() => readStep(s));
+    const g = s % groups.length;
+    const done = previous[g]!.then(() => readStep(s));
     done.catch(() => undefined); // awaited in its turn; do not report it unhandled meanwhile
-    previous = done;
+    previous[g] = done;
     return done;
   };
   const pending: Promise<void>[] = [];
