@@ -3,27 +3,17 @@
 // (`<data>/external`: OKAY and HIDDEN of a product none of the references shows): per true class,
 // how many images were called each class. Did the base learn "an intact port looks like mine"?
 // usage (after npm run build): node scripts/base-confusion.mjs <baseDir> <imageDir>
-import { readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-const D = new URL('../dist', import.meta.url).pathname;
-const { loadTf } = await import(`${D}/training/backend.js`);
-const { loadLayersModelFromDir } = await import(`${D}/training/model-io.js`);
-const { loadImageSet } = await import(`${D}/training/image-folder.js`);
-const { createImageDecoder } = await import(`${D}/training/images.js`);
-const { evaluateOnSet } = await import(`${D}/training/tfjs-trainer.js`);
+import { resolve } from 'node:path';
+import { createImageDecoder, evaluateOnSet, loadImageSet, loadPretrainedBase } from './lib/pretrained-base.mjs';
 const [baseArg, dirArg] = process.argv.slice(2);
 if (!baseArg || !dirArg) {
   console.error('usage: node scripts/base-confusion.mjs <baseDir> <imageDir>');
   process.exit(2);
 }
-const base = resolve(baseArg);
-const info = JSON.parse(readFileSync(join(base, 'pretrain.json'), 'utf8'));
-const classes = info.classes ?? ['OKAY', 'NOT_OKAY', 'HIDDEN', 'EMPTY'];
-const rt = await loadTf('auto');
-const model = await loadLayersModelFromDir(rt.tf, base);
+const { tf, model, info, classes } = await loadPretrainedBase(baseArg);
 try {
   const { set } = await loadImageSet({ dir: resolve(dirArg), classes, inputShape: info.inputShape, decoder: await createImageDecoder() });
-  const r = await evaluateOnSet(rt.tf, model, set, info.normalization, classes.length);
+  const r = await evaluateOnSet(tf, model, set, info.normalization, classes.length);
   for (let t = 0; t < classes.length; t++) {
     const n = r.confusion[t].reduce((a, b) => a + b, 0);
     if (n === 0) continue;

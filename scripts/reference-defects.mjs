@@ -4,27 +4,17 @@
 // Give it reference images the base never trained on, e.g. another seed's:
 //   node dist/cli/main.js dataset synth --out REF43 --seed 43 --size 32 --parts reference
 // usage (after npm run build): node scripts/reference-defects.mjs <baseDir> <referenceDir>
-import { mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, symlinkSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-const D = new URL('../dist', import.meta.url).pathname;
-const { loadTf } = await import(`${D}/training/backend.js`);
-const { loadLayersModelFromDir } = await import(`${D}/training/model-io.js`);
-const { loadImageSet } = await import(`${D}/training/image-folder.js`);
-const { createImageDecoder } = await import(`${D}/training/images.js`);
-const { evaluateOnSet } = await import(`${D}/training/tfjs-trainer.js`);
+import { createImageDecoder, evaluateOnSet, loadImageSet, loadPretrainedBase } from './lib/pretrained-base.mjs';
 const [baseArg, refArg] = process.argv.slice(2);
 if (!baseArg || !refArg) {
   console.error('usage: node scripts/reference-defects.mjs <baseDir> <referenceDir>');
   process.exit(2);
 }
-const base = resolve(baseArg);
 const ref = resolve(refArg);
-const info = JSON.parse(readFileSync(join(base, 'pretrain.json'), 'utf8'));
-// Older folders do not name their classes: four are the inspection classes, two OKAY and NOT_OKAY.
-const classes = info.classes ?? (info.metrics.confusion.length === 4 ? ['OKAY', 'NOT_OKAY', 'HIDDEN', 'EMPTY'] : ['OKAY', 'NOT_OKAY']);
-const rt = await loadTf('auto');
-const model = await loadLayersModelFromDir(rt.tf, base);
+const { tf, model, info, classes } = await loadPretrainedBase(baseArg);
 const decoder = await createImageDecoder();
 const tmp = mkdtempSync(join(tmpdir(), 'reference-defects-'));
 try {
@@ -35,7 +25,7 @@ try {
       for (const f of readdirSync(join(ref, cls)).filter((n) => n.includes(`-${defect}-${cls}-`))) symlinkSync(join(ref, cls, f), join(tmp, defect, cls, f));
     }
     const { set } = await loadImageSet({ dir: join(tmp, defect), classes, inputShape: info.inputShape, decoder });
-    const r = await evaluateOnSet(rt.tf, model, set, info.normalization, classes.length);
+    const r = await evaluateOnSet(tf, model, set, info.normalization, classes.length);
     const n = (c) => r.confusion[c].reduce((a, b) => a + b, 0);
     console.log(
       `${defect.padEnd(9)} NOT_OKAY called NOT_OKAY ${r.confusion[1][1]} / ${n(1)} (${r.recall[1].toFixed(2)}), OKAY called OKAY ${r.confusion[0][0]} / ${n(0)} (${r.recall[0].toFixed(2)})`,
