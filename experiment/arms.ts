@@ -102,46 +102,61 @@ const progress = (say: (line: string) => void, label: string) => (r: RoundRecord
   );
 };
 
-/** 1. centralized: one trainer on every site's training images pooled. */
+/**
+ * 1. centralized: one trainer on every site's training images pooled. `centralized-head` (off by
+ * default) is the same with only the classifier head trained on the frozen base: what a head on
+ * that base reaches when the images may move, so a head-only federation's gap to full fine-tuning
+ * can be told apart into what the frozen features cost and what federating the head costs.
+ */
 export async function runCentralizedArm(ctx: ArmContext): Promise<void> {
+  for (const [arm, federate] of [
+    ['centralized', 'all'],
+    ['centralized-head', 'head'],
+  ] as const) {
+    const central = fixedArmSettings(ctx.config, arm);
+    if (central) await centralizedArm(ctx, arm, federate, central);
+  }
+}
+
+async function centralizedArm(ctx: ArmContext, arm: 'centralized' | 'centralized-head', federate: 'all' | 'head', central: ArmSettings): Promise<void> {
   const { config, say } = ctx;
-  const central = fixedArmSettings(config, 'centralized');
-  if (!central) return;
-  say(`centralized: every site's training images pooled (${ctx.pooled.train.count}), ${central.rounds} rounds x ${central.epochs} epochs`);
+  say(
+    `${arm}: every site's training images pooled (${ctx.pooled.train.count}), ${federate === 'head' ? 'the head alone trained on the frozen base, ' : ''}${central.rounds} rounds x ${central.epochs} epochs`,
+  );
   const trainer = new TfjsTrainer(ctx.runtime, ctx.pooled, ctx.trainerOptions);
   const run = await runRounds({
     initial: ctx.initial.pretrained,
     rounds: central.rounds,
     task: armTask(ctx, central),
     learningRateDecay: central.learningRateDecay,
-    federate: 'all',
+    federate,
     participants: [{ id: 'pooled', trainer }],
     federated: false,
     targetAccuracy: config.targetAccuracy,
     stopAtTarget: false,
     evaluate: ctx.siteEvaluator,
-    onRound: progress(say, 'centralized'),
+    onRound: progress(say, arm),
     watch: ctx.watchEvaluator,
   });
   const moved = [...ctx.imagesBytes.values()].reduce((a, b) => a + b, 0);
   await ctx.results.add(
     {
-      id: 'centralized',
-      arm: 'centralized',
+      id: arm,
+      arm,
       site: null,
       init: 'pretrained',
-      federate: 'all',
+      federate,
       rounds: run.rounds,
       roundsRun: run.rounds.length,
       epochsPerRound: central.epochs,
       localSteps: central.localSteps,
       recipe: null,
-      options: config.arms.centralized || {},
+      options: config.arms[arm] || {},
       reason: run.reason,
       roundsToTarget: roundsToTarget(run.rounds, run.finalMetrics, ctx.siteIds, config.targetAccuracy),
       targetSites: ctx.siteIds,
       bytes: { upPerRound: 0, downPerRound: 0, total: moved, imagesMoved: moved },
-      modelDir: await saveModel(join(config.out, 'arms', 'centralized', 'models'), run.final),
+      modelDir: await saveModel(join(config.out, 'arms', arm, 'models'), run.final),
     },
     run.final,
   );

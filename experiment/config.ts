@@ -50,7 +50,7 @@ const folderDataSchema = z.strictObject({
   probeSites: z.record(z.string(), z.strictObject({ product: siteId, defectOf: siteId })).optional(),
 });
 
-export const armNames = ['centralized', 'local-only', 'federated-all', 'federated-head', 'federated-random'] as const;
+export const armNames = ['centralized', 'centralized-head', 'local-only', 'federated-all', 'federated-head', 'federated-random'] as const;
 export type ArmName = (typeof armNames)[number];
 
 /**
@@ -266,16 +266,21 @@ export const experimentConfigSchema = z.strictObject({
   targetAccuracy: z.number().min(0).max(1).nullable().default(0.95),
   /** Stop a federated arm once the target is reached (the paper's criterion), as the aggregator's targetAccuracy does. Default false: every round runs. */
   stopAtTarget: z.boolean().default(false),
-  /** Which arms run, each with optional overrides; false leaves one out. Default: all five. */
+  /**
+   * Which arms run, each with optional overrides; false leaves one out. Default: centralized,
+   * local-only and the three federated arms; `centralized-head` (the head alone trained on the
+   * pooled images: the ceiling of head-only federation on this base) only when asked for.
+   */
   arms: z
     .strictObject({
       centralized: armSchema.default({}),
+      'centralized-head': armSchema.default(false),
       'local-only': armSchema.default({}),
       'federated-all': armSchema.default({}),
       'federated-head': armSchema.default({}),
       'federated-random': armSchema.default({}),
     })
-    .default({ centralized: {}, 'local-only': {}, 'federated-all': {}, 'federated-head': {}, 'federated-random': {} }),
+    .default({ centralized: {}, 'centralized-head': false, 'local-only': {}, 'federated-all': {}, 'federated-head': {}, 'federated-random': {} }),
   /** More federated arms, ranked against each other (and the fixed federated arms). Default none. */
   recipes: z
     .array(recipeSchema)

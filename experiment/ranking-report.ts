@@ -27,7 +27,7 @@ export function renderRanking(ranking: Ranking, defectClass: string | null, line
   lines.push('## Federated recipes ranked', '');
   lines.push(
     `Every federated model, best first by ${ranking.scoreName}${n > 1 ? `, mean ± sample standard deviation over the ${n} seeds (${ranking.seeds.join(', ')})` : ` (seed ${ranking.seeds[0]})`}; ` +
-      `centralized and local-only below as references. Probe defect: ${defectClass ?? 'defect'} recall on every cross-client probe pooled. ` +
+      `centralized${ranking.models.some((m) => m.kind === 'centralized-head') ? ', centralized-head (the head alone trained on the pooled images)' : ''} and local-only below as references. Probe defect: ${defectClass ?? 'defect'} recall on every cross-client probe pooled. ` +
       `Min site: the lowest accuracy over the sites' local test splits. Max decline: the largest fall of the mean site accuracy from one round to the next (worst seed).`,
     '',
   );
@@ -49,9 +49,12 @@ export function renderRanking(ranking: Ranking, defectClass: string | null, line
     ),
     '',
   );
-  const heads = ranking.models.filter((m) => m.kind === 'federated' && m.federate === 'head');
-  if (heads.length) {
-    lines.push('Head-only federation round by round: mean site accuracy (%) after each round, mean over the seeds (round 0: the initial model).', '');
+  const heads = ranking.models.filter((m) => (m.kind === 'federated' || m.kind === 'centralized-head') && m.federate === 'head');
+  if (heads.some((m) => m.kind === 'federated')) {
+    lines.push(
+      'Head-only federation round by round: mean site accuracy (%) after each round, mean over the seeds (round 0: the initial model; centralized-head: the head trained on the pooled images, for reference).',
+      '',
+    );
     const rounds = Math.max(0, ...heads.map((h) => h.curve.length));
     lines.push(
       table(

@@ -138,7 +138,7 @@ function tableOneSection({ r, defect, probes, hasExternal }: ReportView, lines: 
         row.push(
           m.roundsToTarget === null ? `not in ${m.roundsRun}` : String(m.roundsToTarget),
           m.arm.startsWith('federated') ? mb(m.bytes.upPerRound) : '-',
-          m.arm === 'centralized' ? `${mb(m.bytes.imagesMoved)} (images)` : m.arm.startsWith('federated') ? mb(m.bytes.total) : '0',
+          m.arm.startsWith('centralized') ? `${mb(m.bytes.imagesMoved)} (images)` : m.arm.startsWith('federated') ? mb(m.bytes.total) : '0',
           m.msPerLocalEpoch === null ? '-' : (m.msPerLocalEpoch / 1000).toFixed(2),
         );
         return row;

@@ -19,7 +19,7 @@ export interface Probe {
 }
 
 export interface ModelResult {
-  /** centralized, local-only:<site>, federated-all, federated-head, federated-random, recipe:<name> */
+  /** centralized, centralized-head, local-only:<site>, federated-all, federated-head, federated-random, recipe:<name> */
   id: string;
   /** A recipe is reported under the fixed federated arm of its federate and init. */
   arm: ArmName;

@@ -154,3 +154,54 @@ test('a recipe with localSteps over MQTT (aggregator config, announcement, agent
     dir.cleanup();
   }
 });
+
+test('centralized-head: the head alone trained on the pooled images, a reference beside centralized; goal 4 names its score', async () => {
+  const dir = tempDir('exp-central-head');
+  try {
+    // Prepare: centralized (every weight) and centralized-head, and a head-only recipe, on one seed.
+    const arms = { centralized: {}, 'centralized-head': {}, 'local-only': false, 'federated-all': false, 'federated-head': false, 'federated-random': false };
+    const config = tinyConfig(join(dir.path, 'out'), { arms, recipes: [recipes[0], { name: 'head', federate: 'head' }] });
+
+    // Execute
+    const r = await runExperiment(config, () => {});
+
+    // Assert: the base tensors of centralized-head are the common start's, as the federated head's are; its head trained.
+    const tensors = async (id: string) => {
+      const m = r.models.find((x) => x.id === id)!;
+      const bundle = decodeBundle(await new FsModelStore(dirname(m.modelDir)).readBundle(Number(basename(m.modelDir).slice(1))));
+      return new Map(bundleTensors(bundle).map((t) => [t.name, Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)]));
+    };
+    const [pooledHead, fedHead, central] = await Promise.all([tensors('centralized-head'), tensors('recipe:head'), tensors('centralized')]);
+    const names = [...pooledHead.keys()];
+    const head = names.filter((n) => n.startsWith('head_'));
+    assert.ok(head.length > 0 && head.length < names.length);
+    for (const n of names.filter((x) => !x.startsWith('head_'))) {
+      assert.ok(pooledHead.get(n)!.equals(fedHead.get(n)!), `${n}: frozen in centralized-head`);
+    }
+    assert.ok(
+      names.some((n) => !n.startsWith('head_') && !pooledHead.get(n)!.equals(central.get(n)!)),
+      'centralized trains the base, centralized-head does not',
+    );
+    assert.ok(
+      head.some((n) => !pooledHead.get(n)!.equals(fedHead.get(n)!)),
+      'the pooled head trained otherwise than the federated one',
+    );
+    const model = r.models.find((m) => m.id === 'centralized-head')!;
+    assert.equal(model.federate, 'head');
+    assert.equal(model.roundsRun, 2);
+
+    // The ranking: a reference, not ranked and not centralized for goals 1-2; goal 4 reports its score.
+    const ranked = r.ranking;
+    const ref = ranked.models.find((m) => m.id === 'centralized-head')!;
+    assert.equal(ref.kind, 'centralized-head');
+    assert.equal(ref.rank, null);
+    assert.equal(ranked.goals[0]!.figures.centralized, ranked.models.find((m) => m.id === 'centralized')!.score!.mean);
+    const headGap = ranked.goals.find((g) => g.goal.startsWith('the best head-only recipe within'))!;
+    assert.equal(headGap.figures.pooledHeadScore, ref.score!.mean);
+    assert.match(headGap.detail, /the head on the pooled images \(centralized-head\) \d+\.\d%/);
+    const report = readFileSync(join(config.out, 'report.md'), 'utf8');
+    assert.match(report, /\| - \| centralized-head \| - \| pretrained \| /);
+  } finally {
+    dir.cleanup();
+  }
+});
