@@ -264,15 +264,7 @@ test(
           `(CONNACK codes ${JSON.stringify(tally(one.codes))}), ${manyAddresses.toFixed(2)} ms with 20 bad logins/s from new addresses ` +
           `(CONNACK codes ${JSON.stringify(tally(many.codes))})`,
       );
-      assert.ok(!one.codes.includes(0) && !many.codes.includes(0), 'no guess got in');
-      assert.ok(one.codes.filter((c) => c === 5).length > one.codes.length / 2, 'the guessing address was shut out (CONNACK 5 without a password check)');
-      assert.ok(many.codes.filter((c) => c === 4).length > 0, 'wrong passwords from fresh addresses were checked (CONNACK 4)');
-      for (const [what, m] of [
-        ['one address', oneAddress],
-        ['new addresses', manyAddresses],
-      ] as const) {
-        assert.ok(m < 3 * baseline + 5, `PUBACK median under the flood from ${what}: ${m.toFixed(2)} ms vs ${baseline.toFixed(2)} ms without`);
-      }
+      // The benchmark's figures, written before the checks so that a failing pass is measured too.
       if (process.env.FEDLINE_LOGIN_REPORT) {
         const report = {
           baselineMs: baseline,
@@ -282,6 +274,15 @@ test(
           newAddressCodes: tally(many.codes),
         };
         appendFileSync(process.env.FEDLINE_LOGIN_REPORT, JSON.stringify(report) + '\n');
+      }
+      assert.ok(!one.codes.includes(0) && !many.codes.includes(0), 'no guess got in');
+      assert.ok(one.codes.filter((c) => c === 5).length > one.codes.length / 2, 'the guessing address was shut out (CONNACK 5 without a password check)');
+      assert.ok(many.codes.filter((c) => c === 4).length > 0, 'wrong passwords from fresh addresses were checked (CONNACK 4)');
+      for (const [what, m] of [
+        ['one address', oneAddress],
+        ['new addresses', manyAddresses],
+      ] as const) {
+        assert.ok(m < 3 * baseline + 5, `PUBACK median under the flood from ${what}: ${m.toFixed(2)} ms vs ${baseline.toFixed(2)} ms without`);
       }
       assert.match(b.log(), /too many failed logins from this address/);
       honest.end(true);
